@@ -1,0 +1,3 @@
+from tinystudent.cli import main
+
+main()

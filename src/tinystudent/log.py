@@ -1,0 +1,27 @@
+"""Messages for people go to stderr, so stdout stays clean for `--json`."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    console.print(f"[dim]tinystudent:[/dim] {message}")
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]tinystudent warning:[/yellow] {message}")
+
+
+def progress():
+    """A rich progress bar on stderr (stdout stays free for `--json`); add tasks with a `status` field."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        console=console, transient=False,
+    )

@@ -1,0 +1,193 @@
+"""One SQLite database for every number tinystudent measures.
+
+Tables: `evaluations` (one row per evaluation, with its resolved settings, versions and data
+hash), `predictions` (every per-question answer and choice log-likelihoods), `teacher_outputs`
+(the teacher cache, keyed by everything that determines an output) and `runs` (training and
+experiment runs, keyed by their config hash). WAL mode lets several processes write at once;
+each write is one transaction, so a killed process loses at most the row it was writing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    model TEXT NOT NULL,
+    model_identity TEXT,
+    task TEXT NOT NULL,
+    split TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    acc REAL NOT NULL,
+    acc_norm REAL,
+    ci_low REAL,
+    ci_high REAL,
+    majority_baseline REAL,
+    data_hash TEXT NOT NULL,
+    run_key TEXT,
+    cost TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+    example_id TEXT NOT NULL,
+    gold INTEGER NOT NULL,
+    pred INTEGER,
+    pred_norm INTEGER,
+    correct INTEGER NOT NULL,
+    choice_logprobs TEXT,
+    text TEXT,
+    PRIMARY KEY (evaluation_id, example_id)
+);
+CREATE TABLE IF NOT EXISTS teacher_outputs (
+    cache_key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    teacher TEXT NOT NULL,
+    task TEXT,
+    example_id TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    prompt TEXT,
+    text TEXT,
+    answer INTEGER,
+    choice_logprobs TEXT,
+    matches_gold INTEGER,
+    meta TEXT
+);
+CREATE INDEX IF NOT EXISTS teacher_outputs_by_teacher ON teacher_outputs(teacher, task, strategy);
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    experiment TEXT,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    result TEXT
+);
+"""
+
+
+def default_db_path() -> Path:
+    """`$TINYSTUDENT_DB`, else `tinystudent-results/results.sqlite` in the working folder."""
+    return Path(os.environ.get("TINYSTUDENT_DB", "tinystudent-results/results.sqlite"))
+
+
+def versions() -> dict:
+    """Versions of the packages that shape a result."""
+    import tinystudent
+
+    found = {"tinystudent": tinystudent.__version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            module = __import__(name)
+            found[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            pass
+    return found
+
+
+class Store:
+    """A connection to the results database. Use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- evaluations -----------------------------------------------------------------------
+
+    def save_evaluation(self, result, run_key: str | None = None) -> int:
+        """Store an `EvalResult` and its predictions in one transaction; returns its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO evaluations (created, model, model_identity, task, split, mode, n, acc,"
+                " acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, cost, settings,"
+                " versions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), result.model, result.settings.get("model_identity"), result.task,
+                 result.split, result.mode, result.n, result.acc, result.acc_norm, result.ci95[0],
+                 result.ci95[1], result.majority_baseline, result.data_hash, run_key,
+                 json.dumps(result.cost), json.dumps(result.settings, default=str),
+                 json.dumps(versions())),
+            )
+            evaluation_id = cursor.lastrowid
+            db.executemany(
+                "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)",
+                [(evaluation_id, p.example_id, p.gold, p.pred, p.pred_norm, int(p.correct),
+                  json.dumps(p.choice_logprobs) if p.choice_logprobs is not None else None, p.text)
+                 for p in result.predictions],
+            )
+        return evaluation_id
+
+    def evaluation(self, evaluation_id: int) -> dict:
+        row = self.db.execute("SELECT * FROM evaluations WHERE id = ?", (evaluation_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no evaluation {evaluation_id} in {self.path}")
+        return _decode(dict(row))
+
+    def predictions(self, evaluation_id: int) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM predictions WHERE evaluation_id = ? ORDER BY rowid",
+                               (evaluation_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def evaluations(self, **where) -> list[dict]:
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
+        rows = self.db.execute(f"SELECT * FROM evaluations WHERE {clause} ORDER BY id",
+                               tuple(where.values())).fetchall()
+        return [_decode(dict(r)) for r in rows]
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def run(self, run_key: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM runs WHERE run_key = ?", (run_key,)).fetchone()
+        return _decode(dict(row)) if row else None
+
+    def save_run(self, run_key: str, kind: str, status: str, config: dict,
+                 result: dict | None = None, experiment: str | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runs (run_key, created, experiment, kind, status, config, result)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_key) DO UPDATE SET status=excluded.status,"
+                " result=excluded.result, config=excluded.config",
+                (run_key, time.time(), experiment, kind, status, json.dumps(config, default=str),
+                 json.dumps(result, default=str) if result is not None else None),
+            )
+
+
+def _decode(row: dict) -> dict:
+    for key in ("cost", "settings", "versions", "config", "result", "meta"):
+        if isinstance(row.get(key), str):
+            row[key] = json.loads(row[key])
+    return row

