@@ -26,7 +26,7 @@ def _root() -> None:
     smallest student that beats each teacher. Every subcommand has its own --help."""
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep library chatter off the terminal; our own messages say what matters."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -73,77 +73,22 @@ def emit_json(payload: dict) -> None:
     sys.stdout.flush()
 
 
-@app.command("eval")
-@friendly_errors
-def eval_command(
-    model: str = typer.Option(..., "--model", "-m", help="Hub id, local model folder or GGUF file."),
-    task: str = typer.Option(..., "--task", "-t", help="arc_easy, arc_challenge, openbookqa, sciq, "
-                             "bioasq, pubmedqa, or a path to a benchmark file or folder."),
-    split: str = typer.Option("test", help="train, validation (valid) or test."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions of the split."),
-    mode: str = typer.Option("loglikelihood", help="loglikelihood (score each choice), generate "
-                             "(answer with a letter) or generate_cot (think step by step first)."),
-    batch_size: int = typer.Option(16, help="Questions per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
-    dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
-    columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV: "
-                                          "question=q,choices=A|B|C|D,answer=label[,id=..,context=..]."),
-    seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database [default: $TINYSTUDENT_DB "
-                                      "or tinystudent-results/results.sqlite]."),
-    trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-) -> None:
-    """Measure one model on one task: accuracy, 95% interval, majority baseline and cost."""
-    _quiet_libraries()
-    from tinystudent.evaluation import evaluate_model
-    from tinystudent.models import load_model
-    from tinystudent.store import Store
-    from tinystudent.tasks import load_task, normalize_split
+def _register_commands() -> None:
+    """Each module of `tinystudent.commands` adds its subcommand(s) to `app` when imported."""
+    import importlib
+    import pkgutil
 
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
-    data = load_task(task, seed=seed, columns=parse_columns(columns))
-    examples = data.split(split)
-    examples = examples[:limit] if limit else examples
-    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    console.print(f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
-                  f"{loaded.kind} model on {loaded.device}")
-    result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size)
-    result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
-    with Store(db) as store:
-        evaluation_id = store.save_evaluation(result)
-    summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
-    if as_json:
-        emit_json(summary)
-    else:
-        print_eval(summary)
+    import tinystudent.commands as commands
 
-
-def print_eval(summary: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{summary['model']} on {summary['task']}/{summary['split']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    rows = [("questions", summary["n"]), ("acc", f"{summary['acc']:.4f}"),
-            ("acc 95% interval", f"{summary['ci95'][0]:.4f} - {summary['ci95'][1]:.4f}"),
-            ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
-            ("majority baseline", f"{summary['majority_baseline']:.4f}"),
-            ("unparsed answers", summary["unparsed"]),
-            ("parameters", f"{summary['params']:,}"),
-            ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
-            ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),
-            ("questions per second", summary["questions_per_s"]),
-            ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}")]
-    for name, value in rows:
-        table.add_row(name, str(value))
-    console.print(table)
+    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"tinystudent.commands.{module}")
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m tinystudent`
     app()
 
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,1 @@
+"""Subcommands of `tinystudent`: each module registers its own on `tinystudent.cli.app`."""
