@@ -1,0 +1,74 @@
+"""`tinystudent eval` as a user runs it: one JSON object on stdout, clear errors, stored results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tinystudent.store import Store
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tinystudent", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+@pytest.fixture()
+def toy_task(tmp_path):
+    rows = [{"id": f"q{i}", "question": f"Question number {i}?", "choices": ["yes", "no"],
+             "answer": "yes" if i % 3 else "no"} for i in range(30)]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
+    db = tmp_path / "results.sqlite"
+    done = run_cli("eval", "--model", str(tiny_causal), "--task", str(toy_task), "--split", "all",
+                   "--limit", "12", "--json", "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    for key in ("task", "model", "split", "n", "acc", "acc_norm", "ci95", "majority_baseline", "params",
+                "peak_memory_mb", "latency_ms_p50", "questions_per_s"):
+        assert key in summary
+    assert summary["n"] == 12 and len(summary["ci95"]) == 2
+    assert summary["majority_baseline"] == pytest.approx(8 / 12)  # 8 of the first 12 are "yes"
+    with Store(db) as store:
+        assert len(store.predictions(summary["evaluation_id"])) == 12
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "arc_medium"], "one of"),
+    (["--task", "/nonexistent/file.jsonl"], "an existing file or folder"),
+    (["--task", "TOY", "--split", "dev2"], "no split 'dev2'"),
+    (["--task", "TOY", "--limit", "0"], "--limit must be at least 1"),
+    (["--task", "TOY", "--mode", "vibes"], "mode must be one of"),
+])
+def test_eval_bad_arguments_fail_clearly(tiny_causal, toy_task, args, message):
+    args = [str(toy_task) if a == "TOY" else a for a in args]
+    done = run_cli("eval", "--model", str(tiny_causal), *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_missing_model_fails_clearly(toy_task, tmp_path):
+    done = run_cli("eval", "--model", str(tmp_path / "no-model"), "--task", str(toy_task))
+    assert done.returncode == 2 and "no such folder" in done.stderr
+
+
+def test_every_command_has_help():
+    import typer.main
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    done = run_cli("--help")
+    assert done.returncode == 0 and "eval" in done.stdout
+    names = sorted(typer.main.get_command(app).commands)
+    assert "eval" in names
+    runner = CliRunner()
+    for name in names:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, name

@@ -1,0 +1,134 @@
+"""Evaluation: the fast scorer agrees with the reference, metrics agree with hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tinystudent.evaluation import (ChoiceRequest, evaluate_model, paired_bootstrap, score_choices,
+                                    score_choices_naive)
+from tinystudent.evaluation.generative import extract_choice
+from tinystudent.evaluation.scoring import encode_request
+from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline
+from tinystudent.models import load_model
+from tinystudent.store import Store
+from tinystudent.tasks import Example
+
+EXAMPLES = [
+    Example("q1", "Which gas do plants take in?", ("oxygen", "carbon dioxide", "helium"), 1),
+    Example("q2", "The sun is a", ("star", "planet", "moon", "comet"), 0),
+    Example("q3", "Water boils at", ("one hundred degrees", "zero degrees"), 0),
+    Example("q4", "", ("yes", "no"), 1),  # empty question: the prompt is still "Question: \nAnswer:"
+]
+
+
+def requests_for(examples):
+    from tinystudent.evaluation.prompts import choice_context, choice_continuations
+
+    return [ChoiceRequest(choice_context(ex, "arc"), choice_continuations(ex)) for ex in examples]
+
+
+def test_fast_scorer_matches_one_forward_per_choice(tiny_causal):
+    loaded = load_model(str(tiny_causal), device="cpu")
+    requests = requests_for(EXAMPLES[:3])
+    fast = score_choices(loaded.model, loaded.tokenizer, "causal", requests, batch_size=2)
+    slow = score_choices_naive(loaded.model, loaded.tokenizer, requests)
+    for row_fast, row_slow in zip(fast, slow):
+        assert row_fast == pytest.approx(row_slow, abs=1e-4)
+
+
+def test_loglikelihood_is_the_sum_of_token_logprobs(tiny_causal):
+    """Check one choice's score by hand: log-softmax of a full forward, summed over its tokens."""
+    loaded = load_model(str(tiny_causal), device="cpu")
+    request = requests_for(EXAMPLES[:1])[0]
+    context_ids, continuations = encode_request(loaded.tokenizer, request)
+    ids = context_ids + continuations[1]
+    with torch.no_grad():
+        logits = loaded.model(input_ids=torch.tensor([ids])).logits[0].double()
+    expected = 0.0
+    for pos in range(len(context_ids), len(ids)):
+        expected += (logits[pos - 1].log_softmax(-1))[ids[pos]].item()
+    score = score_choices(loaded.model, loaded.tokenizer, "causal", [request])[0][1]
+    assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_acc_and_acc_norm_agree_with_stored_logprobs(tiny_causal):
+    loaded = load_model(str(tiny_causal), device="cpu")
+    result = evaluate_model(loaded, EXAMPLES, "toy", "test", batch_size=3)
+    acc = acc_norm = 0
+    for ex, pred in zip(EXAMPLES, result.predictions):
+        scores = pred.choice_logprobs
+        acc += max(range(len(scores)), key=scores.__getitem__) == ex.answer
+        normed = [s / len(c) for s, c in zip(scores, ex.choices)]
+        acc_norm += max(range(len(normed)), key=normed.__getitem__) == ex.answer
+    assert result.acc == acc / len(EXAMPLES) and result.acc_norm == acc_norm / len(EXAMPLES)
+    assert result.n == 4 and result.cost["params"] > 0 and result.cost["peak_memory_mb"] > 0
+    assert result.cost["latency_ms_p50"] > 0 and result.cost["questions_per_s"] > 0
+
+
+def test_seq2seq_and_encoder_models_score_choices(tiny_seq2seq, tiny_encoder):
+    t5 = load_model(str(tiny_seq2seq), device="cpu")
+    assert t5.kind == "seq2seq"
+    result = evaluate_model(t5, EXAMPLES, "toy", "test")
+    assert len(result.predictions[0].choice_logprobs) == 3
+    assert all(s < 0 for p in result.predictions for s in p.choice_logprobs)
+    bert = load_model(str(tiny_encoder), device="cpu")
+    assert bert.kind == "encoder"
+    result = evaluate_model(bert, EXAMPLES, "toy", "test")
+    probs = [math.exp(s) for s in result.predictions[1].choice_logprobs]
+    assert sum(probs) == pytest.approx(1.0) and result.acc_norm is None
+    with pytest.raises(ValueError, match="encoder"):
+        evaluate_model(bert, EXAMPLES, "toy", "test", mode="generate")
+
+
+def test_generative_mode_counts_unparsed_answers(tiny_causal):
+    loaded = load_model(str(tiny_causal), device="cpu")
+    result = evaluate_model(loaded, EXAMPLES[:2], "toy", "test", mode="generate", batch_size=2)
+    assert result.n == 2 and all(p.text is not None for p in result.predictions)
+    assert result.unparsed == sum(p.pred is None for p in result.predictions)
+    assert result.acc == sum(p.pred == p.gold for p in result.predictions) / 2
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The answer is (B).", 1), ("answer: c", 2), ("B. carbon dioxide", 1),
+    ("I think it is carbon dioxide", 1), ("no idea", None), ("A or B?", 0),
+])
+def test_extract_choice(text, expected):
+    assert extract_choice(text, ("oxygen", "carbon dioxide", "helium")) == expected
+
+
+def test_intervals_and_baselines_by_hand():
+    assert bootstrap_ci([True] * 10) == (1.0, 1.0)
+    low, high = bootstrap_ci([True, False] * 50)
+    assert low < 0.5 < high and high - low < 0.25
+    yes_no = [Example(str(i), "q", ("yes", "no"), int(i >= 82)) for i in range(123)]
+    assert majority_baseline(yes_no) == {"acc": 82 / 123, "answer": "yes"}
+    paired = paired_bootstrap([True, True, False, True], [False, True, False, False])
+    assert paired["diff"] == pytest.approx(0.5) and paired["p_value"] < 0.2
+    assert paired["ci95"][0] <= 0.5 <= paired["ci95"][1]
+
+
+def test_store_keeps_every_prediction(tiny_causal, tmp_path):
+    loaded = load_model(str(tiny_causal), device="cpu")
+    result = evaluate_model(loaded, EXAMPLES, "toy", "test")
+    with Store(tmp_path / "r.sqlite") as store:
+        eid = store.save_evaluation(result)
+        row = store.evaluation(eid)
+        predictions = store.predictions(eid)
+    assert row["acc"] == result.acc and row["data_hash"] == result.data_hash
+    assert row["versions"]["torch"] == torch.__version__ and row["settings"]["model_identity"].startswith("sha256:")
+    assert [p["example_id"] for p in predictions] == ["q1", "q2", "q3", "q4"]
+    assert json.loads(predictions[0]["choice_logprobs"]) == pytest.approx(result.predictions[0].choice_logprobs)
+
+
+@pytest.mark.slow
+def test_real_smollm2_is_clearly_above_chance_on_arc_easy(smollm2):
+    from tinystudent.tasks import load_task
+
+    examples = load_task("arc_easy").split("validation")[:100]
+    result = evaluate_model(smollm2, examples, "arc_easy", "validation", batch_size=16)
+    chance = sum(1 / len(ex.choices) for ex in examples) / len(examples)
+    assert result.ci95[0] > chance, (result.acc, result.ci95, chance)
