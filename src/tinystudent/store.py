@@ -2,8 +2,9 @@
 
 Tables: `evaluations` (one row per evaluation, with its resolved settings, versions and data
 hash), `predictions` (every per-question answer and choice log-likelihoods), `teacher_outputs`
-(the teacher cache, keyed by everything that determines an output) and `runs` (training and
-experiment runs, keyed by their config hash). WAL mode lets several processes write at once;
+(the teacher cache, keyed by everything that determines an output), `runs` (training and
+experiment runs, keyed by their config hash) and `model_losses` (bits per byte of a model on a
+reference text, keyed by the model's identity and the text's SHA-256; `stride` -1 = the default). WAL mode lets several processes write at once;
 each write is one transaction, so a killed process loses at most the row it was writing.
 """
 
@@ -73,6 +74,24 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     result TEXT
 );
+CREATE TABLE IF NOT EXISTS model_losses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    model TEXT NOT NULL,
+    model_identity TEXT NOT NULL,
+    corpus TEXT NOT NULL,
+    corpus_sha256 TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    stride INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    nll_bits REAL NOT NULL,
+    bits_per_byte REAL NOT NULL,
+    settings TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_losses_by_key ON model_losses(model_identity, corpus_sha256);
 """
 
 
@@ -184,6 +203,36 @@ class Store:
                 (run_key, time.time(), experiment, kind, status, json.dumps(config, default=str),
                  json.dumps(result, default=str) if result is not None else None),
             )
+
+
+    # --- model losses (bits per byte) -------------------------------------------------------
+
+    def save_model_loss(self, row: dict) -> int:
+        """Store one bits-per-byte measurement (keys as the `model_losses` columns); returns its id."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO model_losses (created, model, model_identity, corpus, corpus_sha256,"
+                " window, stride, dtype, bytes, tokens, nll_bits, bits_per_byte, settings, versions)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (time.time(), row["model"], row["model_identity"], row["corpus"],
+                 row["corpus_sha256"], row["window"], row["stride"], row["dtype"], row["bytes"],
+                 row["tokens"], row["nll_bits"], row["bits_per_byte"],
+                 json.dumps(row.get("settings", {}), default=str), json.dumps(versions())),
+            )
+        return cursor.lastrowid
+
+    def model_loss(self, loss_id: int) -> dict:
+        row = self.db.execute("SELECT * FROM model_losses WHERE id = ?", (loss_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no model loss {loss_id} in {self.path}")
+        return _decode(dict(row))
+
+    def model_losses(self, **where) -> list[dict]:
+        """Stored bits-per-byte rows matching every `column=value` given, oldest first."""
+        clause = " AND ".join(f"{k} = ?" for k in where) or "1"
+        rows = self.db.execute(f"SELECT * FROM model_losses WHERE {clause} ORDER BY id",
+                               tuple(where.values())).fetchall()
+        return [_decode(dict(r)) for r in rows]
 
 
 def _decode(row: dict) -> dict:
