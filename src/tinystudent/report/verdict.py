@@ -1,0 +1,147 @@
+"""The verdict section: one plain sentence per teacher and measure of size, then the table.
+
+Each verdict entry comes from the experiment runner's paired bootstrap (student minus teacher on
+the same test questions). This module only words it; it never re-judges who won.
+"""
+
+from __future__ import annotations
+
+from tinystudent.report import format as fmt
+from tinystudent.report.blocks import Block, Bullets, Heading, Paragraph, Table
+from tinystudent.report.study import is_measured, teachers_by_name
+
+MEASURES = {"params": "parameters", "peak_memory_mb": "peak memory"}
+
+
+def verdict_section(study: dict) -> list[Block]:
+    """Heading, the sentences grouped by teacher (best teacher first), a note on the test, the table."""
+    entries = study.get("verdict") or []
+    blocks: list[Block] = [Heading("Verdict")]
+    if not entries:
+        blocks.append(Paragraph("This study has no verdict yet: no finished student run has been compared "
+                                "with a teacher. Run the experiment to the end and render the report again."))
+        return blocks
+    teachers = teachers_by_name(study)
+    for teacher_name in _teacher_order(entries):
+        own = [entry for entry in entries if entry["teacher"] == teacher_name]
+        teacher = teachers.get(teacher_name, {})
+        best = any(entry.get("best_teacher") for entry in own)
+        blocks.append(Heading(_teacher_title(own[0], teacher, best), 3))
+        blocks.append(Bullets([verdict_sentence(entry, teacher) for entry in own], callout=True))
+    n_test = study.get("n_test")
+    questions = f"the same {n_test} test questions" if fmt.is_number(n_test) else "the same test questions"
+    blocks.append(Paragraph(
+        f"Differences are student minus teacher in percentage points on {questions}, with a 95% "
+        "interval from a paired bootstrap; p is the share of resamples in which the student does not "
+        "beat the teacher. A teacher whose accuracy was only reported elsewhere cannot be paired "
+        "question by question, so its comparisons carry no interval."))
+    blocks.append(verdict_table(entries, teachers))
+    return blocks
+
+
+def _teacher_order(entries: list[dict]) -> list[str]:
+    """Best teacher first, then the others in the order the study lists them."""
+    names = list(dict.fromkeys(entry["teacher"] for entry in entries))
+    best = [name for name in names if any(e.get("best_teacher") for e in entries if e["teacher"] == name)]
+    return best + [name for name in names if name not in best]
+
+
+def teacher_mention(name: str, acc, measured: bool) -> str:
+    """"X (acc 52.0%)" or "X (acc 73.8%, reported, not measured)"."""
+    marker = "" if measured else f", {fmt.REPORTED}"
+    return f"{name} (acc {fmt.pct(acc)}{marker})"
+
+
+def _entry_measured(entry: dict, teacher: dict) -> bool:
+    if entry.get("teacher_measured") is not None:
+        return bool(entry["teacher_measured"])
+    return is_measured(teacher) if teacher else True
+
+
+def _teacher_title(entry: dict, teacher: dict, best: bool) -> str:
+    """"Against X, the best teacher (acc 73.8%, reported, not measured; source: ...)"."""
+    acc = entry.get("teacher_acc", teacher.get("acc"))
+    details = [f"acc {fmt.pct(acc)}"]
+    if not _entry_measured(entry, teacher):
+        details.append(fmt.REPORTED)
+    details = [", ".join(details)]
+    if teacher.get("source"):
+        details.append(f"source: {teacher['source']}")
+    return f"Against {entry['teacher']}{', the best teacher' if best else ''} ({'; '.join(details)})"
+
+
+def verdict_sentence(entry: dict, teacher: dict) -> str:
+    """The verdict for one teacher and one measure of size, as a sentence.
+
+    With a winner: "By parameters, the smallest student that beats X (acc 52.0%) is Y (acc 55.0%,
+    +3.0 points, 95% CI [-1.0, +7.0], p = 0.040), with 45.0M parameters against the teacher's 134.5M."
+    Without: "By parameters, no student beats X (acc 52.0%); the closest is Y (acc 49.0%, ...)."
+    """
+    by = entry.get("by", "params")
+    measure = MEASURES.get(by, by)
+    acc = entry.get("teacher_acc", teacher.get("acc"))
+    who = teacher_mention(entry["teacher"], acc, _entry_measured(entry, teacher))
+    winner = entry.get("smallest_winner")
+    if winner:
+        evidence = _evidence(entry.get("winner_acc"), entry.get("diff"), entry.get("diff_ci95"),
+                             entry.get("p_value"))
+        return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
+                f"{_cost_clause(entry, teacher, by)}.")
+    closest = entry.get("closest")
+    if not closest:
+        return f"By {measure}, no student beats {who}, and no finished student run could be compared with it."
+    evidence = _evidence(closest.get("acc"), closest.get("diff"), closest.get("diff_ci95"),
+                         closest.get("p_value"))
+    return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence})."
+
+
+def _evidence(acc, diff, interval, p) -> str:
+    parts = [f"acc {fmt.pct(acc)}"]
+    if fmt.is_number(diff):
+        parts.append(f"{fmt.points(diff)} points")
+    if fmt.points_interval(interval) != fmt.MISSING:
+        parts.append(f"95% CI {fmt.points_interval(interval)}")
+    else:
+        parts.append("no paired interval")
+    if fmt.is_number(p):
+        parts.append(fmt.p_clause(p))
+    return ", ".join(parts)
+
+
+def _cost_clause(entry: dict, teacher: dict, by: str) -> str:
+    if by == "peak_memory_mb":
+        mine, theirs, show, unit = (entry.get("winner_peak_memory_mb"), teacher.get("peak_memory_mb"),
+                                    fmt.memory_mb, "peak memory")
+    else:
+        mine, theirs, show, unit = entry.get("winner_params"), teacher.get("params"), fmt.params, "parameters"
+    if not fmt.is_number(mine):
+        return ""
+    clause = f", with {show(mine)} {unit}"
+    if fmt.is_number(theirs) and mine > 0:
+        clause += f" against the teacher's {show(theirs)} ({theirs / mine:.1f}x smaller)"
+    return clause
+
+
+def verdict_table(entries: list[dict], teachers: dict[str, dict]) -> Table:
+    """One row per teacher and measure: the winner, or "none" with the closest run."""
+    rows = []
+    for entry in entries:
+        teacher = teachers.get(entry["teacher"], {})
+        measured = _entry_measured(entry, teacher)
+        name = entry["teacher"] + ("" if measured else f" ({fmt.REPORTED})")
+        winner = entry.get("smallest_winner")
+        closest = entry.get("closest") or {}
+        source = entry if winner else closest
+        rows.append([
+            name + (" [best]" if entry.get("best_teacher") else ""),
+            fmt.pct(entry.get("teacher_acc", teacher.get("acc"))),
+            MEASURES.get(entry.get("by", "params"), str(entry.get("by"))),
+            winner or f"none (closest: {closest.get('label', fmt.MISSING)})",
+            fmt.pct(entry.get("winner_acc") if winner else closest.get("acc")),
+            fmt.points(source.get("diff")),
+            fmt.points_interval(source.get("diff_ci95")),
+            fmt.p_value(source.get("p_value")),
+        ])
+    return Table(["teacher", "teacher acc", "judged by", "smallest student that beats it", "student acc",
+                  "difference (points)", "95% CI (points)", "p"], rows,
+                 align=["l", "r", "l", "l", "r", "r", "r", "r"])

@@ -1,0 +1,250 @@
+"""The report of a study: verdict first, reported teachers marked, tables, exports and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import sys
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+from test_report_study import LLAMA, SMOL, realistic_study
+from tinystudent.cli import app
+from tinystudent.report import StudyError, pareto_frontier, render_report
+from tinystudent.report.markdown import markdown_table
+from tinystudent.report.blocks import Table
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    study = realistic_study()
+    return study, render_report(study, out)
+
+
+@pytest.fixture(scope="module")
+def markdown(rendered) -> str:
+    return rendered[1]["markdown"].read_text(encoding="utf-8")
+
+
+def tables_of(text: str) -> list[list[str]]:
+    """Each pipe table of a Markdown text as its list of lines."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def section(text: str, title: str) -> str:
+    """The text of one `## title` section, up to the next `## `."""
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_verdict_comes_first_and_says_who_beats_whom(markdown):
+    headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
+    assert headings[0] == "Verdict"
+    assert headings.index("Teachers") < headings.index("Accuracy against size") < headings.index(
+        "Side-by-side comparisons") < headings.index("Learning from vs working with") < headings.index(
+        "Every run") < headings.index("Reproducibility")
+    verdict = " ".join(section(markdown, "Verdict").split())  # undo the line wrapping
+    assert (f"By parameters, the smallest student that beats {SMOL} (acc 52.0%) is "
+            "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, +3.5 points, 95% CI [-0.5, +7.5], "
+            "p = 0.040), with 76.5M parameters against the teacher's 134.5M (1.8x smaller).") in verdict
+    assert "By peak memory, the smallest student that beats" in verdict
+    assert "with 880 MB peak memory against the teacher's 1.9 GB" in verdict
+    # The unsettled verdict: nobody beats the reported LLaMA, the closest run is named with its gap.
+    assert (f"By parameters, no student beats {LLAMA} (acc 73.8%, reported, not measured); the closest is "
+            "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, -18.2 points, 95% CI [-25.2, -11.2], "
+            "p = 1.000).") in verdict
+    assert "-18.2 points, no paired interval)" in verdict
+    # The best teacher is named first.
+    assert verdict.index(f"Against {LLAMA}, the best teacher") < verdict.index(f"Against {SMOL}")
+
+
+def test_reported_teacher_is_marked_in_every_table_and_sentence(markdown):
+    lines = [line for line in markdown.splitlines() if LLAMA in line and not line.startswith("#")]
+    assert len(lines) >= 8
+    for table in tables_of(markdown):
+        for line in table:
+            if LLAMA in line:
+                assert "reported, not measured" in line, line
+    for line in section(markdown, "Verdict").split("\n- ")[1:]:
+        if LLAMA in line:
+            assert "reported, not measured" in " ".join(line.split())
+
+
+def test_tables_are_aligned_plain_text_with_the_baseline(markdown):
+    tables = tables_of(markdown)
+    assert len(tables) >= 10
+    for table in tables:
+        assert len({len(line) for line in table}) == 1, table[0]  # padded: columns line up
+        assert re.fullmatch(r"\|( -+:? \|)+", table[1]), table[1]
+    comparisons = section(markdown, "Side-by-side comparisons")
+    compared = tables_of(comparisons)
+    assert len(compared) == 5  # one vs several (1), full vs LoRA (3), objectives (1)
+    for table in compared:
+        baseline = [line for line in table if line.startswith("| majority baseline")]
+        assert len(baseline) == 1 and "27.0%" in baseline[0]
+    assert "| full " in comparisons and "| lora " in comparisons and "+14.5" in comparisons
+    assert re.search(r"\| choice_kd +\| +45\.5% \| \[38\.7%, 52\.1%\] \| +\+18\.5 \|", comparisons)
+    assert "<" not in markdown.replace("< 0.001", "")  # no HTML in the Markdown
+    assert "None" not in markdown and "nan" not in markdown
+
+
+def test_learning_from_vs_working_with_puts_groups_beside_teachers(markdown):
+    text = section(markdown, "Learning from vs working with")
+    rows = {line.split("|")[1].strip(): line for line in tables_of(text)[0][2:]}
+    assert "smollm2-first16 / full / rationale:all / seed 0" in rows["best taught student"]
+    group = rows["best collaborating group"]
+    assert "ensemble:avg" in group and "151.7M" in group and "1.8 GB" in group and "68 ms" in group
+    assert "smollm2-first4, smollm2-first8, smollm2-first16" in group
+    assert "6.5 points below the best taught student" in " ".join(text.split())
+    assert "2.0x its parameters" in " ".join(text.split())
+
+
+def test_loss_search_and_reproducibility_sections(markdown):
+    loss = " ".join(section(markdown, "Pre-training loss as the guide").split())
+    assert "bits per byte is -0.81" in loss and "log parameters 0.74" in loss
+    assert "figures/accuracy_vs_bpb_and_params.png" in loss
+    search = " ".join(section(markdown, "Loss-guided search").split())
+    assert "trained 3 of the 5 candidates" in search and "saved 2 training run(s) (40% of the ladder)" in search
+    footer = section(markdown, "Reproducibility")
+    assert "config hash: ab12cd34ef56" in footer and "data hash: cd34ef56ab12" in footer
+    assert re.search(r"\| torch +\| 2\.13\.0 +\|", footer)
+
+
+def test_markdown_links_plots_that_exist(rendered, markdown):
+    links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)
+    assert links == ["figures/accuracy_vs_params.png", "figures/accuracy_vs_peak_memory.png",
+                     "figures/accuracy_vs_bpb_and_params.png"]
+    for link in links:
+        assert (rendered[1]["markdown"].parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_csv_and_json_hold_every_run(rendered):
+    study, paths = rendered
+    with open(paths["runs_csv"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["label"] for row in rows] == [run["label"] for run in study["runs"]]
+    first = rows[0]
+    assert (first["acc"], first["ci95_low"], first["ci95_high"], first["params"]) == (
+        "0.385", "0.317", "0.451", "22713216")
+    ensemble = next(row for row in rows if row["objective"] == "ensemble:avg")
+    assert ensemble["members"] == "smollm2-first4;smollm2-first8;smollm2-first16"
+    failed = next(row for row in rows if row["status"] == "failed")
+    assert failed["acc"] == "" and failed["ci95_low"] == ""
+    exported = json.loads(paths["runs_json"].read_text(encoding="utf-8"))
+    assert exported["runs"] == study["runs"] and exported["teachers"] == study["teachers"]
+    assert exported["config_hash"] == "ab12cd34ef56" and exported["experiment"] == "quickstart"
+
+
+def test_html_is_self_contained(rendered):
+    page = rendered[1]["html"].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, flags=re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    for src in images:
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert page.count("reported, not measured") >= 8
+    assert "<h2 id=\"verdict\">Verdict</h2>" in page
+
+
+def test_minimal_study_renders_with_only_teachers_and_runs(tmp_path):
+    study = {"teachers": [{"name": "t", "acc": 0.5}],
+             "runs": [{"label": "s / full / answer / seed 0", "acc": 0.4, "params": 1000}]}
+    paths = render_report(study, tmp_path)
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "This study has no verdict yet" in " ".join(text.split())
+    assert "This study has no runs to compare here." in text
+    assert "No collaboration runs in this study" in " ".join(text.split())
+    assert "Pre-training loss" not in text and "Loss-guided search" not in text
+    assert "<img" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_bad_study_is_an_error_naming_the_record(tmp_path):
+    study = realistic_study()
+    study["runs"][1]["acc"] = 33  # a percentage where a fraction belongs
+    with pytest.raises(StudyError, match=r"study: runs\[1\] 'smollm2-first4 / full / answer / seed 0': "
+                                         r"'acc' must be a fraction between 0 and 1"):
+        render_report(study, tmp_path)
+    with pytest.raises(StudyError, match="'teachers' must be a list"):
+        render_report({"runs": []}, tmp_path)
+
+
+def test_pareto_frontier_keeps_runs_no_other_beats_on_size_and_accuracy():
+    runs = [{"label": name, "params": params, "acc": acc} for name, params, acc in [
+        ("a", 10, 0.30), ("b", 20, 0.25), ("c", 20, 0.40), ("d", 30, 0.40), ("e", 50, 0.55), ("f", 5, 0.10)]]
+    assert [run["label"] for run in pareto_frontier(runs)] == ["f", "a", "c", "e"]
+
+
+def test_markdown_table_escapes_pipes_and_right_aligns_numbers():
+    text = markdown_table(Table(["name", "acc"], [["a|b", "5.0%"], ["long name", "41.0%"]], align=["l", "r"]))
+    assert text.splitlines() == ["| name      |   acc |", "| --------- | ----: |",
+                                 "| a\\|b      |  5.0% |", "| long name | 41.0% |"]
+
+
+def test_cli_renders_a_study_file(tmp_path):
+    study_file = tmp_path / "study.json"
+    study_file.write_text(json.dumps(realistic_study()), encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", "--study", str(study_file), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    for name in ("report.md", "report.html", "runs.csv", "runs.json"):
+        assert f"wrote {tmp_path / 'out' / name}" in result.output
+        assert (tmp_path / "out" / name).is_file()
+
+
+def test_cli_explains_a_broken_study_file(tmp_path):
+    study_file = tmp_path / "study.json"
+    study_file.write_text('{"teachers": [],\n "runs": [}', encoding="utf-8")
+    result = CliRunner().invoke(app, ["report", "--study", str(study_file), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    said = "".join(result.output.split())  # rich wraps long lines; compare without whitespace
+    assert f"{study_file}:line2,column".replace(" ", "") in said and "notvalidJSON" in said
+    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "exactly one of --study" in result.output
+
+
+def test_cli_reads_the_study_from_the_database(tmp_path, monkeypatch):
+    from tinystudent.store import Store
+
+    db = tmp_path / "results.sqlite"
+    Store(db).close()
+    seen = {}
+
+    def load_study(store, experiment):  # stands in for the experiment runner's loader
+        seen["db"], seen["experiment"] = store.path, experiment
+        return realistic_study()
+
+    module = types.ModuleType("tinystudent.experiments.study")
+    module.load_study = load_study
+    monkeypatch.setitem(sys.modules, "tinystudent.experiments.study", module)
+    result = CliRunner().invoke(app, ["report", "--db", str(db), "--experiment", "quickstart",
+                                      "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"db": db, "experiment": "quickstart"}
+    assert json.loads(result.stdout.strip().splitlines()[-1])["html"] == str(tmp_path / "out" / "report.html")
+
+
+def test_cli_says_clearly_when_the_study_loader_is_missing(tmp_path, monkeypatch):
+    from tinystudent.store import Store
+
+    db = tmp_path / "results.sqlite"
+    Store(db).close()
+    monkeypatch.setitem(sys.modules, "tinystudent.experiments.study", None)  # import fails
+    result = CliRunner().invoke(app, ["report", "--db", str(db), "--experiment", "x", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "needs tinystudent.experiments.study.load_study" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "none.sqlite"), "--experiment", "x"])
+    assert result.exit_code == 2 and "no results database here" in " ".join(result.output.split())
