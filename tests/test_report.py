@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from test_report_study import LLAMA, SMOL, realistic_study
 from tinystudent.cli import app
-from tinystudent.report import StudyError, pareto_frontier, render_report
+from tinystudent.report import StudyError, pareto_frontier, render_report, verdict_text
 from tinystudent.report.markdown import markdown_table
 from tinystudent.report.blocks import Table
 
@@ -69,6 +69,11 @@ def test_verdict_comes_first_and_says_who_beats_whom(markdown):
     assert "-18.2 points, no paired interval)" in verdict
     # The best teacher is named first.
     assert verdict.index(f"Against {LLAMA}, the best teacher") < verdict.index(f"Against {SMOL}")
+
+
+def test_verdict_text_for_the_terminal_matches_the_report(markdown):
+    text = verdict_text(realistic_study())
+    assert text.startswith("## Verdict\n") and text.strip() in markdown
 
 
 def test_reported_teacher_is_marked_in_every_table_and_sentence(markdown):
@@ -181,6 +186,24 @@ def test_bad_study_is_an_error_naming_the_record(tmp_path):
         render_report(study, tmp_path)
     with pytest.raises(StudyError, match="'teachers' must be a list"):
         render_report({"runs": []}, tmp_path)
+    study = realistic_study()
+    study["comparisons"]["full_vs_lora"][2]["rows"] = {"method": "full"}
+    with pytest.raises(StudyError, match=r"comparisons.full_vs_lora\[2\]: 'rows' must be a list"):
+        render_report(study, tmp_path)
+
+
+def test_correlations_are_computed_when_the_study_leaves_them_out(tmp_path):
+    import numpy as np
+
+    study = realistic_study()
+    del study["bpb_correlation"]
+    text = " ".join(render_report(study, tmp_path)["markdown"].read_text(encoding="utf-8").split())
+    runs = [run for run in study["runs"] if run["status"] == "done" and run["bits_per_byte"] is not None]
+    accs = [run["acc"] for run in runs]
+    by_bpb = np.corrcoef([run["bits_per_byte"] for run in runs], accs)[0, 1]
+    by_params = np.corrcoef([np.log10(run["params"]) for run in runs], accs)[0, 1]
+    assert f"with bits per byte is {by_bpb:.2f} and with log parameters {by_params:.2f}." in text
+    assert by_bpb < -0.5 < 0.5 < by_params
 
 
 def test_pareto_frontier_keeps_runs_no_other_beats_on_size_and_accuracy():

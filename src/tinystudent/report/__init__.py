@@ -8,7 +8,7 @@ produces. Nothing here touches models or the database.
 from tinystudent.report.content import build_report
 from tinystudent.report.render import render_report
 from tinystudent.report.study import StudyError, pareto_frontier, validate_study
-from tinystudent.report.verdict import verdict_sentence
+from tinystudent.report.verdict import verdict_sentence, verdict_text
 
 __all__ = ["render_report", "build_report", "validate_study", "StudyError", "pareto_frontier",
-           "verdict_sentence"]
+           "verdict_sentence", "verdict_text"]

@@ -58,11 +58,30 @@ def validate_study(study, origin: str = "study") -> dict:
     for index, entry in enumerate(study.get("verdict") or []):
         _require_mapping(entry, f"{origin}: verdict[{index}]")
         _require_text(entry, "teacher", f"{origin}: verdict[{index}]")
-    comparisons = study.get("comparisons")
-    if comparisons is not None and not isinstance(comparisons, dict):
+    _validate_comparisons(study.get("comparisons"), origin)
+    return study
+
+
+def _validate_comparisons(comparisons, origin: str) -> None:
+    """`comparisons` maps a name to groups, each `{..., "rows": [{..., "acc", "ci95"}]}`."""
+    if comparisons is None:
+        return
+    if not isinstance(comparisons, dict):
         raise StudyError(f"{origin}: 'comparisons' must be an object of named lists, got "
                          f"{type(comparisons).__name__}")
-    return study
+    for name, groups in comparisons.items():
+        if groups is None:
+            continue
+        if not isinstance(groups, list):
+            raise StudyError(f"{origin}: comparisons.{name} must be a list of groups, got {type(groups).__name__}")
+        for index, group in enumerate(groups):
+            where = f"{origin}: comparisons.{name}[{index}]"
+            _require_mapping(group, where)
+            if not isinstance(group.get("rows"), list):
+                raise StudyError(f"{where}: 'rows' must be a list of {{objective or method, acc, ci95}} rows")
+            for row_index, row in enumerate(group["rows"]):
+                _require_mapping(row, f"{where}.rows[{row_index}]")
+                _require_fraction(row, "acc", f"{where}.rows[{row_index}]", required=False)
 
 
 def _require_mapping(record, where: str) -> None:

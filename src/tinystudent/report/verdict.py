@@ -33,10 +33,17 @@ def verdict_section(study: dict) -> list[Block]:
     blocks.append(Paragraph(
         f"Differences are student minus teacher in percentage points on {questions}, with a 95% "
         "interval from a paired bootstrap; p is the share of resamples in which the student does not "
-        "beat the teacher. A teacher whose accuracy was only reported elsewhere cannot be paired "
-        "question by question, so its comparisons carry no interval."))
+        "beat the teacher. A teacher whose accuracy was only reported elsewhere has no answers to pair "
+        "with, so comparisons with it are against its reported number."))
     blocks.append(verdict_table(entries, teachers))
     return blocks
+
+
+def verdict_text(study: dict) -> str:
+    """The verdict section as plain text (the same words as the report), for a terminal."""
+    from tinystudent.report.markdown import render_markdown
+
+    return render_markdown(verdict_section(study))
 
 
 def _teacher_order(entries: list[dict]) -> list[str]:
