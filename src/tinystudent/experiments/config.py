@@ -1,0 +1,225 @@
+"""The experiment config: one YAML names the whole study, validated before anything runs.
+
+Unknown keys are errors, with the path of the key. `load_experiment` also checks the things a
+schema cannot: files that must exist, objectives that name a known teacher, combinations that
+cannot work (token-level logit distillation across vocabularies, rationales for an encoder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FINETUNE_METHODS = ("full", "lora")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSpec(Strict):
+    """Which benchmark and how much of each split to use (None = all of it)."""
+
+    name: str
+    train_limit: int | None = Field(None, ge=1)
+    valid_limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+    test_split: str = "test"
+    seed: int = 0
+
+
+class ImportSpec(Strict):
+    """Rationales written elsewhere: TinyLLM's files or a generic JSONL {id, teacher, rationale}."""
+
+    format: Literal["tinyllm", "jsonl"]
+    path: str
+    teacher: str | None = None  # the teacher's name inside the files (TinyLLM: flan-t5-xl, llama-2-chat-7b)
+
+
+class TeacherSpec(Strict):
+    """A teacher: a local model, an OpenAI-compatible server, or outputs imported from files."""
+
+    name: str
+    backend: Literal["local", "http", "imported"] = "local"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    strategy: str = "teacher_forcing_cot"
+    k_shots: int = Field(2, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
+    eval_mode: Literal["loglikelihood", "generate", "generate_cot"] = "loglikelihood"
+    rationales: ImportSpec | None = None
+    reported_acc: float | None = Field(None, ge=0, le=1)
+    reported_source: str | None = None
+
+    @model_validator(mode="after")
+    def _backend_needs(self):
+        if self.backend in ("local", "http") and not self.model:
+            raise ValueError(f"teacher {self.name!r}: backend {self.backend} needs `model`")
+        if self.backend == "http" and not self.base_url:
+            raise ValueError(f"teacher {self.name!r}: backend http needs `base_url`")
+        if self.backend == "imported":
+            if self.rationales is None:
+                raise ValueError(f"teacher {self.name!r}: backend imported needs `rationales`")
+            if self.reported_acc is not None and not self.reported_source:
+                raise ValueError(f"teacher {self.name!r}: a reported_acc needs its reported_source")
+        return self
+
+    @property
+    def measured(self) -> bool:
+        return self.backend != "imported"
+
+
+class StudentSpec(Strict):
+    """A student: a pretrained model, optionally scaled down to a subset of its layers."""
+
+    name: str
+    model: str
+    keep_layers: str | list[int] | None = None  # "every:3", "first:4" or explicit indices
+    kind: Literal["causal", "seq2seq", "encoder"] | None = None
+
+
+class MethodSpec(Strict):
+    """Fine-tuning methods crossed with objectives.
+
+    Objectives: `answer`; `rationale:<teacher>` (that teacher's rationales, one task per teacher);
+    `rationale:all` (every teacher with rationales); `choice_kd:<teacher>` (KL to that teacher's
+    distribution over the choices).
+    """
+
+    finetune: list[Literal["full", "lora"]] = ["full"]
+    objectives: list[str] = ["answer"]
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, objectives: list[str]) -> list[str]:
+        for objective in objectives:
+            head = objective.split(":", 1)[0]
+            if head not in ("answer", "rationale", "choice_kd", "logit_kd"):
+                raise ValueError(f"unknown objective {objective!r}: use answer, rationale:<teacher>, "
+                                 "rationale:all, choice_kd:<teacher> or logit_kd:<teacher>")
+            if head != "answer" and ":" not in objective:
+                raise ValueError(f"objective {objective!r} needs a teacher: {head}:<teacher name>")
+        return objectives
+
+
+class CollaborationSpec(Strict):
+    """Small models working together instead of learning from a teacher (see the collab package)."""
+
+    members: list[str] = []  # student names
+    mutual_learning: bool = False
+    ensemble: bool = False
+    debate_rounds: int = Field(0, ge=0)
+    debate_limit: int | None = Field(None, ge=1)
+
+
+class Experiment(Strict):
+    name: str
+    task: TaskSpec
+    teachers: list[TeacherSpec]
+    students: list[StudentSpec]
+    methods: MethodSpec = MethodSpec()
+    seeds: list[int] = [0]
+    training: dict = {}
+    collaboration: CollaborationSpec | None = None
+    measure_bits_per_byte: bool = True
+    eval_batch_size: int = Field(16, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _names_line_up(self):
+        teacher_names = [t.name for t in self.teachers]
+        student_names = [s.name for s in self.students]
+        for names, what in ((teacher_names, "teacher"), (student_names, "student")):
+            duplicates = {n for n in names if names.count(n) > 1}
+            if duplicates:
+                raise ValueError(f"{what} names must be unique, repeated: {sorted(duplicates)}")
+        for objective in self.methods.objectives:
+            if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
+                raise ValueError(f"methods.objectives: {objective!r} names no teacher; "
+                                 f"teachers are {teacher_names}")
+        if self.collaboration:
+            unknown = set(self.collaboration.members) - set(student_names)
+            if unknown:
+                raise ValueError(f"collaboration.members: {sorted(unknown)} are not students")
+        return self
+
+    def teacher(self, name: str) -> TeacherSpec:
+        return next(t for t in self.teachers if t.name == name)
+
+
+class ExperimentError(ValueError):
+    """A config that cannot run, with the key's path."""
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: the experiment config is not valid:"]
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = "unknown key (not allowed here)" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override (`key.sub=value`) and validate an experiment YAML; check files it names."""
+    path = Path(path)
+    if not path.exists():
+        raise ExperimentError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: the experiment must be a mapping with name, task, teachers, students")
+    for override in overrides or []:
+        _apply_override(raw, override)
+    try:
+        experiment = Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise ExperimentError(_format_validation(path, err)) from None
+    _check_files(experiment, path.parent)
+    return experiment
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    if "=" not in override:
+        raise ExperimentError(f"override {override!r}: expected key.path=value")
+    key, value = override.split("=", 1)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _resolve(base: Path, value: str) -> str:
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else (base / candidate))
+
+
+def _check_files(experiment: Experiment, base: Path) -> None:
+    """Paths in the config are relative to the config file; each must exist."""
+    for i, teacher in enumerate(experiment.teachers):
+        if teacher.rationales:
+            teacher.rationales.path = _resolve(base, teacher.rationales.path)
+            if not Path(teacher.rationales.path).exists():
+                raise ExperimentError(f"teachers.{i}.rationales.path: {teacher.rationales.path} does not exist")
+    task_path = Path(_resolve(base, experiment.task.name))
+    if task_path.exists():
+        experiment.task.name = str(task_path)
+    for i, student in enumerate(experiment.students):
+        local = Path(_resolve(base, student.model))
+        if local.exists():
+            student.model = str(local)
+        elif student.model.startswith((".", "/", "~")):
+            raise ExperimentError(f"students.{i}.model: {local} does not exist")
+
+
+def config_hash(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,96 @@
+"""The verdict: for each teacher, the smallest student that beats it, judged on the same questions.
+
+A student beats a teacher when its test accuracy is higher and a paired bootstrap over the same
+test questions gives a one-sided p-value below `alpha` (the share of resamples in which the
+student does not come out ahead). For a teacher known only by a reported accuracy there are no
+per-question answers to pair with, so the student's accuracy is bootstrapped against that fixed
+number instead, and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinystudent.evaluation.stats import paired_bootstrap
+
+SIZE_MEASURES = ("params", "peak_memory_mb")
+
+
+def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int = 10000,
+                     seed: int = 0) -> dict:
+    """Student accuracy minus a reported accuracy: difference, 95% interval and one-sided p-value."""
+    values = np.asarray(correct, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    diffs = means - reference_acc
+    return {"diff": float(values.mean() - reference_acc),
+            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+            "p_value": float((diffs <= 0).mean())}
+
+
+def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Candidate vs teacher on the same questions (or vs the teacher's reported accuracy)."""
+    if teacher.get("correct") is not None:
+        return paired_bootstrap(candidate["correct"], teacher["correct"], n_resamples, seed)
+    return compare_to_fixed(candidate["correct"], teacher["acc"], n_resamples, seed)
+
+
+def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float = 0.05,
+                    n_resamples: int = 10000, seed: int = 0) -> dict:
+    """The smallest candidate (by `by`) that beats `teacher`, or the closest one when none does.
+
+    Args:
+        teacher: `name`, `acc`, `measured`, and `correct` (per test question, same order as the
+            candidates') or None for a reported teacher.
+        candidates: each with `label`, `acc`, `correct`, `params`, `peak_memory_mb`.
+        by: `params` or `peak_memory_mb`.
+    """
+    ranked = sorted((c for c in candidates if c.get(by) is not None), key=lambda c: c[by])
+    entry = {"teacher": teacher["name"], "teacher_acc": teacher["acc"],
+             "teacher_measured": teacher.get("measured", True), "by": by,
+             "smallest_winner": None, "winner_acc": None, "winner_params": None,
+             "winner_peak_memory_mb": None, "diff": None, "diff_ci95": None, "p_value": None,
+             "closest": None, "alpha": alpha}
+    best = None
+    for candidate in ranked:
+        result = compare(candidate, teacher, n_resamples, seed)
+        if result["diff"] > 0 and result["p_value"] < alpha:
+            entry.update(smallest_winner=candidate["label"], winner_acc=candidate["acc"],
+                         winner_params=candidate.get("params"),
+                         winner_peak_memory_mb=candidate.get("peak_memory_mb"),
+                         diff=result["diff"], diff_ci95=result["ci95"], p_value=result["p_value"])
+            return entry
+        if best is None or result["diff"] > best[1]["diff"]:
+            best = (candidate, result)
+    if best:
+        candidate, result = best
+        entry["closest"] = {"label": candidate["label"], "acc": candidate["acc"],
+                            "params": candidate.get("params"), "diff": result["diff"],
+                            "diff_ci95": result["ci95"], "p_value": result["p_value"]}
+    return entry
+
+
+def verdict(teachers: list[dict], candidates: list[dict], alpha: float = 0.05,
+            n_resamples: int = 10000, seed: int = 0) -> list[dict]:
+    """One entry per teacher and size measure; the most accurate teacher is marked `best_teacher`."""
+    if not teachers:
+        return []
+    best_name = max(teachers, key=lambda t: t["acc"])["name"]
+    entries = []
+    for teacher in teachers:
+        for by in SIZE_MEASURES:
+            entry = smallest_winner(teacher, candidates, by, alpha, n_resamples, seed)
+            entry["best_teacher"] = teacher["name"] == best_name
+            entries.append(entry)
+    return entries
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation, or None with fewer than three points or no spread."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if len(pairs) < 3:
+        return None
+    x, y = np.array(pairs, dtype=np.float64).T
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])

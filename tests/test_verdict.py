@@ -1,0 +1,98 @@
+"""The verdict and the experiment config: smallest winner, closest loser, validation errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from tinystudent.experiments.config import ExperimentError, load_experiment
+from tinystudent.experiments.verdict import compare_to_fixed, pearson, smallest_winner, verdict
+
+N = 200
+TEACHER = {"name": "big", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 for i in range(N)]}
+
+
+def student(label, params, memory, extra_right):
+    """Right wherever the teacher is right, plus `extra_right` of the questions it gets wrong."""
+    correct = [i % 2 == 0 or (i // 2) < extra_right for i in range(N)]
+    return {"label": label, "params": params, "peak_memory_mb": memory, "acc": sum(correct) / N,
+            "correct": correct}
+
+
+def test_smallest_winner_skips_ties_and_prefers_small():
+    candidates = [student("tiny-same", 10, 300, 0), student("small-better", 20, 200, 30),
+                  student("large-much-better", 40, 100, 80)]
+    by_params = smallest_winner(TEACHER, candidates, "params")
+    assert by_params["smallest_winner"] == "small-better"
+    assert by_params["diff"] == pytest.approx(0.15) and by_params["p_value"] < 0.05
+    assert by_params["diff_ci95"][0] > 0
+    by_memory = smallest_winner(TEACHER, candidates, "peak_memory_mb")
+    assert by_memory["smallest_winner"] == "large-much-better"
+
+
+def test_no_winner_names_the_closest():
+    candidates = [student("same", 10, 1, 0), student("slightly", 20, 2, 2)]
+    entry = smallest_winner(TEACHER, candidates, "params")
+    assert entry["smallest_winner"] is None
+    assert entry["closest"]["label"] == "slightly" and entry["closest"]["p_value"] >= 0.05
+
+
+def test_reported_teacher_is_compared_with_its_number():
+    reported = {"name": "llama", "acc": 0.6, "measured": False, "correct": None}
+    result = compare_to_fixed([True] * 70 + [False] * 30, 0.6)
+    assert result["diff"] == pytest.approx(0.1) and result["p_value"] < 0.05
+    entries = verdict([TEACHER, reported], [student("s", 1, 1, 40)])
+    assert len(entries) == 4
+    assert [e["best_teacher"] for e in entries] == [False, False, True, True]
+    assert entries[2]["smallest_winner"] == "s" and entries[2]["teacher_measured"] is False
+
+
+def test_pearson():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2], [1, 2]) is None and pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+VALID = """
+name: demo
+task: {name: arc_easy, train_limit: 10, test_limit: 10}
+teachers:
+  - {name: smol, model: HuggingFaceTB/SmolLM2-135M-Instruct}
+students:
+  - {name: s4, model: HuggingFaceTB/SmolLM2-135M-Instruct, keep_layers: "first:4"}
+methods: {finetune: [full, lora], objectives: [answer, "rationale:smol", "choice_kd:smol"]}
+"""
+
+
+def test_valid_experiment_loads(tmp_path):
+    experiment = load_experiment(write(tmp_path, VALID), ["training.steps=5"])
+    assert experiment.methods.finetune == ["full", "lora"] and experiment.training == {"steps": 5}
+
+
+@pytest.mark.parametrize("change,message", [
+    (("name: demo", "name: demo\ncolour: blue"), "colour: unknown key"),
+    (("train_limit: 10", "train_limt: 10"), "task.train_limt: unknown key"),
+    (('"rationale:smol"', '"rationale:big"'), "names no teacher"),
+    (('"choice_kd:smol"', '"choice_kd"'), "needs a teacher"),
+    (("{name: smol, model", "{name: smol, backend: http, model"), "needs `base_url`"),
+    (("keep_layers", "students_extra: 1, keep_layers"), "students.0.students_extra"),
+])
+def test_bad_experiment_names_the_key(tmp_path, change, message):
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(write(tmp_path, VALID.replace(*change)))
+    assert message in str(err.value)
+
+
+def test_missing_files_are_named(tmp_path):
+    text = VALID.replace("teachers:\n", "teachers:\n  - {name: old, backend: imported, rationales: "
+                         "{format: tinyllm, path: ./nowhere}}\n")
+    with pytest.raises(ExperimentError, match="teachers.0.rationales.path"):
+        load_experiment(write(tmp_path, text))
+    with pytest.raises(ExperimentError, match="no such experiment file"):
+        load_experiment(tmp_path / "missing.yaml")
