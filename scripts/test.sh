@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up .venv, install headless Chromium for the report test when missing, run pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/install_chromium.sh
+.venv/bin/python -m pytest "$@"
