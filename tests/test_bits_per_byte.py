@@ -184,14 +184,39 @@ def test_loss_command_file_corpus_stored_and_reused(tiny_causal, tmp_path):
     assert row["bytes"] <= 50 and row["corpus"].endswith("[:50 bytes]") and not row["cached"]
 
 
-def test_loss_command_task_text_and_bad_input(tiny_causal, shared_dir, tmp_path):
+def test_loss_command_task_text_with_cached_rationales(tiny_causal, shared_dir):
+    from tinystudent.commands.loss import load_corpus
+    from tinystudent.teachers import read_tinyllm, store_rationales
+
     task = str(shared_dir / "data" / "tinyllm" / "bioasq")
-    out = CliRunner().invoke(app, ["loss", "-m", str(tiny_causal), "--task", task, "--max-bytes",
-                                   "2000", "--json"])
+    command = ["loss", "-m", str(tiny_causal), "--task", task, "--max-bytes", "8000", "--json"]
+    out = CliRunner().invoke(app, command)
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["corpus"].startswith(f"task:{task}/train") and result["bytes"] <= 2000
+    assert result["corpus"] == f"task:{task}/train[:8000 bytes]" and result["bytes"] <= 8000
     assert result["corpus_origin"]["examples"] == 976
+    assert result["corpus_origin"]["rationale_teachers"] == []
+    # Once TinyLLM's rationales of the first questions are in the teacher cache, they join the text.
+    imported = read_tinyllm(shared_dir / "data" / "tinyllm" / "bioasq", "train")
+    first_ids = {q.id for q in imported.questions[:3]}
+    with Store() as store:
+        store_rationales(store, [r for r in imported.rationales if r.example_id in first_ids], task)
+        _, text, origin = load_corpus(store, None, task, "train", None)
+        _, flan_only, _ = load_corpus(store, None, task, "train", ["flan-t5-xl"])
+        with pytest.raises(ValueError, match="no cached rationales of teacher 'gpt-9'"):
+            load_corpus(store, None, task, "train", ["gpt-9"])
+    assert origin["rationale_teachers"] == ["flan-t5-xl", "llama-2-chat-7b"]
+    first = imported.questions[0].id
+    by_teacher = {r.teacher: r.text for r in imported.rationales if r.example_id == first}
+    assert by_teacher["flan-t5-xl"].strip() in text and by_teacher["llama-2-chat-7b"].strip() in text
+    assert by_teacher["llama-2-chat-7b"].strip() not in flan_only
+    assert text.index(by_teacher["llama-2-chat-7b"].strip()) < 7000  # inside the measured bytes
+    with_rationales = json.loads(CliRunner().invoke(app, command).stdout.strip().splitlines()[-1])
+    assert with_rationales["corpus"].startswith(f"task:{task}/train+rationales:flan-t5-xl,llama-2-chat-7b")
+    assert with_rationales["corpus_sha256"] != result["corpus_sha256"]
+
+
+def test_loss_command_bad_input(tiny_causal, tmp_path):
     neither = CliRunner().invoke(app, ["loss", "-m", str(tiny_causal)])
     assert neither.exit_code == 2 and "--corpus" in neither.output
     missing = CliRunner().invoke(app, ["loss", "-m", str(tiny_causal), "--corpus", str(tmp_path / "no.txt")])
@@ -223,3 +248,32 @@ def test_smollm2_bits_per_byte_rise_as_layers_are_removed(smollm2):
              for n in (layers * 2 // 3, layers // 3)]
     assert 0.4 < full < 1.5  # a trained 135M model on plain English science questions
     assert full < fewer[0] < fewer[1]
+
+
+def test_a_killed_measurement_resumes_where_it_stopped(tiny_causal, tmp_path):
+    from tinystudent.evaluation.bits_per_byte import cached_bits_per_byte
+
+    loaded = load_model(str(tiny_causal), device="cpu")
+    text = TEXT * 4
+    seen = []
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two_batches(done, total, nll):
+        seen.append(done)
+        if len(seen) == 2:
+            raise Killed
+
+    with Store(tmp_path / "a.sqlite") as store:
+        with pytest.raises(Killed):
+            cached_bits_per_byte(loaded, text, "t", store, window=16, stride=8,
+                                 on_progress=kill_after_two_batches, save_every_s=0)
+        resumed_at = []
+        result = cached_bits_per_byte(loaded, text, "t", store, window=16, stride=8,
+                                      on_progress=lambda done, total, nll: resumed_at.append(done))
+        assert store.db.execute("SELECT COUNT(*) FROM model_loss_progress").fetchone()[0] == 0
+    assert seen == [2, 4] and resumed_at[0] == 6  # windows 0-3 were not run again
+    with Store(tmp_path / "b.sqlite") as store:
+        whole = cached_bits_per_byte(loaded, text, "t", store, window=16, stride=8)
+    assert result["nll_bits"] == whole["nll_bits"] and result["windows"] == whole["windows"]

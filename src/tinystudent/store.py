@@ -4,7 +4,9 @@ Tables: `evaluations` (one row per evaluation, with its resolved settings, versi
 hash), `predictions` (every per-question answer and choice log-likelihoods), `teacher_outputs`
 (the teacher cache, keyed by everything that determines an output), `runs` (training and
 experiment runs, keyed by their config hash) and `model_losses` (bits per byte of a model on a
-reference text, keyed by the model's identity and the text's SHA-256; `stride` -1 = the default). WAL mode lets several processes write at once;
+reference text, keyed by the model's identity and the text's SHA-256; `stride` -1 = the default;
+`model_loss_progress` holds the running sum of a measurement still under way, so a killed one
+resumes). WAL mode lets several processes write at once;
 each write is one transaction, so a killed process loses at most the row it was writing.
 """
 
@@ -92,6 +94,13 @@ CREATE TABLE IF NOT EXISTS model_losses (
     versions TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS model_losses_by_key ON model_losses(model_identity, corpus_sha256);
+CREATE TABLE IF NOT EXISTS model_loss_progress (
+    progress_key TEXT PRIMARY KEY,
+    updated REAL NOT NULL,
+    windows_done INTEGER NOT NULL,
+    windows_total INTEGER NOT NULL,
+    nll_nats REAL NOT NULL
+);
 """
 
 
@@ -207,9 +216,13 @@ class Store:
 
     # --- model losses (bits per byte) -------------------------------------------------------
 
-    def save_model_loss(self, row: dict) -> int:
-        """Store one bits-per-byte measurement (keys as the `model_losses` columns); returns its id."""
+    def save_model_loss(self, row: dict, done_progress_key: str | None = None) -> int:
+        """Store one bits-per-byte measurement (keys as the `model_losses` columns); returns its
+        id. `done_progress_key`: the progress row of this measurement, deleted in the same
+        transaction."""
         with self.transaction() as db:
+            if done_progress_key is not None:
+                db.execute("DELETE FROM model_loss_progress WHERE progress_key = ?", (done_progress_key,))
             cursor = db.execute(
                 "INSERT INTO model_losses (created, model, model_identity, corpus, corpus_sha256,"
                 " window, stride, dtype, bytes, tokens, nll_bits, bits_per_byte, settings, versions)"
@@ -220,6 +233,22 @@ class Store:
                  json.dumps(row.get("settings", {}), default=str), json.dumps(versions())),
             )
         return cursor.lastrowid
+
+    def save_loss_progress(self, progress_key: str, windows_done: int, windows_total: int,
+                           nll_nats: float) -> None:
+        """Remember how far a bits-per-byte measurement got (its windows done and their NLL)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO model_loss_progress VALUES (?,?,?,?,?) ON CONFLICT(progress_key) DO"
+                " UPDATE SET updated=excluded.updated, windows_done=excluded.windows_done,"
+                " windows_total=excluded.windows_total, nll_nats=excluded.nll_nats",
+                (progress_key, time.time(), windows_done, windows_total, nll_nats))
+
+    def loss_progress(self, progress_key: str) -> tuple[int, float] | None:
+        """(windows done, their NLL in nats) of an unfinished measurement, or None."""
+        row = self.db.execute("SELECT windows_done, nll_nats FROM model_loss_progress WHERE"
+                              " progress_key = ?", (progress_key,)).fetchone()
+        return (row["windows_done"], row["nll_nats"]) if row else None
 
     def model_loss(self, loss_id: int) -> dict:
         row = self.db.execute("SELECT * FROM model_losses WHERE id = ?", (loss_id,)).fetchone()

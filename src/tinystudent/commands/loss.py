@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, info
+from tinystudent.log import console, info, progress
 
 
 @app.command("loss")
@@ -46,7 +46,9 @@ def loss_command(
     from tinystudent.models import load_model
     from tinystudent.store import Store
 
-    name, text, origin = load_corpus(corpus, task, split, teachers, seed, parse_columns(columns))
+    with Store(db) as store:
+        name, text, origin = load_corpus(store, corpus, task, split, teachers, seed,
+                                         parse_columns(columns))
     full_bytes = len(text.encode("utf-8"))
     text = truncate_utf8(text, max_bytes)
     if max_bytes is not None and len(text.encode("utf-8")) < full_bytes:
@@ -54,8 +56,14 @@ def loss_command(
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     info(f"scoring {model} on {name}: {len(text.encode('utf-8')):,} bytes, {loaded.kind} model "
          f"on {loaded.device}")
-    with Store(db) as store:
-        result = cached_bits_per_byte(loaded, text, name, store, window, stride, batch_size, recompute)
+    with Store(db) as store, progress() as bar:
+        windows = bar.add_task("windows", total=None, status="")
+
+        def advance(done: int, total: int, nll_nats: float) -> None:
+            bar.update(windows, completed=done, total=total)
+
+        result = cached_bits_per_byte(loaded, text, name, store, window, stride, batch_size,
+                                      recompute, on_progress=advance)
     result.update({"corpus_origin": origin, "corpus_bytes_before_truncation": full_bytes,
                    "db": str(store.path)})
     if as_json:
@@ -64,16 +72,18 @@ def loss_command(
         print_loss(result)
 
 
-def load_corpus(corpus: Path | None, task: str | None, split: str, teachers: list[str] | None,
-                seed: int = 0, columns: dict | None = None) -> tuple[str, str, dict]:
-    """(name, text, origin) of the reference text: a file, or a task split's own text."""
+def load_corpus(store, corpus: Path | None, task: str | None, split: str,
+                teachers: list[str] | None, seed: int = 0,
+                columns: dict | None = None) -> tuple[str, str, dict]:
+    """(name, text, origin) of the reference text: a file, or a task split's own text (its
+    questions and choices, and the cached teacher rationales of its questions from `store`)."""
     if corpus is not None:
         if task is not None:
             raise ValueError("give either --corpus (a text file) or --task (its text is the corpus), not both")
         return _file_corpus(corpus)
     if task is None:
         raise ValueError("nothing to score: give --corpus FILE or --task TASK (its training text)")
-    return _task_corpus(task, split, teachers, seed, columns)
+    return _task_corpus(store, task, split, teachers, seed, columns)
 
 
 def _file_corpus(path: Path) -> tuple[str, str, dict]:
@@ -90,39 +100,52 @@ def _file_corpus(path: Path) -> tuple[str, str, dict]:
     return f"file:{path.resolve()}", text, {"source": "file", "path": str(path.resolve())}
 
 
-def _task_corpus(task: str, split: str, teachers: list[str] | None, seed: int,
+def _task_corpus(store, task: str, split: str, teachers: list[str] | None, seed: int,
                  columns: dict | None) -> tuple[str, str, dict]:
     from tinystudent.evaluation.bits_per_byte import task_corpus
     from tinystudent.tasks import data_hash, load_task, normalize_split
 
     split = normalize_split(split)
     examples = load_task(task, seed=seed, columns=columns).split(split)
-    rationales, used = task_rationales(task, split, examples, teachers)
+    rationales, used = task_rationales(store, task, examples, teachers)
     name = f"task:{task}/{split}" + (f"+rationales:{','.join(used)}" if used else "")
     origin = {"source": "task", "task": task, "split": split, "examples": len(examples),
               "data_hash": data_hash(examples), "rationale_teachers": used}
     return name, task_corpus(examples, rationales), origin
 
 
-def task_rationales(task: str, split: str, examples: list, teachers: list[str] | None
+def task_rationales(store, task: str, examples: list, teachers: list[str] | None
                     ) -> tuple[dict[str, list[str]], list[str]]:
-    """Teachers' rationales for the examples, from `tinystudent.teachers` when it provides them.
+    """Cached teacher rationales of the examples (`tinystudent.teachers.load_rationales`).
 
-    Returns (example id -> rationales in teacher order, the teachers used). Without a
-    `tinystudent.teachers.load_rationales` the corpus is the questions and choices only.
+    Args:
+        store: the open results database (the teacher cache lives there).
+        teachers: whose rationales; default: every teacher with rationales cached for `task`.
+
+    Returns:
+        (example id -> rationales in teacher order, the teachers used). Only the examples given
+        (one split) are looked up, so other splits' rationales never enter the text.
     """
-    import importlib
+    from tinystudent.teachers import load_rationales
+    from tinystudent.teachers.cache import rows_for
+    from tinystudent.teachers.teach import RATIONALE_STRATEGIES
 
-    try:
-        load_rationales = importlib.import_module("tinystudent.teachers").load_rationales
-    except (ImportError, AttributeError):
-        if teachers:
-            raise ValueError("--teachers needs tinystudent.teachers.load_rationales, which this "
-                             "installation lacks; leave --teachers out to score questions and "
-                             "choices only") from None
-        return {}, []
-    raise ValueError("tinystudent.teachers.load_rationales exists but `tinystudent loss` does not "
-                     "read it yet; give --corpus FILE instead")
+    if not teachers:
+        teachers = sorted({row["teacher"] for row in rows_for(store, task=task)
+                           if row["strategy"] in RATIONALE_STRATEGIES and row["text"]})
+    wanted = {ex.id for ex in examples}
+    by_example: dict[str, list[str]] = {}
+    used = []
+    for teacher in teachers:
+        found = {i: t for i, t in load_rationales(store, teacher, task).items() if i in wanted}
+        if not found:
+            raise ValueError(f"no cached rationales of teacher {teacher!r} for the questions of "
+                             f"{task}; run `tinystudent teach` (or import them) first, or leave "
+                             "--teachers out")
+        used.append(teacher)
+        for example_id, text in found.items():
+            by_example.setdefault(example_id, []).append(text)
+    return by_example, used
 
 
 def print_loss(result: dict) -> None:

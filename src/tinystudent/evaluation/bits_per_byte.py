@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -126,7 +127,8 @@ def _window_nll_nats(model, kind: str, tokens: torch.Tensor, windows: list[Token
 
 
 def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int | None = None,
-                  kind: str = "causal", batch_size: int = 2) -> dict:
+                  kind: str = "causal", batch_size: int = 2, resume_from: tuple[int, float] | None = None,
+                  on_progress: Callable[[int, int, float], None] | None = None) -> dict:
     """Total negative log-likelihood of `text` in bits over its UTF-8 bytes.
 
     Args:
@@ -140,6 +142,10 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int |
         kind: `causal` or `seq2seq`.
         batch_size: windows per forward pass [2]; the logits of a batch take
             batch_size x window x vocabulary floats, so keep it small on a large vocabulary.
+        resume_from: (windows done, their summed NLL in nats) from an earlier, interrupted
+            measurement of the same model, text and settings: those windows are not run again.
+        on_progress: called after each batch with (windows done, windows in all, NLL in nats so
+            far): for a progress bar, and to save what `resume_from` needs.
 
     Returns:
         {bits_per_byte, nll_bits, bits_per_token, bytes, tokens, windows, window, stride,
@@ -165,17 +171,24 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int |
     if kind == "seq2seq":
         empty = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
         encoder_ids = torch.tensor([[empty]], dtype=torch.long, device=device)
-    nll_nats = 0.0
-    for first in range(0, len(windows), batch_size):
+    done, nll_nats = resume_from or (0, 0.0)
+    if not 0 <= done <= len(windows):
+        raise ValueError(f"cannot resume after window {done}: this text has {len(windows)} windows")
+    # Batches are taken from window `done` on, so a resumed run adds the same terms in the same
+    # order as an uninterrupted one with the same batch size.
+    for first in range(done, len(windows), batch_size):
         group = windows[first: first + batch_size]
         for same in _group_alike(group):
             nll_nats += _window_nll_nats(model, kind, tokens, same, encoder_ids)
+        if on_progress:
+            on_progress(first + len(group), len(windows), nll_nats)
     nll_bits = nll_nats / LN2
     return {"bits_per_byte": nll_bits / n_bytes, "nll_bits": nll_bits,
             "bits_per_token": nll_bits / len(ids) if ids else float("nan"),
             "bytes": n_bytes, "tokens": len(ids), "windows": len(windows), "window": window,
             "stride": stride, "start_token": tokenizer.convert_ids_to_tokens(start),
-            "lossless": tokenizer.decode(ids) == text, "model_kind": kind}
+            "lossless": tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text,
+            "model_kind": kind}
 
 
 def _group_alike(windows: list[TokenWindow]) -> list[list[TokenWindow]]:
@@ -228,9 +241,10 @@ def text_sha256(text: str) -> str:
 
 
 def cached_bits_per_byte(loaded, text: str, corpus: str, store, window: int = 1024,
-                         stride: int | None = None, batch_size: int = 2,
-                         recompute: bool = False) -> dict:
-    """Bits per byte of a loaded model on a corpus, stored once and reused.
+                         stride: int | None = None, batch_size: int = 2, recompute: bool = False,
+                         on_progress: Callable[[int, int, float], None] | None = None,
+                         save_every_s: float = 30.0) -> dict:
+    """Bits per byte of a loaded model on a corpus, stored once and reused, resumable.
 
     Args:
         loaded: a `LoadedModel`.
@@ -238,23 +252,42 @@ def cached_bits_per_byte(loaded, text: str, corpus: str, store, window: int = 10
         corpus: a name for the corpus (a file path, `task:arc_easy/train`, ...).
         store: an open `tinystudent.store.Store`; a row with the same model identity, corpus
             hash, window, stride and dtype is returned instead of measuring again.
+        window, stride, batch_size: as for `bits_per_byte`.
         recompute: measure even when a stored row exists (and store the new one).
+        on_progress: as for `bits_per_byte`.
+        save_every_s: how often the running sum is saved [30 s]; a killed measurement resumes
+            from the last save (same device and batch size, so the sum is the same).
     """
+    import json
+    import time
+
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     key = {"model_identity": loaded.resolved.identity, "corpus_sha256": text_sha256(text),
            "window": window, "stride": stride if stride is not None else -1, "dtype": dtype}
     found = [] if recompute else store.model_losses(**key)
-    if found:
-        return _flat_loss_row(found[-1], cached=True)
+    if found:  # the same text under whatever name it was first measured: report today's name
+        return {**_flat_loss_row(found[-1], cached=True), "corpus": corpus}
+    progress_key = json.dumps({**key, "batch_size": batch_size, "device": str(loaded.device)},
+                              sort_keys=True)
+    last_save = [time.monotonic()]
+
+    def progress(done: int, total: int, nll_nats: float) -> None:
+        if time.monotonic() - last_save[0] >= save_every_s:
+            store.save_loss_progress(progress_key, done, total, nll_nats)
+            last_save[0] = time.monotonic()
+        if on_progress:
+            on_progress(done, total, nll_nats)
+
     measured = bits_per_byte(loaded.model, loaded.tokenizer, text, window, stride, loaded.kind,
-                             batch_size)
+                             batch_size, resume_from=store.loss_progress(progress_key),
+                             on_progress=progress)
     extra = ("bits_per_token", "windows", "start_token", "lossless", "model_kind")
     row = {"model": loaded.name, "corpus": corpus, **key,
            **{k: measured[k] for k in ("bytes", "tokens", "nll_bits", "bits_per_byte")},
            "settings": {**{k: measured[k] for k in extra}, "window_used": measured["window"],
-                        "stride_used": measured["stride"], "device": str(loaded.device),
-                        "model_source": loaded.resolved.source}}
-    loss_id = store.save_model_loss(row)
+                        "stride_used": measured["stride"], "batch_size": batch_size,
+                        "device": str(loaded.device), "model_source": loaded.resolved.source}}
+    loss_id = store.save_model_loss(row, done_progress_key=progress_key)
     return _flat_loss_row(store.model_loss(loss_id), cached=False)
 
 
