@@ -7,7 +7,8 @@ import textwrap
 import pytest
 
 from tinystudent.experiments.config import ExperimentError, load_experiment
-from tinystudent.experiments.verdict import compare_to_fixed, pearson, smallest_winner, verdict
+from tinystudent.evaluation.stats import pearson
+from tinystudent.experiments.verdict import compare_to_fixed, smallest_winner, verdict
 
 N = 200
 TEACHER = {"name": "big", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 for i in range(N)]}
@@ -96,3 +97,11 @@ def test_missing_files_are_named(tmp_path):
         load_experiment(write(tmp_path, text))
     with pytest.raises(ExperimentError, match="no such experiment file"):
         load_experiment(tmp_path / "missing.yaml")
+
+
+def test_candidates_on_a_subset_are_paired_by_question_id():
+    teacher = {**TEACHER, "ids": [str(i) for i in range(N)]}
+    subset = {"label": "debate", "params": 1, "peak_memory_mb": 1, "acc": 1.0,
+              "ids": [str(i) for i in range(1, 100, 2)], "correct": [True] * 50}  # the teacher's misses
+    entry = smallest_winner(teacher, [subset], "params")
+    assert entry["smallest_winner"] == "debate" and entry["diff"] == pytest.approx(1.0)

@@ -61,3 +61,14 @@ def majority_baseline(examples: list[Example]) -> dict:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation, or None with fewer than three points or no spread."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
+    if len(pairs) < 3:
+        return None
+    x, y = np.array(pairs, dtype=np.float64).T
+    if x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])

@@ -184,7 +184,19 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     except ValidationError as err:
         raise ExperimentError(_format_validation(path, err)) from None
     _check_files(experiment, path.parent)
+    _check_training(experiment, path)
     return experiment
+
+
+def _check_training(experiment: Experiment, path: Path) -> None:
+    """The `training` block must be a valid training config for every fine-tuning method."""
+    from tinystudent.distill import TrainConfig
+
+    for method in experiment.methods.finetune:
+        try:
+            TrainConfig(**{**experiment.training, "method": method})
+        except ValidationError as err:
+            raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  training.")) from None
 
 
 def _apply_override(raw: dict, override: str) -> None:
@@ -199,8 +211,12 @@ def _apply_override(raw: dict, override: str) -> None:
 
 
 def _resolve(base: Path, value: str) -> str:
+    """A path relative to the config's folder, else to the working folder (for shipped examples)."""
     candidate = Path(value).expanduser()
-    return str(candidate if candidate.is_absolute() else (base / candidate))
+    if candidate.is_absolute():
+        return str(candidate)
+    beside = base / candidate
+    return str(beside if beside.exists() or not candidate.exists() else candidate.resolve())
 
 
 def _check_files(experiment: Experiment, base: Path) -> None:

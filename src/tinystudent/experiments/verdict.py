@@ -28,10 +28,22 @@ def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int
             "p_value": float((diffs <= 0).mean())}
 
 
+def _paired(candidate: dict, teacher: dict) -> tuple[list[bool], list[bool]]:
+    """Both answer lists over the questions both answered (matched by id when ids are given)."""
+    if candidate.get("ids") is None or teacher.get("ids") is None:
+        return candidate["correct"], teacher["correct"]
+    position = {qid: k for k, qid in enumerate(teacher["ids"])}
+    pairs = [(c, teacher["correct"][position[qid]]) for qid, c in zip(candidate["ids"], candidate["correct"])
+             if qid in position]
+    if not pairs:
+        raise ValueError(f"{candidate.get('label')} and teacher {teacher['name']} share no test question")
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int = 0) -> dict:
     """Candidate vs teacher on the same questions (or vs the teacher's reported accuracy)."""
     if teacher.get("correct") is not None:
-        return paired_bootstrap(candidate["correct"], teacher["correct"], n_resamples, seed)
+        return paired_bootstrap(*_paired(candidate, teacher), n_resamples, seed)
     return compare_to_fixed(candidate["correct"], teacher["acc"], n_resamples, seed)
 
 
@@ -83,14 +95,3 @@ def verdict(teachers: list[dict], candidates: list[dict], alpha: float = 0.05,
             entry["best_teacher"] = teacher["name"] == best_name
             entries.append(entry)
     return entries
-
-
-def pearson(xs: list[float], ys: list[float]) -> float | None:
-    """Pearson correlation, or None with fewer than three points or no spread."""
-    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-    if len(pairs) < 3:
-        return None
-    x, y = np.array(pairs, dtype=np.float64).T
-    if x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])

@@ -1,0 +1,77 @@
+"""`tinystudent run`: the whole study from one experiment YAML, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tinystudent.cli import app, emit_json, friendly_errors, quiet_libraries
+from tinystudent.log import console
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
+
+
+def experiment_path(name: str) -> Path:
+    """A YAML path, or the name of an experiment shipped with tinystudent (`quickstart`)."""
+    path = Path(name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = EXAMPLES / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
+    raise FileNotFoundError(f"{name}: no such experiment file, and not a shipped experiment ({', '.join(known)})")
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    experiment: str = typer.Argument(..., help="An experiment YAML, or a shipped one: quickstart, "
+                                     "tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, modern_ladder."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. training.steps=10."),
+    out: Optional[Path] = typer.Option(None, help="Folder for checkpoints, logs and the report "
+                                       "(default: tinystudent-results/<experiment name>)."),
+    db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB or "
+                                      "tinystudent-results/results.sqlite)."),
+    check: bool = typer.Option(False, "--check", help="Only validate the experiment and print its plan."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, runs, report) on stdout."),
+) -> None:
+    """Run a whole study: measure teachers, get rationales, train every student x method x seed,
+    and report the smallest student that beats each teacher. Killed and run again, it resumes."""
+    quiet_libraries()
+    from tinystudent.experiments.config import load_experiment
+
+    spec = load_experiment(experiment_path(experiment), overrides or [])
+    plan = len(spec.students) * len(spec.methods.finetune) * len(spec.methods.objectives) * len(spec.seeds)
+    console.print(f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
+                  f"up to {plan} training run(s)")
+    if check:
+        if as_json:
+            emit_json({"experiment": spec.name, "valid": True, "training_runs": plan})
+        return
+    from tinystudent.experiments.runner import run_experiment
+    from tinystudent.report import render_report, verdict_text
+    from tinystudent.store import Store
+
+    out = out or Path("tinystudent-results") / spec.name
+    with Store(db) as store:
+        study = run_experiment(spec, store, out)
+    paths = render_report(study, out / "report")
+    console.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
+    if as_json:
+        emit_json({"verdict": [_verdict_json(v) for v in study["verdict"] if v["by"] == "params"],
+                   "verdict_by_memory": [_verdict_json(v) for v in study["verdict"] if v["by"] != "params"],
+                   "runs": study["runs"], "teachers": study["teachers"],
+                   "report": str(paths["html"]), "report_markdown": str(paths["markdown"])})
+        return
+    console.print(verdict_text(study))
+    console.print(f"report: {paths['markdown']} and {paths['html']}")
+
+
+def _verdict_json(entry: dict) -> dict:
+    return {"teacher": entry["teacher"], "teacher_acc": entry["teacher_acc"],
+            "teacher_measured": entry["teacher_measured"], "smallest_winner": entry["smallest_winner"],
+            "winner_acc": entry["winner_acc"], "diff": entry["diff"], "diff_ci95": entry["diff_ci95"],
+            "p_value": entry["p_value"], "closest": entry["closest"], "best_teacher": entry["best_teacher"]}

@@ -1,0 +1,383 @@
+"""`tinystudent run`: measure the teachers, gather their outputs, train and measure every student.
+
+Every step is a unit keyed by what it depends on (see `units`), so the runner can be killed at any
+point and run again: finished units are read back from the store, training resumes from its last
+checkpoint, and a changed part of the config reruns only what depends on it.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinystudent.experiments.config import Experiment, TeacherSpec, config_hash
+from tinystudent.experiments.units import UnitRunner, evaluate_in_subprocess
+from tinystudent.log import info
+from tinystudent.store import Store
+from tinystudent.tasks import Example, data_hash, load_task
+
+
+@dataclass
+class Splits:
+    task: str
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    origin: dict
+
+    def hashes(self) -> dict:
+        return {"train": data_hash(self.train), "valid": data_hash(self.valid), "test": data_hash(self.test)}
+
+
+def load_splits(experiment: Experiment) -> Splits:
+    spec = experiment.task
+    data = load_task(spec.name, seed=spec.seed)
+    cut = lambda rows, limit: rows[:limit] if limit else rows  # noqa: E731
+    return Splits(spec.name, cut(data.split("train"), spec.train_limit),
+                  cut(data.split("validation"), spec.valid_limit),
+                  cut(data.split(spec.test_split), spec.test_limit), data.origin)
+
+
+def _release() -> None:
+    """Drop models loaded for a unit before the next one, so memory does not pile up."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class ExperimentRunner:
+    """Plans and runs one experiment; `run()` returns the study dict the report renders."""
+
+    def __init__(self, experiment: Experiment, store: Store, out_dir: Path):
+        self.x, self.store, self.out_dir = experiment, store, Path(out_dir)
+        self.units = UnitRunner(store, experiment.name, self.out_dir / "logs")
+        self.splits = load_splits(experiment)
+        self.base = {"task": experiment.task.model_dump(), "data": self.splits.hashes()}
+
+    # --- teachers ---------------------------------------------------------------------------
+
+    def teacher_payload(self, spec: TeacherSpec) -> dict:
+        return {**self.base, "teacher": spec.model_dump()}
+
+    def measure_teacher(self, spec: TeacherSpec) -> dict:
+        """The teacher's test accuracy (the baseline to beat), or its reported number."""
+        if not spec.measured:
+            return {"name": spec.name, "acc": spec.reported_acc, "measured": False,
+                    "source": spec.reported_source, "evaluation_id": None}
+
+        def work(log: Path) -> dict:
+            if spec.backend == "local":
+                summary = evaluate_in_subprocess(
+                    spec.model, self.splits.task, self.x.task.test_split, self.x.task.test_limit,
+                    self.x.task.seed, self.store.path, log, self.x.eval_batch_size, self.x.device,
+                    spec.eval_mode)
+                return {"name": spec.name, "measured": True, **summary}
+            return self._measure_http_teacher(spec)
+
+        return self.units.run("teacher_eval", f"teacher {spec.name}", self.teacher_payload(spec), work)
+
+    def _measure_http_teacher(self, spec: TeacherSpec) -> dict:
+        import numpy as np
+
+        from tinystudent.evaluation.stats import bootstrap_ci
+        from tinystudent.teachers import make_teacher, teacher_choice_logprobs
+
+        teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
+        scores = teacher_choice_logprobs(teacher, self.splits.test, self.splits.task, self.store)
+        correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in self.splits.test]
+        return {"name": spec.name, "measured": True, "acc": float(np.mean(correct)),
+                "ci95": list(bootstrap_ci(correct)), "correct": correct, "n": len(correct),
+                "params": None, "peak_memory_mb": None, "latency_ms_p50": None}
+
+    def teacher_rationales(self, spec: TeacherSpec) -> dict[str, str]:
+        """The teacher's rationales for the training questions, generated once or imported."""
+        from tinystudent.teachers import load_rationales
+
+        payload = {**self.teacher_payload(spec), "what": "rationales"}
+        if spec.backend == "imported":
+            def work(log: Path) -> dict:
+                from tinystudent.teachers import read_tinyllm, read_rationales_jsonl, store_rationales
+
+                source = spec.rationales
+                if source.format == "tinyllm":
+                    imported = read_tinyllm(Path(source.path), "train").rationales
+                else:
+                    imported = read_rationales_jsonl(Path(source.path), self.splits.train)
+                wanted = [r for r in imported if source.teacher in (None, r.teacher)]
+                stored = store_rationales(self.store, wanted, self.splits.task, self.splits.train)
+                return {"stored": stored}
+
+            self.units.run("import", f"rationales of {spec.name}", payload, work)
+            name, strategy = spec.rationales.teacher or spec.name, "imported"
+        else:
+            def work(log: Path) -> dict:
+                from tinystudent.teachers import make_teacher, teach
+
+                teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
+                summary = teach(teacher, self.splits.train, self.splits.task, spec.strategy, self.store,
+                                train_examples=self.splits.train, k_shots=spec.k_shots,
+                                seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens)
+                teacher.close()
+                _release()
+                return {k: v for k, v in summary.to_dict().items() if k != "outputs"}
+
+            self.units.run("teach", f"rationales of {spec.name}", payload, work)
+            name, strategy = spec.model, spec.strategy
+        found = load_rationales(self.store, name, self.splits.task, strategy)
+        train_ids = {ex.id for ex in self.splits.train}
+        return {k: v for k, v in found.items() if k in train_ids}
+
+    def teacher_choice_scores(self, spec: TeacherSpec) -> dict[str, list[float]]:
+        """The teacher's log-likelihood of each choice on the training questions (cached)."""
+        from tinystudent.teachers import make_teacher, teacher_choice_logprobs
+
+        if not spec.measured:
+            raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
+        teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
+        scores = teacher_choice_logprobs(teacher, self.splits.train, self.splits.task, self.store)
+        teacher.close()
+        _release()
+        return scores
+
+    # --- students ---------------------------------------------------------------------------
+
+    def prepare_student(self, spec) -> dict:
+        """The student's folder (scaled down when asked), its size and its bits per byte."""
+        payload = {"student": spec.model_dump(), "bpb": self.x.measure_bits_per_byte,
+                   "corpus": self.base["data"]["train"]}
+
+        def work(log: Path) -> dict:
+            from tinystudent.models import count_parameters, load_model
+            from tinystudent.models.students import scale_down
+
+            path = spec.model
+            if spec.keep_layers is not None:
+                path = str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name,
+                                      kind=spec.kind))
+            loaded = load_model(path, device=self.x.device, kind=spec.kind)
+            params = count_parameters(loaded.model)
+            bpb = None
+            if self.x.measure_bits_per_byte and loaded.kind == "causal":
+                from tinystudent.evaluation.bits_per_byte import (cached_bits_per_byte, task_corpus,
+                                                                 truncate_utf8)
+
+                text = truncate_utf8(task_corpus(self.splits.train), 20000)
+                bpb = cached_bits_per_byte(loaded, text, f"task:{self.x.task.name}/train", self.store,
+                                           window=512)["bits_per_byte"]
+            result = {"path": path, "kind": loaded.kind, "params": params["total"],
+                      "non_embedding_params": params["non_embedding"], "bits_per_byte": bpb}
+            del loaded
+            _release()
+            return result
+
+        return self.units.run("student", f"student {spec.name}", payload, work)
+
+    def evaluate_student(self, label: str, payload: dict, path_of) -> dict:
+        """Test accuracy and cost of a model folder, in its own process."""
+        def work(log: Path) -> dict:
+            path = path_of(log)
+            return evaluate_in_subprocess(path, self.splits.task, self.x.task.test_split,
+                                          self.x.task.test_limit, self.x.task.seed, self.store.path,
+                                          log, self.x.eval_batch_size, self.x.device)
+
+        return self.units.run("student_eval", label, payload, work)
+
+    def objective_inputs(self, objective: str) -> tuple[dict, dict, dict]:
+        """Objective weights and the teacher data one objective needs."""
+        head, _, teacher_name = objective.partition(":")
+        if head == "answer":
+            return {"answer": 1.0}, {}, {}
+        names = [t.name for t in self.x.teachers] if teacher_name == "all" else [teacher_name]
+        if head == "rationale":
+            rationales = {}
+            for name in names:
+                spec = self.x.teacher(name)
+                if spec.backend == "imported" or spec.strategy in ("cot", "teacher_forcing_cot"):
+                    rationales[name] = self.teacher_rationales(spec)
+            return {"answer": 1.0, "rationale": 1.0}, rationales, {}
+        if head == "choice_kd":
+            scores = {name: self.teacher_choice_scores(self.x.teacher(name)) for name in names}
+            return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
+        raise ValueError(f"objective {objective!r} is not supported by the experiment runner yet")
+
+    def train_one(self, spec, prepared: dict, method: str, objective: str, seed: int) -> dict | None:
+        """Train one student with one method and objective, then measure it on the test split."""
+        from tinystudent.distill import TrainConfig, train_student
+
+        if prepared["kind"] == "encoder" and objective.startswith("rationale"):
+            info(f"skipping {spec.name} / {objective}: an encoder student cannot write rationales")
+            return None
+        teacher_part = {}
+        if ":" in objective:
+            names = [t.name for t in self.x.teachers] if objective.endswith(":all") else [objective.split(":")[1]]
+            teacher_part = {n: self.x.teacher(n).model_dump() for n in names}
+        payload = {**self.base, "student": spec.model_dump(), "method": method, "objective": objective,
+                   "seed": seed, "training": self.x.training, "teachers": teacher_part}
+        label = f"{spec.name} / {method} / {objective} / seed {seed}"
+
+        def work(log: Path) -> dict:
+            weights, rationales, scores = self.objective_inputs(objective)
+            options = {**self.x.training, "method": method, "seed": seed, "weights": weights}
+            if method == "lora":
+                options["lora"] = {**options.get("lora", {}), "merge": True}
+            config = TrainConfig(**options)
+            run_dir = self.out_dir / "runs" / log.stem
+            result = train_student(prepared["path"], self.splits.train, self.splits.valid, config, run_dir,
+                                   rationales=rationales or None, choice_logprobs=scores or None,
+                                   task=self.splits.task)
+            _release()
+            trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
+            with log.open("a") as handle:
+                for row in trained.get("loss_history", []):
+                    handle.write(f"{row}\n")
+            trained.pop("loss_history", None)
+            summary = evaluate_in_subprocess(str(result.checkpoint), self.splits.task, self.x.task.test_split,
+                                             self.x.task.test_limit, self.x.task.seed, self.store.path, log,
+                                             self.x.eval_batch_size, self.x.device)
+            return {"train": trained, **summary, "student": spec.name, "method": method,
+                    "objective": objective, "seed": seed, "group": "taught",
+                    "bits_per_byte": prepared.get("bits_per_byte"), "train_seconds": trained.get("train_seconds")}
+
+        return self.units.run("train", label, payload, work)
+
+    # --- collaboration between small models ---------------------------------------------------
+
+    def collaborate(self, members: dict[str, dict], prepared: dict[str, dict]) -> list[dict]:
+        """Ensembles, debate and mutual learning over the collaboration members."""
+        spec = self.x.collaboration
+        rows: list[dict] = []
+        if not spec or len(spec.members) < 2:
+            return rows
+        names = spec.members
+        if spec.ensemble:
+            rows += self._ensembles(names, members)
+        if spec.debate_rounds:
+            rows.append(self._debate(names, members))
+        if spec.mutual_learning:
+            rows += self._mutual(names, prepared)
+        return rows
+
+    def _ensembles(self, names: list[str], members: dict[str, dict]) -> list[dict]:
+        from tinystudent.collab.results import ensemble_eval_result
+        from tinystudent.experiments.study import stored_eval_result
+
+        rows = []
+        for method in ("average", "vote"):
+            payload = {**self.base, "ensemble": method, "members": [members[n]["run_key"] for n in names]}
+
+            def work(log: Path, method=method) -> dict:
+                results = [stored_eval_result(self.store, members[n]["evaluation_id"]) for n in names]
+                group = ensemble_eval_result(results, method, name=f"ensemble-{method}({'+'.join(names)})")
+                evaluation_id = self.store.save_evaluation(group)
+                return {**group.summary(), "evaluation_id": evaluation_id}
+
+            row = self.units.run("ensemble", f"ensemble {method} of {' + '.join(names)}", payload, work)
+            rows.append({**row, "group": "collaboration", "objective": f"ensemble:{'avg' if method == 'average' else 'vote'}",
+                         "members": [members[n]["label"] for n in names], "student": "+".join(names),
+                         "method": "-", "seed": members[names[0]].get("seed", 0)})
+        return rows
+
+    def _debate(self, names: list[str], members: dict[str, dict]) -> dict:
+        spec = self.x.collaboration
+        examples = self.splits.test[: spec.debate_limit] if spec.debate_limit else self.splits.test
+        payload = {**self.base, "debate": spec.debate_rounds, "limit": spec.debate_limit,
+                   "members": [members[n]["run_key"] for n in names]}
+
+        def work(log: Path) -> dict:
+            from tinystudent.collab.debate import debate, debate_eval_result
+            from tinystudent.models import load_model
+
+            loaded = [load_model(members[n]["checkpoint"], device=self.x.device) for n in names]
+            result = debate(loaded, examples, rounds=spec.debate_rounds, max_new_tokens=48)
+            evaluated = debate_eval_result(result, examples, self.splits.task, self.x.task.test_split)
+            evaluation_id = self.store.save_evaluation(evaluated)
+            del loaded
+            _release()
+            return {**evaluated.summary(), "evaluation_id": evaluation_id}
+
+        row = self.units.run("debate", f"debate of {' + '.join(names)}", payload, work)
+        return {**row, "group": "collaboration", "objective": "debate", "student": "+".join(names),
+                "members": [members[n]["label"] for n in names], "method": "-", "seed": 0}
+
+    def _mutual(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
+        from tinystudent.distill import TrainConfig, train_mutual
+
+        seed = self.x.seeds[0]
+        payload = {**self.base, "mutual": names, "training": self.x.training, "seed": seed,
+                   "students": [prepared[n]["run_key"] for n in names]}
+
+        def work(log: Path) -> dict:
+            config = TrainConfig(**{**self.x.training, "method": "full", "seed": seed,
+                                    "weights": {"answer": 1.0, "mutual": 1.0}})
+            run_dir = self.out_dir / "runs" / log.stem
+            results = train_mutual([prepared[n]["path"] for n in names], self.splits.train,
+                                   self.splits.valid, config, run_dir, task=self.splits.task)
+            _release()
+            peers = []
+            for name, result in zip(names, results):
+                summary = evaluate_in_subprocess(str(result.checkpoint), self.splits.task,
+                                                 self.x.task.test_split, self.x.task.test_limit,
+                                                 self.x.task.seed, self.store.path, log,
+                                                 self.x.eval_batch_size, self.x.device)
+                peers.append({**summary, "peer": name, "checkpoint": str(result.checkpoint)})
+            return {"peers": peers}
+
+        done = self.units.run("mutual", f"mutual learning of {' + '.join(names)}", payload, work)
+        return [{**peer, "label": f"{peer['peer']} / mutual with {'+'.join(n for n in names if n != peer['peer'])}",
+                 "run_key": f"{done['run_key']}:{peer['peer']}", "group": "collaboration",
+                 "objective": "mutual", "student": peer["peer"], "method": "full", "seed": seed,
+                 "members": names, "bits_per_byte": prepared[peer["peer"]].get("bits_per_byte")}
+                for peer in done["peers"]]
+
+    # --- the whole study ------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        from tinystudent.experiments.study import build_study
+
+        x = self.x
+        info(f"experiment {x.name}: task {self.splits.task} (train {len(self.splits.train)}, "
+             f"validation {len(self.splits.valid)}, {x.task.test_split} {len(self.splits.test)})")
+        teachers = [self.measure_teacher(spec) for spec in x.teachers]
+        runs: list[dict] = []
+        prepared = {}
+        for spec in x.students:
+            prepared[spec.name] = self.prepare_student(spec)
+            if prepared[spec.name]["kind"] != "encoder":  # an untrained encoder's head is random
+                untrained = self.evaluate_student(f"{spec.name} / untrained", {**self.base, "student":
+                                                  spec.model_dump(), "untrained": True},
+                                                  lambda log, p=prepared[spec.name]["path"]: p)
+                runs.append({**untrained, "student": spec.name, "method": "-", "objective": "untrained",
+                             "seed": 0, "group": "untrained",
+                             "bits_per_byte": prepared[spec.name].get("bits_per_byte")})
+        best_per_student: dict[str, dict] = {}
+        for spec in x.students:
+            for method in x.methods.finetune:
+                for objective in x.methods.objectives:
+                    for seed in x.seeds:
+                        row = self.train_one(spec, prepared[spec.name], method, objective, seed)
+                        if row is None:
+                            continue
+                        runs.append(row)
+                        row["checkpoint"] = row.get("train", {}).get("checkpoint")
+                        best = best_per_student.get(spec.name)
+                        if best is None or row["train"].get("valid_acc", 0) > best["train"].get("valid_acc", 0):
+                            best_per_student[spec.name] = row
+        runs += self.collaborate(best_per_student, prepared)
+        study = build_study(x, self.splits, teachers, runs, self.store,
+                            skipped=len(self.units.skipped), computed=len(self.units.done))
+        self.store.save_run(f"study:{x.name}", "study", "done", {"experiment": x.name}, study, x.name)
+        return study
+
+
+def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
+    """Run (or resume) `experiment`, store every number, and return the study."""
+    return ExperimentRunner(experiment, store, out_dir).run()
+
+
+__all__ = ["ExperimentRunner", "Splits", "config_hash", "load_splits", "run_experiment"]

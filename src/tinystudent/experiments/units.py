@@ -1,0 +1,88 @@
+"""Resumable units of work: each is keyed by a hash of everything it depends on.
+
+A unit whose key is recorded as `done` in the store is skipped and its stored result returned,
+so a killed experiment picks up where it stopped and a changed config reruns only the units
+whose inputs changed. Each unit writes one log file.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tinystudent.experiments.config import config_hash
+from tinystudent.store import Store
+
+
+@dataclass
+class UnitRunner:
+    """Runs units against the store, counting what was done and what was skipped."""
+
+    store: Store
+    experiment: str
+    log_dir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def key(self, kind: str, payload: dict) -> str:
+        return f"{kind}:{config_hash(payload)}"
+
+    def run(self, kind: str, label: str, payload: dict, work: Callable[[Path], dict]) -> dict:
+        """Return the stored result of this unit, or compute, store and return it.
+
+        Args:
+            kind: what the unit is (`teacher_eval`, `train`, ...).
+            label: a readable name for logs and tables.
+            payload: everything the result depends on; its hash is the unit's key.
+            work: computes the result; receives the path of the unit's log file.
+        """
+        key = self.key(kind, payload)
+        stored = self.store.run(key)
+        if stored and stored["status"] == "done":
+            self.skipped.append(label)
+            return stored["result"]
+        log_path = self.log_dir / f"{kind}-{key.split(':')[1]}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store.save_run(key, kind, "running", {"label": label, **payload}, None, self.experiment)
+        started = time.time()
+        with log_path.open("a") as log:
+            log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            log.write(json.dumps(payload, indent=1, default=str) + "\n")
+        try:
+            result = work(log_path)
+        except BaseException:
+            with log_path.open("a") as log:
+                log.write(traceback.format_exc())
+            self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
+            raise
+        result = {**result, "label": label, "run_key": key, "seconds": round(time.time() - started, 1),
+                  "log": str(log_path)}
+        with log_path.open("a") as log:
+            log.write(json.dumps(result, indent=1, default=str) + "\n== done\n")
+        self.store.save_run(key, kind, "done", {"label": label, **payload}, result, self.experiment)
+        self.done.append(label)
+        return result
+
+
+def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None, seed: int,
+                           db: Path, log_path: Path, batch_size: int = 16, device: str = "auto",
+                           mode: str = "loglikelihood") -> dict:
+    """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone."""
+    cmd = [sys.executable, "-m", "tinystudent", "eval", "--model", model, "--task", task,
+           "--split", split, "--seed", str(seed), "--json", "--db", str(db),
+           "--batch-size", str(batch_size), "--device", device, "--mode", mode]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    with log_path.open("a") as log:
+        log.write("$ " + " ".join(cmd) + "\n" + done.stderr)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"evaluating {model} failed (see {log_path}): {' | '.join(tail)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
