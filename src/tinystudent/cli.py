@@ -16,7 +16,7 @@ from tinystudent.log import console
 
 app = typer.Typer(
     help="How small can a model be and still beat a larger model on your task, once taught?",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
 
 

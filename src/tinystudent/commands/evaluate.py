@@ -27,8 +27,8 @@ def eval_command(
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV: "
                                           "question=q,choices=A|B|C|D,answer=label[,id=..,context=..]."),
     seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database [default: $TINYSTUDENT_DB "
-                                      "or tinystudent-results/results.sqlite]."),
+    db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB "
+                                      "or tinystudent-results/results.sqlite)."),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:

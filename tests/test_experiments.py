@@ -1,0 +1,163 @@
+"""`tinystudent run` end to end on tiny models: verdict, report, resume after kill -9, shipped configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tinystudent.commands.run import EXAMPLES
+from tinystudent.experiments.config import load_experiment
+
+
+def tiny_experiment(tmp_path, teacher, student, encoder, task, extra=""):
+    text = f"""
+    name: tiny
+    task: {{name: {task}, train_limit: 16, valid_limit: 8, test_limit: 12}}
+    teachers:
+      - {{name: teach, model: {teacher}, max_new_tokens: 12, k_shots: 1}}
+    students:
+      - {{name: small, model: {student}, keep_layers: "first:1"}}
+      - {{name: full, model: {student}}}
+      - {{name: enc, model: {encoder}}}
+    methods: {{finetune: [full, lora], objectives: [answer, "rationale:teach"]}}
+    training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, eval_before: false}}
+    eval_batch_size: 8
+    """ + extra
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture()
+def toy_task(tmp_path):
+    rows = [{"id": f"q{i}", "question": f"Is {i} an even number?", "choices": ["yes", "no"],
+             "answer": "yes" if i % 2 == 0 else "no"} for i in range(60)]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def run_cli(args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "tinystudent", "run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def done_units(db):
+    with sqlite3.connect(db) as conn:
+        return {key: created for key, created in conn.execute(
+            "SELECT run_key, created FROM runs WHERE status = 'done' AND kind != 'study'")}
+
+
+@pytest.mark.slow
+def test_run_kill_and_resume(tmp_path, tiny_causal, tiny_encoder, toy_task):
+    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task,
+                             "collaboration: {members: [small, full], ensemble: true, debate_rounds: 2, "
+                             "debate_limit: 4, mutual_learning: true}\n")
+    db, out = tmp_path / "r.sqlite", tmp_path / "out"
+    args = [str(config), "--db", str(db), "--out", str(out), "--json"]
+    first = run_cli(args)
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if db.exists() and sum(k.startswith("train:") for k in done_units(db)) >= 2:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = done_units(db)
+    second = run_cli(args)
+    stdout, stderr = second.communicate(timeout=600)
+    assert second.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
+    after = done_units(db)
+    assert all(after[key] == created for key, created in before.items())  # nothing redone
+    assert f"read back {len(before)}" in stderr or f"read back" in stderr
+    objectives = {(r["student"], r["method"], r["objective"]) for r in result["runs"]}
+    assert ("small", "lora", "rationale:teach") in objectives and ("enc", "full", "answer") in objectives
+    assert not any(r["student"] == "enc" and r["objective"].startswith("rationale") for r in result["runs"])
+    groups = {r["objective"] for r in result["runs"] if r["group"] == "collaboration"}
+    assert {"ensemble:avg", "ensemble:vote", "debate", "mutual"} <= groups
+    for entry in result["verdict"]:
+        assert entry["teacher"] == "teach" and (entry["smallest_winner"] or entry["closest"])
+        assert {"teacher_acc", "winner_acc", "diff_ci95", "p_value"} <= set(entry)
+    assert os.path.exists(result["report"])
+    markdown = open(result["report_markdown"]).read()
+    assert markdown.index("Verdict") < markdown.index("Learning from vs working with")
+    # a third run with nothing changed computes nothing
+    third = run_cli(args)
+    _, stderr = third.communicate(timeout=300)
+    assert third.returncode == 0 and "units computed 0" in stderr
+
+
+def test_changed_config_reruns_only_what_depends_on_it(tmp_path):
+    from tinystudent.experiments.units import UnitRunner
+    from tinystudent.store import Store
+
+    calls = []
+    with Store(tmp_path / "r.sqlite") as store:
+        units = UnitRunner(store, "x", tmp_path / "logs")
+        for steps in (2, 2, 3):
+            units.run("teacher_eval", "teacher", {"teacher": "t"}, lambda log: calls.append("t") or {"acc": 0.5})
+            units.run("train", "student", {"steps": steps}, lambda log: calls.append("s") or {"acc": 0.6})
+    assert calls == ["t", "s", "s"]
+
+
+def test_failed_unit_is_recorded_and_retried(tmp_path):
+    from tinystudent.experiments.units import UnitRunner
+    from tinystudent.store import Store
+
+    with Store(tmp_path / "r.sqlite") as store:
+        units = UnitRunner(store, "x", tmp_path / "logs")
+        with pytest.raises(ZeroDivisionError):
+            units.run("train", "s", {"a": 1}, lambda log: {"x": 1 / 0})
+        assert store.run(units.key("train", {"a": 1}))["status"] == "failed"
+        assert units.run("train", "s", {"a": 1}, lambda log: {"x": 1})["x"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.yaml")))
+def test_shipped_experiments_validate(name, shared_dir, monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)  # shipped examples name ../shared relative to the checkout
+    experiment = load_experiment(EXAMPLES / f"{name}.yaml")
+    assert experiment.name == name and experiment.students
+
+
+@pytest.mark.slow
+def test_tinyllm_bioasq_with_both_imported_teachers(tmp_path, shared_dir, tiny_causal):
+    from tinystudent.experiments.runner import run_experiment
+    from tinystudent.store import Store
+
+    folder = shared_dir / "data" / "tinyllm" / "bioasq"
+    text = f"""
+    name: tiny-bioasq
+    task: {{name: {folder}, train_limit: 12, valid_limit: 6, test_limit: 10}}
+    teachers:
+      - {{name: flan, backend: imported, reported_acc: 0.6585, reported_source: "TinyLLM Table 2",
+          rationales: {{format: tinyllm, path: {folder}, teacher: flan-t5-xl}}}}
+      - {{name: llama, backend: imported, reported_acc: 0.7375, reported_source: "TinyLLM Table 2",
+          rationales: {{format: tinyllm, path: {folder}, teacher: llama-2-chat-7b}}}}
+    students:
+      - {{name: s1, model: {tiny_causal}, keep_layers: "first:1"}}
+      - {{name: s2, model: {tiny_causal}}}
+    methods: {{finetune: [full], objectives: ["rationale:all"]}}
+    training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, max_prompt_tokens: 96, eval_before: false}}
+    measure_bits_per_byte: false
+    """
+    path = tmp_path / "b.yaml"
+    path.write_text(textwrap.dedent(text))
+    with Store(tmp_path / "r.sqlite") as store:
+        study = run_experiment(load_experiment(path), store, tmp_path / "out")
+    assert [t["measured"] for t in study["teachers"]] == [False, False]
+    taught = [r for r in study["runs"] if r["group"] == "taught"]
+    assert len(taught) == 2 and all(0 <= r["acc"] <= 1 for r in taught)
+    assert {v["teacher"] for v in study["verdict"]} == {"flan", "llama"}
+    assert all(v["teacher_measured"] is False for v in study["verdict"])
