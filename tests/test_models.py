@@ -1,0 +1,72 @@
+"""Model loading: offline copies, GGUF files, kinds, parameter counts, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinystudent.hub import hub_reachable, offline_package
+from tinystudent.models import OFFLINE_MODELS, count_parameters, load_model, resolve_model
+from tinystudent.models.loading import model_kind
+
+
+def test_offline_mode_is_detected():
+    assert hub_reachable() is False  # conftest sets HF_HUB_OFFLINE=1
+
+
+def test_gguf_file_by_path_reuses_the_one_conversion(smollm2):
+    copy = OFFLINE_MODELS["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    gguf = offline_package(copy.package, copy.version, copy.member) / copy.member / copy.gguf_file
+    resolved = resolve_model(str(gguf))
+    assert resolved.identity.startswith("gguf:sha256:") and resolved.source["source"] == "gguf"
+    assert resolved.path == smollm2.resolved.path  # converted once, found again by its hash
+    assert (resolved.path / "model.safetensors").exists()
+
+
+def test_smollm2_parameter_counts(smollm2):
+    counts = count_parameters(smollm2.model)
+    assert counts["total"] == 134_515_008
+    assert counts["embedding"] == 49152 * 576  # tied input/output table, counted once
+    assert counts["non_embedding"] == counts["total"] - counts["embedding"]
+    assert smollm2.kind == "causal" and smollm2.resolved.source["source"] == "offline"
+
+
+def test_minilm_is_an_encoder_of_22_7m():
+    loaded = load_model("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    assert loaded.kind == "encoder"
+    assert round(count_parameters(loaded.model)["total"] / 1e6, 1) == 22.7
+
+
+def test_kinds_of_tiny_models(tiny_causal, tiny_seq2seq, tiny_encoder):
+    from transformers import AutoConfig
+
+    assert [model_kind(AutoConfig.from_pretrained(p)) for p in (tiny_causal, tiny_seq2seq, tiny_encoder)] == \
+        ["causal", "seq2seq", "encoder"]
+
+
+@pytest.mark.parametrize("name,message", [
+    ("someone/unknown-model", "no offline copy is known"),
+    ("./not/here", "no such folder or file"),
+])
+def test_unknown_models_fail_clearly(name, message):
+    with pytest.raises(FileNotFoundError, match=message):
+        resolve_model(name)
+
+
+def test_folder_without_config_and_non_gguf_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model(str(tmp_path))
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ValueError, match=".gguf"):
+        resolve_model(str(weights))
+
+
+def test_folder_identity_changes_with_weights(tiny_causal, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_causal, copy)
+    before = resolve_model(str(copy)).identity
+    assert before == resolve_model(str(tiny_causal)).identity
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("64", "64 "))
+    assert resolve_model(str(copy)).identity != before
