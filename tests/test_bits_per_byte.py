@@ -214,6 +214,9 @@ def test_loss_command_task_text_with_cached_rationales(tiny_causal, shared_dir):
     with_rationales = json.loads(CliRunner().invoke(app, command).stdout.strip().splitlines()[-1])
     assert with_rationales["corpus"].startswith(f"task:{task}/train+rationales:flan-t5-xl,llama-2-chat-7b")
     assert with_rationales["corpus_sha256"] != result["corpus_sha256"]
+    flan = CliRunner().invoke(app, command + ["--teachers", "flan-t5-xl,"])
+    assert json.loads(flan.stdout.strip().splitlines()[-1])["corpus"].startswith(
+        f"task:{task}/train+rationales:flan-t5-xl[")
 
 
 def test_loss_command_bad_input(tiny_causal, tmp_path):

@@ -21,8 +21,9 @@ def loss_command(
                                        "corpus when --corpus is not given (name or path)."),
     split: str = typer.Option("train", help="Split of --task whose text is scored."),
     teachers: Optional[list[str]] = typer.Option(None, "--teachers", help="Include these "
-                                                 "teachers' cached rationales (repeat the option); "
-                                                 "default: every teacher's, when any are cached."),
+                                                 "teachers' cached rationales (comma-separated or "
+                                                 "repeated); default: every teacher's, when any "
+                                                 "are cached."),
     max_bytes: Optional[int] = typer.Option(None, help="Score only the first N bytes of the corpus."),
     window: int = typer.Option(1024, help="Tokens per forward pass (capped at the model's context)."),
     stride: Optional[int] = typer.Option(None, help="New tokens each later window predicts "
@@ -46,6 +47,7 @@ def loss_command(
     from tinystudent.models import load_model
     from tinystudent.store import Store
 
+    teachers = [t.strip() for entry in teachers or [] for t in entry.split(",") if t.strip()] or None
     with Store(db) as store:
         name, text, origin = load_corpus(store, corpus, task, split, teachers, seed,
                                          parse_columns(columns))

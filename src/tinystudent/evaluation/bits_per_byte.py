@@ -115,7 +115,10 @@ def _window_nll_nats(model, kind: str, tokens: torch.Tensor, windows: list[Token
         enc = encoder_ids.expand(len(windows), -1)
         logits = model(input_ids=enc, decoder_input_ids=rows).logits[:, -keep:]
     else:
-        logits = model(input_ids=rows, logits_to_keep=keep).logits
+        try:  # only the positions that predict new tokens go through the output head
+            logits = model(input_ids=rows, logits_to_keep=keep).logits
+        except TypeError:  # a model class without `logits_to_keep`
+            logits = model(input_ids=rows).logits[:, -keep:]
     logits = logits[:, :-1].float()
     targets = rows[:, -(keep - 1):]
     # log p = logit - logsumexp(logits): avoids a second [windows, tokens, vocab] tensor.
