@@ -1,0 +1,254 @@
+"""`tinystudent train`: teach one student a task from one or several teachers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
+from tinystudent.log import console, info, progress
+
+OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
+
+
+def objective_weights(objectives: str, overrides: list[str], teachers: list[str] = ()) -> dict:
+    """`answer,rationale` plus `--weight rationale=0.5` -> the config's weights block.
+
+    The answer term is always on (weight 1) unless a `--weight answer=0` turns it off. A
+    per-teacher weight (`rationale.flan-t5-xl=2`) leaves the other `teachers` at the shared weight.
+    """
+    chosen = [o.strip() for o in objectives.split(",") if o.strip()]
+    unknown = [o for o in chosen if o not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"--objective: unknown {unknown}; choose from {', '.join(OBJECTIVES)} (comma-separated)")
+    weights: dict = {"answer": 1.0, **{o: 1.0 for o in chosen if o != "answer"}}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--weight expects name=value (answer=1, rationale=0.5, "
+                             f"rationale.flan-t5-xl=2), got {item!r}")
+        head, _, teacher = name.partition(".")
+        if head not in OBJECTIVES + ("mutual",):
+            raise ValueError(f"--weight {item!r}: unknown objective {head!r}")
+        if teacher:
+            current = weights.get(head, 0.0)
+            table = current if isinstance(current, dict) else {t: current for t in teachers}
+            table[teacher] = float(value)
+            weights[head] = table
+        else:
+            weights[head] = float(value)
+    return weights
+
+
+def _rationales_from_file(path: Path, examples) -> dict[str, dict[str, str]]:
+    from tinystudent.teachers import read_rationales_jsonl
+
+    found: dict[str, dict[str, str]] = {}
+    for item in read_rationales_jsonl(path, examples):
+        found.setdefault(item.teacher, {})[item.example_id] = item.text
+    return found
+
+
+def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool,
+                want_scores: bool) -> tuple[dict, dict]:
+    """Rationales and choice log-probabilities of each teacher from the teacher cache."""
+    from tinystudent.teachers import SCORING, load_rationales
+    from tinystudent.teachers.cache import rows_for
+
+    rationales, scores = {}, {}
+    for teacher in teachers:
+        if want_rationales:
+            rationales[teacher] = load_rationales(store, teacher, task, strategy)
+            if not rationales[teacher]:
+                raise ValueError(f"no cached rationales of teacher {teacher!r} for task {task!r} in {store.path}; "
+                                 f"run `tinystudent teach --teacher {teacher} --task {task}` or "
+                                 "`tinystudent rationales import` first, or give --rationales FILE.jsonl")
+        if want_scores:
+            rows = [r for r in rows_for(store, teacher, task, SCORING) if r.get("choice_logprobs")]
+            if not rows:
+                raise ValueError(f"no cached choice log-probabilities of teacher {teacher!r} for task {task!r}; "
+                                 f"run `tinystudent teach --teacher {teacher} --task {task} --strategy {SCORING}` first")
+            scores[teacher] = {r["example_id"]: json.loads(r["choice_logprobs"]) for r in rows}
+    return rationales, scores
+
+
+def _config(config_file: Optional[Path], options: dict) -> "TrainConfig":
+    import yaml
+
+    from tinystudent.distill import TrainConfig
+
+    base = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file}: no such config file")
+        base = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{config_file}: a training config must be a mapping of TrainConfig fields")
+    merged = {**base, **{k: v for k, v in options.items() if v is not None}}
+    if "lora" in options and options["lora"]:
+        merged["lora"] = {**base.get("lora", {}), **options["lora"]}
+    try:
+        return TrainConfig(**merged)
+    except Exception as err:  # pydantic's message lists every bad field
+        raise ValueError(f"training config: {err}") from None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:80]
+
+
+@app.command("train")
+@friendly_errors
+def train_command(
+    student: str = typer.Option(..., "--student", "-s", help="Hub id, local model folder or GGUF file."),
+    task: str = typer.Option(..., "--task", "-t", help="A named task or a path to benchmark files."),
+    teachers: Optional[str] = typer.Option(None, help="Teachers whose cached outputs to learn from, "
+                                           "comma-separated (as named to `tinystudent teach` or the import)."),
+    objective: str = typer.Option("answer", help="answer, rationale, choice_kd, logit_kd, hidden; several "
+                                  "comma-separated (the answer term is always on)."),
+    weight: list[str] = typer.Option([], help="Objective weight, repeatable: rationale=0.5, "
+                                     "rationale.flan-t5-xl=2, answer=0."),
+    method: str = typer.Option("full", help="full fine-tuning or lora."),
+    keep_layers: Optional[str] = typer.Option(None, help="Scale the student down first: first:N, last:N, "
+                                              "every:K, spread:N or layer indices 0,4,29."),
+    rationales_file: Optional[Path] = typer.Option(None, "--rationales", help="Rationales as JSONL "
+                                                   "{id, teacher, rationale} instead of the teacher cache."),
+    strategy: Optional[str] = typer.Option(None, help="Only cached rationales of this strategy "
+                                           "(cot, teacher_forcing_cot, imported) [default: any]."),
+    teacher_model: Optional[str] = typer.Option(None, help="Teacher model for logit_kd/hidden "
+                                                "[default: the first of --teachers]."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of TrainConfig fields; "
+                                               "the options below override it."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps [default: one epoch]."),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training questions."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per micro-batch [8]."),
+    grad_accum: Optional[int] = typer.Option(None, min=1, help="Micro-batches per step [1]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [5e-5 full, 2e-4 LoRA]."),
+    lora_rank: Optional[int] = typer.Option(None, min=1, help="LoRA rank [8]."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [16]."),
+    lora_targets: Optional[str] = typer.Option(None, help="LoRA target modules, comma-separated [all-linear]."),
+    merge: bool = typer.Option(False, help="Save the LoRA student merged into a plain model."),
+    temperature: Optional[float] = typer.Option(None, help="KD temperature [2.0]."),
+    divergence: Optional[str] = typer.Option(None, help="logit_kd divergence: forward_kl, reverse_kl, jsd."),
+    eval_every: Optional[int] = typer.Option(None, min=1, help="Validate every N steps [at the end]."),
+    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="Resumable checkpoint every N steps."),
+    patience: Optional[int] = typer.Option(None, min=1, help="Early stopping after N evaluations without gain."),
+    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16, fp16."),
+    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations to save memory."),
+    max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Cut rationales to N tokens [128]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and dropout [0]."),
+    train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training questions."),
+    valid_limit: Optional[int] = typer.Option(None, min=1, help="Validate on the first N validation questions."),
+    test: bool = typer.Option(True, "--test/--no-test", help="Measure the kept student on the test split."),
+    test_limit: Optional[int] = typer.Option(None, min=1, help="Only the first N test questions."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
+    out: Optional[Path] = typer.Option(None, help="Run folder [tinystudent-runs/<student>-<task>-...]."),
+    restart: bool = typer.Option(False, help="Start over instead of resuming the run in --out."),
+    columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
+    split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
+    db: Optional[Path] = typer.Option(None, help="SQLite results database (teacher cache, runs)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Train a student on a task from answers, teachers' rationales, choice probabilities or
+    logits; validate, keep the best checkpoint and measure it on the test split. A stopped run
+    resumes from its last checkpoint when started again with the same options."""
+    quiet_libraries()
+    from tinystudent.store import Store
+    from tinystudent.tasks import load_task
+
+    names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
+    weights = objective_weights(objective, weight, names)
+    lora = {k: v for k, v in {"rank": lora_rank, "alpha": lora_alpha, "merge": merge or None,
+                              "target_modules": lora_targets.split(",") if lora_targets else None}.items()
+            if v is not None}
+    config = _config(config_file, {
+        "weights": weights, "method": method, "steps": steps, "epochs": epochs, "batch_size": batch_size,
+        "grad_accum": grad_accum, "lr": lr, "lora": lora, "temperature": temperature,
+        "logit_kd_divergence": divergence, "eval_every": eval_every, "checkpoint_every": checkpoint_every,
+        "early_stopping_patience": patience, "precision": precision,
+        "gradient_checkpointing": gradient_checkpointing or None, "max_rationale_tokens": max_rationale_tokens,
+        "seed": seed, "valid_limit": valid_limit, "device": device})
+    data = load_task(task, seed=split_seed, columns=parse_columns(columns))
+    train = data.split("train")[:train_limit] if train_limit else data.split("train")
+    valid = data.split("validation")
+    test_examples = (data.split("test")[:test_limit] if test_limit else data.split("test")) if test else None
+    out = out or Path("tinystudent-runs") / _slug(f"{Path(student).name}-{keep_layers or 'all'}-"
+                                                   f"{Path(task).name}-{objective}-{method}")
+    with Store(db) as store:
+        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train,
+                                           config.weights)
+        teacher = None
+        if config.weights.logit_kd or config.weights.hidden:
+            teacher = teacher_model or (names[0] if names else None)
+            info(f"token-level distillation from the teacher model {teacher}")
+        if keep_layers:
+            from tinystudent.models.students import scale_down
+
+            student_path = str(scale_down(student, keep_layers, out / "student"))
+        else:
+            student_path = student
+        result = _run(student_path, train, valid, config, out, rationales, scores, teacher, task,
+                      test_examples, restart)
+        result.student = student if not keep_layers else f"{student} ({keep_layers})"
+        summary = {**result.summary(), "student_path": student_path, "teachers": names}
+        store.save_run(result.run_key, "train", "done", result.config, summary)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_result(summary)
+
+
+def _teacher_data(store, names, task, strategy, rationales_file, train, weights) -> tuple[dict, dict]:
+    want_rationales = bool(weights.rationale)
+    want_scores = bool(weights.choice_kd)
+    rationales, scores = {}, {}
+    if rationales_file is not None:
+        rationales = _rationales_from_file(rationales_file, None)
+        if names:
+            rationales = {t: r for t, r in rationales.items() if t in names}
+        want_rationales = False
+    if (want_rationales or want_scores) and not names:
+        raise ValueError("the rationale and choice_kd objectives need --teachers (or --rationales FILE.jsonl)")
+    cached_rationales, scores = _from_cache(store, names, task, strategy, want_rationales, want_scores)
+    return rationales or cached_rationales, scores
+
+
+def _run(student, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart):
+    from tinystudent.distill import train_student
+
+    with progress() as bar:
+        row = bar.add_task("training", total=None, status="")
+
+        def advance(step: dict) -> None:
+            losses = ", ".join(f"{v:.4f}" for v in step["loss"])
+            valid_acc = [v for v in step["valid_acc"] if v is not None]
+            shown = f"loss {losses} | {step['tokens_per_s']:,.0f} tok/s | lr {step['lr']:.2e}"
+            if valid_acc:
+                shown += f" | valid acc {valid_acc[0]:.4f}"
+            bar.update(row, completed=step["step"], total=step["total_steps"], status=shown)
+
+        return train_student(student, train, valid, config, out, rationales=rationales or None,
+                             choice_logprobs=scores or None, teacher=teacher, task=task,
+                             test_examples=test_examples, resume=not restart, on_step=advance)
+
+
+def print_result(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary['student']} trained on {summary['task']} ({summary['method']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+
+    def fmt(value):
+        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+                                          if isinstance(value, int) else str(value))
+
+    for name in ("params", "trainable_params", "non_embedding_params", "steps", "train_loss",
+                 "valid_acc_before", "valid_acc", "best_step", "test_acc", "tokens_per_s",
+                 "peak_memory_mb", "train_seconds", "checkpoint"):
+        table.add_row(name, fmt(summary.get(name)))
+    console.print(table)

@@ -1,0 +1,176 @@
+"""The one typed config of a training run. Unknown keys are errors, never silently ignored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ObjectiveWeights(_Strict):
+    """Weights of the loss terms; a term with weight 0 is not computed.
+
+    `L = answer * L_answer + sum_m rationale_m * L_rationale_m + sum_m choice_kd_m * L_choice_m
+    + logit_kd * L_logit + hidden * L_hidden (+ mutual * L_mutual in mutual learning)`.
+
+    Attributes:
+        answer: cross-entropy on the gold answer, in exactly the format evaluation scores (1.0).
+        rationale: per-teacher rationale cross-entropy (TinyLLM; distilling step-by-step with one
+            teacher): one weight for every teacher, or teacher name -> weight (0.0).
+        choice_kd: per-teacher KL between the teacher's and the student's distributions over the
+            choices (Hinton et al. 2015 applied to choices): one weight or teacher -> weight (0.0).
+        logit_kd: token-level distillation from the `teacher` model's next-token distribution (0.0).
+        hidden: hidden-state matching between chosen layers (patient KD, Sun et al. 2019) (0.0).
+        mutual: KL towards the peers' choice distributions, used by `train_mutual` (1.0).
+    """
+
+    answer: float = Field(1.0, ge=0)
+    rationale: float | dict[str, float] = 0.0
+    choice_kd: float | dict[str, float] = 0.0
+    logit_kd: float = Field(0.0, ge=0)
+    hidden: float = Field(0.0, ge=0)
+    mutual: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _non_negative(self):
+        for name in ("rationale", "choice_kd"):
+            value = getattr(self, name)
+            values = value.values() if isinstance(value, dict) else [value]
+            if any(v < 0 for v in values):
+                raise ValueError(f"weights.{name} must not be negative, got {value}")
+        return self
+
+    def per_teacher(self, name: str, teachers: list[str]) -> dict[str, float]:
+        """Teacher -> weight for `rationale` or `choice_kd`, zero weights left out."""
+        value = getattr(self, name)
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(teachers))
+            if unknown:
+                raise ValueError(f"weights.{name} names teacher(s) {unknown} with no data; "
+                                 f"teachers with data: {sorted(teachers)}")
+            return {t: w for t, w in value.items() if w > 0}
+        return {t: float(value) for t in teachers} if value > 0 else {}
+
+
+class LoraSettings(_Strict):
+    """LoRA (Hu et al. 2021) through PEFT.
+
+    Attributes:
+        rank: rank r of the update (8).
+        alpha: scaling numerator; the update is scaled by alpha / r (16).
+        dropout: dropout on the LoRA input (0.05).
+        target_modules: module name suffixes to adapt, or `all-linear` (every linear layer but
+            the output head). Each name must match at least one module ("all-linear").
+        merge: save the best checkpoint as a plain model with the adapter merged in (False:
+            save the adapter folder, which `models.students.load_student` reads).
+    """
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = False
+
+
+class TrainConfig(_Strict):
+    """Everything that decides a training run (saved beside every checkpoint).
+
+    Attributes:
+        weights: objective weights (see `ObjectiveWeights`).
+        method: `full` fine-tuning or `lora`.
+        lora: LoRA settings (used when method is lora).
+        lr: peak learning rate (default 5e-5 for full fine-tuning, 2e-4 for LoRA).
+        weight_decay: AdamW weight decay (0.0).
+        betas: AdamW betas ((0.9, 0.999)).
+        warmup_ratio: share of the steps spent warming the learning rate up linearly (0.05).
+        min_lr_ratio: the cosine decay ends at lr * min_lr_ratio (0.0).
+        steps: optimizer steps; when None, `epochs` decides (None).
+        epochs: passes over the training examples when `steps` is None (1.0).
+        batch_size: questions per micro-batch per process (8).
+        grad_accum: micro-batches per optimizer step (1).
+        max_grad_norm: gradient clipping norm; 0 turns clipping off (1.0).
+        precision: `auto` (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU),
+            `fp32`, `bf16` or `fp16` autocast; master weights stay in fp32.
+        gradient_checkpointing: recompute activations in backward to save memory (False).
+        seed: seed of initialisation, data order and dropout (0).
+        temperature: softening temperature of choice-level and token-level KD and of mutual
+            learning (2.0).
+        logit_kd_divergence: `forward_kl`, `reverse_kl` or `jsd` (generalized Jensen-Shannon).
+        jsd_beta: the JSD's mixing weight beta in (0, 1) (0.5).
+        kd_chunk_tokens: token-level losses are computed this many target tokens at a time, so
+            peak memory does not grow with batch x tokens x vocabulary (256).
+        hidden_layers: (student layer, teacher layer) pairs for hidden-state matching; by default
+            a scaled-down student's kept layers map to the layers they were copied from.
+        rationale_prompt: the rationale task's input; `{teacher}` and `{question}` (the question
+            with lettered choices) are filled in, so each teacher's task has its own prefix.
+        max_prompt_tokens: prompts are cut from the left to this many tokens (256).
+        max_answer_tokens: answer continuations are cut to this many tokens (32).
+        max_rationale_tokens: rationales are cut to this many tokens (128).
+        eval_every: evaluate on the validation examples every N steps; None: only at the end.
+        eval_before: evaluate the untrained student first (True).
+        eval_batch_size: questions per evaluation batch (16).
+        valid_limit: evaluate on the first N validation examples only (None: all).
+        checkpoint_every: save a resumable checkpoint every N steps (None: never).
+        keep_checkpoints: how many resumable checkpoints to keep (2).
+        early_stopping_patience: stop after this many evaluations without a better validation
+            accuracy (None: never stop early).
+        log_every: steps over which the reported train loss is averaged (10).
+        device: `auto`, `cpu`, `cuda`; under `accelerate launch` each process gets its own GPU.
+    """
+
+    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    steps: int | None = Field(None, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    temperature: float = Field(2.0, gt=0)
+    logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    jsd_beta: float = Field(0.5, gt=0, lt=1)
+    kd_chunk_tokens: int = Field(256, ge=1)
+    hidden_layers: list[tuple[int, int]] | None = None
+    rationale_prompt: str = "Rationale ({teacher}):\n{question}\nExplanation:"
+    max_prompt_tokens: int = Field(256, ge=8)
+    max_answer_tokens: int = Field(32, ge=1)
+    max_rationale_tokens: int = Field(128, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    eval_before: bool = True
+    eval_batch_size: int = Field(16, ge=1)
+    valid_limit: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _prompt_fields(self):
+        if "{question}" not in self.rationale_prompt:
+            raise ValueError("rationale_prompt must contain {question}")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (5e-5 if self.method == "full" else 2e-4)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything in the config (the device excluded: it changes no number
+        a user compares, only where it was computed)."""
+        payload = self.model_dump(mode="json", exclude={"device"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,281 @@
+"""Training data: teacher outputs checked against the questions, tokenized once, batched.
+
+The answer task is tokenized exactly as evaluation scores it (`evaluation.scoring`): the prompt
+is `prompts.choice_context(example, style)` and the target the continuation ` {choice}`, so the
+student is trained on the very format it is judged by. Rationale tasks put each teacher's own
+prefix in front of the question with lettered choices (TinyLLM, Tian et al. 2024).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from tinystudent.distill.losses import PAD_SCORE
+from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
+from tinystudent.evaluation.scoring import ChoiceRequest, encode_request
+from tinystudent.log import warn
+from tinystudent.tasks.schema import Example
+
+
+# --- teacher outputs -------------------------------------------------------------------------
+
+def check_rationales(rationales: dict[str, dict[str, str]] | None,
+                     examples: list[Example]) -> dict[str, dict[str, str]]:
+    """Keep non-empty rationales of training questions; refuse a teacher that covers none."""
+    if not rationales:
+        return {}
+    ids = {ex.id for ex in examples}
+    kept = {}
+    for teacher, by_id in rationales.items():
+        if not isinstance(by_id, dict):
+            raise ValueError(f"rationales[{teacher!r}] must map example id -> text, got {type(by_id).__name__}")
+        usable = {i: t.strip() for i, t in by_id.items() if i in ids and isinstance(t, str) and t.strip()}
+        if not usable:
+            sample_theirs, sample_ours = sorted(by_id)[:3], sorted(ids)[:3]
+            raise ValueError(
+                f"teacher {teacher!r}: none of its {len(by_id)} rationales belongs to a training "
+                f"question (its ids look like {sample_theirs}, the questions' like {sample_ours}); "
+                "were they made for another task or split?")
+        if len(usable) < len(ids):
+            warn(f"teacher {teacher!r} has rationales for {len(usable)} of {len(ids)} training "
+                 "questions; the others train without its rationale")
+        kept[teacher] = usable
+    return kept
+
+
+def check_choice_logprobs(choice_logprobs: dict[str, dict[str, list[float]]] | None,
+                          examples: list[Example]) -> dict[str, dict[str, list[float]]]:
+    """Keep teacher choice scores of training questions; each must have one number per choice."""
+    if not choice_logprobs:
+        return {}
+    by_example = {ex.id: ex for ex in examples}
+    kept = {}
+    for teacher, by_id in choice_logprobs.items():
+        usable = {}
+        for example_id, scores in by_id.items():
+            ex = by_example.get(example_id)
+            if ex is None:
+                continue
+            if len(scores) != len(ex.choices):
+                raise ValueError(f"teacher {teacher!r}, example {example_id!r}: {len(scores)} choice "
+                                 f"log-probabilities for {len(ex.choices)} choices")
+            if any(math.isnan(float(s)) for s in scores):
+                raise ValueError(f"teacher {teacher!r}, example {example_id!r}: a choice log-probability is NaN")
+            usable[example_id] = [float(s) if math.isfinite(float(s)) else PAD_SCORE for s in scores]
+        if not usable:
+            raise ValueError(f"teacher {teacher!r}: none of its {len(by_id)} choice distributions "
+                             f"belongs to a training question (ids like {sorted(by_id)[:3]})")
+        if len(usable) < len(examples):
+            warn(f"teacher {teacher!r} has choice probabilities for {len(usable)} of {len(examples)} "
+                 "training questions")
+        kept[teacher] = usable
+    return kept
+
+
+# --- tokenized examples ------------------------------------------------------------------------
+
+@dataclass
+class Features:
+    """One question tokenized for one student."""
+
+    gold: int
+    prompt: list[int]  # the scoring prompt (causal, seq2seq)
+    choices: list[list[int]]  # each choice's continuation tokens (causal, seq2seq)
+    context: str  # encoder pairs: the prompt text ...
+    choice_texts: list[str]  # ... and each choice's text
+    rationales: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    teacher_choice: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _encode_plain(tokenizer, text: str, kind: str) -> list[int]:
+    # Causal prompts carry no special tokens (as in scoring); seq2seq encoder inputs do.
+    return tokenizer.encode(text, add_special_tokens=kind == "seq2seq")
+
+
+def build_features(examples: list[Example], tokenizer, kind: str, style: str,
+                   rationales: dict[str, dict[str, str]], choice_logprobs: dict[str, dict[str, list[float]]],
+                   rationale_prompt: str, max_prompt: int, max_answer: int,
+                   max_rationale: int) -> dict[str, Features]:
+    """Tokenize every question once: answer prompt, choices, and each teacher's rationale task."""
+    eos = tokenizer.eos_token_id
+    features = {}
+    for ex in examples:
+        context = choice_context(ex, style)
+        if kind == "causal":
+            prompt, choices = encode_request(tokenizer, ChoiceRequest(context, choice_continuations(ex)))
+        elif kind == "seq2seq":
+            prompt = tokenizer.encode(context)
+            choices = [tokenizer.encode(c, add_special_tokens=False) for c in choice_continuations(ex)]
+        else:
+            prompt, choices = [], []
+        feats = Features(ex.answer, prompt[-max_prompt:], [c[:max_answer] for c in choices],
+                         context, [c.strip() for c in ex.choices])
+        for teacher, by_id in rationales.items():
+            if ex.id in by_id and kind != "encoder":
+                question = rationale_prompt.format(teacher=teacher, question=lettered_question(ex))
+                target = tokenizer.encode(" " + by_id[ex.id], add_special_tokens=False)[:max_rationale]
+                if eos is not None:
+                    target = target + [eos]
+                feats.rationales[teacher] = (_encode_plain(tokenizer, question, kind)[-max_prompt:], target)
+        for teacher, by_id in choice_logprobs.items():
+            if ex.id in by_id:
+                feats.teacher_choice[teacher] = by_id[ex.id]
+        features[ex.id] = feats
+    return features
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+@dataclass
+class TokenBatch:
+    """Prompt + target sequences; loss on target tokens only.
+
+    Causal: `input_ids` holds prompt+target, `target_mask[b, t]` marks positions whose next token
+    (`next_ids[b, t]`) is a target. Seq2seq: `input_ids` is the encoder input and `labels` the
+    decoder targets (-100 on padding). `sequence` maps rows of the target positions to sequences.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target_mask: torch.Tensor | None = None
+    next_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*[t.to(device) if t is not None else None for t in
+                            (self.input_ids, self.attention_mask, self.target_mask, self.next_ids, self.labels)])
+
+    @property
+    def tokens(self) -> int:
+        extra = int((self.labels != -100).sum()) if self.labels is not None else 0
+        return int(self.attention_mask.sum()) + extra
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int) -> TokenBatch:
+    """Right-padded batch of (prompt, target) pairs."""
+    if kind == "seq2seq":
+        inputs = _pad([p for p, _ in pairs], pad_id)
+        mask = _pad([[1] * len(p) for p, _ in pairs], 0)
+        return TokenBatch(inputs, mask, labels=_pad([t for _, t in pairs], -100))
+    sequences = [p + t for p, t in pairs]
+    ids = _pad(sequences, pad_id)
+    mask = _pad([[1] * len(s) for s in sequences], 0)
+    target_mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (prompt, target) in enumerate(pairs):
+        target_mask[i, len(prompt) - 1: len(prompt) + len(target) - 1] = True
+    next_ids = torch.cat([ids[:, 1:], torch.full((len(pairs), 1), pad_id)], dim=1)
+    return TokenBatch(ids, mask, target_mask, next_ids)
+
+
+@dataclass
+class ChoiceBatch:
+    """Every choice of every question, to score the student's distribution over choices.
+
+    Causal and seq2seq: one sequence per (question, choice), `question`/`choice` give its place
+    in the [questions, max choices] score table, `gold_sequence` marks the gold answers'.
+    Encoder: `tokens` holds [questions, max choices, length] tensors for a multiple-choice head.
+    `choice_mask` marks real (not padded) choices.
+    """
+
+    choice_mask: torch.Tensor
+    question: torch.Tensor | None = None
+    choice: torch.Tensor | None = None
+    gold_sequence: torch.Tensor | None = None
+    sequences: TokenBatch | None = None
+    prompts: TokenBatch | None = None  # seq2seq: the encoder input, once per question
+    tokens: dict | None = None
+
+    def to(self, device) -> "ChoiceBatch":
+        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        return ChoiceBatch(move(self.choice_mask), move(self.question), move(self.choice),
+                           move(self.gold_sequence),
+                           self.sequences.to(device) if self.sequences else None,
+                           self.prompts.to(device) if self.prompts else None,
+                           {k: v.to(device) for k, v in self.tokens.items()} if self.tokens else None)
+
+    @property
+    def n_tokens(self) -> int:
+        if self.tokens is not None:
+            return int(self.tokens["attention_mask"].sum())
+        return self.sequences.tokens + (self.prompts.tokens if self.prompts else 0)
+
+
+def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None,
+                 max_length: int = 256) -> ChoiceBatch:
+    width = max(len(f.choice_texts) for f in items)
+    choice_mask = torch.zeros(len(items), width, dtype=torch.bool)
+    for i, f in enumerate(items):
+        choice_mask[i, : len(f.choice_texts)] = True
+    if kind == "encoder":
+        # The same pairing as scoring.score_choices_encoder: (prompt, choice text) per choice.
+        contexts = [f.context for f in items for _ in range(width)]
+        choices = [f.choice_texts[c] if c < len(f.choice_texts) else "" for f in items for c in range(width)]
+        enc = tokenizer(contexts, choices, truncation="only_first", max_length=max_length,
+                        padding=True, return_tensors="pt")
+        tokens = {k: v.view(len(items), width, -1) for k, v in enc.items()}
+        return ChoiceBatch(choice_mask, tokens=tokens)
+    question, choice, gold, pairs = [], [], [], []
+    for i, f in enumerate(items):
+        for c, cont in enumerate(f.choices):
+            question.append(i)
+            choice.append(c)
+            gold.append(c == f.gold)
+            pairs.append((f.prompt, cont))
+    if kind == "seq2seq":
+        # The encoder reads each prompt once; the decoder scores every choice on top of it.
+        empty = torch.zeros(len(pairs), 0, dtype=torch.long)
+        sequences = TokenBatch(empty, empty, labels=_pad([t for _, t in pairs], -100))
+        prompts = TokenBatch(_pad([f.prompt for f in items], pad_id),
+                             _pad([[1] * len(f.prompt) for f in items], 0))
+    else:
+        sequences, prompts = token_batch(pairs, kind, pad_id), None
+    return ChoiceBatch(choice_mask, torch.tensor(question), torch.tensor(choice), torch.tensor(gold),
+                       sequences, prompts)
+
+
+def teacher_choice_table(items: list[Features], teacher: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[questions, width] teacher scores (PAD_SCORE where absent) and which questions have them."""
+    table = torch.full((len(items), width), PAD_SCORE, dtype=torch.float32)
+    present = torch.zeros(len(items), dtype=torch.bool)
+    for i, f in enumerate(items):
+        scores = f.teacher_choice.get(teacher)
+        if scores is not None:
+            table[i, : len(scores)] = torch.tensor(scores)
+            present[i] = True
+    return table, present
+
+
+# --- data order ------------------------------------------------------------------------------
+
+class SampleStream:
+    """An endless, seeded order over the examples: epoch e is a fixed permutation.
+
+    Position k of the stream is example `perm_{k // n}[k % n]`, so a run that resumes at
+    position k sees exactly what an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("training needs at least one example")
+        self.n, self.seed = n, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=generator).tolist()}
+        return self._perms[epoch]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self._perm(k // self.n)[k % self.n] for k in range(start, start + count)]

@@ -1,0 +1,307 @@
+"""The training loop: short and explicit, no Trainer subclass.
+
+One loop trains one student (`train_student`) or several peers together (`train_mutual`, deep
+mutual learning). Each optimizer step: micro-batches (gradient accumulation) -> loss terms ->
+weighted sum -> backward -> clip -> AdamW -> warm-up/cosine schedule; then evaluation,
+best-checkpoint, early stopping and resumable checkpoints when due. Accelerate's `Accelerator`
+wraps the student for DDP under `accelerate launch` and is a no-op on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tinystudent.distill.checkpoints import (latest_checkpoint, load_best, load_checkpoint,
+                                             save_best, save_checkpoint)
+from tinystudent.distill.config import TrainConfig
+from tinystudent.distill.data import SampleStream, check_choice_logprobs, check_rationales
+from tinystudent.distill.losses import mutual_kl
+from tinystudent.distill.lora import save_merged
+from tinystudent.distill.objectives import teacher_states
+from tinystudent.distill.result import TrainResult
+from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, setup_trainee
+from tinystudent.evaluation.cost import MemoryMeter
+from tinystudent.evaluation.evaluate import evaluate_model
+from tinystudent.evaluation.prompts import prompt_style
+from tinystudent.log import info, warn
+from tinystudent.models.loading import resolve_model
+from tinystudent.tasks.schema import Example, data_hash
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+def _fingerprint(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> None:
+    train_ids = {ex.id for ex in train}
+    for name, other in (("validation", valid), ("test", test or [])):
+        shared = train_ids & {ex.id for ex in other}
+        if shared:
+            raise ValueError(f"{len(shared)} training question(s) are also in the {name} examples "
+                             f"(ids like {sorted(shared)[:3]}); the splits must not overlap")
+
+
+def _check_objectives(config: TrainConfig, rationale_weights: dict, choice_weights: dict,
+                      teacher, mutual: bool) -> None:
+    weights = config.weights
+    if weights.rationale and not rationale_weights:
+        raise ValueError("weights.rationale > 0 but no rationales were given")
+    if weights.choice_kd and not choice_weights:
+        raise ValueError("weights.choice_kd > 0 but no teacher choice log-probabilities were given")
+    if (weights.logit_kd > 0 or weights.hidden > 0) and teacher is None:
+        raise ValueError("weights.logit_kd / weights.hidden > 0 need a teacher model")
+    if teacher is not None and not (weights.logit_kd > 0 or weights.hidden > 0):
+        warn("a teacher model was given but weights.logit_kd and weights.hidden are 0: it is not used")
+    active = weights.answer > 0 or rationale_weights or choice_weights or weights.logit_kd > 0 \
+        or weights.hidden > 0 or (mutual and weights.mutual > 0)
+    if not active:
+        raise ValueError("every objective has weight 0: nothing to train")
+
+
+def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None:
+    """Make out_dir this run's folder; refuse to mix two different runs in one folder."""
+    marker = out_dir / "run.json"
+    if marker.exists():
+        found = json.loads(marker.read_text())
+        if found.get("run_key") != run_key:
+            if resume:
+                raise ValueError(f"{out_dir} holds another run (run key {found.get('run_key')}, "
+                                 f"this one {run_key}: student, config or data differ); use another "
+                                 "folder, or resume=False to start over there")
+            for child in out_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif not resume:
+            for child in out_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"run_key": run_key, **description}, indent=1, default=str))
+
+
+def _combine(parts: dict[str, torch.Tensor], config: TrainConfig, rationale_weights: dict,
+             choice_weights: dict) -> torch.Tensor:
+    """L = w_answer L_answer + sum_m w_m L_rationale_m + sum_m c_m L_choice_m + w_logit L_logit
+    + w_hidden L_hidden + w_mutual L_mutual; terms absent from this batch are skipped."""
+    w = config.weights
+    terms = [(w.answer, parts.get("answer")), (w.logit_kd, parts.get("logit_kd")),
+             (w.hidden, parts.get("hidden")), (w.mutual, parts.get("mutual"))]
+    terms += [(weight, parts.get(f"rationale:{m}")) for m, weight in rationale_weights.items()]
+    terms += [(weight, parts.get(f"choice_kd:{m}")) for m, weight in choice_weights.items()]
+    used = [weight * value for weight, value in terms if weight > 0 and value is not None]
+    if not used:
+        anchor = next(p for p in parts.values() if isinstance(p, torch.Tensor))
+        return anchor.sum() * 0.0
+    return torch.stack(used).sum()
+
+
+class _Run:
+    """The state of one run over its trainees (one student, or peers in mutual learning)."""
+
+    def __init__(self, trainees: list[Trainee], train: list[Example], valid: list[Example],
+                 config: TrainConfig, task: str, accelerator, device, total_steps: int,
+                 rationale_weights: dict, choice_weights: dict, mutual: bool, on_step):
+        self.trainees, self.train, self.valid, self.config, self.task = trainees, train, valid, config, task
+        self.accelerator, self.device, self.total_steps = accelerator, device, total_steps
+        self.rationale_weights, self.choice_weights, self.mutual = rationale_weights, choice_weights, mutual
+        self.on_step = on_step
+        self.stream = SampleStream(len(train), config.seed)
+        self.autocast_dtype = resolve_precision(config.precision, device)
+        self.shared = {"step": 0, "consumed": 0, "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+        for tr in trainees:
+            tr.state = {"loss_history": [], "valid_history": [], "best_acc": None, "best_step": None,
+                        "bad_evals": 0, "valid_acc_before": None}
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # --- resuming -------------------------------------------------------------------------
+
+    def resume(self) -> bool:
+        found = [latest_checkpoint(tr.out_dir / "checkpoints") for tr in self.trainees]
+        if not all(found):
+            return False
+        rank = self.accelerator.process_index
+        for tr, path in zip(self.trainees, found):
+            state = load_checkpoint(path, tr.model, tr.optimizer, tr.scheduler, tr.scaler, rank)
+            self.shared, tr.state = state["shared"], state["trainee"]
+        info(f"resuming from step {self.shared['step']} ({found[0]})")
+        return True
+
+    def checkpoint(self) -> None:
+        for tr in self.trainees:
+            save_checkpoint(tr.out_dir / "checkpoints", self.shared["step"], tr.model, tr.optimizer,
+                            tr.scheduler, tr.scaler, {"shared": self.shared, "trainee": tr.state},
+                            self.config.keep_checkpoints, self.accelerator.process_index,
+                            self.accelerator.is_main_process)
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, tr: Trainee, examples: list[Example], split: str):
+        """Accuracy of the student as it stands, scored by the evaluation module (main process)."""
+        from accelerate.utils import broadcast_object_list
+
+        payload = [None]
+        if self.accelerator.is_main_process:
+            tr.loaded.model.eval()
+            with torch.no_grad(), self.autocast():
+                result = evaluate_model(tr.loaded, examples, self.task or "task", split,
+                                        "loglikelihood", self.config.eval_batch_size)
+            tr.loaded.model.train()
+            payload = [result]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(payload)
+        return payload[0]
+
+    def validate(self) -> None:
+        """Evaluate every trainee on the validation examples; keep the best; count patience."""
+        step = self.shared["step"]
+        for tr in self.trainees:
+            acc = self.evaluate(tr, self.valid, "validation").acc
+            tr.state["valid_history"].append({"step": step, "acc": acc})
+            if step == 0:
+                tr.state["valid_acc_before"] = acc
+            best = tr.state["best_acc"]
+            if best is None or acc > best:
+                tr.state.update(best_acc=acc, best_step=step, bad_evals=0)
+                self.save_best(tr, {"step": step, "valid_acc": acc})
+            elif step > 0:
+                tr.state["bad_evals"] += 1
+        patience = self.config.early_stopping_patience
+        if patience and all(tr.state["bad_evals"] >= patience for tr in self.trainees):
+            self.shared["stopped_early"] = True
+
+    def save_best(self, tr: Trainee, details: dict) -> None:
+        if self.accelerator.is_main_process:
+            save_best(tr.model, tr.loaded.tokenizer, tr.out_dir / "best", tr.is_lora,
+                      {**details, "student": tr.name, "config": self.config.model_dump(mode="json")})
+        self.accelerator.wait_for_everyone()
+
+    # --- one optimizer step ----------------------------------------------------------------
+
+    def _micro_batch(self, last: bool) -> tuple[list[dict], int]:
+        config, world, rank = self.config, self.accelerator.num_processes, self.accelerator.process_index
+        start = self.shared["consumed"] + rank * config.batch_size
+        examples = [self.train[i] for i in self.stream.take(start, config.batch_size)]
+        self.shared["consumed"] += config.batch_size * world
+        outputs, tokens = [], 0
+        for tr in self.trainees:
+            batch = make_batch(tr, examples, config, self.rationale_weights, self.choice_weights,
+                               self.mutual).to(self.device)
+            tokens += batch.tokens
+            with self.autocast():
+                teacher, want_hidden = None, False
+                if tr.teacher is not None:
+                    t = tr.teacher
+                    teacher = teacher_states(t.loaded.model, t.loaded.kind, t.head, batch, t.want_rows, t.layers)
+                    want_hidden = bool(t.layers)
+                outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden))
+        return outputs, tokens
+
+    def _losses(self, outputs: list[dict]) -> list[torch.Tensor]:
+        losses = []
+        for k, parts in enumerate(outputs):
+            if self.mutual:
+                peers = [o["choice_scores"] for j, o in enumerate(outputs) if j != k]
+                parts["mutual"] = mutual_kl(parts["choice_scores"], peers, self.config.temperature).mean()
+            losses.append(_combine(parts, self.config, self.rationale_weights, self.choice_weights))
+        return losses
+
+    def _diverged(self, tr: Trainee, loss: torch.Tensor, parts: dict) -> TrainingDiverged:
+        terms = {k: round(float(v), 4) for k, v in parts.items() if k != "choice_scores"}
+        last = latest_checkpoint(tr.out_dir / "checkpoints")
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        return TrainingDiverged(
+            f"the loss of {tr.name} became {float(loss)} at step {self.shared['step'] + 1} "
+            f"(terms: {terms}); training stopped and {kept}. Lower the learning rate "
+            f"(now {self.config.learning_rate}), use precision fp32, or check the data")
+
+    def step(self) -> None:
+        config = self.config
+        started = time.perf_counter()
+        sums: list[dict[str, float]] = [{} for _ in self.trainees]
+        tokens = 0
+        for micro in range(config.grad_accum):
+            last = micro == config.grad_accum - 1
+            outputs, micro_tokens = self._micro_batch(last)
+            tokens += micro_tokens
+            losses = self._losses(outputs)
+            for tr, loss, parts in zip(self.trainees, losses, outputs):
+                if not torch.isfinite(loss):
+                    raise self._diverged(tr, loss, parts)
+            for k, (tr, loss, parts) in enumerate(zip(self.trainees, losses, outputs)):
+                sync = contextlib.nullcontext() if last else self.accelerator.no_sync(tr.objective)
+                scaled = loss / config.grad_accum
+                with sync:
+                    (tr.scaler.scale(scaled) if tr.scaler else scaled).backward()
+                record = {"loss": float(loss.detach())}
+                record.update({n: float(v.detach()) for n, v in parts.items() if n != "choice_scores"})
+                for n, v in record.items():
+                    sums[k][n] = sums[k].get(n, 0.0) + v / config.grad_accum
+        for tr, record in zip(self.trainees, sums):
+            self._apply(tr, record)
+        self.shared["step"] += 1
+        self.shared["tokens"] += tokens * self.accelerator.num_processes
+        self.shared["train_seconds"] += time.perf_counter() - started
+        for tr, record in zip(self.trainees, sums):
+            lr = tr.scheduler.get_last_lr()[0]
+            tr.state["loss_history"].append({"step": self.shared["step"], **record, "lr": lr})
+
+    def _apply(self, tr: Trainee, record: dict) -> None:
+        config = self.config
+        params = [p for p in tr.objective.parameters() if p.requires_grad]
+        if tr.scaler:
+            tr.scaler.unscale_(tr.optimizer)
+        if config.max_grad_norm > 0:
+            norm = self.accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            record["grad_norm"] = float(norm)
+            if not math.isfinite(float(norm)) and tr.scaler is None:
+                raise self._diverged(tr, torch.tensor(float(norm)), {"grad_norm": norm})
+        if tr.scaler:
+            tr.scaler.step(tr.optimizer)
+            tr.scaler.update()
+        else:
+            tr.optimizer.step()
+        tr.scheduler.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        config = self.config
+        if self.valid and config.eval_before and self.shared["step"] == 0 \
+                and self.trainees[0].state["valid_acc_before"] is None:
+            self.validate()
+        while self.shared["step"] < self.total_steps and not self.shared["stopped_early"]:
+            self.step()
+            step = self.shared["step"]
+            due_eval = self.valid and ((config.eval_every and step % config.eval_every == 0)
+                                       or step == self.total_steps)
+            if due_eval:
+                self.validate()
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < self.total_steps:
+                self.checkpoint()
+            if self.on_step:
+                self.on_step(self.progress())
+
+    def progress(self) -> dict:
+        shared = self.shared
+        return {"step": shared["step"], "total_steps": self.total_steps,
+                "loss": [tr.state["loss_history"][-1]["loss"] for tr in self.trainees],
+                "lr": self.trainees[0].state["loss_history"][-1]["lr"],
+                "tokens_per_s": shared["tokens"] / shared["train_seconds"] if shared["train_seconds"] else 0.0,
+                "valid_acc": [tr.state["valid_history"][-1]["acc"] if tr.state["valid_history"] else None
+                              for tr in self.trainees]}

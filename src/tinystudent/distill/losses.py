@@ -1,0 +1,163 @@
+"""Distillation losses: pure functions of tensors, checked against float64 references in tests.
+
+Every divergence is computed in float32 (or higher) whatever the model's dtype, and terms where
+a probability is exactly zero (padded choices) contribute zero rather than NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+# Score of a padded (absent) choice: finite, so gradients stay finite, and exp() of it is 0.
+PAD_SCORE = -1e9
+
+
+def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension; zero-probability entries of p contribute zero."""
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) per row, scaled by T^2 (Hinton et al. 2015, "Distilling the
+    knowledge in a neural network"): the student covers every mode of the teacher."""
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return _kl_from_logprobs(log_p, log_q) * t * t
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
+    """KL(student || teacher) per row, scaled by T^2 (MiniLLM, Gu et al. 2023): mode-seeking,
+    the student concentrates on the teacher's main modes."""
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return _kl_from_logprobs(log_q, log_p) * t * t
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence per row, scaled by T^2 (GKD, Agarwal et al. 2024):
+    `beta * KL(P || M) + (1 - beta) * KL(Q || M)` with `M = beta * P + (1 - beta) * Q`,
+    P the teacher's and Q the student's distribution; beta = 0.5 is the symmetric JSD."""
+    if not 0 < beta < 1:
+        raise ValueError(f"the JSD's beta must lie strictly between 0 and 1, got {beta}")
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), dim=0)
+    return (beta * _kl_from_logprobs(log_p, log_m) + (1 - beta) * _kl_from_logprobs(log_q, log_m)) * t * t
+
+
+def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str,
+                     temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+    """One of `forward_kl`, `reverse_kl`, `jsd`, per row."""
+    if divergence == "forward_kl":
+        return forward_kl(student_logits, teacher_logits, temperature)
+    if divergence == "reverse_kl":
+        return reverse_kl(student_logits, teacher_logits, temperature)
+    if divergence == "jsd":
+        return generalized_jsd(student_logits, teacher_logits, temperature, beta)
+    raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+
+
+def choice_kd_loss(student_scores: torch.Tensor, teacher_logprobs: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) between distributions over the answer choices, per question.
+
+    Both inputs are [questions, choices] scores (summed log-likelihoods, or an encoder's
+    logits); padded choices hold `PAD_SCORE` in both. A softmax at temperature T turns each row into a
+    distribution (Hinton et al. 2015), so teachers and students need not share a tokenizer.
+    """
+    return forward_kl(student_scores, teacher_logprobs, temperature)
+
+
+def mutual_kl(student_scores: torch.Tensor, peer_scores: list[torch.Tensor],
+              temperature: float = 1.0) -> torch.Tensor:
+    """Deep mutual learning (Zhang et al. 2018): mean over peers of KL(peer || student) per
+    question, the peers' distributions detached (each peer is a fixed target for this update)."""
+    if not peer_scores:
+        return torch.zeros(student_scores.shape[0], device=student_scores.device)
+    terms = [forward_kl(student_scores, peer.detach(), temperature) for peer in peer_scores]
+    return torch.stack(terms).mean(0)
+
+
+def hidden_state_loss(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor]) -> torch.Tensor:
+    """Patient KD (Sun et al. 2019): mean squared distance between L2-normalised hidden states
+    of paired layers, averaged over rows and pairs. Each state is [rows, width]."""
+    if len(student_states) != len(teacher_states) or not student_states:
+        raise ValueError("hidden-state matching needs the same, non-zero number of student and teacher layers")
+    losses = []
+    for s, t in zip(student_states, teacher_states):
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(f"hidden-state matching needs equal widths, student {s.shape[-1]} vs "
+                             f"teacher {t.shape[-1]}; pick a teacher of the same width")
+        diff = F.normalize(s.float(), dim=-1) - F.normalize(t.float(), dim=-1)
+        losses.append(diff.pow(2).sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
+def _row_losses(hidden: torch.Tensor, targets: torch.Tensor, teacher_hidden: torch.Tensor | None,
+                head: Callable, teacher_head: Callable | None, kd_vocab: int | None,
+                divergence: str, temperature: float, beta: float):
+    logits = head(hidden).float()
+    target_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    if teacher_hidden is None:
+        return target_logprobs, torch.zeros_like(target_logprobs)
+    with torch.no_grad():
+        teacher_logits = teacher_head(teacher_hidden).float()
+    vocab = kd_vocab or logits.shape[-1]
+    kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence, temperature, beta)
+    return target_logprobs, kd
+
+
+def chunked_token_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Callable,
+                         teacher_hidden: torch.Tensor | None = None,
+                         teacher_head: Callable | None = None, kd_vocab: int | None = None,
+                         divergence: str = "forward_kl", temperature: float = 1.0,
+                         beta: float = 0.5, chunk_tokens: int | None = 256):
+    """Log-probability of each target token and, with a teacher, its token-level divergence.
+
+    The [tokens, vocabulary] logits are the memory peak of language-model training; here they
+    exist for `chunk_tokens` rows at a time only. Each chunk runs under activation checkpointing,
+    so backward recomputes its logits instead of keeping them: peak memory is set by the chunk,
+    not by batch x tokens x vocabulary (the chunked cross-entropy of Liger-Kernel/torchtune).
+
+    Args:
+        hidden: [rows, width] final hidden states at the positions that predict `targets`.
+        targets: [rows] next-token ids.
+        head: hidden -> logits (the student's output layer).
+        teacher_hidden, teacher_head: the teacher's hidden states at the same positions and its
+            output layer; run under no_grad.
+        kd_vocab: compare only the first `kd_vocab` logits (vocabulary alignment); None: all.
+        chunk_tokens: rows per chunk; None computes everything at once (the reference).
+
+    Returns:
+        (target_logprobs [rows], divergence [rows], zeros without a teacher).
+    """
+    args = (head, teacher_head, kd_vocab, divergence, temperature, beta)
+    rows = hidden.shape[0]
+    if chunk_tokens is None or rows <= chunk_tokens:
+        return _row_losses(hidden, targets, teacher_hidden, *args)
+    logprobs, kds = [], []
+    for start in range(0, rows, chunk_tokens):
+        piece = slice(start, start + chunk_tokens)
+        teacher_piece = teacher_hidden[piece] if teacher_hidden is not None else None
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            lp, kd = checkpoint(_row_losses, hidden[piece], targets[piece], teacher_piece, *args,
+                                use_reentrant=False)
+        else:
+            lp, kd = _row_losses(hidden[piece], targets[piece], teacher_piece, *args)
+        logprobs.append(lp)
+        kds.append(kd)
+    return torch.cat(logprobs), torch.cat(kds)

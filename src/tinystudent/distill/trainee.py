@@ -1,0 +1,214 @@
+"""Setting up one student for training: model, LoRA, teacher, objectives, optimizer, schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinystudent.distill.config import TrainConfig
+from tinystudent.distill.data import (Features, build_features, choice_batch, teacher_choice_table,
+                                      token_batch)
+from tinystudent.distill.lora import apply_lora
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives, causal_head, check_head
+from tinystudent.distill.vocab import check_vocab
+from tinystudent.log import info, warn
+from tinystudent.models.loading import LoadedModel, load_model
+from tinystudent.models.params import count_parameters
+from tinystudent.models.students import MANIFEST
+from tinystudent.tasks.schema import Example
+
+
+@dataclass
+class Teacher:
+    """A teacher model for token-level distillation, frozen in eval mode."""
+
+    loaded: LoadedModel
+    head: object
+    layers: list[int]
+    want_rows: bool
+
+
+@dataclass
+class Trainee:
+    """One student being trained and everything that belongs to it."""
+
+    name: str
+    out_dir: Path
+    loaded: LoadedModel  # the transformers model (LoRA injected) for evaluation and saving
+    model: torch.nn.Module  # what is saved: the PEFT wrapper under LoRA, else the model
+    objective: torch.nn.Module  # StudentObjectives, possibly wrapped for DDP
+    features: dict[str, Features]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: object | None
+    counts: dict[str, int]
+    trainable: int
+    teacher: Teacher | None = None
+    state: dict = field(default_factory=dict)
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float):
+    """Linear warm-up, then cosine decay to `min_ratio` of the peak, as a LambdaLR factor."""
+    warmup = round(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019); biases and norms (1-d tensors) are not decayed."""
+    decay, plain = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else plain).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
+                             betas=config.betas)
+
+
+def _depth(core, kind: str) -> int:
+    config = core.config
+    if kind == "seq2seq":
+        return getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers")
+    return config.num_hidden_layers
+
+
+def hidden_pairs(student_path: Path, student_core, teacher_core, kind: str,
+                 configured: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices for patient KD (0 = embeddings, i = after layer i,
+    the last = the final normalised output). A scaled-down student's layers pair with the layers
+    they were copied from; otherwise layers pair evenly by depth (PKD-skip)."""
+    n_student, n_teacher = _depth(student_core, kind), _depth(teacher_core, kind)
+    if configured:
+        pairs = [tuple(p) for p in configured]
+    else:
+        manifest = student_path / MANIFEST
+        kept = json.loads(manifest.read_text()).get("kept", {}) if manifest.exists() else {}
+        if kind == "causal" and len(kept) == 1:
+            layers = next(iter(kept.values()))
+            pairs = [(i + 1, layers[i] + 1) for i in range(len(layers) - 1)] + [(n_student, n_teacher)]
+        else:
+            pairs = [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
+    for s, t in pairs:
+        if not (0 <= s <= n_student and 0 <= t <= n_teacher):
+            raise ValueError(f"hidden_layers pair ({s}, {t}) is outside the student's 0..{n_student} "
+                             f"or the teacher's 0..{n_teacher} hidden states")
+    return pairs
+
+
+def load_teacher(teacher, student: LoadedModel, config: TrainConfig, device: torch.device,
+                 kd_dtype: torch.dtype | None) -> tuple[Teacher, int | None, list[int]]:
+    """Load and freeze the teacher, check vocabularies and pick the layers to match."""
+    if isinstance(teacher, str):
+        teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
+    if teacher.kind != student.kind or student.kind == "encoder":
+        raise ValueError(f"token-level distillation needs a teacher of the student's kind: teacher "
+                         f"{teacher.name} is {teacher.kind}, student {student.name} is {student.kind}"
+                         f"{' (encoders have no next-token distribution; use choice_kd)' if student.kind == 'encoder' else ''}")
+    teacher.model.eval().requires_grad_(False)
+    alignment = check_vocab(student.model, student.tokenizer, teacher.model, teacher.tokenizer,
+                            student.name, teacher.name)
+    head = None
+    if teacher.kind == "causal":
+        check_head(teacher.model, teacher.name)
+        head = causal_head(teacher.model)
+    pairs = []
+    if config.weights.hidden > 0:
+        pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, student.kind,
+                             config.hidden_layers)
+        info(f"hidden-state matching (student, teacher): {pairs}")
+    kd_vocab = alignment.size if alignment.trimmed else None
+    return (Teacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0),
+            kd_vocab, [s for s, _ in pairs])
+
+
+def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Example], style: str,
+                  rationales: dict, choice_logprobs: dict, teacher, device: torch.device,
+                  total_steps: int) -> Trainee:
+    """Load a student, report its size, add LoRA if asked, and build its objectives."""
+    loaded = load_model(name, device=device, dtype="float32")
+    counts = count_parameters(loaded.model)
+    info(f"student {name} ({loaded.kind}): {counts['total']:,} parameters, "
+         f"{counts['non_embedding']:,} non-embedding, {counts['embedding']:,} embedding")
+    core = loaded.model
+    if loaded.kind == "causal":
+        check_head(core, name)
+    kd_dtype = resolve_precision(config.precision, device)
+    teacher_info, kd_vocab, student_layers = None, None, []
+    if teacher is not None:
+        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, device, kd_dtype)
+    model = core
+    if config.method == "lora":
+        lora = config.lora
+        model = apply_lora(core, loaded.kind, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+    if config.gradient_checkpointing:
+        core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    core.config.use_cache = False
+    core.train()
+    features = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
+                              config.rationale_prompt, config.max_prompt_tokens,
+                              config.max_answer_tokens, config.max_rationale_tokens)
+    objective = StudentObjectives(model, loaded.kind, config.temperature, config.logit_kd_divergence,
+                                  config.jsd_beta, config.kd_chunk_tokens, kd_vocab, student_layers)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info(f"training {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
+         f"({config.method})")
+    optimizer = make_optimizer(objective, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, config.warmup_ratio, config.min_lr_ratio))
+    scaler = torch.amp.GradScaler(device.type) if kd_dtype == torch.float16 else None
+    student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
+    return Trainee(name, out_dir, student, model, objective, features, optimizer, scheduler, scaler,
+                   counts, trainable, teacher_info)
+
+
+def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
+               rationale_weights: dict[str, float], choice_weights: dict[str, float],
+               mutual: bool) -> StudentBatch:
+    """The micro-batch of `examples` in this student's tokens, with what its objectives need."""
+    kind = trainee.loaded.kind
+    tokenizer = trainee.loaded.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    items = [trainee.features[ex.id] for ex in examples]
+    gold = torch.tensor([f.gold for f in items])
+    teacher_tokens = trainee.teacher is not None
+    need_choices = kind == "encoder" or bool(choice_weights) or mutual
+    batch = StudentBatch(gold)
+    if kind != "encoder" and (config.weights.answer > 0 or teacher_tokens) and not (need_choices and not teacher_tokens):
+        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad)
+    for teacher in rationale_weights:
+        pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
+        if pairs:
+            batch.rationales[teacher] = token_batch(pairs, kind, pad)
+    if need_choices:
+        batch.choices = choice_batch(items, kind, pad, tokenizer, config.max_prompt_tokens)
+        width = batch.choices.choice_mask.shape[1]
+        for teacher in choice_weights:
+            batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
+    return batch
+

@@ -1,0 +1,211 @@
+"""Training: every objective and student kind learns, the answer objective trains exactly what
+evaluation scores, LoRA trains only adapters, resume follows the same trajectory, NaN stops."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tinystudent.distill import TrainConfig, TrainingDiverged, train_student
+from tinystudent.evaluation import ChoiceRequest, evaluate_model, score_choices
+from tinystudent.evaluation.prompts import choice_context, choice_continuations
+from tinystudent.models import load_model
+from tinystudent.models.students import load_student
+
+
+@pytest.fixture(scope="module")
+def arc(shared_dir):
+    """Eight real ARC-Challenge questions with both TinyLLM teachers' real rationales, and a
+    disjoint validation set; teacher choice scores favour the gold answer."""
+    from tinystudent.tasks import load_task
+    from tinystudent.teachers import import_tinyllm_rationales
+
+    data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
+    rationales = import_tinyllm_rationales(shared_dir / "data" / "tinyllm" / "arc", "train")
+    train = [ex for ex in data.split("train") if all(ex.id in r for r in rationales.values())][:8]
+    valid = data.split("validation")[:8]
+    choice_logprobs = {"flan-t5-xl": {ex.id: [-0.2 if c == ex.answer else -2.5 - 0.3 * c
+                                              for c in range(len(ex.choices))] for ex in train}}
+    return {"train": train, "valid": valid, "rationales": rationales, "choice_logprobs": choice_logprobs}
+
+
+def config(**changes) -> TrainConfig:
+    base = dict(steps=8, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False, device="cpu",
+                max_rationale_tokens=48, max_prompt_tokens=160)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def falls(history: list[dict], term: str) -> bool:
+    values = [h[term] for h in history if term in h]
+    return len(values) >= 4 and sum(values[-2:]) / 2 < sum(values[:2]) / 2
+
+
+def test_config_refuses_unknown_keys():
+    with pytest.raises(ValidationError, match="extra"):
+        TrainConfig(learning_rate_typo=1e-3)
+    with pytest.raises(ValidationError, match="extra"):
+        TrainConfig(weights={"anwser": 1.0})
+    with pytest.raises(ValidationError):
+        TrainConfig(method="qlora")
+    assert TrainConfig(method="lora").learning_rate == 2e-4
+
+
+CASES = [
+    ("tiny_causal", "answer", {}),
+    ("tiny_causal", "rationale:flan-t5-xl", {"rationale": 1.0}),
+    ("tiny_causal", "choice_kd:flan-t5-xl", {"choice_kd": 1.0}),
+    ("tiny_causal", "logit_kd", {"answer": 0.0, "logit_kd": 1.0}),
+    ("tiny_causal", "hidden", {"answer": 0.0, "hidden": 1.0}),
+    ("tiny_seq2seq", "answer", {}),
+    ("tiny_seq2seq", "rationale:llama-2-chat-7b", {"rationale": {"llama-2-chat-7b": 1.0}}),
+    ("tiny_seq2seq", "choice_kd:flan-t5-xl", {"choice_kd": 1.0}),
+    ("tiny_seq2seq", "logit_kd", {"answer": 0.0, "logit_kd": 1.0}),
+    ("tiny_encoder", "answer", {}),
+    ("tiny_encoder", "choice_kd:flan-t5-xl", {"choice_kd": 1.0}),
+]
+
+
+@pytest.mark.parametrize("fixture,term,weights", CASES, ids=[f"{c[0][5:]}-{c[1]}" for c in CASES])
+def test_each_objective_and_student_kind_learns(fixture, term, weights, arc, request, tmp_path):
+    from conftest import build_tiny
+
+    student = request.getfixturevalue(fixture)
+    teacher = None
+    if term in ("logit_kd", "hidden"):  # a different random model with the same tokenizer
+        teacher = str(build_tiny(fixture.split("_")[1], tmp_path / "teacher", seed=7))
+    result = train_student(str(student), arc["train"], arc["valid"], config(weights=weights),
+                           tmp_path / "run", rationales=arc["rationales"],
+                           choice_logprobs=arc["choice_logprobs"], teacher=teacher, task="arc")
+    assert falls(result.loss_history, term), [h.get(term) for h in result.loss_history]
+    assert falls(result.loss_history, "loss")
+    assert result.params == result.trainable_params > 0
+    assert result.steps == 8 and result.valid_acc is not None and result.tokens_per_s > 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_causal", "tiny_seq2seq"])
+def test_answer_loss_is_the_evaluation_score_of_the_gold_choice(fixture, arc, request):
+    """The answer objective is exactly -log p(gold continuation | scoring prompt) per token."""
+    from tinystudent.distill.data import build_features
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives
+    from tinystudent.distill.data import token_batch
+
+    loaded = load_model(str(request.getfixturevalue(fixture)), device="cpu")
+    examples = arc["train"][:4]
+    features = build_features(examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000)
+    items = [features[ex.id] for ex in examples]
+    batch = StudentBatch(torch.tensor([f.gold for f in items]),
+                         answer=token_batch([(f.prompt, f.choices[f.gold]) for f in items], loaded.kind,
+                                            loaded.tokenizer.pad_token_id))
+    with torch.no_grad():
+        loss = StudentObjectives(loaded.model.eval(), loaded.kind)(batch)["answer"]
+    requests = [ChoiceRequest(choice_context(ex, "arc"), choice_continuations(ex)) for ex in examples]
+    scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, requests)
+    gold_logprob = sum(row[ex.answer] for row, ex in zip(scores, examples))
+    n_tokens = sum(len(f.choices[f.gold]) for f in items)
+    assert loss.item() == pytest.approx(-gold_logprob / n_tokens, rel=1e-4)
+
+
+def test_lora_trains_only_the_adapters_and_merges(tiny_causal, arc, tmp_path):
+    cfg = config(method="lora", steps=4, lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"],
+                                                 "merge": True})
+    result = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc")
+    base = load_model(str(tiny_causal), device="cpu").model
+    expected = sum(4 * (m.in_features + m.out_features) for name, m in base.named_modules()
+                   if name.endswith(("q_proj", "v_proj")))
+    assert result.trainable_params == expected
+    assert result.params == sum(p.numel() for p in base.parameters())
+    adapter = tmp_path / "run" / "best"
+    assert (adapter / "adapter_config.json").exists()
+    merged = load_model(result.checkpoint, device="cpu")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(merged.model(input_ids=ids).logits,
+                               load_student(str(adapter), device="cpu").model(input_ids=ids).logits,
+                               rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged.model(input_ids=ids).logits, base(input_ids=ids).logits)
+    with pytest.raises(ValueError, match=r"\['qproj'\] match nothing.*q_proj"):
+        train_student(str(tiny_causal), arc["train"], arc["valid"],
+                      config(method="lora", lora={"target_modules": ["q_proj", "qproj"]}), tmp_path / "bad")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_killed_run_resumes_on_the_same_trajectory(method, tiny_causal, arc, tmp_path):
+    cfg = config(method=method, steps=6, batch_size=3, grad_accum=2, checkpoint_every=2, eval_every=3,
+                 warmup_ratio=0.2, lora={"dropout": 0.3}, weights={"rationale": 0.5})
+    args = dict(rationales=arc["rationales"], task="arc")
+    whole = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "whole", **args)
+
+    def kill(progress):
+        if progress["step"] == 5:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "resumed", on_step=kill, **args)
+    assert (tmp_path / "resumed" / "checkpoints" / "LATEST").read_text() == "step-0000004"
+    resumed = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "resumed", **args)
+    assert [h["loss"] for h in resumed.loss_history] == [h["loss"] for h in whole.loss_history]
+    assert resumed.valid_history == whole.valid_history
+    assert resumed.steps == 6
+
+
+def test_finished_run_is_returned_not_recomputed_and_folders_are_not_mixed(tiny_causal, arc, tmp_path):
+    cfg = config(steps=2)
+    first = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc")
+    calls = []
+    again = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc",
+                          on_step=calls.append)
+    assert calls == [] and again.loss_history == first.loss_history
+    with pytest.raises(ValueError, match="holds another run"):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3), tmp_path / "run", task="arc")
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_causal, arc, tmp_path, monkeypatch):
+    from tinystudent.distill import objectives
+
+    original = objectives.StudentObjectives.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        parts = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            parts["answer"] = parts["answer"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(objectives.StudentObjectives, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 4.*step-0000002"):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], config(checkpoint_every=2),
+                      tmp_path / "run", task="arc")
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "step-0000002"
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_best_checkpoint_is_kept_and_measured(tiny_encoder, arc, tmp_path):
+    """The kept folder scores, with the evaluation module, exactly the reported accuracies."""
+    test = arc["valid"][4:]
+    valid = arc["valid"][:4]
+    result = train_student(str(tiny_encoder), arc["train"], valid, config(steps=6, eval_every=2, eval_before=True),
+                           tmp_path / "run", task="arc", test_examples=test)
+    accs = [v["acc"] for v in result.valid_history]
+    assert result.valid_acc == max(accs) and result.valid_acc_before == accs[0]
+    assert result.best_step == result.valid_history[accs.index(max(accs))]["step"]
+    kept = load_model(result.checkpoint, device="cpu")
+    assert evaluate_model(kept, valid, "arc", "validation").acc == result.valid_acc
+    assert evaluate_model(kept, test, "arc", "test").acc == result.test_acc
+    info = json.loads((tmp_path / "run" / "best" / "training.json").read_text())
+    assert info["step"] == result.best_step
+
+
+def test_rationales_that_match_no_question_are_refused(tiny_causal, arc, tmp_path):
+    with pytest.raises(ValueError, match="none of its 1 rationales"):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], config(weights={"rationale": 1.0}),
+                      tmp_path / "run", rationales={"t": {"other-task-1": "text"}})
+    with pytest.raises(ValueError, match="also in the validation"):
+        train_student(str(tiny_causal), arc["train"], arc["train"][:2], config(), tmp_path / "run2")
+    with pytest.raises(ValueError, match="need a teacher"):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], config(weights={"logit_kd": 1.0}),
+                      tmp_path / "run3")

@@ -1,0 +1,76 @@
+"""`tinystudent train`: rationales from a file or from the teacher cache, scaled-down students,
+one JSON object on stdout, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tinystudent.cli import app
+
+REQUIRED = {"student", "params", "trainable_params", "steps", "train_loss", "valid_acc", "test_acc",
+            "tokens_per_s", "peak_memory_mb", "checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def arc_task(shared_dir):
+    return str(shared_dir / "data" / "tinyllm" / "arc")
+
+
+def _run(args):
+    result = CliRunner().invoke(app, args)
+    return result
+
+
+def test_train_with_rationales_file_and_json(tiny_causal, arc_task, tmp_path):
+    from tinystudent.tasks import load_task
+
+    train = load_task(arc_task).split("train")[:6]
+    lines = [json.dumps({"id": ex.id, "teacher": "mine", "rationale": f"Because {ex.answer_text} fits."})
+             for ex in train]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines))
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
+                   "--rationales", str(tmp_path / "r.jsonl"), "--steps", "3", "--batch-size", "2",
+                   "--train-limit", "6", "--valid-limit", "4", "--test-limit", "4", "--keep-layers", "first:1",
+                   "--out", str(tmp_path / "run"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert REQUIRED <= set(row)
+    assert row["steps"] == 3 and row["test_acc"] is not None and row["student"].endswith("(first:1)")
+    assert row["params"] < 94528  # one of two layers kept
+    from tinystudent.store import Store
+
+    with Store() as store:
+        assert store.run(row["run_key"])["status"] == "done"
+
+
+def test_train_reads_rationales_from_the_teacher_cache(tiny_seq2seq, arc_task, shared_dir, tmp_path):
+    from tinystudent.store import Store
+    from tinystudent.teachers import read_tinyllm, store_rationales
+
+    imported = read_tinyllm(shared_dir / "data" / "tinyllm" / "arc", "train")
+    with Store() as store:
+        store_rationales(store, imported.rationales[:40], arc_task, imported.questions)
+    result = _run(["train", "--student", str(tiny_seq2seq), "--task", arc_task, "--teachers",
+                   "flan-t5-xl,llama-2-chat-7b", "--objective", "rationale", "--weight", "rationale.flan-t5-xl=0.5",
+                   "--steps", "2", "--batch-size", "2", "--train-limit", "8", "--valid-limit", "2",
+                   "--no-test", "--out", str(tmp_path / "run"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["teachers"] == ["flan-t5-xl", "llama-2-chat-7b"] and row["test_acc"] is None
+    history = json.loads((tmp_path / "run" / "result.json").read_text())["results"][0]["loss_history"]
+    assert any("rationale:flan-t5-xl" in h for h in history) and any("rationale:llama-2-chat-7b" in h for h in history)
+
+
+def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
+                   "--teachers", "nobody", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 2 and "no cached rationales of teacher 'nobody'" in result.output
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "magic"])
+    assert result.exit_code == 2 and "unknown ['magic']" in result.output
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--method", "lora",
+                   "--lora-targets", "nothing_here", "--train-limit", "4", "--out", str(tmp_path / "r2"),
+                   "--device", "cpu"])
+    assert result.exit_code == 2 and "match nothing" in result.output
