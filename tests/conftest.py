@@ -106,3 +106,69 @@ def smollm2():
 def _isolated_db(tmp_path, monkeypatch):
     """Each test writes its results to its own database."""
     monkeypatch.setenv("TINYSTUDENT_DB", str(tmp_path / "results.sqlite"))
+
+
+# --- `tinystudent serve` as a real subprocess (teachers and serve tests) ------------------------
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_serve(model, port: int, log: Path, *args, timeout: float = 120.0):
+    """Start `tinystudent serve MODEL --port PORT ...` and wait until /health answers; returns the
+    process. Its stderr goes to `log` (a pipe could fill up and stall a long-running server)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "a") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tinystudent", "serve", str(model), "--host",
+                                    "127.0.0.1", "--port", str(port), *args], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tinystudent serve exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"tinystudent serve did not answer on port {port} within {timeout} s")
+
+
+def stop_serve(process) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+class ServedModel:
+    """A `tinystudent serve` subprocess that a test may kill and restart on the same port."""
+
+    def __init__(self, model, log: Path):
+        self.model, self.log, self.port = model, log, free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.process = launch_serve(model, self.port, log)
+
+    def restart(self) -> None:
+        stop_serve(self.process)
+        self.process = launch_serve(self.model, self.port, self.log)
+
+
+@pytest.fixture(scope="module")
+def served_tiny_causal(tiny_causal, tmp_path_factory):
+    """`tinystudent serve` running the tiny causal model for a whole test module."""
+    served = ServedModel(tiny_causal, tmp_path_factory.mktemp("serve") / "serve.log")
+    yield served
+    stop_serve(served.process)

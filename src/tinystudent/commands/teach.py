@@ -1,0 +1,134 @@
+"""`tinystudent teach`: have a teacher answer or explain a task's questions, each output once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
+from tinystudent.log import console, progress, warn
+
+
+def _read_template(path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such template file")
+    return path.read_text(encoding="utf-8")
+
+
+def _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint, concurrency,
+                      timeout, max_retries, identity) -> dict:
+    if base_url:
+        settings = {"endpoint": endpoint, "concurrency": concurrency, "timeout": timeout,
+                    "max_retries": max_retries, "identity": identity}
+    else:
+        settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "chat": chat,
+                    "trust_remote_code": trust_remote_code}
+    return settings
+
+
+@app.command("teach")
+@friendly_errors
+def teach_command(
+    teacher: str = typer.Option(..., "--teacher", help="Local model (Hub id, folder, GGUF) or, with "
+                                "--base-url, the model name the server knows."),
+    task: str = typer.Option(..., "--task", "-t", help="A named task or a path to benchmark files."),
+    split: str = typer.Option("train", help="train, validation (valid) or test."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N questions of the split."),
+    strategy: str = typer.Option("teacher_forcing_cot", help="zero_shot, few_shot, cot, teacher_forcing_cot "
+                                 "or choice_logprobs."),
+    base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible server (vLLM, llama.cpp, "
+                                           "Ollama, tinystudent serve): http://host:port/v1."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the server's "
+                                              "API key (its name, not the key)."),
+    endpoint: str = typer.Option("chat", help="Server endpoint for generation: chat or completions."),
+    concurrency: int = typer.Option(8, min=1, help="Requests in flight at once (server teachers)."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for one server answer."),
+    max_retries: int = typer.Option(4, min=0, help="Retries after connection errors, timeouts, 429, 5xx."),
+    identity: Optional[str] = typer.Option(None, help="Cache identity of a server teacher [default: "
+                                           "base URL and model name]."),
+    k_shots: int = typer.Option(2, min=0, help="In-context examples drawn from the train split."),
+    seed: int = typer.Option(0, help="Seed for drawing in-context examples and for sampling."),
+    max_new_tokens: int = typer.Option(128, min=1, help="Most tokens the teacher writes per question."),
+    temperature: float = typer.Option(0.0, min=0, help="0 for greedy decoding; above 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass when sampling."),
+    template: Optional[Path] = typer.Option(None, help="A file replacing the strategy's prompt template."),
+    shot_template: Optional[Path] = typer.Option(None, help="A file replacing the in-context example template."),
+    max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Trim rationales to this many tokens."),
+    keep: str = typer.Option("all", help="all, or matching: only outputs whose stated answer is the gold one "
+                             "count as kept (all stay cached)."),
+    batch_size: int = typer.Option(8, min=1, help="Prompts per batch (local teachers)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps (local teachers)."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16 (local teachers)."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template [default: "
+                                        "when the tokenizer has one] (local teachers)."),
+    columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
+    split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
+    db: Optional[Path] = typer.Option(None, help="SQLite results database [default: $TINYSTUDENT_DB "
+                                      "or tinystudent-results/results.sqlite]."),
+    trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Ask a teacher about every question of a split and cache each output: a second run costs no
+    model call, and a stopped run resumes where it stopped."""
+    quiet_libraries()
+    from tinystudent.store import Store
+    from tinystudent.tasks import load_task, normalize_split
+    from tinystudent.teachers import STRATEGIES, SCORING, make_teacher, teach
+
+    if strategy not in STRATEGIES and strategy != SCORING:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES) + [SCORING]}")
+    data = load_task(task, seed=split_seed, columns=parse_columns(columns))
+    split = normalize_split(split)
+    examples = data.split(split)[:limit] if limit else data.split(split)
+    pool = data.splits.get("train")
+    if pool is None and strategy in ("few_shot", "teacher_forcing_cot") and k_shots:
+        warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
+    settings = _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint,
+                                 concurrency, timeout, max_retries, identity)
+    backend = make_teacher(teacher, base_url, api_key_env, **settings)
+    where = base_url or getattr(getattr(backend, "loaded", None), "device", "")
+    console.print(f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})")
+    with Store(db) as store, progress() as bar:
+        counts = {"cached": 0, "generated": 0, "failed": 0}
+        row = bar.add_task("teacher outputs", total=len(examples), status="")
+
+        def advance(status: str, output) -> None:
+            counts[status] += 1
+            bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
+
+        try:
+            summary = teach(backend, examples, task, strategy, store, train_examples=pool, k_shots=k_shots,
+                            seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            template=_read_template(template), shot_template=_read_template(shot_template),
+                            max_rationale_tokens=max_rationale_tokens, keep=keep, on_output=advance)
+        finally:
+            backend.close()
+    result = {**summary.to_dict(), "teacher": teacher, "task": task, "split": split,
+              "cache_teacher": summary.teacher, "cache_task": summary.task, "db": str(store.path)}
+    if as_json:
+        emit_json(result)
+    else:
+        print_summary(result, summary.outputs[:1])
+    if summary.failed and summary.failed == summary.n:
+        raise typer.Exit(1)
+
+
+def print_summary(result: dict, sample) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['teacher']} on {result['task']}/{result['split']} ({result['strategy']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name in ("n", "generated", "cached", "failed", "matching", "unparsed", "kept", "model_calls", "seconds"):
+        table.add_row(name, str(result[name]))
+    table.add_row("stored in", result["db"])
+    console.print(table)
+    for error in result["errors"][:3]:
+        console.print(f"[red]failed:[/red] {error}")
+    for output in sample:
+        shown = output.text if output.text is not None else output.choice_logprobs
+        console.print(f"[dim]example {output.example_id}:[/dim] {shown}")

@@ -1,0 +1,283 @@
+"""Asking a teacher about many questions, through the cache: each output is computed once.
+
+`teach` builds each question's prompt, looks its key up in the cache, sends only the misses to
+the teacher, and stores every new output the moment it arrives. A second identical run makes no
+model call; a run stopped at any point resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
+from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.log import warn
+from tinystudent.store import Store
+from tinystudent.tasks.schema import Example
+from tinystudent.teachers import cache
+from tinystudent.teachers.base import (Generation, GenerationSettings, ScoringUnsupported, Teacher,
+                                       TeacherError, TeacherOutput, TeacherUnavailable)
+from tinystudent.teachers.cleanup import clean_text, stated_answer
+from tinystudent.teachers.prompts import build_prompt, draw_shots, get_strategy
+
+SCORING = "choice_logprobs"
+RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")
+KEEP = ("all", "matching")
+# Bumped when the clean-up code changes, so cached outputs are cleaned again (without model calls).
+CLEANUP_VERSION = 2
+OnOutput = Callable[[str, "TeacherOutput | None"], None]  # ("cached" | "generated" | "failed", output)
+
+
+@dataclass
+class TeachSummary:
+    """What one `teach` run did.
+
+    Attributes:
+        n: questions asked about; generated + cached + failed == n.
+        generated: outputs the teacher produced in this run (now cached).
+        cached: outputs found in the cache (no model call).
+        failed: questions with no output (see `errors`).
+        matching: outputs whose stated answer is the gold one; unparsed: outputs stating none.
+        kept: outputs returned in `outputs` after the `keep` filter.
+        model_calls: prompts the teacher was sent in this run (0 when everything was cached).
+        errors: the distinct failure messages, first ones first (at most 10).
+    """
+
+    teacher: str
+    task: str
+    strategy: str
+    n: int = 0
+    generated: int = 0
+    cached: int = 0
+    failed: int = 0
+    matching: int = 0
+    unparsed: int = 0
+    kept: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    outputs: list[TeacherOutput] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Everything but the outputs, as `tinystudent teach --json` prints it."""
+        return {k: v for k, v in self.__dict__.items() if k != "outputs"}
+
+    def _count(self, kind: str, output: TeacherOutput | None, error: str | None = None) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        if error and error not in self.errors and len(self.errors) < 10:
+            self.errors.append(error)
+        if output is not None:
+            self.matching += output.matches_gold is True
+            self.unparsed += output.answer is None
+
+
+def _prompt_seed(seed: int, full_prompt: str) -> int:
+    """A sampling seed per prompt, so a sample never depends on its batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{full_prompt}".encode()).digest()[:8], "big") >> 1
+
+
+def _make_output(teacher: Teacher, example: Example, strategy: str, task: str, key: str, raw: str,
+                 cleanup: dict, writes_rationale: bool, extra: dict | None = None) -> TeacherOutput:
+    budget = cleanup.get("max_rationale_tokens") if writes_rationale else None
+    truncated = (extra or {}).get("finish_reason") == "length"
+    text = clean_text(raw, example.question, budget, teacher.count_tokens, truncated)
+    answer = stated_answer(text, example.choices)
+    meta = {**(extra or {}), "raw": raw, "cleanup": cleanup, "identity": teacher.identity}
+    return TeacherOutput(cache.teacher_key(teacher.name), example.id, strategy, text, answer, None,
+                         None if answer is None else answer == example.answer, key, task, meta)
+
+
+def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: str, store: Store,
+          train_examples: Sequence[Example] | None = None, k_shots: int = 2, seed: int = 0,
+          max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+          template: str | None = None, shot_template: str | None = None,
+          max_rationale_tokens: int | None = None, keep: str = "all",
+          on_output: OnOutput | None = None) -> TeachSummary:
+    """Get one output per question from `teacher`, using and filling the cache.
+
+    Args:
+        teacher: a backend from `make_teacher`.
+        examples: the questions.
+        task: the task's name or path (outputs are stored under it).
+        strategy: `zero_shot`, `few_shot`, `cot`, `teacher_forcing_cot` or `choice_logprobs`.
+        store: the results database holding the cache.
+        train_examples: where in-context examples are drawn from (default: `examples`).
+        k_shots: in-context examples per question for `few_shot` and `teacher_forcing_cot` (default 2).
+        seed: seeds the draw of in-context examples and, when sampling, each prompt's sample.
+        max_new_tokens, temperature, top_p: generation settings (default greedy, 128 tokens).
+        template, shot_template: replace the strategy's templates (see `teachers.prompts`).
+        max_rationale_tokens: trim rationales to this many tokens (default: no trim).
+        keep: `all` outputs, or only those whose stated answer `matching` the gold one; the
+            others stay cached either way.
+        on_output: called after each question with its status and output, e.g. for a progress bar.
+
+    Raises:
+        TeacherUnavailable: the teacher stopped answering; everything finished is cached.
+    """
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    if strategy == SCORING:
+        return _score(teacher, examples, task, store, on_output)
+    spec = get_strategy(strategy, template, shot_template)
+    settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, spec.stop)
+    pool = list(train_examples) if train_examples is not None else list(examples)
+    task_name = cache.task_key(task)
+    cleanup = {"version": CLEANUP_VERSION, "max_rationale_tokens": max_rationale_tokens}
+    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, strategy, n=len(examples))
+    started, calls_before = time.perf_counter(), teacher.calls
+
+    prompts, fulls, keys = [], [], []
+    for example in examples:
+        shots = draw_shots(example, pool, k_shots, seed) if spec.uses_shots else []
+        prompt = build_prompt(spec, example, shots)
+        full = teacher.full_prompt(prompt)
+        prompts.append(prompt)
+        fulls.append(full)
+        keys.append(cache.cache_key(teacher=teacher.identity, backend=teacher.cache_fields(), prompt=full,
+                                    settings=settings.cache_fields(), task=task_name,
+                                    example=example.id, strategy=strategy))
+    found = cache.fetch(store, keys)
+    outputs: list[TeacherOutput | None] = [None] * len(examples)
+    missing = []
+    for i, key in enumerate(keys):
+        if key not in found:
+            missing.append(i)
+            continue
+        output = cache.to_output(found[key])
+        if output.meta.get("cleanup") != cleanup and "raw" in output.meta:  # re-clean, no model call
+            output = _make_output(teacher, examples[i], strategy, task_name, key, output.meta["raw"],
+                                  cleanup, spec.writes_rationale,
+                                  {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")})
+            cache.update_text(store, output)
+        outputs[i] = output
+        summary._count("cached", output)
+        if on_output:
+            on_output("cached", output)
+
+    seeds = [_prompt_seed(seed, fulls[i]) for i in missing]
+    try:
+        results = teacher.generate([prompts[i] for i in missing], settings, seeds)
+        for position, result in results:
+            i = missing[position]
+            if isinstance(result, TeacherError):
+                summary._count("failed", None, f"{examples[i].id}: {result}")
+                if on_output:
+                    on_output("failed", None)
+                continue
+            output = _make_output(teacher, examples[i], strategy, task_name, keys[i], result.text, cleanup,
+                                  spec.writes_rationale, _generation_meta(result, settings))
+            cache.save(store, output, fulls[i])
+            outputs[i] = output
+            summary._count("generated", output)
+            if on_output:
+                on_output("generated", output)
+    except TeacherUnavailable as err:
+        raise TeacherUnavailable(f"{err}. {summary.generated} new output(s) were saved before it stopped "
+                                 f"({summary.cached} were cached already); run the same command again "
+                                 "to resume") from err
+    summary.outputs = [o for o in outputs if o is not None and (keep == "all" or o.matches_gold)]
+    summary.kept = len(summary.outputs)
+    summary.model_calls = teacher.calls - calls_before
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _generation_meta(generation: Generation, settings: GenerationSettings) -> dict:
+    return {"finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens, "settings": settings.cache_fields()}
+
+
+def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
+           on_output: OnOutput | None = None) -> TeachSummary:
+    """Choice log-likelihoods through the cache (lm-evaluation-harness prompts and choices)."""
+    task_name = cache.task_key(task)
+    style = prompt_style(task, list(examples))
+    requests = [ChoiceRequest(choice_context(ex, style), choice_continuations(ex)) for ex in examples]
+    keys = [cache.cache_key(teacher=teacher.identity, backend=teacher.cache_fields(), prompt=r.context,
+                            continuations=r.continuations, task=task_name, example=ex.id, strategy=SCORING)
+            for ex, r in zip(examples, requests)]
+    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, SCORING, n=len(examples))
+    started, calls_before = time.perf_counter(), teacher.calls
+    found = cache.fetch(store, keys)
+    outputs: list[TeacherOutput | None] = [None] * len(examples)
+    for i, key in enumerate(keys):
+        if key in found:
+            outputs[i] = cache.to_output(found[key])
+            summary._count("cached", outputs[i])
+            if on_output:
+                on_output("cached", outputs[i])
+    missing = [i for i, key in enumerate(keys) if key not in found]
+    try:
+        for position, result in teacher.score_choices([requests[i] for i in missing]):
+            i = missing[position]
+            if isinstance(result, TeacherError):
+                summary._count("failed", None, f"{examples[i].id}: {result}")
+                if on_output:
+                    on_output("failed", None)
+                continue
+            best = max(range(len(result)), key=lambda c: result[c])
+            output = TeacherOutput(summary.teacher, examples[i].id, SCORING, None, best, list(result),
+                                   best == examples[i].answer, keys[i], task_name,
+                                   {"style": style, "identity": teacher.identity})
+            cache.save(store, output, requests[i].context)
+            outputs[i] = output
+            summary._count("generated", output)
+            if on_output:
+                on_output("generated", output)
+    except TeacherUnavailable as err:
+        raise TeacherUnavailable(f"{err}. {summary.generated} new score(s) were saved before it stopped; "
+                                 "run the same command again to resume") from err
+    summary.outputs = [o for o in outputs if o is not None]
+    summary.kept = len(summary.outputs)
+    summary.model_calls = teacher.calls - calls_before
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def teacher_choice_logprobs(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
+                            allow_generative: bool = True) -> dict[str, list[float]]:
+    """Log-likelihood of each choice per question id, cached (for choice-level distillation and
+    for measuring a teacher).
+
+    When the backend cannot score (a server without echo + logprobs) and `allow_generative` is on,
+    the teacher answers zero-shot instead and its answer becomes a hard distribution: 0.0 for the
+    choice it named and -inf for the others (questions it gave no readable answer for are left
+    out). Mind the -inf when computing a KL divergence. Otherwise ScoringUnsupported is raised.
+    """
+    try:
+        summary = _score(teacher, examples, task, store)
+    except ScoringUnsupported as err:
+        if not allow_generative:
+            raise
+        warn(f"{err}; using the teacher's zero-shot answers as hard labels instead")
+        answers = teach(teacher, examples, task, "zero_shot", store, max_new_tokens=8)
+        by_id = {ex.id: ex for ex in examples}
+        return {o.example_id: [0.0 if c == o.answer else -math.inf for c in range(len(by_id[o.example_id].choices))]
+                for o in answers.outputs if o.answer is not None}
+    if summary.failed:
+        warn(f"{summary.failed} question(s) could not be scored: {summary.errors[:3]}")
+    return {o.example_id: o.choice_logprobs for o in summary.outputs}
+
+
+def load_rationales(store: Store, teacher: str, task: str, strategy: str | None = None,
+                    only_matching: bool = False) -> dict[str, str]:
+    """Rationales in the cache (generated or imported) by question id.
+
+    Args:
+        teacher: the teacher's name (`flan-t5-xl`, `llama-2-chat-7b`, a model name).
+        task: the task's name or path, as given to `teach` or the import.
+        strategy: one strategy only; default: any rationale strategy (`cot`,
+            `teacher_forcing_cot`, `imported`), the most recent output per question winning.
+        only_matching: only rationales whose stated answer is the gold one.
+    """
+    rows = cache.rows_for(store, teacher, task, strategy)
+    allowed = (strategy,) if strategy else RATIONALE_STRATEGIES
+    found: dict[str, str] = {}
+    for row in rows:  # oldest first, so the newest output per question wins
+        if row["strategy"] in allowed and row["text"] and (not only_matching or row["matches_gold"] == 1):
+            found[row["example_id"]] = row["text"]
+    return found
