@@ -79,6 +79,8 @@ def test_generation_settings_are_honoured(client):
     _, stopped = post(client, "completions", prompt="The sun is", max_tokens=12, temperature=0, stop=[stop])
     assert stopped["choices"][0]["text"] == text[: text.index(stop)]
     assert stopped["choices"][0]["finish_reason"] == "stop"
+    # the tokens after a row stopped are padding, not part of the answer
+    assert stopped["usage"]["completion_tokens"] < greedy["usage"]["completion_tokens"]
     samples = [post(client, "completions", prompt="The sun is", max_tokens=8, temperature=1.0, seed=s)[1]
                ["choices"][0]["text"] for s in (1, 1, 2)]
     assert samples[0] == samples[1] != samples[2]

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -129,6 +130,54 @@ def test_samples_do_not_depend_on_the_batch(tiny_causal, tmp_path):
     with Store(tmp_path / "other.sqlite") as store:
         other = teach(LocalTeacher(loaded), questions, "toy", "cot", store, max_new_tokens=10, temperature=1.0, seed=4)
     assert [o.text for o in other.outputs] != texts[1]
+
+
+def test_two_writers_share_one_cache(tiny_causal, tmp_path):
+    """Two connections (as two processes would) teaching the same questions at once: every row
+    once, the same text whoever wrote it."""
+    loaded = load_model(str(tiny_causal), device="cpu")
+    questions = make_questions(10)
+    db = tmp_path / "shared.sqlite"
+    summaries = [None, None]
+
+    def work(slot: int) -> None:
+        with Store(db) as store:
+            summaries[slot] = teach(LocalTeacher(loaded, batch_size=1 + slot), questions, "toy", "cot", store,
+                                    max_new_tokens=16)
+
+    threads = [threading.Thread(target=work, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(s is not None and s.failed == 0 for s in summaries)
+    with Store(db) as store:
+        assert store.db.execute("SELECT COUNT(*) FROM teacher_outputs").fetchone()[0] == 10
+        final = teach(LocalTeacher(loaded), questions, "toy", "cot", store, max_new_tokens=16)
+    assert final.cached == 10
+    assert [o.text for o in final.outputs] == [o.text for o in summaries[0].outputs] == \
+        [o.text for o in summaries[1].outputs]
+
+
+@pytest.mark.slow
+def test_smollm2_explains_the_gold_answer_through_its_chat_template(smollm2, tmp_path):
+    questions = [Example("sun", "Which of these is a star?", ("the Moon", "the Sun", "Mars", "a comet"), 1),
+                 Example("ice", "What happens to water when it freezes?", ("it boils", "it becomes ice",
+                                                                          "it turns to gas", "it vanishes"), 1),
+                 Example("plants", "What do plants need to make food?", ("sunlight", "sand", "plastic", "noise"), 0)]
+    teacher = LocalTeacher(smollm2, batch_size=2)
+    with Store(tmp_path / "cache.sqlite") as store:
+        summary = teach(teacher, questions[:2], "toy", "teacher_forcing_cot", store, train_examples=questions,
+                        k_shots=1, max_new_tokens=32)
+        prompt = store.db.execute("SELECT prompt FROM teacher_outputs LIMIT 1").fetchone()[0]
+    assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("<|im_start|>assistant")
+    assert "The correct answer is (B)" in prompt
+    # A 135M teacher explains poorly, but it writes, and what it states is read and checked.
+    for output, question in zip(summary.outputs, questions):
+        assert len(output.text.split()) >= 3 and "<|im_end|>" not in output.text
+        assert "\nQ:" not in output.text and output.meta["completion_tokens"] <= 32
+        assert output.matches_gold == (None if output.answer is None else output.answer == question.answer)
+    assert any(o.answer is not None for o in summary.outputs)
 
 
 def test_choice_logprobs_equal_the_evaluation_scorer_and_are_cached(tiny_teacher, tmp_path):

@@ -266,3 +266,41 @@ def test_base_urls_are_normalised():
     assert normalise_base_url("http://h:8000") == normalise_base_url("http://h:8000/v1/") == "http://h:8000/v1"
     with pytest.raises(ValueError, match="http://host:port/v1"):
         normalise_base_url("h:8000")
+
+
+def write_task(path, questions):
+    path.write_text("".join(json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices),
+                                        "answer": q.choices[q.answer]}) + "\n" for q in questions))
+    return path
+
+
+def test_teach_command_against_a_server(served_tiny_causal, tiny_causal, tmp_path):
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
+    args = ["teach", "--teacher", str(tiny_causal), "--task", str(task), "--split", "train", "--strategy",
+            "teacher_forcing_cot", "--k-shots", "1", "--base-url", served_tiny_causal.base_url, "--endpoint",
+            "completions", "--max-new-tokens", "8", "--json"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (result["n"], result["generated"], result["cached"], result["failed"]) == (8, 8, 0, 0)
+    again = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])
+    assert (again["generated"], again["cached"], again["model_calls"]) == (0, 8, 0)
+
+
+def test_teach_command_reports_an_unavailable_server_in_one_line(scripted, tmp_path):
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    server = scripted(lambda path, body, attempt: (503, b"overloaded", {}, 0))
+    task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
+    result = CliRunner().invoke(app, ["teach", "--teacher", "m", "--task", str(task), "--base-url", server.base_url,
+                                      "--max-retries", "0", "--json"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "HTTP 503: overloaded" in result.output and "run the same command again" \
+        in " ".join(result.output.split())
+    assert "Traceback" not in result.output

@@ -97,17 +97,22 @@ class RowStopper(StoppingCriteria):
     def __init__(self, tokenizer, rows: Sequence[RowParams], start: int):
         self.tokenizer, self.rows, self.start = tokenizer, rows, start
         self.tail = max([len(s) for r in rows for s in r.stop] + [0]) + 8
+        self.finished_at: list[int | None] = [None] * len(rows)  # new tokens when a row stopped
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         generated = input_ids.shape[1] - self.start
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i, row in enumerate(self.rows):
-            if generated >= row.max_new_tokens:
+            if self.finished_at[i] is not None:
+                done[i] = True
+            elif generated >= row.max_new_tokens:
                 done[i] = True
             elif row.stop and generated > 0:
                 tail = self.tokenizer.decode(input_ids[i, -min(generated, self.tail):],
                                              skip_special_tokens=True)
                 done[i] = any(s in tail for s in row.stop)
+            if done[i] and self.finished_at[i] is None:
+                self.finished_at[i] = generated
         return done
 
 
@@ -121,9 +126,13 @@ def _pad_left(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
     return ids.to(device), mask.to(device)
 
 
-def _finish(tokenizer, ids: list[int], row: RowParams, stop_ids: set[int]) -> tuple[str, list[int], str]:
-    """Cut a row's new tokens at its end of text, token limit and first stop string."""
+def _finish(tokenizer, ids: list[int], row: RowParams, stop_ids: set[int],
+            finished_at: int | None) -> tuple[str, list[int], str]:
+    """Cut a row's new tokens where it stopped (the tokens after are padding), at its end of
+    text, its token limit and its first stop string."""
     reason = "length"
+    if finished_at is not None:
+        ids = ids[:finished_at]
     for n, token in enumerate(ids):
         if token in stop_ids:
             ids, reason = ids[:n], "stop"
@@ -160,11 +169,12 @@ def generate_rows(model, tokenizer, kind: str, prompt_ids: list[list[int]],
         eos_token_id=sorted(stop_ids) or None, pad_token_id=pad, bos_token_id=base.bos_token_id,
         decoder_start_token_id=base.decoder_start_token_id)
     processors = LogitsProcessorList([RowSampler(rows)] if any(r.temperature > 0 for r in rows) else [])
+    stopper = RowStopper(tokenizer, rows, start)
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                         logits_processor=processors, stopping_criteria=[RowStopper(tokenizer, rows, start)])
+                         logits_processor=processors, stopping_criteria=[stopper])
     results = []
     for i, row in enumerate(rows):
-        text, kept, reason = _finish(tokenizer, out[i, start:].tolist(), row, stop_ids)
+        text, kept, reason = _finish(tokenizer, out[i, start:].tolist(), row, stop_ids, stopper.finished_at[i])
         results.append((Generation(text, len(prompt_ids[i]), len(kept), reason), kept))
     return results
 
