@@ -160,3 +160,12 @@ def test_concurrent_requests_are_batched_with_the_same_answers(client):
     for a, b in zip(alone, together):
         assert a["choices"][0]["logprobs"]["token_logprobs"][1:] == \
             pytest.approx(b["choices"][0]["logprobs"]["token_logprobs"][1:], abs=1e-4)
+
+
+def test_a_seq2seq_model_is_served_too(tiny_seq2seq):
+    with TestClient(create_app(load_model(str(tiny_seq2seq), device="cpu"))) as client:
+        body = client.post("/v1/completions", json={"prompt": "Is the sun a star?", "max_tokens": 4,
+                                                    "temperature": 0}).json()
+        assert body["usage"]["completion_tokens"] <= 4 and isinstance(body["choices"][0]["text"], str)
+        refused = client.post("/v1/completions", json={"prompt": "a", "echo": True, "logprobs": 1, "max_tokens": 0})
+        assert refused.status_code == 400 and "causal model" in refused.json()["error"]["message"]

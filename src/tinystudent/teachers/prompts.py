@@ -129,7 +129,7 @@ def draw_shots(example: Example, pool: list[Example], k: int, seed: int) -> list
     """k in-context examples from `pool` (never the question itself), seeded per question."""
     if k <= 0:
         return []
-    candidates = [ex for ex in pool if ex.id != example.id]
+    candidates = sorted((ex for ex in pool if ex.id != example.id), key=lambda ex: ex.id)  # order-free
     if len(candidates) < k:
         raise ValueError(f"{k} in-context examples were asked for but the pool has only "
                          f"{len(candidates)} other questions")
