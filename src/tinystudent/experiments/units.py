@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinystudent.experiments.config import config_hash
+from tinystudent.log import info
 from tinystudent.store import Store
 
 
@@ -46,11 +47,13 @@ class UnitRunner:
         stored = self.store.run(key)
         if stored and stored["status"] == "done":
             self.skipped.append(label)
+            info(f"[dim]done earlier:[/dim] {label}")
             return stored["result"]
         log_path = self.log_dir / f"{kind}-{key.split(':')[1]}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.save_run(key, kind, "running", {"label": label, **payload}, None, self.experiment)
         started = time.time()
+        info(f"[bold]{kind}[/bold] {label} (log: {log_path})")
         with log_path.open("a") as log:
             log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.write(json.dumps(payload, indent=1, default=str) + "\n")
@@ -67,6 +70,8 @@ class UnitRunner:
             log.write(json.dumps(result, indent=1, default=str) + "\n== done\n")
         self.store.save_run(key, kind, "done", {"label": label, **payload}, result, self.experiment)
         self.done.append(label)
+        info(f"finished {label} in {result['seconds']} s" + (f": acc {result['acc']:.3f}" if
+             isinstance(result.get("acc"), float) else ""))
         return result
 
 
