@@ -161,3 +161,21 @@ def test_tinyllm_bioasq_with_both_imported_teachers(tmp_path, shared_dir, tiny_c
     assert len(taught) == 2 and all(0 <= r["acc"] <= 1 for r in taught)
     assert {v["teacher"] for v in study["verdict"]} == {"flan", "llama"}
     assert all(v["teacher_measured"] is False for v in study["verdict"])
+
+
+@pytest.mark.slow
+def test_loss_guided_search_in_an_experiment(tmp_path, tiny_causal, tiny_encoder, toy_task):
+    from tinystudent.experiments.runner import run_experiment
+    from tinystudent.store import Store
+
+    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task,
+                             "search: {objective: answer, method: full, threshold: 100.0}\n")
+    with Store(tmp_path / "r.sqlite") as store:
+        study = run_experiment(load_experiment(config), store, tmp_path / "out")
+    search = study["search"]
+    # the encoder has no bits per byte, so the ladder is the two causal students, smallest first
+    assert search["ladder"] == 2 and [s["name"] for s in search["steps"]] == ["small", "full"]
+    assert search["trained"] + search["skipped"] + search["not_needed"] == 2
+    assert search["saved"] == 2 - search["trained"]
+    taught = [r for r in study["runs"] if r["group"] == "taught"]
+    assert len(taught) == search["trained"]

@@ -113,9 +113,25 @@ class CollaborationSpec(Strict):
 
     members: list[str] = []  # student names
     mutual_learning: bool = False
+    collaborative_teaching: bool = False  # each member learns from the others' rationales
     ensemble: bool = False
     debate_rounds: int = Field(0, ge=0)
     debate_limit: int | None = Field(None, ge=1)
+
+
+class SearchSpec(Strict):
+    """Loss-guided search over the student ladder (smallest first, stop at the first winner).
+
+    Candidates whose bits per byte is above `threshold`, or not below the best failed candidate's
+    minus `margin` (when `fit_threshold`), are skipped. The search trains `method` x `objective`.
+    """
+
+    method: Literal["full", "lora"] = "full"
+    objective: str = "answer"
+    threshold: float | None = None
+    fit_threshold: bool = True
+    margin: float = Field(0.0, ge=0)
+    alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class Experiment(Strict):
@@ -127,6 +143,7 @@ class Experiment(Strict):
     seeds: list[int] = [0]
     training: dict = {}
     collaboration: CollaborationSpec | None = None
+    search: SearchSpec | None = None
     measure_bits_per_byte: bool = True
     eval_batch_size: int = Field(16, ge=1)
     device: str = "auto"
@@ -143,6 +160,8 @@ class Experiment(Strict):
             if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
                 raise ValueError(f"methods.objectives: {objective!r} names no teacher; "
                                  f"teachers are {teacher_names}")
+        if self.search and not self.measure_bits_per_byte:
+            raise ValueError("search needs measure_bits_per_byte: true (it ranks students by bits per byte)")
         if self.collaboration:
             unknown = set(self.collaboration.members) - set(student_names)
             if unknown:

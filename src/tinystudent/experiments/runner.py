@@ -206,15 +206,16 @@ class ExperimentRunner:
             return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
         raise ValueError(f"objective {objective!r} is not supported by the experiment runner yet")
 
-    def train_one(self, spec, prepared: dict, method: str, objective: str, seed: int) -> dict | None:
+    def train_one(self, spec, prepared: dict, method: str, objective: str, seed: int,
+                  given: tuple | None = None, extra: dict | None = None) -> dict | None:
         """Train one student with one method and objective, then measure it on the test split."""
         from tinystudent.distill import TrainConfig, train_student
 
         if prepared["kind"] == "encoder" and objective.startswith("rationale"):
             info(f"skipping {spec.name} / {objective}: an encoder student cannot write rationales")
             return None
-        teacher_part = {}
-        if ":" in objective:
+        teacher_part = dict(extra or {})
+        if ":" in objective and given is None:
             names = [t.name for t in self.x.teachers] if objective.endswith(":all") else [objective.split(":")[1]]
             teacher_part = {n: self.x.teacher(n).model_dump() for n in names}
         payload = {**self.base, "student": spec.model_dump(), "method": method, "objective": objective,
@@ -222,7 +223,7 @@ class ExperimentRunner:
         label = f"{spec.name} / {method} / {objective} / seed {seed}"
 
         def work(log: Path) -> dict:
-            weights, rationales, scores = self.objective_inputs(objective)
+            weights, rationales, scores = given or self.objective_inputs(objective)
             options = {**self.x.training, "method": method, "seed": seed, "weights": weights}
             if method == "lora":
                 options["lora"] = {**options.get("lora", {}), "merge": True}
@@ -261,6 +262,28 @@ class ExperimentRunner:
             rows.append(self._debate(names, members))
         if spec.mutual_learning:
             rows += self._mutual(names, prepared)
+        if spec.collaborative_teaching:
+            rows += self._collaborative_teaching(names, prepared)
+        return rows
+
+    def _collaborative_teaching(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
+        """Each member writes teacher-forcing rationales; each learns from the other members'."""
+        from tinystudent.experiments.config import StudentSpec
+
+        peers = {n: TeacherSpec(name=f"peer:{n}", model=prepared[n]["path"], max_new_tokens=64)
+                 for n in names}
+        rationales = {n: self.teacher_rationales(peers[n]) for n in names}
+        rows = []
+        seed = self.x.seeds[0]
+        for name in names:
+            others = {f"peer:{o}": rationales[o] for o in names if o != name and rationales[o]}
+            spec = next(s for s in self.x.students if s.name == name)
+            row = self.train_one(spec, prepared[name], "full", "rationale:peers", seed,
+                                 given=({"answer": 1.0, "rationale": 1.0}, others, {}),
+                                 extra={"peers": {k: peers[k[5:]].model_dump() for k in others}})
+            if row:
+                rows.append({**row, "group": "collaboration", "objective": "collab_teaching",
+                             "members": names})
         return rows
 
     def _ensembles(self, names: list[str], members: dict[str, dict]) -> list[dict]:
@@ -335,6 +358,41 @@ class ExperimentRunner:
                  "members": names, "bits_per_byte": prepared[peer["peer"]].get("bits_per_byte")}
                 for peer in done["peers"]]
 
+    # --- loss-guided search -------------------------------------------------------------------
+
+    def search(self, prepared: dict[str, dict], teachers: list[dict], runs: list[dict]) -> dict:
+        """Train the ladder smallest first, skipping by bits per byte, stopping at the first winner."""
+        from tinystudent.collab.search import Candidate, loss_guided_search
+        from tinystudent.experiments.study import correct_by_id
+        from tinystudent.experiments.verdict import compare
+
+        spec = self.x.search
+        judged = [t for t in teachers if t.get("acc") is not None]
+        if not judged:
+            raise ValueError("search: no teacher accuracy to beat")
+        best = max(judged, key=lambda t: t["acc"])
+        ids, correct = correct_by_id(self.store, best.get("evaluation_id"))
+        teacher = {"name": best["name"], "acc": best["acc"], "ids": ids, "correct": correct}
+        by_name = {s.name: s for s in self.x.students}
+        candidates = [Candidate(n, p["params"], p["bits_per_byte"]) for n, p in prepared.items()
+                      if p.get("bits_per_byte") is not None]
+
+        def train(candidate):
+            row = self.train_one(by_name[candidate.name], prepared[candidate.name], spec.method,
+                                 spec.objective, self.x.seeds[0])
+            runs.append(row)
+            return row
+
+        def beats(row) -> bool:
+            ids_, correct_ = correct_by_id(self.store, row["evaluation_id"])
+            result = compare({"label": row["label"], "ids": ids_, "correct": correct_}, teacher)
+            return result["diff"] > 0 and result["p_value"] < spec.alpha
+
+        report = loss_guided_search(candidates, train, beats, spec.threshold, spec.fit_threshold, spec.margin)
+        summary = report.summary()
+        return {**summary, "teacher": best["name"], "ladder": summary["ladder_size"],
+                "saved": summary["runs_saved"]}
+
     # --- the whole study ------------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -356,7 +414,7 @@ class ExperimentRunner:
                              "seed": 0, "group": "untrained",
                              "bits_per_byte": prepared[spec.name].get("bits_per_byte")})
         best_per_student: dict[str, dict] = {}
-        for spec in x.students:
+        for spec in ([] if x.search else x.students):
             for method in x.methods.finetune:
                 for objective in x.methods.objectives:
                     for seed in x.seeds:
@@ -369,8 +427,10 @@ class ExperimentRunner:
                         if best is None or row["train"].get("valid_acc", 0) > best["train"].get("valid_acc", 0):
                             best_per_student[spec.name] = row
         runs += self.collaborate(best_per_student, prepared)
+        search = self.search(prepared, teachers, runs) if x.search else None
         study = build_study(x, self.splits, teachers, runs, self.store,
                             skipped=len(self.units.skipped), computed=len(self.units.done))
+        study["search"] = search
         self.store.save_run(f"study:{x.name}", "study", "done", {"experiment": x.name}, study, x.name)
         return study
 

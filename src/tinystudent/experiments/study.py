@@ -28,7 +28,7 @@ def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
                       row["data_hash"], row["settings"], predictions)
 
 
-def _correct_by_id(store: Store, evaluation_id: int | None) -> tuple[list[str], list[bool]] | tuple[None, None]:
+def correct_by_id(store: Store, evaluation_id: int | None) -> tuple[list[str], list[bool]] | tuple[None, None]:
     if evaluation_id is None:
         return None, None
     rows = store.predictions(evaluation_id)
@@ -72,7 +72,7 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
     """The study dict: teachers, every run, the verdict, comparisons and correlations."""
     teacher_rows, judged = [], []
     for t in teachers:
-        ids, correct = _correct_by_id(store, t.get("evaluation_id"))
+        ids, correct = correct_by_id(store, t.get("evaluation_id"))
         if correct is None and t.get("correct") is not None:
             ids, correct = [ex.id for ex in splits.test], t["correct"]
         teacher_rows.append({"name": t["name"], "acc": t["acc"], "ci95": t.get("ci95"),
@@ -86,7 +86,7 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
     candidates = []
     for run, row in zip(runs, rows):
         if row["group"] in ("taught", "collaboration") and row["acc"] is not None:
-            ids, correct = _correct_by_id(store, run.get("evaluation_id"))
+            ids, correct = correct_by_id(store, run.get("evaluation_id"))
             if correct is not None:
                 candidates.append({**row, "ids": ids, "correct": correct})
     from tinystudent.evaluation.stats import majority_baseline
