@@ -4,7 +4,6 @@ evaluation scores, LoRA trains only adapters, resume follows the same trajectory
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -173,7 +172,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
         parts = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 4:
-            parts["answer"] = parts["answer"] * float("nan")
+            parts["loss"] = parts["loss"] * float("nan")
         return parts
 
     monkeypatch.setattr(objectives.StudentObjectives, "forward", poisoned)
@@ -209,3 +208,61 @@ def test_rationales_that_match_no_question_are_refused(tiny_causal, arc, tmp_pat
     with pytest.raises(ValueError, match="need a teacher"):
         train_student(str(tiny_causal), arc["train"], arc["valid"], config(weights={"logit_kd": 1.0}),
                       tmp_path / "run3")
+
+
+def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared_dir, tmp_path):
+    """Two processes (torchrun, gloo on the CPU) of batch 2 follow one process of batch 4."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(f'''
+import json, os, sys
+from tinystudent.distill import TrainConfig, train_student
+from tinystudent.tasks import load_task
+data = load_task({str(shared_dir / "data" / "tinyllm" / "arc")!r})
+cfg = TrainConfig(steps=3, batch_size=int(sys.argv[2]), lr=3e-3, warmup_ratio=0.0, eval_before=False)
+result = train_student({str(tiny_causal)!r}, data.split("train")[:12], data.split("validation")[:4], cfg,
+                       sys.argv[1], task="arc")
+if os.environ.get("RANK", "0") == "0":
+    print("RESULT " + json.dumps([h["loss"] for h in result.loss_history] + [result.epochs]))
+''')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def losses(args):
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        assert line, done.stderr[-3000:]
+        return json.loads(line[0][7:])
+
+    two = losses(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "ddp"), "2"])
+    one = losses([str(script), str(tmp_path / "single"), "4"])
+    assert two[-1] == one[-1] == 1.0  # both saw the 12 questions once
+    for a, b in zip(two[:-1], one[:-1]):
+        assert a == pytest.approx(b, rel=0.02)
+
+
+def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(tiny_causal, arc, tmp_path):
+    plain = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3), tmp_path / "plain", task="arc")
+    saved = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, gradient_checkpointing=True),
+                          tmp_path / "checkpointing", task="arc")
+    for a, b in zip(plain.loss_history, saved.loss_history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    bf16 = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, precision="bf16"),
+                         tmp_path / "bf16", task="arc")
+    for a, b in zip(plain.loss_history, bf16.loss_history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+def test_scaled_down_student_matches_the_layers_it_was_copied_from(tiny_causal, tmp_path):
+    from tinystudent.distill.trainee import hidden_pairs
+    from tinystudent.models.students import scale_down
+
+    student = scale_down(str(tiny_causal), [1], tmp_path / "s")
+    small, big = load_model(str(student), device="cpu").model, load_model(str(tiny_causal), device="cpu").model
+    # its only layer was the teacher's layer 1; the final (normalised) outputs pair up
+    assert hidden_pairs(student, small, big, "causal", None) == [(1, 2)]
+    assert hidden_pairs(tiny_causal, big, big, "causal", None) == [(1, 1), (2, 2)]
+    with pytest.raises(ValueError, match="outside"):
+        hidden_pairs(student, small, big, "causal", [(3, 1)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -186,15 +187,19 @@ def train_command(
             teacher = teacher_model or (names[0] if names else None)
             info(f"token-level distillation from the teacher model {teacher}")
         if keep_layers:
+            from tinystudent.distill.train import main_process_first
             from tinystudent.models.students import scale_down
 
-            student_path = str(scale_down(student, keep_layers, out / "student"))
+            with main_process_first(config.device):  # built once under accelerate launch
+                student_path = str(scale_down(student, keep_layers, out / "student"))
         else:
             student_path = student
         result = _run(student_path, train, valid, config, out, rationales, scores, teacher, task,
                       test_examples, restart)
         result.student = student if not keep_layers else f"{student} ({keep_layers})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
+        if not _is_main():
+            return
         store.save_run(result.run_key, "train", "done", result.config, summary)
     if as_json:
         emit_json(summary)
@@ -217,9 +222,18 @@ def _teacher_data(store, names, task, strategy, rationales_file, train, weights)
     return rationales or cached_rationales, scores
 
 
+def _is_main() -> bool:
+    """Under `accelerate launch`/`torchrun` only the first process reports."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _run(student, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart):
     from tinystudent.distill import train_student
 
+    if not _is_main():
+        return train_student(student, train, valid, config, out, rationales=rationales or None,
+                             choice_logprobs=scores or None, teacher=teacher, task=task,
+                             test_examples=test_examples, resume=not restart)
     with progress() as bar:
         row = bar.add_task("training", total=None, status="")
 

@@ -153,6 +153,13 @@ class TokenBatch:
         extra = int((self.labels != -100).sum()) if self.labels is not None else 0
         return int(self.attention_mask.sum()) + extra
 
+    @property
+    def n_targets(self) -> int:
+        """Target tokens: the rows the loss is computed on."""
+        if self.labels is not None:
+            return int((self.labels != -100).sum())
+        return int(self.target_mask.sum())
+
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)

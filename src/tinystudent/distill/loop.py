@@ -16,25 +16,18 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from tinystudent.distill.checkpoints import (latest_checkpoint, load_best, load_checkpoint,
-                                             save_best, save_checkpoint)
+from tinystudent.distill.checkpoints import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.data import SampleStream, check_choice_logprobs, check_rationales
+from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
-from tinystudent.distill.lora import save_merged
 from tinystudent.distill.objectives import teacher_states
-from tinystudent.distill.result import TrainResult
-from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, setup_trainee
-from tinystudent.evaluation.cost import MemoryMeter
+from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import evaluate_model
-from tinystudent.evaluation.prompts import prompt_style
 from tinystudent.log import info, warn
-from tinystudent.models.loading import resolve_model
-from tinystudent.tasks.schema import Example, data_hash
+from tinystudent.tasks.schema import Example
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,22 +81,6 @@ def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"run_key": run_key, **description}, indent=1, default=str))
-
-
-def _combine(parts: dict[str, torch.Tensor], config: TrainConfig, rationale_weights: dict,
-             choice_weights: dict) -> torch.Tensor:
-    """L = w_answer L_answer + sum_m w_m L_rationale_m + sum_m c_m L_choice_m + w_logit L_logit
-    + w_hidden L_hidden + w_mutual L_mutual; terms absent from this batch are skipped."""
-    w = config.weights
-    terms = [(w.answer, parts.get("answer")), (w.logit_kd, parts.get("logit_kd")),
-             (w.hidden, parts.get("hidden")), (w.mutual, parts.get("mutual"))]
-    terms += [(weight, parts.get(f"rationale:{m}")) for m, weight in rationale_weights.items()]
-    terms += [(weight, parts.get(f"choice_kd:{m}")) for m, weight in choice_weights.items()]
-    used = [weight * value for weight, value in terms if weight > 0 and value is not None]
-    if not used:
-        anchor = next(p for p in parts.values() if isinstance(p, torch.Tensor))
-        return anchor.sum() * 0.0
-    return torch.stack(used).sum()
 
 
 class _Run:
@@ -212,16 +189,21 @@ class _Run:
         return outputs, tokens
 
     def _losses(self, outputs: list[dict]) -> list[torch.Tensor]:
+        """Each student's objective, plus in mutual learning `w_mutual` times the mean KL from
+        each peer's detached choice distribution to its own (Zhang et al. 2018)."""
         losses = []
         for k, parts in enumerate(outputs):
+            loss = parts["loss"]
             if self.mutual:
                 peers = [o["choice_scores"] for j, o in enumerate(outputs) if j != k]
-                parts["mutual"] = mutual_kl(parts["choice_scores"], peers, self.config.temperature).mean()
-            losses.append(_combine(parts, self.config, self.rationale_weights, self.choice_weights))
+                mutual = mutual_kl(parts["choice_scores"], peers, self.config.temperature).mean()
+                parts["mutual"] = mutual.detach()
+                loss = loss + self.config.weights.mutual * mutual
+            losses.append(loss)
         return losses
 
     def _diverged(self, tr: Trainee, loss: torch.Tensor, parts: dict) -> TrainingDiverged:
-        terms = {k: round(float(v), 4) for k, v in parts.items() if k != "choice_scores"}
+        terms = {k: round(float(v), 4) for k, v in parts.items() if k not in ("choice_scores", "loss")}
         last = latest_checkpoint(tr.out_dir / "checkpoints")
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         return TrainingDiverged(
@@ -248,10 +230,13 @@ class _Run:
                 with sync:
                     (tr.scaler.scale(scaled) if tr.scaler else scaled).backward()
                 record = {"loss": float(loss.detach())}
-                record.update({n: float(v.detach()) for n, v in parts.items() if n != "choice_scores"})
+                record.update({n: float(v) for n, v in parts.items() if n not in ("choice_scores", "loss")})
                 for n, v in record.items():
                     sums[k][n] = sums[k].get(n, 0.0) + v / config.grad_accum
         for tr, record in zip(self.trainees, sums):
+            if self.accelerator.num_processes > 1:  # the logged loss is the mean over processes
+                total = torch.tensor(record["loss"], device=self.device)
+                record["loss"] = float(self.accelerator.reduce(total, "mean"))
             self._apply(tr, record)
         self.shared["step"] += 1
         self.shared["tokens"] += tokens * self.accelerator.num_processes

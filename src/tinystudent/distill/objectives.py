@@ -2,11 +2,15 @@
 
 Everything a training step computes with the student's weights happens in `StudentObjectives.
 forward`, so the module can be wrapped by DDP (`accelerate launch`) as a whole and gradients are
-synchronised however many terms a run combines. The weighted sum is the loop's business.
+synchronised however many terms a run combines. It returns the weighted objective
+`L = w_answer L_answer + sum_m w_m L_rationale_m + sum_m c_m L_choice_m + w_logit L_logit
++ w_hidden L_hidden` and each term's value for the log; only mutual learning's term, which needs
+the peers, is added by the loop.
 
 Causal students never materialise [batch, tokens, vocabulary] logits: the body returns hidden
-states and the output layer runs on target positions only, a chunk at a time
-(`losses.chunked_token_losses`).
+states and the output layer runs on target positions only, a chunk at a time, its gradient
+computed in forward (`fused.fused_head_loss`), or, for output layers that cannot be fused, under
+activation checkpointing (`losses.chunked_token_losses`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tinystudent.distill.data import ChoiceBatch, TokenBatch
+from tinystudent.distill.fused import can_fuse, fused_head_loss
 from tinystudent.distill.losses import (PAD_SCORE, choice_kd_loss, chunked_token_losses,
                                         hidden_state_loss)
 
@@ -75,6 +80,7 @@ class TeacherStates:
     rows: torch.Tensor | None
     head: Callable | None
     layers: list[torch.Tensor] = field(default_factory=list)
+    linear: torch.nn.Linear | None = None  # the teacher's plain output layer, when it has one
 
 
 @dataclass
@@ -104,25 +110,56 @@ class StudentBatch:
         return total + (self.choices.n_tokens if self.choices is not None else 0)
 
 
+@dataclass
+class TermWeights:
+    """Plain weights of the objective's terms (zero: not computed)."""
+
+    answer: float = 1.0
+    rationale: dict[str, float] = field(default_factory=dict)
+    choice_kd: dict[str, float] = field(default_factory=dict)
+    logit_kd: float = 0.0
+    hidden: float = 0.0
+
+    def token_weight(self, name: str) -> float:
+        """Cross-entropy weight of a token batch (`answer` or `rationale:<teacher>`)."""
+        if name == "answer":
+            return self.answer
+        return self.rationale.get(name.partition(":")[2], 0.0)
+
+
+def plain_linear_head(core) -> torch.nn.Linear | None:
+    """The output layer when logits are exactly `head(hidden)`, so it can be fused."""
+    head = core.get_output_embeddings()
+    config = core.config
+    scaled = any(getattr(config, k, None) for k in ("logit_scale", "logits_scaling", "final_logit_softcapping"))
+    return head if can_fuse(head) and not scaled else None
+
+
 class StudentObjectives(torch.nn.Module):
-    """Computes the loss terms of one student on one batch.
+    """Computes one student's weighted objective on one batch, and each term for the log.
 
     Args:
         model: the student (a transformers model, or a PEFT model wrapping one).
         kind: `causal`, `seq2seq` or `encoder`.
+        weights: the terms' weights.
         temperature: softening temperature of choice-level and token-level KD.
         divergence, jsd_beta: the token-level divergence (see `losses.token_divergence`).
         chunk_tokens: target tokens per chunk of the output layer.
         kd_vocab: logit rows compared with the teacher's (vocabulary alignment).
         hidden_layers: student hidden-state indices matched in patient KD (0 = embeddings).
+        fuse_head: compute a plain output layer's gradients in forward (True); False always takes
+            the checkpointed per-token path (kept for comparison).
     """
 
-    def __init__(self, model: torch.nn.Module, kind: str, temperature: float = 2.0,
-                 divergence: str = "forward_kl", jsd_beta: float = 0.5, chunk_tokens: int = 256,
-                 kd_vocab: int | None = None, hidden_layers: list[int] | None = None):
+    def __init__(self, model: torch.nn.Module, kind: str, weights: TermWeights | None = None,
+                 temperature: float = 2.0, divergence: str = "forward_kl", jsd_beta: float = 0.5,
+                 chunk_tokens: int = 256, kd_vocab: int | None = None,
+                 hidden_layers: list[int] | None = None, fuse_head: bool = True):
         super().__init__()
+        self.fuse_head = fuse_head
         self.model = model
         self.kind = kind
+        self.weights = weights or TermWeights()
         self.temperature, self.divergence, self.jsd_beta = temperature, divergence, jsd_beta
         self.chunk_tokens, self.kd_vocab = chunk_tokens, kd_vocab
         self.hidden_layers = hidden_layers or []
@@ -133,34 +170,46 @@ class StudentObjectives(torch.nn.Module):
 
     # --- token-level passes ---------------------------------------------------------------
 
-    def _token_rows(self, tb: TokenBatch, teacher: TeacherStates | None, want_layers: bool):
-        """Log-probability of each target token, its KD divergence, and hidden states."""
-        core = self.core
-        teacher_rows = teacher.rows if teacher is not None and teacher.rows is not None else None
-        teacher_head = teacher.head if teacher_rows is not None else None
-        kd_args = dict(teacher_hidden=teacher_rows, teacher_head=teacher_head, kd_vocab=self.kd_vocab,
-                       divergence=self.divergence, temperature=self.temperature, beta=self.jsd_beta,
-                       chunk_tokens=self.chunk_tokens)
+    def _kd_args(self) -> dict:
+        return dict(kd_vocab=self.kd_vocab, divergence=self.divergence, temperature=self.temperature,
+                    beta=self.jsd_beta, chunk_tokens=self.chunk_tokens)
+
+    def _causal_body(self, tb: TokenBatch, want_layers: bool):
+        out = self.core.base_model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
+                                   use_cache=False, output_hidden_states=want_layers)
         layers = []
-        if self.kind == "causal":
-            out = core.base_model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                                  use_cache=False, output_hidden_states=want_layers)
-            rows = out.last_hidden_state[tb.target_mask]
-            targets = tb.next_ids[tb.target_mask]
-            logprobs, kd = chunked_token_losses(rows, targets, causal_head(core), **kd_args)
-            if want_layers:
-                real = tb.attention_mask.bool()
-                layers = [out.hidden_states[i][real] for i in self.hidden_layers]
-            return logprobs, kd, layers
-        decoder_input_ids = core.prepare_decoder_input_ids_from_labels(labels=tb.labels)
-        out = core(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                   decoder_input_ids=decoder_input_ids, use_cache=False,
-                   output_hidden_states=want_layers)
-        mask = tb.labels != -100
-        logprobs, kd = chunked_token_losses(out.logits[mask], tb.labels[mask], _identity, **kd_args)
         if want_layers:
-            layers = [out.decoder_hidden_states[i][mask] for i in self.hidden_layers]
-        return logprobs, kd, layers
+            real = tb.attention_mask.bool()
+            layers = [out.hidden_states[i][real] for i in self.hidden_layers]
+        return out.last_hidden_state[tb.target_mask], tb.next_ids[tb.target_mask], layers
+
+    def _token_pass(self, tb: TokenBatch, states: TeacherStates | None, ce_weight: float,
+                    kd_scale: float, want_layers: bool):
+        """(weighted loss, target log-probabilities, divergences, hidden states) of a token batch."""
+        core = self.core
+        teacher_rows = states.rows if states is not None else None
+        if self.kind == "causal":
+            rows, targets, layers = self._causal_body(tb, want_layers)
+        else:
+            out = core(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
+                       decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
+                       use_cache=False, output_hidden_states=want_layers)
+            mask = tb.labels != -100
+            rows, targets = out.logits[mask], tb.labels[mask]
+            layers = [out.decoder_hidden_states[i][mask] for i in self.hidden_layers] if want_layers else []
+        ce_scale = ce_weight / max(rows.shape[0], 1)
+        head = plain_linear_head(core) if self.kind == "causal" and self.fuse_head else None
+        teacher_linear = states.linear if states is not None else None
+        if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
+            loss, logprobs, kd = fused_head_loss(rows, head, targets, ce_scale, teacher_rows, teacher_linear,
+                                                 kd_scale, **self._kd_args())
+            return loss, logprobs, kd, layers
+        student_head = causal_head(core) if self.kind == "causal" else _identity
+        teacher_head = states.head if teacher_rows is not None else None
+        logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head,
+                                            **self._kd_args())
+        loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
+        return loss, logprobs, kd, layers
 
     # --- choice-level pass ----------------------------------------------------------------
 
@@ -172,7 +221,8 @@ class StudentObjectives(torch.nn.Module):
             logits = core(**cb.tokens).logits.float()
             return logits.masked_fill(~cb.choice_mask, PAD_SCORE), None
         if self.kind == "causal":
-            logprobs, _, _ = self._token_rows(cb.sequences, None, False)
+            rows, targets, _ = self._causal_body(cb.sequences, False)
+            logprobs, _ = chunked_token_losses(rows, targets, causal_head(core), chunk_tokens=self.chunk_tokens)
             sequence_of_row = cb.sequences.target_mask.nonzero()[:, 0]
         else:
             encoded = core.get_encoder()(input_ids=cb.prompts.input_ids,
@@ -197,33 +247,48 @@ class StudentObjectives(torch.nn.Module):
 
     def forward(self, batch: StudentBatch, teacher: dict[str, TeacherStates] | None = None,
                 want_hidden: bool = False) -> dict[str, torch.Tensor]:
-        """Loss terms (means over tokens or questions) plus `choice_scores` when choices were scored."""
-        teacher = teacher or {}
+        """`loss` (the weighted objective), each term's value (detached, means over tokens or
+        questions) and, when choices were scored, `choice_scores` (differentiable)."""
+        teacher, w = teacher or {}, self.weights
         parts: dict[str, torch.Tensor] = {}
-        kd_rows, hidden_terms = [], []
-        for name, tb in batch.token_batches().items():
+        terms: list[torch.Tensor] = []
+        batches = batch.token_batches()
+        kd_rows = sum(tb.n_targets for name, tb in batches.items()
+                      if name in teacher and teacher[name].rows is not None)
+        kd_scale = w.logit_kd / kd_rows if kd_rows else 0.0
+        kd_values, hidden_terms = [], []
+        for name, tb in batches.items():
             states = teacher.get(name)
-            logprobs, kd, layers = self._token_rows(tb, states, want_hidden and states is not None)
+            loss, logprobs, kd, layers = self._token_pass(tb, states, w.token_weight(name), kd_scale,
+                                                          want_hidden and states is not None)
+            terms.append(loss)
             if logprobs.numel():
-                parts[name] = -logprobs.mean()
+                parts[name] = -logprobs.detach().mean()
             if states is not None and states.rows is not None:
-                kd_rows.append(kd)
+                kd_values.append(kd.detach())
             if layers and states is not None and states.layers:
                 hidden_terms.append(hidden_state_loss(layers, states.layers))
-        if kd_rows:
-            parts["logit_kd"] = torch.cat(kd_rows).mean()
+        if kd_values:
+            parts["logit_kd"] = torch.cat(kd_values).mean()
         if hidden_terms:
-            parts["hidden"] = torch.stack(hidden_terms).mean()
+            hidden = torch.stack(hidden_terms).mean()
+            parts["hidden"] = hidden.detach()
+            terms.append(w.hidden * hidden)
         if batch.choices is not None:
             scores, gold_rows = self._choice_scores(batch.choices)
             parts["choice_scores"] = scores
-            if "answer" not in parts:
-                parts["answer"] = (F.cross_entropy(scores, batch.gold) if gold_rows is None
-                                   else -gold_rows.mean())
+            if "answer" not in batches:
+                answer = F.cross_entropy(scores, batch.gold) if gold_rows is None else -gold_rows.mean()
+                parts["answer"] = answer.detach()
+                terms.append(w.answer * answer)
             for teacher_name, (table, present) in batch.teacher_choice.items():
                 if present.any():
-                    parts[f"choice_kd:{teacher_name}"] = choice_kd_loss(
-                        scores[present], table[present], self.temperature).mean()
+                    term = choice_kd_loss(scores[present], table[present], self.temperature).mean()
+                    parts[f"choice_kd:{teacher_name}"] = term.detach()
+                    terms.append(w.choice_kd.get(teacher_name, 0.0) * term)
+        if not terms:  # nothing to learn from in this batch: a zero that still reaches every weight
+            terms = [sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0]
+        parts["loss"] = torch.stack([t.float() for t in terms]).sum()
         return parts
 
 
@@ -243,7 +308,7 @@ def teacher_states(core, kind: str, head: Callable | None, batch: StudentBatch,
             rows = out.last_hidden_state[tb.target_mask] if want_rows else None
             real = tb.attention_mask.bool()
             states = [out.hidden_states[i][real] for i in layers] if layers else []
-            found[name] = TeacherStates(rows, head, states)
+            found[name] = TeacherStates(rows, head, states, plain_linear_head(core))
         else:
             out = core(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
                        decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from tinystudent.distill.checkpoints import load_best, save_best
+from tinystudent.distill.checkpoints import load_best
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import check_choice_logprobs, check_rationales
 from tinystudent.distill.lora import save_merged
@@ -24,7 +24,7 @@ from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, resolve_model
 from tinystudent.tasks.schema import Example, data_hash
 
-__all__ = ["TrainingDiverged", "train_mutual", "train_student"]
+__all__ = ["TrainingDiverged", "main_process_first", "train_mutual", "train_student"]
 
 
 def _teacher_identity(teacher) -> str | None:
@@ -35,10 +35,24 @@ def _teacher_identity(teacher) -> str | None:
     return resolve_model(teacher).identity
 
 
+def _cpu_run(device: str) -> bool:
+    # On a machine without a GPU the processes of `accelerate launch`/`torchrun` talk over gloo,
+    # which accelerate only sets up when told the run is a CPU run.
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def main_process_first(device: str = "auto"):
+    """A context in which the main process goes first and the others wait for it (a no-op in a
+    single process): for work on shared files, such as building a scaled-down student once."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_run(device)).main_process_first()
+
+
 def _accelerator(device: str):
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=device == "cpu", device_placement=False)
+    accelerator = Accelerator(cpu=_cpu_run(device), device_placement=False)
     if device in ("auto", "cpu") or accelerator.num_processes > 1:
         return accelerator, accelerator.device
     return accelerator, torch.device(device)
@@ -67,12 +81,15 @@ def _train(students: list[str], train: list[Example], valid: list[Example], conf
     accelerator, device = _accelerator(config.device)
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(train) / per_step))
+    with accelerator.main_process_first():  # the others then find the weights' hashes cached
+        identities = [resolve_model(s).identity for s in students]
+        teacher_identity = _teacher_identity(teacher)
     description = {
-        "students": students, "student_identities": [resolve_model(s).identity for s in students],
+        "students": students, "student_identities": identities,
         "config": config.model_dump(mode="json", exclude={"device"}), "task": task, "mutual": mutual,
         "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},
         "rationales": _fingerprint(rationales), "choice_logprobs": _fingerprint(choice_logprobs),
-        "teacher": _teacher_identity(teacher), "processes": accelerator.num_processes,
+        "teacher": teacher_identity, "processes": accelerator.num_processes,
     }
     run_key = _fingerprint(description)
     if accelerator.is_main_process:
@@ -90,7 +107,7 @@ def _train(students: list[str], train: list[Example], valid: list[Example], conf
     for index, name in enumerate(students):
         folder = out_dir / f"peer{index}-{_slug(name)}" if mutual else out_dir
         trainee = setup_trainee(name, folder, config, train, style, rationales, choice_logprobs,
-                                teacher, device, total_steps)
+                                teacher, device, total_steps, rationale_weights, choice_weights)
         trainee.objective = accelerator.prepare(trainee.objective)
         trainees.append(trainee)
     run = _Run(trainees, train, valid, config, task, accelerator, device, total_steps,

@@ -13,9 +13,10 @@ from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import (Features, build_features, choice_batch, teacher_choice_table,
                                       token_batch)
 from tinystudent.distill.lora import apply_lora
-from tinystudent.distill.objectives import StudentBatch, StudentObjectives, causal_head, check_head
+from tinystudent.distill.objectives import (StudentBatch, StudentObjectives, TermWeights, causal_head,
+                                             check_head)
 from tinystudent.distill.vocab import check_vocab
-from tinystudent.log import info, warn
+from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
 from tinystudent.models.students import MANIFEST
@@ -149,7 +150,8 @@ def load_teacher(teacher, student: LoadedModel, config: TrainConfig, device: tor
 
 def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Example], style: str,
                   rationales: dict, choice_logprobs: dict, teacher, device: torch.device,
-                  total_steps: int) -> Trainee:
+                  total_steps: int, rationale_weights: dict[str, float],
+                  choice_weights: dict[str, float]) -> Trainee:
     """Load a student, report its size, add LoRA if asked, and build its objectives."""
     loaded = load_model(name, device=device, dtype="float32")
     counts = count_parameters(loaded.model)
@@ -173,7 +175,9 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     features = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
                               config.rationale_prompt, config.max_prompt_tokens,
                               config.max_answer_tokens, config.max_rationale_tokens)
-    objective = StudentObjectives(model, loaded.kind, config.temperature, config.logit_kd_divergence,
+    w = config.weights
+    weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)
+    objective = StudentObjectives(model, loaded.kind, weights, config.temperature, config.logit_kd_divergence,
                                   config.jsd_beta, config.kd_chunk_tokens, kd_vocab, student_layers)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"training {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "

@@ -1,0 +1,87 @@
+"""Output layer and token-level losses fused: gradients computed chunk by chunk in forward.
+
+Cross-entropy and logit distillation only need the gradient of a weighted sum of per-token
+terms, so it can be worked out while each chunk's logits exist, then the logits are dropped:
+neither the [tokens, vocabulary] logits nor their recomputation in backward is ever needed
+(the fused linear cross-entropy of Liger-Kernel, Hsu et al. 2024, extended to KD terms). Only
+the gradients for the hidden states ([tokens, width]) and the output layer ([vocabulary, width])
+are kept until backward. `losses.chunked_token_losses` is the general, per-token path this must
+match; a test checks that it does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tinystudent.distill.losses import token_divergence
+
+
+def can_fuse(head) -> bool:
+    """Only a plain linear output layer (no adapter on it, no logit scaling) is fused."""
+    return type(head) is torch.nn.Linear
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
+                ce_scale, kd_scale, kd_vocab, divergence, temperature, beta, chunk_tokens):
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        logprob_rows, kd_rows = [], []
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            piece = slice(start, start + chunk_tokens)
+            h = hidden[piece]
+            with torch.enable_grad():
+                logits = F.linear(h, weight, bias).float().detach().requires_grad_(True)
+                logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[piece, None]).squeeze(-1)
+                loss = -ce_scale * logprobs.sum()
+                kd = None
+                if teacher_hidden is not None:
+                    with torch.no_grad():
+                        teacher_logits = F.linear(teacher_hidden[piece], teacher_weight, teacher_bias).float()
+                    vocab = kd_vocab or logits.shape[-1]
+                    kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence,
+                                          temperature, beta)
+                    loss = loss + kd_scale * kd.sum()
+                (grad_logits,) = torch.autograd.grad(loss, logits)
+            total += loss.detach()
+            logprob_rows.append(logprobs.detach())
+            kd_rows.append(kd.detach() if kd is not None else torch.zeros_like(logprobs.detach()))
+            grad_logits = grad_logits.to(weight.dtype)
+            grad_hidden[piece] = (grad_logits @ weight).to(hidden.dtype)
+            grad_weight += (grad_logits.t() @ h.to(weight.dtype)).float()
+            if grad_bias is not None:
+                grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        return total, torch.cat(logprob_rows), torch.cat(kd_rows)
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_logprobs, _grad_kd):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        out_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None
+        return (out_hidden, out_weight, out_bias) + (None,) * 11
+
+
+def fused_head_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
+                    ce_scale: float, teacher_hidden: torch.Tensor | None = None,
+                    teacher_head: torch.nn.Linear | None = None, kd_scale: float = 0.0,
+                    kd_vocab: int | None = None, divergence: str = "forward_kl",
+                    temperature: float = 1.0, beta: float = 0.5, chunk_tokens: int = 256):
+    """`ce_scale * sum(-log p(target)) + kd_scale * sum(divergence)` over the rows, with its
+    gradient computed in forward, chunk by chunk.
+
+    Returns:
+        (loss, target log-probabilities per row, divergence per row); the last two detached,
+        for reporting.
+    """
+    teacher_weight = teacher_head.weight if teacher_head is not None else None
+    teacher_bias = teacher_head.bias if teacher_head is not None else None
+    return _FusedHeadLoss.apply(hidden, head.weight, head.bias, targets, teacher_hidden, teacher_weight,
+                                teacher_bias, float(ce_scale), float(kd_scale), kd_vocab, divergence,
+                                float(temperature), float(beta), int(chunk_tokens))
