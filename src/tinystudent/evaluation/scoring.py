@@ -51,23 +51,15 @@ def encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[l
     return context_ids, continuations
 
 
-def _pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: list[list[int]], pad: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded to one width on the `left` or `right`, with their attention mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
-def _pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
     return ids, mask
 
 
@@ -77,7 +69,7 @@ def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[
     from transformers import DynamicCache
 
     prompts = [ctx for ctx, _ in encoded]
-    prompt_ids, prompt_mask = _pad_left(prompts, pad_id)
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "left")
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
@@ -90,7 +82,7 @@ def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[
     index = torch.tensor(owner, device=device)
     cache = out.past_key_values
     cache.batch_select_indices(index)
-    cont_ids, cont_mask = _pad_right(conts, pad_id)
+    cont_ids, cont_mask = pad_rows(conts, pad_id)
     cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
     start = prompt_mask.sum(-1)[index]
     cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
@@ -117,13 +109,13 @@ def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[
 @torch.no_grad()
 def _score_seq2seq_batch(model, pad_id: int, encoded, device) -> list[list[float]]:
     prompts = [ctx for ctx, _ in encoded]
-    enc_ids, enc_mask = _pad_right(prompts, pad_id)
+    enc_ids, enc_mask = pad_rows(prompts, pad_id)
     enc_ids, enc_mask = enc_ids.to(device), enc_mask.to(device)
     encoder_out = model.get_encoder()(input_ids=enc_ids, attention_mask=enc_mask)
     owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
     conts = [c for _, cs in encoded for c in cs]
     index = torch.tensor(owner, device=device)
-    labels, label_mask = _pad_right(conts, -100)
+    labels, label_mask = pad_rows(conts, -100)
     labels = labels.to(device)
     encoder_out.last_hidden_state = encoder_out.last_hidden_state[index]
     out = model(encoder_outputs=encoder_out, attention_mask=enc_mask[index], labels=labels)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
 
+from tinystudent.evaluation.scoring import pad_rows
 from tinystudent.teachers.base import Generation
 
 # Tokens per forward pass when scoring prompts: bounds the [tokens, vocabulary] logits tensor
@@ -116,16 +117,6 @@ class RowStopper(StoppingCriteria):
         return done
 
 
-def _pad_left(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _finish(tokenizer, ids: list[int], row: RowParams, stop_ids: set[int],
             finished_at: int | None) -> tuple[str, list[int], str]:
     """Cut a row's new tokens where it stopped (the tokens after are padding), at its end of
@@ -156,7 +147,8 @@ def generate_rows(model, tokenizer, kind: str, prompt_ids: list[list[int]],
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop_ids = eos_ids(model, tokenizer)
     if kind == "causal":
-        ids, mask = _pad_left(prompt_ids, pad, device)
+        ids, mask = pad_rows(prompt_ids, pad, "left")
+        ids, mask = ids.to(device), mask.to(device)
         start = ids.shape[1]
     else:
         width = max(len(r) for r in prompt_ids)
