@@ -154,20 +154,12 @@ def pareto_frontier(runs: list[dict], cost_key: str = "params") -> list[dict]:
     return frontier
 
 
-def pearson(xs: list[float], ys: list[float]) -> Optional[float]:
-    """Pearson correlation, or None with fewer than three points or no spread."""
+def pearson(xs: list, ys: list) -> Optional[float]:
+    """Pearson correlation over the pairs where both values are numbers (see `evaluation.stats`)."""
+    from tinystudent.evaluation.stats import pearson as numeric_pearson
+
     pairs = [(x, y) for x, y in zip(xs, ys) if is_number(x) and is_number(y)]
-    if len(pairs) < 3:
-        return None
-    n = len(pairs)
-    mean_x = sum(x for x, _ in pairs) / n
-    mean_y = sum(y for _, y in pairs) / n
-    cov = sum((x - mean_x) * (y - mean_y) for x, y in pairs)
-    var_x = sum((x - mean_x) ** 2 for x, _ in pairs)
-    var_y = sum((y - mean_y) ** 2 for _, y in pairs)
-    if var_x <= 0 or var_y <= 0:
-        return None
-    return cov / math.sqrt(var_x * var_y)
+    return numeric_pearson([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def bpb_correlations(study: dict) -> dict:
