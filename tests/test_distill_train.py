@@ -216,6 +216,8 @@ def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared
     import subprocess
     import sys
 
+    from tinystudent.tasks import load_task
+
     script = tmp_path / "ddp.py"
     script.write_text(f'''
 import json, os, sys
@@ -237,10 +239,13 @@ if os.environ.get("RANK", "0") == "0":
         return json.loads(line[0][7:])
 
     two = losses(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "ddp"), "2"])
-    one = losses([str(script), str(tmp_path / "single"), "4"])
-    assert two[-1] == one[-1] == 1.0  # both saw the 12 questions once
-    for a, b in zip(two[:-1], one[:-1]):
-        assert a == pytest.approx(b, rel=0.02)
+    data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
+    one = train_student(str(tiny_causal), data.split("train")[:12], data.split("validation")[:4],
+                        TrainConfig(steps=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False),
+                        tmp_path / "single", task="arc")
+    assert two[-1] == one.epochs == 1.0  # both saw the 12 questions once
+    for a, b in zip(two[:-1], one.loss_history):
+        assert a == pytest.approx(b["loss"], rel=0.02)
 
 
 def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(tiny_causal, arc, tmp_path):
@@ -266,3 +271,22 @@ def test_scaled_down_student_matches_the_layers_it_was_copied_from(tiny_causal, 
     assert hidden_pairs(tiny_causal, big, big, "causal", None) == [(1, 1), (2, 2)]
     with pytest.raises(ValueError, match="outside"):
         hidden_pairs(student, small, big, "causal", [(3, 1)])
+
+
+def test_run_killed_while_finishing_trains_no_step_again(tiny_causal, arc, tmp_path, monkeypatch):
+    from tinystudent.distill import train as train_module
+
+    original = train_module._finish
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while measuring the test split")
+
+    monkeypatch.setattr(train_module, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, checkpoint_every=2),
+                      tmp_path / "run", task="arc")
+    monkeypatch.setattr(train_module, "_finish", original)
+    steps = []
+    result = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, checkpoint_every=2),
+                           tmp_path / "run", task="arc", on_step=steps.append)
+    assert steps == [] and result.steps == 3 and len(result.loss_history) == 3

@@ -118,3 +118,34 @@ def test_load_student_reads_an_adapter_folder(tiny_causal, tmp_path):
     expected = peft_model(input_ids=ids).logits
     student = load_student(str(tmp_path / "adapter"), device="cpu")
     torch.testing.assert_close(student.model(input_ids=ids).logits, expected)
+
+
+ARCHITECTURES = {
+    "gpt2": {"n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 512},
+    "gpt_neox": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
+                 "max_position_embeddings": 512},
+    "qwen2": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "intermediate_size": 64, "max_position_embeddings": 512},
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_other_causal_families_scale_down_and_train(model_type, tiny_causal, tmp_path):
+    """GPT-2 (`transformer.h`), Pythia/GPT-NeoX (`gpt_neox.layers`) and Qwen2 (`model.layers`)."""
+    from tinystudent.distill import TrainConfig, train_student
+    from tinystudent.tasks.schema import Example
+
+    config = {"model_type": model_type, "vocab_size": 320, **ARCHITECTURES[model_type]}
+    source = fresh_student(config, tmp_path / "source", tokenizer_from=str(tiny_causal), seed=3)
+    out = scale_down(str(source), "0,2", tmp_path / "small")
+    original, smaller = _weights(source), _weights(out)
+    stack = next(iter(layer_stacks(load_model(str(out), device="cpu").model)))
+    moved = [k for k in smaller if k.startswith(f"{stack}.1.")]
+    assert moved and all(torch.equal(smaller[k], original[k.replace(f"{stack}.1.", f"{stack}.2.", 1)]) for k in moved)
+    examples = [Example(f"q{i}", f"Which is {w}?", ("sun", "water", "rock"), i % 3) for i, w in
+                enumerate(["sun", "water", "rock", "sun", "water", "rock"])]
+    for method in ("full", "lora"):
+        cfg = TrainConfig(steps=2, batch_size=3, lr=1e-3, method=method, eval_before=False, device="cpu")
+        result = train_student(str(out), examples[:4], examples[4:], cfg, tmp_path / f"run-{method}", task="t")
+        assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.loss_history)
+        assert (result.trainable_params < result.params) == (method == "lora")

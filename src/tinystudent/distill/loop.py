@@ -277,8 +277,9 @@ class _Run:
                                        or step == self.total_steps)
             if due_eval:
                 self.validate()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < self.total_steps:
-                self.checkpoint()
+            finished = step == self.total_steps or self.shared["stopped_early"]
+            if config.checkpoint_every and (step % config.checkpoint_every == 0 or finished):
+                self.checkpoint()  # the last one too: a run killed while finishing trains no step again
             if self.on_step:
                 self.on_step(self.progress())
 
