@@ -197,3 +197,18 @@ def test_fused_head_loss_equals_the_per_token_path(divergence):
                       head.bias.grad.clone()))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_head_loss_with_a_frozen_output_layer():
+    """Under LoRA the output layer is frozen: no gradient for it, the same one for the hidden states."""
+    from tinystudent.distill.fused import fused_head_loss
+
+    torch.manual_seed(3)
+    head = torch.nn.Linear(8, 40, bias=False).requires_grad_(False)
+    hidden = torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 40, (11,))
+    loss, _, _ = fused_head_loss(hidden, head, targets, 1 / 11, chunk_tokens=4)
+    loss.backward()
+    expected = torch.autograd.grad(-torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None]).mean(), hidden)[0]
+    torch.testing.assert_close(hidden.grad, expected)
+    assert head.weight.grad is None

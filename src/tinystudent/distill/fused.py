@@ -26,9 +26,12 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
                 ce_scale, kd_scale, kd_vocab, divergence, temperature, beta, chunk_tokens):
+        # A frozen output layer (LoRA) needs no [vocabulary, width] gradient: skip its matmul.
+        want_weight = ctx.needs_input_grad[1]
+        want_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         logprob_rows, kd_rows = [], []
         for start in range(0, hidden.shape[0], chunk_tokens):
@@ -52,7 +55,8 @@ class _FusedHeadLoss(torch.autograd.Function):
             kd_rows.append(kd.detach() if kd is not None else torch.zeros_like(logprobs.detach()))
             grad_logits = grad_logits.to(weight.dtype)
             grad_hidden[piece] = (grad_logits @ weight).to(hidden.dtype)
-            grad_weight += (grad_logits.t() @ h.to(weight.dtype)).float()
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ h.to(weight.dtype)).float()
             if grad_bias is not None:
                 grad_bias += grad_logits.float().sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
@@ -63,8 +67,8 @@ class _FusedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_logprobs, _grad_kd):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         out_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
-        out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None and ctx.needs_input_grad[2] else None
+        out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
+        out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None else None
         return (out_hidden, out_weight, out_bias) + (None,) * 11
 
 
