@@ -66,13 +66,17 @@ class TeachSummary:
         """Everything but the outputs, as `tinystudent teach --json` prints it."""
         return {k: v for k, v in self.__dict__.items() if k != "outputs"}
 
-    def _count(self, kind: str, output: TeacherOutput | None, error: str | None = None) -> None:
+    def _count(self, kind: str, output: TeacherOutput | None, error: str | None = None,
+               on_output: OnOutput | None = None) -> None:
+        """Count one question's outcome, then tell the caller's `on_output`, if any."""
         setattr(self, kind, getattr(self, kind) + 1)
         if error and error not in self.errors and len(self.errors) < 10:
             self.errors.append(error)
         if output is not None:
             self.matching += output.matches_gold is True
             self.unparsed += output.answer is None
+        if on_output:
+            on_output(kind, output)
 
 
 def _prompt_seed(seed: int, full_prompt: str) -> int:
@@ -154,9 +158,7 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
                                   {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")})
             cache.update_text(store, output)
         outputs[i] = output
-        summary._count("cached", output)
-        if on_output:
-            on_output("cached", output)
+        summary._count("cached", output, on_output=on_output)
 
     seeds = [_prompt_seed(seed, fulls[i]) for i in missing]
     try:
@@ -164,17 +166,13 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
         for position, result in results:
             i = missing[position]
             if isinstance(result, TeacherError):
-                summary._count("failed", None, f"{examples[i].id}: {result}")
-                if on_output:
-                    on_output("failed", None)
+                summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
                 continue
             output = _make_output(teacher, examples[i], strategy, task_name, keys[i], result.text, cleanup,
                                   spec.writes_rationale, _generation_meta(result, settings))
             cache.save(store, output, fulls[i])
             outputs[i] = output
-            summary._count("generated", output)
-            if on_output:
-                on_output("generated", output)
+            summary._count("generated", output, on_output=on_output)
     except TeacherUnavailable as err:
         raise TeacherUnavailable(f"{err}. {summary.generated} new output(s) were saved before it stopped "
                                  f"({summary.cached} were cached already); run the same command again "
@@ -207,17 +205,13 @@ def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Stor
     for i, key in enumerate(keys):
         if key in found:
             outputs[i] = cache.to_output(found[key])
-            summary._count("cached", outputs[i])
-            if on_output:
-                on_output("cached", outputs[i])
+            summary._count("cached", outputs[i], on_output=on_output)
     missing = [i for i, key in enumerate(keys) if key not in found]
     try:
         for position, result in teacher.score_choices([requests[i] for i in missing]):
             i = missing[position]
             if isinstance(result, TeacherError):
-                summary._count("failed", None, f"{examples[i].id}: {result}")
-                if on_output:
-                    on_output("failed", None)
+                summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
                 continue
             best = max(range(len(result)), key=lambda c: result[c])
             output = TeacherOutput(summary.teacher, examples[i].id, SCORING, None, best, list(result),
@@ -225,9 +219,7 @@ def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Stor
                                    {"style": style, "identity": teacher.identity})
             cache.save(store, output, requests[i].context)
             outputs[i] = output
-            summary._count("generated", output)
-            if on_output:
-                on_output("generated", output)
+            summary._count("generated", output, on_output=on_output)
     except TeacherUnavailable as err:
         raise TeacherUnavailable(f"{err}. {summary.generated} new score(s) were saved before it stopped; "
                                  "run the same command again to resume") from err
