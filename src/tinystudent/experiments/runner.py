@@ -11,7 +11,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinystudent.experiments.config import Experiment, TeacherSpec, config_hash
+from tinystudent.experiments.config import Experiment, TeacherSpec
 from tinystudent.experiments.units import UnitRunner, evaluate_in_subprocess
 from tinystudent.log import info
 from tinystudent.store import Store
@@ -440,4 +440,4 @@ def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
     return ExperimentRunner(experiment, store, out_dir).run()
 
 
-__all__ = ["ExperimentRunner", "Splits", "config_hash", "load_splits", "run_experiment"]
+__all__ = ["ExperimentRunner", "Splits", "load_splits", "run_experiment"]

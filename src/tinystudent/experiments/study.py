@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
-from tinystudent.evaluation.stats import pearson
+from tinystudent.evaluation.stats import majority_baseline, pearson
 from tinystudent.experiments.config import config_hash
 from tinystudent.experiments.verdict import verdict
 from tinystudent.store import Store, versions
@@ -89,8 +90,6 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
             ids, correct = correct_by_id(store, run.get("evaluation_id"))
             if correct is not None:
                 candidates.append({**row, "ids": ids, "correct": correct})
-    from tinystudent.evaluation.stats import majority_baseline
-
     trained = [r for r in rows if r["group"] in ("taught", "collaboration")]
     return {
         "experiment": experiment.name, "task": experiment.task.name, "split": experiment.task.test_split,
@@ -103,7 +102,7 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
         "bpb_correlation": {
             "acc_vs_bpb_pearson": pearson([r["bits_per_byte"] for r in trained], [r["acc"] for r in trained]),
             "acc_vs_log_params_pearson": pearson(
-                [None if not r["params"] else __import__("math").log10(r["params"]) for r in trained],
+                [math.log10(r["params"]) if r["params"] else None for r in trained],
                 [r["acc"] for r in trained]),
         },
         "units": {"computed": computed, "skipped": skipped},
