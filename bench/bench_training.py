@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--chunk", type=int, default=256, help="kd_chunk_tokens of our loop")
+    parser.add_argument("--chunk", type=int, default=1024, help="kd_chunk_tokens of our loop")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's peak FLOP/s in TFLOP/s at this precision, for model FLOPs utilisation")

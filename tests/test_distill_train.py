@@ -109,6 +109,35 @@ def test_answer_loss_is_the_evaluation_score_of_the_gold_choice(fixture, arc, re
     assert loss.item() == pytest.approx(-gold_logprob / n_tokens, rel=1e-4)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_causal", "tiny_seq2seq"])
+def test_choice_answer_loss_is_cross_entropy_over_the_evaluation_scores(fixture, arc, request, tmp_path):
+    """answer_loss=choices: -log softmax(scores)[gold], scores the summed log-likelihoods
+    evaluation ranks by; and a run with it learns."""
+    import torch.nn.functional as F
+
+    from tinystudent.distill.data import build_features, choice_batch
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives
+
+    student = request.getfixturevalue(fixture)
+    loaded = load_model(str(student), device="cpu")
+    examples = arc["train"][:4]
+    features = build_features(examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000)
+    items = [features[ex.id] for ex in examples]
+    batch = StudentBatch(torch.tensor([f.gold for f in items]),
+                         choices=choice_batch(items, loaded.kind, loaded.tokenizer.pad_token_id))
+    with torch.no_grad():
+        loss = StudentObjectives(loaded.model.eval(), loaded.kind, answer_loss="choices")(batch)["answer"]
+    requests = [ChoiceRequest(choice_context(ex, "arc"), choice_continuations(ex)) for ex in examples]
+    scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, requests)
+    expected = sum(-F.log_softmax(torch.tensor(row, dtype=torch.float64), 0)[ex.answer].item()
+                   for row, ex in zip(scores, examples)) / len(examples)
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+
+    result = train_student(str(student), arc["train"], arc["valid"], config(answer_loss="choices"),
+                           tmp_path / "run", task="arc")
+    assert falls(result.loss_history, "answer"), [h.get("answer") for h in result.loss_history]
+
+
 def test_lora_trains_only_the_adapters_and_merges(tiny_causal, arc, tmp_path):
     cfg = config(method="lora", steps=4, lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"],
                                                  "merge": True})

@@ -114,6 +114,9 @@ def train_command(
     weight: list[str] = typer.Option([], help="Objective weight, repeatable: rationale=0.5, "
                                      "rationale.flan-t5-xl=2, answer=0."),
     method: str = typer.Option("full", help="full fine-tuning or lora."),
+    answer_loss: Optional[str] = typer.Option(None, help="Answer term: tokens (cross-entropy on the gold "
+                                              "answer's tokens) or choices (cross-entropy over the "
+                                              "choices' scores) [tokens]."),
     keep_layers: Optional[str] = typer.Option(None, help="Scale the student down first: first:N, last:N, "
                                               "every:K, spread:N or layer indices 0,4,29."),
     rationales_file: Optional[Path] = typer.Option(None, "--rationales", help="Rationales as JSONL "
@@ -167,7 +170,7 @@ def train_command(
                               "target_modules": lora_targets.split(",") if lora_targets else None}.items()
             if v is not None}
     config = _config(config_file, {
-        "weights": weights, "method": method, "steps": steps, "epochs": epochs, "batch_size": batch_size,
+        "weights": weights, "method": method, "answer_loss": answer_loss, "steps": steps, "epochs": epochs, "batch_size": batch_size,
         "grad_accum": grad_accum, "lr": lr, "lora": lora, "temperature": temperature,
         "logit_kd_divergence": divergence, "eval_every": eval_every, "checkpoint_every": checkpoint_every,
         "early_stopping_patience": patience, "precision": precision,

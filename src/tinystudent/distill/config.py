@@ -85,6 +85,12 @@ class TrainConfig(_Strict):
         weights: objective weights (see `ObjectiveWeights`).
         method: `full` fine-tuning or `lora`.
         lora: LoRA settings (used when method is lora).
+        answer_loss: how the answer term is computed for causal and seq2seq students: `tokens`,
+            cross-entropy on the gold answer's tokens (a language-modelling loss on the answer
+            text); or `choices`, cross-entropy of the gold choice under the student's
+            distribution over the choices (softmax of each choice's summed log-likelihood,
+            the score evaluation ranks by), which trains the decision itself. Encoder
+            students always use `choices` ("tokens").
         lr: peak learning rate (default 5e-5 for full fine-tuning, 2e-4 for LoRA).
         weight_decay: AdamW weight decay (0.0).
         betas: AdamW betas ((0.9, 0.999)).
@@ -104,7 +110,9 @@ class TrainConfig(_Strict):
         logit_kd_divergence: `forward_kl`, `reverse_kl` or `jsd` (generalized Jensen-Shannon).
         jsd_beta: the JSD's mixing weight beta in (0, 1) (0.5).
         kd_chunk_tokens: token-level losses are computed this many target tokens at a time, so
-            peak memory does not grow with batch x tokens x vocabulary (256).
+            peak memory does not grow with batch x tokens x vocabulary (1024; on an H100 with
+            a Qwen2.5-0.5B-shaped student, 256 trains at 0.81x the tokens/s of 4096 and 1024 at
+            0.95x, for 0.67x and 0.73x of its peak memory).
         hidden_layers: (student layer, teacher layer) pairs for hidden-state matching; by default
             a scaled-down student's kept layers map to the layers they were copied from.
         rationale_prompt: the rationale task's input; `{teacher}` and `{question}` (the question
@@ -127,6 +135,7 @@ class TrainConfig(_Strict):
     weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
     method: Literal["full", "lora"] = "full"
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    answer_loss: Literal["tokens", "choices"] = "tokens"
     lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -143,7 +152,7 @@ class TrainConfig(_Strict):
     temperature: float = Field(2.0, gt=0)
     logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     jsd_beta: float = Field(0.5, gt=0, lt=1)
-    kd_chunk_tokens: int = Field(256, ge=1)
+    kd_chunk_tokens: int = Field(1024, ge=1)
     hidden_layers: list[tuple[int, int]] | None = None
     rationale_prompt: str = "Rationale ({teacher}):\n{question}\nExplanation:"
     max_prompt_tokens: int = Field(256, ge=8)

@@ -149,13 +149,17 @@ class StudentObjectives(torch.nn.Module):
         hidden_layers: student hidden-state indices matched in patient KD (0 = embeddings).
         fuse_head: compute a plain output layer's gradients in forward (True); False always takes
             the checkpointed per-token path (kept for comparison).
+        answer_loss: `tokens` (cross-entropy on the gold answer's tokens) or `choices`
+            (cross-entropy of the gold choice over the choices' scores; needs choice batches).
     """
 
     def __init__(self, model: torch.nn.Module, kind: str, weights: TermWeights | None = None,
                  temperature: float = 2.0, divergence: str = "forward_kl", jsd_beta: float = 0.5,
                  chunk_tokens: int = 256, kd_vocab: int | None = None,
-                 hidden_layers: list[int] | None = None, fuse_head: bool = True):
+                 hidden_layers: list[int] | None = None, fuse_head: bool = True,
+                 answer_loss: str = "tokens"):
         super().__init__()
+        self.answer_loss = answer_loss
         self.fuse_head = fuse_head
         self.model = model
         self.kind = kind
@@ -257,13 +261,16 @@ class StudentObjectives(torch.nn.Module):
                       if name in teacher and teacher[name].rows is not None)
         kd_scale = w.logit_kd / kd_rows if kd_rows else 0.0
         kd_values, hidden_terms = [], []
+        # The answer term comes from the choices' scores when asked, or when no answer tokens ran.
+        choice_answer = batch.choices is not None and (self.answer_loss == "choices" or "answer" not in batches)
         for name, tb in batches.items():
             states = teacher.get(name)
-            loss, logprobs, kd, layers = self._token_pass(tb, states, w.token_weight(name), kd_scale,
-                                                          want_hidden and states is not None)
+            as_choices = name == "answer" and choice_answer
+            loss, logprobs, kd, layers = self._token_pass(tb, states, 0.0 if as_choices else w.token_weight(name),
+                                                          kd_scale, want_hidden and states is not None)
             terms.append(loss)
             if logprobs.numel():
-                parts[name] = -logprobs.detach().mean()
+                parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
             if states is not None and states.rows is not None:
                 kd_values.append(kd.detach())
             if layers and states is not None and states.layers:
@@ -277,8 +284,11 @@ class StudentObjectives(torch.nn.Module):
         if batch.choices is not None:
             scores, gold_rows = self._choice_scores(batch.choices)
             parts["choice_scores"] = scores
-            if "answer" not in batches:
-                answer = F.cross_entropy(scores, batch.gold) if gold_rows is None else -gold_rows.mean()
+            if choice_answer and w.answer > 0:
+                if gold_rows is None or self.answer_loss == "choices":
+                    answer = F.cross_entropy(scores, batch.gold)
+                else:
+                    answer = -gold_rows.mean()
                 parts["answer"] = answer.detach()
                 terms.append(w.answer * answer)
             for teacher_name, (table, present) in batch.teacher_choice.items():

@@ -178,7 +178,8 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     w = config.weights
     weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)
     objective = StudentObjectives(model, loaded.kind, weights, config.temperature, config.logit_kd_divergence,
-                                  config.jsd_beta, config.kd_chunk_tokens, kd_vocab, student_layers)
+                                  config.jsd_beta, config.kd_chunk_tokens, kd_vocab, student_layers,
+                                  answer_loss=config.answer_loss)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info(f"training {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
          f"({config.method})")
@@ -201,7 +202,8 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
     items = [trainee.features[ex.id] for ex in examples]
     gold = torch.tensor([f.gold for f in items])
     teacher_tokens = trainee.teacher is not None
-    need_choices = kind == "encoder" or bool(choice_weights) or mutual
+    choice_answer = config.answer_loss == "choices" and config.weights.answer > 0
+    need_choices = kind == "encoder" or bool(choice_weights) or mutual or choice_answer
     batch = StudentBatch(gold)
     if kind != "encoder" and (config.weights.answer > 0 or teacher_tokens) and not (need_choices and not teacher_tokens):
         batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad)

@@ -63,6 +63,15 @@ def pad_rows(rows: list[list[int]], pad: int, side: str = "right") -> tuple[torc
     return ids, mask
 
 
+def cache_kwarg(model) -> str:
+    """The forward argument that takes a KV cache: `cache` in newer transformers releases,
+    `past_key_values` before them (still accepted, with a deprecation warning, for a while)."""
+    import inspect
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it on
+    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]],
                         device: torch.device) -> list[list[float]]:
@@ -73,22 +82,22 @@ def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    cache_arg = cache_kwarg(model)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                use_cache=True, logits_to_keep=1, **{cache_arg: cache})
     first_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts 1st choice token
 
     owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
     conts = [c for _, cs in encoded for c in cs]
     index = torch.tensor(owner, device=device)
-    cache = out.past_key_values
-    cache.batch_select_indices(index)
+    cache.batch_select_indices(index)  # filled in place by the prompt's forward
     cont_ids, cont_mask = pad_rows(conts, pad_id)
     cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
     start = prompt_mask.sum(-1)[index]
     cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
     mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
     logits = model(input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions,
-                   past_key_values=cache, use_cache=True).logits.float()
+                   use_cache=True, **{cache_arg: cache}).logits.float()
     # Token k of a choice is predicted by position k-1 of the choice run, token 0 by the prompt.
     scores: list[float] = []
     logsumexp = torch.logsumexp(logits[:, :-1], dim=-1)
