@@ -54,19 +54,31 @@ class ResolvedModel:
     source: dict = field(default_factory=dict)
 
 
+MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed again each time: cheaper than remembering
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _file_digest(path: Path) -> str:
     """SHA-256 of a file, remembered by (path, size, mtime) so large files are hashed once."""
     stat = path.stat()
+    if stat.st_size < MEMO_MIN_BYTES:
+        return _sha256(path)
     memo_file = cache_dir() / "digests.json"
     memo = json.loads(memo_file.read_text()) if memo_file.exists() else {}
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     if key not in memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        memo[key] = digest.hexdigest()
-        tmp = memo_file.with_suffix(".tmp")
+        memo[key] = _sha256(path)
+        # Entries of files that are gone (temporary folders, replaced weights) are dropped.
+        memo = {k: v for k, v in memo.items() if Path(k.rsplit(":", 2)[0]).exists()}
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_file)
     return memo[key]
