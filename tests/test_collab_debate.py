@@ -45,7 +45,7 @@ def test_rounds_show_each_member_the_others_answers(members):
         calls.append((member.name, round_index, prompts))
         return script[(member.name, round_index)]
 
-    result = debate(members, QUESTIONS, rounds=2, generate=scripted)
+    result = debate(members, QUESTIONS, rounds=2, generate=scripted, pick_unparsed=False)
     assert [(name, r) for name, r, _ in calls] == [(first.name, 0), (second.name, 0),
                                                    (first.name, 1), (second.name, 1)]
     round1_first = calls[2][2][0]  # what the first member reads about q1 in round 1
@@ -62,8 +62,32 @@ def test_rounds_show_each_member_the_others_answers(members):
     assert result.settings["tie_break"] == "earliest member"
 
 
+def test_a_text_naming_no_option_votes_for_the_option_its_writer_finds_most_likely(members):
+    from tinystudent.evaluation.generative import render_prompt
+    from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+
+    first, second = members
+    texts = {first.name: ["The answer is (B)", "The answer is (A)"], second.name: ["hmm", "I am not sure."]}
+    result = debate(members, QUESTIONS, rounds=1, generate=lambda m, prompts: texts[m.name])
+    assert result.answers[0][0] == [1, 0]
+    requests = [ChoiceRequest(f"{render_prompt(second.tokenizer, p)}{t}\nThe answer is",
+                              [f" ({'ABC'[c]}) {choice}" for c, choice in enumerate(ex.choices)])
+                for p, t, ex in zip(_first_prompts(), texts[second.name], QUESTIONS)]
+    expected = [max(range(len(row)), key=row.__getitem__)
+                for row in score_choices(second.model, second.tokenizer, second.kind, requests)]
+    assert result.answers[0][1] == expected
+    assert result.settings["picked_by_likelihood_per_round"] == [2]
+    assert result.round_votes[0] == [vote([1, expected[0]]), vote([0, expected[1]])]
+
+
+def _first_prompts() -> list[str]:
+    from tinystudent.collab.debate import first_prompt
+
+    return [first_prompt(ex) for ex in QUESTIONS]
+
+
 def test_one_round_is_a_vote_over_independent_answers(members):
-    answers = iter([["The answer is (C)", "The answer is (B)"], ["The answer is (A)", "B"]])
+    answers = iter([["The answer is (C)", "The answer is (B)"], ["The answer is (A)", "(B)"]])
     result = debate(members, QUESTIONS, rounds=1, generate=lambda m, prompts: next(answers))
     assert result.round_votes == [[2, 1]] and result.predictions == [2, 1]
     with pytest.raises(ValueError, match="at least two members"):

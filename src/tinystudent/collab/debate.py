@@ -12,6 +12,10 @@ Debate", arXiv 2305.14325), with our own prompts:
   vote. A tie goes to the tied option named by the earliest member in `members` order (members
   generate free text, so there is no confidence to compare; member order is deterministic and
   the caller can put the strongest member first). No vote at all gives no answer (wrong).
+- A member whose text names no option (small models often ramble) still answers: its option is
+  the one it finds most likely after its own text and "The answer is", scored like evaluation
+  scores choices (`pick_unparsed=True`, the default). How many answers were picked this way is
+  kept per round in the settings, and the scoring time counts in the group's latency.
 
 Generation is greedy by default (`evaluation.generative.generate_texts`), so a debate is
 reproducible. The cost of the group: parameters and disk add up over members; latency per
@@ -31,6 +35,7 @@ from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
 from tinystudent.evaluation.generative import extract_choice, generate_texts, render_prompt
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
+from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.models.loading import LoadedModel
 from tinystudent.tasks.schema import Example, data_hash
 
@@ -132,7 +137,7 @@ def _run_member(member: LoadedModel, prompts: list[str], generate: GenerateFn | 
 
 def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: int = 2,
            max_new_tokens: int = 128, batch_size: int = 8, rationale_chars: int = 600,
-           generate: GenerateFn | None = None) -> DebateResult:
+           generate: GenerateFn | None = None, pick_unparsed: bool = True) -> DebateResult:
     """Let `members` debate every question for `rounds` rounds, then vote.
 
     Args:
@@ -144,6 +149,8 @@ def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: 
         batch_size: prompts per generation batch [8].
         rationale_chars: how much of another member's reasoning is shown [600 characters].
         generate: replaces the default greedy generation, `(member, prompts) -> texts`.
+        pick_unparsed: give a member whose text names no option the option it scores highest
+            after its own text (True); False leaves it without a vote.
     """
     if len(members) < 2:
         raise ValueError(f"a debate needs at least two members, got {len(members)}")
@@ -159,17 +166,23 @@ def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: 
     memory = MemoryMeter(members[0].device)
     texts: list[list[list[str]]] = []
     answers: list[list[list[int | None]]] = []
+    picked_by_likelihood: list[int] = []
     with memory.measure():
         for round_index in range(rounds):
-            round_texts = []
+            round_texts, round_answers, picked = [], [], 0
             for m, member in enumerate(members):
                 prompts = [_prompt_for(ex, q, m, round_index, texts, answers, rationale_chars)
                            for q, ex in enumerate(examples)]
-                round_texts.append(_run_member(member, prompts, generate, default,
-                                               latencies[m][round_index]))
+                member_texts = _run_member(member, prompts, generate, default, latencies[m][round_index])
+                member_answers = [extract_choice(t, ex.choices) for t, ex in zip(member_texts, examples)]
+                if pick_unparsed:
+                    picked += _pick_unparsed(member, examples, prompts, member_texts, member_answers,
+                                             latencies[m][round_index], batch_size)
+                round_texts.append(member_texts)
+                round_answers.append(member_answers)
             texts.append(round_texts)
-            answers.append([[extract_choice(t, ex.choices) for t, ex in zip(member_texts, examples)]
-                            for member_texts in round_texts])
+            answers.append(round_answers)
+            picked_by_likelihood.append(picked)
     round_votes = [[vote([answers[r][m][q] for m in range(len(members))]) for q in range(len(examples))]
                    for r in range(rounds)]
     final = round_votes[-1]
@@ -177,10 +190,32 @@ def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: 
     settings = {"rounds": rounds, "max_new_tokens": max_new_tokens, "rationale_chars": rationale_chars,
                 "tie_break": "earliest member", "members": [m.name for m in members],
                 "member_identities": [m.resolved.identity for m in members],
-                "generation": "greedy" if generate is None else "custom"}
+                "generation": "greedy" if generate is None else "custom",
+                "unparsed_answers": "picked by likelihood" if pick_unparsed else "no vote",
+                "picked_by_likelihood_per_round": picked_by_likelihood}
     return DebateResult([m.name for m in members], final, correct, sum(correct) / len(correct),
                         answers, texts, round_votes, _group_cost(members, latencies, memory, batch_size),
                         settings)
+
+
+def _pick_unparsed(member: LoadedModel, examples: Sequence[Example], prompts: list[str], texts: list[str],
+                   answers: list[int | None], latency: LatencyMeter, batch_size: int) -> int:
+    """Fill in, in place, the options of texts that named none; returns how many."""
+    missing = [q for q, a in enumerate(answers) if a is None]
+    if not missing:
+        return 0
+    requests = [ChoiceRequest(f"{render_prompt(member.tokenizer, prompts[q])}{texts[q]}\nThe answer is",
+                              [f" ({LETTERS[c]}) {choice}" for c, choice in enumerate(examples[q].choices)])
+                for q in missing]
+    began = time.perf_counter()
+    scores = score_choices(member.model, member.tokenizer, member.kind, requests, batch_size=batch_size)
+    share = (time.perf_counter() - began) / len(missing)
+    for q, row in zip(missing, scores):
+        answers[q] = max(range(len(row)), key=row.__getitem__)
+        if q < len(latency.per_question_s):
+            latency.per_question_s[q] += share
+    latency.total_s += share * len(missing)
+    return len(missing)
 
 
 def _prompt_for(example: Example, q: int, m: int, round_index: int, texts, answers,

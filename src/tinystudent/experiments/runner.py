@@ -310,7 +310,7 @@ class ExperimentRunner:
         spec = self.x.collaboration
         examples = self.splits.test[: spec.debate_limit] if spec.debate_limit else self.splits.test
         payload = {**self.base, "debate": spec.debate_rounds, "limit": spec.debate_limit,
-                   "members": [members[n]["run_key"] for n in names]}
+                   "members": [members[n]["run_key"] for n in names], "unparsed": "picked by likelihood"}
 
         def work(log: Path) -> dict:
             from tinystudent.collab.debate import debate, debate_eval_result
@@ -324,7 +324,8 @@ class ExperimentRunner:
             _release()
             return {**evaluated.summary(), "evaluation_id": evaluation_id}
 
-        row = self.units.run("debate", f"debate of {' + '.join(names)}", payload, work)
+        subset = f" ({len(examples)} test questions)" if len(examples) < len(self.splits.test) else ""
+        row = self.units.run("debate", f"debate of {' + '.join(names)}{subset}", payload, work)
         return {**row, "group": "collaboration", "objective": "debate", "student": "+".join(names),
                 "members": [members[n]["label"] for n in names], "method": "-", "seed": 0}
 
