@@ -105,3 +105,25 @@ def test_candidates_on_a_subset_are_paired_by_question_id():
               "ids": [str(i) for i in range(1, 100, 2)], "correct": [True] * 50}  # the teacher's misses
     entry = smallest_winner(teacher, [subset], "params")
     assert entry["smallest_winner"] == "debate" and entry["diff"] == pytest.approx(1.0)
+    assert entry["subset"] == {"n": 50, "of": N, "teacher_acc": 0.0}
+
+
+def test_the_closest_is_judged_on_every_question_before_a_subset():
+    """A group run on 20 questions that ties the teacher there is not 'closer' than a student
+    judged on all of them; a sentence about a subset says how many questions and the teacher's
+    accuracy on them."""
+    from tinystudent.report.verdict import verdict_sentence
+
+    teacher = {**TEACHER, "ids": [str(i) for i in range(N)]}
+    ids = [str(i) for i in range(20)]
+    tie_on_subset = {"label": "debate", "params": 1, "peak_memory_mb": 1, "acc": 0.5, "ids": ids,
+                     "correct": [i % 2 == 0 for i in range(20)]}
+    worse_everywhere = {**student("student", 2, 2, 0), "ids": teacher["ids"]}
+    worse_everywhere["correct"] = [c and i % 4 == 0 for i, c in enumerate(worse_everywhere["correct"])]
+    worse_everywhere["acc"] = sum(worse_everywhere["correct"]) / N
+    entry = smallest_winner(teacher, [tie_on_subset, worse_everywhere], "params")
+    assert entry["closest"]["label"] == "student" and entry["closest"]["subset"] is None
+    alone = smallest_winner(teacher, [tie_on_subset], "params")
+    assert alone["closest"]["subset"] == {"n": 20, "of": N, "teacher_acc": 0.5}
+    sentence = verdict_sentence(alone, teacher)
+    assert "on the 20 of 200 test questions it answered, where the teacher has 50.0%" in sentence

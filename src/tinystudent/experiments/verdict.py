@@ -41,15 +41,28 @@ def _paired(candidate: dict, teacher: dict) -> tuple[list[bool], list[bool]]:
 
 
 def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int = 0) -> dict:
-    """Candidate vs teacher on the same questions (or vs the teacher's reported accuracy)."""
-    if teacher.get("correct") is not None:
-        return paired_bootstrap(*_paired(candidate, teacher), n_resamples, seed)
-    return compare_to_fixed(candidate["correct"], teacher["acc"], n_resamples, seed)
+    """Candidate vs teacher on the same questions (or vs the teacher's reported accuracy).
+
+    Adds `subset` when the candidate answered only some of the teacher's questions (a debate
+    run on the first N, say): how many they share and the teacher's accuracy on those.
+    """
+    if teacher.get("correct") is None:
+        return compare_to_fixed(candidate["correct"], teacher["acc"], n_resamples, seed)
+    mine, theirs = _paired(candidate, teacher)
+    result = paired_bootstrap(mine, theirs, n_resamples, seed)
+    if len(mine) < len(teacher["correct"]):
+        result["subset"] = {"n": len(mine), "of": len(teacher["correct"]),
+                            "teacher_acc": sum(theirs) / len(theirs)}
+    return result
 
 
 def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float = 0.05,
                     n_resamples: int = 10000, seed: int = 0) -> dict:
     """The smallest candidate (by `by`) that beats `teacher`, or the closest one when none does.
+
+    The closest is the one with the largest difference among candidates that answered every
+    test question the teacher answered; only when there are none does a candidate judged on a
+    subset count, and its entry says on how many questions.
 
     Args:
         teacher: `name`, `acc`, `measured`, and `correct` (per test question, same order as the
@@ -70,15 +83,18 @@ def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float
             entry.update(smallest_winner=candidate["label"], winner_acc=candidate["acc"],
                          winner_params=candidate.get("params"),
                          winner_peak_memory_mb=candidate.get("peak_memory_mb"),
-                         diff=result["diff"], diff_ci95=result["ci95"], p_value=result["p_value"])
+                         diff=result["diff"], diff_ci95=result["ci95"], p_value=result["p_value"],
+                         subset=result.get("subset"))
             return entry
-        if best is None or result["diff"] > best[1]["diff"]:
-            best = (candidate, result)
+        rank = ("subset" not in result, result["diff"])
+        if best is None or rank > best[0]:
+            best = (rank, candidate, result)
     if best:
-        candidate, result = best
+        _, candidate, result = best
         entry["closest"] = {"label": candidate["label"], "acc": candidate["acc"],
                             "params": candidate.get("params"), "diff": result["diff"],
-                            "diff_ci95": result["ci95"], "p_value": result["p_value"]}
+                            "diff_ci95": result["ci95"], "p_value": result["p_value"],
+                            "subset": result.get("subset")}
     return entry
 
 

@@ -91,19 +91,22 @@ def verdict_sentence(entry: dict, teacher: dict) -> str:
     winner = entry.get("smallest_winner")
     if winner:
         evidence = _evidence(entry.get("winner_acc"), entry.get("diff"), entry.get("diff_ci95"),
-                             entry.get("p_value"))
+                             entry.get("p_value"), entry.get("subset"))
         return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
                 f"{_cost_clause(entry, teacher, by)}.")
     closest = entry.get("closest")
     if not closest:
         return f"By {measure}, no student beats {who}, and no finished student run could be compared with it."
     evidence = _evidence(closest.get("acc"), closest.get("diff"), closest.get("diff_ci95"),
-                         closest.get("p_value"))
+                         closest.get("p_value"), closest.get("subset"))
     return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence})."
 
 
-def _evidence(acc, diff, interval, p) -> str:
+def _evidence(acc, diff, interval, p, subset: dict | None = None) -> str:
     parts = [f"acc {fmt.pct(acc)}"]
+    if subset:
+        parts = [f"acc {fmt.pct(acc)} on the {subset['n']} of {subset['of']} test questions it answered, "
+                 f"where the teacher has {fmt.pct(subset['teacher_acc'])}"]
     if fmt.is_number(diff):
         parts.append(f"{fmt.points(diff)} points")
     if fmt.points_interval(interval) != fmt.MISSING:
