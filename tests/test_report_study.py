@@ -127,3 +127,12 @@ def test_sample_study_has_the_runners_shape():
     assert {run["method"] for run in study["runs"]} == {"full", "lora"}
     assert [teacher["measured"] for teacher in study["teachers"]] == [True, False]
     assert any(entry["smallest_winner"] is None and entry["closest"] for entry in study["verdict"])
+
+
+def test_best_run_compares_only_runs_measured_on_the_same_questions():
+    from tinystudent.report.study import best_run
+
+    debate = {"label": "debate (20 test questions)", "acc": 0.40, "n": 20, "params": 2}
+    ensemble = {"label": "ensemble", "acc": 0.29, "n": 100, "params": 2}
+    assert best_run([debate, ensemble])["label"] == "ensemble"
+    assert best_run([debate])["label"] == debate["label"]

@@ -132,9 +132,14 @@ def runs_in_group(study: dict, group: str) -> list[dict]:
 
 
 def best_run(runs: list[dict]) -> Optional[dict]:
-    """Highest accuracy; among equals the cheapest in parameters, then in memory."""
+    """Highest accuracy; among equals the cheapest in parameters, then in memory. Runs measured
+    on fewer questions than the others (a debate on the first N) are left out while any run
+    measured on all of them exists: accuracies on different questions do not compare."""
     if not runs:
         return None
+    sizes = [run["n"] for run in runs if is_number(run.get("n"))]
+    if sizes:
+        runs = [run for run in runs if not is_number(run.get("n")) or run["n"] == max(sizes)]
     return min(runs, key=lambda run: (-run["acc"], _cost(run, "params"), _cost(run, "peak_memory_mb")))
 
 
