@@ -169,9 +169,16 @@ def test_loss_guided_search_in_an_experiment(tmp_path, tiny_causal, tiny_encoder
     from tinystudent.store import Store
 
     config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task,
-                             "search: {objective: answer, method: full, threshold: 100.0}\n")
+                             "search: {objective: answer, method: full, threshold: 100.0}\n    mlflow: true\n")
     with Store(tmp_path / "r.sqlite") as store:
         study = run_experiment(load_experiment(config), store, tmp_path / "out")
+        again = run_experiment(load_experiment(config), store, tmp_path / "out")
+    assert again["runs"] == study["runs"]
+    logged = _mlflow_runs((tmp_path / "out" / "mlruns").as_uri(), "tiny")
+    finished = [r for r in study["runs"] if r.get("status", "done") == "done"]
+    assert len(logged) == len(finished) + len(study["teachers"])  # the rerun logged nothing twice
+    by_key = {run.data.tags["tinystudent.run_key"]: run.data.metrics for run in logged}
+    assert all(by_key[r["run_key"]]["acc"] == pytest.approx(r["acc"]) for r in finished)
     search = study["search"]
     # the encoder has no bits per byte, so the ladder is the two causal students, smallest first
     assert search["ladder"] == 2 and [s["name"] for s in search["steps"]] == ["small", "full"]
@@ -179,3 +186,21 @@ def test_loss_guided_search_in_an_experiment(tmp_path, tiny_causal, tiny_encoder
     assert search["saved"] == 2 - search["trained"]
     taught = [r for r in study["runs"] if r["group"] == "taught"]
     assert len(taught) == search["trained"]
+
+
+def _mlflow_runs(uri: str, experiment: str):
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_mlflow_asked_for_but_missing_is_a_clear_error(tmp_path, tiny_causal, tiny_encoder, toy_task, monkeypatch):
+    from tinystudent.experiments import tracking
+    from tinystudent.experiments.config import ExperimentError
+
+    monkeypatch.setattr(tracking, "mlflow_available", lambda: False)
+    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task, "mlflow: true\n")
+    with pytest.raises(ExperimentError, match="mlflow: logging to MLflow was asked for.*pip install mlflow"):
+        load_experiment(config)

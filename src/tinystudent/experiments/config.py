@@ -145,6 +145,7 @@ class Experiment(Strict):
     collaboration: CollaborationSpec | None = None
     search: SearchSpec | None = None
     measure_bits_per_byte: bool = True
+    mlflow: bool | str = False  # true: a file store in the results folder; or a tracking URI
     eval_batch_size: int = Field(16, ge=1)
     device: str = "auto"
 
@@ -204,7 +205,16 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ExperimentError(_format_validation(path, err)) from None
     _check_files(experiment, path.parent)
     _check_training(experiment, path)
+    _check_mlflow(experiment, path)
     return experiment
+
+
+def _check_mlflow(experiment: Experiment, path: Path) -> None:
+    from tinystudent.experiments.tracking import mlflow_available
+
+    if experiment.mlflow and not mlflow_available():
+        raise ExperimentError(f"{path}: mlflow: logging to MLflow was asked for, but mlflow is not "
+                              "installed; pip install mlflow-skinny (or mlflow), or set mlflow: false")
 
 
 def _check_training(experiment: Experiment, path: Path) -> None:

@@ -433,6 +433,11 @@ class ExperimentRunner:
                             skipped=len(self.units.skipped), computed=len(self.units.done))
         study["search"] = search
         self.store.save_run(f"study:{x.name}", "study", "done", {"experiment": x.name}, study, x.name)
+        if x.mlflow:
+            from tinystudent.experiments.tracking import log_study, tracking_uri
+
+            uri = tracking_uri(x.mlflow, self.out_dir)
+            info(f"MLflow: logged {log_study(study, x.name, uri)} new run(s) to {uri}")
         return study
 
 
