@@ -212,9 +212,7 @@ def _pick_unparsed(member: LoadedModel, examples: Sequence[Example], prompts: li
     share = (time.perf_counter() - began) / len(missing)
     for q, row in zip(missing, scores):
         answers[q] = max(range(len(row)), key=row.__getitem__)
-        if q < len(latency.per_question_s):
-            latency.per_question_s[q] += share
-    latency.total_s += share * len(missing)
+        latency.add(q, share)
     return len(missing)
 
 

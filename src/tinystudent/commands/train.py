@@ -170,8 +170,8 @@ def train_command(
                               "target_modules": lora_targets.split(",") if lora_targets else None}.items()
             if v is not None}
     config = _config(config_file, {
-        "weights": weights, "method": method, "answer_loss": answer_loss, "steps": steps, "epochs": epochs, "batch_size": batch_size,
-        "grad_accum": grad_accum, "lr": lr, "lora": lora, "temperature": temperature,
+        "weights": weights, "method": method, "answer_loss": answer_loss, "steps": steps, "epochs": epochs,
+        "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "lora": lora, "temperature": temperature,
         "logit_kd_divergence": divergence, "eval_every": eval_every, "checkpoint_every": checkpoint_every,
         "early_stopping_patience": patience, "precision": precision,
         "gradient_checkpointing": gradient_checkpointing or None, "max_rationale_tokens": max_rationale_tokens,

@@ -83,6 +83,11 @@ class LatencyMeter:
         self.total_s += seconds
         self.questions += questions
 
+    def add(self, question: int, seconds: float) -> None:
+        """Extra time spent on one question already recorded (a second pass over it)."""
+        self.per_question_s[question] += seconds
+        self.total_s += seconds
+
     def summary(self) -> dict:
         ms = [s * 1000 for s in self.per_question_s]
         return {"latency_ms_p50": round(percentile(ms, 50), 2),

@@ -77,7 +77,6 @@ def _file_digest(path: Path) -> str:
         memo[key] = _sha256(path)
         # Entries of files that are gone (temporary folders, replaced weights) are dropped.
         memo = {k: v for k, v in memo.items() if Path(k.rsplit(":", 2)[0]).exists()}
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_file)
