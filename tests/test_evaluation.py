@@ -124,6 +124,31 @@ def test_store_keeps_every_prediction(tiny_causal, tmp_path):
     assert json.loads(predictions[0]["choice_logprobs"]) == pytest.approx(result.predictions[0].choice_logprobs)
 
 
+
+def test_many_connections_open_a_new_database_at_once(tmp_path):
+    """Several processes opening one new results file together all get in (switching a new file to
+    WAL can report "locked" without waiting; CI once lost a teacher that way)."""
+    import threading
+
+    for trial in range(30):
+        path = tmp_path / f"new{trial}.sqlite"
+        errors: list[Exception] = []
+
+        def open_and_write(slot: int) -> None:
+            try:
+                with Store(path) as store:
+                    with store.transaction() as db:
+                        db.execute("SELECT COUNT(*) FROM evaluations").fetchone()
+            except Exception as error:  # collected, asserted below
+                errors.append(error)
+
+        threads = [threading.Thread(target=open_and_write, args=(slot,)) for slot in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], f"trial {trial}: {errors!r}"
+
 @pytest.mark.slow
 def test_real_smollm2_is_clearly_above_chance_on_arc_easy(smollm2):
     from tinystudent.tasks import load_task
