@@ -40,6 +40,15 @@ def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
         assert len(store.predictions(summary["evaluation_id"])) == 12
 
 
+
+def test_eval_table_goes_to_stdout_and_progress_to_stderr(tiny_causal, toy_task, tmp_path):
+    """`tinystudent eval ... > result.txt` keeps the result; the progress lines stay on the screen."""
+    done = run_cli("eval", "--model", str(tiny_causal), "--task", str(toy_task), "--split", "all",
+                   "--limit", "6", "--db", str(tmp_path / "r.sqlite"))
+    assert done.returncode == 0, done.stderr
+    assert "acc" in done.stdout and "majority" in done.stdout
+    assert "evaluating" in done.stderr and "evaluating" not in done.stdout
+
 @pytest.mark.parametrize("args,message", [
     (["--task", "arc_medium"], "one of"),
     (["--task", "/nonexistent/file.jsonl"], "an existing file or folder"),

@@ -1,10 +1,12 @@
-"""Messages for people go to stderr, so stdout stays clean for `--json`."""
+"""Progress and messages go to stderr; a command's result (its table, the verdict) goes to
+stdout, as does `--json`, so `tinystudent eval ... > result.txt` keeps the result."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+output = Console(highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

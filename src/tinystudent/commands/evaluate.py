@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console
+from tinystudent.log import console, output
 
 
 @app.command("eval")
@@ -76,6 +76,6 @@ def print_eval(summary: dict) -> None:
             ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}")]
     for name, value in rows:
         table.add_row(name, str(value))
-    console.print(table)
+    output.print(table)
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, info, progress
+from tinystudent.log import console, info, output, progress
 
 
 @app.command("loss")
@@ -168,4 +168,4 @@ def print_loss(result: dict) -> None:
                           + (" (already measured)" if result["cached"] else ""))]
     for label, value in rows:
         table.add_row(label, str(value))
-    console.print(table)
+    output.print(table)

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, quiet_libraries
-from tinystudent.log import console
+from tinystudent.log import console, output
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
 
@@ -66,8 +66,8 @@ def run_command(
                    "runs": study["runs"], "teachers": study["teachers"],
                    "report": str(paths["html"]), "report_markdown": str(paths["markdown"])})
         return
-    console.print(verdict_text(study))
-    console.print(f"report: {paths['markdown']} and {paths['html']}")
+    output.print(verdict_text(study))
+    output.print(f"report: {paths['markdown']} and {paths['html']}")
 
 
 def _verdict_json(entry: dict) -> dict:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, progress, warn
+from tinystudent.log import console, output, progress, warn
 
 
 def _read_template(path: Optional[Path]) -> Optional[str]:
@@ -126,7 +126,7 @@ def print_summary(result: dict, sample) -> None:
     for name in ("n", "generated", "cached", "failed", "matching", "unparsed", "kept", "model_calls", "seconds"):
         table.add_row(name, str(result[name]))
     table.add_row("stored in", result["db"])
-    console.print(table)
+    output.print(table)
     for error in result["errors"][:3]:
         console.print(f"[red]failed:[/red] {error}")
     for output in sample:

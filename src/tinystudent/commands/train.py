@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, info, progress
+from tinystudent.log import console, info, output, progress
 
 OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
 
@@ -268,4 +268,4 @@ def print_result(summary: dict) -> None:
                  "valid_acc_before", "valid_acc", "best_step", "test_acc", "tokens_per_s",
                  "peak_memory_mb", "train_seconds", "checkpoint"):
         table.add_row(name, fmt(summary.get(name)))
-    console.print(table)
+    output.print(table)

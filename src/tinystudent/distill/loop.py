@@ -207,7 +207,7 @@ class _Run:
         last = latest_checkpoint(tr.out_dir / "checkpoints")
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         return TrainingDiverged(
-            f"the loss of {tr.name} became {float(loss)} at step {self.shared['step'] + 1} "
+            f"the loss of {tr.name} became {float(loss.detach())} at step {self.shared['step'] + 1} "
             f"(terms: {terms}); training stopped and {kept}. Lower the learning rate "
             f"(now {self.config.learning_rate}), use precision fp32, or check the data")
 
