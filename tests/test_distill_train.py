@@ -289,6 +289,19 @@ def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(tiny_caus
         assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
 
 
+def test_activation_checkpointing_is_switched_on_without_deprecation_warnings(tiny_causal):
+    import warnings
+
+    from tinystudent.distill.trainee import enable_activation_checkpointing
+
+    model = load_model(str(tiny_causal), device="cpu").model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enable_activation_checkpointing(model)
+        on = model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") \
+            else model.is_gradient_checkpointing
+    assert on
+
 def test_scaled_down_student_matches_the_layers_it_was_copied_from(tiny_causal, tmp_path):
     from tinystudent.distill.trainee import hidden_pairs
     from tinystudent.models.students import scale_down

@@ -169,7 +169,7 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
         lora = config.lora
         model = apply_lora(core, loaded.kind, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
     if config.gradient_checkpointing:
-        core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(core)
     core.config.use_cache = False
     core.train()
     features = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
@@ -190,6 +190,16 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
     return Trainee(name, out_dir, student, model, objective, features, optimizer, scheduler, scaler,
                    counts, trainable, teacher_info)
+
+
+def enable_activation_checkpointing(core) -> None:
+    """Recompute activations in backward, under the method name the installed transformers uses
+    (`activation_checkpointing_enable` from 5.2x, `gradient_checkpointing_enable` before)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(core, "activation_checkpointing_enable"):
+        core.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        core.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
