@@ -107,7 +107,12 @@ def test_changed_config_reruns_only_what_depends_on_it(tmp_path):
         for steps in (2, 2, 3):
             units.run("teacher_eval", "teacher", {"teacher": "t"}, lambda log: calls.append("t") or {"acc": 0.5})
             units.run("train", "student", {"steps": steps}, lambda log: calls.append("s") or {"acc": 0.6})
-    assert calls == ["t", "s", "s"]
+        assert calls == ["t", "s", "s"]
+        # what this runner computed and then used again is not "read back" from an earlier run
+        assert len(units.done) == 3 and units.skipped == []
+        again = UnitRunner(store, "x", tmp_path / "logs")
+        again.run("teacher_eval", "teacher", {"teacher": "t"}, lambda log: calls.append("t") or {"acc": 0.5})
+        assert again.skipped == ["teacher"] and again.done == [] and calls == ["t", "s", "s"]
 
 
 def test_failed_unit_is_recorded_and_retried(tmp_path):

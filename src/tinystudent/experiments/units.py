@@ -30,6 +30,7 @@ class UnitRunner:
     log_dir: Path
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    computed_keys: set[str] = field(default_factory=set)
 
     def key(self, kind: str, payload: dict) -> str:
         return f"{kind}:{config_hash(payload)}"
@@ -46,8 +47,9 @@ class UnitRunner:
         key = self.key(kind, payload)
         stored = self.store.run(key)
         if stored and stored["status"] == "done":
-            self.skipped.append(label)
-            info(f"[dim]done earlier:[/dim] {label}")
+            if key not in self.computed_keys:  # not one this run has just computed for another use
+                self.skipped.append(label)
+                info(f"[dim]done earlier:[/dim] {label}")
             return stored["result"]
         log_path = self.log_dir / f"{kind}-{key.split(':')[1]}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,7 @@ class UnitRunner:
             log.write(json.dumps(result, indent=1, default=str) + "\n== done\n")
         self.store.save_run(key, kind, "done", {"label": label, **payload}, result, self.experiment)
         self.done.append(label)
+        self.computed_keys.add(key)
         info(f"finished {label} in {result['seconds']} s" + (f": acc {result['acc']:.3f}" if
              isinstance(result.get("acc"), float) else ""))
         return result
