@@ -41,13 +41,24 @@ def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
 
 
 
-def test_eval_table_goes_to_stdout_and_progress_to_stderr(tiny_causal, toy_task, tmp_path):
-    """`tinystudent eval ... > result.txt` keeps the result; the progress lines stay on the screen."""
-    done = run_cli("eval", "--model", str(tiny_causal), "--task", str(toy_task), "--split", "all",
-                   "--limit", "6", "--db", str(tmp_path / "r.sqlite"))
+@pytest.mark.parametrize("command,in_table,message", [
+    (["eval", "--model", "MODEL", "--limit", "6"], "majority baseline", "evaluating"),
+    (["teach", "--teacher", "MODEL", "--limit", "3", "--strategy", "cot", "--max-new-tokens", "4"], "generated",
+     "teaching"),
+    (["loss", "--model", "MODEL"], "bits per byte", "scoring"),
+    (["train", "--student", "MODEL", "--steps", "1", "--batch-size", "2", "--train-limit", "4", "--valid-limit", "4",
+      "--no-test", "--device", "cpu", "--out", "OUT"], "trainable_params", "training"),
+])
+def test_result_table_goes_to_stdout_and_progress_to_stderr(tiny_causal, toy_task, tmp_path, command, in_table,
+                                                            message):
+    """`tinystudent eval ... > result.txt` keeps the result; messages stay on the screen."""
+    fill = {"MODEL": str(tiny_causal), "OUT": str(tmp_path / "run")}
+    args = [fill.get(a, a) for a in command] + ["--task", str(toy_task), "--db", str(tmp_path / "r.sqlite")]
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
-    assert "acc" in done.stdout and "majority" in done.stdout
-    assert "evaluating" in done.stderr and "evaluating" not in done.stdout
+    assert in_table in done.stdout
+    assert message in done.stderr and message not in done.stdout
+
 
 @pytest.mark.parametrize("args,message", [
     (["--task", "arc_medium"], "one of"),

@@ -129,6 +129,6 @@ def print_summary(result: dict, sample) -> None:
     output.print(table)
     for error in result["errors"][:3]:
         console.print(f"[red]failed:[/red] {error}")
-    for output in sample:
-        shown = output.text if output.text is not None else output.choice_logprobs
-        console.print(f"[dim]example {output.example_id}:[/dim] {shown}")
+    for written in sample:
+        shown = written.text if written.text is not None else written.choice_logprobs
+        console.print(f"[dim]example {written.example_id}:[/dim] {shown}")
