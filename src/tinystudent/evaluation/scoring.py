@@ -12,6 +12,8 @@ empty context is replaced by the end-of-text token.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,10 +68,14 @@ def pad_rows(rows: list[list[int]], pad: int, side: str = "right") -> tuple[torc
 def cache_kwarg(model) -> str:
     """The forward argument that takes a KV cache: `cache` in newer transformers releases,
     `past_key_values` before them (still accepted, with a deprecation warning, for a while)."""
-    import inspect
-
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it on
-    return "cache" if "cache" in inspect.signature(core.forward).parameters else "past_key_values"
+    return _cache_kwarg_of(type(core))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(model_class: type) -> str:
+    """Read once per model class, not once per scoring batch."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
