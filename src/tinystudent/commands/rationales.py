@@ -20,7 +20,8 @@ DB_HELP = "SQLite results database [default: $TINYSTUDENT_DB or tinystudent-resu
 @rationales_app.command("import-tinyllm")
 @friendly_errors
 def import_tinyllm(
-    folder: Path = typer.Argument(..., help="A TinyLLM task folder, e.g. shared/data/tinyllm/bioasq."),
+    folder: Path = typer.Argument(..., help="A TinyLLM task folder, e.g. shared/data/tinyllm/bioasq, or "
+                                  "`bioasq` for the copy shipped with tinystudent (train and validation)."),
     split: str = typer.Option("train", help="train, validation (valid) or test."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -30,7 +31,10 @@ def import_tinyllm(
     from tinystudent.store import Store
     from tinystudent.teachers import read_tinyllm, store_rationales, task_key
 
-    found = read_tinyllm(folder, split)
+    if str(folder) == "bioasq" and not folder.exists():
+        found = _bundled_import(split)
+    else:
+        found = read_tinyllm(folder, split)
     with Store(db) as store:
         stored = store_rationales(store, found.rationales, str(folder), found.questions)
     per_teacher = {t: len(v) for t, v in found.by_teacher().items()}
@@ -46,6 +50,20 @@ def import_tinyllm(
         console.print(f"  {teacher}: {count} rationales ({result['without_rationale'][teacher]} questions "
                       "have none: empty, 'nan' or only the trigger phrase)")
     console.print(f"stored {stored} in {store.path} as task {result['task']}")
+
+
+def _bundled_import(split: str):
+    """The shipped BioASQ rationales, shaped like a TinyLLM import (task `bioasq`)."""
+    from tinystudent.tasks import load_task, normalize_split
+    from tinystudent.teachers import FLAN, LLAMA, read_bundled
+    from tinystudent.teachers.imports import TinyLLMImport
+
+    split = normalize_split(split)
+    questions = load_task("bioasq").split(split)
+    rationales = read_bundled(split)
+    present = {(r.teacher, r.example_id) for r in rationales}
+    missing = {t: [q.id for q in questions if (t, q.id) not in present] for t in (FLAN, LLAMA)}
+    return TinyLLMImport(split, questions, rationales, ["bundled: bioasq.json.gz"], missing)
 
 
 @rationales_app.command("import")

