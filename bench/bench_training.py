@@ -100,7 +100,7 @@ def train_config(args, prompt_tokens: int):
     from tinystudent.distill import TrainConfig
 
     return TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_ratio=0.0,
-                       weights={"answer": 0.0, "rationale": 1.0}, max_prompt_tokens=prompt_tokens,
+                       weights={"answer": 0.0, "rationale": 1.0}, max_input_tokens=prompt_tokens,
                        max_rationale_tokens=args.seq - prompt_tokens - 1, eval_before=False,
                        precision=args.precision, device=args.device, seed=0,
                        gradient_checkpointing=args.gradient_checkpointing, kd_chunk_tokens=args.chunk)
@@ -147,8 +147,8 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     examples, rationales = build_data(args.steps * args.batch)
     config = train_config(args, 32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    features = build_features(examples, tokenizer, "causal", "arc", rationales, {}, config.rationale_prompt,
-                              config.max_prompt_tokens, config.max_answer_tokens, config.max_rationale_tokens)
+    features, _ = build_features(examples, tokenizer, "causal", "arc", rationales, {}, config.rationale_prompt,
+                              config.max_input_tokens, config.max_answer_tokens, config.max_rationale_tokens)
     rows = []
     for ex in examples:
         prompt, target = features[ex.id].rationales["bench"]

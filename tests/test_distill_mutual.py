@@ -19,7 +19,7 @@ def arc(shared_dir):
 
 def config(**changes) -> TrainConfig:
     base = dict(steps=8, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False, device="cpu",
-                max_prompt_tokens=160, temperature=2.0)
+                max_input_tokens=160, temperature=2.0)
     return TrainConfig(**{**base, **changes})
 
 

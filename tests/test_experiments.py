@@ -159,7 +159,7 @@ def test_tinyllm_bioasq_with_both_imported_teachers(tmp_path, shared_dir, tiny_c
       - {{name: s1, model: {tiny_causal}, keep_layers: "first:1"}}
       - {{name: s2, model: {tiny_causal}}}
     methods: {{finetune: [full], objectives: ["rationale:all"]}}
-    training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, max_prompt_tokens: 96, eval_before: false}}
+    training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, max_input_tokens: 96, eval_before: false}}
     measure_bits_per_byte: false
     """
     path = tmp_path / "b.yaml"

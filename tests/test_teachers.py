@@ -21,6 +21,7 @@ from tinystudent.store import Store
 from tinystudent.tasks import Example
 from tinystudent.teachers import (LocalTeacher, get_strategy, load_rationales, make_teacher, teach,
                                   teacher_choice_logprobs)
+from tinystudent.teachers import cache
 from tinystudent.teachers.cleanup import clean_text, cut_run_on, trim_to_budget
 from tinystudent.teachers.prompts import build_prompt, draw_shots
 
@@ -203,12 +204,19 @@ def test_seq2seq_teacher_generates_and_scores(tiny_seq2seq, tmp_path):
     assert all(len(scores[q.id]) == 4 for q in questions)
 
 
-def test_a_prompt_longer_than_the_context_fails_alone(tiny_teacher, tmp_path):
-    questions = make_questions(3) + [Example("huge", "why " * 600, ("a", "b"), 0)]
+def test_a_prompt_longer_than_the_context_is_fitted_not_failed(tiny_teacher, tmp_path):
+    """A question longer than the teacher's context keeps its end (where it asks); one with long
+    evidence keeps its whole question and loses the end of its evidence."""
+    questions = make_questions(3) + [Example("huge", "why " * 600 + "is the sky blue?", ("a", "b"), 0),
+                                     Example("evidence", "Is water wet?", ("yes", "no"), 0, "fact " * 900)]
     with Store(tmp_path / "cache.sqlite") as store:
         summary = teach(tiny_teacher, questions, "toy", "zero_shot", store, max_new_tokens=4)
-    assert (summary.generated, summary.failed) == (3, 1)
-    assert "huge:" in summary.errors[0] and "context of 512 tokens" in summary.errors[0]
+        rows = {row["example_id"]: row["prompt"] for row in cache.rows_for(store, tiny_teacher.name, "toy")}
+    assert (summary.generated, summary.failed, summary.truncated) == (5, 0, 2)
+    for example_id in ("huge", "evidence"):
+        assert tiny_teacher.count_tokens(rows[example_id]) + 4 <= 512
+    assert "is the sky blue?" in rows["huge"] and "why why" in rows["huge"]
+    assert "Q: Is water wet?" in rows["evidence"] and "fact fact" in rows["evidence"]
 
 
 def test_make_teacher_checks_its_settings(tiny_causal):

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tinystudent.models.loading import LoadedModel
 from tinystudent.teachers.engine import (RowParams, TokenLogprobs, adds_special_tokens, encode_prompt, eos_ids, generate_rows,
                                          sample_token, token_logprobs)
-from tinystudent.teachers.local import context_length
+from tinystudent.models.loading import context_length
 
 
 class RequestError(Exception):

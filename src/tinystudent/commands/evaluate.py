@@ -21,7 +21,13 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions of the split."),
     mode: str = typer.Option("loglikelihood", help="loglikelihood (score each choice), generate "
                              "(answer with a letter) or generate_cot (think step by step first)."),
-    batch_size: int = typer.Option(16, help="Questions per forward pass."),
+    batch_size: int = typer.Option(16, help="Most questions per forward pass (batches are also "
+                                   "limited by tokens, longest questions first)."),
+    max_input_tokens: Optional[int] = typer.Option(None, help="Fit every input to this many tokens by "
+                                                   "cutting the end of its evidence, never its question "
+                                                   "[default: what the model takes]."),
+    num_fewshot: int = typer.Option(0, help="Solved examples from the train split before each question "
+                                    "(loglikelihood mode)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV: "
@@ -39,17 +45,22 @@ def eval_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task, normalize_split
 
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+    for name, value, least in (("--limit", limit, 1), ("--batch-size", batch_size, 1),
+                               ("--max-input-tokens", max_input_tokens, 8), ("--num-fewshot", num_fewshot, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
     data = load_task(task, seed=seed, columns=parse_columns(columns))
     examples = data.split(split)
     examples = examples[:limit] if limit else examples
-    loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    console.print(f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
-                  f"{loaded.kind} model on {loaded.device}")
-    result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size)
-    result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
-    with Store(db) as store:
+    pool = data.split("train") if num_fewshot else None
+    with Store(db) as store:  # opened first: a bad --db fails before any model work
+        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        console.print(f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
+                      f"{loaded.kind} model on {loaded.device}")
+        result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size,
+                                max_input_tokens=max_input_tokens, num_fewshot=num_fewshot,
+                                shots_pool=pool, seed=seed)
+        result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
         evaluation_id = store.save_evaluation(result)
     summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
     if as_json:
@@ -69,6 +80,7 @@ def print_eval(summary: dict) -> None:
             ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
             ("majority baseline", f"{summary['majority_baseline']:.4f}"),
             ("unparsed answers", summary["unparsed"]),
+            ("inputs cut to fit", f"{summary['truncated']} (evidence cut, question kept)"),
             ("parameters", f"{summary['params']:,}"),
             ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
             ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),

@@ -117,7 +117,9 @@ class TrainConfig(_Strict):
             a scaled-down student's kept layers map to the layers they were copied from.
         rationale_prompt: the rationale task's input; `{teacher}` and `{question}` (the question
             with lettered choices) are filled in, so each teacher's task has its own prefix.
-        max_prompt_tokens: prompts are cut from the left to this many tokens (256).
+        max_input_tokens: every input is fitted to this many tokens (the answer task's prompt and
+            choice, a cross-encoder's pair, a rationale task's prompt): the end of the evidence is
+            cut first, the question and choices are kept (`evaluation.fit`) (256).
         max_answer_tokens: answer continuations are cut to this many tokens (32).
         max_rationale_tokens: rationales are cut to this many tokens (128).
         eval_every: evaluate on the validation examples every N steps; None: only at the end.
@@ -155,7 +157,7 @@ class TrainConfig(_Strict):
     kd_chunk_tokens: int = Field(1024, ge=1)
     hidden_layers: list[tuple[int, int]] | None = None
     rationale_prompt: str = "Rationale ({teacher}):\n{question}\nExplanation:"
-    max_prompt_tokens: int = Field(256, ge=8)
+    max_input_tokens: int = Field(256, ge=8)
     max_answer_tokens: int = Field(32, ge=1)
     max_rationale_tokens: int = Field(128, ge=1)
     eval_every: int | None = Field(None, ge=1)
@@ -167,6 +169,14 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     device: str = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "max_prompt_tokens" in data:
+            raise ValueError("max_prompt_tokens was renamed max_input_tokens (inputs are now fitted by "
+                             "cutting their evidence, never their question)")
+        return data
 
     @model_validator(mode="after")
     def _prompt_fields(self):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tinystudent.distill.losses import PAD_SCORE
+from tinystudent.evaluation.fit import Fitted, InputTooLong, fit_example, fit_summary, token_counter
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
 from tinystudent.evaluation.scoring import ChoiceRequest, encode_request
 from tinystudent.log import warn
@@ -95,15 +96,42 @@ def _encode_plain(tokenizer, text: str, kind: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=kind == "seq2seq")
 
 
+def _choice_tokens(tokenizer, ex: Example) -> int:
+    return max(len(tokenizer.encode(c, add_special_tokens=False)) for c in choice_continuations(ex))
+
+
+def fit_answer_prompt(ex: Example, tokenizer, kind: str, style: str, budget: int) -> Fitted:
+    """The answer task's prompt fitted exactly as evaluation fits it for this model kind: a causal
+    prompt leaves room for its longest choice, a cross-encoder's for the choice and its special
+    tokens, a seq2seq encoder input has the budget to itself."""
+    render = lambda e: choice_context(e, style)  # noqa: E731
+    if kind == "causal":
+        reserve = _choice_tokens(tokenizer, ex)
+    elif kind == "encoder":
+        reserve = max(len(tokenizer.encode(c.strip(), add_special_tokens=False)) for c in ex.choices) \
+            + tokenizer.num_special_tokens_to_add(pair=True)
+    else:
+        reserve = 0
+    return fit_example(ex, render, token_counter(tokenizer, kind == "seq2seq"), tokenizer, budget - reserve)
+
+
 def build_features(examples: list[Example], tokenizer, kind: str, style: str,
                    rationales: dict[str, dict[str, str]], choice_logprobs: dict[str, dict[str, list[float]]],
-                   rationale_prompt: str, max_prompt: int, max_answer: int,
-                   max_rationale: int) -> dict[str, Features]:
-    """Tokenize every question once: answer prompt, choices, and each teacher's rationale task."""
+                   rationale_prompt: str, max_input: int, max_answer: int,
+                   max_rationale: int) -> tuple[dict[str, Features], dict]:
+    """Tokenize every question once: answer prompt, choices, and each teacher's rationale task.
+
+    Every input is fitted to `max_input` tokens by cutting its evidence, never its question
+    (`evaluation.fit`). Returns the features by question id and the fit summary of the answer
+    prompts (how many were cut).
+    """
     eos = tokenizer.eos_token_id
-    features = {}
+    features, fitted, skipped = {}, [], 0
+    count = token_counter(tokenizer, kind == "seq2seq")
     for ex in examples:
-        context = choice_context(ex, style)
+        answer_fit = fit_answer_prompt(ex, tokenizer, kind, style, max_input)
+        fitted.append(answer_fit)
+        context = choice_context(answer_fit.example, style)
         if kind == "causal":
             prompt, choices = encode_request(tokenizer, ChoiceRequest(context, choice_continuations(ex)))
         elif kind == "seq2seq":
@@ -111,20 +139,28 @@ def build_features(examples: list[Example], tokenizer, kind: str, style: str,
             choices = [tokenizer.encode(c, add_special_tokens=False) for c in choice_continuations(ex)]
         else:
             prompt, choices = [], []
-        feats = Features(ex.answer, prompt[-max_prompt:], [c[:max_answer] for c in choices],
+        feats = Features(ex.answer, prompt, [c[:max_answer] for c in choices],
                          context, [c.strip() for c in ex.choices])
         for teacher, by_id in rationales.items():
             if ex.id in by_id and kind != "encoder":
-                question = rationale_prompt.format(teacher=teacher, question=lettered_question(ex))
+                render = lambda e, t=teacher: rationale_prompt.format(teacher=t, question=lettered_question(e))  # noqa: E731
+                try:
+                    question = render(fit_example(ex, render, count, tokenizer, max_input).example)
+                except InputTooLong:
+                    skipped += 1  # its lettered choices alone exceed the budget: no rationale task
+                    continue
                 target = tokenizer.encode(" " + by_id[ex.id], add_special_tokens=False)[:max_rationale]
                 if eos is not None:
                     target = target + [eos]
-                feats.rationales[teacher] = (_encode_plain(tokenizer, question, kind)[-max_prompt:], target)
+                feats.rationales[teacher] = (_encode_plain(tokenizer, question, kind), target)
         for teacher, by_id in choice_logprobs.items():
             if ex.id in by_id:
                 feats.teacher_choice[teacher] = by_id[ex.id]
         features[ex.id] = feats
-    return features
+    if skipped:
+        warn(f"{skipped} rationale task(s) left out: the question's choices alone exceed "
+             f"max_input_tokens={max_input}")
+    return features, {**fit_summary(fitted, max_input), "rationale_tasks_left_out": skipped}
 
 
 # --- batches ---------------------------------------------------------------------------------

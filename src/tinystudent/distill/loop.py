@@ -136,7 +136,8 @@ class _Run:
             tr.loaded.model.eval()
             with torch.no_grad(), self.autocast():
                 result = evaluate_model(tr.loaded, examples, self.task or "task", split,
-                                        "loglikelihood", self.config.eval_batch_size)
+                                        "loglikelihood", self.config.eval_batch_size,
+                                        max_input_tokens=self.config.max_input_tokens)
             tr.loaded.model.train()
             payload = [result]
         if self.accelerator.num_processes > 1:

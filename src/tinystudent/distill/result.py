@@ -22,6 +22,7 @@ class TrainResult:
         checkpoint: folder of the kept model (plain model, or LoRA adapter unless merged).
         loss_history: one entry per step (step, loss, each term, lr).
         valid_history: one entry per evaluation (step, acc).
+        inputs_fit: how many training inputs had their evidence (or question) cut to fit.
     """
 
     student: str
@@ -51,6 +52,7 @@ class TrainResult:
     loss_history: list[dict] = field(default_factory=list)
     valid_history: list[dict] = field(default_factory=list)
     test_eval: dict | None = None
+    inputs_fit: dict | None = None  # how many training inputs were cut to max_input_tokens
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -161,7 +161,7 @@ def _finish(run: _Run, tr: Trainee, test: list[Example] | None, memory: MemoryMe
         peak_memory_scope=memory.scope, checkpoint=str(checkpoint), device=str(run.device),
         run_key=run_key, config=config.model_dump(mode="json"), loss_history=history,
         valid_history=state["valid_history"],
-        test_eval=test_eval.summary() if test_eval else None,
+        test_eval=test_eval.summary() if test_eval else None, inputs_fit=tr.fit,
     )
 
 

@@ -50,6 +50,7 @@ class Trainee:
     trainable: int
     teacher: Teacher | None = None
     state: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)  # how many training inputs were cut to fit (evaluation.fit)
 
     @property
     def is_lora(self) -> bool:
@@ -172,9 +173,12 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
         enable_activation_checkpointing(core)
     core.config.use_cache = False
     core.train()
-    features = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
-                              config.rationale_prompt, config.max_prompt_tokens,
+    features, fitted = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
+                              config.rationale_prompt, config.max_input_tokens,
                               config.max_answer_tokens, config.max_rationale_tokens)
+    if fitted["truncated"]:
+        info(f"{fitted['truncated']} of {len(train)} training inputs were longer than "
+             f"{config.max_input_tokens} tokens: their evidence was cut, their question kept")
     w = config.weights
     weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)
     objective = StudentObjectives(model, loaded.kind, weights, config.temperature, config.logit_kd_divergence,
@@ -189,7 +193,7 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     scaler = torch.amp.GradScaler(device.type) if kd_dtype == torch.float16 else None
     student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
     return Trainee(name, out_dir, student, model, objective, features, optimizer, scheduler, scaler,
-                   counts, trainable, teacher_info)
+                   counts, trainable, teacher_info, fit=fitted)
 
 
 def enable_activation_checkpointing(core) -> None:
@@ -222,7 +226,7 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
         if pairs:
             batch.rationales[teacher] = token_batch(pairs, kind, pad)
     if need_choices:
-        batch.choices = choice_batch(items, kind, pad, tokenizer, config.max_prompt_tokens)
+        batch.choices = choice_batch(items, kind, pad, tokenizer, config.max_input_tokens)
         width = batch.choices.choice_mask.shape[1]
         for teacher in choice_weights:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)

@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 
 from tinystudent.evaluation.prompts import lettered_question
+from tinystudent.models.loading import context_length
 from tinystudent.tasks.schema import Example
 
 LN2 = math.log(2.0)
@@ -88,15 +89,6 @@ def start_token_id(tokenizer, model=None, kind: str = "causal") -> int:
             return int(candidate)
     raise ValueError("the tokenizer has neither a BOS nor an EOS token, so the text's first token "
                      "cannot be predicted; set tokenizer.bos_token before measuring bits per byte")
-
-
-def _max_positions(model) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -162,7 +154,7 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int |
     n_bytes = len(text.encode("utf-8"))
     if n_bytes == 0:
         raise ValueError("bits per byte of an empty text is undefined: give a non-empty corpus")
-    limit = _max_positions(model) if kind == "causal" else None
+    limit = context_length(model) if kind == "causal" else None
     window = min(window, limit) if limit else window
     stride = window // 2 if stride is None else stride
     ids = _encode(tokenizer, text)

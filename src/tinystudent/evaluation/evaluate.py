@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
 from tinystudent.evaluation.generative import (extract_choice, generate_texts, generative_prompt,
                                                render_prompt)
-from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
+from tinystudent.evaluation.fit import Fitted, fit_summary, fit_with_shots, token_counter
+from tinystudent.evaluation.prompts import (choice_context, choice_continuations, draw_shots,
+                                            fewshot_block, prompt_style)
 from tinystudent.evaluation.scoring import (ChoiceRequest, score_choices,
                                             score_choices_encoder)
 from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseline
@@ -51,6 +54,7 @@ class EvalResult:
     settings: dict = field(default_factory=dict)
     predictions: list[Prediction] = field(default_factory=list)
     unparsed: int = 0
+    truncated: int = 0  # inputs whose evidence (or question) was cut to fit (see `fit`)
 
     def summary(self) -> dict:
         """The flat JSON object `tinystudent eval --json` prints."""
@@ -65,14 +69,58 @@ def _argmax(values: list[float]) -> int:
     return int(np.argmax(values))
 
 
-def _loglikelihood_predictions(loaded: LoadedModel, examples: list[Example], style: str,
+@dataclass
+class InputPlan:
+    """How one evaluation turns examples into model inputs: the prompt style, the budget in
+    tokens, the in-context examples (few-shot) and what fitting cut."""
+
+    style: str
+    budget: int
+    num_fewshot: int = 0
+    shots_pool: list[Example] = field(default_factory=list)
+    seed: int = 0
+    fitted: list[Fitted] = field(default_factory=list)
+
+    def settings(self) -> dict:
+        return {"prompt_style": self.style, "num_fewshot": self.num_fewshot,
+                "fit": fit_summary(self.fitted, self.budget)}
+
+
+def _fit_prompts(loaded: LoadedModel, examples: list[Example], plan: InputPlan,
+                 reserve: Callable[[Example], int], special_tokens: bool,
+                 render: Callable[[Example], str]) -> list[str]:
+    """Each example's prompt (after its in-context examples, when few-shot), its evidence cut to
+    fit `plan.budget` minus `reserve(example)` (`fit`)."""
+    count = token_counter(loaded.tokenizer, special_tokens)
+    whole = lambda e, shots: "".join(fewshot_block(s, plan.style) for s in shots) + render(e)  # noqa: E731
+    prompts = []
+    for ex in examples:
+        shots = draw_shots(ex, plan.shots_pool, plan.num_fewshot, plan.seed) if plan.num_fewshot else []
+        fitted, shots = fit_with_shots(ex, shots, whole, lambda e: fewshot_block(e, plan.style), count,
+                                       loaded.tokenizer, plan.budget - reserve(ex))
+        plan.fitted.append(fitted)
+        prompts.append(whole(fitted.example, shots))
+    return prompts
+
+
+def _loglikelihood_predictions(loaded: LoadedModel, examples: list[Example], plan: InputPlan,
                                batch_size: int, latency: LatencyMeter) -> list[Prediction]:
-    requests = [ChoiceRequest(choice_context(ex, style), choice_continuations(ex)) for ex in examples]
+    tokenizer = loaded.tokenizer
+    choice_tokens = lambda ex: max(len(tokenizer.encode(c, add_special_tokens=False))  # noqa: E731
+                                   for c in choice_continuations(ex))
+    render = lambda ex: choice_context(ex, plan.style)  # noqa: E731
     if loaded.kind == "encoder":
-        scores = score_choices_encoder(loaded.model, loaded.tokenizer, requests, batch_size,
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        prompts = _fit_prompts(loaded, examples, plan, lambda ex: choice_tokens(ex) + specials, False, render)
+        requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
+        scores = score_choices_encoder(loaded.model, tokenizer, requests, batch_size, plan.budget,
                                        on_batch=latency.record)
     else:
-        scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, requests, batch_size,
+        causal = loaded.kind == "causal"
+        reserve = choice_tokens if causal else (lambda ex: 0)
+        prompts = _fit_prompts(loaded, examples, plan, reserve, not causal, render)
+        requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
+        scores = score_choices(loaded.model, tokenizer, loaded.kind, requests, batch_size,
                                loaded.device, on_batch=latency.record)
     predictions = []
     for ex, row in zip(examples, scores):
@@ -82,11 +130,13 @@ def _loglikelihood_predictions(loaded: LoadedModel, examples: list[Example], sty
     return predictions
 
 
-def _generative_predictions(loaded: LoadedModel, examples: list[Example], think: bool,
+def _generative_predictions(loaded: LoadedModel, examples: list[Example], think: bool, plan: InputPlan,
                             batch_size: int, latency: LatencyMeter) -> list[Prediction]:
-    prompts = [render_prompt(loaded.tokenizer, generative_prompt(ex, think)) for ex in examples]
+    max_new_tokens = 256 if think else 8
+    render = lambda ex: render_prompt(loaded.tokenizer, generative_prompt(ex, think))  # noqa: E731
+    prompts = _fit_prompts(loaded, examples, plan, lambda ex: max_new_tokens, loaded.kind != "causal", render)
     texts = generate_texts(loaded.model, loaded.tokenizer, loaded.kind, prompts,
-                           max_new_tokens=256 if think else 8, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size,
                            on_batch=latency.record)
     predictions = []
     for ex, text in zip(examples, texts):
@@ -96,24 +146,35 @@ def _generative_predictions(loaded: LoadedModel, examples: list[Example], think:
 
 
 def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, split: str,
-                   mode: str = "loglikelihood", batch_size: int = 16) -> EvalResult:
+                   mode: str = "loglikelihood", batch_size: int = 16,
+                   max_input_tokens: int | None = None, num_fewshot: int = 0,
+                   shots_pool: list[Example] | None = None, seed: int = 0) -> EvalResult:
     """Score `examples` with `loaded` and measure its cost on the way.
 
     Args:
         mode: `loglikelihood` (each choice as a continuation), `generate` (answer with a letter)
             or `generate_cot` (think step by step, then answer); encoders support only the first.
+        max_input_tokens: fit every input to this many tokens (default and at most: what the
+            model takes); evidence is cut first, the question and choices are kept (`fit`).
+        num_fewshot: solved examples from `shots_pool` before each question (loglikelihood only),
+            drawn per question from `seed`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "loglikelihood" and loaded.kind == "encoder":
         raise ValueError(f"{loaded.name} is an encoder: it can only score choices (mode loglikelihood)")
-    style = prompt_style(task, examples)
+    if num_fewshot and (mode != "loglikelihood" or not shots_pool):
+        raise ValueError("few-shot scoring needs mode loglikelihood and a pool of solved examples "
+                         "(the task's train split)")
+    limit = loaded.input_limit
+    budget = min(max_input_tokens, limit) if max_input_tokens else limit
+    plan = InputPlan(prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed)
     memory, latency = MemoryMeter(loaded.device), LatencyMeter()
     with memory.measure():
         if mode == "loglikelihood":
-            predictions = _loglikelihood_predictions(loaded, examples, style, batch_size, latency)
+            predictions = _loglikelihood_predictions(loaded, examples, plan, batch_size, latency)
         else:
-            predictions = _generative_predictions(loaded, examples, mode == "generate_cot",
+            predictions = _generative_predictions(loaded, examples, mode == "generate_cot", plan,
                                                   batch_size, latency)
     correct = [p.correct for p in predictions]
     has_norm = mode == "loglikelihood" and loaded.kind != "encoder"
@@ -123,7 +184,8 @@ def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, spli
         ci95=list(bootstrap_ci(correct)), majority_baseline=majority_baseline(examples)["acc"],
         mode=mode, cost=model_cost(loaded.model, loaded.resolved.path, memory, latency, batch_size),
         data_hash=data_hash(examples),
-        settings={"prompt_style": style, "batch_size": batch_size, "model_kind": loaded.kind,
+        settings={**plan.settings(), "batch_size": batch_size, "model_kind": loaded.kind,
                   "model_identity": loaded.resolved.identity, "model_source": loaded.resolved.source},
         predictions=predictions, unparsed=sum(p.pred is None for p in predictions),
+        truncated=sum(f.cut is not None for f in plan.fitted),
     )

@@ -6,6 +6,9 @@ example has some; OpenBookQA: the bare question stem. Each choice is scored as `
 
 from __future__ import annotations
 
+import hashlib
+import random
+
 from tinystudent.tasks.schema import Example
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -44,3 +47,21 @@ def lettered_question(example: Example) -> str:
     lines.append(f"Question: {example.question}")
     lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(example.choices)]
     return "\n".join(lines)
+
+
+def draw_shots(example: Example, pool: list[Example], k: int, seed: int) -> list[Example]:
+    """k in-context examples from `pool` (never the question itself), seeded per question."""
+    if k <= 0:
+        return []
+    candidates = sorted((ex for ex in pool if ex.id != example.id), key=lambda ex: ex.id)  # order-free
+    if len(candidates) < k:
+        raise ValueError(f"{k} in-context examples were asked for but the pool has only "
+                         f"{len(candidates)} other questions")
+    digest = hashlib.sha256(f"{seed}:{example.id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big")).sample(candidates, k)
+
+
+def fewshot_block(shot: Example, style: str) -> str:
+    """One solved in-context example as lm-evaluation-harness shows it: the prompt, the gold
+    choice as its continuation, a blank line."""
+    return f"{choice_context(shot, style)} {shot.answer_text}\n\n"

@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from tinystudent.evaluation.batching import token_batches
+
 
 @dataclass
 class ChoiceRequest:
@@ -78,47 +80,56 @@ def _cache_kwarg_of(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
+def _grouped(encoded, scores: list[float]) -> list[list[float]]:
+    """Flat per-continuation scores back into one list per question."""
+    grouped, k = [], 0
+    for _, conts in encoded:
+        grouped.append(scores[k: k + len(conts)])
+        k += len(conts)
+    return grouped
+
+
 @torch.no_grad()
 def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]],
                         device: torch.device) -> list[list[float]]:
     from transformers import DynamicCache
 
     prompts = [ctx for ctx, _ in encoded]
-    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "left")
+    # Right padding and no attention mask: in a causal model a real token never attends to the
+    # padding after it, so the prompt pass takes the fast, mask-free causal attention path.
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "right")
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    lengths = prompt_mask.sum(-1)
+    last = lengths - 1
+    kept = torch.unique(last)  # logits only at each row's last prompt position (sorted batches: few)
     cache = DynamicCache(config=model.config)
     cache_arg = cache_kwarg(model)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-    first_logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts 1st choice token
+    out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=kept, **{cache_arg: cache})
+    row_logits = out.logits[torch.arange(len(prompts), device=device), torch.searchsorted(kept, last)]
+    first_logprobs = torch.log_softmax(row_logits.float(), dim=-1)  # predicts each 1st choice token
 
     owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
     conts = [c for _, cs in encoded for c in cs]
-    index = torch.tensor(owner, device=device)
-    cache.batch_select_indices(index)  # filled in place by the prompt's forward
-    cont_ids, cont_mask = pad_rows(conts, pad_id)
-    cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
-    start = prompt_mask.sum(-1)[index]
-    cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
-    mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
-    logits = model(input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions,
-                   use_cache=True, **{cache_arg: cache}).logits.float()
-    # Token k of a choice is predicted by position k-1 of the choice run, token 0 by the prompt.
-    scores: list[float] = []
-    logsumexp = torch.logsumexp(logits[:, :-1], dim=-1)
-    for n, tokens in enumerate(conts):
-        total = first_logprobs[owner[n], tokens[0]].item()
-        if len(tokens) > 1:
-            tail = torch.tensor(tokens[1:], device=device)
-            steps = torch.arange(len(tokens) - 1, device=device)
-            total += (logits[n, steps, tail] - logsumexp[n, steps]).sum().item()
-        scores.append(total)
-    grouped, k = [], 0
-    for _, cs in encoded:
-        grouped.append(scores[k: k + len(cs)])
-        k += len(cs)
-    return grouped
+    scores = [first_logprobs[owner[n], tokens[0]].item() for n, tokens in enumerate(conts)]
+    longer = [n for n, tokens in enumerate(conts) if len(tokens) > 1]
+    if longer:  # one-token choices (yes/no) are scored by the prompt's pass alone
+        # Tokens 1.. of a choice are predicted by its tokens 0..-2 run on top of the prompt's cache;
+        # the choice's last token is never fed, its prediction is not needed.
+        index = torch.tensor([owner[n] for n in longer], device=device)
+        cache.batch_select_indices(index)  # filled in place by the prompt's forward
+        cont_ids, cont_mask = pad_rows([conts[n][:-1] for n in longer], pad_id)
+        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+        start = lengths[index]
+        cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
+        mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
+        logits = model(input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions,
+                       use_cache=True, **{cache_arg: cache}).logits.float()
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        for row, n in enumerate(longer):
+            tail = torch.tensor(conts[n][1:], device=device)
+            steps = torch.arange(len(tail), device=device)
+            scores[n] += (logits[row, steps, tail] - logsumexp[row, steps]).sum().item()
+    return _grouped(encoded, scores)
 
 
 @torch.no_grad()
@@ -137,43 +148,51 @@ def _score_seq2seq_batch(model, pad_id: int, encoded, device) -> list[list[float
     logprobs = torch.log_softmax(out.logits.float(), dim=-1)
     safe = labels.clamp(min=0)
     token_lp = logprobs.gather(-1, safe[..., None]).squeeze(-1) * (labels != -100)
-    scores = token_lp.sum(-1).tolist()
-    grouped, k = [], 0
-    for _, cs in encoded:
-        grouped.append(scores[k: k + len(cs)])
-        k += len(cs)
-    return grouped
+    return _grouped(encoded, token_lp.sum(-1).tolist())
 
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield start, items[start: start + size]
+# Padded tokens per scoring forward pass by default: enough to keep a CPU's cores busy, small
+# enough that a batch of long prompts does not hold gigabytes of activations.
+TOKEN_BUDGET = 8192
+
+
+def encode_for_scoring(tokenizer, kind: str, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+    """Prompt tokens and continuation tokens as the model of `kind` scores them."""
+    if kind == "causal":
+        return encode_request(tokenizer, request)
+    return (tokenizer.encode(request.context),
+            [tokenizer.encode(c, add_special_tokens=False) for c in request.continuations])
 
 
 def score_choices(model, tokenizer, kind: str, requests: list[ChoiceRequest], batch_size: int = 16,
                   device: torch.device | None = None,
-                  on_batch: Callable[[int, float], None] | None = None) -> list[list[float]]:
-    """Sum of log-probabilities of each continuation, for every request.
+                  on_batch: Callable[[int, float], None] | None = None,
+                  token_budget: int = TOKEN_BUDGET) -> list[list[float]]:
+    """Sum of log-probabilities of each continuation, for every request (in request order).
+
+    Requests are sorted by length and batched by a token budget, so a batch's prompts are about
+    equally long and little of the work is padding.
 
     Args:
         model, tokenizer: a causal or seq2seq language model and its tokenizer.
         kind: `causal` or `seq2seq`.
         requests: prompts and continuations.
-        batch_size: questions per forward pass (all of a question's choices go together).
+        batch_size: most questions per forward pass (all of a question's choices go together).
         on_batch: called after each batch with (number of questions, seconds), for cost tracking.
+        token_budget: most padded prompt-and-choice tokens per batch.
     """
     import time
 
     device = device or next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scorer = {"causal": _score_causal_batch, "seq2seq": _score_seq2seq_batch}[kind]
-    results: list[list[float]] = []
-    for _, batch in _batches(requests, batch_size):
+    encoded = [encode_for_scoring(tokenizer, kind, r) for r in requests]
+    lengths = [len(ctx) + max(map(len, conts)) for ctx, conts in encoded]
+    results: list[list[float]] = [[] for _ in requests]
+    for batch in token_batches(lengths, batch_size, token_budget):
         started = time.perf_counter()
-        encoded = [encode_request(tokenizer, r) if kind == "causal" else
-                   (tokenizer.encode(r.context), [tokenizer.encode(c, add_special_tokens=False)
-                                                  for c in r.continuations]) for r in batch]
-        results.extend(scorer(model, pad_id, encoded, device))
+        for index, row in zip(batch, scorer(model, pad_id, [encoded[i] for i in batch], device)):
+            results[index] = row
         if on_batch:
             on_batch(len(batch), time.perf_counter() - started)
     return results
@@ -199,22 +218,36 @@ def score_choices_naive(model, tokenizer, requests: list[ChoiceRequest],
 
 @torch.no_grad()
 def score_choices_encoder(model, tokenizer, requests: list[ChoiceRequest], batch_size: int = 16,
-                          max_length: int = 256,
-                          on_batch: Callable[[int, float], None] | None = None) -> list[list[float]]:
-    """Log-softmax over choices of a multiple-choice cross-encoder (BERT, MiniLM)."""
+                          max_length: int = 512,
+                          on_batch: Callable[[int, float], None] | None = None,
+                          token_budget: int = TOKEN_BUDGET) -> list[list[float]]:
+    """Log-softmax over choices of a multiple-choice cross-encoder (BERT, MiniLM).
+
+    Each choice is the pair (prompt, choice text). Prompts should already fit `max_length` with
+    their choices (`evaluation.fit`); anything longer is cut from the prompt's end as a last
+    resort. Questions with the same number of choices are batched by a token budget, longest first.
+    """
     import time
 
     device = next(model.parameters()).device
-    results = []
-    for _, batch in _batches(requests, batch_size):
-        started = time.perf_counter()
-        for request in batch:
-            n = len(request.continuations)
-            enc = tokenizer([request.context] * n, [c.strip() for c in request.continuations],
-                            truncation="only_first", max_length=max_length, padding=True,
-                            return_tensors="pt").to(device)
-            logits = model(**{k: v[None] for k, v in enc.items()}).logits[0].float()
-            results.append(torch.log_softmax(logits, dim=-1).tolist())
-        if on_batch:
-            on_batch(len(batch), time.perf_counter() - started)
+    pairs = []
+    for r in requests:
+        enc = tokenizer([r.context] * len(r.continuations), [c.strip() for c in r.continuations],
+                        truncation="only_first", max_length=max_length)
+        pairs.append([{k: enc[k][c] for k in enc} for c in range(len(r.continuations))])
+    results: list[list[float]] = [[] for _ in requests]
+    for width in sorted({len(r.continuations) for r in requests}):
+        members = [i for i, r in enumerate(requests) if len(r.continuations) == width]
+        lengths = [max(len(p["input_ids"]) for p in pairs[i]) * width for i in members]
+        for batch in token_batches(lengths, batch_size, token_budget):
+            started = time.perf_counter()
+            chosen = [members[k] for k in batch]
+            rows = [pair for i in chosen for pair in pairs[i]]
+            enc = tokenizer.pad(rows, return_tensors="pt").to(device)
+            enc = {k: v.view(len(chosen), width, -1) for k, v in enc.items()}
+            logits = model(**enc).logits.float()
+            for i, row in zip(chosen, torch.log_softmax(logits, dim=-1).tolist()):
+                results[i] = row
+            if on_batch:
+                on_batch(len(chosen), time.perf_counter() - started)
     return results

@@ -8,6 +8,8 @@ whose inputs changed. Each unit writes one log file.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,6 +80,23 @@ class UnitRunner:
         return result
 
 
+def _die_with_parent(parent: int):
+    """A pre-exec hook that makes the child receive SIGKILL when its parent dies (Linux), so a
+    killed `run` leaves no evaluation behind to write into the store after it. Elsewhere: None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the hook runs in the forked child
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the hook ran
+            os._exit(1)
+
+    return hook
+
+
 def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None, seed: int,
                            db: Path, log_path: Path, batch_size: int = 16, device: str = "auto",
                            mode: str = "loglikelihood") -> dict:
@@ -87,7 +106,7 @@ def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None,
            "--batch-size", str(batch_size), "--device", device, "--mode", mode]
     if limit:
         cmd += ["--limit", str(limit)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent(os.getpid()))
     with log_path.open("a") as log:
         log.write("$ " + " ".join(cmd) + "\n" + done.stderr)
     if done.returncode != 0:

@@ -209,6 +209,33 @@ def resolve_dtype(preference: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def context_length(model) -> int | None:
+    """The most positions the model can attend to, when its config says (T5's is unbounded)."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# T5 has relative positions and no hard limit; it was trained on inputs of this length.
+SEQ2SEQ_DEFAULT_LIMIT = 512
+
+
+def input_limit(model, tokenizer, kind: str) -> int:
+    """The longest input, in tokens, the model takes: its position limit, or for an encoder the
+    smaller of that and its tokenizer's `model_max_length` (RoBERTa's 514 positions hold 512)."""
+    positions = context_length(model)
+    declared = getattr(tokenizer, "model_max_length", None)
+    declared = declared if isinstance(declared, int) and 0 < declared < 1_000_000 else None
+    if kind == "causal":
+        return positions or declared or SEQ2SEQ_DEFAULT_LIMIT
+    if kind == "seq2seq":
+        return declared or SEQ2SEQ_DEFAULT_LIMIT
+    return min(limit for limit in (positions, declared, 512) if limit)
+
+
 @dataclass
 class LoadedModel:
     """A model ready to use, with its tokenizer and what it is."""
@@ -222,6 +249,10 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.resolved.name
+
+    @property
+    def input_limit(self) -> int:
+        return input_limit(self.model, self.tokenizer, self.kind)
 
 
 def load_model(name: str, device: str | torch.device = "auto", dtype: str = "auto",

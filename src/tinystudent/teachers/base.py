@@ -123,11 +123,16 @@ class Teacher(Protocol):
         identity: changes whenever outputs could change (weights hash, server URL and model).
         calls: prompts sent to the model so far (generation and scoring), for cost accounting
             and for tests that a cached run makes no calls.
+        tokenizer: the teacher's tokenizer when it is at hand (a local model), else None; with
+            it, long inputs are fitted to `input_limit` by cutting their evidence (`evaluation.fit`).
+        input_limit: the most tokens the model takes, None when unknown (a server).
     """
 
     name: str
     identity: str
     calls: int
+    tokenizer: object | None
+    input_limit: int | None
 
     def full_prompt(self, prompt: str) -> str:
         """Exactly what the model is sent for `prompt` (after any chat template)."""

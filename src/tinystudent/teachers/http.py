@@ -98,6 +98,8 @@ class HttpTeacher:
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.echo_max_tokens = echo_max_tokens
         self.calls = 0
+        self.tokenizer = None  # the server's tokenizer is not at hand: inputs are sent as they are
+        self.input_limit = None
         self._calls_lock = threading.Lock()
         self._stop = threading.Event()
         headers = {"Content-Type": "application/json"}

@@ -6,20 +6,10 @@ from typing import Iterator, Sequence
 
 from tinystudent.evaluation.generative import render_prompt
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
-from tinystudent.models.loading import LoadedModel
+from tinystudent.models.loading import LoadedModel, context_length
 from tinystudent.teachers.base import (GenerationResult, GenerationSettings, ScoreResult,
                                        ScoringUnsupported, TeacherError)
 from tinystudent.teachers.engine import RowParams, encode_prompt, generate_rows
-
-
-def context_length(model) -> int | None:
-    """The most positions the model can attend to, when its config says (T5's is unbounded)."""
-    config = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class LocalTeacher:
@@ -50,6 +40,8 @@ class LocalTeacher:
         self.chat = has_template if chat is None else chat
         self.calls = 0
         self.max_positions = context_length(loaded.model) if loaded.kind == "causal" else None
+        self.tokenizer = loaded.tokenizer
+        self.input_limit = loaded.input_limit
 
     def full_prompt(self, prompt: str) -> str:
         return render_prompt(self.loaded.tokenizer, prompt) if self.chat else prompt

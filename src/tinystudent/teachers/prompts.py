@@ -21,12 +21,10 @@ example plus `{rationale}` (the example's reference rationale, or "").
 
 from __future__ import annotations
 
-import hashlib
-import random
 import string
 from dataclasses import dataclass, replace
 
-from tinystudent.evaluation.prompts import LETTERS
+from tinystudent.evaluation.prompts import LETTERS, draw_shots
 from tinystudent.tasks.schema import Example
 
 QUESTION_BLOCK = "{context_line}Q: {question}\nAnswer Choices:\n{choices}"
@@ -123,18 +121,6 @@ def question_fields(example: Example) -> dict:
     return {"question": example.question, "context": example.context or "", "choices": choices,
             "question_block": block, "gold_letter": letters[example.answer],
             "gold_text": example.choices[example.answer], "letters": listed}
-
-
-def draw_shots(example: Example, pool: list[Example], k: int, seed: int) -> list[Example]:
-    """k in-context examples from `pool` (never the question itself), seeded per question."""
-    if k <= 0:
-        return []
-    candidates = sorted((ex for ex in pool if ex.id != example.id), key=lambda ex: ex.id)  # order-free
-    if len(candidates) < k:
-        raise ValueError(f"{k} in-context examples were asked for but the pool has only "
-                         f"{len(candidates)} other questions")
-    digest = hashlib.sha256(f"{seed}:{example.id}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big")).sample(candidates, k)
 
 
 def render_shot(strategy: Strategy, shot: Example) -> str:

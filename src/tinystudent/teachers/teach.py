@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from tinystudent.evaluation.fit import Fitted, fit_example, fit_with_shots
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
@@ -22,7 +23,7 @@ from tinystudent.teachers import cache
 from tinystudent.teachers.base import (Generation, GenerationSettings, ScoringUnsupported, Teacher,
                                        TeacherError, TeacherOutput, TeacherUnavailable)
 from tinystudent.teachers.cleanup import clean_text, stated_answer
-from tinystudent.teachers.prompts import build_prompt, draw_shots, get_strategy
+from tinystudent.teachers.prompts import build_prompt, draw_shots, get_strategy, render_shot
 
 SCORING = "choice_logprobs"
 RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")
@@ -42,6 +43,7 @@ class TeachSummary:
         cached: outputs found in the cache (no model call).
         failed: questions with no output (see `errors`).
         matching: outputs whose stated answer is the gold one; unparsed: outputs stating none.
+        truncated: prompts whose evidence was cut to fit the teacher's input budget.
         kept: outputs returned in `outputs` after the `keep` filter.
         model_calls: prompts the teacher was sent in this run (0 when everything was cached).
         errors: the distinct failure messages, first ones first (at most 10).
@@ -56,6 +58,7 @@ class TeachSummary:
     failed: int = 0
     matching: int = 0
     unparsed: int = 0
+    truncated: int = 0
     kept: int = 0
     model_calls: int = 0
     seconds: float = 0.0
@@ -95,12 +98,35 @@ def _make_output(teacher: Teacher, example: Example, strategy: str, task: str, k
                          None if answer is None else answer == example.answer, key, task, meta)
 
 
+def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 0) -> int | None:
+    """Tokens a teacher's prompt may take: its input limit (or the user's smaller one) minus what
+    the answer needs; None when the teacher's tokenizer is not at hand (prompts go as they are)."""
+    if teacher.tokenizer is None:
+        return None
+    limits = [limit for limit in (teacher.input_limit, max_input_tokens) if limit]
+    return min(limits) - reserve if limits else None
+
+
+def _fitted_prompt(teacher: Teacher, spec, example: Example, shots: list[Example],
+                   budget: int | None) -> tuple[str, str | None]:
+    """The question's prompt with its and its in-context examples' evidence cut to `budget`
+    (`fit.fit_with_shots`); returns (prompt, what was cut from the question's own input)."""
+    if budget is None:
+        return build_prompt(spec, example, shots), None
+    plain = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
+    whole = lambda text: plain(text) + 1  # noqa: E731  a start token may be added to the whole prompt
+    fitted, fitted_shots = fit_with_shots(
+        example, shots, lambda e, s: teacher.full_prompt(build_prompt(spec, e, s)),
+        lambda e: render_shot(spec, e), whole, teacher.tokenizer, budget)
+    return build_prompt(spec, fitted.example, fitted_shots), fitted.cut
+
+
 def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: str, store: Store,
           train_examples: Sequence[Example] | None = None, k_shots: int = 2, seed: int = 0,
           max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
           template: str | None = None, shot_template: str | None = None,
           max_rationale_tokens: int | None = None, keep: str = "all",
-          on_output: OnOutput | None = None) -> TeachSummary:
+          on_output: OnOutput | None = None, max_input_tokens: int | None = None) -> TeachSummary:
     """Get one output per question from `teacher`, using and filling the cache.
 
     Args:
@@ -118,6 +144,9 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
         keep: `all` outputs, or only those whose stated answer `matching` the gold one; the
             others stay cached either way.
         on_output: called after each question with its status and output, e.g. for a progress bar.
+        max_input_tokens: fit each prompt to this many tokens (default and at most: the teacher's
+            limit, less `max_new_tokens`) by cutting the evidence of the question and its
+            in-context examples, never their questions (a local teacher; a server gets prompts whole).
 
     Raises:
         TeacherUnavailable: the teacher stopped answering; everything finished is cached.
@@ -125,7 +154,7 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if strategy == SCORING:
-        return _score(teacher, examples, task, store, on_output)
+        return _score(teacher, examples, task, store, on_output, max_input_tokens)
     spec = get_strategy(strategy, template, shot_template)
     settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, spec.stop)
     pool = list(train_examples) if train_examples is not None else list(examples)
@@ -134,10 +163,12 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
     summary = TeachSummary(cache.teacher_key(teacher.name), task_name, strategy, n=len(examples))
     started, calls_before = time.perf_counter(), teacher.calls
 
+    budget = input_budget(teacher, max_input_tokens, max_new_tokens)
     prompts, fulls, keys = [], [], []
     for example in examples:
         shots = draw_shots(example, pool, k_shots, seed) if spec.uses_shots else []
-        prompt = build_prompt(spec, example, shots)
+        prompt, cut = _fitted_prompt(teacher, spec, example, shots, budget)
+        summary.truncated += cut is not None
         full = teacher.full_prompt(prompt)
         prompts.append(prompt)
         fulls.append(full)
@@ -190,15 +221,18 @@ def _generation_meta(generation: Generation, settings: GenerationSettings) -> di
 
 
 def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
-           on_output: OnOutput | None = None) -> TeachSummary:
+           on_output: OnOutput | None = None, max_input_tokens: int | None = None) -> TeachSummary:
     """Choice log-likelihoods through the cache (lm-evaluation-harness prompts and choices)."""
     task_name = cache.task_key(task)
     style = prompt_style(task, list(examples))
-    requests = [ChoiceRequest(choice_context(ex, style), choice_continuations(ex)) for ex in examples]
+    fitted = _fitted_examples(teacher, examples, style, max_input_tokens)
+    requests = [ChoiceRequest(choice_context(f.example, style), choice_continuations(ex))
+                for f, ex in zip(fitted, examples)]
     keys = [cache.cache_key(teacher=teacher.identity, backend=teacher.cache_fields(), prompt=r.context,
                             continuations=r.continuations, task=task_name, example=ex.id, strategy=SCORING)
             for ex, r in zip(examples, requests)]
-    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, SCORING, n=len(examples))
+    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, SCORING, n=len(examples),
+                           truncated=sum(f.cut is not None for f in fitted))
     started, calls_before = time.perf_counter(), teacher.calls
     found = cache.fetch(store, keys)
     outputs: list[TeacherOutput | None] = [None] * len(examples)
@@ -230,8 +264,21 @@ def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Stor
     return summary
 
 
+def _fitted_examples(teacher: Teacher, examples: Sequence[Example], style: str,
+                     max_input_tokens: int | None) -> list[Fitted]:
+    """Examples whose scoring prompt, with room for the longest choice, fits the teacher."""
+    budget = input_budget(teacher, max_input_tokens)
+    if budget is None:
+        return [Fitted(ex, None, 0) for ex in examples]
+    count = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
+    render = lambda e: choice_context(e, style)  # noqa: E731
+    return [fit_example(ex, render, count, teacher.tokenizer,
+                        budget - max(count(c) for c in choice_continuations(ex))) for ex in examples]
+
+
 def teacher_choice_logprobs(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
-                            allow_generative: bool = True) -> dict[str, list[float]]:
+                            allow_generative: bool = True,
+                            max_input_tokens: int | None = None) -> dict[str, list[float]]:
     """Log-likelihood of each choice per question id, cached (for choice-level distillation and
     for measuring a teacher).
 
@@ -241,12 +288,13 @@ def teacher_choice_logprobs(teacher: Teacher, examples: Sequence[Example], task:
     out). Mind the -inf when computing a KL divergence. Otherwise ScoringUnsupported is raised.
     """
     try:
-        summary = _score(teacher, examples, task, store)
+        summary = _score(teacher, examples, task, store, max_input_tokens=max_input_tokens)
     except ScoringUnsupported as err:
         if not allow_generative:
             raise
         warn(f"{err}; using the teacher's zero-shot answers as hard labels instead")
-        answers = teach(teacher, examples, task, "zero_shot", store, max_new_tokens=8)
+        answers = teach(teacher, examples, task, "zero_shot", store, max_new_tokens=8,
+                        max_input_tokens=max_input_tokens)
         by_id = {ex.id: ex for ex in examples}
         return {o.example_id: [0.0 if c == o.answer else -math.inf for c in range(len(by_id[o.example_id].choices))]
                 for o in answers.outputs if o.answer is not None}
