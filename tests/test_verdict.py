@@ -32,6 +32,21 @@ def test_smallest_winner_skips_ties_and_prefers_small():
     assert by_memory["smallest_winner"] == "large-much-better"
 
 
+def test_the_boundary_is_the_largest_loser_below_the_smallest_winner():
+    """Two runs of a 15-parameter student lose (the better one is named), one of 20 wins; a
+    larger loser above the winner is not the boundary."""
+    candidates = [student("tiny", 10, 1, 0), student("mid-a", 15, 2, 0), student("mid-b", 15, 2, 1),
+                  student("winner", 20, 3, 30), student("huge-loser", 50, 4, 0)]
+    entry = smallest_winner(TEACHER, candidates, "params")
+    assert entry["smallest_winner"] == "winner"
+    assert entry["largest_loser"]["label"] == "mid-b" and entry["largest_loser"]["params"] == 15
+    assert entry["largest_loser"]["p_value"] >= 0.05
+    alone = smallest_winner(TEACHER, [student("winner", 20, 3, 30)], "params")
+    assert alone["largest_loser"] is None  # nothing smaller was tried
+    none_win = smallest_winner(TEACHER, candidates[:3] + candidates[4:], "params")
+    assert none_win["smallest_winner"] is None and none_win["largest_loser"]["label"] == "huge-loser"
+
+
 def test_no_winner_names_the_closest():
     candidates = [student("same", 10, 1, 0), student("slightly", 20, 2, 2)]
     entry = smallest_winner(TEACHER, candidates, "params")

@@ -193,3 +193,45 @@ class TrainConfig(_Strict):
         a user compares, only where it was computed)."""
         payload = self.model_dump(mode="json", exclude={"device"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RecoveryConfig(_Strict):
+    """Recovery of a layer-cut student by distillation from its parent on plain text
+    (`distill.recover`).
+
+    Attributes:
+        steps: optimizer steps (40).
+        batch_size: text chunks per step (4).
+        seq_len: tokens per chunk (128).
+        lr: peak learning rate of AdamW, warm-up then cosine decay to a tenth (3e-4).
+        warmup_ratio: share of the steps spent warming up (0.1).
+        kd_weight: weight of the forward KL from the parent's next-token distribution (1.0).
+        ce_weight: weight of the plain next-token cross-entropy on the text (0.0).
+        temperature: softening temperature of the KL (1.0).
+        chunk_tokens: positions whose logits are computed at a time (1024).
+        checkpoint_every: resumable checkpoint every N steps (10).
+        heldout_bytes: bytes of held-out text (the validation split's evidence) that bits per byte
+            is measured on before and after (8000).
+        extra_tasks: named tasks whose training split is added to the text, e.g. `sciq` (none).
+        seed: seed of the chunk order (0).
+    """
+
+    steps: int = Field(40, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(128, ge=8)
+    lr: float = Field(3e-4, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    kd_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    chunk_tokens: int = Field(1024, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    heldout_bytes: int = Field(8000, ge=100)
+    extra_tasks: list[str] = []
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _something_to_learn(self):
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError("recovery needs kd_weight or ce_weight above 0")
+        return self

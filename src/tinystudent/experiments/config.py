@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tinystudent.distill.config import RecoveryConfig
 
 FINETUNE_METHODS = ("full", "lora")
 
@@ -23,7 +26,13 @@ class Strict(BaseModel):
 
 
 class TaskSpec(Strict):
-    """Which benchmark and how much of each split to use (None = all of it)."""
+    """Which benchmark and how much of each split to use (None = all of it).
+
+    `max_input_tokens` fits every model's inputs, teachers' and students', in evaluation,
+    training and teaching, to that many tokens by cutting the end of the evidence (never the
+    question), so all are judged on the same text; None: each model's own limit when it is
+    evaluated or teaches, and the training config's `max_input_tokens` when it learns.
+    """
 
     name: str
     train_limit: int | None = Field(None, ge=1)
@@ -31,6 +40,7 @@ class TaskSpec(Strict):
     test_limit: int | None = Field(None, ge=1)
     test_split: str = "test"
     seed: int = 0
+    max_input_tokens: int | None = Field(None, ge=8)
 
 
 class ImportSpec(Strict):
@@ -50,8 +60,47 @@ class ImportSpec(Strict):
         return self
 
 
+@dataclass(frozen=True)
+class ScoringPass:
+    """One way to run a teacher on a split: zero-shot or k-shot choice scoring, or generation."""
+
+    name: str  # as written in eval_modes: zero_shot, fewshot:K, generate, generate_cot
+    mode: str  # evaluation mode: loglikelihood, generate, generate_cot
+    num_fewshot: int = 0
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What one run of this pass measures: choice scoring gives acc and acc_norm."""
+        return ("acc", "acc_norm") if self.mode == "loglikelihood" else ("acc",)
+
+    def label(self, metric: str) -> str:
+        """How the report names a pass and metric: "zero-shot acc_norm", "2-shot acc", "generative"."""
+        if self.mode != "loglikelihood":
+            return "generative" if self.mode == "generate" else "generative, step by step"
+        shots = f"{self.num_fewshot}-shot" if self.num_fewshot else "zero-shot"
+        return f"{shots} {metric}"
+
+
+def parse_scoring_pass(text: str) -> ScoringPass:
+    """`zero_shot`, `fewshot:K`, `generate` or `generate_cot`."""
+    head, _, count = text.partition(":")
+    if head == "zero_shot" and not count:
+        return ScoringPass(text, "loglikelihood")
+    if head == "fewshot" and count.isdigit() and int(count) >= 1:
+        return ScoringPass(text, "loglikelihood", int(count))
+    if head in ("generate", "generate_cot") and not count:
+        return ScoringPass(text, head)
+    raise ValueError(f"unknown teacher scoring {text!r}: use zero_shot, fewshot:K (K >= 1), "
+                     "generate or generate_cot")
+
+
 class TeacherSpec(Strict):
-    """A teacher: a local model, an OpenAI-compatible server, or outputs imported from files."""
+    """A teacher: a local model, an OpenAI-compatible server, or outputs imported from files.
+
+    `eval_modes` are the ways it is scored. Each one's accuracy (and acc_norm for choice scoring)
+    is measured on the validation split, and the teacher is compared with the students on test in
+    the best of them: every teacher gets its best fair shot, chosen without seeing the test split.
+    """
 
     name: str
     backend: Literal["local", "http", "imported"] = "local"
@@ -61,10 +110,20 @@ class TeacherSpec(Strict):
     strategy: str = "teacher_forcing_cot"
     k_shots: int = Field(2, ge=0)
     max_new_tokens: int = Field(128, ge=1)
-    eval_mode: Literal["loglikelihood", "generate", "generate_cot"] = "loglikelihood"
+    eval_modes: list[str] = ["zero_shot"]
+    teach_limit: int | None = Field(None, ge=1)  # rationales and choice probabilities for the first N training questions
     rationales: ImportSpec | None = None
     reported_acc: float | None = Field(None, ge=0, le=1)
     reported_source: str | None = None
+
+    @field_validator("eval_modes")
+    @classmethod
+    def _known_modes(cls, modes: list[str]) -> list[str]:
+        if not modes:
+            raise ValueError("eval_modes needs at least one way to score the teacher")
+        for mode in modes:
+            parse_scoring_pass(mode)
+        return modes
 
     @model_validator(mode="after")
     def _backend_needs(self):
@@ -85,12 +144,26 @@ class TeacherSpec(Strict):
 
 
 class StudentSpec(Strict):
-    """A student: a pretrained model, optionally scaled down to a subset of its layers."""
+    """A student: a pretrained model, optionally scaled down to a subset of its layers.
+
+    `recover` (a cut causal student) first distils the model it was cut from into it on the
+    task's text (`distill.recover`), before it learns the task. `methods` replaces the
+    experiment's methods for this student (an encoder cannot learn from rationales, say).
+    """
 
     name: str
     model: str
     keep_layers: str | list[int] | None = None  # "every:3", "first:4" or explicit indices
     kind: Literal["causal", "seq2seq", "encoder"] | None = None
+    recover: RecoveryConfig | None = None
+    methods: "MethodSpec | None" = None
+
+    @model_validator(mode="after")
+    def _recover_needs_a_cut(self):
+        if self.recover is not None and self.keep_layers is None:
+            raise ValueError(f"student {self.name!r}: recover needs keep_layers (it repairs a cut model "
+                             "by distilling the model it was cut from)")
+        return self
 
 
 class MethodSpec(Strict):
@@ -115,6 +188,9 @@ class MethodSpec(Strict):
             if head != "answer" and ":" not in objective:
                 raise ValueError(f"objective {objective!r} needs a teacher: {head}:<teacher name>")
         return objectives
+
+
+StudentSpec.model_rebuild()
 
 
 class CollaborationSpec(Strict):
@@ -166,10 +242,12 @@ class Experiment(Strict):
             duplicates = {n for n in names if names.count(n) > 1}
             if duplicates:
                 raise ValueError(f"{what} names must be unique, repeated: {sorted(duplicates)}")
-        for objective in self.methods.objectives:
-            if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
-                raise ValueError(f"methods.objectives: {objective!r} names no teacher; "
-                                 f"teachers are {teacher_names}")
+        for where, methods in [("methods", self.methods)] + [
+                (f"students.{s.name}.methods", s.methods) for s in self.students if s.methods]:
+            for objective in methods.objectives:
+                if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
+                    raise ValueError(f"{where}.objectives: {objective!r} names no teacher; "
+                                     f"teachers are {teacher_names}")
         for teacher in self.teachers:
             if teacher.rationales and teacher.rationales.format == "bundled" and self.task.name != "bioasq":
                 raise ValueError(f"teacher {teacher.name!r}: bundled rationales belong to the task bioasq, "
@@ -184,6 +262,10 @@ class Experiment(Strict):
 
     def teacher(self, name: str) -> TeacherSpec:
         return next(t for t in self.teachers if t.name == name)
+
+    def methods_of(self, student: StudentSpec) -> MethodSpec:
+        """The fine-tuning methods and objectives this student is trained with."""
+        return student.methods or self.methods
 
 
 class ExperimentError(ValueError):

@@ -11,7 +11,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinystudent.experiments.config import Experiment, TeacherSpec
+from tinystudent.experiments.config import Experiment, ScoringPass, TeacherSpec, parse_scoring_pass
 from tinystudent.experiments.units import UnitRunner, evaluate_in_subprocess
 from tinystudent.log import info
 from tinystudent.store import Store
@@ -63,24 +63,71 @@ class ExperimentRunner:
     # --- teachers ---------------------------------------------------------------------------
 
     def teacher_payload(self, spec: TeacherSpec) -> dict:
-        return {**self.base, "teacher": spec.model_dump()}
+        """What a teacher's units depend on: which ways it is scored is left out, so adding one
+        reuses what the others computed."""
+        return {**self.base, "teacher": spec.model_dump(exclude={"eval_modes"})}
+
+    def train_config(self, **options):
+        """The experiment's training block with `options` on top; inputs fitted to the
+        experiment's budget when it sets one."""
+        from tinystudent.distill import TrainConfig
+
+        fitted = {"max_input_tokens": self.x.task.max_input_tokens} if self.x.task.max_input_tokens else {}
+        return TrainConfig(**{**self.x.training, **fitted, **options})
+
+    def teaching_examples(self, spec: TeacherSpec) -> list[Example]:
+        """The training questions a teacher writes rationales and choice probabilities for (the
+        first `teach_limit`; students train on all, the others without this teacher's signal)."""
+        return self.splits.train[: spec.teach_limit] if spec.teach_limit else self.splits.train
+
+    def evaluate(self, model: str, log: Path, split: str | None = None, limit: int | None = None,
+                 scoring: ScoringPass | None = None) -> dict:
+        """`model` on the test split (or `split`, first `limit` questions), in its own process,
+        its inputs fitted to the experiment's budget."""
+        task = self.x.task
+        scoring = scoring or parse_scoring_pass("zero_shot")
+        return evaluate_in_subprocess(model, self.splits.task, split or task.test_split,
+                                      limit if split else task.test_limit, task.seed, self.store.path,
+                                      log, self.x.eval_batch_size, self.x.device, scoring.mode,
+                                      scoring.num_fewshot, task.max_input_tokens)
 
     def measure_teacher(self, spec: TeacherSpec) -> dict:
-        """The teacher's test accuracy (the baseline to beat), or its reported number."""
+        """The teacher's test accuracy (the baseline to beat), or its reported number.
+
+        A local teacher is run on the validation split in each of its `eval_modes`; the test
+        split is then scored in the way (pass and metric) that did best there."""
         if not spec.measured:
             return {"name": spec.name, "acc": spec.reported_acc, "measured": False,
                     "source": spec.reported_source, "evaluation_id": None}
+        if spec.backend == "http":
+            return self.units.run("teacher_eval", f"teacher {spec.name}", self.teacher_payload(spec),
+                                  lambda log: self._measure_http_teacher(spec))
+        passes = [parse_scoring_pass(mode) for mode in spec.eval_modes]
+        candidates = [(p, metric) for p in passes for metric in p.metrics]
+        validation = []
+        if len(candidates) > 1:
+            for scoring in passes:
+                row = self._teacher_pass(spec, scoring, "validation")
+                validation += [{"scoring": scoring.label(m), "pass": scoring.name, "metric": m, "acc": row[m]}
+                               for m in scoring.metrics]
+            best = max(validation, key=lambda r: r["acc"])  # max keeps the first of equals
+            chosen = next(c for c in candidates if (c[0].name, c[1]) == (best["pass"], best["metric"]))
+        else:
+            chosen = candidates[0]
+        scoring, metric = chosen
+        test = self._teacher_pass(spec, scoring, self.x.task.test_split)
+        return {**test, "acc": test[metric], "metric": metric, "scoring": scoring.label(metric),
+                "validation": validation}
 
-        def work(log: Path) -> dict:
-            if spec.backend == "local":
-                summary = evaluate_in_subprocess(
-                    spec.model, self.splits.task, self.x.task.test_split, self.x.task.test_limit,
-                    self.x.task.seed, self.store.path, log, self.x.eval_batch_size, self.x.device,
-                    spec.eval_mode)
-                return {"name": spec.name, "measured": True, **summary}
-            return self._measure_http_teacher(spec)
-
-        return self.units.run("teacher_eval", f"teacher {spec.name}", self.teacher_payload(spec), work)
+    def _teacher_pass(self, spec: TeacherSpec, scoring: ScoringPass, split: str) -> dict:
+        """One cached evaluation of a local teacher on `split` in one way of scoring it."""
+        limit = self.x.task.valid_limit if split == "validation" else self.x.task.test_limit
+        payload = {**self.teacher_payload(spec), "split": split, "scoring": scoring.name}
+        label = f"teacher {spec.name} ({scoring.name}, {split})"
+        return self.units.run("teacher_eval", label, payload, lambda log: {
+            "name": spec.name, "measured": True,
+            **self.evaluate(spec.model, log, split if split != self.x.task.test_split else None, limit,
+                            scoring)})
 
     def _measure_http_teacher(self, spec: TeacherSpec) -> dict:
         import numpy as np
@@ -89,7 +136,8 @@ class ExperimentRunner:
         from tinystudent.teachers import make_teacher, teacher_choice_logprobs
 
         teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-        scores = teacher_choice_logprobs(teacher, self.splits.test, self.splits.task, self.store)
+        scores = teacher_choice_logprobs(teacher, self.splits.test, self.splits.task, self.store,
+                                         max_input_tokens=self.x.task.max_input_tokens)
         correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in self.splits.test]
         return {"name": spec.name, "measured": True, "acc": float(np.mean(correct)),
                 "ci95": list(bootstrap_ci(correct)), "correct": correct, "n": len(correct),
@@ -123,9 +171,10 @@ class ExperimentRunner:
                 from tinystudent.teachers import make_teacher, teach
 
                 teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-                summary = teach(teacher, self.splits.train, self.splits.task, spec.strategy, self.store,
-                                train_examples=self.splits.train, k_shots=spec.k_shots,
-                                seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens)
+                summary = teach(teacher, self.teaching_examples(spec), self.splits.task, spec.strategy,
+                                self.store, train_examples=self.splits.train, k_shots=spec.k_shots,
+                                seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens,
+                                max_input_tokens=self.x.task.max_input_tokens)
                 teacher.close()
                 _release()
                 return {k: v for k, v in summary.to_dict().items() if k != "outputs"}
@@ -143,53 +192,90 @@ class ExperimentRunner:
         if not spec.measured:
             raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
         teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-        scores = teacher_choice_logprobs(teacher, self.splits.train, self.splits.task, self.store)
+        scores = teacher_choice_logprobs(teacher, self.teaching_examples(spec), self.splits.task, self.store,
+                                         max_input_tokens=self.x.task.max_input_tokens)
         teacher.close()
         _release()
         return scores
 
     # --- students ---------------------------------------------------------------------------
 
+    HELDOUT_BYTES = 12000
+
+    def heldout_text(self) -> str:
+        """The text every causal student's bits per byte is measured on, before and after any
+        recovery: the validation questions with their evidence and choices (never trained on)."""
+        from tinystudent.evaluation.bits_per_byte import task_corpus, truncate_utf8
+
+        return truncate_utf8(task_corpus(self.splits.valid), self.HELDOUT_BYTES)
+
+    def bits_per_byte(self, loaded) -> float:
+        from tinystudent.evaluation.bits_per_byte import cached_bits_per_byte
+
+        return cached_bits_per_byte(loaded, self.heldout_text(), f"task:{self.x.task.name}/validation",
+                                    self.store, window=512)["bits_per_byte"]
+
     def prepare_student(self, spec) -> dict:
-        """The student's folder (scaled down when asked), its size and its bits per byte."""
-        payload = {"student": spec.model_dump(), "bpb": self.x.measure_bits_per_byte,
-                   "corpus": self.base["data"]["train"]}
+        """The student's folder (scaled down and recovered when asked), its size and its bits per
+        byte on held-out text."""
+        payload = {"student": spec.model_dump(exclude={"methods"}), "bpb": self.x.measure_bits_per_byte,
+                   "heldout": self.base["data"]["valid"]}
+        cut, recovery = spec.model, None
+        if spec.keep_layers is not None:
+            cut = self.units.run("cut", f"cut of {spec.name}", {"student": spec.model_dump(
+                include={"model", "keep_layers", "kind"})}, lambda log: {"path": self.cut_student(spec)})["path"]
+            if spec.recover is not None:
+                recovery = self.recover_student(spec, cut)
 
         def work(log: Path) -> dict:
             from tinystudent.models import count_parameters, load_model
-            from tinystudent.models.students import scale_down
 
-            path = spec.model
-            if spec.keep_layers is not None:
-                path = str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name,
-                                      kind=spec.kind))
+            path = recovery["path"] if recovery else cut
             loaded = load_model(path, device=self.x.device, kind=spec.kind)
             params = count_parameters(loaded.model)
-            bpb = None
-            if self.x.measure_bits_per_byte and loaded.kind == "causal":
-                from tinystudent.evaluation.bits_per_byte import (cached_bits_per_byte, task_corpus,
-                                                                 truncate_utf8)
-
-                text = truncate_utf8(task_corpus(self.splits.train), 20000)
-                bpb = cached_bits_per_byte(loaded, text, f"task:{self.x.task.name}/train", self.store,
-                                           window=512)["bits_per_byte"]
+            bpb = self.bits_per_byte(loaded) if self.x.measure_bits_per_byte and loaded.kind == "causal" else None
             result = {"path": path, "kind": loaded.kind, "params": params["total"],
-                      "non_embedding_params": params["non_embedding"], "bits_per_byte": bpb}
+                      "non_embedding_params": params["non_embedding"], "bits_per_byte": bpb,
+                      "recovery": recovery}
             del loaded
             _release()
             return result
 
         return self.units.run("student", f"student {spec.name}", payload, work)
 
+    def cut_student(self, spec) -> str:
+        from tinystudent.models.students import scale_down
+
+        return str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name, kind=spec.kind))
+
+    def recover_student(self, spec, cut: str) -> dict:
+        """Distil the model a student was cut from into it on the task's text (a cached unit)."""
+        from tinystudent.distill.recover import recover, recovery_texts
+        from tinystudent.evaluation.bits_per_byte import text_sha256
+
+        rationales = {t.name: self.teacher_rationales(t) for t in self.x.teachers
+                      if t.backend == "imported" or t.strategy in ("cot", "teacher_forcing_cot")}
+        extra = [ex for name in spec.recover.extra_tasks for ex in load_task(name).split("train")]
+        texts = recovery_texts(self.splits.train, rationales, extra)
+        heldout = self.heldout_text()
+        payload = {"student": spec.model_dump(include={"model", "keep_layers", "kind", "recover"}),
+                   "text": text_sha256("\n".join(texts)), "heldout": text_sha256(heldout)}
+
+        def work(log: Path) -> dict:
+            result = recover(cut, spec.model, texts, heldout, spec.recover,
+                             self.out_dir / "students" / f"{spec.name}-recovery", device=self.x.device,
+                             measure=lambda loaded, text: self.bits_per_byte(loaded))
+            _release()
+            with log.open("a") as handle:
+                for row in result.loss_history:
+                    handle.write(f"{row}\n")
+            return result.summary()
+
+        return self.units.run("recover", f"recovery of {spec.name}", payload, work)
+
     def evaluate_student(self, label: str, payload: dict, path_of) -> dict:
         """Test accuracy and cost of a model folder, in its own process."""
-        def work(log: Path) -> dict:
-            path = path_of(log)
-            return evaluate_in_subprocess(path, self.splits.task, self.x.task.test_split,
-                                          self.x.task.test_limit, self.x.task.seed, self.store.path,
-                                          log, self.x.eval_batch_size, self.x.device)
-
-        return self.units.run("student_eval", label, payload, work)
+        return self.units.run("student_eval", label, payload, lambda log: self.evaluate(path_of(log), log))
 
     def objective_inputs(self, objective: str) -> tuple[dict, dict, dict]:
         """Objective weights and the teacher data one objective needs."""
@@ -212,7 +298,7 @@ class ExperimentRunner:
     def train_one(self, spec, prepared: dict, method: str, objective: str, seed: int,
                   given: tuple | None = None, extra: dict | None = None) -> dict | None:
         """Train one student with one method and objective, then measure it on the test split."""
-        from tinystudent.distill import TrainConfig, train_student
+        from tinystudent.distill import train_student
 
         if prepared["kind"] == "encoder" and objective.startswith("rationale"):
             info(f"skipping {spec.name} / {objective}: an encoder student cannot write rationales")
@@ -220,17 +306,17 @@ class ExperimentRunner:
         teacher_part = dict(extra or {})
         if ":" in objective and given is None:
             names = [t.name for t in self.x.teachers] if objective.endswith(":all") else [objective.split(":")[1]]
-            teacher_part = {n: self.x.teacher(n).model_dump() for n in names}
-        payload = {**self.base, "student": spec.model_dump(), "method": method, "objective": objective,
+            teacher_part = {n: self.x.teacher(n).model_dump(exclude={"eval_modes"}) for n in names}
+        payload = {**self.base, "student": spec.model_dump(exclude={"methods"}), "method": method, "objective": objective,
                    "seed": seed, "training": self.x.training, "teachers": teacher_part}
         label = f"{spec.name} / {method} / {objective} / seed {seed}"
 
         def work(log: Path) -> dict:
             weights, rationales, scores = given or self.objective_inputs(objective)
-            options = {**self.x.training, "method": method, "seed": seed, "weights": weights}
+            options = {"method": method, "seed": seed, "weights": weights}
             if method == "lora":
-                options["lora"] = {**options.get("lora", {}), "merge": True}
-            config = TrainConfig(**options)
+                options["lora"] = {**self.x.training.get("lora", {}), "merge": True}
+            config = self.train_config(**options)
             run_dir = self.out_dir / "runs" / log.stem
             result = train_student(prepared["path"], self.splits.train, self.splits.valid, config, run_dir,
                                    rationales=rationales or None, choice_logprobs=scores or None,
@@ -241,9 +327,7 @@ class ExperimentRunner:
                 for row in trained.get("loss_history", []):
                     handle.write(f"{row}\n")
             trained.pop("loss_history", None)
-            summary = evaluate_in_subprocess(str(result.checkpoint), self.splits.task, self.x.task.test_split,
-                                             self.x.task.test_limit, self.x.task.seed, self.store.path, log,
-                                             self.x.eval_batch_size, self.x.device)
+            summary = self.evaluate(str(result.checkpoint), log)
             return {"train": trained, **summary, "student": spec.name, "method": method,
                     "objective": objective, "seed": seed, "group": "taught",
                     "bits_per_byte": prepared.get("bits_per_byte"), "train_seconds": trained.get("train_seconds")}
@@ -333,25 +417,21 @@ class ExperimentRunner:
                 "members": [members[n]["label"] for n in names], "method": "-", "seed": 0}
 
     def _mutual(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
-        from tinystudent.distill import TrainConfig, train_mutual
+        from tinystudent.distill import train_mutual
 
         seed = self.x.seeds[0]
         payload = {**self.base, "mutual": names, "training": self.x.training, "seed": seed,
                    "students": [prepared[n]["run_key"] for n in names]}
 
         def work(log: Path) -> dict:
-            config = TrainConfig(**{**self.x.training, "method": "full", "seed": seed,
-                                    "weights": {"answer": 1.0, "mutual": 1.0}})
+            config = self.train_config(method="full", seed=seed, weights={"answer": 1.0, "mutual": 1.0})
             run_dir = self.out_dir / "runs" / log.stem
             results = train_mutual([prepared[n]["path"] for n in names], self.splits.train,
                                    self.splits.valid, config, run_dir, task=self.splits.task)
             _release()
             peers = []
             for name, result in zip(names, results):
-                summary = evaluate_in_subprocess(str(result.checkpoint), self.splits.task,
-                                                 self.x.task.test_split, self.x.task.test_limit,
-                                                 self.x.task.seed, self.store.path, log,
-                                                 self.x.eval_batch_size, self.x.device)
+                summary = self.evaluate(str(result.checkpoint), log)
                 peers.append({**summary, "peer": name, "checkpoint": str(result.checkpoint)})
             return {"peers": peers}
 
@@ -375,7 +455,7 @@ class ExperimentRunner:
         if not judged:
             raise ValueError("search: no teacher accuracy to beat")
         best = max(judged, key=lambda t: t["acc"])
-        ids, correct = correct_by_id(self.store, best.get("evaluation_id"))
+        ids, correct = correct_by_id(self.store, best.get("evaluation_id"), best.get("metric", "acc"))
         teacher = {"name": best["name"], "acc": best["acc"], "ids": ids, "correct": correct}
         by_name = {s.name: s for s in self.x.students}
         candidates = [Candidate(n, p["params"], p["bits_per_byte"]) for n, p in prepared.items()
@@ -412,15 +492,15 @@ class ExperimentRunner:
             prepared[spec.name] = self.prepare_student(spec)
             if prepared[spec.name]["kind"] != "encoder":  # an untrained encoder's head is random
                 untrained = self.evaluate_student(f"{spec.name} / untrained", {**self.base, "student":
-                                                  spec.model_dump(), "untrained": True},
+                                                  spec.model_dump(exclude={"methods"}), "untrained": True},
                                                   lambda log, p=prepared[spec.name]["path"]: p)
                 runs.append({**untrained, "student": spec.name, "method": "-", "objective": "untrained",
                              "seed": 0, "group": "untrained",
                              "bits_per_byte": prepared[spec.name].get("bits_per_byte")})
         best_per_student: dict[str, dict] = {}
         for spec in ([] if x.search else x.students):
-            for method in x.methods.finetune:
-                for objective in x.methods.objectives:
+            for method in x.methods_of(spec).finetune:
+                for objective in x.methods_of(spec).objectives:
                     for seed in x.seeds:
                         row = self.train_one(spec, prepared[spec.name], method, objective, seed)
                         if row is None:

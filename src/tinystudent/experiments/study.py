@@ -8,14 +8,14 @@ import time
 from collections import defaultdict
 
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
-from tinystudent.evaluation.stats import majority_baseline, pearson
+from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline, pearson
 from tinystudent.experiments.config import config_hash
-from tinystudent.experiments.verdict import verdict
+from tinystudent.experiments.verdict import compare, verdict
 from tinystudent.store import Store, versions
 
 RUN_KEYS = ("run_key", "label", "student", "params", "method", "objective", "seed", "group", "members",
             "acc", "acc_norm", "ci95", "n", "peak_memory_mb", "latency_ms_p50", "questions_per_s",
-            "bits_per_byte", "train_seconds", "evaluation_id", "status")
+            "bits_per_byte", "train_seconds", "evaluation_id", "status", "truncated")
 
 
 def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
@@ -29,10 +29,15 @@ def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
                       row["data_hash"], row["settings"], predictions)
 
 
-def correct_by_id(store: Store, evaluation_id: int | None) -> tuple[list[str], list[bool]] | tuple[None, None]:
+def correct_by_id(store: Store, evaluation_id: int | None,
+                  metric: str = "acc") -> tuple[list[str], list[bool]] | tuple[None, None]:
+    """Question ids and whether each was answered right, by `acc` (the highest score) or
+    `acc_norm` (the highest score per character)."""
     if evaluation_id is None:
         return None, None
     rows = store.predictions(evaluation_id)
+    if metric == "acc_norm":
+        return [r["example_id"] for r in rows], [r["pred_norm"] == r["gold"] for r in rows]
     return [r["example_id"] for r in rows], [bool(r["correct"]) for r in rows]
 
 
@@ -68,15 +73,23 @@ def comparisons(runs: list[dict]) -> dict:
     }
 
 
+def _versus(candidate: dict, teacher: dict) -> dict:
+    """A run against one teacher on the same questions: difference and one-sided p."""
+    result = compare(candidate, teacher)
+    return {"diff": result["diff"], "p_value": result["p_value"]}
+
+
 def build_study(experiment, splits, teachers: list[dict], runs: list[dict], store: Store,
                 skipped: int = 0, computed: int = 0) -> dict:
     """The study dict: teachers, every run, the verdict, comparisons and correlations."""
     teacher_rows, judged = [], []
     for t in teachers:
-        ids, correct = correct_by_id(store, t.get("evaluation_id"))
+        ids, correct = correct_by_id(store, t.get("evaluation_id"), t.get("metric", "acc"))
         if correct is None and t.get("correct") is not None:
             ids, correct = [ex.id for ex in splits.test], t["correct"]
-        teacher_rows.append({"name": t["name"], "acc": t["acc"], "ci95": t.get("ci95"),
+        ci95 = t.get("ci95") if t.get("metric", "acc") == "acc" or correct is None else list(bootstrap_ci(correct))
+        teacher_rows.append({"name": t["name"], "acc": t["acc"], "ci95": ci95,
+                             "scoring": t.get("scoring"), "validation": t.get("validation") or [],
                              "params": t.get("params"), "peak_memory_mb": t.get("peak_memory_mb"),
                              "latency_ms_p50": t.get("latency_ms_p50"), "measured": t.get("measured", True),
                              "source": t.get("source")})
@@ -86,10 +99,14 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
     rows = [_run_row(run) for run in runs]
     candidates = []
     for run, row in zip(runs, rows):
-        if row["group"] in ("taught", "collaboration") and row["acc"] is not None:
-            ids, correct = correct_by_id(store, run.get("evaluation_id"))
-            if correct is not None:
-                candidates.append({**row, "ids": ids, "correct": correct})
+        if row["acc"] is None:
+            continue
+        ids, correct = correct_by_id(store, run.get("evaluation_id"))
+        if correct is None:
+            continue
+        row["vs_teachers"] = {t["name"]: _versus({**row, "ids": ids, "correct": correct}, t) for t in judged}
+        if row["group"] in ("taught", "collaboration"):
+            candidates.append({**row, "ids": ids, "correct": correct})
     trained = [r for r in rows if r["group"] in ("taught", "collaboration")]
     return {
         "experiment": experiment.name, "task": experiment.task.name, "split": experiment.task.test_split,

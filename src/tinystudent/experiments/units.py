@@ -99,13 +99,18 @@ def _die_with_parent(parent: int):
 
 def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None, seed: int,
                            db: Path, log_path: Path, batch_size: int = 16, device: str = "auto",
-                           mode: str = "loglikelihood") -> dict:
+                           mode: str = "loglikelihood", num_fewshot: int = 0,
+                           max_input_tokens: int | None = None) -> dict:
     """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone."""
     cmd = [sys.executable, "-m", "tinystudent", "eval", "--model", model, "--task", task,
            "--split", split, "--seed", str(seed), "--json", "--db", str(db),
            "--batch-size", str(batch_size), "--device", device, "--mode", mode]
     if limit:
         cmd += ["--limit", str(limit)]
+    if num_fewshot:
+        cmd += ["--num-fewshot", str(num_fewshot)]
+    if max_input_tokens:
+        cmd += ["--max-input-tokens", str(max_input_tokens)]
     done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent(os.getpid()))
     with log_path.open("a") as log:
         log.write("$ " + " ".join(cmd) + "\n" + done.stderr)

@@ -75,8 +75,8 @@ def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float
              "teacher_measured": teacher.get("measured", True), "by": by,
              "smallest_winner": None, "winner_acc": None, "winner_params": None,
              "winner_peak_memory_mb": None, "diff": None, "diff_ci95": None, "p_value": None,
-             "closest": None, "alpha": alpha}
-    best = None
+             "closest": None, "largest_loser": None, "alpha": alpha}
+    best, losers = None, []
     for candidate in ranked:
         result = compare(candidate, teacher, n_resamples, seed)
         if result["diff"] > 0 and result["p_value"] < alpha:
@@ -85,17 +85,33 @@ def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float
                          winner_peak_memory_mb=candidate.get("peak_memory_mb"),
                          diff=result["diff"], diff_ci95=result["ci95"], p_value=result["p_value"],
                          subset=result.get("subset"))
+            below = [loser for loser in losers if loser[0][by] < candidate[by]]
+            entry["largest_loser"] = _largest(below, by)
             return entry
+        losers.append((candidate, result))
         rank = ("subset" not in result, result["diff"])
         if best is None or rank > best[0]:
             best = (rank, candidate, result)
     if best:
         _, candidate, result = best
-        entry["closest"] = {"label": candidate["label"], "acc": candidate["acc"],
-                            "params": candidate.get("params"), "diff": result["diff"],
-                            "diff_ci95": result["ci95"], "p_value": result["p_value"],
-                            "subset": result.get("subset")}
+        entry["closest"] = _described(candidate, result)
+        entry["largest_loser"] = _largest(losers, by)
     return entry
+
+
+def _described(candidate: dict, result: dict) -> dict:
+    return {"label": candidate["label"], "acc": candidate["acc"], "params": candidate.get("params"),
+            "peak_memory_mb": candidate.get("peak_memory_mb"), "diff": result["diff"],
+            "diff_ci95": result["ci95"], "p_value": result["p_value"], "subset": result.get("subset")}
+
+
+def _largest(losers: list[tuple[dict, dict]], by: str) -> dict | None:
+    """The boundary below a winner: the best run of the largest candidate that does not win."""
+    if not losers:
+        return None
+    size = max(candidate[by] for candidate, _ in losers)
+    candidate, result = max(((c, r) for c, r in losers if c[by] == size), key=lambda cr: cr[0]["acc"])
+    return _described(candidate, result)
 
 
 def verdict(teachers: list[dict], candidates: list[dict], alpha: float = 0.05,

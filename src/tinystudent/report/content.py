@@ -51,16 +51,28 @@ def teacher_row(teacher: dict) -> list[str]:
     if teacher.get("source"):
         known += f" ({teacher['source']})"
     return [teacher["name"], fmt.pct(teacher["acc"]), fmt.pct_interval(teacher.get("ci95")),
+            teacher.get("scoring") or fmt.MISSING,
             fmt.params(teacher.get("params")), fmt.memory_mb(teacher.get("peak_memory_mb")),
             fmt.milliseconds(teacher.get("latency_ms_p50")), known]
 
 
 def teacher_section(study: dict) -> list[Block]:
     rows = [teacher_row(teacher) for teacher in study["teachers"]]
-    rows.append(_baseline_row(study, 7))
-    return [Heading("Teachers"),
-            Table(["teacher", "accuracy", "95% CI", "parameters", "peak memory", "latency p50", "how known"],
-                  rows, align=["l", "r", "r", "r", "r", "r", "l"])]
+    rows.append(_baseline_row(study, 8))
+    blocks: list[Block] = [
+        Heading("Teachers"),
+        Table(["teacher", "accuracy", "95% CI", "scored as", "parameters", "peak memory", "latency p50",
+               "how known"], rows, align=["l", "r", "r", "l", "r", "r", "r", "l"])]
+    chosen = [t for t in study["teachers"] if t.get("validation")]
+    if chosen:
+        blocks.append(Paragraph(
+            "Each measured teacher is scored on the test split the way it did best on the validation "
+            "split (its best fair shot, chosen without seeing the test questions):"))
+        blocks.append(Table(["teacher", "scored as", "validation accuracy", "chosen"],
+                            [[t["name"], row["scoring"], fmt.pct(row["acc"]),
+                              "yes" if row["scoring"] == t.get("scoring") else ""]
+                             for t in chosen for row in t["validation"]], align=["l", "l", "r", "l"]))
+    return blocks
 
 
 def _baseline_row(study: dict, width: int, acc_column: int = 1) -> list[str]:
@@ -254,16 +266,29 @@ def runs_section(study: dict) -> list[Block]:
     """Every run, smallest first, failed and pending ones included."""
     ordered = sorted(study["runs"], key=lambda run: (
         run.get("params") if fmt.is_number(run.get("params")) else float("inf"), -(run.get("acc") or 0)))
+    judged = [t for t in study["teachers"] if fmt.is_number(t.get("acc"))]
+    teachers = [t["name"] for t in judged]
+    headers = [f"p vs {t['name']}" + ("" if is_measured(t) else f" ({fmt.REPORTED})") for t in judged]
     rows = [[run["label"], run.get("group", TAUGHT), fmt.params(run.get("params")), fmt.pct(run.get("acc")),
              fmt.pct_interval(run.get("ci95")), fmt.memory_mb(run.get("peak_memory_mb")),
              fmt.milliseconds(run.get("latency_ms_p50")), fmt.decimal(run.get("bits_per_byte")),
-             fmt.seconds(run.get("train_seconds")), str(run.get("status", "done"))] for run in ordered]
-    rows.append(_baseline_row(study, 10, acc_column=3))
+             fmt.seconds(run.get("train_seconds")), _count(run.get("truncated")),
+             *[fmt.p_value(((run.get("vs_teachers") or {}).get(name) or {}).get("p_value")) for name in teachers],
+             str(run.get("status", "done"))] for run in ordered]
+    width = 11 + len(teachers)
+    rows.append(_baseline_row(study, width, acc_column=3))
     return [Heading("Every run"),
             Table(["run", "group", "parameters", "accuracy", "95% CI", "peak memory", "latency p50",
-                   "bits/byte", "training", "status"], rows,
-                  align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "l"],
-                  caption="Also in runs.csv and runs.json next to this report.")]
+                   "bits/byte", "training", "inputs cut", *headers, "status"],
+                  rows, align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *["r"] * len(teachers), "l"],
+                  caption="p vs a teacher: the share of paired bootstrap resamples of the test questions in "
+                          "which the run does not beat that teacher (against a reported teacher: its "
+                          "number). Inputs cut: test inputs whose evidence was cut to fit the input "
+                          "budget, the question kept. Also in runs.csv and runs.json next to this report.")]
+
+
+def _count(value) -> str:
+    return str(value) if isinstance(value, int) else fmt.MISSING
 
 
 def reproducibility_section(study: dict) -> list[Block]:

@@ -89,17 +89,31 @@ def verdict_sentence(entry: dict, teacher: dict) -> str:
     acc = entry.get("teacher_acc", teacher.get("acc"))
     who = teacher_mention(entry["teacher"], acc, _entry_measured(entry, teacher))
     winner = entry.get("smallest_winner")
+    loser = entry.get("largest_loser")
     if winner:
         evidence = _evidence(entry.get("winner_acc"), entry.get("diff"), entry.get("diff_ci95"),
                              entry.get("p_value"), entry.get("subset"))
+        boundary = ""
+        if loser:
+            boundary = (f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
+                        f"({_size(loser, by)}, {_evidence(loser.get('acc'), loser.get('diff'), loser.get('diff_ci95'), loser.get('p_value'), loser.get('subset'))}).")
         return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
-                f"{_cost_clause(entry, teacher, by)}.")
+                f"{_cost_clause(entry, teacher, by)}.{boundary}")
     closest = entry.get("closest")
     if not closest:
         return f"By {measure}, no student beats {who}, and no finished student run could be compared with it."
     evidence = _evidence(closest.get("acc"), closest.get("diff"), closest.get("diff_ci95"),
                          closest.get("p_value"), closest.get("subset"))
-    return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence})."
+    largest = ""
+    if loser and loser.get("label") != closest.get("label"):
+        largest = f" The largest student tried, {loser.get('label', '?')} ({_size(loser, by)}), does not beat it either."
+    return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence}).{largest}"
+
+
+def _size(record: dict, by: str) -> str:
+    if by == "peak_memory_mb":
+        return f"{fmt.memory_mb(record.get('peak_memory_mb'))} peak memory"
+    return f"{fmt.params(record.get('params'))} parameters"
 
 
 def _evidence(acc, diff, interval, p, subset: dict | None = None) -> str:
@@ -142,6 +156,7 @@ def verdict_table(entries: list[dict], teachers: dict[str, dict]) -> Table:
         winner = entry.get("smallest_winner")
         closest = entry.get("closest") or {}
         source = entry if winner else closest
+        loser = entry.get("largest_loser") or {}
         rows.append([
             name + (" [best]" if entry.get("best_teacher") else ""),
             fmt.pct(entry.get("teacher_acc", teacher.get("acc"))),
@@ -151,7 +166,8 @@ def verdict_table(entries: list[dict], teachers: dict[str, dict]) -> Table:
             fmt.points(source.get("diff")),
             fmt.points_interval(source.get("diff_ci95")),
             fmt.p_value(source.get("p_value")),
+            f"{loser['label']} ({fmt.pct(loser.get('acc'))})" if loser else fmt.MISSING,
         ])
     return Table(["teacher", "teacher acc", "judged by", "smallest student that beats it", "student acc",
-                  "difference (points)", "95% CI (points)", "p"], rows,
-                 align=["l", "r", "l", "l", "r", "r", "r", "r"])
+                  "difference (points)", "95% CI (points)", "p", "largest student below that does not"],
+                 rows, align=["l", "r", "l", "l", "r", "r", "r", "r", "l"])
