@@ -132,6 +132,9 @@ def train_command(
                                               "choices' scores) [tokens]."),
     keep_layers: Optional[str] = typer.Option(None, help="Scale the student down first: first:N, last:N, "
                                               "every:K, spread:N or layer indices 0,4,29."),
+    recover: Optional[int] = typer.Option(None, min=1, help="With --keep-layers: first distil the full "
+                                          "model into the cut one for N steps on the task's text (its "
+                                          "evidence, questions and the teachers' rationales), then train."),
     rationales_file: Optional[Path] = typer.Option(None, "--rationales", help="Rationales as JSONL "
                                                    "{id, teacher, rationale} instead of the teacher cache."),
     strategy: Optional[str] = typer.Option(None, help="Only cached rationales of this strategy "
@@ -156,6 +159,10 @@ def train_command(
     patience: Optional[int] = typer.Option(None, min=1, help="Early stopping after N evaluations without gain."),
     precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16, fp16."),
     gradient_checkpointing: bool = typer.Option(False, help="Recompute activations to save memory."),
+    attention_dropout: Optional[float] = typer.Option(None, help="Dropout on attention probabilities "
+                                                      "[the model's own]; 0 trains faster on a CPU."),
+    max_input_tokens: Optional[int] = typer.Option(None, min=8, help="Fit every input to N tokens, "
+                                                   "cutting evidence, never the question [256]."),
     max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Cut rationales to N tokens [128]."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and dropout [0]."),
     train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training questions."),
@@ -177,6 +184,8 @@ def train_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task
 
+    if recover and not keep_layers:
+        raise ValueError("--recover needs --keep-layers: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
     weights = objective_weights(objective, weight, names)
     lora = {k: v for k, v in {"rank": lora_rank, "alpha": lora_alpha, "merge": merge or None,
@@ -188,6 +197,7 @@ def train_command(
         "logit_kd_divergence": divergence, "eval_every": eval_every, "checkpoint_every": checkpoint_every,
         "early_stopping_patience": patience, "precision": precision,
         "gradient_checkpointing": gradient_checkpointing or None, "max_rationale_tokens": max_rationale_tokens,
+        "attention_dropout": attention_dropout, "max_input_tokens": max_input_tokens,
         "seed": seed, "valid_limit": valid_limit, "device": device})
     data = load_task(task, seed=split_seed, columns=parse_columns(columns))
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
@@ -208,6 +218,9 @@ def train_command(
 
             with main_process_first(config.device):  # built once under accelerate launch
                 student_path = str(scale_down(student, keep_layers, out / "student"))
+                if recover:
+                    student_path = _recover(student_path, student, train, valid, rationales, recover,
+                                            out / "recovery", config.device)
         else:
             student_path = student
         result = _run(student_path, train, valid, config, out, rationales, scores, teacher, task,
@@ -236,6 +249,19 @@ def _teacher_data(store, names, task, strategy, rationales_file, train, weights)
         raise ValueError("the rationale and choice_kd objectives need --teachers (or --rationales FILE.jsonl)")
     cached_rationales, scores = _from_cache(store, names, task, strategy, want_rationales, want_scores)
     return rationales or cached_rationales, scores
+
+
+def _recover(cut: str, parent: str, train, valid, rationales: dict, steps: int, out: Path, device: str) -> str:
+    """Recovery of the cut student from its parent (`distill.recover`); returns its folder."""
+    from tinystudent.distill import RecoveryConfig
+    from tinystudent.distill.recover import heldout_text, recover, recovery_texts
+
+    texts = recovery_texts(train, rationales)
+    result = recover(cut, parent, texts, heldout_text(valid, RecoveryConfig().heldout_bytes),
+                     RecoveryConfig(steps=steps), out, device=device)
+    info(f"recovery: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte on "
+         f"held-out validation text, {result.steps} steps, {result.seconds:.0f} s")
+    return result.path
 
 
 def _is_main() -> bool:

@@ -169,6 +169,8 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     if config.method == "lora":
         lora = config.lora
         model = apply_lora(core, loaded.kind, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+    if config.attention_dropout is not None:
+        set_attention_dropout(core, config.attention_dropout)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(core)
     core.config.use_cache = False
@@ -194,6 +196,24 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
     student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
     return Trainee(name, out_dir, student, model, objective, features, optimizer, scheduler, scaler,
                    counts, trainable, teacher_info, fit=fitted)
+
+
+def set_attention_dropout(core, p: float) -> int:
+    """Set the dropout on attention probabilities (the `dropout` of every *Attention module, and
+    the config fields that hold it); returns how many modules changed."""
+    changed = 0
+    for module in core.modules():
+        dropout = getattr(module, "dropout", None)
+        if type(module).__name__.endswith("Attention") and isinstance(dropout, torch.nn.Dropout):
+            dropout.p = p
+            changed += 1
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            changed += 1
+    for key in ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop"):
+        if hasattr(core.config, key):
+            setattr(core.config, key, p)
+    return changed
 
 
 def enable_activation_checkpointing(core) -> None:

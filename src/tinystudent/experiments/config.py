@@ -111,6 +111,7 @@ class TeacherSpec(Strict):
     k_shots: int = Field(2, ge=0)
     max_new_tokens: int = Field(128, ge=1)
     eval_modes: list[str] = ["zero_shot"]
+    max_input_tokens: int | None = Field(None, ge=8)  # this teacher's inputs; default: the task's
     teach_limit: int | None = Field(None, ge=1)  # rationales and choice probabilities for the first N training questions
     rationales: ImportSpec | None = None
     reported_acc: float | None = Field(None, ge=0, le=1)
@@ -148,7 +149,8 @@ class StudentSpec(Strict):
 
     `recover` (a cut causal student) first distils the model it was cut from into it on the
     task's text (`distill.recover`), before it learns the task. `methods` replaces the
-    experiment's methods for this student (an encoder cannot learn from rationales, say).
+    experiment's methods for this student (an encoder cannot learn from rationales, say), and
+    `training` changes its training settings (a large student may take fewer steps).
     """
 
     name: str
@@ -157,6 +159,7 @@ class StudentSpec(Strict):
     kind: Literal["causal", "seq2seq", "encoder"] | None = None
     recover: RecoveryConfig | None = None
     methods: "MethodSpec | None" = None
+    training: dict = {}  # this student's changes to the experiment's training block (steps, lr, ...)
 
     @model_validator(mode="after")
     def _recover_needs_a_cut(self):
@@ -196,7 +199,8 @@ StudentSpec.model_rebuild()
 class CollaborationSpec(Strict):
     """Small models working together instead of learning from a teacher (see the collab package)."""
 
-    members: list[str] = []  # student names
+    members: list[str] = []  # student names: ensembles and mutual learning
+    debate_members: list[str] | None = None  # who debates (they must write text); default: members
     mutual_learning: bool = False
     collaborative_teaching: bool = False  # each member learns from the others' rationales
     ensemble: bool = False
@@ -255,9 +259,10 @@ class Experiment(Strict):
         if self.search and not self.measure_bits_per_byte:
             raise ValueError("search needs measure_bits_per_byte: true (it ranks students by bits per byte)")
         if self.collaboration:
-            unknown = set(self.collaboration.members) - set(student_names)
-            if unknown:
-                raise ValueError(f"collaboration.members: {sorted(unknown)} are not students")
+            for key in ("members", "debate_members"):
+                unknown = set(getattr(self.collaboration, key) or []) - set(student_names)
+                if unknown:
+                    raise ValueError(f"collaboration.{key}: {sorted(unknown)} are not students")
         return self
 
     def teacher(self, name: str) -> TeacherSpec:
@@ -313,14 +318,17 @@ def _check_mlflow(experiment: Experiment, path: Path) -> None:
 
 
 def _check_training(experiment: Experiment, path: Path) -> None:
-    """The `training` block must be a valid training config for every fine-tuning method."""
+    """The `training` block, with each student's changes, must be a valid training config for
+    every fine-tuning method."""
     from tinystudent.distill import TrainConfig
 
-    for method in experiment.methods.finetune:
-        try:
-            TrainConfig(**{**experiment.training, "method": method})
-        except ValidationError as err:
-            raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  training.")) from None
+    for i, student in enumerate(experiment.students):
+        where = f"students.{i}.training." if student.training else "training."
+        for method in experiment.methods_of(student).finetune:
+            try:
+                TrainConfig(**{**experiment.training, **student.training, "method": method})
+            except ValidationError as err:
+                raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  " + where)) from None
 
 
 def _apply_override(raw: dict, override: str) -> None:

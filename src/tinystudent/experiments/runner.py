@@ -67,13 +67,17 @@ class ExperimentRunner:
         reuses what the others computed."""
         return {**self.base, "teacher": spec.model_dump(exclude={"eval_modes"})}
 
-    def train_config(self, **options):
-        """The experiment's training block with `options` on top; inputs fitted to the
-        experiment's budget when it sets one."""
+    def train_config(self, spec=None, **options):
+        """The experiment's training block, the student's changes and `options` on top; inputs
+        fitted to the experiment's budget when it sets one."""
         from tinystudent.distill import TrainConfig
 
         fitted = {"max_input_tokens": self.x.task.max_input_tokens} if self.x.task.max_input_tokens else {}
-        return TrainConfig(**{**self.x.training, **fitted, **options})
+        return TrainConfig(**{**self.x.training, **fitted, **(spec.training if spec else {}), **options})
+
+    def teacher_budget(self, spec: TeacherSpec) -> int | None:
+        """Tokens a teacher's inputs are fitted to: its own budget, else the task's."""
+        return spec.max_input_tokens or self.x.task.max_input_tokens
 
     def teaching_examples(self, spec: TeacherSpec) -> list[Example]:
         """The training questions a teacher writes rationales and choice probabilities for (the
@@ -81,15 +85,15 @@ class ExperimentRunner:
         return self.splits.train[: spec.teach_limit] if spec.teach_limit else self.splits.train
 
     def evaluate(self, model: str, log: Path, split: str | None = None, limit: int | None = None,
-                 scoring: ScoringPass | None = None) -> dict:
+                 scoring: ScoringPass | None = None, budget: int | None = None) -> dict:
         """`model` on the test split (or `split`, first `limit` questions), in its own process,
-        its inputs fitted to the experiment's budget."""
+        its inputs fitted to `budget` (default: the experiment's)."""
         task = self.x.task
         scoring = scoring or parse_scoring_pass("zero_shot")
         return evaluate_in_subprocess(model, self.splits.task, split or task.test_split,
                                       limit if split else task.test_limit, task.seed, self.store.path,
                                       log, self.x.eval_batch_size, self.x.device, scoring.mode,
-                                      scoring.num_fewshot, task.max_input_tokens)
+                                      scoring.num_fewshot, budget or task.max_input_tokens)
 
     def measure_teacher(self, spec: TeacherSpec) -> dict:
         """The teacher's test accuracy (the baseline to beat), or its reported number.
@@ -127,7 +131,7 @@ class ExperimentRunner:
         return self.units.run("teacher_eval", label, payload, lambda log: {
             "name": spec.name, "measured": True,
             **self.evaluate(spec.model, log, split if split != self.x.task.test_split else None, limit,
-                            scoring)})
+                            scoring, self.teacher_budget(spec))})
 
     def _measure_http_teacher(self, spec: TeacherSpec) -> dict:
         import numpy as np
@@ -137,7 +141,7 @@ class ExperimentRunner:
 
         teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
         scores = teacher_choice_logprobs(teacher, self.splits.test, self.splits.task, self.store,
-                                         max_input_tokens=self.x.task.max_input_tokens)
+                                         max_input_tokens=self.teacher_budget(spec))
         correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in self.splits.test]
         return {"name": spec.name, "measured": True, "acc": float(np.mean(correct)),
                 "ci95": list(bootstrap_ci(correct)), "correct": correct, "n": len(correct),
@@ -174,7 +178,7 @@ class ExperimentRunner:
                 summary = teach(teacher, self.teaching_examples(spec), self.splits.task, spec.strategy,
                                 self.store, train_examples=self.splits.train, k_shots=spec.k_shots,
                                 seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens,
-                                max_input_tokens=self.x.task.max_input_tokens)
+                                max_input_tokens=self.teacher_budget(spec))
                 teacher.close()
                 _release()
                 return {k: v for k, v in summary.to_dict().items() if k != "outputs"}
@@ -193,7 +197,7 @@ class ExperimentRunner:
             raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
         teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
         scores = teacher_choice_logprobs(teacher, self.teaching_examples(spec), self.splits.task, self.store,
-                                         max_input_tokens=self.x.task.max_input_tokens)
+                                         max_input_tokens=self.teacher_budget(spec))
         teacher.close()
         _release()
         return scores
@@ -316,7 +320,7 @@ class ExperimentRunner:
             options = {"method": method, "seed": seed, "weights": weights}
             if method == "lora":
                 options["lora"] = {**self.x.training.get("lora", {}), "merge": True}
-            config = self.train_config(**options)
+            config = self.train_config(spec, **options)
             run_dir = self.out_dir / "runs" / log.stem
             result = train_student(prepared["path"], self.splits.train, self.splits.valid, config, run_dir,
                                    rationales=rationales or None, choice_logprobs=scores or None,
@@ -327,7 +331,7 @@ class ExperimentRunner:
                 for row in trained.get("loss_history", []):
                     handle.write(f"{row}\n")
             trained.pop("loss_history", None)
-            summary = self.evaluate(str(result.checkpoint), log)
+            summary = self.evaluate(str(result.checkpoint), log, budget=config.max_input_tokens)
             return {"train": trained, **summary, "student": spec.name, "method": method,
                     "objective": objective, "seed": seed, "group": "taught",
                     "bits_per_byte": prepared.get("bits_per_byte"), "train_seconds": trained.get("train_seconds")}
@@ -340,13 +344,16 @@ class ExperimentRunner:
         """Ensembles, debate and mutual learning over the collaboration members."""
         spec = self.x.collaboration
         rows: list[dict] = []
-        if not spec or len(spec.members) < 2:
+        if not spec:
             return rows
-        names = spec.members
+        names = [n for n in spec.members if n in members]
+        debaters = [n for n in (spec.debate_members or spec.members) if n in members]
+        if spec.debate_rounds and len(debaters) >= 2:
+            rows.append(self._debate(debaters, members))
+        if len(names) < 2:
+            return rows
         if spec.ensemble:
             rows += self._ensembles(names, members)
-        if spec.debate_rounds:
-            rows.append(self._debate(names, members))
         if spec.mutual_learning:
             rows += self._mutual(names, prepared)
         if spec.collaborative_teaching:
@@ -404,7 +411,8 @@ class ExperimentRunner:
             from tinystudent.models import load_model
 
             loaded = [load_model(members[n]["checkpoint"], device=self.x.device) for n in names]
-            result = debate(loaded, examples, rounds=spec.debate_rounds, max_new_tokens=48)
+            questions = self._fit_for_debate(examples, loaded[0].tokenizer)
+            result = debate(loaded, questions, rounds=spec.debate_rounds, max_new_tokens=48)
             evaluated = debate_eval_result(result, examples, self.splits.task, self.x.task.test_split)
             evaluation_id = self.store.save_evaluation(evaluated)
             del loaded
@@ -415,6 +423,18 @@ class ExperimentRunner:
         row = self.units.run("debate", f"debate of {' + '.join(names)}{subset}", payload, work)
         return {**row, "group": "collaboration", "objective": "debate", "student": "+".join(names),
                 "members": [members[n]["label"] for n in names], "method": "-", "seed": 0}
+
+    def _fit_for_debate(self, examples: list[Example], tokenizer) -> list[Example]:
+        """Each question's evidence cut so its first debate prompt fits the experiment's input
+        budget (later rounds add the other members' short answers on top)."""
+        from tinystudent.collab.debate import first_prompt
+        from tinystudent.evaluation.fit import fit_example, token_counter
+
+        budget = self.x.task.max_input_tokens
+        if not budget:
+            return examples
+        count = token_counter(tokenizer)
+        return [fit_example(ex, first_prompt, count, tokenizer, budget).example for ex in examples]
 
     def _mutual(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
         from tinystudent.distill import train_mutual
@@ -431,7 +451,7 @@ class ExperimentRunner:
             _release()
             peers = []
             for name, result in zip(names, results):
-                summary = self.evaluate(str(result.checkpoint), log)
+                summary = self.evaluate(str(result.checkpoint), log, budget=config.max_input_tokens)
                 peers.append({**summary, "peer": name, "checkpoint": str(result.checkpoint)})
             return {"peers": peers}
 
