@@ -44,7 +44,8 @@ def run_command(
     from tinystudent.experiments.config import load_experiment
 
     spec = load_experiment(experiment_path(experiment), overrides or [])
-    plan = len(spec.students) * len(spec.methods.finetune) * len(spec.methods.objectives) * len(spec.seeds)
+    plan = sum(len(spec.methods_of(s).finetune) * len(spec.methods_of(s).objectives) for s in spec.students) \
+        * len(spec.seeds)
     console.print(f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
                   f"up to {plan} training run(s)")
     if check:

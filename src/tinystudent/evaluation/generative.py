@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from tinystudent.evaluation.batching import token_batches
+
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
 from tinystudent.tasks.schema import Example
 
@@ -50,22 +52,26 @@ def render_prompt(tokenizer, prompt: str) -> str:
 def generate_texts(model, tokenizer, kind: str, prompts: list[str], max_new_tokens: int,
                    batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
                    seed: int = 0, on_batch: Callable[[int, float], None] | None = None) -> list[str]:
-    """Batched generation with the KV cache; left padding for decoder-only models."""
+    """Batched generation with the KV cache; left padding for decoder-only models. Prompts are
+    batched longest first, so a batch's prompts are about equally long; texts come back in the
+    prompts' order."""
     device = next(model.parameters()).device
-    outputs: list[str] = []
+    outputs: list[str] = [""] * len(prompts)
     if kind == "causal":
         tokenizer.padding_side = "left"
     torch.manual_seed(seed)
-    for start in range(0, len(prompts), batch_size):
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=kind != "causal")["input_ids"]]
+    for batch_indices in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
         began = time.perf_counter()
-        batch = prompts[start: start + batch_size]
+        batch = [prompts[i] for i in batch_indices]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=kind != "causal").to(device)
         sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
         generated = model.generate(**enc, max_new_tokens=max_new_tokens,
                                    pad_token_id=tokenizer.pad_token_id, **sampling)
         if kind == "causal":
             generated = generated[:, enc["input_ids"].shape[1]:]
-        outputs.extend(tokenizer.batch_decode(generated, skip_special_tokens=True))
+        for index, text in zip(batch_indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
+            outputs[index] = text
         if on_batch:
             on_batch(len(batch), time.perf_counter() - began)
     return outputs

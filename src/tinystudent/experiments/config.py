@@ -112,7 +112,9 @@ class TeacherSpec(Strict):
     max_new_tokens: int = Field(128, ge=1)
     eval_modes: list[str] = ["zero_shot"]
     max_input_tokens: int | None = Field(None, ge=8)  # this teacher's inputs; default: the task's
-    teach_limit: int | None = Field(None, ge=1)  # rationales and choice probabilities for the first N training questions
+    teach_limit: int | None = Field(None, ge=1)  # rationales for the first N training questions
+    choice_limit: int | None = Field(None, ge=1)  # yes/no (choice) probabilities for the first N
+    batch_size: int = Field(16, ge=1)  # prompts per generation batch of a local teacher
     rationales: ImportSpec | None = None
     reported_acc: float | None = Field(None, ge=0, le=1)
     reported_source: str | None = None
@@ -206,6 +208,7 @@ class CollaborationSpec(Strict):
     ensemble: bool = False
     debate_rounds: int = Field(0, ge=0)
     debate_limit: int | None = Field(None, ge=1)
+    training: dict = {}  # mutual learning's changes to the experiment's training block
 
 
 class SearchSpec(Strict):
@@ -322,6 +325,11 @@ def _check_training(experiment: Experiment, path: Path) -> None:
     every fine-tuning method."""
     from tinystudent.distill import TrainConfig
 
+    collaboration = experiment.collaboration.training if experiment.collaboration else {}
+    try:
+        TrainConfig(**{**experiment.training, **collaboration, "method": "full"})
+    except ValidationError as err:
+        raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  collaboration.training.")) from None
     for i, student in enumerate(experiment.students):
         where = f"students.{i}.training." if student.training else "training."
         for method in experiment.methods_of(student).finetune:

@@ -62,10 +62,14 @@ class ExperimentRunner:
 
     # --- teachers ---------------------------------------------------------------------------
 
-    def teacher_payload(self, spec: TeacherSpec) -> dict:
+    def teacher_payload(self, spec: TeacherSpec, scoring: bool = False) -> dict:
         """What a teacher's units depend on: which ways it is scored is left out, so adding one
-        reuses what the others computed."""
-        return {**self.base, "teacher": spec.model_dump(exclude={"eval_modes"})}
+        reuses what the others computed; its scores (`scoring`) depend only on the model and its
+        input budget, not on how it teaches."""
+        exclude = {"eval_modes", "batch_size"}
+        if scoring:
+            exclude |= {"strategy", "k_shots", "max_new_tokens", "teach_limit", "choice_limit", "rationales"}
+        return {**self.base, "teacher": spec.model_dump(exclude=exclude)}
 
     def train_config(self, spec=None, **options):
         """The experiment's training block, the student's changes and `options` on top; inputs
@@ -79,10 +83,18 @@ class ExperimentRunner:
         """Tokens a teacher's inputs are fitted to: its own budget, else the task's."""
         return spec.max_input_tokens or self.x.task.max_input_tokens
 
-    def teaching_examples(self, spec: TeacherSpec) -> list[Example]:
-        """The training questions a teacher writes rationales and choice probabilities for (the
-        first `teach_limit`; students train on all, the others without this teacher's signal)."""
-        return self.splits.train[: spec.teach_limit] if spec.teach_limit else self.splits.train
+    def teaching_examples(self, spec: TeacherSpec, limit: int | None) -> list[Example]:
+        """The first `limit` training questions, those a teacher writes rationales (`teach_limit`)
+        or choice probabilities (`choice_limit`) for; students train on all, the others without
+        this teacher's signal."""
+        return self.splits.train[:limit] if limit else self.splits.train
+
+    def make_teacher(self, spec: TeacherSpec):
+        from tinystudent.teachers import make_teacher
+
+        if spec.backend == "local":
+            return make_teacher(spec.model, batch_size=spec.batch_size, device=self.x.device)
+        return make_teacher(spec.model, spec.base_url, spec.api_key_env)
 
     def evaluate(self, model: str, log: Path, split: str | None = None, limit: int | None = None,
                  scoring: ScoringPass | None = None, budget: int | None = None) -> dict:
@@ -126,7 +138,7 @@ class ExperimentRunner:
     def _teacher_pass(self, spec: TeacherSpec, scoring: ScoringPass, split: str) -> dict:
         """One cached evaluation of a local teacher on `split` in one way of scoring it."""
         limit = self.x.task.valid_limit if split == "validation" else self.x.task.test_limit
-        payload = {**self.teacher_payload(spec), "split": split, "scoring": scoring.name}
+        payload = {**self.teacher_payload(spec, scoring=True), "split": split, "scoring": scoring.name}
         label = f"teacher {spec.name} ({scoring.name}, {split})"
         return self.units.run("teacher_eval", label, payload, lambda log: {
             "name": spec.name, "measured": True,
@@ -174,8 +186,8 @@ class ExperimentRunner:
             def work(log: Path) -> dict:
                 from tinystudent.teachers import make_teacher, teach
 
-                teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-                summary = teach(teacher, self.teaching_examples(spec), self.splits.task, spec.strategy,
+                teacher = self.make_teacher(spec)
+                summary = teach(teacher, self.teaching_examples(spec, spec.teach_limit), self.splits.task, spec.strategy,
                                 self.store, train_examples=self.splits.train, k_shots=spec.k_shots,
                                 seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens,
                                 max_input_tokens=self.teacher_budget(spec))
@@ -195,8 +207,8 @@ class ExperimentRunner:
 
         if not spec.measured:
             raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
-        teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-        scores = teacher_choice_logprobs(teacher, self.teaching_examples(spec), self.splits.task, self.store,
+        teacher = self.make_teacher(spec)
+        scores = teacher_choice_logprobs(teacher, self.teaching_examples(spec, spec.choice_limit), self.splits.task, self.store,
                                          max_input_tokens=self.teacher_budget(spec))
         teacher.close()
         _release()
@@ -310,7 +322,7 @@ class ExperimentRunner:
         teacher_part = dict(extra or {})
         if ":" in objective and given is None:
             names = [t.name for t in self.x.teachers] if objective.endswith(":all") else [objective.split(":")[1]]
-            teacher_part = {n: self.x.teacher(n).model_dump(exclude={"eval_modes"}) for n in names}
+            teacher_part = {n: self.teacher_payload(self.x.teacher(n))["teacher"] for n in names}
         payload = {**self.base, "student": spec.model_dump(exclude={"methods"}), "method": method, "objective": objective,
                    "seed": seed, "training": self.x.training, "teachers": teacher_part}
         label = f"{spec.name} / {method} / {objective} / seed {seed}"
@@ -441,10 +453,12 @@ class ExperimentRunner:
 
         seed = self.x.seeds[0]
         payload = {**self.base, "mutual": names, "training": self.x.training, "seed": seed,
-                   "students": [prepared[n]["run_key"] for n in names]}
+                   "students": [prepared[n]["run_key"] for n in names],
+                   **({"changes": self.x.collaboration.training} if self.x.collaboration.training else {})}
 
         def work(log: Path) -> dict:
-            config = self.train_config(method="full", seed=seed, weights={"answer": 1.0, "mutual": 1.0})
+            config = self.train_config(None, **self.x.collaboration.training, method="full", seed=seed,
+                                       weights={"answer": 1.0, "mutual": 1.0})
             run_dir = self.out_dir / "runs" / log.stem
             results = train_mutual([prepared[n]["path"] for n in names], self.splits.train,
                                    self.splits.valid, config, run_dir, task=self.splits.task)
@@ -533,7 +547,7 @@ class ExperimentRunner:
         runs += self.collaborate(best_per_student, prepared)
         search = self.search(prepared, teachers, runs) if x.search else None
         study = build_study(x, self.splits, teachers, runs, self.store,
-                            skipped=len(self.units.skipped), computed=len(self.units.done))
+                            skipped=len(self.units.skipped), computed=len(self.units.done), prepared=prepared)
         study["search"] = search
         self.store.save_run(f"study:{x.name}", "study", "done", {"experiment": x.name}, study, x.name)
         if x.mlflow:

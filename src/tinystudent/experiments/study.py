@@ -79,8 +79,24 @@ def _versus(candidate: dict, teacher: dict) -> dict:
     return {"diff": result["diff"], "p_value": result["p_value"]}
 
 
+def student_rows(prepared: dict[str, dict]) -> list[dict]:
+    """Each student as prepared: size, bits per byte on held-out text, and its recovery (the
+    cut model's bits per byte before and after distillation from its parent)."""
+    rows = []
+    for name, student in prepared.items():
+        recovery = student.get("recovery") or {}
+        rows.append({"name": name, "kind": student.get("kind"), "params": student.get("params"),
+                     "bits_per_byte": student.get("bits_per_byte"),
+                     "recovered": bool(recovery),
+                     "bits_per_byte_before_recovery": recovery.get("bits_per_byte_before"),
+                     "bits_per_byte_after_recovery": recovery.get("bits_per_byte_after"),
+                     "recovery_steps": recovery.get("steps"), "recovery_tokens": recovery.get("tokens"),
+                     "recovery_seconds": recovery.get("seconds")})
+    return rows
+
+
 def build_study(experiment, splits, teachers: list[dict], runs: list[dict], store: Store,
-                skipped: int = 0, computed: int = 0) -> dict:
+                skipped: int = 0, computed: int = 0, prepared: dict[str, dict] | None = None) -> dict:
     """The study dict: teachers, every run, the verdict, comparisons and correlations."""
     teacher_rows, judged = [], []
     for t in teachers:
@@ -114,7 +130,8 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
         "config": experiment.model_dump(), "config_hash": config_hash(experiment.model_dump()),
         "data_hash": splits.hashes()["test"], "data_origin": splits.origin, "versions": versions(),
         "majority_baseline": majority_baseline(splits.test)["acc"],
-        "teachers": teacher_rows, "runs": rows, "verdict": verdict(judged, candidates),
+        "teachers": teacher_rows, "students": student_rows(prepared or {}), "runs": rows,
+        "verdict": verdict(judged, candidates),
         "comparisons": comparisons(rows),
         "bpb_correlation": {
             "acc_vs_bpb_pearson": pearson([r["bits_per_byte"] for r in trained], [r["acc"] for r in trained]),

@@ -27,7 +27,7 @@ def build_report(study: dict) -> list[Block]:
     runs = finished_runs(study)
     return [*title_section(study, runs), *verdict_section(study), *teacher_section(study),
             *size_section(study, runs), *comparison_section(study), *learning_vs_working_section(study),
-            *loss_section(study, runs), *search_section(study), *runs_section(study),
+            *recovery_section(study), *loss_section(study, runs), *search_section(study), *runs_section(study),
             *reproducibility_section(study)]
 
 
@@ -243,6 +243,23 @@ def loss_section(study: dict, runs: list[dict]) -> list[Block]:
     blocks.append(Table(["student", "parameters", "bits per byte", "best accuracy"], rows,
                         align=["l", "r", "r", "r"], caption="Each student once, lowest bits per byte first."))
     return blocks
+
+
+def recovery_section(study: dict) -> list[Block]:
+    """Bits per byte of each cut student before and after recovery from its parent."""
+    recovered = [s for s in study.get("students") or [] if s.get("recovered")]
+    if not recovered:
+        return []
+    rows = [[s["name"], fmt.params(s.get("params")), fmt.decimal(s.get("bits_per_byte_before_recovery")),
+             fmt.decimal(s.get("bits_per_byte_after_recovery")), str(s.get("recovery_steps") or fmt.MISSING),
+             f"{s['recovery_tokens']:,}" if isinstance(s.get("recovery_tokens"), int) else fmt.MISSING,
+             fmt.seconds(s.get("recovery_seconds"))] for s in recovered]
+    return [Heading("Recovery of cut students"),
+            Paragraph("A student cut from a larger model first relearns language from it: distillation "
+                      "(KL to the parent's next-token distribution) on the task's training text, before "
+                      "it learns the task. Bits per byte on held-out validation text, lower is better."),
+            Table(["student", "parameters", "bits/byte cut", "bits/byte recovered", "steps", "tokens",
+                   "time"], rows, align=["l", "r", "r", "r", "r", "r", "r"])]
 
 
 def search_section(study: dict) -> list[Block]:
