@@ -128,6 +128,14 @@ def test_loss_search_and_reproducibility_sections(markdown):
     assert re.search(r"\| torch +\| 2\.13\.0 +\|", footer)
 
 
+def test_recovery_table_gives_bits_per_byte_before_and_after(markdown):
+    recovery = section(markdown, "Recovery of cut students")
+    row = next(line for line in recovery.splitlines() if line.startswith("| smollm2-first8"))
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "smollm2-first8", "layers first:8", "45.0M", "4.620", "1.310", "16", "8,192", "2.0 min"]
+    assert "minilm-l6" not in recovery  # never cut, never recovered
+
+
 def test_markdown_links_plots_that_exist(rendered, markdown):
     links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)
     assert links == ["figures/accuracy_vs_params.png", "figures/accuracy_vs_peak_memory.png",

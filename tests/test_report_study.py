@@ -109,6 +109,15 @@ def realistic_study() -> dict:
                     {"objective": run["objective"], "acc": run["acc"], "ci95": run["ci95"]}
                     for run in runs[3:8] if run["method"] == "full"]}],
         },
+        "students": [
+            {"name": "smollm2-first8", "cut": "layers first:8", "kind": "causal", "params": 45_000_000,
+             "bits_per_byte": 1.31, "recovered": True, "bits_per_byte_before_recovery": 4.62,
+             "bits_per_byte_after_recovery": 1.31, "recovery_steps": 16, "recovery_tokens": 8192,
+             "recovery_seconds": 120.5},
+            {"name": "minilm-l6", "cut": "-", "kind": "encoder", "params": 22_713_216, "bits_per_byte": None,
+             "recovered": False, "bits_per_byte_before_recovery": None, "bits_per_byte_after_recovery": None,
+             "recovery_steps": None, "recovery_tokens": None, "recovery_seconds": None},
+        ],
         "bpb_correlation": {"acc_vs_bpb_pearson": -0.81, "acc_vs_log_params_pearson": 0.74},
         "search": {"trained": 3, "ladder": 5, "saved": 2},
     }

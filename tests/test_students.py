@@ -149,3 +149,41 @@ def test_other_causal_families_scale_down_and_train(model_type, tiny_causal, tmp
         result = train_student(str(out), examples[:4], examples[4:], cfg, tmp_path / f"run-{method}", task="t")
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.loss_history)
         assert (result.trainable_params < result.params) == (method == "lora")
+
+
+@pytest.mark.parametrize("fixture,ff_out", [
+    ("tiny_causal", "mlp.down_proj"),
+    ("tiny_seq2seq", "DenseReluDense.wo"),
+    ("tiny_encoder", "output.dense"),
+])
+def test_width_pruning_drops_the_units_that_do_nothing(fixture, ff_out, request, tmp_path):
+    """Half of every feed-forward block's units are silenced (their output weights zeroed): width
+    pruning to 50% must drop exactly those, so the narrower model computes what the source did."""
+    import shutil
+
+    source = load_model(str(request.getfixturevalue(fixture)), device="cpu")
+    silenced = 0
+    for name, module in source.model.named_modules():
+        if name.endswith(ff_out) and module.in_features in (128,):
+            with torch.no_grad():
+                module.weight[:, 1::2] = 0  # units 1, 3, 5, ... contribute nothing
+            silenced += 1
+    assert silenced >= 2
+    folder = tmp_path / "source"
+    source.model.save_pretrained(folder, safe_serialization=True)
+    source.tokenizer.save_pretrained(folder)
+    narrow = scale_down(str(folder), None, tmp_path / "narrow", mlp_width=0.5)
+    manifest = json.loads((narrow / "student.json").read_text())
+    assert manifest["mlp_units"] == [128, 64] and manifest["mlp_width"] == 0.5
+    smaller = load_model(str(narrow), device="cpu").model
+    assert count_parameters(smaller)["total"] < count_parameters(source.model)["total"]
+    ids = torch.tensor([[5, 17, 42, 9, 100]])
+    inputs = {"input_ids": ids}
+    if fixture == "tiny_seq2seq":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 7, 8]])
+    if fixture == "tiny_encoder":
+        inputs = {"input_ids": ids.unsqueeze(0).repeat(1, 2, 1)}
+    torch.testing.assert_close(smaller(**inputs).logits, source.model(**inputs).logits)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        scale_down(str(folder), None, tmp_path / "bad", mlp_width=1.5)
+    shutil.rmtree(folder)

@@ -98,11 +98,21 @@ def test_valid_experiment_loads(tmp_path):
     (('"choice_kd:smol"', '"choice_kd"'), "needs a teacher"),
     (("{name: smol, model", "{name: smol, backend: http, model"), "needs `base_url`"),
     (("keep_layers", "students_extra: 1, keep_layers"), "students.0.students_extra"),
+    (("{name: smol, model", "{name: smol, backend: imported, model"), "needs `rationales` (its outputs) or"),
+    (("{name: smol, model: HuggingFaceTB/SmolLM2-135M-Instruct}",
+      "{name: smol, backend: imported, reported_acc: 0.6, reported_source: paper}"), "teacher 'smol' has no rationales"),
 ])
 def test_bad_experiment_names_the_key(tmp_path, change, message):
     with pytest.raises(ExperimentError) as err:
         load_experiment(write(tmp_path, VALID.replace(*change)))
     assert message in str(err.value)
+
+
+def test_a_teacher_known_by_its_published_accuracy_alone(tmp_path):
+    text = VALID.replace('"rationale:smol", ', "").replace(
+        "teachers:\n", "teachers:\n  - {name: paper, backend: imported, reported_acc: 0.7, reported_source: Table 2}\n")
+    experiment = load_experiment(write(tmp_path, text))
+    assert [t.writes_rationales for t in experiment.teachers] == [False, True]
 
 
 def test_missing_files_are_named(tmp_path):

@@ -132,7 +132,10 @@ def train_command(
                                               "choices' scores) [tokens]."),
     keep_layers: Optional[str] = typer.Option(None, help="Scale the student down first: first:N, last:N, "
                                               "every:K, spread:N or layer indices 0,4,29."),
-    recover: Optional[int] = typer.Option(None, min=1, help="With --keep-layers: first distil the full "
+    mlp_width: Optional[float] = typer.Option(None, min=0.01, max=0.99, help="Scale the student down first "
+                                              "to this fraction of each feed-forward block's units "
+                                              "(those of largest weight magnitude), e.g. 0.5."),
+    recover: Optional[int] = typer.Option(None, min=1, help="With --keep-layers/--mlp-width: first distil the full "
                                           "model into the cut one for N steps on the task's text (its "
                                           "evidence, questions and the teachers' rationales), then train."),
     rationales_file: Optional[Path] = typer.Option(None, "--rationales", help="Rationales as JSONL "
@@ -184,8 +187,9 @@ def train_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task
 
-    if recover and not keep_layers:
-        raise ValueError("--recover needs --keep-layers: it repairs a cut student from the full model")
+    cut = keep_layers is not None or mlp_width is not None
+    if recover and not cut:
+        raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
     weights = objective_weights(objective, weight, names)
     lora = {k: v for k, v in {"rank": lora_rank, "alpha": lora_alpha, "merge": merge or None,
@@ -203,7 +207,8 @@ def train_command(
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
     valid = data.split("validation")
     test_examples = (data.split("test")[:test_limit] if test_limit else data.split("test")) if test else None
-    out = out or Path("tinystudent-runs") / _slug(f"{Path(student).name}-{keep_layers or 'all'}-"
+    shape = "-".join(part for part in (keep_layers, f"ff{mlp_width:g}" if mlp_width else None) if part) or "all"
+    out = out or Path("tinystudent-runs") / _slug(f"{Path(student).name}-{shape}-"
                                                    f"{Path(task).name}-{objective}-{method}")
     with Store(db) as store:
         rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train,
@@ -212,12 +217,12 @@ def train_command(
         if config.weights.logit_kd or config.weights.hidden:
             teacher = teacher_model or (names[0] if names else None)
             info(f"token-level distillation from the teacher model {teacher}")
-        if keep_layers:
+        if cut:
             from tinystudent.distill.train import main_process_first
             from tinystudent.models.students import scale_down
 
             with main_process_first(config.device):  # built once under accelerate launch
-                student_path = str(scale_down(student, keep_layers, out / "student"))
+                student_path = str(scale_down(student, keep_layers, out / "student", mlp_width=mlp_width))
                 if recover:
                     student_path = _recover(student_path, student, train, valid, rationales, recover,
                                             out / "recovery", config.device)
@@ -225,7 +230,7 @@ def train_command(
             student_path = student
         result = _run(student_path, train, valid, config, out, rationales, scores, teacher, task,
                       test_examples, restart)
-        result.student = student if not keep_layers else f"{student} ({keep_layers})"
+        result.student = student if not cut else f"{student} ({shape})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
         if not _is_main():
             return

@@ -135,8 +135,9 @@ class TeacherSpec(Strict):
         if self.backend == "http" and not self.base_url:
             raise ValueError(f"teacher {self.name!r}: backend http needs `base_url`")
         if self.backend == "imported":
-            if self.rationales is None:
-                raise ValueError(f"teacher {self.name!r}: backend imported needs `rationales`")
+            if self.rationales is None and self.reported_acc is None:
+                raise ValueError(f"teacher {self.name!r}: backend imported needs `rationales` "
+                                 "(its outputs) or `reported_acc` (its published accuracy), or both")
             if self.reported_acc is not None and not self.reported_source:
                 raise ValueError(f"teacher {self.name!r}: a reported_acc needs its reported_source")
         return self
@@ -145,9 +146,17 @@ class TeacherSpec(Strict):
     def measured(self) -> bool:
         return self.backend != "imported"
 
+    @property
+    def writes_rationales(self) -> bool:
+        """Imported with its rationales, or generating them (a CoT strategy)."""
+        if self.backend == "imported":
+            return self.rationales is not None
+        return self.strategy in ("cot", "teacher_forcing_cot")
+
 
 class StudentSpec(Strict):
-    """A student: a pretrained model, optionally scaled down to a subset of its layers.
+    """A student: a pretrained model, optionally scaled down to a subset of its layers
+    (`keep_layers`) or to narrower feed-forward blocks (`mlp_width`), or both.
 
     `recover` (a cut causal student) first distils the model it was cut from into it on the
     task's text (`distill.recover`), before it learns the task. `methods` replaces the
@@ -158,6 +167,7 @@ class StudentSpec(Strict):
     name: str
     model: str
     keep_layers: str | list[int] | None = None  # "every:3", "first:4" or explicit indices
+    mlp_width: float | None = Field(None, gt=0, lt=1)  # fraction of each feed-forward block kept
     kind: Literal["causal", "seq2seq", "encoder"] | None = None
     recover: RecoveryConfig | None = None
     methods: "MethodSpec | None" = None
@@ -165,10 +175,21 @@ class StudentSpec(Strict):
 
     @model_validator(mode="after")
     def _recover_needs_a_cut(self):
-        if self.recover is not None and self.keep_layers is None:
-            raise ValueError(f"student {self.name!r}: recover needs keep_layers (it repairs a cut model "
-                             "by distilling the model it was cut from)")
+        if self.recover is not None and not self.is_cut:
+            raise ValueError(f"student {self.name!r}: recover needs keep_layers or mlp_width (it repairs a "
+                             "cut model by distilling the model it was cut from)")
         return self
+
+    @property
+    def is_cut(self) -> bool:
+        """Scaled down from its model: fewer layers, narrower feed-forward blocks, or both."""
+        return self.keep_layers is not None or self.mlp_width is not None
+
+    def payload(self, include: set[str] | None = None) -> dict:
+        """What this student's cached units depend on (`methods` aside: each run names its own).
+        Options left unset are left out, so adding an option keeps earlier results valid."""
+        dumped = self.model_dump(include=include, exclude=None if include else {"methods"})
+        return {k: v for k, v in dumped.items() if not (k == "mlp_width" and v is None)}
 
 
 class MethodSpec(Strict):
@@ -255,6 +276,10 @@ class Experiment(Strict):
                 if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
                     raise ValueError(f"{where}.objectives: {objective!r} names no teacher; "
                                      f"teachers are {teacher_names}")
+                head, _, name = objective.partition(":")
+                if head == "rationale" and name != "all" and not self.teacher(name).writes_rationales:
+                    raise ValueError(f"{where}.objectives: {objective!r}: teacher {name!r} has no rationales "
+                                     "(import them with `rationales`, or give it a cot strategy)")
         for teacher in self.teachers:
             if teacher.rationales and teacher.rationales.format == "bundled" and self.task.name != "bioasq":
                 raise ValueError(f"teacher {teacher.name!r}: bundled rationales belong to the task bioasq, "

@@ -234,12 +234,12 @@ class ExperimentRunner:
     def prepare_student(self, spec) -> dict:
         """The student's folder (scaled down and recovered when asked), its size and its bits per
         byte on held-out text."""
-        payload = {"student": spec.model_dump(exclude={"methods"}), "bpb": self.x.measure_bits_per_byte,
+        payload = {"student": spec.payload(), "bpb": self.x.measure_bits_per_byte,
                    "heldout": self.base["data"]["valid"]}
         cut, recovery = spec.model, None
-        if spec.keep_layers is not None:
-            cut = self.units.run("cut", f"cut of {spec.name}", {"student": spec.model_dump(
-                include={"model", "keep_layers", "kind"})}, lambda log: {"path": self.cut_student(spec)})["path"]
+        if spec.is_cut:
+            cut = self.units.run("cut", f"cut of {spec.name}", {"student": spec.payload(
+                include={"model", "keep_layers", "kind", "mlp_width"})}, lambda log: {"path": self.cut_student(spec)})["path"]
             if spec.recover is not None:
                 recovery = self.recover_student(spec, cut)
 
@@ -262,19 +262,19 @@ class ExperimentRunner:
     def cut_student(self, spec) -> str:
         from tinystudent.models.students import scale_down
 
-        return str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name, kind=spec.kind))
+        return str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name, kind=spec.kind,
+                              mlp_width=spec.mlp_width))
 
     def recover_student(self, spec, cut: str) -> dict:
         """Distil the model a student was cut from into it on the task's text (a cached unit)."""
         from tinystudent.distill.recover import recover, recovery_texts
         from tinystudent.evaluation.bits_per_byte import text_sha256
 
-        rationales = {t.name: self.teacher_rationales(t) for t in self.x.teachers
-                      if t.backend == "imported" or t.strategy in ("cot", "teacher_forcing_cot")}
+        rationales = {t.name: self.teacher_rationales(t) for t in self.x.teachers if t.writes_rationales}
         extra = [ex for name in spec.recover.extra_tasks for ex in load_task(name).split("train")]
         texts = recovery_texts(self.splits.train, rationales, extra)
         heldout = self.heldout_text()
-        payload = {"student": spec.model_dump(include={"model", "keep_layers", "kind", "recover"}),
+        payload = {"student": spec.payload(include={"model", "keep_layers", "kind", "recover", "mlp_width"}),
                    "text": text_sha256("\n".join(texts)), "heldout": text_sha256(heldout)}
 
         def work(log: Path) -> dict:
@@ -300,11 +300,8 @@ class ExperimentRunner:
             return {"answer": 1.0}, {}, {}
         names = [t.name for t in self.x.teachers] if teacher_name == "all" else [teacher_name]
         if head == "rationale":
-            rationales = {}
-            for name in names:
-                spec = self.x.teacher(name)
-                if spec.backend == "imported" or spec.strategy in ("cot", "teacher_forcing_cot"):
-                    rationales[name] = self.teacher_rationales(spec)
+            rationales = {name: self.teacher_rationales(self.x.teacher(name)) for name in names
+                          if self.x.teacher(name).writes_rationales}
             return {"answer": 1.0, "rationale": 1.0}, rationales, {}
         if head == "choice_kd":
             scores = {name: self.teacher_choice_scores(self.x.teacher(name)) for name in names}
@@ -321,9 +318,10 @@ class ExperimentRunner:
             return None
         teacher_part = dict(extra or {})
         if ":" in objective and given is None:
-            names = [t.name for t in self.x.teachers] if objective.endswith(":all") else [objective.split(":")[1]]
+            names = ([t.name for t in self.x.teachers if t.writes_rationales or not objective.startswith("rationale")]
+                     if objective.endswith(":all") else [objective.split(":")[1]])
             teacher_part = {n: self.teacher_payload(self.x.teacher(n))["teacher"] for n in names}
-        payload = {**self.base, "student": spec.model_dump(exclude={"methods"}), "method": method, "objective": objective,
+        payload = {**self.base, "student": spec.payload(), "method": method, "objective": objective,
                    "seed": seed, "training": self.x.training, "teachers": teacher_part}
         label = f"{spec.name} / {method} / {objective} / seed {seed}"
 
@@ -526,7 +524,7 @@ class ExperimentRunner:
             prepared[spec.name] = self.prepare_student(spec)
             if prepared[spec.name]["kind"] != "encoder":  # an untrained encoder's head is random
                 untrained = self.evaluate_student(f"{spec.name} / untrained", {**self.base, "student":
-                                                  spec.model_dump(exclude={"methods"}), "untrained": True},
+                                                  spec.payload(), "untrained": True},
                                                   lambda log, p=prepared[spec.name]["path"]: p)
                 runs.append({**untrained, "student": spec.name, "method": "-", "objective": "untrained",
                              "seed": 0, "group": "untrained",

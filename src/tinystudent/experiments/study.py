@@ -79,13 +79,26 @@ def _versus(candidate: dict, teacher: dict) -> dict:
     return {"diff": result["diff"], "p_value": result["p_value"]}
 
 
-def student_rows(prepared: dict[str, dict]) -> list[dict]:
-    """Each student as prepared: size, bits per byte on held-out text, and its recovery (the
-    cut model's bits per byte before and after distillation from its parent)."""
+def how_cut(spec) -> str:
+    """How a student was scaled down from its model: `layers every:3`, `feed-forward 50%`, `-`."""
+    parts = []
+    if spec.keep_layers is not None:
+        layers = spec.keep_layers if isinstance(spec.keep_layers, str) else ",".join(map(str, spec.keep_layers))
+        parts.append(f"layers {layers}")
+    if spec.mlp_width is not None:
+        parts.append(f"feed-forward {spec.mlp_width:.0%}")
+    return ", ".join(parts) or "-"
+
+
+def student_rows(prepared: dict[str, dict], experiment=None) -> list[dict]:
+    """Each student as prepared: how it was cut, size, bits per byte on held-out text, and its
+    recovery (the cut model's bits per byte before and after distillation from its parent)."""
+    specs = {s.name: s for s in experiment.students} if experiment is not None else {}
     rows = []
     for name, student in prepared.items():
         recovery = student.get("recovery") or {}
-        rows.append({"name": name, "kind": student.get("kind"), "params": student.get("params"),
+        rows.append({"name": name, "cut": how_cut(specs[name]) if name in specs else None,
+                     "kind": student.get("kind"), "params": student.get("params"),
                      "bits_per_byte": student.get("bits_per_byte"),
                      "recovered": bool(recovery),
                      "bits_per_byte_before_recovery": recovery.get("bits_per_byte_before"),
@@ -130,7 +143,7 @@ def build_study(experiment, splits, teachers: list[dict], runs: list[dict], stor
         "config": experiment.model_dump(), "config_hash": config_hash(experiment.model_dump()),
         "data_hash": splits.hashes()["test"], "data_origin": splits.origin, "versions": versions(),
         "majority_baseline": majority_baseline(splits.test)["acc"],
-        "teachers": teacher_rows, "students": student_rows(prepared or {}), "runs": rows,
+        "teachers": teacher_rows, "students": student_rows(prepared or {}, experiment), "runs": rows,
         "verdict": verdict(judged, candidates),
         "comparisons": comparisons(rows),
         "bpb_correlation": {

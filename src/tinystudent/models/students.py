@@ -6,6 +6,11 @@ unchanged, so one pretrained model yields a ladder of sizes (DistilBERT-style la
 Sanh et al. 2019; Sun et al. 2019). It is saved as a normal safetensors folder that
 `load_model` reads like any other, with a `student.json` manifest that says where it came from.
 
+Width pruning narrows every kept layer's feed-forward block instead (or as well): it keeps the
+`mlp_width` fraction of the hidden units with the largest weight magnitude (the product of each
+unit's input-row and output-column norms, the structured magnitude criterion of LLM-Pruner-style
+pruning without data), so depth and width cuts of one model can be compared on one curve.
+
 Layer stacks are found by structure, not by a table of names: a stack is a `ModuleList` whose
 members are all of one class named `...Layer` or `...Block` (Llama/Qwen `model.layers`, GPT-2
 `transformer.h`, GPT-NeoX `gpt_neox.layers`, T5 `encoder.block`/`decoder.block`, BERT
@@ -180,8 +185,8 @@ def _reuse_existing(out_dir: Path, manifest: dict) -> bool:
                                   "choose an empty or new folder")
         return False
     found = json.loads(path.read_text())
-    same = {k: found.get(k) for k in ("source_identity", "kept", "kind")} == \
-           {k: manifest.get(k) for k in ("source_identity", "kept", "kind")}
+    fields = ("source_identity", "kept", "kind", "mlp_width")
+    same = {k: found.get(k) for k in fields} == {k: manifest.get(k) for k in fields}
     if not same:
         raise FileExistsError(f"{out_dir} holds a different student ({found.get('source')} keeping "
                               f"{found.get('kept')}); choose another folder or delete it")
@@ -204,16 +209,69 @@ def _write_atomically(model, source_path: Path | None, out_dir: Path, manifest: 
     return out_dir
 
 
-def scale_down(source: str, keep: str | list[int] | dict, out_dir: Path,
-               kind: str | None = None) -> Path:
-    """Save a smaller copy of `source` that keeps only some of its layers, weights copied.
+WIDTH_KEYS = ("intermediate_size", "d_ff")  # the feed-forward width in Llama/Qwen/BERT and T5 configs
+
+
+def _width_key(config) -> str:
+    for key in WIDTH_KEYS:
+        if isinstance(getattr(config, key, None), int):
+            return key
+    raise ValueError(f"mlp_width: a {config.model_type} config has none of {WIDTH_KEYS}; "
+                     "width pruning supports Llama/Qwen/Mistral-, BERT- and T5-style models")
+
+
+def _mlp_linears(layer: torch.nn.Module, width: int) -> tuple[list[str], list[str]]:
+    """Names (inside `layer`) of the feed-forward projections into (`width` outputs) and out of
+    (`width` inputs) the hidden units."""
+    into, out_of = [], []
+    for name, module in layer.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if module.out_features == width and module.in_features != width:
+                into.append(name)
+            elif module.in_features == width and module.out_features != width:
+                out_of.append(name)
+    return into, out_of
+
+
+def narrow_state(model: torch.nn.Module, stacks: dict[str, int], width: int, keep_units: int) -> dict:
+    """`model`'s state dict with each layer's feed-forward block cut to its `keep_units` hidden
+    units of largest magnitude (kept in their order)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for stack in stacks:
+        for index, layer in enumerate(model.get_submodule(stack)):
+            into, out_of = _mlp_linears(layer, width)
+            if not into or not out_of:
+                raise ValueError(f"mlp_width: found no feed-forward projections of width {width} in {stack}.{index}")
+            prefix = f"{stack}.{index}."
+            score = torch.ones(width)
+            for name in into:
+                score = score * state[f"{prefix}{name}.weight"].float().norm(dim=1)
+            for name in out_of:
+                score = score * state[f"{prefix}{name}.weight"].float().norm(dim=0)
+            units = torch.topk(score, keep_units).indices.sort().values
+            for name in into:
+                state[f"{prefix}{name}.weight"] = state[f"{prefix}{name}.weight"][units].clone()
+                if f"{prefix}{name}.bias" in state:
+                    state[f"{prefix}{name}.bias"] = state[f"{prefix}{name}.bias"][units].clone()
+            for name in out_of:
+                state[f"{prefix}{name}.weight"] = state[f"{prefix}{name}.weight"][:, units].clone()
+    return state
+
+
+def scale_down(source: str, keep: str | list[int] | dict | None, out_dir: Path,
+               kind: str | None = None, mlp_width: float | None = None) -> Path:
+    """Save a smaller copy of `source` that keeps only some of its layers, or a narrower
+    feed-forward block in each, or both; weights copied.
 
     Args:
         source: Hub id, local folder or GGUF file of a pretrained model.
         keep: which layers to keep (see `parse_keep`): one spec applied to every layer stack
-            (T5's encoder and decoder alike), or a dict from stack path (`encoder.block`) to spec.
+            (T5's encoder and decoder alike), or a dict from stack path (`encoder.block`) to spec;
+            None keeps every layer.
         out_dir: where the new model folder goes; reused when it already holds this student.
         kind: `causal`, `seq2seq` or `encoder`; detected from the config by default.
+        mlp_width: the fraction (0 < f < 1) of each feed-forward block's hidden units to keep,
+            those of largest weight magnitude; None keeps them all.
 
     Returns:
         out_dir, a safetensors model folder with the source's tokenizer and a `student.json`.
@@ -230,19 +288,31 @@ def scale_down(source: str, keep: str | list[int] | dict, out_dir: Path,
     stacks = layer_stacks(original)
     if not stacks:
         raise ValueError(f"{source}: found no stack of layers to cut (a ModuleList of ...Layer/...Block)")
-    kept = _normalise_keep(keep, stacks)
+    if mlp_width is not None and not 0 < mlp_width < 1:
+        raise ValueError(f"mlp_width must be a fraction between 0 and 1 (exclusive), got {mlp_width}")
+    kept = (_normalise_keep(keep, stacks) if keep is not None
+            else {stack: list(range(depth)) for stack, depth in stacks.items()})
     manifest = {"source": source, "source_identity": resolved.identity, "kind": kind,
-                "kept": kept, "source_layers": stacks, "how": "scale_down"}
+                "kept": kept, "source_layers": stacks, "how": "scale_down", "mlp_width": mlp_width}
     if _reuse_existing(out_dir, manifest):
         return out_dir
     new_config = _scaled_config(config, stacks, kept)
     smaller = auto_class(kind).from_config(new_config, dtype=dtype)
-    state = _mapped_state(original.state_dict(), set(smaller.state_dict()), kept)
-    smaller.load_state_dict(state, strict=True)
+    smaller.load_state_dict(_mapped_state(original.state_dict(), set(smaller.state_dict()), kept), strict=True)
+    what = f"{', '.join(f'{s}: {len(v)}/{stacks[s]}' for s, v in kept.items())} layers"
+    if mlp_width is not None:
+        key = _width_key(new_config)
+        width = getattr(new_config, key)
+        units = max(1, round(width * mlp_width))
+        state = narrow_state(smaller, layer_stacks(smaller), width, units)
+        setattr(new_config, key, units)
+        smaller = auto_class(kind).from_config(new_config, dtype=dtype)
+        smaller.load_state_dict(state, strict=True)
+        manifest["mlp_units"] = [width, units]
+        what += f", feed-forward {units}/{width} units"
     counts = count_parameters(smaller)
     manifest["params"] = counts
-    info(f"scaled {source} down to {', '.join(f'{s}: {len(v)}/{stacks[s]}' for s, v in kept.items())} "
-         f"layers: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding)")
+    info(f"scaled {source} down to {what}: {counts['total']:,} parameters ({counts['non_embedding']:,} non-embedding)")
     return _write_atomically(smaller, resolved.path, out_dir, manifest)
 
 

@@ -250,7 +250,8 @@ def recovery_section(study: dict) -> list[Block]:
     recovered = [s for s in study.get("students") or [] if s.get("recovered")]
     if not recovered:
         return []
-    rows = [[s["name"], fmt.params(s.get("params")), fmt.decimal(s.get("bits_per_byte_before_recovery")),
+    rows = [[s["name"], s.get("cut") or fmt.MISSING, fmt.params(s.get("params")),
+             fmt.decimal(s.get("bits_per_byte_before_recovery")),
              fmt.decimal(s.get("bits_per_byte_after_recovery")), str(s.get("recovery_steps") or fmt.MISSING),
              f"{s['recovery_tokens']:,}" if isinstance(s.get("recovery_tokens"), int) else fmt.MISSING,
              fmt.seconds(s.get("recovery_seconds"))] for s in recovered]
@@ -258,8 +259,8 @@ def recovery_section(study: dict) -> list[Block]:
             Paragraph("A student cut from a larger model first relearns language from it: distillation "
                       "(KL to the parent's next-token distribution) on the task's training text, before "
                       "it learns the task. Bits per byte on held-out validation text, lower is better."),
-            Table(["student", "parameters", "bits/byte cut", "bits/byte recovered", "steps", "tokens",
-                   "time"], rows, align=["l", "r", "r", "r", "r", "r", "r"])]
+            Table(["student", "cut", "parameters", "bits/byte cut", "bits/byte recovered", "steps", "tokens",
+                   "time"], rows, align=["l", "l", "r", "r", "r", "r", "r", "r"])]
 
 
 def search_section(study: dict) -> list[Block]:
