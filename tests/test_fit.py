@@ -77,9 +77,30 @@ def test_teacher_prompt_with_shots_keeps_every_question(tiny_causal, longest, tm
                         k_shots=2, max_new_tokens=8, max_input_tokens=400)
         prompt = store.db.execute("SELECT prompt FROM teacher_outputs").fetchone()[0]
     assert summary.truncated == 1 and summary.failed == 0
-    assert teacher.count_tokens(prompt) + 8 <= 400
+    assert teacher.count_tokens(prompt) <= 400
     assert f"Q: {longest.question}" in prompt
     assert sum(f"Q: {ex.question}" in prompt for ex in others) == 2  # both shots' questions survive
+
+
+def test_shots_are_dropped_before_the_question_is_cut(tiny_causal, longest):
+    from transformers import AutoTokenizer
+
+    from dataclasses import replace
+
+    from tinystudent.evaluation.fit import fit_with_shots
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    train = load_task("bioasq").split("train")
+    shots = [ex for ex in train if ex.id != longest.id][:3]
+    render_shot = lambda e: f"Q: {e.context or ''} {e.question} A: {e.choices[e.answer]}"  # noqa: E731
+    render = lambda e, s: "\n".join([*map(render_shot, s), f"Q: {e.context or ''} {e.question} A:"])  # noqa: E731
+    count = token_counter(tokenizer)
+    bare = lambda e: replace(e, context=None)  # noqa: E731
+    alone, one_shot = count(render(bare(longest), [])), count(render(bare(longest), [bare(shots[0])]))
+    budget = (alone + one_shot) // 2  # the bare question fits, not with even one bare shot
+    fitted, kept = fit_with_shots(longest, shots, render, render_shot, count, tokenizer, budget)
+    assert kept == [] and fitted.example.question == longest.question and fitted.cut == EVIDENCE
+    assert count(render(fitted.example, kept)) <= budget
 
 
 def test_real_tokenizers_keep_the_question(longest, smollm2):

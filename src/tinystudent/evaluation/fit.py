@@ -108,7 +108,11 @@ def fit_with_shots(example: Example, shots: Sequence[Example],
         render_shot: one shot as the prompt shows it (to size a shot's share).
     """
     bare = lambda e: replace(e, context=None)  # noqa: E731
+    shots = list(shots)
     needed = count(render(bare(example), [bare(shot) for shot in shots]))
+    while shots and needed > budget:
+        shots.pop()
+        needed = count(render(bare(example), [bare(shot) for shot in shots]))
     share = max(0, budget - needed) // (len(shots) + 1)
     fitted_shots = [fit_example(shot, render_shot, count, tokenizer,
                                 count(render_shot(bare(shot))) + share).example for shot in shots]

@@ -99,12 +99,13 @@ def _make_output(teacher: Teacher, example: Example, strategy: str, task: str, k
 
 
 def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 0) -> int | None:
-    """Tokens a teacher's prompt may take: its input limit (or the user's smaller one) minus what
-    the answer needs; None when the teacher's tokenizer is not at hand (prompts go as they are)."""
+    """Tokens a teacher's prompt may take: the user's input budget, or less where the teacher's
+    context must also hold `reserve` generated tokens; None when the teacher's tokenizer is not at
+    hand (prompts go as they are)."""
     if teacher.tokenizer is None:
         return None
-    limits = [limit for limit in (teacher.input_limit, max_input_tokens) if limit]
-    return min(limits) - reserve if limits else None
+    limits = [limit for limit in (teacher.input_limit and teacher.input_limit - reserve, max_input_tokens) if limit]
+    return min(limits) if limits else None
 
 
 def _fitted_prompt(teacher: Teacher, spec, example: Example, shots: list[Example],
