@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tinystudent.distill.config import RecoveryConfig
 
@@ -23,6 +24,21 @@ FINETUNE_METHODS = ("full", "lora")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _safe_name(name: str) -> str:
+    """Experiment, teacher and student names become folder and file names: letters, digits and
+    `._-` only, starting with a letter or digit, so no name can reach outside the results folder."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                         "(at most 100, starting with a letter or digit, no '..'); names become folder names")
+    return name
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class TaskSpec(Strict):
@@ -41,6 +57,15 @@ class TaskSpec(Strict):
     test_split: str = "test"
     seed: int = 0
     max_input_tokens: int | None = Field(None, ge=8)
+
+    @field_validator("test_split")
+    @classmethod
+    def _known_split(cls, split: str) -> str:
+        from tinystudent.tasks.schema import SPLITS
+
+        if split not in SPLITS:
+            raise ValueError(f"test_split {split!r}: use one of {list(SPLITS)}")
+        return split
 
 
 class ImportSpec(Strict):
@@ -102,7 +127,7 @@ class TeacherSpec(Strict):
     the best of them: every teacher gets its best fair shot, chosen without seeing the test split.
     """
 
-    name: str
+    name: SafeName
     backend: Literal["local", "http", "imported"] = "local"
     model: str | None = None
     base_url: str | None = None
@@ -128,6 +153,15 @@ class TeacherSpec(Strict):
             parse_scoring_pass(mode)
         return modes
 
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, strategy: str) -> str:
+        from tinystudent.teachers.prompts import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: use one of {sorted(STRATEGIES)}")
+        return strategy
+
     @model_validator(mode="after")
     def _backend_needs(self):
         if self.backend in ("local", "http") and not self.model:
@@ -149,9 +183,11 @@ class TeacherSpec(Strict):
     @property
     def writes_rationales(self) -> bool:
         """Imported with its rationales, or generating them (a CoT strategy)."""
+        from tinystudent.teachers.prompts import STRATEGIES
+
         if self.backend == "imported":
             return self.rationales is not None
-        return self.strategy in ("cot", "teacher_forcing_cot")
+        return STRATEGIES[self.strategy].writes_rationale
 
 
 class StudentSpec(Strict):
@@ -164,7 +200,7 @@ class StudentSpec(Strict):
     `training` changes its training settings (a large student may take fewer steps).
     """
 
-    name: str
+    name: SafeName
     model: str
     keep_layers: str | list[int] | None = None  # "every:3", "first:4" or explicit indices
     mlp_width: float | None = Field(None, gt=0, lt=1)  # fraction of each feed-forward block kept
@@ -172,6 +208,16 @@ class StudentSpec(Strict):
     recover: RecoveryConfig | None = None
     methods: "MethodSpec | None" = None
     training: dict = {}  # this student's changes to the experiment's training block (steps, lr, ...)
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _keep_is_well_formed(cls, keep):
+        """The form is checked now; whether the model has that many layers, when it is cut."""
+        from tinystudent.models.students import parse_keep
+
+        if keep is not None:
+            parse_keep(keep, 1_000_000)
+        return keep
 
     @model_validator(mode="after")
     def _recover_needs_a_cut(self):
@@ -248,12 +294,12 @@ class SearchSpec(Strict):
 
 
 class Experiment(Strict):
-    name: str
+    name: SafeName
     task: TaskSpec
-    teachers: list[TeacherSpec]
-    students: list[StudentSpec]
+    teachers: list[TeacherSpec] = Field(min_length=1)
+    students: list[StudentSpec] = Field(min_length=1)
     methods: MethodSpec = MethodSpec()
-    seeds: list[int] = [0]
+    seeds: list[int] = Field([0], min_length=1)
     training: dict = {}
     collaboration: CollaborationSpec | None = None
     search: SearchSpec | None = None
@@ -391,9 +437,15 @@ def _check_files(experiment: Experiment, base: Path) -> None:
             teacher.rationales.path = _resolve(base, teacher.rationales.path)
             if not Path(teacher.rationales.path).exists():
                 raise ExperimentError(f"teachers.{i}.rationales.path: {teacher.rationales.path} does not exist")
-    task_path = Path(_resolve(base, experiment.task.name))
+    from tinystudent.tasks.catalog import TASKS
+
+    name = experiment.task.name
+    task_path = Path(_resolve(base, name))
     if task_path.exists():
         experiment.task.name = str(task_path)
+    elif name not in TASKS and "/" not in name and not Path(name).suffix:
+        raise ExperimentError(f"task.name: {name!r} is neither a known task ({', '.join(sorted(TASKS))}) "
+                              "nor an existing file or folder")
     for i, student in enumerate(experiment.students):
         local = Path(_resolve(base, student.model))
         if local.exists():
