@@ -304,3 +304,37 @@ def test_teach_command_reports_an_unavailable_server_in_one_line(scripted, tmp_p
     assert "error:" in result.output and "HTTP 503: overloaded" in result.output and "run the same command again" \
         in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_teach_command_with_some_failures_exits_3_and_retries_only_them(scripted, tmp_path):
+    """A 400 and an empty output fail their question only: exit code 3 (not 0, not a spurious
+    'error: 1'), nothing cached for them, and the next run asks only for those two."""
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    from tinystudent.tasks import load_task
+
+    task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
+    first_two = [ex.question for ex in load_task(str(task)).split("train")[:2]]
+
+    def script(path, body, attempt):
+        prompt = body["messages"][0]["content"]
+        if first_two[0] in prompt:
+            return 400, b'{"error": {"message": "prompt is too long"}}', {}, 0
+        if first_two[1] in prompt:
+            return 200, chat("   "), {}, 0
+        return 200, chat("Thus, the answer is (A)."), {}, 0
+
+    server = scripted(script)
+    args = ["teach", "--teacher", "m", "--task", str(task), "--split", "train", "--strategy", "cot",
+            "--base-url", server.base_url, "--max-retries", "0", "--db", str(tmp_path / "c.sqlite"), "--json"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 3, first.output
+    assert "error: " not in first.output and "2 of 8 questions failed" in " ".join(first.output.split())
+    result = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (result["generated"], result["failed"]) == (6, 2)
+    assert any("output was empty" in e for e in result["errors"])
+    sent = len(server.requests)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 3 and len(server.requests) - sent == 2  # only the two failed questions

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
 from tinystudent.log import console
@@ -46,6 +47,8 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
+        except (click.exceptions.Exit, typer.Exit):
+            raise  # a command's own exit code (a RuntimeError to click), not an error to report
         except (TaskFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             console.print(f"[red]error:[/red] {message}")

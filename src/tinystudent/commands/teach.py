@@ -73,7 +73,8 @@ def teach_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Ask a teacher about every question of a split and cache each output: a second run costs no
-    model call, and a stopped run resumes where it stopped."""
+    model call, and a stopped run resumes where it stopped. A failed or empty output is not cached
+    (a second run asks again); the exit code is 1 when every question failed, 3 when some did."""
     quiet_libraries()
     from tinystudent.store import Store
     from tinystudent.tasks import load_task, normalize_split
@@ -113,8 +114,13 @@ def teach_command(
         emit_json(result)
     else:
         print_summary(result, summary.outputs[:1])
-    if summary.failed and summary.failed == summary.n:
-        raise typer.Exit(1)
+    if summary.failed:
+        console.print(f"[red]{summary.failed} of {summary.n} questions failed[/red] (not cached: "
+                      "running the same command again retries only them)")
+        raise typer.Exit(1 if summary.failed == summary.n else PARTIAL_FAILURE)
+
+
+PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
 
 
 def print_summary(result: dict, sample) -> None:

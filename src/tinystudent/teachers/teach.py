@@ -200,6 +200,10 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
             if isinstance(result, TeacherError):
                 summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
                 continue
+            if not result.text.strip():  # not cached: the next run asks again
+                summary._count("failed", None, f"{examples[i].id}: the teacher's output was empty",
+                               on_output=on_output)
+                continue
             output = _make_output(teacher, examples[i], strategy, task_name, keys[i], result.text, cleanup,
                                   spec.writes_rationale, _generation_meta(result, settings))
             cache.save(store, output, fulls[i])
