@@ -338,3 +338,42 @@ def test_teach_command_with_some_failures_exits_3_and_retries_only_them(scripted
     sent = len(server.requests)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 3 and len(server.requests) - sent == 2  # only the two failed questions
+
+
+def test_timeout_is_a_deadline_for_the_whole_answer(tmp_path):
+    """A server that sends its answer one byte at a time, each within the per-read timeout, is
+    given up on when the whole answer is not there by the deadline."""
+    body = chat("Thus, the answer is (A).")
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                for byte in body:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        teacher = make_teacher("m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout=0.5,
+                               max_retries=0)
+        started = time.monotonic()
+        with Store(tmp_path / "cache.sqlite") as store, \
+                pytest.raises(TeacherUnavailable, match="no answer within the 0.5 s timeout"):
+            teach(teacher, QUESTIONS[:1], "toy", "cot", store)
+        assert time.monotonic() - started < 2  # the whole body would take len(body) * 0.05 s
+        assert len(body) * 0.05 > 3
+    finally:
+        server.shutdown()
+        server.server_close()

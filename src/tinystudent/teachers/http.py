@@ -138,7 +138,7 @@ class HttpTeacher:
             with self._calls_lock:
                 self.calls += 1
             try:
-                response = self._client.post(url, json=payload)
+                response = self._post_within_deadline(url, payload)
             except httpx.TimeoutException:
                 last = f"no answer within the {self.timeout:g} s timeout"
             except httpx.TransportError as err:
@@ -152,6 +152,21 @@ class HttpTeacher:
             if attempt < self.max_retries:
                 self._stop.wait(delay)
         raise TeacherUnavailable(f"{url}: gave up after {self.max_retries + 1} attempts; last: {last}")
+
+    def _post_within_deadline(self, url: str, payload: dict) -> httpx.Response:
+        """One POST that must finish within `timeout` seconds in all: httpx's own timeout bounds
+        each read, so a server trickling a byte at a time could otherwise hold it forever."""
+        deadline = time.monotonic() + self.timeout
+        with self._client.stream("POST", url, json=payload) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout:g} s", request=response.request)
+            headers = {k: v for k, v in response.headers.items()  # the body is already decoded
+                       if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")}
+            return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                                  request=response.request)
 
     def _parse(self, url: str, response: httpx.Response) -> dict:
         status = response.status_code
