@@ -117,6 +117,21 @@ def test_bad_input_names_file_and_record(tmp_path, content, where, expected):
     assert str(path) in str(err.value) and where in str(err.value) and expected in str(err.value)
 
 
+def test_a_field_too_long_is_a_clear_error_and_a_long_one_loads(tmp_path):
+    long, huge = "x" * 200_000, "y" * 1_200_000  # the csv module's own limit is 131,072
+    path = write(tmp_path / "long.csv", f"q,a,b,gold\n{long}?,yes,no,yes\n")
+    examples, _ = read_file(path, {"question": "q", "choices": "a|b", "answer": "gold"})
+    assert len(examples[0].question) == 200_001
+    path = write(tmp_path / "huge.csv", f"q,a,b,gold\nshort?,yes,no,yes\n{huge}?,yes,no,yes\n")
+    with pytest.raises(TaskFormatError, match=r"huge.csv: line 3: a CSV row .*limited to 1,000,000 characters"):
+        read_file(path, {"question": "q", "choices": "a|b", "answer": "gold"})
+    path = write(tmp_path / "huge.jsonl", '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
+                 + json.dumps({"id": "b", "question": huge, "choices": ["x", "y"], "answer": "x"}))
+    with pytest.raises(TaskFormatError, match=r"huge.jsonl: line 2: a question of at most 1,000,000 characters, "
+                                              r"got 1,200,000 \(probably a broken record"):
+        read_file(path)
+
+
 def test_missing_file_and_unknown_task(tmp_path):
     with pytest.raises(TaskFormatError, match="an existing file or folder"):
         load_task(str(tmp_path / "nope.jsonl"))

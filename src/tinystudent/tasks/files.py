@@ -60,10 +60,20 @@ def read_records(path: Path) -> tuple[object, list[str] | None]:
 
 
 def read_csv(path: Path) -> tuple[list[dict], list[str]]:
+    from tinystudent.tasks.schema import MAX_FIELD_CHARS
+
     text = _read_text(path)
-    rows = list(csv.DictReader(text.splitlines()))
-    # Line 1 is the header, so the first row is on line 2.
-    return rows, [f"line {i + 2}" for i in range(len(rows))]
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.DictReader(text.splitlines())
+    rows, wheres = [], []
+    try:
+        for row in reader:
+            rows.append(row)
+            wheres.append(f"line {reader.line_num}")
+    except csv.Error as err:
+        raise TaskFormatError(path, f"line {reader.line_num + 1}", f"a CSV row ({err})",
+                              f"fields are limited to {MAX_FIELD_CHARS:,} characters; fix or drop this row") from None
+    return rows, wheres
 
 
 def _convert_all(records: list, wheres: list[str], path: Path,

@@ -59,11 +59,20 @@ class TaskFormatError(ValueError):
         super().__init__(message)
 
 
+MAX_FIELD_CHARS = 1_000_000  # one question, evidence or choice (BioASQ's longest evidence: 26k)
+
+
 def check_examples(examples: list[Example], path: str | Path) -> None:
-    """Refuse duplicate ids, empty or too few choices, and answers outside the choices."""
+    """Refuse duplicate ids, empty or too few choices, answers outside the choices, and a field
+    over MAX_FIELD_CHARS (a broken record that would only waste memory)."""
     seen: dict[str, str] = {}
     for ex in examples:
         where = ex.source.get("where", f"id {ex.id!r}")
+        for field, text in (("question", ex.question), ("context", ex.context or ""),
+                            *(("choice", str(c)) for c in ex.choices)):
+            if len(text) > MAX_FIELD_CHARS:
+                raise TaskFormatError(path, where, f"a {field} of at most {MAX_FIELD_CHARS:,} characters, got "
+                                      f"{len(text):,}", "probably a broken record: fix or drop it")
         if not ex.question.strip():
             raise TaskFormatError(path, where, "an empty question", "every record needs question text")
         if len(ex.choices) < 2 or any(not str(c).strip() for c in ex.choices):
