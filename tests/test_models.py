@@ -61,6 +61,24 @@ def test_folder_without_config_and_non_gguf_file(tmp_path):
         resolve_model(str(weights))
 
 
+def test_folders_without_safe_weights_and_broken_gguf_fail_clearly(tiny_causal, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("TINYSTUDENT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_causal, folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model weights"):
+        load_model(str(folder), device="cpu")
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="only pickled weights .* safetensors only"):
+        load_model(str(folder), device="cpu")
+    broken = tmp_path / "cut.gguf"
+    broken.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="cut.gguf: not a readable GGUF file .* truncated or corrupt"):
+        load_model(str(broken), device="cpu")
+
+
 def test_folder_identity_changes_with_weights(tiny_causal, tmp_path):
     import shutil
 

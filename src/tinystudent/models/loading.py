@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,9 +109,13 @@ def convert_gguf(gguf_path: Path) -> Path:
         return target
     info(f"converting {gguf_path.name} to a safetensors folder (once): {target}")
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except (struct.error, UnicodeDecodeError, EOFError, KeyError, IndexError) as err:
+        raise ValueError(f"{gguf_path}: not a readable GGUF file ({type(err).__name__}: {err}); it may be "
+                         "truncated or corrupt: download it again") from err
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -255,6 +260,19 @@ class LoadedModel:
         return input_limit(self.model, self.tokenizer, self.kind)
 
 
+def check_weights(folder: Path) -> None:
+    """A model folder must hold safetensors weights; pickled ones (`pytorch_model.bin`) are refused,
+    since unpickling an untrusted file can run any code."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise ValueError(f"{folder}: only pickled weights (.bin/.pt); tinystudent loads safetensors only, as "
+                         "unpickling can run code. Convert them where you trust the file: "
+                         "model.save_pretrained(folder, safe_serialization=True)")
+    raise FileNotFoundError(f"{folder}: no model weights (*.safetensors) in this folder")
+
+
 def load_model(name: str, device: str | torch.device = "auto", dtype: str = "auto",
                kind: str | None = None, trust_remote_code: bool = False,
                revision: str | None = None, num_choices_head: bool = False) -> LoadedModel:
@@ -280,6 +298,7 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
     loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
               "encoder": AutoModelForMultipleChoice}[kind]
+    check_weights(resolved.path)
     model = loader.from_pretrained(resolved.path, dtype=torch_dtype, use_safetensors=True,
                                    trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
