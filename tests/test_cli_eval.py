@@ -73,6 +73,16 @@ def test_eval_bad_arguments_fail_clearly(tiny_causal, toy_task, args, message):
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_db_that_is_not_a_database_fails_before_any_model_work(tiny_causal, toy_task, tmp_path):
+    (tmp_path / "notes.sqlite").write_text("my notes, not a database")
+    (tmp_path / "folder").mkdir()
+    for db, message in (("notes.sqlite", "cannot be used as the results database (file is not a database)"),
+                        ("folder", "is a folder; the results database is a file")):
+        done = run_cli("eval", "--model", str(tiny_causal), "--task", str(toy_task), "--db", str(tmp_path / db))
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "notes.sqlite").read_text() == "my notes, not a database"  # left as it was
+
+
 def test_eval_missing_model_fails_clearly(toy_task, tmp_path):
     done = run_cli("eval", "--model", str(tmp_path / "no-model"), "--task", str(toy_task))
     assert done.returncode == 2 and "no such folder" in done.stderr

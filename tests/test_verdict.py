@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -116,6 +117,18 @@ def test_bad_experiment_names_the_key(tmp_path, change, message):
     with pytest.raises(ExperimentError) as err:
         load_experiment(write(tmp_path, VALID.replace(*change)))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("teachers.3.k_shots=1", "teachers.3: the list has 1 item(s); use an index from 0 to 0"),
+    ("name.x=1", "name is a single value, it has no keys"),
+    ("training.steps=[1,", "the value is not valid YAML"),
+    ("training", "expected key.path=value"),
+])
+def test_bad_overrides_are_clear_errors(tmp_path, override, message):
+    with pytest.raises(ExperimentError, match=re.escape(message)):
+        load_experiment(write(tmp_path, VALID), [override])
+    assert load_experiment(write(tmp_path, VALID), ["teachers.0.k_shots=3"]).teachers[0].k_shots == 3
 
 
 def test_a_teacher_known_by_its_published_accuracy_alone(tmp_path):

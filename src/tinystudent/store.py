@@ -150,10 +150,18 @@ class Store:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        _prepare(self.db)
+        if self.path.is_dir():
+            raise ValueError(f"{self.path}: is a folder; the results database is a file (--db results.sqlite)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            _prepare(self.db)
+        except sqlite3.DatabaseError as err:  # also OperationalError: cannot open, read-only
+            raise ValueError(f"{self.path}: cannot be used as the results database ({err}); give --db a "
+                             "new file or an SQLite database tinystudent wrote, in a folder you can write to") from None
+        except OSError as err:
+            raise ValueError(f"{self.path}: cannot create the results database there ({err.strerror})") from None
 
     def close(self) -> None:
         self.db.close()

@@ -414,11 +414,27 @@ def _apply_override(raw: dict, override: str) -> None:
     if "=" not in override:
         raise ExperimentError(f"override {override!r}: expected key.path=value")
     key, value = override.split("=", 1)
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"override {override!r}: the value is not valid YAML ({err.problem or err})") from None
+    node, parts = raw, key.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ExperimentError(f"override {override!r}: {where}: the list has {len(node)} item(s); "
+                                      f"use an index from 0 to {len(node) - 1}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ExperimentError(f"override {override!r}: {'.'.join(parts[:depth])} is a single value, "
+                                  "it has no keys")
+        if depth == len(parts) - 1:
+            node[part] = parsed
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = {}
+            node = node[part]
 
 
 def _resolve(base: Path, value: str) -> str:
