@@ -71,6 +71,17 @@ def test_verdict_comes_first_and_says_who_beats_whom(markdown):
     assert verdict.index(f"Against {LLAMA}, the best teacher") < verdict.index(f"Against {SMOL}")
 
 
+def test_a_winner_at_the_majority_baseline_is_called_so():
+    from tinystudent.report import verdict_sentence
+
+    study = realistic_study()
+    entry, teacher = study["verdict"][0], study["teachers"][0]
+    assert "majority baseline" not in verdict_sentence(entry, teacher, study["majority_baseline"])
+    said = verdict_sentence(entry, teacher, baseline=0.555)  # the winner's own accuracy
+    assert said.endswith("It does no better than always giving the most common answer (the majority baseline, "
+                         "55.5%): the teacher is beaten, the task is not yet learnt.")
+
+
 def test_verdict_text_for_the_terminal_matches_the_report(markdown):
     text = verdict_text(realistic_study())
     assert text.startswith("## Verdict\n") and text.strip() in markdown

@@ -46,6 +46,12 @@ def test_the_boundary_is_the_largest_loser_below_the_smallest_winner():
     assert alone["largest_loser"] is None  # nothing smaller was tried
     none_win = smallest_winner(TEACHER, candidates[:3] + candidates[4:], "params")
     assert none_win["smallest_winner"] is None and none_win["largest_loser"]["label"] == "huge-loser"
+    debate = {**student("debate", 90, 9, 0), "ids": [str(i) for i in range(0, N, 7)]}
+    debate["correct"] = [False] * len(debate["ids"])
+    teacher = {**TEACHER, "ids": [str(i) for i in range(N)]}
+    with_debate = smallest_winner(teacher, [*candidates[:3], candidates[4], debate], "params")
+    assert with_debate["smallest_winner"] is None
+    assert with_debate["largest_loser"]["label"] == "huge-loser"  # judged on every question, unlike the debate
 
 
 def test_no_winner_names_the_closest():

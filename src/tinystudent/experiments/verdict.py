@@ -106,7 +106,9 @@ def _described(candidate: dict, result: dict) -> dict:
 
 
 def _largest(losers: list[tuple[dict, dict]], by: str) -> dict | None:
-    """The boundary below a winner: the best run of the largest candidate that does not win."""
+    """The boundary below a winner: the best run of the largest candidate that does not win,
+    among those judged on every test question when there are any (a debate on a subset is not)."""
+    losers = [(c, r) for c, r in losers if "subset" not in r] or losers
     if not losers:
         return None
     size = max(candidate[by] for candidate, _ in losers)

@@ -27,7 +27,8 @@ def verdict_section(study: dict) -> list[Block]:
         teacher = teachers.get(teacher_name, {})
         best = any(entry.get("best_teacher") for entry in own)
         blocks.append(Heading(_teacher_title(own[0], teacher, best), 3))
-        blocks.append(Bullets([verdict_sentence(entry, teacher) for entry in own], callout=True))
+        blocks.append(Bullets([verdict_sentence(entry, teacher, study.get("majority_baseline")) for entry in own],
+                              callout=True))
     n_test = study.get("n_test")
     questions = f"the same {n_test} test questions" if fmt.is_number(n_test) else "the same test questions"
     blocks.append(Paragraph(
@@ -77,12 +78,13 @@ def _teacher_title(entry: dict, teacher: dict, best: bool) -> str:
     return f"Against {entry['teacher']}{', the best teacher' if best else ''} ({'; '.join(details)})"
 
 
-def verdict_sentence(entry: dict, teacher: dict) -> str:
+def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) -> str:
     """The verdict for one teacher and one measure of size, as a sentence.
 
     With a winner: "By parameters, the smallest student that beats X (acc 52.0%) is Y (acc 55.0%,
     +3.0 points, 95% CI [-1.0, +7.0], p = 0.040), with 45.0M parameters against the teacher's 134.5M."
     Without: "By parameters, no student beats X (acc 52.0%); the closest is Y (acc 49.0%, ...)."
+    A winner no more accurate than the majority `baseline` is said to be so.
     """
     by = entry.get("by", "params")
     measure = MEASURES.get(by, by)
@@ -97,8 +99,13 @@ def verdict_sentence(entry: dict, teacher: dict) -> str:
         if loser:
             boundary = (f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
                         f"({_size(loser, by)}, {_evidence(loser.get('acc'), loser.get('diff'), loser.get('diff_ci95'), loser.get('p_value'), loser.get('subset'))}).")
+        trivial = ""
+        if fmt.is_number(baseline) and fmt.is_number(entry.get("winner_acc")) \
+                and entry["winner_acc"] <= baseline + 1e-9:
+            trivial = (f" It does no better than always giving the most common answer (the majority baseline, "
+                       f"{fmt.pct(baseline)}): the teacher is beaten, the task is not yet learnt.")
         return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
-                f"{_cost_clause(entry, teacher, by)}.{boundary}")
+                f"{_cost_clause(entry, teacher, by)}.{trivial}{boundary}")
     closest = entry.get("closest")
     if not closest:
         return f"By {measure}, no student beats {who}, and no finished student run could be compared with it."
