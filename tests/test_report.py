@@ -77,9 +77,9 @@ def test_a_winner_at_the_majority_baseline_is_called_so():
     study = realistic_study()
     entry, teacher = study["verdict"][0], study["teachers"][0]
     assert "majority baseline" not in verdict_sentence(entry, teacher, study["majority_baseline"])
-    said = verdict_sentence(entry, teacher, baseline=0.555)  # the winner's own accuracy
+    said = verdict_sentence({**entry, "winner_acc": 0.5556}, teacher, baseline=5 / 9)  # stored rounded
     assert said.endswith("It does no better than always giving the most common answer (the majority baseline, "
-                         "55.5%): the teacher is beaten, the task is not yet learnt.")
+                         "55.6%): the teacher is beaten, the task is not yet learnt.")
 
 
 def test_verdict_text_for_the_terminal_matches_the_report(markdown):

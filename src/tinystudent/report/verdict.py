@@ -101,7 +101,7 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
                         f"({_size(loser, by)}, {_evidence(loser.get('acc'), loser.get('diff'), loser.get('diff_ci95'), loser.get('p_value'), loser.get('subset'))}).")
         trivial = ""
         if fmt.is_number(baseline) and fmt.is_number(entry.get("winner_acc")) \
-                and entry["winner_acc"] <= baseline + 1e-9:
+                and round(entry["winner_acc"], 4) <= round(baseline, 4):  # the study rounds to 4 places
             trivial = (f" It does no better than always giving the most common answer (the majority baseline, "
                        f"{fmt.pct(baseline)}): the teacher is beaten, the task is not yet learnt.")
         return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
