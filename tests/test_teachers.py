@@ -200,7 +200,10 @@ def test_seq2seq_teacher_generates_and_scores(tiny_seq2seq, tmp_path):
     with Store(tmp_path / "cache.sqlite") as store:
         summary = teach(teacher, questions, "toy", "zero_shot", store, max_new_tokens=6)
         scores = teacher_choice_logprobs(teacher, questions, "toy", store)
-    assert summary.generated == 4 and all(o.meta["completion_tokens"] <= 6 for o in summary.outputs)
+    # A random model may say nothing: an empty output is a failure, never cached as an answer.
+    assert summary.generated >= 1 and summary.generated + summary.failed == 4
+    assert all("output was empty" in error for error in summary.errors)
+    assert all(o.meta["completion_tokens"] <= 6 and o.text.strip() for o in summary.outputs)
     assert all(len(scores[q.id]) == 4 for q in questions)
 
 
