@@ -28,8 +28,9 @@ def experiment_path(name: str) -> Path:
 @app.command("run")
 @friendly_errors
 def run_command(
-    experiment: str = typer.Argument(..., help="An experiment YAML, or a shipped one: quickstart, "
-                                     "tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, modern_ladder."),
+    experiment: str = typer.Argument(..., help="An experiment YAML, or a shipped one: quickstart, bioasq "
+                                     "(both offline on a CPU), tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, "
+                                     "modern_ladder."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. training.steps=10."),
     out: Optional[Path] = typer.Option(None, help="Folder for checkpoints, logs and the report "
                                        "(default: tinystudent-results/<experiment name>)."),
