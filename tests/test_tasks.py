@@ -109,6 +109,8 @@ def test_user_jsonl_with_list_column_and_index(tmp_path):
     ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n{"id": "b", "quest', "line 2", "one JSON object per line"),
     ('{"id": "a", "choices": ["x", ""], "answer": "x", "question": "Q"}', "line 1", "non-empty choices"),
     ('{"idx": 1, "prompt": "Q"}', "line 1", "known format"),
+    ('{"id": "a", "question": "Q", "choices": ["x", null], "answer": "x"}', "line 1", "choice 2 as text, got None"),
+    ('{"id": "a", "question": "Q", "choices": "x|y", "answer": "x"}', "line 1", "'choices' as a list of texts, got str"),
 ])
 def test_bad_input_names_file_and_record(tmp_path, content, where, expected):
     path = write(tmp_path / "bad.jsonl", content)

@@ -70,6 +70,9 @@ def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
     assert result.exit_code == 2 and "no cached rationales of teacher 'nobody'" in result.output
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "magic"])
     assert result.exit_code == 2 and "unknown ['magic']" in result.output
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
+                   "--teachers", "flan-t5-xl", "--strategy", "magic"])
+    assert result.exit_code == 2 and "--strategy 'magic': rationales come from one of" in result.output
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--method", "lora",
                    "--lora-targets", "nothing_here", "--train-limit", "4", "--out", str(tmp_path / "r2"),
                    "--device", "cpu"])

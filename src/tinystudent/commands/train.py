@@ -54,6 +54,9 @@ def _rationales_from_file(path: Path, examples) -> dict[str, dict[str, str]]:
     return found
 
 
+RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")  # strategies whose outputs are rationales
+
+
 def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool,
                 want_scores: bool) -> tuple[dict, dict]:
     """Rationales and choice log-probabilities of each teacher from the teacher cache."""
@@ -187,6 +190,8 @@ def train_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task
 
+    if strategy is not None and strategy not in RATIONALE_STRATEGIES:
+        raise ValueError(f"--strategy {strategy!r}: rationales come from one of {list(RATIONALE_STRATEGIES)}")
     cut = keep_layers is not None or mlp_width is not None
     if recover and not cut:
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")

@@ -32,6 +32,15 @@ def _label_index(labels: list[str], key: Any, where: str, path: str) -> int:
     raise TaskFormatError(path, where, f"answer key {key!r} is not among the choice labels {labels}")
 
 
+def _texts(values: Any, where: str, path: str) -> tuple[str, ...]:
+    """Choice texts: each a string or a number; a null, list or object is refused, not turned into
+    the text "None"."""
+    for i, value in enumerate(values):
+        if value is None or isinstance(value, (dict, list, bool)):
+            raise TaskFormatError(path, where, f"choice {i + 1} as text, got {value!r}", "fix or drop this record")
+    return tuple(str(value) for value in values)
+
+
 def _text_index(choices: list[str], answer: Any, where: str, path: str) -> int:
     """Find an answer given as text among the choices (exact, then case-insensitive)."""
     answer = str(answer).strip()
@@ -57,7 +66,7 @@ def from_hf_arc(record: dict, where: str, path: str) -> Example:
     return Example(
         id=str(_field(record, "id", where, path)),
         question=str(question),
-        choices=tuple(str(t) for t in choices["text"]),
+        choices=_texts(choices["text"], where, path),
         answer=answer,
         context=str(fact) if fact else None,
     )
@@ -72,7 +81,7 @@ def from_ai2_jsonl(record: dict, where: str, path: str) -> Example:
     choices = _field(question, "choices", where, path, "a list of {label, text}")
     try:
         labels = [c["label"] for c in choices]
-        texts = [str(c["text"]) for c in choices]
+        texts = list(_texts([c["text"] for c in choices], where, path))
     except (KeyError, TypeError):
         raise TaskFormatError(path, where, "each choice as {'label': ..., 'text': ...}") from None
     answer = _label_index(labels, _field(record, "answerKey", where, path), where, path)
@@ -106,13 +115,15 @@ def from_tinyllm(record: dict, where: str, path: str) -> Example:
     """
     choices = _field(record, "choices", where, path, "a list of choice texts")
     if not isinstance(choices, list):
-        raise TaskFormatError(path, where, "'choices' as a list of texts")
+        raise TaskFormatError(path, where, f"'choices' as a list of texts, got {type(choices).__name__} {choices!r:.60}",
+                              "for choices in one string such as 'a|b', pass --columns "
+                              "question=question,choices=choices,answer=answer")
     answer = _text_index(choices, _field(record, "answer", where, path), where, path)
     question, evidence = split_evidence(str(_field(record, "question", where, path)))
     return Example(
         id=str(_field(record, "id", where, path)),
         question=question,
-        choices=tuple(str(c) for c in choices),
+        choices=_texts(choices, where, path),
         answer=answer,
         context=evidence,
     )
@@ -202,7 +213,7 @@ def from_oe_eval_request(record: dict, where: str, path: str) -> Example:
     return Example(
         id=str(doc.get("id", record.get("native_id"))),
         question=question,
-        choices=tuple(str(c) for c in _field(doc, "choices", where, path)),
+        choices=_texts(_field(doc, "choices", where, path), where, path),
         answer=int(_field(doc, "gold", where, path)),
     )
 
@@ -224,7 +235,7 @@ def detect_format(record: dict) -> tuple[str, Converter] | None:
         return "pubmedqa_hf", from_pubmedqa_hf
     if {"correct_answer", "distractor1"} <= keys:
         return "sciq", from_sciq
-    if {"question", "choices", "answer"} <= keys and isinstance(record.get("choices"), list):
+    if {"question", "choices", "answer"} <= keys:  # choices not a list: from_tinyllm says so
         return "tinyllm", from_tinyllm
     return None
 
@@ -246,12 +257,12 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
     def convert(record: dict, where: str, path: str) -> Example:
         spec = columns["choices"]
         if "|" in spec:
-            choices = [str(_field(record, c, where, path)) for c in spec.split("|")]
+            choices = list(_texts([_field(record, c, where, path) for c in spec.split("|")], where, path))
         else:
             choices = _field(record, spec, where, path, "a list of choices")
             if isinstance(choices, str):
                 choices = [c for c in choices.split("|")]
-            choices = [str(c) for c in choices]
+            choices = list(_texts(choices, where, path))
         raw = _field(record, columns["answer"], where, path)
         answer = _answer_index(raw, choices, where, path)
         ident = record.get(columns.get("id", "id"), where)
