@@ -134,6 +134,12 @@ def test_a_field_too_long_is_a_clear_error_and_a_long_one_loads(tmp_path):
         read_file(path)
 
 
+def test_json_nested_too_deep_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "deep.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TaskFormatError, match="deep.json: the file: JSON nested at most about 1,000 levels deep"):
+        read_file(path)
+
+
 def test_missing_file_and_unknown_task(tmp_path):
     with pytest.raises(TaskFormatError, match="an existing file or folder"):
         load_task(str(tmp_path / "nope.jsonl"))

@@ -142,12 +142,22 @@ def test_jsonl_import_export_round_trip(tmp_path):
     ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": 5}', "answer 5 outside"),
     ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": "maybe"}', "index, a letter or a choice's text"),
     ('{"id": "q1", "teacher"', "line 1: one JSON object per line"),
+    ('', "the file: at least one \\{id, teacher, rationale\\} line, found none"),
+    ('{"id": "q1", "teacher": "t", "rationale": "r"}\n{"id": "q1", "teacher": "t", "rationale": "other"}',
+     "line 2: one rationale per teacher and question; 't' already has a different one for 'q1' at line 1"),
 ])
 def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(line + "\n")
     with pytest.raises(TaskFormatError, match=message):
         read_rationales_jsonl(path, QUESTIONS)
+
+
+def test_the_same_line_twice_is_imported_once(tmp_path):
+    path = tmp_path / "twice.jsonl"
+    line = json.dumps({"id": "q1", "teacher": "t", "rationale": "r", "answer": 1})
+    path.write_text(f"{line}\n{line}\n")
+    assert len(read_rationales_jsonl(path, QUESTIONS)) == 1
 
 
 def test_import_tinyllm_command(bioasq, tmp_path):

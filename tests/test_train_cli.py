@@ -73,6 +73,9 @@ def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
                    "--teachers", "flan-t5-xl", "--strategy", "magic"])
     assert result.exit_code == 2 and "--strategy 'magic': rationales come from one of" in result.output
+    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--precision", "fp8"])
+    assert result.exit_code == 2 and "training config: precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16' " \
+        "(got 'fp8')" in " ".join(result.output.split())
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--method", "lora",
                    "--lora-targets", "nothing_here", "--train-limit", "4", "--out", str(tmp_path / "r2"),
                    "--device", "cpu"])

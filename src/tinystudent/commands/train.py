@@ -108,10 +108,14 @@ def _config(config_file: Optional[Path], options: dict) -> "TrainConfig":
     merged = {**base, **{k: v for k, v in options.items() if v is not None}}
     if "lora" in options and options["lora"]:
         merged["lora"] = {**base.get("lora", {}), **options["lora"]}
+    from pydantic import ValidationError
+
     try:
         return TrainConfig(**merged)
-    except Exception as err:  # pydantic's message lists every bad field
-        raise ValueError(f"training config: {err}") from None
+    except ValidationError as err:  # one line per bad field, named as the option or config key
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} (got {e.get('input')!r:.60})"
+                             for e in err.errors())
+        raise ValueError(f"training config: {problems}") from None
 
 
 def _slug(text: str) -> str:

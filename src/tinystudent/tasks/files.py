@@ -40,6 +40,9 @@ def read_records(path: Path) -> tuple[object, list[str] | None]:
         raise TaskFormatError(path, "the file", "JSON or JSON Lines content, found an empty file")
     try:
         return json.loads(text), None
+    except RecursionError:
+        raise TaskFormatError(path, "the file", "JSON nested at most about 1,000 levels deep",
+                              "this file is nested deeper; it is probably not a task file") from None
     except json.JSONDecodeError as whole_err:
         first_error = whole_err
     records, wheres = [], []
@@ -48,6 +51,8 @@ def read_records(path: Path) -> tuple[object, list[str] | None]:
             continue
         try:
             records.append(json.loads(line))
+        except RecursionError:
+            raise TaskFormatError(path, f"line {number}", "JSON nested at most about 1,000 levels deep") from None
         except json.JSONDecodeError as err:
             if number == 1 and len(records) == 0:
                 raise TaskFormatError(

@@ -225,7 +225,7 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
     """Read `{id, teacher, rationale, answer?}` lines; with `questions`, every id must be one of them."""
     path = Path(path)
     by_id = {q.id: q for q in questions} if questions is not None else None
-    found = []
+    found, seen = [], {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -247,8 +247,20 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
                                   "import with the task the rationales were written for")
         example = by_id.get(example_id) if by_id else None
         answer = _answer_index(record.get("answer"), example, path, where)
-        found.append(ImportedRationale(str(record["teacher"]), example_id, str(record["rationale"]),
-                                       answer, None, {"file": str(path), "where": where}))
+        key = (str(record["teacher"]), example_id)
+        if key in seen:
+            first_where, first = seen[key]
+            if (first.text, first.answer) != (str(record["rationale"]), answer):
+                raise TaskFormatError(path, where, f"one rationale per teacher and question; {key[0]!r} already has "
+                                      f"a different one for {example_id!r} at {first_where}",
+                                      "keep one of the two lines")
+            continue  # the same line twice: imported once
+        rationale = ImportedRationale(key[0], example_id, str(record["rationale"]), answer, None,
+                                      {"file": str(path), "where": where})
+        seen[key] = (where, rationale)
+        found.append(rationale)
+    if not found:
+        raise TaskFormatError(path, "the file", "at least one {id, teacher, rationale} line, found none")
     return found
 
 
