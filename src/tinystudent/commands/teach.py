@@ -30,6 +30,9 @@ def _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_co
     return settings
 
 
+PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
+
+
 @app.command("teach")
 @friendly_errors
 def teach_command(
@@ -118,9 +121,6 @@ def teach_command(
         console.print(f"[red]{summary.failed} of {summary.n} questions failed[/red] (not cached: "
                       "running the same command again retries only them)")
         raise typer.Exit(1 if summary.failed == summary.n else PARTIAL_FAILURE)
-
-
-PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
 
 
 def print_summary(result: dict, sample) -> None:

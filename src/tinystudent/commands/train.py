@@ -54,7 +54,11 @@ def _rationales_from_file(path: Path, examples) -> dict[str, dict[str, str]]:
     return found
 
 
-RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")  # strategies whose outputs are rationales
+def rationale_strategies() -> list[str]:
+    """The strategies whose cached outputs are rationales: those that write one, and imports."""
+    from tinystudent.teachers.prompts import STRATEGIES
+
+    return [name for name, spec in STRATEGIES.items() if spec.writes_rationale] + ["imported"]
 
 
 def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool,
@@ -194,8 +198,8 @@ def train_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task
 
-    if strategy is not None and strategy not in RATIONALE_STRATEGIES:
-        raise ValueError(f"--strategy {strategy!r}: rationales come from one of {list(RATIONALE_STRATEGIES)}")
+    if strategy is not None and strategy not in rationale_strategies():
+        raise ValueError(f"--strategy {strategy!r}: rationales come from one of {rationale_strategies()}")
     cut = keep_layers is not None or mlp_width is not None
     if recover and not cut:
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")

@@ -9,7 +9,6 @@ from typing import Callable
 import torch
 
 from tinystudent.evaluation.batching import token_batches
-
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
 from tinystudent.tasks.schema import Example
 
