@@ -290,3 +290,23 @@ def test_cli_says_clearly_when_the_study_loader_is_missing(tmp_path, monkeypatch
     assert "needs tinystudent.experiments.study.load_study" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "none.sqlite"), "--experiment", "x"])
     assert result.exit_code == 2 and "no results database here" in " ".join(result.output.split())
+
+
+def test_hostile_names_are_shown_as_text_never_as_html(tmp_path):
+    """A teacher, task or student named like HTML must not become a tag in report.md or report.html."""
+    script, image = "<script>alert(1)</script>", "<img src=x onerror=alert(2)>"
+    study = realistic_study()
+    study["task"] = f"arc {script}"
+    study["teachers"][0]["name"] = f"teacher {image}"
+    study["verdict"] = [{**row, "teacher": f"teacher {image}"} if row["teacher"] == SMOL else row
+                        for row in study["verdict"]]
+    for run in study["runs"]:
+        run["label"] = run["label"].replace("smollm2", f"s{image}&amp;")
+        run["student"] = run["student"].replace("smollm2", f"s{image}&amp;")
+    paths = render_report(study, tmp_path)
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert image.replace("<", "\\<") in text
+    assert re.search(r"(?<!\\)<(script|img)", text) is None
+    assert re.search(r"(?<!\\)&amp;", text) is None
+    page = paths["html"].read_text(encoding="utf-8")
+    assert "<script" not in page and "onerror=alert" not in page.replace("&lt;img src=x onerror=alert", "")

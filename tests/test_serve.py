@@ -142,7 +142,8 @@ def test_chat_completions_use_the_chat_template(tiny_causal, tmp_path):
 def test_an_api_key_is_required_when_configured(loaded):
     with TestClient(create_app(loaded, api_key="s3cret")) as client:
         assert client.get("/health").status_code == 200
-        assert client.get("/v1/models").status_code == 401
+        for path in ("/v1/models", "/stats", "/docs", "/openapi.json", "/redoc", "/anything"):
+            assert client.get(path).status_code == 401, path
         wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
         assert client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200

@@ -377,3 +377,30 @@ def test_timeout_is_a_deadline_for_the_whole_answer(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(scripted, tmp_path, monkeypatch, status):
+    """A server quoting the bearer token in its error body: the key is not printed, not in the
+    JSON summary and not in the database (the issue found it in a unit's log)."""
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    key = "sk-echo-me-4242"
+
+    def script(path, body, attempt):
+        return status, json.dumps({"error": {"message": f"bad request for key Bearer {key}"}}).encode(), {}, 0
+
+    server = scripted(script)
+    monkeypatch.setenv("ECHO_KEY", key)
+    task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
+    db = tmp_path / "c.sqlite"
+    result = CliRunner().invoke(app, ["teach", "--teacher", "m", "--task", str(task), "--split", "train",
+                                      "--base-url", server.base_url, "--api-key-env", "ECHO_KEY",
+                                      "--max-retries", "0", "--db", str(db), "--json"])
+    assert server.requests and server.requests[0][2]["Authorization"] == f"Bearer {key}"
+    assert result.exit_code == (1 if status == 400 else 2), result.output  # all failed / unavailable
+    assert "[REDACTED]" in result.output
+    assert key not in result.output and key not in (result.stderr or "")
+    assert all(key.encode() not in path.read_bytes() for path in tmp_path.glob("c.sqlite*"))

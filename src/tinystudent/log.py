@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from tinystudent.redact import redact
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 output = Console(highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    console.print(f"[dim]tinystudent:[/dim] {message}")
+    console.print(f"[dim]tinystudent:[/dim] {redact(message)}")
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]tinystudent warning:[/yellow] {message}")
+    console.print(f"[yellow]tinystudent warning:[/yellow] {redact(message)}")
 
 
 def progress():

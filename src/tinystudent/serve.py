@@ -375,7 +375,7 @@ def create_app(loaded: LoadedModel, served_name: str | None = None, max_batch_si
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
+        if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error_response(401, "missing or wrong API key", "authentication_error")

@@ -11,20 +11,31 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
 from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.redact import redact
 
 
 class TeacherError(RuntimeError):
     """One request failed for a reason retrying will not fix (a 4xx answer, malformed JSON, a
-    prompt longer than the model's context). Other requests may still succeed."""
+    prompt longer than the model's context). Other requests may still succeed. Its message never
+    holds an API key (see `tinystudent.redact`)."""
+
+    def __init__(self, message: str, *args):
+        super().__init__(redact(message), *args)
 
 
 class TeacherUnavailable(RuntimeError):
     """The teacher cannot be used at all right now (unreachable, timing out, overloaded after every
     retry, wrong URL, model name or key). A run stops; what it finished is already cached."""
 
+    def __init__(self, message: str, *args):
+        super().__init__(redact(message), *args)
+
 
 class ScoringUnsupported(RuntimeError):
     """The backend cannot return choice log-likelihoods (no `echo` + `logprobs` on the server)."""
+
+    def __init__(self, message: str, *args):
+        super().__init__(redact(message), *args)
 
 
 @dataclass(frozen=True)

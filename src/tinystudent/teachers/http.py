@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import httpx
 
 from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.redact import redact, remember_secret
 from tinystudent.teachers.base import (Generation, GenerationResult, GenerationSettings, ScoreResult,
                                        ScoringUnsupported, TeacherError, TeacherUnavailable)
 
@@ -63,6 +64,7 @@ def read_api_key(api_key_env: str | None) -> str | None:
     if not key:
         raise ValueError(f"environment variable {api_key_env} (named by api_key_env) is not set or empty; "
                          f"export it with the server's API key")
+    remember_secret(key)
     return key
 
 
@@ -274,7 +276,7 @@ class HttpTeacher:
 
 
 def _snippet(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(redact(text).split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -17,6 +17,7 @@ from tinystudent.evaluation.fit import Fitted, fit_example, fit_with_shots
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
+from tinystudent.redact import redact
 from tinystudent.store import Store
 from tinystudent.tasks.schema import Example
 from tinystudent.teachers import cache
@@ -73,6 +74,7 @@ class TeachSummary:
                on_output: OnOutput | None = None) -> None:
         """Count one question's outcome, then tell the caller's `on_output`, if any."""
         setattr(self, kind, getattr(self, kind) + 1)
+        error = redact(error) if error else error
         if error and error not in self.errors and len(self.errors) < 10:
             self.errors.append(error)
         if output is not None:
