@@ -124,6 +124,27 @@ def test_store_keeps_every_prediction(tiny_causal, tmp_path):
     assert json.loads(predictions[0]["choice_logprobs"]) == pytest.approx(result.predictions[0].choice_logprobs)
 
 
+def test_one_unit_has_one_stored_evaluation(tiny_causal, tmp_path):
+    """A unit's second evaluation (a killed attempt's child had already stored one) replaces the
+    first with its predictions; evaluations of other units and unfiled ones are kept."""
+    import sqlite3
+
+    result = evaluate_model(load_model(str(tiny_causal), device="cpu"), EXAMPLES, "toy", "test")
+    with Store(tmp_path / "r.sqlite") as store:
+        first = store.save_evaluation(result, "train:abc")
+        again = store.save_evaluation(result, "train:abc")
+        other = store.save_evaluation(result, "train:def")
+        store.save_evaluation(result)
+        store.save_evaluation(result)
+        assert [e["id"] for e in store.evaluations(run_key="train:abc")] == [again]
+        assert store.predictions(first) == [] and len(store.predictions(again)) == 4
+        assert len(store.evaluations()) == 4 and other in {e["id"] for e in store.evaluations()}
+        with pytest.raises(sqlite3.IntegrityError):
+            store.db.execute("INSERT INTO evaluations SELECT NULL, created, model, model_identity, task, split, "
+                             "mode, n, acc, acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, "
+                             "cost, settings, versions FROM evaluations WHERE id = ?", (again,))
+
+
 
 def test_many_connections_open_a_new_database_at_once(tmp_path):
     """Several processes opening one new results file together all get in (switching a new file to

@@ -214,3 +214,92 @@ def test_mlflow_asked_for_but_missing_is_a_clear_error(tmp_path, tiny_causal, ti
     config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task, "mlflow: true\n")
     with pytest.raises(ExperimentError, match="mlflow: logging to MLflow was asked for.*pip install mlflow"):
         load_experiment(config)
+
+
+def processes_using(path) -> list[str]:
+    """Command lines of live processes that name `path` (the eval children name their --db)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(path) in cmdline and state != "Z":
+                found.append(cmdline)
+    return found
+
+
+def verdict_numbers(result: dict) -> list:
+    """The verdict by parameters, without measured memory (which varies from run to run)."""
+    def without_memory(value):
+        if isinstance(value, dict):
+            return {k: without_memory(v) for k, v in value.items() if "memory" not in k}
+        return value
+
+    return [without_memory(entry) for entry in result["verdict"]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find orphans")
+def test_ten_random_kills_leave_no_orphan_no_duplicate_and_the_same_verdict(tmp_path, tiny_causal, toy_task):
+    """kill -9 `run` ten times at random moments, then let it finish: no evaluation child is left
+    running, no unit has two stored results, the database is intact and the verdict is the one an
+    uninterrupted run gives."""
+    import random
+
+    text = f"""
+    name: kills
+    task: {{name: {toy_task}, train_limit: 16, valid_limit: 8, test_limit: 12}}
+    teachers:
+      - {{name: teach, model: {tiny_causal}, max_new_tokens: 8, k_shots: 0}}
+    students:
+      - {{name: small, model: {tiny_causal}, keep_layers: "first:1"}}
+    methods: {{finetune: [full], objectives: [answer, "rationale:teach"]}}
+    training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, eval_before: true}}
+    eval_batch_size: 8
+    """
+    config = tmp_path / "kills.yaml"
+    config.write_text(textwrap.dedent(text))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def args(name):
+        return [str(config), "--db", str(tmp_path / f"{name}.sqlite"), "--out", str(tmp_path / name), "--json"]
+
+    clean = run_cli(args("clean"), env=env)
+    started = time.time()
+    stdout, stderr = clean.communicate(timeout=600)
+    assert clean.returncode == 0, stderr[-3000:]
+    whole = time.time() - started
+    expected = json.loads(stdout)
+
+    db = tmp_path / "killed.sqlite"
+    rng = random.Random(12)
+    for _ in range(10):
+        attempt = run_cli(args("killed"), env=env)
+        time.sleep(rng.uniform(0.5, whole / 5))
+        if attempt.poll() is not None:
+            break  # finished before this kill: nothing left to interrupt
+        attempt.kill()
+        attempt.wait()
+        deadline = time.time() + 10
+        while processes_using(db) and time.time() < deadline:
+            time.sleep(0.1)
+        assert processes_using(db) == [], "an evaluation outlived its killed run"
+    final = run_cli(args("killed"), env=env)
+    stdout, stderr = final.communicate(timeout=600)
+    assert final.returncode == 0, stderr[-3000:]
+    assert verdict_numbers(json.loads(stdout)) == verdict_numbers(expected)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        twice = conn.execute("SELECT run_key, COUNT(*) FROM evaluations WHERE run_key IS NOT NULL "
+                             "GROUP BY run_key HAVING COUNT(*) > 1").fetchall()
+        assert twice == []
+        units = {key for (key,) in conn.execute("SELECT run_key FROM runs WHERE status = 'done'")}
+        stray = conn.execute("SELECT COUNT(*) FROM evaluations WHERE run_key IS NULL").fetchone()[0]
+        filed = {key for (key,) in conn.execute("SELECT run_key FROM evaluations")}
+    assert stray == 0  # every evaluation belongs to one finished unit (a mutual unit files one per peer)
+    assert all(any(key == unit or key.startswith(unit + ":") for unit in units) for key in filed)

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     settings TEXT NOT NULL,
     versions TEXT NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS evaluations_one_per_unit ON evaluations(run_key) WHERE run_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS predictions (
     evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
     example_id TEXT NOT NULL,
@@ -185,8 +186,13 @@ class Store:
     # --- evaluations -----------------------------------------------------------------------
 
     def save_evaluation(self, result, run_key: str | None = None) -> int:
-        """Store an `EvalResult` and its predictions in one transaction; returns its id."""
+        """Store an `EvalResult` and its predictions in one transaction; returns its id.
+
+        `run_key` names the unit the evaluation belongs to: one unit has one evaluation, so one an
+        earlier attempt stored (killed before it was marked done) is replaced, never kept beside."""
         with self.transaction() as db:
+            if run_key is not None:
+                db.execute("DELETE FROM evaluations WHERE run_key = ?", (run_key,))
             cursor = db.execute(
                 "INSERT INTO evaluations (created, model, model_identity, task, split, mode, n, acc,"
                 " acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, cost, settings,"

@@ -37,6 +37,8 @@ def eval_command(
                                       "or tinystudent-results/results.sqlite)."),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    run_key: Optional[str] = typer.Option(None, hidden=True, help="The experiment unit this evaluation "
+                                          "is for: it replaces the unit's earlier evaluation, if any."),
 ) -> None:
     """Measure one model on one task: accuracy, 95% interval, majority baseline and cost."""
     quiet_libraries()
@@ -61,7 +63,7 @@ def eval_command(
                                 max_input_tokens=max_input_tokens, num_fewshot=num_fewshot,
                                 shots_pool=pool, seed=seed)
         result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
-        evaluation_id = store.save_evaluation(result)
+        evaluation_id = store.save_evaluation(result, run_key)
     summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
     if as_json:
         emit_json(summary)

@@ -97,15 +97,17 @@ class ExperimentRunner:
         return make_teacher(spec.model, spec.base_url, spec.api_key_env)
 
     def evaluate(self, model: str, log: Path, split: str | None = None, limit: int | None = None,
-                 scoring: ScoringPass | None = None, budget: int | None = None) -> dict:
+                 scoring: ScoringPass | None = None, budget: int | None = None, part: str | None = None) -> dict:
         """`model` on the test split (or `split`, first `limit` questions), in its own process,
-        its inputs fitted to `budget` (default: the experiment's)."""
+        its inputs fitted to `budget` (default: the experiment's). The evaluation is filed under
+        the running unit's key, and `part` when the unit evaluates several models."""
         task = self.x.task
         scoring = scoring or parse_scoring_pass("zero_shot")
         return evaluate_in_subprocess(model, self.splits.task, split or task.test_split,
                                       limit if split else task.test_limit, task.seed, self.store.path,
                                       log, self.x.eval_batch_size, self.x.device, scoring.mode,
-                                      scoring.num_fewshot, budget or task.max_input_tokens)
+                                      scoring.num_fewshot, budget or task.max_input_tokens,
+                                      f"{self.units.current}:{part}" if part else self.units.current)
 
     def measure_teacher(self, spec: TeacherSpec) -> dict:
         """The teacher's test accuracy (the baseline to beat), or its reported number.
@@ -401,7 +403,7 @@ class ExperimentRunner:
             def work(log: Path, method=method) -> dict:
                 results = [stored_eval_result(self.store, members[n]["evaluation_id"]) for n in names]
                 group = ensemble_eval_result(results, method, name=f"ensemble-{method}({'+'.join(names)})")
-                evaluation_id = self.store.save_evaluation(group)
+                evaluation_id = self.store.save_evaluation(group, self.units.current)  # one unit per method
                 return {**group.summary(), "evaluation_id": evaluation_id}
 
             row = self.units.run("ensemble", f"ensemble {method} of {' + '.join(names)}", payload, work)
@@ -424,7 +426,7 @@ class ExperimentRunner:
             questions = self._fit_for_debate(examples, loaded[0].tokenizer)
             result = debate(loaded, questions, rounds=spec.debate_rounds, max_new_tokens=48)
             evaluated = debate_eval_result(result, examples, self.splits.task, self.x.task.test_split)
-            evaluation_id = self.store.save_evaluation(evaluated)
+            evaluation_id = self.store.save_evaluation(evaluated, self.units.current)
             del loaded
             _release()
             return {**evaluated.summary(), "evaluation_id": evaluation_id}
@@ -463,7 +465,7 @@ class ExperimentRunner:
             _release()
             peers = []
             for name, result in zip(names, results):
-                summary = self.evaluate(str(result.checkpoint), log, budget=config.max_input_tokens)
+                summary = self.evaluate(str(result.checkpoint), log, budget=config.max_input_tokens, part=name)
                 peers.append({**summary, "peer": name, "checkpoint": str(result.checkpoint)})
             return {"peers": peers}
 

@@ -33,6 +33,7 @@ class UnitRunner:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     computed_keys: set[str] = field(default_factory=set)
+    current: str | None = None  # the key of the unit whose work is running: what it stores is filed under it
 
     def key(self, kind: str, payload: dict) -> str:
         return f"{kind}:{config_hash(payload)}"
@@ -61,6 +62,7 @@ class UnitRunner:
         with log_path.open("a") as log:
             log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.write(json.dumps(payload, indent=1, default=str) + "\n")
+        outer, self.current = self.current, key  # units nest: a train unit may run its teach unit
         try:
             result = work(log_path)
         except BaseException:
@@ -68,6 +70,8 @@ class UnitRunner:
                 log.write(traceback.format_exc())
             self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
             raise
+        finally:
+            self.current = outer
         result = {**result, "label": label, "run_key": key, "seconds": round(time.time() - started, 1),
                   "log": str(log_path)}
         with log_path.open("a") as log:
@@ -100,11 +104,16 @@ def _die_with_parent(parent: int):
 def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None, seed: int,
                            db: Path, log_path: Path, batch_size: int = 16, device: str = "auto",
                            mode: str = "loglikelihood", num_fewshot: int = 0,
-                           max_input_tokens: int | None = None) -> dict:
-    """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone."""
+                           max_input_tokens: int | None = None, run_key: str | None = None) -> dict:
+    """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone.
+
+    The child dies with this process; its evaluation is stored under `run_key`, replacing any an
+    earlier, killed attempt at the same unit left, so the store holds one result per unit."""
     cmd = [sys.executable, "-m", "tinystudent", "eval", "--model", model, "--task", task,
            "--split", split, "--seed", str(seed), "--json", "--db", str(db),
            "--batch-size", str(batch_size), "--device", device, "--mode", mode]
+    if run_key:
+        cmd += ["--run-key", run_key]
     if limit:
         cmd += ["--limit", str(limit)]
     if num_fewshot:
