@@ -41,6 +41,49 @@ def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
 
 
 
+def test_progress_goes_to_a_log_file_as_plain_lines(tiny_causal, toy_task, tmp_path):
+    """With stderr redirected (not a terminal) eval still says how far it is, in plain lines."""
+    import os
+
+    env = {**os.environ, "TINYSTUDENT_PROGRESS_SECONDS": "0"}
+    done = run_cli("eval", "--model", str(tiny_causal), "--task", str(toy_task), "--split", "all", "--limit", "12",
+                   "--batch-size", "4", "--json", "--db", str(tmp_path / "r.sqlite"), env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("tinystudent: questions: ")]
+    assert [line.split(": ")[2].split(",")[0] for line in lines] == ["4/12", "8/12", "12/12"]
+    assert "/s" in lines[0] and "left" in lines[0] and "\x1b[" not in done.stderr
+
+
+def test_a_lora_adapter_folder_is_evaluated_and_scored_on_its_base(tiny_causal, toy_task, tmp_path):
+    """`eval` and `loss` take the `best/` adapter folder of a LoRA run: the adapter's answers, not
+    the base model's and not an error asking for a config.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tinystudent.models import load_model
+
+    base = load_model(str(tiny_causal), device="cpu")
+    tuned = get_peft_model(base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, weight in tuned.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=2.0)
+    tuned.save_pretrained(tmp_path / "best")
+    base.tokenizer.save_pretrained(tmp_path / "best")
+    results = {}
+    for name, model in (("base", str(tiny_causal)), ("adapter", str(tmp_path / "best"))):
+        done = run_cli("eval", "--model", model, "--task", str(toy_task), "--split", "all", "--json",
+                       "--db", str(tmp_path / "r.sqlite"))
+        assert done.returncode == 0, done.stderr
+        results[name] = json.loads(done.stdout)
+    with Store(tmp_path / "r.sqlite") as store:
+        logprobs = {name: [p["choice_logprobs"] for p in store.predictions(results[name]["evaluation_id"])]
+                    for name in results}
+    assert logprobs["adapter"] != logprobs["base"]
+    loss = run_cli("loss", "--model", str(tmp_path / "best"), "--task", str(toy_task), "--json",
+                   "--db", str(tmp_path / "r.sqlite"))
+    assert loss.returncode == 0 and "config.json" not in loss.stderr, loss.stderr
+
+
 @pytest.mark.parametrize("command,in_table,message", [
     (["eval", "--model", "MODEL", "--limit", "6"], "majority baseline", "evaluating"),
     (["teach", "--teacher", "MODEL", "--limit", "3", "--strategy", "cot", "--max-new-tokens", "4"], "generated",

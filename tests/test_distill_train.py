@@ -13,7 +13,6 @@ from tinystudent.distill import TrainConfig, TrainingDiverged, train_student
 from tinystudent.evaluation import ChoiceRequest, evaluate_model, score_choices
 from tinystudent.evaluation.prompts import choice_context, choice_continuations
 from tinystudent.models import load_model
-from tinystudent.models.students import load_student
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +154,7 @@ def test_lora_trains_only_the_adapters_and_merges(tiny_causal, arc, tmp_path):
     merged = load_model(result.checkpoint, device="cpu")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     torch.testing.assert_close(merged.model(input_ids=ids).logits,
-                               load_student(str(adapter), device="cpu").model(input_ids=ids).logits,
+                               load_model(str(adapter), device="cpu").model(input_ids=ids).logits,
                                rtol=1e-4, atol=1e-5)
     assert not torch.allclose(merged.model(input_ids=ids).logits, base(input_ids=ids).logits)
     with pytest.raises(ValueError, match=r"\['qproj'\] match nothing.*q_proj"):

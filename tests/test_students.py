@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinystudent.models import count_parameters, load_model
-from tinystudent.models.students import (fresh_student, layer_stacks, load_student, parse_keep,
+from tinystudent.models.students import (fresh_student, layer_stacks, parse_keep,
                                          scale_down, student_ladder)
 
 
@@ -79,6 +79,24 @@ def test_scale_down_reuses_and_refuses_a_different_student(tiny_causal, tmp_path
         scale_down(str(tiny_causal), [1], tmp_path / "s")
 
 
+def test_a_folder_tinystudent_did_not_make_is_never_deleted(tiny_causal, tmp_path):
+    """The student's temporary sibling `s.tmp` is the user's own folder here: building refuses,
+    naming it, and leaves it whole; a marked leftover of a killed build is replaced as before."""
+    from tinystudent.folders import MARK
+
+    theirs = tmp_path / "s.tmp"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    with pytest.raises(FileExistsError, match="s.tmp: is in the way and was not made by tinystudent"):
+        scale_down(str(tiny_causal), [0], tmp_path / "s")
+    assert (theirs / "thesis.tex").read_text() == "years of work" and not (tmp_path / "s").exists()
+    (theirs / "thesis.tex").unlink()
+    (theirs / MARK).write_text("")  # what a killed build leaves
+    (theirs / "half.safetensors").write_text("")
+    out = scale_down(str(tiny_causal), [0], tmp_path / "s")
+    assert (out / MARK).exists() and not theirs.exists()
+
+
 def test_smollm2_yields_a_ladder_with_copied_weights(smollm2, tmp_path):
     source = smollm2.resolved.path
     paths = student_ladder(str(source), ["first:2", "every:10"], tmp_path)
@@ -107,7 +125,7 @@ def test_fresh_student_from_a_config_and_from_a_model(tiny_causal, tmp_path):
         fresh_student({"hidden_size": 8}, tmp_path / "bad")
 
 
-def test_load_student_reads_an_adapter_folder(tiny_causal, tmp_path):
+def test_load_model_reads_an_adapter_folder_onto_its_base(tiny_causal, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     base = load_model(str(tiny_causal), device="cpu")
@@ -116,8 +134,9 @@ def test_load_student_reads_an_adapter_folder(tiny_causal, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     ids = torch.tensor([[3, 4, 5]])
     expected = peft_model(input_ids=ids).logits
-    student = load_student(str(tmp_path / "adapter"), device="cpu")
+    student = load_model(str(tmp_path / "adapter"), device="cpu")
     torch.testing.assert_close(student.model(input_ids=ids).logits, expected)
+    assert student.resolved.identity.startswith(base.resolved.identity + "+adapter:")
 
 
 ARCHITECTURES = {

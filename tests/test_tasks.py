@@ -95,6 +95,13 @@ def test_user_csv_with_column_mapping(tmp_path):
     assert fmt == "mapped" and [ex.answer for ex in examples] == [1, 0]
 
 
+def test_a_boolean_answer_names_the_true_or_yes_choice(tmp_path):
+    rows = [{"id": "a", "question": "Q", "choices": ["yes", "no"], "answer": False},
+            {"id": "b", "question": "R", "choices": ["False", "True"], "answer": True}]
+    examples, _ = read_file(write(tmp_path / "yn.jsonl", "\n".join(json.dumps(r) for r in rows)))
+    assert [ex.answer for ex in examples] == [1, 1]
+
+
 def test_user_jsonl_with_list_column_and_index(tmp_path):
     path = write(tmp_path / "mine.jsonl", json.dumps({"key": "k1", "text": "Q?", "options": ["a", "b"], "y": 1}))
     examples, _ = read_file(path, {"id": "key", "question": "text", "choices": "options", "answer": "y"})
@@ -111,6 +118,7 @@ def test_user_jsonl_with_list_column_and_index(tmp_path):
     ('{"idx": 1, "prompt": "Q"}', "line 1", "known format"),
     ('{"id": "a", "question": "Q", "choices": ["x", null], "answer": "x"}', "line 1", "choice 2 as text, got None"),
     ('{"id": "a", "question": "Q", "choices": "x|y", "answer": "x"}', "line 1", "'choices' as a list of texts, got str"),
+    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": true}', "line 1", "got the boolean true"),
 ])
 def test_bad_input_names_file_and_record(tmp_path, content, where, expected):
     path = write(tmp_path / "bad.jsonl", content)

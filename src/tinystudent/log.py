@@ -19,8 +19,17 @@ def warn(message: str) -> None:
     console.print(f"[yellow]tinystudent warning:[/yellow] {redact(message)}")
 
 
-def progress():
-    """A rich progress bar on stderr (stdout stays free for `--json`); add tasks with a `status` field."""
+def progress(interval_s: float | None = None):
+    """A progress display on stderr (stdout stays free for `--json`); add tasks with a `status` field.
+
+    On a terminal it is a rich bar. When stderr goes to a file or a pipe (a job log) a bar would
+    show nothing until the end, so a plain line (count, rate, time left) is printed every
+    `interval_s` seconds instead (default 30, or $TINYSTUDENT_PROGRESS_SECONDS).
+    """
+    if not console.is_terminal:
+        import os
+
+        return PlainProgress(interval_s or float(os.environ.get("TINYSTUDENT_PROGRESS_SECONDS", 30)))
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -29,3 +38,63 @@ def progress():
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
         console=console, transient=False,
     )
+
+
+class PlainProgress:
+    """The part of rich's `Progress` the commands use, printing a line at a steady interval."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task in self.tasks.values():
+            if task["completed"] != task["shown"]:
+                self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, status: str = "", **_) -> int:
+        import time
+
+        now = time.monotonic()
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "status": status,
+                                       "started": now, "last": now, "shown": 0}
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, advance: float | None = None, completed: float | None = None,
+               total: float | None = None, status: str | None = None, **_) -> None:
+        import time
+
+        task = self.tasks[task_id]
+        task["completed"] = completed if completed is not None else task["completed"] + (advance or 0)
+        task["total"] = total if total is not None else task["total"]
+        task["status"] = status if status is not None else task["status"]
+        if time.monotonic() - task["last"] >= self.interval_s:
+            self._print(task)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def _print(self, task: dict) -> None:
+        import time
+
+        now = time.monotonic()
+        task["last"], task["shown"] = now, task["completed"]
+        done, total, elapsed = task["completed"], task["total"], now - task["started"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        count = f"{done:g}/{total:g}" if total else f"{done:g}"
+        left = f", about {_duration((total - done) / rate)} left" if total and rate > 0 else ""
+        status = f" ({task['status']})" if task["status"] else ""
+        console.print(f"tinystudent: {task['description']}: {count}, {rate:.3g}/s{left}, "
+                      f"{_duration(elapsed)} so far{status}", markup=False)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, output
+from tinystudent.log import console, output, progress
 
 
 @app.command("eval")
@@ -59,9 +59,12 @@ def eval_command(
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         console.print(f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
                       f"{loaded.kind} model on {loaded.device}")
-        result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size,
-                                max_input_tokens=max_input_tokens, num_fewshot=num_fewshot,
-                                shots_pool=pool, seed=seed)
+        with progress() as bar:
+            row = bar.add_task("questions", total=len(examples), status="")
+            result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size,
+                                    max_input_tokens=max_input_tokens, num_fewshot=num_fewshot,
+                                    shots_pool=pool, seed=seed,
+                                    on_progress=lambda n: bar.update(row, advance=n))
         result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
         evaluation_id = store.save_evaluation(result, run_key)
     summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from tinystudent.folders import make_folder, remove_made
 
 LATEST = "LATEST"
 
@@ -74,14 +75,14 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, sc
 
     Every process writes its own RNG file; the main process writes everything else.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    if is_main and not root.exists():
+        make_folder(root)
     final = root / f"step-{step:07d}"
     tmp = root / f"step-{step:07d}.tmp"
     tensors, plain = rng_state()
     if is_main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        remove_made(tmp, "loop_state.json")
+        make_folder(tmp)
     _barrier()
     torch.save(tensors, tmp / f"rng-{rank}.pt")
     _write_json(tmp / f"rng-{rank}.json", plain)
@@ -92,13 +93,12 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, sc
                     "scaler": scaler.state_dict() if scaler is not None else None},
                    tmp / "optimizer.pt")
         _write_json(tmp / "loop_state.json", loop_state)
-        if final.exists():
-            shutil.rmtree(final)
+        remove_made(final, "loop_state.json")
         tmp.rename(final)
         (root / (LATEST + ".tmp")).write_text(final.name)
         os.replace(root / (LATEST + ".tmp"), root / LATEST)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_made(old, "loop_state.json")
     _barrier()
     return final
 
@@ -131,13 +131,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, sc
 def save_best(model: torch.nn.Module, tokenizer, out_dir: Path, is_lora: bool, info: dict) -> None:
     """Save the best model so far: a plain safetensors folder, or the LoRA adapter folder."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_made(tmp, "training.json")
+    make_folder(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _write_json(tmp / "training.json", info)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    remove_made(out_dir, "training.json")
     tmp.rename(out_dir)
 
 

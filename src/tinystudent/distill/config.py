@@ -68,7 +68,7 @@ class LoraSettings(_Strict):
         target_modules: module name suffixes to adapt, or `all-linear` (every linear layer but
             the output head). Each name must match at least one module ("all-linear").
         merge: save the best checkpoint as a plain model with the adapter merged in (False:
-            save the adapter folder, which `models.students.load_student` reads).
+            save the adapter folder, which `load_model` reads onto its base model).
     """
 
     rank: int = Field(8, ge=1)

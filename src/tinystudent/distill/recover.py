@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from tinystudent.distill.checkpoints import latest_checkpoint, load_checkpoint, save_best, save_checkpoint
+from tinystudent.distill.checkpoints import LATEST, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from tinystudent.distill.config import RecoveryConfig
 from tinystudent.distill.data import TokenBatch
 from tinystudent.distill.objectives import (StudentBatch, StudentObjectives, TermWeights, causal_head,
@@ -35,6 +34,7 @@ from tinystudent.distill.objectives import (StudentBatch, StudentObjectives, Ter
 from tinystudent.distill.trainee import warmup_cosine
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.evaluation.bits_per_byte import bits_per_byte, truncate_utf8
+from tinystudent.folders import remove_made
 from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.students import MANIFEST
@@ -202,7 +202,7 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(result), default=str))
     tmp.replace(done)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    remove_made(checkpoints, LATEST)
     info(f"recovered {student}: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte in "
          f"{result.steps} steps ({result.seconds:.0f} s)")
     return result

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -77,11 +78,14 @@ class LatencyMeter:
     per_question_s: list[float] = field(default_factory=list)
     total_s: float = 0.0
     questions: int = 0
+    on_questions: Callable[[int], None] | None = None  # told how many questions each batch answered
 
     def record(self, questions: int, seconds: float) -> None:
         self.per_question_s.extend([seconds / questions] * questions)
         self.total_s += seconds
         self.questions += questions
+        if self.on_questions:
+            self.on_questions(questions)
 
     def add(self, question: int, seconds: float) -> None:
         """Extra time spent on one question already recorded (a second pass over it)."""

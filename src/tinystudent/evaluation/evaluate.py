@@ -148,7 +148,8 @@ def _generative_predictions(loaded: LoadedModel, examples: list[Example], think:
 def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, split: str,
                    mode: str = "loglikelihood", batch_size: int = 16,
                    max_input_tokens: int | None = None, num_fewshot: int = 0,
-                   shots_pool: list[Example] | None = None, seed: int = 0) -> EvalResult:
+                   shots_pool: list[Example] | None = None, seed: int = 0,
+                   on_progress: Callable[[int], None] | None = None) -> EvalResult:
     """Score `examples` with `loaded` and measure its cost on the way.
 
     Args:
@@ -158,6 +159,7 @@ def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, spli
             model takes); evidence is cut first, the question and choices are kept (`fit`).
         num_fewshot: solved examples from `shots_pool` before each question (loglikelihood only),
             drawn per question from `seed`.
+        on_progress: told the number of questions each batch answered.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -169,7 +171,7 @@ def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, spli
     limit = loaded.input_limit
     budget = min(max_input_tokens, limit) if max_input_tokens else limit
     plan = InputPlan(prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed)
-    memory, latency = MemoryMeter(loaded.device), LatencyMeter()
+    memory, latency = MemoryMeter(loaded.device), LatencyMeter(on_questions=on_progress)
     with memory.measure():
         if mode == "loglikelihood":
             predictions = _loglikelihood_predictions(loaded, examples, plan, batch_size, latency)

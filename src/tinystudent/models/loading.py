@@ -279,7 +279,8 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
     """Load a model and its tokenizer for scoring or training.
 
     Args:
-        name: Hub id, local folder or GGUF file.
+        name: Hub id, local folder, GGUF file, or a LoRA adapter folder (such as the `best/` of
+            `train --method lora`), loaded onto its base model and merged into it.
         device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
         dtype: `auto`, `float32`, `bfloat16` or `float16`.
         kind: force `causal`, `seq2seq` or `encoder`; detected from the config by default.
@@ -289,6 +290,8 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMultipleChoice,
                               AutoModelForSeq2SeqLM, AutoTokenizer)
 
+    if is_adapter_folder(name):
+        return _load_adapter(Path(name), device, dtype, trust_remote_code)
     resolved = resolve_model(name, revision)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -306,3 +309,38 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.to(device).eval()
     return LoadedModel(model, tokenizer, kind, resolved, device)
+
+
+def is_adapter_folder(name: str | Path) -> bool:
+    """A PEFT adapter folder: `adapter_config.json` and no `config.json` of its own."""
+    path = Path(name).expanduser()
+    return path.is_dir() and (path / "adapter_config.json").is_file() and not (path / "config.json").exists()
+
+
+def _load_adapter(folder: Path, device, dtype: str, trust_remote_code: bool) -> LoadedModel:
+    """A LoRA adapter on its base model (named in `adapter_config.json`), merged into it: the
+    result computes what the trained student computes, at the base model's speed."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    config_file = folder / "adapter_config.json"
+    try:
+        base_name = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{config_file}: not a readable adapter config ({err})") from None
+    if not base_name:
+        raise ValueError(f"{config_file}: names no base model (base_model_name_or_path); add the base "
+                         "model's Hub id or folder there")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder}: no adapter_model.safetensors; tinystudent loads adapter weights "
+                                "from safetensors only (a pickled adapter_model.bin is refused)")
+    base = load_model(base_name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().to(base.device).eval()
+    tokenizer = base.tokenizer
+    if (folder / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    resolved = ResolvedModel(str(folder), folder, f"{base.resolved.identity}+adapter:{folder_identity(folder)}",
+                             {"source": "adapter", "base": base_name})
+    return LoadedModel(model, tokenizer, base.kind, resolved, base.device)

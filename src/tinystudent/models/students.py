@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from tinystudent.folders import make_folder, remove_made
 from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, ResolvedModel, load_model, model_kind, resolve_model
 from tinystudent.models.params import count_parameters
@@ -196,15 +197,13 @@ def _reuse_existing(out_dir: Path, manifest: dict) -> bool:
 def _write_atomically(model, source_path: Path | None, out_dir: Path, manifest: dict) -> Path:
     """Save model, tokenizer and manifest to a temporary folder, then rename it into place."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    remove_made(tmp, MANIFEST)
+    make_folder(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     if source_path is not None:
         _copy_tokenizer(source_path, tmp)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    remove_made(out_dir, MANIFEST)
     tmp.rename(out_dir)
     return out_dir
 
@@ -369,30 +368,3 @@ def student_ladder(source: str, specs: list[str | list[int]], root: Path) -> lis
         slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(source).name}-{label}").strip("-")
         paths.append(scale_down(source, spec, root / slug))
     return paths
-
-
-def is_adapter_folder(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").exists()
-
-
-def load_student(name: str, device: str | torch.device = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a student: any model `load_model` reads, or a LoRA adapter folder tinystudent saved.
-
-    An adapter folder is loaded onto its base model (named in `adapter_config.json`), so
-    evaluation sees exactly the trained student.
-    """
-    if not is_adapter_folder(name):
-        return load_model(name, device=device, dtype=dtype)
-    from peft import PeftModel
-
-    adapter = json.loads((Path(name) / "adapter_config.json").read_text())
-    base_name = adapter.get("base_model_name_or_path")
-    if not base_name:
-        raise ValueError(f"{name}/adapter_config.json does not name its base model")
-    base = load_model(base_name, device=device, dtype=dtype)
-    model = PeftModel.from_pretrained(base.model, name).to(base.device).eval()
-    from tinystudent.models.loading import folder_identity
-
-    resolved = ResolvedModel(str(name), Path(name), f"{base.resolved.identity}+adapter:{folder_identity(Path(name))}",
-                             {"source": "adapter", "base": base_name})
-    return LoadedModel(model, base.tokenizer, base.kind, resolved, base.device)

@@ -43,6 +43,8 @@ def _texts(values: Any, where: str, path: str) -> tuple[str, ...]:
 
 def _text_index(choices: list[str], answer: Any, where: str, path: str) -> int:
     """Find an answer given as text among the choices (exact, then case-insensitive)."""
+    if isinstance(answer, bool):
+        return _boolean_index(answer, choices, where, path)
     answer = str(answer).strip()
     stripped = [str(c).strip() for c in choices]
     if answer in stripped:
@@ -277,14 +279,25 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
     return convert
 
 
+def _boolean_index(raw: bool, choices: list[str], where: str, path: str) -> int:
+    lowered = [str(c).strip().lower() for c in choices]
+    for word in ("true", "yes") if raw else ("false", "no"):
+        if word in lowered:
+            return lowered.index(word)
+    raise TaskFormatError(path, where, "an answer that is a choice's index, letter or text, got the boolean "
+                          f"{str(raw).lower()} and no choice reads true/false or yes/no (choices {choices})",
+                          'write the answer as the choice\'s text, e.g. "answer": "yes"')
+
+
 def _answer_index(raw: Any, choices: list[str], where: str, path: str) -> int:
-    """An answer given as an index, a letter or the choice's text."""
+    """An answer given as an index, a letter or the choice's text; a JSON boolean names the choice
+    "true"/"false" or, failing that, "yes"/"no"."""
     text = str(raw).strip()
-    if isinstance(raw, int) or text.isdigit():
+    if isinstance(raw, int) and not isinstance(raw, bool) or text.isdigit():
         index = int(text)
         if 0 <= index < len(choices):
             return index
         raise TaskFormatError(path, where, f"answer index {index} outside {len(choices)} choices")
     if len(text) == 1 and text.upper() in LETTERS[: len(choices)] and text not in choices:
         return LETTERS.index(text.upper())
-    return _text_index(choices, text, where, path)
+    return _text_index(choices, raw if isinstance(raw, bool) else text, where, path)

@@ -1,0 +1,38 @@
+"""Folders tinystudent writes and may later replace.
+
+Nothing is removed unless tinystudent made it: a folder it creates to replace later carries a
+mark file, and `remove_made` refuses any folder without one (or without the file a known kind of
+folder always holds, for folders written before marks existed). A name such as `../../data`
+that slipped past validation, or a user's own `best.tmp`, is then an error, never a deletion.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+MARK = ".tinystudent"
+
+
+def make_folder(path: Path) -> Path:
+    """Create `path` (and its parents) and mark it as made by tinystudent."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARK).write_text("made by tinystudent; it may replace or delete this folder\n")
+    return path
+
+
+def remove_made(path: Path, *known_files: str) -> None:
+    """Delete the folder `path` if tinystudent made it (it holds the mark or one of `known_files`)
+    or it is empty; nothing happens when it does not exist."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise FileExistsError(f"{path}: is not a folder tinystudent made, so it is not replaced; "
+                              "move it away or choose another output folder")
+    if not any(path.iterdir()):
+        path.rmdir()
+        return
+    if not any((path / name).is_file() for name in (MARK, *known_files)):
+        raise FileExistsError(f"{path}: is in the way and was not made by tinystudent (no {MARK} file "
+                              "in it), so it is not deleted; move it away or choose another output folder")
+    shutil.rmtree(path)
