@@ -36,3 +36,20 @@ def remove_made(path: Path, *known_files: str) -> None:
         raise FileExistsError(f"{path}: is in the way and was not made by tinystudent (no {MARK} file "
                               "in it), so it is not deleted; move it away or choose another output folder")
     shutil.rmtree(path)
+
+
+def check_output_folder(path: Path, option: str = "--out") -> Path:
+    """Refuse an output folder that cannot be one (a file is in the way, or no parent folder can be
+    written), before any work is done for it."""
+    import os
+
+    path = Path(path)
+    for ancestor in (path, *path.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{ancestor}: is a file, so {option} {path} cannot be a folder; "
+                                 f"choose another {option}")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ValueError(f"{ancestor}: cannot be written to, so {option} {path} cannot be made there")
+            return path
+    return path

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, quiet_libraries
+from tinystudent.folders import check_output_folder
 from tinystudent.log import console, output
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
@@ -49,6 +50,7 @@ def run_command(
         * len(spec.seeds)
     console.print(f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
                   f"up to {plan} training run(s)")
+    out = check_output_folder(out or Path("tinystudent-results") / spec.name)
     if check:
         if as_json:
             emit_json({"experiment": spec.name, "valid": True, "training_runs": plan})
@@ -57,7 +59,6 @@ def run_command(
     from tinystudent.report import render_report, verdict_text
     from tinystudent.store import Store
 
-    out = out or Path("tinystudent-results") / spec.name
     with Store(db) as store:
         study = run_experiment(spec, store, out)
     paths = render_report(study, out / "report")

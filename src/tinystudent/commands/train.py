@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
+from tinystudent.folders import check_output_folder
 from tinystudent.log import console, info, output, progress
 
 OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
@@ -223,6 +224,7 @@ def train_command(
     shape = "-".join(part for part in (keep_layers, f"ff{mlp_width:g}" if mlp_width else None) if part) or "all"
     out = out or Path("tinystudent-runs") / _slug(f"{Path(student).name}-{shape}-"
                                                    f"{Path(task).name}-{objective}-{method}")
+    check_output_folder(out)
     with Store(db) as store:
         rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train,
                                            config.weights)

@@ -377,7 +377,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         experiment = Experiment.model_validate(raw)
     except ValidationError as err:
         raise ExperimentError(_format_validation(path, err)) from None
-    _check_files(experiment, path.parent)
+    try:
+        _check_files(experiment, path.parent)
+    except ExperimentError as err:
+        raise ExperimentError(f"{path}: {err}") from None
     _check_training(experiment, path)
     _check_mlflow(experiment, path)
     return experiment

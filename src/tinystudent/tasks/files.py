@@ -6,6 +6,7 @@ import csv
 import gzip
 import hashlib
 import json
+import zlib
 from pathlib import Path
 
 from tinystudent.tasks.formats import (Converter, detect_format, from_bioasq,
@@ -22,7 +23,11 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise TaskFormatError(path, "the file", "a readable file", str(err)) from None
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise TaskFormatError(path, "the file", f"gzip-compressed data, as its first bytes say ({err})",
+                                  "it is truncated or not gzip: download it again, or check it with gunzip -t") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

@@ -35,6 +35,8 @@ def _label_index(labels: list[str], key: Any, where: str, path: str) -> int:
 def _texts(values: Any, where: str, path: str) -> tuple[str, ...]:
     """Choice texts: each a string or a number; a null, list or object is refused, not turned into
     the text "None"."""
+    if not isinstance(values, (list, tuple)):
+        raise TaskFormatError(path, where, f"the choices as a list of texts, got {type(values).__name__} {values!r:.60}")
     for i, value in enumerate(values):
         if value is None or isinstance(value, (dict, list, bool)):
             raise TaskFormatError(path, where, f"choice {i + 1} as text, got {value!r}", "fix or drop this record")
@@ -257,6 +259,9 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
             raise ValueError(f"the column mapping needs {needed!r}; got {sorted(columns)}")
 
     def convert(record: dict, where: str, path: str) -> Example:
+        if not isinstance(record, dict):
+            raise TaskFormatError(path, where, "a JSON object (or CSV row) with the fields --columns names, got "
+                                  f"{type(record).__name__} {record!r:.60}", "write one object per line")
         spec = columns["choices"]
         if "|" in spec:
             choices = list(_texts([_field(record, c, where, path) for c in spec.split("|")], where, path))
