@@ -182,6 +182,9 @@ CASES = [
     ("run-override-index", "run {w}/x_ok.yaml --db {db} --check teachers.5.k_shots=3", ["teachers.5.k_shots"]),
     ("run-override-scalar", "run {w}/x_ok.yaml --db {db} --check name.x=1", ["name.x"]),
     ("run-override-yaml", "run {w}/x_ok.yaml --db {db} --check training.steps=[1,", ["training.steps"]),
+    ("run-db-not-sqlite", "run {w}/x_ok.yaml --db {w}/not_a_db.sqlite --check", ["not_a_db.sqlite"]),
+    ("run-db-is-a-folder", "run {w}/x_ok.yaml --db {w}/out --check", ["out", "folder"]),
+    ("teach-db-is-a-folder", "teach --teacher {model} --task {w}/good.jsonl --db {w}/out", ["out", "folder"]),
     ("run-out-is-a-file", "run {w}/x_ok.yaml --db {db} --check --out {w}/plain_file/study", ["plain_file"]),
     # serve
     ("serve-missing-model", "serve {w}/no_such_model", ["no_such_model"]),

@@ -164,6 +164,24 @@ class Store:
         except OSError as err:
             raise ValueError(f"{self.path}: cannot create the results database there ({err.strerror})") from None
 
+    @staticmethod
+    def check_path(path: str | Path | None = None) -> Path:
+        """Refuse a database path `Store` would refuse, without creating or changing anything."""
+        from tinystudent.folders import check_output_folder
+
+        path = Path(path) if path else default_db_path()
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; the results database is a file (--db results.sqlite)")
+        if not path.exists():
+            check_output_folder(path.parent, "--db's folder")
+            return path
+        with path.open("rb") as handle:
+            header = handle.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise ValueError(f"{path}: is not an SQLite database; give --db a new file or an SQLite "
+                             "database tinystudent wrote")
+        return path
+
     def close(self) -> None:
         self.db.close()
 

@@ -52,6 +52,9 @@ def run_command(
                   f"up to {plan} training run(s)")
     out = check_output_folder(out or Path("tinystudent-results") / spec.name)
     if check:
+        from tinystudent.store import Store
+
+        Store.check_path(db)
         if as_json:
             emit_json({"experiment": spec.name, "valid": True, "training_runs": plan})
         return

@@ -93,24 +93,25 @@ def teach_command(
         warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
     settings = _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint,
                                  concurrency, timeout, max_retries, identity)
-    backend = make_teacher(teacher, base_url, api_key_env, **settings)
-    where = base_url or getattr(getattr(backend, "loaded", None), "device", "")
-    console.print(f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})")
-    with Store(db) as store, progress() as bar:
-        counts = {"cached": 0, "generated": 0, "failed": 0}
-        row = bar.add_task("teacher outputs", total=len(examples), status="")
+    with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
+        backend = make_teacher(teacher, base_url, api_key_env, **settings)
+        where = base_url or getattr(getattr(backend, "loaded", None), "device", "")
+        console.print(f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})")
+        with progress() as bar:
+            counts = {"cached": 0, "generated": 0, "failed": 0}
+            row = bar.add_task("teacher outputs", total=len(examples), status="")
 
-        def advance(status: str, output) -> None:
-            counts[status] += 1
-            bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
+            def advance(status: str, output) -> None:
+                counts[status] += 1
+                bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
 
-        try:
-            summary = teach(backend, examples, task, strategy, store, train_examples=pool, k_shots=k_shots,
-                            seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            template=_read_template(template), shot_template=_read_template(shot_template),
-                            max_rationale_tokens=max_rationale_tokens, keep=keep, on_output=advance)
-        finally:
-            backend.close()
+            try:
+                summary = teach(backend, examples, task, strategy, store, train_examples=pool, k_shots=k_shots,
+                                seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                template=_read_template(template), shot_template=_read_template(shot_template),
+                                max_rationale_tokens=max_rationale_tokens, keep=keep, on_output=advance)
+            finally:
+                backend.close()
     result = {**summary.to_dict(), "teacher": teacher, "task": task, "split": split,
               "cache_teacher": summary.teacher, "cache_task": summary.task, "db": str(store.path)}
     if as_json:
