@@ -11,6 +11,13 @@ run's freed memory would otherwise stay counted). Model FLOPs utilisation uses
     .venv/bin/python bench/bench_training.py                      # CPU: a small model
     python bench/bench_training.py --config qwen2.5-0.5b --device cuda --precision bf16 \\
         --batch 8 --seq 1024 --steps 20 --peak-tflops 989         # GPU: Qwen2.5-0.5B-shaped
+    .venv/bin/python bench/bench_training.py --data bioasq --config smollm2-17 --batch 8 --steps 8
+
+With `--data bioasq` the sequences are real: BioASQ training questions (evidence cut to 256
+tokens) with their answers and one teacher's rationale, in SmolLM2's tokenizer, so their lengths
+vary. Both sides see the same sequences, one epoch, and the Trainer pads each batch to its
+longest sequence (its usual collator); we pack. The rate counted is then real, non-padding
+tokens per second over every step.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ CONFIGS = {
                      "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
                      "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192,
                      "rope_theta": 100000.0},
+    # the SmolLM2 student with 17 of its 30 layers (the bioasq study's largest cut)
+    "smollm2-17": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+                   "num_hidden_layers": 17, "num_attention_heads": 9, "num_key_value_heads": 3,
+                   "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192,
+                   "rope_theta": 100000.0},
     "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
                      "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
                      "vocab_size": 151936, "tie_word_embeddings": True, "max_position_embeddings": 32768,
@@ -70,11 +82,19 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def build_student(config_name: str, root: Path) -> Path:
-    """A randomly initialised model folder with our tokenizer."""
+def build_student(config_name: str, root: Path, real_tokenizer: bool = False) -> Path:
+    """A randomly initialised model folder with our tokenizer (or SmolLM2's, for real text)."""
+    from transformers import AutoTokenizer
+
     from tinystudent.models.students import fresh_student
 
-    tokenizer = build_tokenizer(root / "tokenizer")
+    if real_tokenizer:
+        from tinystudent.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").path)
+        tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer(root / "tokenizer")
     config = {**model_config(config_name), "pad_token_id": tokenizer.pad_token_id,
               "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.eos_token_id}
     folder = fresh_student(config, root / "student", seed=0)
@@ -96,9 +116,30 @@ def build_data(n: int, seed: int = 0):
     return examples, {"bench": rationales}
 
 
+def bioasq_data(n: int):
+    """The first `n` BioASQ training questions and the first bundled teacher's rationales."""
+    from tinystudent.tasks import load_task
+    from tinystudent.tasks.bundled import bundled_rationales
+
+    examples = load_task("bioasq").split("train")[:n]
+    teacher, by_id = next(iter(sorted(bundled_rationales("train").items())))
+    return examples, {"bench": {ex.id: by_id[ex.id][0] for ex in examples if ex.id in by_id}}
+
+
+def data(args):
+    n = args.steps * args.batch
+    return bioasq_data(n) if args.data == "bioasq" else build_data(n)
+
+
 def train_config(args, prompt_tokens: int):
     from tinystudent.distill import TrainConfig
 
+    if args.data == "bioasq":
+        return TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_ratio=0.0,
+                           weights={"answer": 1.0, "rationale": 1.0}, max_input_tokens=256,
+                           max_rationale_tokens=128, eval_before=False, precision=args.precision,
+                           device=args.device, seed=0, packing=not args.no_packing,
+                           gradient_checkpointing=args.gradient_checkpointing, kd_chunk_tokens=args.chunk)
     return TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_ratio=0.0,
                        weights={"answer": 0.0, "rationale": 1.0}, max_input_tokens=prompt_tokens,
                        max_rationale_tokens=args.seq - prompt_tokens - 1, eval_before=False,
@@ -118,8 +159,8 @@ def run_tinystudent(args, folder: Path, work: Path) -> dict:
 
     from tinystudent.distill import train_student
 
-    examples, rationales = build_data(args.steps * args.batch)
-    stamps = []
+    examples, rationales = data(args)
+    stamps = [time.perf_counter()]
 
     def stamp(progress: dict) -> None:
         _sync(args.device)
@@ -131,8 +172,8 @@ def run_tinystudent(args, folder: Path, work: Path) -> dict:
                            task="bench", resume=False, on_step=stamp)
     peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else result.peak_memory_mb
     first_loss = result.loss_history[0]["loss"]
-    return {"seconds": stamps[-1] - stamps[0], "peak_mb": peak, "first_loss": first_loss,
-            "params": result.params}
+    timed = stamps[-1] - stamps[0] if args.data == "bioasq" else stamps[-1] - stamps[1]
+    return {"seconds": timed, "peak_mb": peak, "first_loss": first_loss, "params": result.params}
 
 
 def run_trainer(args, folder: Path, work: Path) -> dict:
@@ -144,22 +185,29 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     from tinystudent.models.loading import resolve_device
     from transformers import AutoTokenizer
 
-    examples, rationales = build_data(args.steps * args.batch)
+    examples, rationales = data(args)
     config = train_config(args, 32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    features, _ = build_features(examples, tokenizer, "causal", "arc", rationales, {}, config.rationale_prompt,
+    style = "bioasq" if args.data == "bioasq" else "arc"
+    features, _ = build_features(examples, tokenizer, "causal", style, rationales, {}, config.rationale_prompt,
                               config.max_input_tokens, config.max_answer_tokens, config.max_rationale_tokens)
     rows = []
     for ex in examples:
-        prompt, target = features[ex.id].rationales["bench"]
-        rows.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target})
+        pairs = [features[ex.id].rationales["bench"]] if "bench" in features[ex.id].rationales else []
+        if config.weights.answer > 0:
+            pairs.append((features[ex.id].prompt, features[ex.id].choices[features[ex.id].gold]))
+        for prompt, target in pairs:
+            rows.append({"input_ids": prompt + target, "labels": [-100] * len(prompt) + target})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def collate(batch):
-        ids = torch.tensor([r["input_ids"] for r in batch])
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "labels": torch.tensor([r["labels"] for r in batch])}
+    def collate(batch):  # pad to the batch's longest sequence, as transformers' collators do
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in batch])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    stamps = []
+    stamps = [time.perf_counter()]
 
     class Stamp(TrainerCallback):
         def on_step_end(self, *_, **__):
@@ -170,7 +218,8 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     device = resolve_device(args.device)
     training = TrainingArguments(
-        output_dir=str(work / "trainer"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+        output_dir=str(work / "trainer"), max_steps=args.steps,
+        per_device_train_batch_size=len(rows) // args.steps if args.data == "bioasq" else args.batch,
         learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         bf16=args.precision == "bf16", fp16=args.precision == "fp16", logging_steps=1, save_strategy="no",
         report_to=[], dataloader_num_workers=0, seed=0, disable_tqdm=True, use_cpu=device.type == "cpu",
@@ -183,7 +232,10 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     with meter.measure():
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": stamps[-1] - stamps[0], "peak_mb": meter.peak_mb, "first_loss": losses[0] if losses else None}
+    timed = stamps[-1] - stamps[0] if args.data == "bioasq" else stamps[-1] - stamps[1]
+    real = sum(len(r["input_ids"]) for r in rows)
+    return {"seconds": timed, "peak_mb": meter.peak_mb, "first_loss": losses[0] if losses else None,
+            "real_tokens": real}
 
 
 def _child(kind: str, args, folder: str, queue) -> None:
@@ -217,6 +269,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--chunk", type=int, default=1024, help="kd_chunk_tokens of our loop")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--data", default="synthetic", choices=["synthetic", "bioasq"],
+                        help="synthetic: every sequence --seq tokens; bioasq: real questions and rationales")
+    parser.add_argument("--no-packing", action="store_true", help="our loop pads instead of packing")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's peak FLOP/s in TFLOP/s at this precision, for model FLOPs utilisation")
     args = parser.parse_args()
@@ -227,18 +282,18 @@ def main() -> None:
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as root:
-        folder = build_student(args.config, Path(root))
+        folder = build_student(args.config, Path(root), real_tokenizer=args.data == "bioasq")
         model = load_model(str(folder), device="cpu", dtype="float32").model
         params, config = count_parameters(model)["total"], model.config
         del model
         baseline = measure("trainer", args, folder)
         ours = measure("tinystudent", args, folder)
 
-    tokens = args.batch * args.seq * (args.steps - 1)
+    tokens = baseline["real_tokens"] if args.data == "bioasq" else args.batch * args.seq * (args.steps - 1)
     flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * args.seq
     print(f"model: {args.config}-shaped, {params:,} parameters, random init; device {args.device}, "
           f"precision {args.precision}; batch {args.batch} x {args.seq} tokens, {args.steps} steps "
-          f"(timed: steps 2..{args.steps}); memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
+          f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
     rows = [("baseline transformers.Trainer", baseline), ("tinystudent loop", ours)]
     for name, row in rows:
         rate = tokens / row["seconds"]

@@ -26,6 +26,9 @@ app = typer.Typer(
 def _root() -> None:
     """tinystudent: measure teachers, distil them into students of many sizes, and find the
     smallest student that beats each teacher. Every subcommand has its own --help."""
+    from tinystudent.threads import configure_threads
+
+    configure_threads()
 
 
 def quiet_libraries() -> None:

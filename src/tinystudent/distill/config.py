@@ -123,6 +123,9 @@ class TrainConfig(_Strict):
         max_input_tokens: every input is fitted to this many tokens (the answer task's prompt and
             choice, a cross-encoder's pair, a rationale task's prompt): the end of the evidence is
             cut first, the question and choices are kept (`evaluation.fit`) (256).
+        packing: a causal student's answer and rationale sequences share rows, positions
+            restarting per sequence and attention kept within each, instead of each padded to the
+            longest (True). The loss is the same (`tests/test_packing.py`).
         max_answer_tokens: answer continuations are cut to this many tokens (32).
         max_rationale_tokens: rationales are cut to this many tokens (128).
         eval_every: evaluate on the validation examples every N steps; None: only at the end.
@@ -162,6 +165,7 @@ class TrainConfig(_Strict):
     hidden_layers: list[tuple[int, int]] | None = None
     rationale_prompt: str = "Rationale ({teacher}):\n{question}\nExplanation:"
     max_input_tokens: int = Field(256, ge=8)
+    packing: bool = True
     max_answer_tokens: int = Field(32, ge=1)
     max_rationale_tokens: int = Field(128, ge=1)
     eval_every: int | None = Field(None, ge=1)

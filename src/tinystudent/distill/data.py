@@ -179,10 +179,20 @@ class TokenBatch:
     target_mask: torch.Tensor | None = None
     next_ids: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None  # packed rows: positions restart at each sequence
 
     def to(self, device) -> "TokenBatch":
         return TokenBatch(*[t.to(device) if t is not None else None for t in
-                            (self.input_ids, self.attention_mask, self.target_mask, self.next_ids, self.labels)])
+                            (self.input_ids, self.attention_mask, self.target_mask, self.next_ids, self.labels,
+                             self.position_ids)])
+
+    def causal_inputs(self) -> dict:
+        """The forward arguments of a causal model. Packed rows pass positions and no mask:
+        transformers then keeps attention within each sequence (a block-diagonal causal mask, or
+        the varlen kernels of flash attention)."""
+        if self.position_ids is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     @property
     def tokens(self) -> int:
@@ -205,8 +215,10 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int) -> TokenBatch:
-    """Right-padded batch of (prompt, target) pairs."""
+def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int, pack: bool = False) -> TokenBatch:
+    """Right-padded batch of (prompt, target) pairs; with `pack` (causal), several pairs share a row."""
+    if pack and kind == "causal":
+        return packed_token_batch(pairs, pad_id)
     if kind == "seq2seq":
         inputs = _pad([p for p, _ in pairs], pad_id)
         mask = _pad([[1] * len(p) for p, _ in pairs], 0)
@@ -219,6 +231,50 @@ def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int
         target_mask[i, len(prompt) - 1: len(prompt) + len(target) - 1] = True
     next_ids = torch.cat([ids[:, 1:], torch.full((len(pairs), 1), pad_id)], dim=1)
     return TokenBatch(ids, mask, target_mask, next_ids)
+
+
+def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Indices of sequences grouped into rows of at most `width` tokens, first fit, longest
+    first; a sequence longer than `width` has a row of its own. Each index appears once."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, left in enumerate(room):
+            if lengths[index] <= left:
+                rows[r].append(index)
+                room[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(width - lengths[index])
+    return rows
+
+
+def packed_token_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> TokenBatch:
+    """(prompt, target) pairs packed into as few rows as the longest pair allows, so short pairs
+    fill the padding long ones would leave. Positions restart at 0 for each pair; the tail of a
+    row is padding with positions of its own, so no real token attends to it or from it."""
+    sequences = [p + t for p, t in pairs]
+    width = max(len(s) for s in sequences)
+    rows = pack_rows([len(s) for s in sequences], width)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    next_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            sequence, (prompt, target) = sequences[i], pairs[i]
+            end = start + len(sequence)
+            ids[r, start:end] = torch.tensor(sequence, dtype=torch.long)
+            mask[r, start:end] = 1
+            positions[r, start:end] = torch.arange(len(sequence))
+            next_ids[r, start:end - 1] = ids[r, start + 1:end]
+            target_mask[r, start + len(prompt) - 1: start + len(prompt) + len(target) - 1] = True
+            start = end
+        positions[r, start:] = torch.arange(width - start)
+    return TokenBatch(ids, mask, target_mask, next_ids, position_ids=positions)
 
 
 @dataclass

@@ -179,8 +179,7 @@ class StudentObjectives(torch.nn.Module):
                     beta=self.jsd_beta, chunk_tokens=self.chunk_tokens)
 
     def _causal_body(self, tb: TokenBatch, want_layers: bool):
-        out = self.core.base_model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                                   use_cache=False, output_hidden_states=want_layers)
+        out = self.core.base_model(**tb.causal_inputs(), use_cache=False, output_hidden_states=want_layers)
         layers = []
         if want_layers:
             real = tb.attention_mask.bool()
@@ -313,8 +312,7 @@ def teacher_states(core, kind: str, head: Callable | None, batch: StudentBatch,
     found = {}
     for name, tb in batch.token_batches().items():
         if kind == "causal":
-            out = core.base_model(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                                  use_cache=False, output_hidden_states=bool(layers))
+            out = core.base_model(**tb.causal_inputs(), use_cache=False, output_hidden_states=bool(layers))
             rows = out.last_hidden_state[tb.target_mask] if want_rows else None
             real = tb.attention_mask.bool()
             states = [out.hidden_states[i][real] for i in layers] if layers else []

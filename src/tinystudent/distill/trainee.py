@@ -240,11 +240,11 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
     need_choices = kind == "encoder" or bool(choice_weights) or mutual or choice_answer
     batch = StudentBatch(gold)
     if kind != "encoder" and (config.weights.answer > 0 or teacher_tokens) and not (need_choices and not teacher_tokens):
-        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad)
+        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad, config.packing)
     for teacher in rationale_weights:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
-            batch.rationales[teacher] = token_batch(pairs, kind, pad)
+            batch.rationales[teacher] = token_batch(pairs, kind, pad, config.packing)
     if need_choices:
         batch.choices = choice_batch(items, kind, pad, tokenizer, config.max_input_tokens)
         width = batch.choices.choice_mask.shape[1]

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
+def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int,
+                  max_padding: float = 0.1) -> list[list[int]]:
     """Item indices grouped into batches, longest items first.
 
-    A batch holds at most `max_items` items and at most `max_tokens` padded tokens (its number of
-    items times its longest item); an item longer than `max_tokens` alone makes a batch. Every
-    index appears exactly once. Longest first, so a batch that does not fit in memory fails at
-    once rather than at the end.
+    A batch holds at most `max_items` items, at most `max_tokens` padded tokens (its number of
+    items times its longest item), and at most `max_padding` of its padded tokens are padding;
+    an item longer than `max_tokens` alone makes a batch. Every index appears exactly once.
+    Longest first, so a batch that does not fit in memory fails at once rather than at the end.
     """
     if max_items < 1 or max_tokens < 1:
         raise ValueError(f"batches need room for at least one item and one token, got max_items="
@@ -24,13 +25,16 @@ def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int) -> li
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    width = 0
+    width = real = 0
     for index in order:
         grown = max(width, lengths[index])
-        if current and (len(current) == max_items or grown * (len(current) + 1) > max_tokens):
+        padded = grown * (len(current) + 1)
+        wasted = padded - real - lengths[index]
+        if current and (len(current) == max_items or padded > max_tokens or wasted > max_padding * padded):
             batches.append(current)
-            current, grown = [], lengths[index]
+            current, grown, real = [], lengths[index], 0
         current.append(index)
+        real += lengths[index]
         width = grown
     if current:
         batches.append(current)

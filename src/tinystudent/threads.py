@@ -1,0 +1,40 @@
+"""CPU threads per process, set deliberately.
+
+torch starts as many intra-op threads as there are CPUs, and its OpenMP threads spin while they
+wait. Two such processes on one machine take turns on every core and can run many times slower
+than one alone (`bench/bench_threads.py`). So each process we start gets a share: the user's
+$OMP_NUM_THREADS when set, else the CPUs this process may run on divided among
+$TINYSTUDENT_CONCURRENT processes (1: a single process takes them all).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and SLURM set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_share(concurrent: int = 1) -> int:
+    """Threads for one of `concurrent` processes sharing this machine's CPUs."""
+    return max(1, usable_cpus() // max(1, concurrent))
+
+
+def configure_threads() -> int:
+    """Set OMP_NUM_THREADS (read by torch when it loads, and inherited by every child process)
+    unless the user set it; returns the thread count in force."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    concurrent = os.environ.get("TINYSTUDENT_CONCURRENT", "1")
+    threads = thread_share(int(concurrent) if concurrent.isdigit() else 1)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in __import__("sys").modules:  # loaded already: tell it too
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
