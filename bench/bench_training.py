@@ -292,7 +292,9 @@ def main() -> None:
     tokens = baseline["real_tokens"] if args.data == "bioasq" else args.batch * args.seq * (args.steps - 1)
     flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * args.seq
     print(f"model: {args.config}-shaped, {params:,} parameters, random init; device {args.device}, "
-          f"precision {args.precision}; batch {args.batch} x {args.seq} tokens, {args.steps} steps "
+          f"precision {args.precision}; "
+          + (f"{args.batch} BioASQ questions (answer + rationale) a step" if args.data == "bioasq"
+             else f"batch {args.batch} x {args.seq} tokens") + f", {args.steps} steps "
           f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
     rows = [("baseline transformers.Trainer", baseline), ("tinystudent loop", ours)]
     for name, row in rows:
