@@ -27,9 +27,7 @@ def progress(interval_s: float | None = None):
     `interval_s` seconds instead (default 30, or $TINYSTUDENT_PROGRESS_SECONDS).
     """
     if not console.is_terminal:
-        import os
-
-        return PlainProgress(interval_s or float(os.environ.get("TINYSTUDENT_PROGRESS_SECONDS", 30)))
+        return PlainProgress(interval_s if interval_s is not None else _progress_interval())
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -38,6 +36,16 @@ def progress(interval_s: float | None = None):
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
         console=console, transient=False,
     )
+
+
+def _progress_interval() -> float:
+    import os
+
+    raw = os.environ.get("TINYSTUDENT_PROGRESS_SECONDS", "30")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"TINYSTUDENT_PROGRESS_SECONDS must be a number of seconds, got {raw!r}") from None
 
 
 class PlainProgress:

@@ -30,8 +30,13 @@ def configure_threads() -> int:
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0:
         return int(given)
-    concurrent = os.environ.get("TINYSTUDENT_CONCURRENT", "1")
-    threads = thread_share(int(concurrent) if concurrent.isdigit() else 1)
+    concurrent = os.environ.get("TINYSTUDENT_CONCURRENT", "1").strip() or "1"
+    if not concurrent.isdigit() or int(concurrent) < 1:
+        from tinystudent.log import warn
+
+        warn(f"TINYSTUDENT_CONCURRENT must be a whole number of processes, got {concurrent!r}; using 1")
+        concurrent = "1"
+    threads = thread_share(int(concurrent))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in __import__("sys").modules:  # loaded already: tell it too
         import torch
