@@ -51,8 +51,7 @@ def one_step(mode: str, args) -> dict:
 
     from tinystudent.distill.data import TokenBatch
     from tinystudent.distill.losses import forward_kl
-    from tinystudent.distill.objectives import (StudentBatch, StudentObjectives, TermWeights,
-                                                causal_head, teacher_states)
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, causal_head, teacher_states
     from tinystudent.evaluation.cost import MemoryMeter
     from tinystudent.models.loading import resolve_device
 

@@ -178,12 +178,11 @@ def run_tinystudent(args, folder: Path, work: Path) -> dict:
 
 def run_trainer(args, folder: Path, work: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
     from tinystudent.distill.data import build_features
     from tinystudent.evaluation.cost import MemoryMeter
     from tinystudent.models.loading import resolve_device
-    from transformers import AutoTokenizer
 
     examples, rationales = data(args)
     config = train_config(args, 32)
@@ -295,7 +294,8 @@ def main() -> None:
           f"precision {args.precision}; "
           + (f"{args.batch} BioASQ questions (answer + rationale) a step" if args.data == "bioasq"
              else f"batch {args.batch} x {args.seq} tokens") + f", {args.steps} steps "
-          f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
+          f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); "
+          f"memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
     rows = [("baseline transformers.Trainer", baseline), ("tinystudent loop", ours)]
     for name, row in rows:
         rate = tokens / row["seconds"]

@@ -52,8 +52,14 @@ def byte_level_tokenizer(vocab_size: int = 320):
 def build_tiny(kind: str, path: Path, seed: int = 0) -> Path:
     """Save a 2-layer, 64-wide random model of a real architecture with its tokenizer."""
     import torch
-    from transformers import (AutoModelForCausalLM, AutoModelForMultipleChoice,
-                              AutoModelForSeq2SeqLM, BertConfig, LlamaConfig, T5Config)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForMultipleChoice,
+        AutoModelForSeq2SeqLM,
+        BertConfig,
+        LlamaConfig,
+        T5Config,
+    )
 
     torch.manual_seed(seed)
     tokenizer = byte_level_tokenizer()

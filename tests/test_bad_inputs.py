@@ -7,7 +7,6 @@ themselves are hashed before and after.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -84,7 +83,8 @@ def experiment(**changes) -> str:
 EXPERIMENTS = {
     "x_every0.yaml": experiment(keep="every:0"),
     "x_ok.yaml": experiment(),
-    "x_strategy.yaml": experiment(objective='"rationale:teach"').replace("model: {model}}", "model: {model}, strategy: magic}", 1),
+    "x_strategy.yaml": experiment(objective='"rationale:teach"').replace("model: {model}}",
+                                                                         "model: {model}, strategy: magic}", 1),
     "x_task.yaml": experiment(task="arc_hard"),
     "x_split.yaml": experiment(split="tst"),
     "x_seeds.yaml": experiment(seeds="[]"),

@@ -12,8 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from tinystudent.cli import app
-from tinystudent.evaluation.bits_per_byte import (TokenWindow, bits_per_byte, task_corpus,
-                                                  token_windows, truncate_utf8)
+from tinystudent.evaluation.bits_per_byte import TokenWindow, bits_per_byte, task_corpus, token_windows, truncate_utf8
 from tinystudent.models import load_model
 from tinystudent.store import Store
 from tinystudent.tasks import Example

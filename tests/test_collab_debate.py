@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import build_tiny
+
 from tinystudent.collab import debate, debate_eval_result, vote
 from tinystudent.models import load_model
 from tinystudent.store import Store

@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import build_tiny
-from tinystudent.collab import (average_probabilities, choice_probabilities, ensemble_eval_result,
-                                majority_vote, sum_costs)
+
+from tinystudent.collab import (
+    average_probabilities,
+    choice_probabilities,
+    ensemble_eval_result,
+    majority_vote,
+    sum_costs,
+)
 from tinystudent.evaluation import evaluate_model
 from tinystudent.models import load_model
 from tinystudent.store import Store

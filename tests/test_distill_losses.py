@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from tinystudent.distill import (check_vocab, choice_kd_loss, chunked_token_losses, forward_kl,
-                                 generalized_jsd, hidden_state_loss, mutual_kl, reverse_kl,
-                                 token_divergence)
+from tinystudent.distill import (
+    check_vocab,
+    choice_kd_loss,
+    chunked_token_losses,
+    forward_kl,
+    generalized_jsd,
+    hidden_state_loss,
+    mutual_kl,
+    reverse_kl,
+    token_divergence,
+)
 from tinystudent.distill.losses import PAD_SCORE
 
 

@@ -91,9 +91,8 @@ def test_each_objective_and_student_kind_learns(fixture, term, weights, arc, req
 @pytest.mark.parametrize("fixture", ["tiny_causal", "tiny_seq2seq"])
 def test_answer_loss_is_the_evaluation_score_of_the_gold_choice(fixture, arc, request):
     """The answer objective is exactly -log p(gold continuation | scoring prompt) per token."""
-    from tinystudent.distill.data import build_features
+    from tinystudent.distill.data import build_features, token_batch
     from tinystudent.distill.objectives import StudentBatch, StudentObjectives
-    from tinystudent.distill.data import token_batch
 
     loaded = load_model(str(request.getfixturevalue(fixture)), device="cpu")
     examples = arc["train"][:4]
@@ -269,7 +268,8 @@ if os.environ.get("RANK", "0") == "0":
         assert line, done.stderr[-3000:]
         return json.loads(line[0][7:])
 
-    two = losses(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "ddp"), "2"])
+    two = losses(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+                  str(tmp_path / "ddp"), "2"])
     data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
     one = train_student(str(tiny_causal), data.split("train")[:12], data.split("validation")[:4],
                         TrainConfig(steps=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False),

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from tinystudent.evaluation import (ChoiceRequest, evaluate_model, paired_bootstrap, score_choices,
-                                    score_choices_naive)
+from tinystudent.evaluation import ChoiceRequest, evaluate_model, paired_bootstrap, score_choices, score_choices_naive
 from tinystudent.evaluation.generative import extract_choice
 from tinystudent.evaluation.scoring import encode_request
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline
@@ -155,7 +154,7 @@ def test_many_connections_open_a_new_database_at_once(tmp_path):
         path = tmp_path / f"new{trial}.sqlite"
         errors: list[Exception] = []
 
-        def open_and_write(slot: int) -> None:
+        def open_and_write(slot: int, path=path, errors=errors) -> None:
             try:
                 with Store(path) as store:
                     with store.transaction() as db:

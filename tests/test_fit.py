@@ -83,9 +83,9 @@ def test_teacher_prompt_with_shots_keeps_every_question(tiny_causal, longest, tm
 
 
 def test_shots_are_dropped_before_the_question_is_cut(tiny_causal, longest):
-    from transformers import AutoTokenizer
-
     from dataclasses import replace
+
+    from transformers import AutoTokenizer
 
     from tinystudent.evaluation.fit import fit_with_shots
 

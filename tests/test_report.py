@@ -10,13 +10,13 @@ import sys
 import types
 
 import pytest
+from test_report_study import LLAMA, SMOL, realistic_study
 from typer.testing import CliRunner
 
-from test_report_study import LLAMA, SMOL, realistic_study
 from tinystudent.cli import app
 from tinystudent.report import StudyError, pareto_frontier, render_report, verdict_text
-from tinystudent.report.markdown import markdown_table
 from tinystudent.report.blocks import Table
+from tinystudent.report.markdown import markdown_table
 
 
 @pytest.fixture(scope="module")

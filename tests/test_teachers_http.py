@@ -14,8 +14,15 @@ import pytest
 from tinystudent.models import load_model
 from tinystudent.store import Store
 from tinystudent.tasks import Example
-from tinystudent.teachers import (HttpTeacher, LocalTeacher, TeacherUnavailable, load_rationales, make_teacher,
-                                  teach, teacher_choice_logprobs)
+from tinystudent.teachers import (
+    HttpTeacher,
+    LocalTeacher,
+    TeacherUnavailable,
+    load_rationales,
+    make_teacher,
+    teach,
+    teacher_choice_logprobs,
+)
 from tinystudent.teachers.http import normalise_base_url
 
 QUESTIONS = [Example(f"q{i}", f"Which property of sample {i} do scientists measure first?",
@@ -312,7 +319,6 @@ def test_teach_command_with_some_failures_exits_3_and_retries_only_them(scripted
     from typer.testing import CliRunner
 
     from tinystudent.cli import app
-
     from tinystudent.tasks import load_task
 
     task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])

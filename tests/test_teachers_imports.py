@@ -9,8 +9,16 @@ import pytest
 
 from tinystudent.store import Store
 from tinystudent.tasks import Example, TaskFormatError, load_task
-from tinystudent.teachers import (FLAN, LLAMA, export_rationales_jsonl, import_tinyllm_rationales,
-                                  load_rationales, read_rationales_jsonl, read_tinyllm, store_rationales)
+from tinystudent.teachers import (
+    FLAN,
+    LLAMA,
+    export_rationales_jsonl,
+    import_tinyllm_rationales,
+    load_rationales,
+    read_rationales_jsonl,
+    read_tinyllm,
+    store_rationales,
+)
 
 
 @pytest.fixture(scope="module")

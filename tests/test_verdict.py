@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from tinystudent.experiments.config import ExperimentError, load_experiment
 from tinystudent.evaluation.stats import pearson
+from tinystudent.experiments.config import ExperimentError, load_experiment
 from tinystudent.experiments.verdict import compare_to_fixed, smallest_winner, verdict
 
 N = 200

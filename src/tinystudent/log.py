@@ -28,8 +28,14 @@ def progress(interval_s: float | None = None):
     """
     if not console.is_terminal:
         return PlainProgress(interval_s if interval_s is not None else _progress_interval())
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -55,7 +61,7 @@ class PlainProgress:
         self.interval_s = interval_s
         self.tasks: dict[int, dict] = {}
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:

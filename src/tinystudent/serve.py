@@ -33,10 +33,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinystudent.models.loading import LoadedModel
-from tinystudent.teachers.engine import (RowParams, TokenLogprobs, adds_special_tokens, encode_prompt, eos_ids, generate_rows,
-                                         sample_token, token_logprobs)
-from tinystudent.models.loading import context_length
+from tinystudent.models.loading import LoadedModel, context_length
+from tinystudent.teachers.engine import (
+    RowParams,
+    TokenLogprobs,
+    adds_special_tokens,
+    encode_prompt,
+    eos_ids,
+    generate_rows,
+    sample_token,
+    token_logprobs,
+)
 
 
 class RequestError(Exception):
@@ -325,7 +332,7 @@ class Engine:
     def _chat_logprobs(self, row: Row) -> list[dict]:
         start = len(row.ids)
         content = []
-        for token_id, text, value, top in zip(row.completion_ids, self._token_strings(row.completion_ids),
+        for _, text, value, top in zip(row.completion_ids, self._token_strings(row.completion_ids),
                                               row.scored.logprobs[start:], row.scored.top[start:]):
             tops = self._top(top, row.top_n) or {}
             content.append({"token": text, "logprob": value, "bytes": list(text.encode()),

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, info, output, progress
+from tinystudent.log import info, output, progress
 
 
 @app.command("loss")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -32,7 +32,7 @@ def run_command(
     experiment: str = typer.Argument(..., help="An experiment YAML, or a shipped one: quickstart, bioasq "
                                      "(both offline on a CPU), tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, "
                                      "modern_ladder."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. training.steps=10."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides, e.g. training.steps=10."),
     out: Optional[Path] = typer.Option(None, help="Folder for checkpoints, logs and the report "
                                        "(default: tinystudent-results/<experiment name>)."),
     db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB or "

@@ -81,7 +81,7 @@ def teach_command(
     quiet_libraries()
     from tinystudent.store import Store
     from tinystudent.tasks import load_task, normalize_split
-    from tinystudent.teachers import STRATEGIES, SCORING, make_teacher, teach
+    from tinystudent.teachers import SCORING, STRATEGIES, make_teacher, teach
 
     if strategy not in STRATEGIES and strategy != SCORING:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES) + [SCORING]}")

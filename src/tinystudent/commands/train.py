@@ -6,13 +6,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
 from tinystudent.folders import check_output_folder
-from tinystudent.log import console, info, output, progress
+from tinystudent.log import info, output, progress
+
+if TYPE_CHECKING:
+    from tinystudent.distill import TrainConfig
 
 OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
 
@@ -98,7 +101,7 @@ def _bundled_rationales() -> dict[str, dict[str, str]]:
     return found
 
 
-def _config(config_file: Optional[Path], options: dict) -> "TrainConfig":
+def _config(config_file: Optional[Path], options: dict) -> TrainConfig:
     import yaml
 
     from tinystudent.distill import TrainConfig

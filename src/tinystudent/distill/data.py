@@ -20,7 +20,6 @@ from tinystudent.evaluation.scoring import ChoiceRequest, encode_request
 from tinystudent.log import warn
 from tinystudent.tasks.schema import Example
 
-
 # --- teacher outputs -------------------------------------------------------------------------
 
 def check_rationales(rationales: dict[str, dict[str, str]] | None,
@@ -181,7 +180,7 @@ class TokenBatch:
     labels: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None  # packed rows: positions restart at each sequence
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(*[t.to(device) if t is not None else None for t in
                             (self.input_ids, self.attention_mask, self.target_mask, self.next_ids, self.labels,
                              self.position_ids)])
@@ -295,7 +294,7 @@ class ChoiceBatch:
     prompts: TokenBatch | None = None  # seq2seq: the encoder input, once per question
     tokens: dict | None = None
 
-    def to(self, device) -> "ChoiceBatch":
+    def to(self, device) -> ChoiceBatch:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return ChoiceBatch(move(self.choice_mask), move(self.question), move(self.choice),
                            move(self.gold_sequence),

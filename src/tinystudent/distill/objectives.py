@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from tinystudent.distill.data import ChoiceBatch, TokenBatch
 from tinystudent.distill.fused import can_fuse, fused_head_loss
-from tinystudent.distill.losses import (PAD_SCORE, choice_kd_loss, chunked_token_losses,
-                                        hidden_state_loss)
+from tinystudent.distill.losses import PAD_SCORE, choice_kd_loss, chunked_token_losses, hidden_state_loss
 
 
 def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,7 +92,7 @@ class StudentBatch:
     choices: ChoiceBatch | None = None
     teacher_choice: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def to(self, device) -> "StudentBatch":
+    def to(self, device) -> StudentBatch:
         return StudentBatch(self.gold.to(device), self.answer.to(device) if self.answer else None,
                             {k: v.to(device) for k, v in self.rationales.items()},
                             self.choices.to(device) if self.choices else None,

@@ -63,6 +63,6 @@ class TrainResult:
         return row
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainResult":
+    def from_dict(cls, data: dict) -> TrainResult:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -13,9 +13,8 @@ import torch
 from tinystudent.distill.checkpoints import load_best
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import check_choice_logprobs, check_rationales
+from tinystudent.distill.loop import TrainingDiverged, _check_objectives, _check_splits, _claim, _fingerprint, _Run
 from tinystudent.distill.lora import save_merged
-from tinystudent.distill.loop import (TrainingDiverged, _check_objectives, _check_splits, _claim,
-                                      _fingerprint, _Run)
 from tinystudent.distill.result import TrainResult
 from tinystudent.distill.trainee import Trainee, setup_trainee
 from tinystudent.evaluation.cost import MemoryMeter

@@ -10,11 +10,9 @@ from pathlib import Path
 import torch
 
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.data import (Features, build_features, choice_batch, teacher_choice_table,
-                                      token_batch)
+from tinystudent.distill.data import Features, build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
-from tinystudent.distill.objectives import (StudentBatch, StudentObjectives, TermWeights, causal_head,
-                                             check_head)
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, causal_head, check_head
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, load_model
@@ -96,7 +94,7 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
 def _depth(core, kind: str) -> int:
     config = core.config
     if kind == "seq2seq":
-        return getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers")
+        return getattr(config, "num_decoder_layers", None) or config.decoder_layers
     return config.num_hidden_layers
 
 

@@ -8,13 +8,10 @@ from typing import Callable
 import numpy as np
 
 from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
-from tinystudent.evaluation.generative import (extract_choice, generate_texts, generative_prompt,
-                                               render_prompt)
 from tinystudent.evaluation.fit import Fitted, fit_summary, fit_with_shots, token_counter
-from tinystudent.evaluation.prompts import (choice_context, choice_continuations, draw_shots,
-                                            fewshot_block, prompt_style)
-from tinystudent.evaluation.scoring import (ChoiceRequest, score_choices,
-                                            score_choices_encoder)
+from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
+from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
+from tinystudent.evaluation.scoring import ChoiceRequest, score_choices, score_choices_encoder
 from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseline
 from tinystudent.models.loading import LoadedModel
 from tinystudent.tasks.schema import Example, data_hash

@@ -22,7 +22,8 @@ from tinystudent.tasks.schema import Example
 
 EVIDENCE = "evidence"  # the end of the evidence was cut
 QUESTION = "question"  # all evidence was dropped and the start of the question was cut
-HOW = "the end of the evidence is cut first; the question and choices are kept (the question's start is cut only when it alone does not fit)"
+HOW = ("the end of the evidence is cut first; the question and choices are kept (the question's start is cut "
+       "only when it alone does not fit)")
 # No token is longer than this many characters in practice: a text is first cut to
 # budget * MAX_CHARS_PER_TOKEN characters, so a 10 MB field never reaches the tokenizer whole.
 MAX_CHARS_PER_TOKEN = 32

@@ -74,7 +74,7 @@ def cache_kwarg(model) -> str:
     return _cache_kwarg_of(type(core))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg_of(model_class: type) -> str:
     """Read once per model class, not once per scoring batch."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"

@@ -206,7 +206,7 @@ class StudentSpec(Strict):
     mlp_width: float | None = Field(None, gt=0, lt=1)  # fraction of each feed-forward block kept
     kind: Literal["causal", "seq2seq", "encoder"] | None = None
     recover: RecoveryConfig | None = None
-    methods: "MethodSpec | None" = None
+    methods: MethodSpec | None = None
     training: dict = {}  # this student's changes to the experiment's training block (steps, lr, ...)
 
     @field_validator("keep_layers")

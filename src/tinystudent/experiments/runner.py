@@ -168,8 +168,7 @@ class ExperimentRunner:
         payload = {**self.teacher_payload(spec), "what": "rationales"}
         if spec.backend == "imported":
             def work(log: Path) -> dict:
-                from tinystudent.teachers import (read_bundled, read_rationales_jsonl, read_tinyllm,
-                                                  store_rationales)
+                from tinystudent.teachers import read_bundled, read_rationales_jsonl, read_tinyllm, store_rationales
 
                 source = spec.rationales
                 if source.format == "tinyllm":
@@ -186,7 +185,7 @@ class ExperimentRunner:
             name, strategy = spec.rationales.teacher or spec.name, "imported"
         else:
             def work(log: Path) -> dict:
-                from tinystudent.teachers import make_teacher, teach
+                from tinystudent.teachers import teach
 
                 teacher = self.make_teacher(spec)
                 summary = teach(teacher, self.teaching_examples(spec, spec.teach_limit), self.splits.task, spec.strategy,
@@ -205,7 +204,7 @@ class ExperimentRunner:
 
     def teacher_choice_scores(self, spec: TeacherSpec) -> dict[str, list[float]]:
         """The teacher's log-likelihood of each choice on the training questions (cached)."""
-        from tinystudent.teachers import make_teacher, teacher_choice_logprobs
+        from tinystudent.teachers import teacher_choice_logprobs
 
         if not spec.measured:
             raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
@@ -374,7 +373,6 @@ class ExperimentRunner:
 
     def _collaborative_teaching(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
         """Each member writes teacher-forcing rationales; each learns from the other members'."""
-        from tinystudent.experiments.config import StudentSpec
 
         peers = {n: TeacherSpec(name=f"peer:{n}", model=prepared[n]["path"], max_new_tokens=64)
                  for n in names}

@@ -287,8 +287,13 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
         trust_remote_code: run the model repository's own code (off unless asked for).
         revision: a Hub revision (branch, tag or commit).
     """
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMultipleChoice,
-                              AutoModelForSeq2SeqLM, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMultipleChoice,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     if is_adapter_folder(name):
         return _load_adapter(Path(name), device, dtype, trust_remote_code)

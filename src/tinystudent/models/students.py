@@ -28,7 +28,7 @@ import torch
 
 from tinystudent.folders import make_folder, remove_made
 from tinystudent.log import info
-from tinystudent.models.loading import LoadedModel, ResolvedModel, load_model, model_kind, resolve_model
+from tinystudent.models.loading import model_kind, resolve_model
 from tinystudent.models.params import count_parameters
 
 MANIFEST = "student.json"

@@ -10,8 +10,17 @@ from __future__ import annotations
 from tinystudent.report import format as fmt
 from tinystudent.report import plots
 from tinystudent.report.blocks import Block, Bullets, Figure, Heading, Paragraph, Table
-from tinystudent.report.study import (COLLABORATION, TAUGHT, UNTRAINED, best_run, bpb_correlations,
-                                      finished_runs, is_measured, pareto_frontier, runs_in_group)
+from tinystudent.report.study import (
+    COLLABORATION,
+    TAUGHT,
+    UNTRAINED,
+    best_run,
+    bpb_correlations,
+    finished_runs,
+    is_measured,
+    pareto_frontier,
+    runs_in_group,
+)
 from tinystudent.report.verdict import verdict_section
 
 COMPARISON_TITLES = {

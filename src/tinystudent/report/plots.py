@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentF
 from matplotlib.transforms import blended_transform_factory
 
 from tinystudent.report import format as fmt
-from tinystudent.report.study import COLLABORATION, UNTRAINED, TAUGHT, is_measured, pareto_frontier
+from tinystudent.report.study import COLLABORATION, TAUGHT, UNTRAINED, is_measured, pareto_frontier
 
 TEACHER_COLOURS = ["#b2182b", "#2166ac", "#5aae61", "#9970ab", "#e08214"]
 GROUP_MARKERS = {TAUGHT: "o", COLLABORATION: "D", UNTRAINED: "X"}

@@ -97,8 +97,10 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
                              entry.get("p_value"), entry.get("subset"))
         boundary = ""
         if loser:
+            evidence = _evidence(loser.get("acc"), loser.get("diff"), loser.get("diff_ci95"), loser.get("p_value"),
+                                 loser.get("subset"))
             boundary = (f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
-                        f"({_size(loser, by)}, {_evidence(loser.get('acc'), loser.get('diff'), loser.get('diff_ci95'), loser.get('p_value'), loser.get('subset'))}).")
+                        f"({_size(loser, by)}, {evidence}).")
         trivial = ""
         if fmt.is_number(baseline) and fmt.is_number(entry.get("winner_acc")) \
                 and round(entry["winner_acc"], 4) <= round(baseline, 4):  # the study rounds to 4 places

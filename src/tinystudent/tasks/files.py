@@ -9,8 +9,7 @@ import json
 import zlib
 from pathlib import Path
 
-from tinystudent.tasks.formats import (Converter, detect_format, from_bioasq,
-                                       from_pubmedqa_original, mapped_converter)
+from tinystudent.tasks.formats import Converter, detect_format, from_bioasq, from_pubmedqa_original, mapped_converter
 from tinystudent.tasks.schema import SPLITS, Example, TaskData, TaskFormatError, check_examples
 
 # Default fractions for sources that ship no split of their own.

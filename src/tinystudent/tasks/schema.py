@@ -68,10 +68,10 @@ def check_examples(examples: list[Example], path: str | Path) -> None:
     seen: dict[str, str] = {}
     for ex in examples:
         where = ex.source.get("where", f"id {ex.id!r}")
-        for field, text in (("question", ex.question), ("context", ex.context or ""),
-                            *(("choice", str(c)) for c in ex.choices)):
+        for name, text in (("question", ex.question), ("context", ex.context or ""),
+                           *(("choice", str(c)) for c in ex.choices)):
             if len(text) > MAX_FIELD_CHARS:
-                raise TaskFormatError(path, where, f"a {field} of at most {MAX_FIELD_CHARS:,} characters, got "
+                raise TaskFormatError(path, where, f"a {name} of at most {MAX_FIELD_CHARS:,} characters, got "
                                       f"{len(text):,}", "probably a broken record: fix or drop it")
         if not ex.question.strip():
             raise TaskFormatError(path, where, "an empty question", "every record needs question text")

@@ -14,17 +14,31 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinystudent.teachers.base import (Generation, GenerationSettings, ScoringUnsupported, Teacher,
-                                       TeacherError, TeacherOutput, TeacherUnavailable)
+from tinystudent.teachers.base import (
+    Generation,
+    GenerationSettings,
+    ScoringUnsupported,
+    Teacher,
+    TeacherError,
+    TeacherOutput,
+    TeacherUnavailable,
+)
 from tinystudent.teachers.cache import task_key, teacher_key
 from tinystudent.teachers.http import HttpTeacher
-from tinystudent.teachers.imports import (FLAN, LLAMA, ImportedRationale, export_rationales_jsonl,
-                                          import_tinyllm_rationales, read_bundled, read_rationales_jsonl,
-                                          read_tinyllm, store_rationales)
+from tinystudent.teachers.imports import (
+    FLAN,
+    LLAMA,
+    ImportedRationale,
+    export_rationales_jsonl,
+    import_tinyllm_rationales,
+    read_bundled,
+    read_rationales_jsonl,
+    read_tinyllm,
+    store_rationales,
+)
 from tinystudent.teachers.local import LocalTeacher
 from tinystudent.teachers.prompts import STRATEGIES, get_strategy
-from tinystudent.teachers.teach import (SCORING, TeachSummary, load_rationales, teach,
-                                        teacher_choice_logprobs)
+from tinystudent.teachers.teach import SCORING, TeachSummary, load_rationales, teach, teacher_choice_logprobs
 
 
 class LocalSettings(BaseModel):

@@ -151,7 +151,8 @@ def stated_answer(text: str | None, choices) -> int | None:
         return None
     letters = LETTERS[: len(choices)]
     # "(b)" in any case, a bare letter only in capitals ("the answer is a bit ..." is no answer).
-    found = re.findall(rf"(?i:answer\s*(?:is|:)\s*(?:option\s*)?)(?:\(([{letters}{letters.lower()}])\)|([{letters}])(?![\w']))", text)
+    pattern = rf"(?i:answer\s*(?:is|:)\s*(?:option\s*)?)(?:\(([{letters}{letters.lower()}])\)|([{letters}])(?![\w']))"
+    found = re.findall(pattern, text)
     if found:
         return letters.index("".join(found[-1]).upper())
     lowered = [str(c).strip().lower() for c in choices]

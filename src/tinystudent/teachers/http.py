@@ -30,8 +30,15 @@ import httpx
 
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.redact import redact, remember_secret
-from tinystudent.teachers.base import (Generation, GenerationResult, GenerationSettings, ScoreResult,
-                                       ScoringUnsupported, TeacherError, TeacherUnavailable)
+from tinystudent.teachers.base import (
+    Generation,
+    GenerationResult,
+    GenerationSettings,
+    ScoreResult,
+    ScoringUnsupported,
+    TeacherError,
+    TeacherUnavailable,
+)
 
 ENDPOINTS = ("chat", "completions")
 FATAL_STATUS = {401: "the API key was refused", 403: "the API key may not use this model",

@@ -7,8 +7,13 @@ from typing import Iterator, Sequence
 from tinystudent.evaluation.generative import render_prompt
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.models.loading import LoadedModel, context_length
-from tinystudent.teachers.base import (GenerationResult, GenerationSettings, ScoreResult,
-                                       ScoringUnsupported, TeacherError)
+from tinystudent.teachers.base import (
+    GenerationResult,
+    GenerationSettings,
+    ScoreResult,
+    ScoringUnsupported,
+    TeacherError,
+)
 from tinystudent.teachers.engine import RowParams, encode_prompt, generate_rows
 
 

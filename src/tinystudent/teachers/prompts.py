@@ -24,7 +24,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, replace
 
-from tinystudent.evaluation.prompts import LETTERS, draw_shots
+from tinystudent.evaluation.prompts import LETTERS
 from tinystudent.tasks.schema import Example
 
 QUESTION_BLOCK = "{context_line}Q: {question}\nAnswer Choices:\n{choices}"

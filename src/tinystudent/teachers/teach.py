@@ -14,17 +14,24 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tinystudent.evaluation.fit import Fitted, fit_example, fit_with_shots
-from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
+from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
 from tinystudent.redact import redact
 from tinystudent.store import Store
 from tinystudent.tasks.schema import Example
 from tinystudent.teachers import cache
-from tinystudent.teachers.base import (Generation, GenerationSettings, ScoringUnsupported, Teacher,
-                                       TeacherError, TeacherOutput, TeacherUnavailable)
+from tinystudent.teachers.base import (
+    Generation,
+    GenerationSettings,
+    ScoringUnsupported,
+    Teacher,
+    TeacherError,
+    TeacherOutput,
+    TeacherUnavailable,
+)
 from tinystudent.teachers.cleanup import clean_text, stated_answer
-from tinystudent.teachers.prompts import build_prompt, draw_shots, get_strategy, render_shot
+from tinystudent.teachers.prompts import build_prompt, get_strategy, render_shot
 
 SCORING = "choice_logprobs"
 RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")
