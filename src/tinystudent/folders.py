@@ -8,6 +8,7 @@ that slipped past validation, or a user's own `best.tmp`, is then an error, neve
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -41,8 +42,6 @@ def remove_made(path: Path, *known_files: str) -> None:
 def check_output_folder(path: Path, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be one (a file is in the way, or no parent folder can be
     written), before any work is done for it."""
-    import os
-
     path = Path(path)
     for ancestor in (path, *path.parents):
         if ancestor.exists():

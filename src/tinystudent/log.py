@@ -3,6 +3,9 @@ stdout, as does `--json`, so `tinystudent eval ... > result.txt` keeps the resul
 
 from __future__ import annotations
 
+import os
+import time
+
 from rich.console import Console
 
 from tinystudent.redact import redact
@@ -45,8 +48,6 @@ def progress(interval_s: float | None = None):
 
 
 def _progress_interval() -> float:
-    import os
-
     raw = os.environ.get("TINYSTUDENT_PROGRESS_SECONDS", "30")
     try:
         return max(0.0, float(raw))
@@ -70,8 +71,6 @@ class PlainProgress:
                 self._print(task)
 
     def add_task(self, description: str, total: float | None = None, status: str = "", **_) -> int:
-        import time
-
         now = time.monotonic()
         self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "status": status,
                                        "started": now, "last": now, "shown": 0}
@@ -79,8 +78,6 @@ class PlainProgress:
 
     def update(self, task_id: int, advance: float | None = None, completed: float | None = None,
                total: float | None = None, status: str | None = None, **_) -> None:
-        import time
-
         task = self.tasks[task_id]
         task["completed"] = completed if completed is not None else task["completed"] + (advance or 0)
         task["total"] = total if total is not None else task["total"]
@@ -92,8 +89,6 @@ class PlainProgress:
         self.update(task_id, advance=advance)
 
     def _print(self, task: dict) -> None:
-        import time
-
         now = time.monotonic()
         task["last"], task["shown"] = now, task["completed"]
         done, total, elapsed = task["completed"], task["total"], now - task["started"]

@@ -10,6 +10,7 @@ $TINYSTUDENT_CONCURRENT processes (1: a single process takes them all).
 from __future__ import annotations
 
 import os
+import sys
 
 
 def usable_cpus() -> int:
@@ -38,7 +39,7 @@ def configure_threads() -> int:
         concurrent = "1"
     threads = thread_share(int(concurrent))
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in __import__("sys").modules:  # loaded already: tell it too
+    if "torch" in sys.modules:  # loaded already: tell it too
         import torch
 
         torch.set_num_threads(threads)

@@ -11,11 +11,11 @@ pre-training-loss-guided search for which students are worth training.
 
 from tinystudent.collab.debate import DebateResult, debate, debate_eval_result, vote
 from tinystudent.collab.ensemble import (
-                                         EnsembleResult,
-                                         average_probabilities,
-                                         choice_probabilities,
-                                         majority_vote,
-                                         sum_costs,
+    EnsembleResult,
+    average_probabilities,
+    choice_probabilities,
+    majority_vote,
+    sum_costs,
 )
 from tinystudent.collab.results import ensemble_eval_result
 from tinystudent.collab.search import Candidate, SearchReport, SearchStep, loss_guided_search

@@ -15,15 +15,15 @@ Public API:
 from tinystudent.distill.config import LoraSettings, ObjectiveWeights, RecoveryConfig, TrainConfig
 from tinystudent.distill.loop import TrainingDiverged
 from tinystudent.distill.losses import (
-                                        DIVERGENCES,
-                                        choice_kd_loss,
-                                        chunked_token_losses,
-                                        forward_kl,
-                                        generalized_jsd,
-                                        hidden_state_loss,
-                                        mutual_kl,
-                                        reverse_kl,
-                                        token_divergence,
+    DIVERGENCES,
+    choice_kd_loss,
+    chunked_token_losses,
+    forward_kl,
+    generalized_jsd,
+    hidden_state_loss,
+    mutual_kl,
+    reverse_kl,
+    token_divergence,
 )
 from tinystudent.distill.result import TrainResult
 from tinystudent.distill.train import train_mutual, train_student

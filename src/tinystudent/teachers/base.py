@@ -14,28 +14,26 @@ from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.redact import redact
 
 
-class TeacherError(RuntimeError):
-    """One request failed for a reason retrying will not fix (a 4xx answer, malformed JSON, a
-    prompt longer than the model's context). Other requests may still succeed. Its message never
-    holds an API key (see `tinystudent.redact`)."""
+class RedactedError(RuntimeError):
+    """An error whose message never holds an API key (see `tinystudent.redact`): a teacher's
+    errors quote what servers answered, and a server may echo the key back."""
 
     def __init__(self, message: str, *args):
         super().__init__(redact(message), *args)
 
 
-class TeacherUnavailable(RuntimeError):
+class TeacherError(RedactedError):
+    """One request failed for a reason retrying will not fix (a 4xx answer, malformed JSON, a
+    prompt longer than the model's context). Other requests may still succeed."""
+
+
+class TeacherUnavailable(RedactedError):
     """The teacher cannot be used at all right now (unreachable, timing out, overloaded after every
     retry, wrong URL, model name or key). A run stops; what it finished is already cached."""
 
-    def __init__(self, message: str, *args):
-        super().__init__(redact(message), *args)
 
-
-class ScoringUnsupported(RuntimeError):
+class ScoringUnsupported(RedactedError):
     """The backend cannot return choice log-likelihoods (no `echo` + `logprobs` on the server)."""
-
-    def __init__(self, message: str, *args):
-        super().__init__(redact(message), *args)
 
 
 @dataclass(frozen=True)
