@@ -37,8 +37,19 @@ def free_port() -> int:
 
 def start_server(model: str, device: str, batch: int, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "tinystudent", "serve", model, "--port", str(port), "--device", device,
-               "--max-batch-size", str(batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "tinystudent",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--max-batch-size",
+        str(batch),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -91,8 +102,12 @@ def main() -> None:
     rows = []
     baseline = run(LocalTeacher(loaded, batch_size=1), prompts, settings)
     rows.append(("local, one prompt at a time (baseline)", baseline))
-    rows.append((f"local, batches of {args.batch_size}", run(LocalTeacher(loaded, batch_size=args.batch_size),
-                                                           prompts, settings)))
+    rows.append(
+        (
+            f"local, batches of {args.batch_size}",
+            run(LocalTeacher(loaded, batch_size=args.batch_size), prompts, settings),
+        )
+    )
     if not args.skip_http:
         log = Path(tempfile.mkdtemp()) / "serve.log"
         device = str(loaded.device)
@@ -103,8 +118,11 @@ def main() -> None:
             for concurrency in (1, args.concurrency):
                 teacher = HttpTeacher(args.model, base_url, endpoint=endpoint, concurrency=concurrency, timeout=600)
                 run(teacher, prompts[:1], GenerationSettings(max_new_tokens=2))  # warm-up
-                label = "HTTP to serve, one request at a time" if concurrency == 1 else \
-                    f"HTTP to serve, {concurrency} concurrent requests"
+                label = (
+                    "HTTP to serve, one request at a time"
+                    if concurrency == 1
+                    else f"HTTP to serve, {concurrency} concurrent requests"
+                )
                 rows.append((label, run(teacher, prompts, settings)))
                 teacher.close()
         finally:
@@ -112,9 +130,13 @@ def main() -> None:
             server.wait()
 
     base_s, base_tokens, base_texts = baseline
-    print(f"model {args.model}; {len(prompts)} prompts, up to {args.max_new_tokens} new tokens each, greedy; "
-          f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'configuration':44s} {'seconds':>8s} {'tokens':>7s} {'tokens/s':>9s} {'vs baseline':>12s} {'same text':>10s}")
+    print(
+        f"model {args.model}; {len(prompts)} prompts, up to {args.max_new_tokens} new tokens each, greedy; "
+        f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+    )
+    print(
+        f"{'configuration':44s} {'seconds':>8s} {'tokens':>7s} {'tokens/s':>9s} {'vs baseline':>12s} {'same text':>10s}"
+    )
     for label, (seconds, tokens, texts) in rows:
         same = sum(a == b for a, b in zip(texts, base_texts))
         ratio = (tokens / seconds) / (base_tokens / base_s)

@@ -48,8 +48,7 @@ def main() -> None:
     requests = [ChoiceRequest(choice_context(ex, style), choice_continuations(ex)) for ex in examples]
     pairs = [(r.context, c) for r in requests for c in r.continuations]
     prompt_tokens = sum(len(loaded.tokenizer.encode(r.context, add_special_tokens=False)) for r in requests)
-    harness = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=args.batch_size,
-                   device="cpu")
+    harness = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=args.batch_size, device="cpu")
 
     score_choices(loaded.model, loaded.tokenizer, loaded.kind, requests[:2], args.batch_size)  # warm-up
     started = time.perf_counter()
@@ -63,23 +62,29 @@ def main() -> None:
     theirs_s = time.perf_counter() - started
     theirs, k = [], 0
     for r in requests:
-        theirs.append(flat[k: k + len(r.continuations)])
+        theirs.append(flat[k : k + len(r.continuations)])
         k += len(r.continuations)
 
     def picks(scores, norm: bool) -> list[int]:
-        return [int(np.argmax([s / len(c.encode("utf-8")) if norm else s for s, c in zip(row, r.continuations)]))
-                for row, r in zip(scores, requests)]
+        return [
+            int(np.argmax([s / len(c.encode("utf-8")) if norm else s for s, c in zip(row, r.continuations)]))
+            for row, r in zip(scores, requests)
+        ]
 
     same = sum(a == b for a, b in zip(picks(ours, False), picks(theirs, False)))
     same_norm = sum(a == b for a, b in zip(picks(ours, True), picks(theirs, True)))
     gap = max(abs(x - y) for a, b in zip(ours, theirs) for x, y in zip(a, b))
     acc = np.mean([p == ex.answer for p, ex in zip(picks(ours, False), examples)])
-    print(f"{args.model} on {args.task}/{args.split}: {len(requests)} questions, {len(pairs)} choices, "
-          f"{prompt_tokens:,} prompt tokens; CPU, float32, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(
+        f"{args.model} on {args.task}/{args.split}: {len(requests)} questions, {len(pairs)} choices, "
+        f"{prompt_tokens:,} prompt tokens; CPU, float32, {torch.get_num_threads()} threads, batch {args.batch_size}"
+    )
     print(f"baseline lm-evaluation-harness HFLM.loglikelihood : {theirs_s:8.1f} s")
     print(f"tinystudent score_choices                         : {ours_s:8.1f} s")
-    print(f"speed-up: {theirs_s / ours_s:.2f}x; same answer on {same}/{len(requests)} (acc) and "
-          f"{same_norm}/{len(requests)} (acc_norm); max |log-likelihood difference| {gap:.2e}; acc {acc:.3f}")
+    print(
+        f"speed-up: {theirs_s / ours_s:.2f}x; same answer on {same}/{len(requests)} (acc) and "
+        f"{same_norm}/{len(requests)} (acc_norm); max |log-likelihood difference| {gap:.2e}; acc {acc:.3f}"
+    )
     if same != len(requests) or same_norm != len(requests):
         raise SystemExit("the two scorers disagree")
 

@@ -70,8 +70,11 @@ def one_step(mode: str, args) -> dict:
     target_mask = torch.ones_like(ids, dtype=torch.bool)
     target_mask[:, -1] = False
     next_ids = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
-                else torch.autocast(device.type, enabled=False))
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype
+        else torch.autocast(device.type, enabled=False)
+    )
 
     def step() -> float:
         with autocast:
@@ -84,11 +87,18 @@ def one_step(mode: str, args) -> dict:
                 kd = forward_kl(logits[target_mask], teacher_logits[target_mask], args.temperature).mean()
                 loss = ce + kd
             else:
-                batch = StudentBatch(torch.zeros(args.batch, dtype=torch.long, device=device),
-                                     answer=TokenBatch(ids, mask, target_mask, next_ids))
-                objective = StudentObjectives(student, "causal", TermWeights(answer=1.0, logit_kd=1.0),
-                                              args.temperature, chunk_tokens=args.chunk,
-                                              fuse_head=mode == "fused")
+                batch = StudentBatch(
+                    torch.zeros(args.batch, dtype=torch.long, device=device),
+                    answer=TokenBatch(ids, mask, target_mask, next_ids),
+                )
+                objective = StudentObjectives(
+                    student,
+                    "causal",
+                    TermWeights(answer=1.0, logit_kd=1.0),
+                    args.temperature,
+                    chunk_tokens=args.chunk,
+                    fuse_head=mode == "fused",
+                )
                 states = teacher_states(teacher, "causal", causal_head(teacher), batch, True, [])
                 loss = objective(batch, states)["loss"]
         loss.backward()
@@ -104,8 +114,14 @@ def one_step(mode: str, args) -> dict:
     with meter.measure():
         loss = step()
     seconds = time.perf_counter() - started
-    return {"mode": mode, "loss": loss, "peak_mb": meter.peak_mb, "above_models_mb": meter.peak_mb - before,
-            "seconds": seconds, "params": sum(p.numel() for p in student.parameters())}
+    return {
+        "mode": mode,
+        "loss": loss,
+        "peak_mb": meter.peak_mb,
+        "above_models_mb": meter.peak_mb - before,
+        "seconds": seconds,
+        "params": sum(p.numel() for p in student.parameters()),
+    }
 
 
 def _child(mode: str, args, queue) -> None:
@@ -136,20 +152,29 @@ def main() -> None:
         process.join()
     base = rows["unchunked"]
     fields = model_config(args.config)
-    print(f"model: {args.config}-shaped ({base['params']:,} parameters, vocabulary {fields['vocab_size']:,}), "
-          f"student and teacher; batch {args.batch} x {args.seq} tokens; {args.device}, {args.precision}; "
-          f"chunk {args.chunk} tokens")
-    names = {"unchunked": "baseline unchunked (full logits)", "chunked": "tinystudent chunked + checkpointed",
-             "fused": "tinystudent chunked + fused"}
+    print(
+        f"model: {args.config}-shaped ({base['params']:,} parameters, vocabulary {fields['vocab_size']:,}), "
+        f"student and teacher; batch {args.batch} x {args.seq} tokens; {args.device}, {args.precision}; "
+        f"chunk {args.chunk} tokens"
+    )
+    names = {
+        "unchunked": "baseline unchunked (full logits)",
+        "chunked": "tinystudent chunked + checkpointed",
+        "fused": "tinystudent chunked + fused",
+    }
     for mode in MODES:
         row = rows[mode]
-        print(f"{names[mode]:38s}: peak {row['peak_mb']:10,.0f} MB, above the models {row['above_models_mb']:10,.0f} MB, "
-              f"step {row['seconds']:7.2f} s, loss {row['loss']:.5f}")
+        print(
+            f"{names[mode]:38s}: peak {row['peak_mb']:10,.0f} MB, above the models {row['above_models_mb']:10,.0f} MB, "
+            f"step {row['seconds']:7.2f} s, loss {row['loss']:.5f}"
+        )
     for mode in ("chunked", "fused"):
         row = rows[mode]
-        print(f"ratio {names[mode]} / unchunked: peak {row['peak_mb'] / base['peak_mb']:.2f}x, "
-              f"above the models {row['above_models_mb'] / max(base['above_models_mb'], 1e-9):.2f}x, "
-              f"time {row['seconds'] / base['seconds']:.2f}x")
+        print(
+            f"ratio {names[mode]} / unchunked: peak {row['peak_mb'] / base['peak_mb']:.2f}x, "
+            f"above the models {row['above_models_mb'] / max(base['above_models_mb'], 1e-9):.2f}x, "
+            f"time {row['seconds'] / base['seconds']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

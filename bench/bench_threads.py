@@ -18,11 +18,28 @@ import time
 
 def evaluate(args, env: dict, copies: int) -> float:
     """Wall seconds for `copies` identical evaluations started together."""
-    command = [sys.executable, "-m", "tinystudent", "eval", "--model", args.model, "--task", args.task,
-               "--split", args.split, "--limit", str(args.limit), "--json", "--db", args.db]
+    command = [
+        sys.executable,
+        "-m",
+        "tinystudent",
+        "eval",
+        "--model",
+        args.model,
+        "--task",
+        args.task,
+        "--split",
+        args.split,
+        "--limit",
+        str(args.limit),
+        "--json",
+        "--db",
+        args.db,
+    ]
     started = time.perf_counter()
-    running = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for _ in range(copies)]
+    running = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
     for process in running:
         _, err = process.communicate()
         if process.returncode != 0:

@@ -34,27 +34,62 @@ from pathlib import Path
 
 CONFIGS = {
     # about 16M parameters, most in a SmolLM2-sized output layer: fits a CPU run in seconds
-    "tiny": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 49152,
-             "tie_word_embeddings": True, "max_position_embeddings": 4096},
-    "smollm2-135m": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
-                     "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-                     "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192,
-                     "rope_theta": 100000.0},
+    "tiny": {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 4096,
+    },
+    "smollm2-135m": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+    },
     # the SmolLM2 student with 17 of its 30 layers (the bioasq study's largest cut)
-    "smollm2-17": {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
-                   "num_hidden_layers": 17, "num_attention_heads": 9, "num_key_value_heads": 3,
-                   "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 8192,
-                   "rope_theta": 100000.0},
-    "qwen2.5-0.5b": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
-                     "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-                     "vocab_size": 151936, "tie_word_embeddings": True, "max_position_embeddings": 32768,
-                     "rope_theta": 1000000.0, "rms_norm_eps": 1e-6},
+    "smollm2-17": {
+        "model_type": "llama",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 17,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+        "rope_theta": 100000.0,
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+    },
 }
 
-WORDS = ("light water plant energy heat cold rock soil cell leaf root animal sun moon star earth "
-         "gas liquid solid force motion speed mass weight sound wave magnet metal wood glass salt "
-         "sugar oxygen carbon nitrogen cloud rain snow wind river ocean mountain valley desert").split()
+WORDS = (
+    "light water plant energy heat cold rock soil cell leaf root animal sun moon star earth "
+    "gas liquid solid force motion speed mass weight sound wave magnet metal wood glass salt "
+    "sugar oxygen carbon nitrogen cloud rain snow wind river ocean mountain valley desert"
+).split()
 
 
 def model_config(name: str) -> dict:
@@ -74,8 +109,9 @@ def build_tokenizer(folder: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator([" ".join(WORDS)] * 20, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     fast.save_pretrained(folder)
@@ -95,8 +131,12 @@ def build_student(config_name: str, root: Path, real_tokenizer: bool = False) ->
         tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     else:
         tokenizer = build_tokenizer(root / "tokenizer")
-    config = {**model_config(config_name), "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.eos_token_id}
+    config = {
+        **model_config(config_name),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+    }
     folder = fresh_student(config, root / "student", seed=0)
     tokenizer.save_pretrained(folder)
     return folder
@@ -135,16 +175,37 @@ def train_config(args, prompt_tokens: int):
     from tinystudent.distill import TrainConfig
 
     if args.data == "bioasq":
-        return TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_ratio=0.0,
-                           weights={"answer": 1.0, "rationale": 1.0}, max_input_tokens=256,
-                           max_rationale_tokens=128, eval_before=False, precision=args.precision,
-                           device=args.device, seed=0, packing=not args.no_packing,
-                           gradient_checkpointing=args.gradient_checkpointing, kd_chunk_tokens=args.chunk)
-    return TrainConfig(steps=args.steps, batch_size=args.batch, lr=1e-4, warmup_ratio=0.0,
-                       weights={"answer": 0.0, "rationale": 1.0}, max_input_tokens=prompt_tokens,
-                       max_rationale_tokens=args.seq - prompt_tokens - 1, eval_before=False,
-                       precision=args.precision, device=args.device, seed=0,
-                       gradient_checkpointing=args.gradient_checkpointing, kd_chunk_tokens=args.chunk)
+        return TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch,
+            lr=1e-4,
+            warmup_ratio=0.0,
+            weights={"answer": 1.0, "rationale": 1.0},
+            max_input_tokens=256,
+            max_rationale_tokens=128,
+            eval_before=False,
+            precision=args.precision,
+            device=args.device,
+            seed=0,
+            packing=not args.no_packing,
+            gradient_checkpointing=args.gradient_checkpointing,
+            kd_chunk_tokens=args.chunk,
+        )
+    return TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch,
+        lr=1e-4,
+        warmup_ratio=0.0,
+        weights={"answer": 0.0, "rationale": 1.0},
+        max_input_tokens=prompt_tokens,
+        max_rationale_tokens=args.seq - prompt_tokens - 1,
+        eval_before=False,
+        precision=args.precision,
+        device=args.device,
+        seed=0,
+        gradient_checkpointing=args.gradient_checkpointing,
+        kd_chunk_tokens=args.chunk,
+    )
 
 
 def _sync(device: str) -> None:
@@ -168,8 +229,17 @@ def run_tinystudent(args, folder: Path, work: Path) -> dict:
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    result = train_student(str(folder), examples, [], train_config(args, 32), work / "run", rationales=rationales,
-                           task="bench", resume=False, on_step=stamp)
+    result = train_student(
+        str(folder),
+        examples,
+        [],
+        train_config(args, 32),
+        work / "run",
+        rationales=rationales,
+        task="bench",
+        resume=False,
+        on_step=stamp,
+    )
     peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else result.peak_memory_mb
     first_loss = result.loss_history[0]["loss"]
     timed = stamps[-1] - stamps[0] if args.data == "bioasq" else stamps[-1] - stamps[1]
@@ -188,8 +258,18 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     config = train_config(args, 32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     style = "bioasq" if args.data == "bioasq" else "arc"
-    features, _ = build_features(examples, tokenizer, "causal", style, rationales, {}, config.rationale_prompt,
-                              config.max_input_tokens, config.max_answer_tokens, config.max_rationale_tokens)
+    features, _ = build_features(
+        examples,
+        tokenizer,
+        "causal",
+        style,
+        rationales,
+        {},
+        config.rationale_prompt,
+        config.max_input_tokens,
+        config.max_answer_tokens,
+        config.max_rationale_tokens,
+    )
     rows = []
     for ex in examples:
         pairs = [features[ex.id].rationales["bench"]] if "bench" in features[ex.id].rationales else []
@@ -217,14 +297,27 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     device = resolve_device(args.device)
     training = TrainingArguments(
-        output_dir=str(work / "trainer"), max_steps=args.steps,
+        output_dir=str(work / "trainer"),
+        max_steps=args.steps,
         per_device_train_batch_size=len(rows) // args.steps if args.data == "bioasq" else args.batch,
-        learning_rate=1e-4, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        bf16=args.precision == "bf16", fp16=args.precision == "fp16", logging_steps=1, save_strategy="no",
-        report_to=[], dataloader_num_workers=0, seed=0, disable_tqdm=True, use_cpu=device.type == "cpu",
-        gradient_checkpointing=args.gradient_checkpointing, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collate,
-                      callbacks=[Stamp()])
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=args.precision == "bf16",
+        fp16=args.precision == "fp16",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=args.gradient_checkpointing,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(model=model, args=training, train_dataset=rows, data_collator=collate, callbacks=[Stamp()])
     meter = MemoryMeter(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -233,8 +326,12 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     timed = stamps[-1] - stamps[0] if args.data == "bioasq" else stamps[-1] - stamps[1]
     real = sum(len(r["input_ids"]) for r in rows)
-    return {"seconds": timed, "peak_mb": meter.peak_mb, "first_loss": losses[0] if losses else None,
-            "real_tokens": real}
+    return {
+        "seconds": timed,
+        "peak_mb": meter.peak_mb,
+        "first_loss": losses[0] if losses else None,
+        "real_tokens": real,
+    }
 
 
 def _child(kind: str, args, folder: str, queue) -> None:
@@ -268,11 +365,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--chunk", type=int, default=1024, help="kd_chunk_tokens of our loop")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--data", default="synthetic", choices=["synthetic", "bioasq"],
-                        help="synthetic: every sequence --seq tokens; bioasq: real questions and rationales")
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        choices=["synthetic", "bioasq"],
+        help="synthetic: every sequence --seq tokens; bioasq: real questions and rationales",
+    )
     parser.add_argument("--no-packing", action="store_true", help="our loop pads instead of packing")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the chip's peak FLOP/s in TFLOP/s at this precision, for model FLOPs utilisation")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the chip's peak FLOP/s in TFLOP/s at this precision, for model FLOPs utilisation",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -290,21 +395,31 @@ def main() -> None:
 
     tokens = baseline["real_tokens"] if args.data == "bioasq" else args.batch * args.seq * (args.steps - 1)
     flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * args.seq
-    print(f"model: {args.config}-shaped, {params:,} parameters, random init; device {args.device}, "
-          f"precision {args.precision}; "
-          + (f"{args.batch} BioASQ questions (answer + rationale) a step" if args.data == "bioasq"
-             else f"batch {args.batch} x {args.seq} tokens") + f", {args.steps} steps "
-          f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); "
-          f"memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}")
+    print(
+        f"model: {args.config}-shaped, {params:,} parameters, random init; device {args.device}, "
+        f"precision {args.precision}; "
+        + (
+            f"{args.batch} BioASQ questions (answer + rationale) a step"
+            if args.data == "bioasq"
+            else f"batch {args.batch} x {args.seq} tokens"
+        )
+        + f", {args.steps} steps "
+        f"(timed: {'every step, real tokens' if args.data == 'bioasq' else f'steps 2..{args.steps}'}); "
+        f"memory: {'GPU allocator peak' if args.device.startswith('cuda') else 'peak RSS of a fresh process'}"
+    )
     rows = [("baseline transformers.Trainer", baseline), ("tinystudent loop", ours)]
     for name, row in rows:
         rate = tokens / row["seconds"]
         row["tokens_per_s"] = rate
         mfu = f", MFU {100 * flops_per_token * rate / (args.peak_tflops * 1e12):5.1f}%" if args.peak_tflops else ""
-        print(f"{name:32s}: {rate:12,.0f} tokens/s, peak memory {row['peak_mb']:10,.0f} MB, "
-              f"first-step loss {row['first_loss']:.4f}{mfu}")
-    print(f"ratio tinystudent / Trainer: tokens/s {ours['tokens_per_s'] / baseline['tokens_per_s']:.2f}x, "
-          f"peak memory {ours['peak_mb'] / baseline['peak_mb']:.2f}x")
+        print(
+            f"{name:32s}: {rate:12,.0f} tokens/s, peak memory {row['peak_mb']:10,.0f} MB, "
+            f"first-step loss {row['first_loss']:.4f}{mfu}"
+        )
+    print(
+        f"ratio tinystudent / Trainer: tokens/s {ours['tokens_per_s'] / baseline['tokens_per_s']:.2f}x, "
+        f"peak memory {ours['peak_mb'] / baseline['peak_mb']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

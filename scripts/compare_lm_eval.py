@@ -45,8 +45,12 @@ def main() -> None:
     ours_acc = np.mean([p["correct"] for p in ours])
     ours_norm = np.mean([p["pred_norm"] == p["gold"] for p in ours])
     print(f"questions: {len(ours)}")
-    print(f"acc      lm-eval {np.mean(acc_theirs):.4f}  tinystudent {ours_acc:.4f}  same prediction {same_acc}/{len(ours)}")
-    print(f"acc_norm lm-eval {np.mean(norm_theirs):.4f}  tinystudent {ours_norm:.4f}  same prediction {same_norm}/{len(ours)}")
+    print(
+        f"acc      lm-eval {np.mean(acc_theirs):.4f}  tinystudent {ours_acc:.4f}  same prediction {same_acc}/{len(ours)}"
+    )
+    print(
+        f"acc_norm lm-eval {np.mean(norm_theirs):.4f}  tinystudent {ours_norm:.4f}  same prediction {same_norm}/{len(ours)}"
+    )
     print(f"largest |log-likelihood difference| over all choices: {max_diff:.2e}")
 
 

@@ -22,23 +22,30 @@ from pathlib import Path
 
 from tinystudent.tasks.bundled import BIOASQ_DIR, BIOASQ_FILE, FORMAT
 from tinystudent.tasks.files import read_folder
-from tinystudent.teachers.imports import read_tinyllm
+from tinystudent.teachers.rationale_files import read_tinyllm
 
 RATIONALE_SPLITS = ("train", "validation")
 
 
 def build(folder: Path) -> dict:
     data = read_folder(folder)
-    splits = {split: [{"id": ex.id, "question": ex.question, "context": ex.context,
-                       "answer": ex.answer_text} for ex in examples]
-              for split, examples in data.splits.items()}
+    splits = {
+        split: [
+            {"id": ex.id, "question": ex.question, "context": ex.context, "answer": ex.answer_text} for ex in examples
+        ]
+        for split, examples in data.splits.items()
+    }
     rationales: dict[str, dict[str, dict]] = {}
     for split in RATIONALE_SPLITS:
         for r in read_tinyllm(folder, split).rationales:
             rationales.setdefault(r.teacher, {}).setdefault(split, {})[r.example_id] = [r.text, r.answer]
-    return {"format": FORMAT, "splits": splits, "rationales": rationales,
-            "source": "TinyLLM (Tian et al. 2024, arXiv 2402.04616), github.com/YikunHan42/TinyLLM, "
-                      "data/bioasq, Apache-2.0; questions from the BioASQ challenge"}
+    return {
+        "format": FORMAT,
+        "splits": splits,
+        "rationales": rationales,
+        "source": "TinyLLM (Tian et al. 2024, arXiv 2402.04616), github.com/YikunHan42/TinyLLM, "
+        "data/bioasq, Apache-2.0; questions from the BioASQ challenge",
+    }
 
 
 def main(folder: str) -> None:

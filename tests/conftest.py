@@ -43,8 +43,9 @@ def byte_level_tokenizer(vocab_size: int = 320):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS * 5, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
@@ -66,17 +67,41 @@ def build_tiny(kind: str, path: Path, seed: int = 0) -> Path:
     vocab = len(tokenizer)
     common = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if kind == "causal":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, **common)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.eos_token_id,
+            **common,
+        )
         model = AutoModelForCausalLM.from_config(config)
     elif kind == "seq2seq":
-        config = T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-                          decoder_start_token_id=tokenizer.pad_token_id, **common)
+        config = T5Config(
+            vocab_size=vocab,
+            d_model=64,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            **common,
+        )
         model = AutoModelForSeq2SeqLM.from_config(config)
     else:
-        config = BertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = AutoModelForMultipleChoice.from_config(config)
         tokenizer.sep_token, tokenizer.cls_token = "<eos>", "<eos>"
     path.mkdir(parents=True, exist_ok=True)
@@ -137,9 +162,23 @@ def launch_serve(model, port: int, log: Path, *args, timeout: float = 120.0):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "a") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "tinystudent", "serve", str(model), "--host",
-                                    "127.0.0.1", "--port", str(port), *args], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tinystudent",
+                "serve",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 from tinystudent.cli import app
 from tinystudent.store import Store
 
-GOOD = [{"id": f"q{i}", "question": f"Is {i} even?", "choices": ["yes", "no"], "answer": "yes" if i % 2 == 0 else "no"}
-        for i in range(12)]
+GOOD = [
+    {"id": f"q{i}", "question": f"Is {i} even?", "choices": ["yes", "no"], "answer": "yes" if i % 2 == 0 else "no"}
+    for i in range(12)
+]
 
 
 def jsonl(rows) -> str:
@@ -26,7 +28,9 @@ def jsonl(rows) -> str:
 
 
 def nested(depth: int) -> str:
-    return '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x", "deep": ' + "[" * depth + "]" * depth + "}"
+    return (
+        '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x", "deep": ' + "[" * depth + "]" * depth + "}"
+    )
 
 
 FILES: dict[str, str | bytes] = {
@@ -52,8 +56,9 @@ FILES: dict[str, str | bytes] = {
     "not_a_db.sqlite": "this is a text file, not a database\n",
     "study_broken.json": '{"teachers": [{"name": "t"}], "runs": "nope"}',
     "rationales_empty.jsonl": "",
-    "rationales_conflict.jsonl": jsonl([{"id": "q0", "teacher": "t", "rationale": "because A"},
-                                        {"id": "q0", "teacher": "t", "rationale": "because B"}]),
+    "rationales_conflict.jsonl": jsonl(
+        [{"id": "q0", "teacher": "t", "rationale": "because A"}, {"id": "q0", "teacher": "t", "rationale": "because B"}]
+    ),
     "rationales_unknown_id.jsonl": jsonl([{"id": "zzz", "teacher": "t", "rationale": "because"}]),
     "corpus_binary.bin": bytes(range(256)) * 4,
     "bad.yaml": "name: x\nteachers: [\n",
@@ -75,16 +80,25 @@ seeds: {seeds}
 
 
 def experiment(**changes) -> str:
-    values = {"name": "ok", "task": "{w}/good.jsonl", "split": "test", "model": "{model}", "keep": "first:1",
-              "objective": "answer", "seeds": "[0]", **changes}
+    values = {
+        "name": "ok",
+        "task": "{w}/good.jsonl",
+        "split": "test",
+        "model": "{model}",
+        "keep": "first:1",
+        "objective": "answer",
+        "seeds": "[0]",
+        **changes,
+    }
     return EXPERIMENT.format(**values)
 
 
 EXPERIMENTS = {
     "x_every0.yaml": experiment(keep="every:0"),
     "x_ok.yaml": experiment(),
-    "x_strategy.yaml": experiment(objective='"rationale:teach"').replace("model: {model}}",
-                                                                         "model: {model}, strategy: magic}", 1),
+    "x_strategy.yaml": experiment(objective='"rationale:teach"').replace(
+        "model: {model}}", "model: {model}, strategy: magic}", 1
+    ),
     "x_task.yaml": experiment(task="arc_hard"),
     "x_split.yaml": experiment(split="tst"),
     "x_seeds.yaml": experiment(seeds="[]"),
@@ -100,17 +114,38 @@ CASES = [
     ("eval-missing-task", "eval --model {model} --task {w}/nope.jsonl --db {db}", ["nope.jsonl"]),
     ("eval-bad-json", "eval --model {model} --task {w}/bad_json.jsonl --db {db}", ["bad_json.jsonl", "line 3"]),
     ("eval-not-gzip", "eval --model {model} --task {w}/not_gzip.jsonl.gz --db {db}", ["not_gzip.jsonl.gz", "gzip"]),
-    ("eval-huge-csv-field", "eval --model {model} --task {w}/huge_field.csv --db {db} "
-     "--columns question=question,choices=choices,answer=answer", ["huge_field.csv", "line 2"]),
-    ("eval-arrays-with-columns", "eval --model {model} --task {w}/arrays.jsonl --db {db} "
-     "--columns question=q,choices=c,answer=a", ["arrays.jsonl", "JSON object"]),
-    ("eval-null-choice", "eval --model {model} --task {w}/null_choice.jsonl --db {db}", ["null_choice.jsonl", "choice 2"]),
-    ("eval-string-choices", "eval --model {model} --task {w}/string_choices.jsonl --db {db}",
-     ["string_choices.jsonl", "list of texts"]),
-    ("eval-bool-answer", "eval --model {model} --task {w}/bool_answer.jsonl --db {db}", ["bool_answer.jsonl", "boolean"]),
+    (
+        "eval-huge-csv-field",
+        "eval --model {model} --task {w}/huge_field.csv --db {db} "
+        "--columns question=question,choices=choices,answer=answer",
+        ["huge_field.csv", "line 2"],
+    ),
+    (
+        "eval-arrays-with-columns",
+        "eval --model {model} --task {w}/arrays.jsonl --db {db} --columns question=q,choices=c,answer=a",
+        ["arrays.jsonl", "JSON object"],
+    ),
+    (
+        "eval-null-choice",
+        "eval --model {model} --task {w}/null_choice.jsonl --db {db}",
+        ["null_choice.jsonl", "choice 2"],
+    ),
+    (
+        "eval-string-choices",
+        "eval --model {model} --task {w}/string_choices.jsonl --db {db}",
+        ["string_choices.jsonl", "list of texts"],
+    ),
+    (
+        "eval-bool-answer",
+        "eval --model {model} --task {w}/bool_answer.jsonl --db {db}",
+        ["bool_answer.jsonl", "boolean"],
+    ),
     ("eval-empty-choices", "eval --model {model} --task {w}/empty_choices.jsonl --db {db}", ["empty_choices.jsonl"]),
-    ("eval-duplicate-ids", "eval --model {model} --task {w}/duplicate_ids.jsonl --db {db}",
-     ["duplicate_ids.jsonl", "duplicate id"]),
+    (
+        "eval-duplicate-ids",
+        "eval --model {model} --task {w}/duplicate_ids.jsonl --db {db}",
+        ["duplicate_ids.jsonl", "duplicate id"],
+    ),
     ("eval-deep-json", "eval --model {model} --task {w}/deep.jsonl --db {db}", ["deep.jsonl", "nested"]),
     ("eval-empty-file", "eval --model {model} --task {w}/empty.jsonl --db {db}", ["empty.jsonl"]),
     ("eval-latin1", "eval --model {model} --task {w}/latin1.jsonl --db {db}", ["latin1.jsonl", "UTF-8"]),
@@ -121,8 +156,11 @@ CASES = [
     ("eval-no-weights", "eval --model {w}/no_weights --task {w}/good.jsonl --db {db}", ["no_weights", "safetensors"]),
     ("eval-pickled-weights", "eval --model {w}/pickled --task {w}/good.jsonl --db {db}", ["pickled", "safetensors"]),
     ("eval-4-byte-gguf", "eval --model {w}/tiny.gguf --task {w}/good.jsonl --db {db}", ["tiny.gguf"]),
-    ("eval-adapter-without-base", "eval --model {w}/adapter --task {w}/good.jsonl --db {db}",
-     ["adapter_config.json", "base"]),
+    (
+        "eval-adapter-without-base",
+        "eval --model {w}/adapter --task {w}/good.jsonl --db {db}",
+        ["adapter_config.json", "base"],
+    ),
     ("eval-not-a-model-file", "eval --model {w}/good.jsonl --task {w}/good.jsonl --db {db}", ["good.jsonl", ".gguf"]),
     # eval: options and outputs
     ("eval-db-is-a-folder", "eval --model {model} --task {w}/good.jsonl --db {w}/out", ["out", "folder"]),
@@ -132,37 +170,75 @@ CASES = [
     ("eval-limit-0", "eval --model {model} --task {w}/good.jsonl --db {db} --limit 0", ["--limit"]),
     ("eval-split", "eval --model {model} --task {w}/good.jsonl --db {db} --split tst", ["tst"]),
     ("eval-mode", "eval --model {model} --task {w}/good.jsonl --db {db} --mode magic", ["magic"]),
-    ("eval-input-tokens", "eval --model {model} --task {w}/good.jsonl --db {db} --max-input-tokens 3",
-     ["--max-input-tokens"]),
+    (
+        "eval-input-tokens",
+        "eval --model {model} --task {w}/good.jsonl --db {db} --max-input-tokens 3",
+        ["--max-input-tokens"],
+    ),
     # teach
     ("teach-strategy", "teach --teacher {model} --task {w}/good.jsonl --db {db} --strategy magic", ["magic"]),
     ("teach-base-url", "teach --teacher m --task {w}/good.jsonl --db {db} --base-url ftp:/nowhere", ["ftp:/nowhere"]),
-    ("teach-key-unset", "teach --teacher m --task {w}/good.jsonl --db {db} --base-url http://127.0.0.1:9/v1 "
-     "--api-key-env TINYSTUDENT_UNSET_KEY", ["TINYSTUDENT_UNSET_KEY"]),
+    (
+        "teach-key-unset",
+        "teach --teacher m --task {w}/good.jsonl --db {db} --base-url http://127.0.0.1:9/v1 "
+        "--api-key-env TINYSTUDENT_UNSET_KEY",
+        ["TINYSTUDENT_UNSET_KEY"],
+    ),
     ("teach-bad-task", "teach --teacher {model} --task {w}/bad_json.jsonl --db {db}", ["bad_json.jsonl"]),
     ("teach-batch-size-0", "teach --teacher {model} --task {w}/good.jsonl --db {db} --batch-size 0", ["batch"]),
     # train
-    ("train-strategy", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --strategy magic",
-     ["magic"]),
-    ("train-precision", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --precision fp8",
-     ["precision", "fp8"]),
-    ("train-batch-size-0", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --batch-size 0",
-     ["--batch-size"]),
-    ("train-objective", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --objective magic",
-     ["magic"]),
-    ("train-keep-layers", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --keep-layers every:0",
-     ["every:0"]),
-    ("train-out-is-a-file", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/plain_file --steps 1",
-     ["plain_file"]),
-    ("train-missing-rationales", "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new "
-     "--objective rationale --rationales {w}/nope.jsonl", ["nope.jsonl"]),
+    (
+        "train-strategy",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --strategy magic",
+        ["magic"],
+    ),
+    (
+        "train-precision",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --precision fp8",
+        ["precision", "fp8"],
+    ),
+    (
+        "train-batch-size-0",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --batch-size 0",
+        ["--batch-size"],
+    ),
+    (
+        "train-objective",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --objective magic",
+        ["magic"],
+    ),
+    (
+        "train-keep-layers",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new --keep-layers every:0",
+        ["every:0"],
+    ),
+    (
+        "train-out-is-a-file",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/plain_file --steps 1",
+        ["plain_file"],
+    ),
+    (
+        "train-missing-rationales",
+        "train --student {model} --task {w}/good.jsonl --db {db} --out {w}/new "
+        "--objective rationale --rationales {w}/nope.jsonl",
+        ["nope.jsonl"],
+    ),
     # rationales, loss, report
-    ("import-empty", "rationales import {w}/rationales_empty.jsonl --task {w}/good.jsonl --db {db}",
-     ["rationales_empty.jsonl"]),
-    ("import-conflict", "rationales import {w}/rationales_conflict.jsonl --task {w}/good.jsonl --db {db}",
-     ["rationales_conflict.jsonl", "line 2"]),
-    ("import-unknown-id", "rationales import {w}/rationales_unknown_id.jsonl --task {w}/good.jsonl --db {db}",
-     ["rationales_unknown_id.jsonl", "zzz"]),
+    (
+        "import-empty",
+        "rationales import {w}/rationales_empty.jsonl --task {w}/good.jsonl --db {db}",
+        ["rationales_empty.jsonl"],
+    ),
+    (
+        "import-conflict",
+        "rationales import {w}/rationales_conflict.jsonl --task {w}/good.jsonl --db {db}",
+        ["rationales_conflict.jsonl", "line 2"],
+    ),
+    (
+        "import-unknown-id",
+        "rationales import {w}/rationales_unknown_id.jsonl --task {w}/good.jsonl --db {db}",
+        ["rationales_unknown_id.jsonl", "zzz"],
+    ),
     ("loss-missing-corpus", "loss --model {model} --corpus {w}/nope.txt --db {db}", ["nope.txt"]),
     ("loss-binary-corpus", "loss --model {model} --corpus {w}/corpus_binary.bin --db {db}", ["corpus_binary.bin"]),
     ("report-broken-study", "report --study {w}/study_broken.json --out {w}/report", ["study_broken.json", "runs"]),
@@ -194,8 +270,11 @@ CASES = [
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` (name and content hash), with the database's WAL side files."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture()
@@ -227,8 +306,9 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(workspace, tiny_causal
     result = CliRunner().invoke(app, argv)
     output = result.output
     assert result.exit_code not in (0, None), f"{case} was accepted:\n{output}"
-    assert result.exception is None or isinstance(result.exception, SystemExit), \
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"{case} raised {type(result.exception).__name__}: {result.exception}"
+    )
     assert "Traceback" not in output, output
     flat = " ".join(output.split())
     for word in words:

@@ -18,8 +18,10 @@ from tinystudent.store import Store
 from tinystudent.tasks import Example
 
 # Non-ASCII on purpose: "°", "é" and "—" take 2, 2 and 3 bytes, so bytes != characters.
-TEXT = ("Question: Which gas do plants take in? Water boils at 100°C.\n"
-        "Café answer: carbon dioxide — because photosynthesis needs it.")
+TEXT = (
+    "Question: Which gas do plants take in? Water boils at 100°C.\n"
+    "Café answer: carbon dioxide — because photosynthesis needs it."
+)
 
 
 def hand_bits_per_byte(model, ids: list[int], start: int, n_bytes: int) -> float:
@@ -44,8 +46,7 @@ def char_tokenizer(alphabet: str):
         vocab.setdefault(char, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,16 @@ def char_gpt2(tmp_path_factory):
 
     torch.manual_seed(1)
     tokenizer = char_tokenizer(TEXT)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=24, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=24,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     path = tmp_path_factory.mktemp("tiny") / "char-gpt2"
     GPT2LMHeadModel(config).save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
@@ -66,8 +75,12 @@ def char_gpt2(tmp_path_factory):
 def test_windows_listed_by_hand():
     # 21 positions (start token + 20 text tokens), windows of 8 moving on by 4.
     assert token_windows(21, 8, 4) == [
-        TokenWindow(0, 8, 1), TokenWindow(4, 12, 8), TokenWindow(8, 16, 12),
-        TokenWindow(12, 20, 16), TokenWindow(13, 21, 20)]
+        TokenWindow(0, 8, 1),
+        TokenWindow(4, 12, 8),
+        TokenWindow(8, 16, 12),
+        TokenWindow(12, 20, 16),
+        TokenWindow(13, 21, 20),
+    ]
     assert token_windows(5, 8, 4) == [TokenWindow(0, 5, 1)]
     for window, stride in ((8, 8), (8, 0), (1, 1)):
         with pytest.raises(ValueError, match="stride|window"):
@@ -104,8 +117,7 @@ def test_windows_score_each_token_once_with_the_listed_context(tiny_causal):
         for position in range(max(end, 1), new_end):
             nll_nats -= torch.log_softmax(logits[position - begin - 1], -1)[tokens[position]].item()
         end = new_end
-    got = bits_per_byte(loaded.model, loaded.tokenizer, TEXT, window=window, stride=stride,
-                        batch_size=3)
+    got = bits_per_byte(loaded.model, loaded.tokenizer, TEXT, window=window, stride=stride, batch_size=3)
     assert got["windows"] == len(token_windows(len(tokens), window, stride)) > 3
     assert got["nll_bits"] == pytest.approx(nll_nats / math.log(2), rel=1e-5)
 
@@ -134,8 +146,7 @@ def test_seq2seq_scored_as_an_unconditional_decoder(tiny_seq2seq):
     encoder = torch.tensor([[loaded.tokenizer.eos_token_id]])
     decoder = torch.tensor([[start] + ids])
     with torch.no_grad():
-        logprobs = torch.log_softmax(loaded.model(input_ids=encoder, decoder_input_ids=decoder)
-                                     .logits[0].double(), -1)
+        logprobs = torch.log_softmax(loaded.model(input_ids=encoder, decoder_input_ids=decoder).logits[0].double(), -1)
     nll_bits = -sum(logprobs[i - 1, decoder[0, i]].item() for i in range(1, decoder.shape[1])) / math.log(2)
     got = bits_per_byte(loaded.model, loaded.tokenizer, TEXT, kind="seq2seq")
     assert got["bits_per_byte"] == pytest.approx(nll_bits / len(TEXT.encode("utf-8")), rel=1e-5)
@@ -151,11 +162,15 @@ def test_refuses_encoders_and_empty_text(tiny_causal):
 
 
 def test_task_corpus_and_truncation():
-    examples = [Example("a", "Which gas?", ("oxygen", "carbon dioxide"), 1, rationale="Plants."),
-                Example("b", "What is ice?", ("solid water", "gas"), 0)]
+    examples = [
+        Example("a", "Which gas?", ("oxygen", "carbon dioxide"), 1, rationale="Plants."),
+        Example("b", "What is ice?", ("solid water", "gas"), 0),
+    ]
     text = task_corpus(examples, {"b": ["Ice is frozen water.", "  "]})
-    assert text == ("Question: Which gas?\nA. oxygen\nB. carbon dioxide\nPlants.\n\n"
-                    "Question: What is ice?\nA. solid water\nB. gas\nIce is frozen water.\n")
+    assert text == (
+        "Question: Which gas?\nA. oxygen\nB. carbon dioxide\nPlants.\n\n"
+        "Question: What is ice?\nA. solid water\nB. gas\nIce is frozen water.\n"
+    )
     assert truncate_utf8("a°b", 2) == "a"  # never cuts a character in half
     assert truncate_utf8("a°b", 3) == "a°"
 
@@ -164,8 +179,7 @@ def test_loss_command_file_corpus_stored_and_reused(tiny_causal, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3, encoding="utf-8")
     db = tmp_path / "results.sqlite"
-    args = ["loss", "--model", str(tiny_causal), "--corpus", str(corpus), "--window", "32",
-            "--db", str(db), "--json"]
+    args = ["loss", "--model", str(tiny_causal), "--corpus", str(corpus), "--window", "32", "--db", str(db), "--json"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     result = json.loads(first.stdout.strip().splitlines()[-1])
@@ -215,7 +229,8 @@ def test_loss_command_task_text_with_cached_rationales(tiny_causal, shared_dir):
     assert with_rationales["corpus_sha256"] != result["corpus_sha256"]
     flan = CliRunner().invoke(app, command + ["--teachers", "flan-t5-xl,"])
     assert json.loads(flan.stdout.strip().splitlines()[-1])["corpus"].startswith(
-        f"task:{task}/train+rationales:flan-t5-xl[")
+        f"task:{task}/train+rationales:flan-t5-xl["
+    )
 
 
 def test_loss_command_bad_input(tiny_causal, tmp_path):
@@ -234,8 +249,9 @@ def keep_first_layers(model, n_layers: int):
     smaller = copy.deepcopy(model)
     smaller.model.layers = smaller.model.layers[:n_layers]
     smaller.config.num_hidden_layers = n_layers
-    smaller.config.layer_types = smaller.config.layer_types[:n_layers] if getattr(
-        smaller.config, "layer_types", None) else None
+    smaller.config.layer_types = (
+        smaller.config.layer_types[:n_layers] if getattr(smaller.config, "layer_types", None) else None
+    )
     return smaller
 
 
@@ -246,8 +262,10 @@ def test_smollm2_bits_per_byte_rise_as_layers_are_removed(smollm2):
     text = truncate_utf8(task_corpus(load_task("arc_easy").split("train")), 3000)
     full = bits_per_byte(smollm2.model, smollm2.tokenizer, text)["bits_per_byte"]
     layers = smollm2.model.config.num_hidden_layers
-    fewer = [bits_per_byte(keep_first_layers(smollm2.model, n), smollm2.tokenizer, text)["bits_per_byte"]
-             for n in (layers * 2 // 3, layers // 3)]
+    fewer = [
+        bits_per_byte(keep_first_layers(smollm2.model, n), smollm2.tokenizer, text)["bits_per_byte"]
+        for n in (layers * 2 // 3, layers // 3)
+    ]
     assert 0.4 < full < 1.5  # a trained 135M model on plain English science questions
     assert full < fewer[0] < fewer[1]
 
@@ -269,11 +287,13 @@ def test_a_killed_measurement_resumes_where_it_stopped(tiny_causal, tmp_path):
 
     with Store(tmp_path / "a.sqlite") as store:
         with pytest.raises(Killed):
-            cached_bits_per_byte(loaded, text, "t", store, window=16, stride=8,
-                                 on_progress=kill_after_two_batches, save_every_s=0)
+            cached_bits_per_byte(
+                loaded, text, "t", store, window=16, stride=8, on_progress=kill_after_two_batches, save_every_s=0
+            )
         resumed_at = []
-        result = cached_bits_per_byte(loaded, text, "t", store, window=16, stride=8,
-                                      on_progress=lambda done, total, nll: resumed_at.append(done))
+        result = cached_bits_per_byte(
+            loaded, text, "t", store, window=16, stride=8, on_progress=lambda done, total, nll: resumed_at.append(done)
+        )
         assert store.db.execute("SELECT COUNT(*) FROM model_loss_progress").fetchone()[0] == 0
     assert seen == [2, 4] and resumed_at[0] == 6  # windows 0-3 were not run again
     with Store(tmp_path / "b.sqlite") as store:

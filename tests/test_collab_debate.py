@@ -34,10 +34,12 @@ def test_rounds_show_each_member_the_others_answers(members):
     # Round 0: the first member answers A to everything, the second B.
     # Round 1: the first member is persuaded on q1 (answers B) and keeps A on q2; the second
     # stays with B on q1 and writes no option on q2.
-    script = {(first.name, 0): ["I think oxygen. The answer is (A)", "Stars shine. The answer is (A)"],
-              (second.name, 0): ["Plants use CO2. The answer is (B)", "Planets orbit. The answer is (B)"],
-              (first.name, 1): ["Agreed, CO2. The answer is (B)", "Still a star. The answer is (A)"],
-              (second.name, 1): ["The answer is (B)", "I am not sure."]}
+    script = {
+        (first.name, 0): ["I think oxygen. The answer is (A)", "Stars shine. The answer is (A)"],
+        (second.name, 0): ["Plants use CO2. The answer is (B)", "Planets orbit. The answer is (B)"],
+        (first.name, 1): ["Agreed, CO2. The answer is (B)", "Still a star. The answer is (A)"],
+        (second.name, 1): ["The answer is (B)", "I am not sure."],
+    }
     calls = []
 
     def scripted(member, prompts):
@@ -46,8 +48,7 @@ def test_rounds_show_each_member_the_others_answers(members):
         return script[(member.name, round_index)]
 
     result = debate(members, QUESTIONS, rounds=2, generate=scripted, pick_unparsed=False)
-    assert [(name, r) for name, r, _ in calls] == [(first.name, 0), (second.name, 0),
-                                                   (first.name, 1), (second.name, 1)]
+    assert [(name, r) for name, r, _ in calls] == [(first.name, 0), (second.name, 0), (first.name, 1), (second.name, 1)]
     round1_first = calls[2][2][0]  # what the first member reads about q1 in round 1
     assert "Agent 1: Plants use CO2. The answer is (B) [picked: (B)]" in round1_first
     assert "Your previous answer: I think oxygen. The answer is (A) [picked: (A)]" in round1_first
@@ -70,11 +71,17 @@ def test_a_text_naming_no_option_votes_for_the_option_its_writer_finds_most_like
     texts = {first.name: ["The answer is (B)", "The answer is (A)"], second.name: ["hmm", "I am not sure."]}
     result = debate(members, QUESTIONS, rounds=1, generate=lambda m, prompts: texts[m.name])
     assert result.answers[0][0] == [1, 0]
-    requests = [ChoiceRequest(f"{render_prompt(second.tokenizer, p)}{t}\nThe answer is",
-                              [f" ({'ABC'[c]}) {choice}" for c, choice in enumerate(ex.choices)])
-                for p, t, ex in zip(_first_prompts(), texts[second.name], QUESTIONS)]
-    expected = [max(range(len(row)), key=row.__getitem__)
-                for row in score_choices(second.model, second.tokenizer, second.kind, requests)]
+    requests = [
+        ChoiceRequest(
+            f"{render_prompt(second.tokenizer, p)}{t}\nThe answer is",
+            [f" ({'ABC'[c]}) {choice}" for c, choice in enumerate(ex.choices)],
+        )
+        for p, t, ex in zip(_first_prompts(), texts[second.name], QUESTIONS)
+    ]
+    expected = [
+        max(range(len(row)), key=row.__getitem__)
+        for row in score_choices(second.model, second.tokenizer, second.kind, requests)
+    ]
     assert result.answers[0][1] == expected
     assert result.settings["picked_by_likelihood_per_round"] == [2]
     assert result.round_votes[0] == [vote([1, expected[0]]), vote([0, expected[1]])]

@@ -76,12 +76,31 @@ def test_shapes_are_checked():
 
 
 def test_cost_is_the_sum_of_members():
-    a = {"params": 100, "params_embedding": 40, "params_non_embedding": 60, "size_on_disk_mb": 1.5,
-         "peak_memory_mb": 300.0, "peak_memory_scope": "gpu allocator peak", "device": "cuda",
-         "latency_ms_p50": 10.0, "latency_ms_p95": 20.0, "questions_per_s": 10.0, "batch_size": 16}
-    b = {**a, "params": 50, "params_embedding": 20, "params_non_embedding": 30, "size_on_disk_mb": 0.5,
-         "peak_memory_mb": 100.0, "peak_memory_scope": "process peak RSS (reset)",
-         "latency_ms_p50": 5.0, "latency_ms_p95": 7.5, "questions_per_s": 40.0}
+    a = {
+        "params": 100,
+        "params_embedding": 40,
+        "params_non_embedding": 60,
+        "size_on_disk_mb": 1.5,
+        "peak_memory_mb": 300.0,
+        "peak_memory_scope": "gpu allocator peak",
+        "device": "cuda",
+        "latency_ms_p50": 10.0,
+        "latency_ms_p95": 20.0,
+        "questions_per_s": 10.0,
+        "batch_size": 16,
+    }
+    b = {
+        **a,
+        "params": 50,
+        "params_embedding": 20,
+        "params_non_embedding": 30,
+        "size_on_disk_mb": 0.5,
+        "peak_memory_mb": 100.0,
+        "peak_memory_scope": "process peak RSS (reset)",
+        "latency_ms_p50": 5.0,
+        "latency_ms_p95": 7.5,
+        "questions_per_s": 40.0,
+    }
     total = sum_costs([a, b])
     assert total["members"] == 2
     assert (total["params"], total["params_embedding"], total["params_non_embedding"]) == (150, 60, 90)
@@ -101,12 +120,15 @@ QUESTIONS = [
 
 
 def test_ensemble_of_real_evaluations(tiny_causal, tmp_path):
-    members = [load_model(str(tiny_causal), device="cpu"),
-               load_model(str(build_tiny("causal", tmp_path / "seed1", seed=1)), device="cpu")]
+    members = [
+        load_model(str(tiny_causal), device="cpu"),
+        load_model(str(build_tiny("causal", tmp_path / "seed1", seed=1)), device="cpu"),
+    ]
     results = [evaluate_model(m, QUESTIONS, "handmade", "test", batch_size=2) for m in members]
     group = ensemble_eval_result(results, "average")
-    expected = average_probabilities([[p.choice_logprobs for p in r.predictions] for r in results],
-                                     [ex.answer for ex in QUESTIONS])
+    expected = average_probabilities(
+        [[p.choice_logprobs for p in r.predictions] for r in results], [ex.answer for ex in QUESTIONS]
+    )
     assert [p.pred for p in group.predictions] == expected.predictions
     assert group.acc == expected.acc and group.n == 3 and group.mode == "ensemble_average"
     assert [math.exp(x) for x in group.predictions[0].choice_logprobs] == pytest.approx(expected.probabilities[0])

@@ -123,8 +123,16 @@ def test_chunked_equals_unchunked_values_and_gradients(divergence):
     results = []
     for chunk in (None, 5):
         hidden.grad, head.weight.grad = None, None
-        lp, kd = chunked_token_losses(hidden, targets, head, teacher_hidden, teacher_head,
-                                      divergence=divergence, temperature=2.0, chunk_tokens=chunk)
+        lp, kd = chunked_token_losses(
+            hidden,
+            targets,
+            head,
+            teacher_hidden,
+            teacher_head,
+            divergence=divergence,
+            temperature=2.0,
+            chunk_tokens=chunk,
+        )
         (-lp.mean() + kd.mean()).backward()
         results.append((lp.detach(), kd.detach(), hidden.grad.clone(), head.weight.grad.clone()))
     for a, b in zip(*results):
@@ -138,19 +146,27 @@ def test_chunked_kd_compares_only_aligned_rows():
     torch.manual_seed(1)
     head, teacher_head = torch.nn.Linear(8, 20), torch.nn.Linear(8, 24)
     hidden, teacher_hidden = torch.randn(4, 8), torch.randn(4, 8)
-    _, kd = chunked_token_losses(hidden, torch.zeros(4, dtype=torch.long), head, teacher_hidden,
-                                 teacher_head, kd_vocab=20, chunk_tokens=2)
+    _, kd = chunked_token_losses(
+        hidden, torch.zeros(4, dtype=torch.long), head, teacher_hidden, teacher_head, kd_vocab=20, chunk_tokens=2
+    )
     expected = forward_kl(head(hidden)[:, :20], teacher_head(teacher_hidden)[:, :20], 1.0)
     torch.testing.assert_close(kd, expected.detach())
 
 
 # --- vocabulary compatibility ------------------------------------------------------------------
 
+
 def _tiny_lm(vocab_rows: int, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_rows, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=vocab_rows,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -194,15 +210,43 @@ def test_fused_head_loss_equals_the_per_token_path(divergence):
     for fused in (True, False):
         hidden.grad = head.weight.grad = head.bias.grad = None
         if fused:
-            loss, lp, kd = fused_head_loss(hidden, head, targets, 0.3, teacher_hidden, teacher_head, 0.7,
-                                           kd_vocab=97, divergence=divergence, temperature=2.0, chunk_tokens=6)
+            loss, lp, kd = fused_head_loss(
+                hidden,
+                head,
+                targets,
+                0.3,
+                teacher_hidden,
+                teacher_head,
+                0.7,
+                kd_vocab=97,
+                divergence=divergence,
+                temperature=2.0,
+                chunk_tokens=6,
+            )
         else:
-            lp, kd = chunked_token_losses(hidden, targets, head, teacher_hidden, teacher_head, kd_vocab=97,
-                                          divergence=divergence, temperature=2.0, chunk_tokens=None)
+            lp, kd = chunked_token_losses(
+                hidden,
+                targets,
+                head,
+                teacher_hidden,
+                teacher_head,
+                kd_vocab=97,
+                divergence=divergence,
+                temperature=2.0,
+                chunk_tokens=None,
+            )
             loss = -0.3 * lp.sum() + 0.7 * kd.sum()
         (2.5 * loss).backward()
-        grads.append((loss.detach(), lp.detach(), kd.detach(), hidden.grad.clone(), head.weight.grad.clone(),
-                      head.bias.grad.clone()))
+        grads.append(
+            (
+                loss.detach(),
+                lp.detach(),
+                kd.detach(),
+                hidden.grad.clone(),
+                head.weight.grad.clone(),
+                head.bias.grad.clone(),
+            )
+        )
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

@@ -18,8 +18,16 @@ def arc(shared_dir):
 
 
 def config(**changes) -> TrainConfig:
-    base = dict(steps=8, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False, device="cpu",
-                max_input_tokens=160, temperature=2.0)
+    base = dict(
+        steps=8,
+        batch_size=4,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        eval_before=False,
+        device="cpu",
+        max_input_tokens=160,
+        temperature=2.0,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -36,9 +44,15 @@ def test_mutual_kl_is_zero_for_identical_peers(tiny_causal, arc, tmp_path):
 def test_mutual_learning_loss_falls_across_architectures(tiny_causal, tiny_encoder, arc, tmp_path):
     """A causal LM and a BERT cross-encoder teach each other through their choice distributions."""
     train, valid = arc
-    results = train_mutual([str(tiny_causal), str(tiny_encoder)], train, valid,
-                           config(weights={"answer": 1.0, "mutual": 2.0}), tmp_path / "run", task="arc",
-                           test_examples=valid[:3])
+    results = train_mutual(
+        [str(tiny_causal), str(tiny_encoder)],
+        train,
+        valid,
+        config(weights={"answer": 1.0, "mutual": 2.0}),
+        tmp_path / "run",
+        task="arc",
+        test_examples=valid[:3],
+    )
     for result in results:
         history = result.loss_history
         assert history[0]["mutual"] > 0

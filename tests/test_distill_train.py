@@ -26,14 +26,25 @@ def arc(shared_dir):
     rationales = import_tinyllm_rationales(shared_dir / "data" / "tinyllm" / "arc", "train")
     train = [ex for ex in data.split("train") if all(ex.id in r for r in rationales.values())][:8]
     valid = data.split("validation")[:8]
-    choice_logprobs = {"flan-t5-xl": {ex.id: [-0.2 if c == ex.answer else -2.5 - 0.3 * c
-                                              for c in range(len(ex.choices))] for ex in train}}
+    choice_logprobs = {
+        "flan-t5-xl": {
+            ex.id: [-0.2 if c == ex.answer else -2.5 - 0.3 * c for c in range(len(ex.choices))] for ex in train
+        }
+    }
     return {"train": train, "valid": valid, "rationales": rationales, "choice_logprobs": choice_logprobs}
 
 
 def config(**changes) -> TrainConfig:
-    base = dict(steps=8, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False, device="cpu",
-                max_rationale_tokens=48, max_input_tokens=160)
+    base = dict(
+        steps=8,
+        batch_size=4,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        eval_before=False,
+        device="cpu",
+        max_rationale_tokens=48,
+        max_input_tokens=160,
+    )
     base.update(changes)
     return TrainConfig(**base)
 
@@ -79,9 +90,17 @@ def test_each_objective_and_student_kind_learns(fixture, term, weights, arc, req
     # The tiny models' byte-level tokens make a rationale task's lettered choices alone about 150
     # tokens: its prompt needs a larger budget than the answer task's.
     budget = {"max_input_tokens": 320} if term.startswith("rationale") else {}
-    result = train_student(str(student), arc["train"], arc["valid"], config(weights=weights, **budget),
-                           tmp_path / "run", rationales=arc["rationales"],
-                           choice_logprobs=arc["choice_logprobs"], teacher=teacher, task="arc")
+    result = train_student(
+        str(student),
+        arc["train"],
+        arc["valid"],
+        config(weights=weights, **budget),
+        tmp_path / "run",
+        rationales=arc["rationales"],
+        choice_logprobs=arc["choice_logprobs"],
+        teacher=teacher,
+        task="arc",
+    )
     assert falls(result.loss_history, term), [h.get(term) for h in result.loss_history]
     assert falls(result.loss_history, "loss")
     assert result.params == result.trainable_params > 0
@@ -96,11 +115,14 @@ def test_answer_loss_is_the_evaluation_score_of_the_gold_choice(fixture, arc, re
 
     loaded = load_model(str(request.getfixturevalue(fixture)), device="cpu")
     examples = arc["train"][:4]
-    features, _ = build_features(examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000)
+    features, _ = build_features(
+        examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000
+    )
     items = [features[ex.id] for ex in examples]
-    batch = StudentBatch(torch.tensor([f.gold for f in items]),
-                         answer=token_batch([(f.prompt, f.choices[f.gold]) for f in items], loaded.kind,
-                                            loaded.tokenizer.pad_token_id))
+    batch = StudentBatch(
+        torch.tensor([f.gold for f in items]),
+        answer=token_batch([(f.prompt, f.choices[f.gold]) for f in items], loaded.kind, loaded.tokenizer.pad_token_id),
+    )
     with torch.no_grad():
         loss = StudentObjectives(loaded.model.eval(), loaded.kind)(batch)["answer"]
     requests = [ChoiceRequest(choice_context(ex, "arc"), choice_continuations(ex)) for ex in examples]
@@ -122,49 +144,73 @@ def test_choice_answer_loss_is_cross_entropy_over_the_evaluation_scores(fixture,
     student = request.getfixturevalue(fixture)
     loaded = load_model(str(student), device="cpu")
     examples = arc["train"][:4]
-    features, _ = build_features(examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000)
+    features, _ = build_features(
+        examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000
+    )
     items = [features[ex.id] for ex in examples]
-    batch = StudentBatch(torch.tensor([f.gold for f in items]),
-                         choices=choice_batch(items, loaded.kind, loaded.tokenizer.pad_token_id))
+    batch = StudentBatch(
+        torch.tensor([f.gold for f in items]), choices=choice_batch(items, loaded.kind, loaded.tokenizer.pad_token_id)
+    )
     with torch.no_grad():
         loss = StudentObjectives(loaded.model.eval(), loaded.kind, answer_loss="choices")(batch)["answer"]
     requests = [ChoiceRequest(choice_context(ex, "arc"), choice_continuations(ex)) for ex in examples]
     scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, requests)
-    expected = sum(-F.log_softmax(torch.tensor(row, dtype=torch.float64), 0)[ex.answer].item()
-                   for row, ex in zip(scores, examples)) / len(examples)
+    expected = sum(
+        -F.log_softmax(torch.tensor(row, dtype=torch.float64), 0)[ex.answer].item() for row, ex in zip(scores, examples)
+    ) / len(examples)
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
-    result = train_student(str(student), arc["train"], arc["valid"], config(answer_loss="choices"),
-                           tmp_path / "run", task="arc")
+    result = train_student(
+        str(student), arc["train"], arc["valid"], config(answer_loss="choices"), tmp_path / "run", task="arc"
+    )
     assert falls(result.loss_history, "answer"), [h.get("answer") for h in result.loss_history]
 
 
 def test_lora_trains_only_the_adapters_and_merges(tiny_causal, arc, tmp_path):
-    cfg = config(method="lora", steps=4, lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"],
-                                                 "merge": True})
+    cfg = config(
+        method="lora", steps=4, lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "merge": True}
+    )
     result = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc")
     base = load_model(str(tiny_causal), device="cpu").model
-    expected = sum(4 * (m.in_features + m.out_features) for name, m in base.named_modules()
-                   if name.endswith(("q_proj", "v_proj")))
+    expected = sum(
+        4 * (m.in_features + m.out_features) for name, m in base.named_modules() if name.endswith(("q_proj", "v_proj"))
+    )
     assert result.trainable_params == expected
     assert result.params == sum(p.numel() for p in base.parameters())
     adapter = tmp_path / "run" / "best"
     assert (adapter / "adapter_config.json").exists()
     merged = load_model(result.checkpoint, device="cpu")
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    torch.testing.assert_close(merged.model(input_ids=ids).logits,
-                               load_model(str(adapter), device="cpu").model(input_ids=ids).logits,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        merged.model(input_ids=ids).logits,
+        load_model(str(adapter), device="cpu").model(input_ids=ids).logits,
+        rtol=1e-4,
+        atol=1e-5,
+    )
     assert not torch.allclose(merged.model(input_ids=ids).logits, base(input_ids=ids).logits)
     with pytest.raises(ValueError, match=r"\['qproj'\] match nothing.*q_proj"):
-        train_student(str(tiny_causal), arc["train"], arc["valid"],
-                      config(method="lora", lora={"target_modules": ["q_proj", "qproj"]}), tmp_path / "bad")
+        train_student(
+            str(tiny_causal),
+            arc["train"],
+            arc["valid"],
+            config(method="lora", lora={"target_modules": ["q_proj", "qproj"]}),
+            tmp_path / "bad",
+        )
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_killed_run_resumes_on_the_same_trajectory(method, tiny_causal, arc, tmp_path):
-    cfg = config(method=method, steps=6, batch_size=3, grad_accum=2, checkpoint_every=2, eval_every=3,
-                 warmup_ratio=0.2, lora={"dropout": 0.3}, weights={"rationale": 0.5})
+    cfg = config(
+        method=method,
+        steps=6,
+        batch_size=3,
+        grad_accum=2,
+        checkpoint_every=2,
+        eval_every=3,
+        warmup_ratio=0.2,
+        lora={"dropout": 0.3},
+        weights={"rationale": 0.5},
+    )
     args = dict(rationales=arc["rationales"], task="arc")
     whole = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "whole", **args)
 
@@ -185,8 +231,9 @@ def test_finished_run_is_returned_not_recomputed_and_folders_are_not_mixed(tiny_
     cfg = config(steps=2)
     first = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc")
     calls = []
-    again = train_student(str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc",
-                          on_step=calls.append)
+    again = train_student(
+        str(tiny_causal), arc["train"], arc["valid"], cfg, tmp_path / "run", task="arc", on_step=calls.append
+    )
     assert calls == [] and again.loss_history == first.loss_history
     with pytest.raises(ValueError, match="holds another run"):
         train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3), tmp_path / "run", task="arc")
@@ -207,8 +254,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tiny_
 
     monkeypatch.setattr(objectives.StudentObjectives, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match=r"became nan at step 4.*step-0000002"):
-        train_student(str(tiny_causal), arc["train"], arc["valid"], config(checkpoint_every=2),
-                      tmp_path / "run", task="arc")
+        train_student(
+            str(tiny_causal), arc["train"], arc["valid"], config(checkpoint_every=2), tmp_path / "run", task="arc"
+        )
     assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text() == "step-0000002"
     assert not (tmp_path / "run" / "result.json").exists()
 
@@ -217,8 +265,15 @@ def test_best_checkpoint_is_kept_and_measured(tiny_encoder, arc, tmp_path):
     """The kept folder scores, with the evaluation module, exactly the reported accuracies."""
     test = arc["valid"][4:]
     valid = arc["valid"][:4]
-    result = train_student(str(tiny_encoder), arc["train"], valid, config(steps=6, eval_every=2, eval_before=True),
-                           tmp_path / "run", task="arc", test_examples=test)
+    result = train_student(
+        str(tiny_encoder),
+        arc["train"],
+        valid,
+        config(steps=6, eval_every=2, eval_before=True),
+        tmp_path / "run",
+        task="arc",
+        test_examples=test,
+    )
     accs = [v["acc"] for v in result.valid_history]
     assert result.valid_acc == max(accs) and result.valid_acc_before == accs[0]
     assert result.best_step == result.valid_history[accs.index(max(accs))]["step"]
@@ -231,13 +286,20 @@ def test_best_checkpoint_is_kept_and_measured(tiny_encoder, arc, tmp_path):
 
 def test_rationales_that_match_no_question_are_refused(tiny_causal, arc, tmp_path):
     with pytest.raises(ValueError, match="none of its 1 rationales"):
-        train_student(str(tiny_causal), arc["train"], arc["valid"], config(weights={"rationale": 1.0}),
-                      tmp_path / "run", rationales={"t": {"other-task-1": "text"}})
+        train_student(
+            str(tiny_causal),
+            arc["train"],
+            arc["valid"],
+            config(weights={"rationale": 1.0}),
+            tmp_path / "run",
+            rationales={"t": {"other-task-1": "text"}},
+        )
     with pytest.raises(ValueError, match="also in the validation"):
         train_student(str(tiny_causal), arc["train"], arc["train"][:2], config(), tmp_path / "run2")
     with pytest.raises(ValueError, match="need a teacher"):
-        train_student(str(tiny_causal), arc["train"], arc["valid"], config(weights={"logit_kd": 1.0}),
-                      tmp_path / "run3")
+        train_student(
+            str(tiny_causal), arc["train"], arc["valid"], config(weights={"logit_kd": 1.0}), tmp_path / "run3"
+        )
 
 
 def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared_dir, tmp_path):
@@ -249,7 +311,7 @@ def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared
     from tinystudent.tasks import load_task
 
     script = tmp_path / "ddp.py"
-    script.write_text(f'''
+    script.write_text(f"""
 import json, os, sys
 from tinystudent.distill import TrainConfig, train_student
 from tinystudent.tasks import load_task
@@ -259,7 +321,7 @@ result = train_student({str(tiny_causal)!r}, data.split("train")[:12], data.spli
                        sys.argv[1], task="arc")
 if os.environ.get("RANK", "0") == "0":
     print("RESULT " + json.dumps([h["loss"] for h in result.loss_history] + [result.epochs]))
-''')
+""")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def losses(args):
@@ -268,12 +330,27 @@ if os.environ.get("RANK", "0") == "0":
         assert line, done.stderr[-3000:]
         return json.loads(line[0][7:])
 
-    two = losses(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-                  str(tmp_path / "ddp"), "2"])
+    two = losses(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tmp_path / "ddp"),
+            "2",
+        ]
+    )
     data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
-    one = train_student(str(tiny_causal), data.split("train")[:12], data.split("validation")[:4],
-                        TrainConfig(steps=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False),
-                        tmp_path / "single", task="arc")
+    one = train_student(
+        str(tiny_causal),
+        data.split("train")[:12],
+        data.split("validation")[:4],
+        TrainConfig(steps=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, eval_before=False),
+        tmp_path / "single",
+        task="arc",
+    )
     assert two[-1] == one.epochs == 1.0  # both saw the 12 questions once
     for a, b in zip(two[:-1], one.loss_history):
         assert a == pytest.approx(b["loss"], rel=0.02)
@@ -281,12 +358,19 @@ if os.environ.get("RANK", "0") == "0":
 
 def test_gradient_checkpointing_and_bf16_autocast_train_the_same_model(tiny_causal, arc, tmp_path):
     plain = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3), tmp_path / "plain", task="arc")
-    saved = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, gradient_checkpointing=True),
-                          tmp_path / "checkpointing", task="arc")
+    saved = train_student(
+        str(tiny_causal),
+        arc["train"],
+        arc["valid"],
+        config(steps=3, gradient_checkpointing=True),
+        tmp_path / "checkpointing",
+        task="arc",
+    )
     for a, b in zip(plain.loss_history, saved.loss_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    bf16 = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, precision="bf16"),
-                         tmp_path / "bf16", task="arc")
+    bf16 = train_student(
+        str(tiny_causal), arc["train"], arc["valid"], config(steps=3, precision="bf16"), tmp_path / "bf16", task="arc"
+    )
     for a, b in zip(plain.loss_history, bf16.loss_history):
         assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
 
@@ -300,9 +384,13 @@ def test_activation_checkpointing_is_switched_on_without_deprecation_warnings(ti
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         enable_activation_checkpointing(model)
-        on = model.is_activation_checkpointing if hasattr(model, "is_activation_checkpointing") \
+        on = (
+            model.is_activation_checkpointing
+            if hasattr(model, "is_activation_checkpointing")
             else model.is_gradient_checkpointing
+        )
     assert on
+
 
 def test_scaled_down_student_matches_the_layers_it_was_copied_from(tiny_causal, tmp_path):
     from tinystudent.distill.trainee import hidden_pairs
@@ -327,10 +415,23 @@ def test_run_killed_while_finishing_trains_no_step_again(tiny_causal, arc, tmp_p
 
     monkeypatch.setattr(train_module, "_finish", killed)
     with pytest.raises(KeyboardInterrupt):
-        train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, checkpoint_every=2),
-                      tmp_path / "run", task="arc")
+        train_student(
+            str(tiny_causal),
+            arc["train"],
+            arc["valid"],
+            config(steps=3, checkpoint_every=2),
+            tmp_path / "run",
+            task="arc",
+        )
     monkeypatch.setattr(train_module, "_finish", original)
     steps = []
-    result = train_student(str(tiny_causal), arc["train"], arc["valid"], config(steps=3, checkpoint_every=2),
-                           tmp_path / "run", task="arc", on_step=steps.append)
+    result = train_student(
+        str(tiny_causal),
+        arc["train"],
+        arc["valid"],
+        config(steps=3, checkpoint_every=2),
+        tmp_path / "run",
+        task="arc",
+        on_step=steps.append,
+    )
     assert steps == [] and result.steps == 3 and len(result.loss_history) == 3

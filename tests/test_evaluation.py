@@ -91,10 +91,17 @@ def test_generative_mode_counts_unparsed_answers(tiny_causal):
     assert result.acc == sum(p.pred == p.gold for p in result.predictions) / 2
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("The answer is (B).", 1), ("answer: c", 2), ("B. carbon dioxide", 1),
-    ("I think it is carbon dioxide", 1), ("no idea", None), ("A or B?", 0),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The answer is (B).", 1),
+        ("answer: c", 2),
+        ("B. carbon dioxide", 1),
+        ("I think it is carbon dioxide", 1),
+        ("no idea", None),
+        ("A or B?", 0),
+    ],
+)
 def test_extract_choice(text, expected):
     assert extract_choice(text, ("oxygen", "carbon dioxide", "helium")) == expected
 
@@ -139,10 +146,12 @@ def test_one_unit_has_one_stored_evaluation(tiny_causal, tmp_path):
         assert store.predictions(first) == [] and len(store.predictions(again)) == 4
         assert len(store.evaluations()) == 4 and other in {e["id"] for e in store.evaluations()}
         with pytest.raises(sqlite3.IntegrityError):
-            store.db.execute("INSERT INTO evaluations SELECT NULL, created, model, model_identity, task, split, "
-                             "mode, n, acc, acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, "
-                             "cost, settings, versions FROM evaluations WHERE id = ?", (again,))
-
+            store.db.execute(
+                "INSERT INTO evaluations SELECT NULL, created, model, model_identity, task, split, "
+                "mode, n, acc, acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, "
+                "cost, settings, versions FROM evaluations WHERE id = ?",
+                (again,),
+            )
 
 
 def test_many_connections_open_a_new_database_at_once(tmp_path):
@@ -168,6 +177,7 @@ def test_many_connections_open_a_new_database_at_once(tmp_path):
         for thread in threads:
             thread.join()
         assert errors == [], f"trial {trial}: {errors!r}"
+
 
 @pytest.mark.slow
 def test_real_smollm2_is_clearly_above_chance_on_arc_easy(smollm2):

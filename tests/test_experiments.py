@@ -19,7 +19,8 @@ from tinystudent.experiments.config import load_experiment
 
 
 def tiny_experiment(tmp_path, teacher, student, encoder, task, extra=""):
-    text = f"""
+    text = (
+        f"""
     name: tiny
     task: {{name: {task}, train_limit: 16, valid_limit: 8, test_limit: 12}}
     teachers:
@@ -31,7 +32,9 @@ def tiny_experiment(tmp_path, teacher, student, encoder, task, extra=""):
     methods: {{finetune: [full, lora], objectives: [answer, "rationale:teach"]}}
     training: {{steps: 2, batch_size: 4, max_rationale_tokens: 16, eval_before: false}}
     eval_batch_size: 8
-    """ + extra
+    """
+        + extra
+    )
     path = tmp_path / "tiny.yaml"
     path.write_text(textwrap.dedent(text))
     return path
@@ -39,29 +42,51 @@ def tiny_experiment(tmp_path, teacher, student, encoder, task, extra=""):
 
 @pytest.fixture()
 def toy_task(tmp_path):
-    rows = [{"id": f"q{i}", "question": f"Is {i} an even number?", "choices": ["yes", "no"],
-             "answer": "yes" if i % 2 == 0 else "no"} for i in range(60)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"Is {i} an even number?",
+            "choices": ["yes", "no"],
+            "answer": "yes" if i % 2 == 0 else "no",
+        }
+        for i in range(60)
+    ]
     path = tmp_path / "toy.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
 
 
 def run_cli(args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "tinystudent", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinystudent", "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def done_units(db):
     with sqlite3.connect(db) as conn:
-        return {key: created for key, created in conn.execute(
-            "SELECT run_key, created FROM runs WHERE status = 'done' AND kind != 'study'")}
+        return {
+            key: created
+            for key, created in conn.execute(
+                "SELECT run_key, created FROM runs WHERE status = 'done' AND kind != 'study'"
+            )
+        }
 
 
 @pytest.mark.slow
 def test_run_kill_and_resume(tmp_path, tiny_causal, tiny_encoder, toy_task):
-    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task,
-                             "collaboration: {members: [small, full], ensemble: true, debate_rounds: 2, "
-                             "debate_limit: 4, mutual_learning: true}\n")
+    config = tiny_experiment(
+        tmp_path,
+        tiny_causal,
+        tiny_causal,
+        tiny_encoder,
+        toy_task,
+        "collaboration: {members: [small, full], ensemble: true, debate_rounds: 2, "
+        "debate_limit: 4, mutual_learning: true}\n",
+    )
     db, out = tmp_path / "r.sqlite", tmp_path / "out"
     args = [str(config), "--db", str(db), "--out", str(out), "--json"]
     first = run_cli(args)
@@ -178,8 +203,14 @@ def test_loss_guided_search_in_an_experiment(tmp_path, tiny_causal, tiny_encoder
     from tinystudent.experiments.runner import run_experiment
     from tinystudent.store import Store
 
-    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task,
-                             "search: {objective: answer, method: full, threshold: 100.0}\n    mlflow: true\n")
+    config = tiny_experiment(
+        tmp_path,
+        tiny_causal,
+        tiny_causal,
+        tiny_encoder,
+        toy_task,
+        "search: {objective: answer, method: full, threshold: 100.0}\n    mlflow: true\n",
+    )
     with Store(tmp_path / "r.sqlite") as store:
         study = run_experiment(load_experiment(config), store, tmp_path / "out")
         again = run_experiment(load_experiment(config), store, tmp_path / "out")
@@ -235,6 +266,7 @@ def processes_using(path) -> list[str]:
 
 def verdict_numbers(result: dict) -> list:
     """The verdict by parameters, without measured memory (which varies from run to run)."""
+
     def without_memory(value):
         if isinstance(value, dict):
             return {k: without_memory(v) for k, v in value.items() if "memory" not in k}
@@ -295,8 +327,9 @@ def test_ten_random_kills_leave_no_orphan_no_duplicate_and_the_same_verdict(tmp_
     assert verdict_numbers(json.loads(stdout)) == verdict_numbers(expected)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        twice = conn.execute("SELECT run_key, COUNT(*) FROM evaluations WHERE run_key IS NOT NULL "
-                             "GROUP BY run_key HAVING COUNT(*) > 1").fetchall()
+        twice = conn.execute(
+            "SELECT run_key, COUNT(*) FROM evaluations WHERE run_key IS NOT NULL GROUP BY run_key HAVING COUNT(*) > 1"
+        ).fetchall()
         assert twice == []
         units = {key for (key,) in conn.execute("SELECT run_key FROM runs WHERE status = 'done'")}
         stray = conn.execute("SELECT COUNT(*) FROM evaluations WHERE run_key IS NULL").fetchone()[0]

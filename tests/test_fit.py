@@ -54,8 +54,18 @@ def test_scoring_fits_a_long_item_by_cutting_evidence(kind, longest, request):
 def test_training_inputs_keep_the_question(kind, longest, request):
     loaded = load_model(str(request.getfixturevalue(f"tiny_{kind}")), device="cpu")
     rationales = {"t": {longest.id: "Because the evidence says so."}}
-    features, fit = build_features([longest], loaded.tokenizer, kind, "context", rationales, {},
-                                   "Rationale ({teacher}):\n{question}\nExplanation:", BUDGET, 8, 16)
+    features, fit = build_features(
+        [longest],
+        loaded.tokenizer,
+        kind,
+        "context",
+        rationales,
+        {},
+        "Rationale ({teacher}):\n{question}\nExplanation:",
+        BUDGET,
+        8,
+        16,
+    )
     assert fit["evidence_cut"] == 1
     feats = features[longest.id]
     if kind == "encoder":
@@ -73,8 +83,17 @@ def test_teacher_prompt_with_shots_keeps_every_question(tiny_causal, longest, tm
     others = sorted(train, key=lambda ex: -len(ex.context or ""))[1:4]
     teacher = LocalTeacher(load_model(str(tiny_causal), device="cpu"))
     with Store(tmp_path / "cache.sqlite") as store:
-        summary = teach(teacher, [longest], "bioasq", "teacher_forcing_cot", store, train_examples=others,
-                        k_shots=2, max_new_tokens=8, max_input_tokens=400)
+        summary = teach(
+            teacher,
+            [longest],
+            "bioasq",
+            "teacher_forcing_cot",
+            store,
+            train_examples=others,
+            k_shots=2,
+            max_new_tokens=8,
+            max_input_tokens=400,
+        )
         prompt = store.db.execute("SELECT prompt FROM teacher_outputs").fetchone()[0]
     assert summary.truncated == 1 and summary.failed == 0
     assert teacher.count_tokens(prompt) <= 400

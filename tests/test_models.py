@@ -39,14 +39,20 @@ def test_minilm_is_an_encoder_of_22_7m():
 def test_kinds_of_tiny_models(tiny_causal, tiny_seq2seq, tiny_encoder):
     from transformers import AutoConfig
 
-    assert [model_kind(AutoConfig.from_pretrained(p)) for p in (tiny_causal, tiny_seq2seq, tiny_encoder)] == \
-        ["causal", "seq2seq", "encoder"]
+    assert [model_kind(AutoConfig.from_pretrained(p)) for p in (tiny_causal, tiny_seq2seq, tiny_encoder)] == [
+        "causal",
+        "seq2seq",
+        "encoder",
+    ]
 
 
-@pytest.mark.parametrize("name,message", [
-    ("someone/unknown-model", "no offline copy is known"),
-    ("./not/here", "no such folder or file"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("someone/unknown-model", "no offline copy is known"),
+        ("./not/here", "no such folder or file"),
+    ],
+)
 def test_unknown_models_fail_clearly(name, message):
     with pytest.raises(FileNotFoundError, match=message):
         resolve_model(name)

@@ -41,14 +41,19 @@ def test_sorted_batches_waste_little_on_skewed_lengths():
 
 
 def _pairs(tokenizer) -> list[tuple[list[int], list[int]]]:
-    texts = [("Question: which gas do plants take in?\nAnswer:", " carbon dioxide"),
-             ("Q: 2+2?\nA:", " 4"),
-             ("Evidence: the heart pumps blood through the body and the lungs.\nQuestion: what pumps blood?\nAnswer:",
-              " the heart, because it is a muscle that contracts"),
-             ("Is the sky blue?", " yes"),
-             ("Name a prime number.", " seven")]
-    return [(tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(t, add_special_tokens=False))
-            for p, t in texts]
+    texts = [
+        ("Question: which gas do plants take in?\nAnswer:", " carbon dioxide"),
+        ("Q: 2+2?\nA:", " 4"),
+        (
+            "Evidence: the heart pumps blood through the body and the lungs.\nQuestion: what pumps blood?\nAnswer:",
+            " the heart, because it is a muscle that contracts",
+        ),
+        ("Is the sky blue?", " yes"),
+        ("Name a prime number.", " seven"),
+    ]
+    return [
+        (tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(t, add_special_tokens=False)) for p, t in texts
+    ]
 
 
 def _target_nll(model, batch) -> torch.Tensor:
@@ -93,15 +98,33 @@ def test_training_with_packing_follows_the_padded_run(tiny_causal, tmp_path):
     from tinystudent.tasks.schema import Example
 
     words = "light water plant energy heat cold rock soil cell leaf root animal".split()
-    examples = [Example(f"q{i}", " ".join(words[: 2 + i % 9]) + "?", ("heat", "light", "water"), i % 3)
-                for i in range(12)]
-    rationales = {"t": {ex.id: " ".join(words[(i * 5) % 7:]) * (1 + i % 4) for i, ex in enumerate(examples)}}
+    examples = [
+        Example(f"q{i}", " ".join(words[: 2 + i % 9]) + "?", ("heat", "light", "water"), i % 3) for i in range(12)
+    ]
+    rationales = {"t": {ex.id: " ".join(words[(i * 5) % 7 :]) * (1 + i % 4) for i, ex in enumerate(examples)}}
     histories = {}
     for packing in (False, True):
-        config = TrainConfig(steps=3, batch_size=6, lr=1e-3, eval_before=False, device="cpu", seed=0,
-                             weights={"answer": 1.0, "rationale": 1.0}, max_rationale_tokens=48, packing=packing)
-        result = train_student(str(tiny_causal), examples[2:], examples[:2], config, tmp_path / f"run-{packing}",
-                               rationales=rationales, task="t", resume=False)
+        config = TrainConfig(
+            steps=3,
+            batch_size=6,
+            lr=1e-3,
+            eval_before=False,
+            device="cpu",
+            seed=0,
+            weights={"answer": 1.0, "rationale": 1.0},
+            max_rationale_tokens=48,
+            packing=packing,
+        )
+        result = train_student(
+            str(tiny_causal),
+            examples[2:],
+            examples[:2],
+            config,
+            tmp_path / f"run-{packing}",
+            rationales=rationales,
+            task="t",
+            resume=False,
+        )
         histories[packing] = [row["loss"] for row in result.loss_history]
     assert len(histories[True]) == 3
     assert histories[True] == pytest.approx(histories[False], abs=1e-5, rel=1e-5)

@@ -47,25 +47,34 @@ def section(text: str, title: str) -> str:
     """The text of one `## title` section, up to the next `## `."""
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_verdict_comes_first_and_says_who_beats_whom(markdown):
     headings = re.findall(r"^## (.+)$", markdown, flags=re.M)
     assert headings[0] == "Verdict"
-    assert headings.index("Teachers") < headings.index("Accuracy against size") < headings.index(
-        "Side-by-side comparisons") < headings.index("Learning from vs working with") < headings.index(
-        "Every run") < headings.index("Reproducibility")
+    assert (
+        headings.index("Teachers")
+        < headings.index("Accuracy against size")
+        < headings.index("Side-by-side comparisons")
+        < headings.index("Learning from vs working with")
+        < headings.index("Every run")
+        < headings.index("Reproducibility")
+    )
     verdict = " ".join(section(markdown, "Verdict").split())  # undo the line wrapping
-    assert (f"By parameters, the smallest student that beats {SMOL} (acc 52.0%) is "
-            "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, +3.5 points, 95% CI [-0.5, +7.5], "
-            "p = 0.040), with 76.5M parameters against the teacher's 134.5M (1.8x smaller).") in verdict
+    assert (
+        f"By parameters, the smallest student that beats {SMOL} (acc 52.0%) is "
+        "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, +3.5 points, 95% CI [-0.5, +7.5], "
+        "p = 0.040), with 76.5M parameters against the teacher's 134.5M (1.8x smaller)."
+    ) in verdict
     assert "By peak memory, the smallest student that beats" in verdict
     assert "with 880 MB peak memory against the teacher's 1.9 GB" in verdict
     # The unsettled verdict: nobody beats the reported LLaMA, the closest run is named with its gap.
-    assert (f"By parameters, no student beats {LLAMA} (acc 73.8%, reported, not measured); the closest is "
-            "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, -18.2 points, 95% CI [-25.2, -11.2], "
-            "p = 1.000).") in verdict
+    assert (
+        f"By parameters, no student beats {LLAMA} (acc 73.8%, reported, not measured); the closest is "
+        "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, -18.2 points, 95% CI [-25.2, -11.2], "
+        "p = 1.000)."
+    ) in verdict
     assert "-18.2 points, no paired interval)" in verdict
     # The best teacher is named first.
     assert verdict.index(f"Against {LLAMA}, the best teacher") < verdict.index(f"Against {SMOL}")
@@ -78,8 +87,10 @@ def test_a_winner_at_the_majority_baseline_is_called_so():
     entry, teacher = study["verdict"][0], study["teachers"][0]
     assert "majority baseline" not in verdict_sentence(entry, teacher, study["majority_baseline"])
     said = verdict_sentence({**entry, "winner_acc": 0.5556}, teacher, baseline=5 / 9)  # stored rounded
-    assert said.endswith("It does no better than always giving the most common answer (the majority baseline, "
-                         "55.6%): the teacher is beaten, the task is not yet learnt.")
+    assert said.endswith(
+        "It does no better than always giving the most common answer (the majority baseline, "
+        "55.6%): the teacher is beaten, the task is not yet learnt."
+    )
 
 
 def test_verdict_text_for_the_terminal_matches_the_report(markdown):
@@ -143,14 +154,25 @@ def test_recovery_table_gives_bits_per_byte_before_and_after(markdown):
     recovery = section(markdown, "Recovery of cut students")
     row = next(line for line in recovery.splitlines() if line.startswith("| smollm2-first8"))
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
-        "smollm2-first8", "layers first:8", "45.0M", "4.620", "1.310", "16", "8,192", "2.0 min"]
+        "smollm2-first8",
+        "layers first:8",
+        "45.0M",
+        "4.620",
+        "1.310",
+        "16",
+        "8,192",
+        "2.0 min",
+    ]
     assert "minilm-l6" not in recovery  # never cut, never recovered
 
 
 def test_markdown_links_plots_that_exist(rendered, markdown):
     links = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", markdown)
-    assert links == ["figures/accuracy_vs_params.png", "figures/accuracy_vs_peak_memory.png",
-                     "figures/accuracy_vs_bpb_and_params.png"]
+    assert links == [
+        "figures/accuracy_vs_params.png",
+        "figures/accuracy_vs_peak_memory.png",
+        "figures/accuracy_vs_bpb_and_params.png",
+    ]
     for link in links:
         assert (rendered[1]["markdown"].parent / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -162,7 +184,11 @@ def test_csv_and_json_hold_every_run(rendered):
     assert [row["label"] for row in rows] == [run["label"] for run in study["runs"]]
     first = rows[0]
     assert (first["acc"], first["ci95_low"], first["ci95_high"], first["params"]) == (
-        "0.385", "0.317", "0.451", "22713216")
+        "0.385",
+        "0.317",
+        "0.451",
+        "22713216",
+    )
     ensemble = next(row for row in rows if row["objective"] == "ensemble:avg")
     assert ensemble["members"] == "smollm2-first4;smollm2-first8;smollm2-first16"
     failed = next(row for row in rows if row["status"] == "failed")
@@ -182,12 +208,14 @@ def test_html_is_self_contained(rendered):
     for src in images:
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG")
     assert page.count("reported, not measured") >= 8
-    assert "<h2 id=\"verdict\">Verdict</h2>" in page
+    assert '<h2 id="verdict">Verdict</h2>' in page
 
 
 def test_minimal_study_renders_with_only_teachers_and_runs(tmp_path):
-    study = {"teachers": [{"name": "t", "acc": 0.5}],
-             "runs": [{"label": "s / full / answer / seed 0", "acc": 0.4, "params": 1000}]}
+    study = {
+        "teachers": [{"name": "t", "acc": 0.5}],
+        "runs": [{"label": "s / full / answer / seed 0", "acc": 0.4, "params": 1000}],
+    }
     paths = render_report(study, tmp_path)
     text = paths["markdown"].read_text(encoding="utf-8")
     assert "This study has no verdict yet" in " ".join(text.split())
@@ -200,8 +228,11 @@ def test_minimal_study_renders_with_only_teachers_and_runs(tmp_path):
 def test_bad_study_is_an_error_naming_the_record(tmp_path):
     study = realistic_study()
     study["runs"][1]["acc"] = 33  # a percentage where a fraction belongs
-    with pytest.raises(StudyError, match=r"study: runs\[1\] 'smollm2-first4 / full / answer / seed 0': "
-                                         r"'acc' must be a fraction between 0 and 1"):
+    with pytest.raises(
+        StudyError,
+        match=r"study: runs\[1\] 'smollm2-first4 / full / answer / seed 0': "
+        r"'acc' must be a fraction between 0 and 1",
+    ):
         render_report(study, tmp_path)
     with pytest.raises(StudyError, match="'teachers' must be a list"):
         render_report({"runs": []}, tmp_path)
@@ -226,15 +257,28 @@ def test_correlations_are_computed_when_the_study_leaves_them_out(tmp_path):
 
 
 def test_pareto_frontier_keeps_runs_no_other_beats_on_size_and_accuracy():
-    runs = [{"label": name, "params": params, "acc": acc} for name, params, acc in [
-        ("a", 10, 0.30), ("b", 20, 0.25), ("c", 20, 0.40), ("d", 30, 0.40), ("e", 50, 0.55), ("f", 5, 0.10)]]
+    runs = [
+        {"label": name, "params": params, "acc": acc}
+        for name, params, acc in [
+            ("a", 10, 0.30),
+            ("b", 20, 0.25),
+            ("c", 20, 0.40),
+            ("d", 30, 0.40),
+            ("e", 50, 0.55),
+            ("f", 5, 0.10),
+        ]
+    ]
     assert [run["label"] for run in pareto_frontier(runs)] == ["f", "a", "c", "e"]
 
 
 def test_markdown_table_escapes_pipes_and_right_aligns_numbers():
     text = markdown_table(Table(["name", "acc"], [["a|b", "5.0%"], ["long name", "41.0%"]], align=["l", "r"]))
-    assert text.splitlines() == ["| name      |   acc |", "| --------- | ----: |",
-                                 "| a\\|b      |  5.0% |", "| long name | 41.0% |"]
+    assert text.splitlines() == [
+        "| name      |   acc |",
+        "| --------- | ----: |",
+        "| a\\|b      |  5.0% |",
+        "| long name | 41.0% |",
+    ]
 
 
 def test_cli_renders_a_study_file(tmp_path):
@@ -272,8 +316,9 @@ def test_cli_reads_the_study_from_the_database(tmp_path, monkeypatch):
     module = types.ModuleType("tinystudent.experiments.study")
     module.load_study = load_study
     monkeypatch.setitem(sys.modules, "tinystudent.experiments.study", module)
-    result = CliRunner().invoke(app, ["report", "--db", str(db), "--experiment", "quickstart",
-                                      "--out", str(tmp_path / "out"), "--json"])
+    result = CliRunner().invoke(
+        app, ["report", "--db", str(db), "--experiment", "quickstart", "--out", str(tmp_path / "out"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert seen == {"db": db, "experiment": "quickstart"}
     assert json.loads(result.stdout.strip().splitlines()[-1])["html"] == str(tmp_path / "out" / "report.html")
@@ -298,8 +343,9 @@ def test_hostile_names_are_shown_as_text_never_as_html(tmp_path):
     study = realistic_study()
     study["task"] = f"arc {script}"
     study["teachers"][0]["name"] = f"teacher {image}"
-    study["verdict"] = [{**row, "teacher": f"teacher {image}"} if row["teacher"] == SMOL else row
-                        for row in study["verdict"]]
+    study["verdict"] = [
+        {**row, "teacher": f"teacher {image}"} if row["teacher"] == SMOL else row for row in study["verdict"]
+    ]
     for run in study["runs"]:
         run["label"] = run["label"].replace("smollm2", f"s{image}&amp;")
         run["student"] = run["student"].replace("smollm2", f"s{image}&amp;")

@@ -54,10 +54,22 @@ def read_png(data: bytes) -> np.ndarray:
 
 def screenshot(chromium: str, page, out, profile, width: int = 1200, height: int = 3000) -> np.ndarray:
     """Chromium's screenshot of `page` as an RGB(A) array; no network, no profile left behind."""
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={out}",
-               f"--window-size={width},{height}", page.resolve().as_uri()]
+    command = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--screenshot={out}",
+        f"--window-size={width},{height}",
+        page.resolve().as_uri(),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert out.is_file(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
     return read_png(out.read_bytes())
@@ -76,8 +88,9 @@ def test_html_renders_in_headless_chromium_with_its_plots(chromium, report_html,
 def test_page_without_its_plots_looks_different(chromium, report_html, tmp_path):
     """The colour check above really sees the plots: strip them and it fails."""
     bare = tmp_path / "bare.html"
-    bare.write_text(re.sub(r'src="data:image/png;base64,[^"]+"', 'src=""', report_html.read_text("utf-8")),
-                    encoding="utf-8")
+    bare.write_text(
+        re.sub(r'src="data:image/png;base64,[^"]+"', 'src=""', report_html.read_text("utf-8")), encoding="utf-8"
+    )
     rgb = screenshot(chromium, bare, tmp_path / "bare.png", tmp_path / "profile")[..., :3]
     assert plot_pixels(rgb, TEACHER_RED) < 50 and plot_pixels(rgb, TAB_GREEN) < 50
 

@@ -18,15 +18,25 @@ STUDENTS = {  # name: (params, peak memory MB, latency ms, bits per byte before 
 }
 
 
-def _run(student: str, method: str, objective: str, acc: float, group: str = "taught",
-         seed: int = 0, **extra) -> dict:
+def _run(student: str, method: str, objective: str, acc: float, group: str = "taught", seed: int = 0, **extra) -> dict:
     params, memory, latency, bpb = STUDENTS.get(student, (None, None, None, None))
-    run = {"run_key": f"{abs(hash((student, method, objective, seed))) % 16**12:012x}",
-           "label": f"{student} / {method} / {objective} / seed {seed}", "student": student,
-           "params": params, "method": method, "objective": objective, "seed": seed, "group": group,
-           "acc": acc, "ci95": [round(acc - 0.068, 4), round(acc + 0.066, 4)],
-           "peak_memory_mb": memory, "latency_ms_p50": latency, "bits_per_byte": bpb,
-           "train_seconds": None if group == "untrained" else 95.0 + params / 1e6, "status": "done"}
+    run = {
+        "run_key": f"{abs(hash((student, method, objective, seed))) % 16**12:012x}",
+        "label": f"{student} / {method} / {objective} / seed {seed}",
+        "student": student,
+        "params": params,
+        "method": method,
+        "objective": objective,
+        "seed": seed,
+        "group": group,
+        "acc": acc,
+        "ci95": [round(acc - 0.068, 4), round(acc + 0.066, 4)],
+        "peak_memory_mb": memory,
+        "latency_ms_p50": latency,
+        "bits_per_byte": bpb,
+        "train_seconds": None if group == "untrained" else 95.0 + params / 1e6,
+        "status": "done",
+    }
     run.update(extra)
     return run
 
@@ -46,77 +56,198 @@ def realistic_study() -> dict:
         _run("smollm2-first16", "full", "rationale:all", 0.555),
         _run("smollm2-first8", "full", "untrained", 0.285, group="untrained"),
         # Collaboration rows: the runner has already summed the members' cost.
-        {**_run("smollm2-first4", "full", "mutual", 0.36, group="collaboration"),
-         "label": "mutual: 2 x smollm2-first4 / full / seed 0", "student": "2 x smollm2-first4",
-         "members": ["smollm2-first4#a", "smollm2-first4#b"], "params": 60_440_832,
-         "peak_memory_mb": 840.0, "latency_ms_p50": 28.0, "bits_per_byte": None},
-        {**_run("smollm2-first8", "full", "ensemble:avg", 0.49, group="collaboration"),
-         "label": "ensemble:avg of smollm2-first4 + smollm2-first8 + smollm2-first16",
-         "student": "ensemble", "members": ["smollm2-first4", "smollm2-first8", "smollm2-first16"],
-         "params": 151_740_864, "peak_memory_mb": 1860.0, "latency_ms_p50": 68.0, "bits_per_byte": None},
-        {**_run("smollm2-first8", "full", "debate", 0.435, group="collaboration"),
-         "label": "debate: smollm2-first8 x 2, 2 rounds", "student": "debate",
-         "members": ["smollm2-first8#a", "smollm2-first8#b"], "params": 90_000_000,
-         "peak_memory_mb": 1120.0, "latency_ms_p50": 640.0, "bits_per_byte": None},
+        {
+            **_run("smollm2-first4", "full", "mutual", 0.36, group="collaboration"),
+            "label": "mutual: 2 x smollm2-first4 / full / seed 0",
+            "student": "2 x smollm2-first4",
+            "members": ["smollm2-first4#a", "smollm2-first4#b"],
+            "params": 60_440_832,
+            "peak_memory_mb": 840.0,
+            "latency_ms_p50": 28.0,
+            "bits_per_byte": None,
+        },
+        {
+            **_run("smollm2-first8", "full", "ensemble:avg", 0.49, group="collaboration"),
+            "label": "ensemble:avg of smollm2-first4 + smollm2-first8 + smollm2-first16",
+            "student": "ensemble",
+            "members": ["smollm2-first4", "smollm2-first8", "smollm2-first16"],
+            "params": 151_740_864,
+            "peak_memory_mb": 1860.0,
+            "latency_ms_p50": 68.0,
+            "bits_per_byte": None,
+        },
+        {
+            **_run("smollm2-first8", "full", "debate", 0.435, group="collaboration"),
+            "label": "debate: smollm2-first8 x 2, 2 rounds",
+            "student": "debate",
+            "members": ["smollm2-first8#a", "smollm2-first8#b"],
+            "params": 90_000_000,
+            "peak_memory_mb": 1120.0,
+            "latency_ms_p50": 640.0,
+            "bits_per_byte": None,
+        },
         # A run that failed: listed in the runs table and exports, never plotted.
-        {**_run("smollm2-first16", "lora", "rationale:all", 0.0), "acc": None, "ci95": None,
-         "status": "failed"},
+        {**_run("smollm2-first16", "lora", "rationale:all", 0.0), "acc": None, "ci95": None, "status": "failed"},
     ]
     winner = runs[10]
-    closest = {"label": winner["label"], "acc": 0.555, "diff": -0.1825, "diff_ci95": [-0.2525, -0.1125],
-               "p_value": 1.0}
+    closest = {"label": winner["label"], "acc": 0.555, "diff": -0.1825, "diff_ci95": [-0.2525, -0.1125], "p_value": 1.0}
     return {
-        "experiment": "quickstart", "task": "arc_easy", "split": "test", "n_test": 200,
-        "created": "2026-11-26T06:00:00Z", "config_hash": "ab12cd34ef56", "data_hash": "cd34ef56ab12",
+        "experiment": "quickstart",
+        "task": "arc_easy",
+        "split": "test",
+        "n_test": 200,
+        "created": "2026-11-26T06:00:00Z",
+        "config_hash": "ab12cd34ef56",
+        "data_hash": "cd34ef56ab12",
         "versions": {"tinystudent": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "python": "3.12.3"},
         "majority_baseline": 0.27,
         "teachers": [
-            {"name": SMOL, "acc": 0.52, "ci95": [0.45, 0.59], "params": 134_515_008, "peak_memory_mb": 1900.0,
-             "latency_ms_p50": 180.0, "measured": True, "source": None},
-            {"name": LLAMA, "acc": 0.7375, "ci95": None, "params": 6_738_415_616, "peak_memory_mb": None,
-             "latency_ms_p50": None, "measured": False, "source": "Tian et al. 2024, Table 2"},
+            {
+                "name": SMOL,
+                "acc": 0.52,
+                "ci95": [0.45, 0.59],
+                "params": 134_515_008,
+                "peak_memory_mb": 1900.0,
+                "latency_ms_p50": 180.0,
+                "measured": True,
+                "source": None,
+            },
+            {
+                "name": LLAMA,
+                "acc": 0.7375,
+                "ci95": None,
+                "params": 6_738_415_616,
+                "peak_memory_mb": None,
+                "latency_ms_p50": None,
+                "measured": False,
+                "source": "Tian et al. 2024, Table 2",
+            },
         ],
         "runs": runs,
         "verdict": [
-            {"teacher": SMOL, "teacher_acc": 0.52, "teacher_measured": True, "by": "params",
-             "smallest_winner": winner["label"], "winner_acc": 0.555, "winner_params": winner["params"],
-             "winner_peak_memory_mb": winner["peak_memory_mb"], "diff": 0.035, "diff_ci95": [-0.005, 0.075],
-             "p_value": 0.04, "closest": None, "best_teacher": False},
-            {"teacher": SMOL, "teacher_acc": 0.52, "teacher_measured": True, "by": "peak_memory_mb",
-             "smallest_winner": winner["label"], "winner_acc": 0.555, "winner_params": winner["params"],
-             "winner_peak_memory_mb": winner["peak_memory_mb"], "diff": 0.035, "diff_ci95": [-0.005, 0.075],
-             "p_value": 0.04, "closest": None, "best_teacher": False},
-            {"teacher": LLAMA, "teacher_acc": 0.7375, "teacher_measured": False, "by": "params",
-             "smallest_winner": None, "winner_acc": None, "winner_params": None, "winner_peak_memory_mb": None,
-             "diff": None, "diff_ci95": None, "p_value": None, "closest": closest, "best_teacher": True},
-            {"teacher": LLAMA, "teacher_acc": 0.7375, "teacher_measured": False, "by": "peak_memory_mb",
-             "smallest_winner": None, "winner_acc": None, "winner_params": None, "winner_peak_memory_mb": None,
-             "diff": None, "diff_ci95": None, "p_value": None,
-             "closest": {**closest, "diff_ci95": None, "p_value": None}, "best_teacher": True},
+            {
+                "teacher": SMOL,
+                "teacher_acc": 0.52,
+                "teacher_measured": True,
+                "by": "params",
+                "smallest_winner": winner["label"],
+                "winner_acc": 0.555,
+                "winner_params": winner["params"],
+                "winner_peak_memory_mb": winner["peak_memory_mb"],
+                "diff": 0.035,
+                "diff_ci95": [-0.005, 0.075],
+                "p_value": 0.04,
+                "closest": None,
+                "best_teacher": False,
+            },
+            {
+                "teacher": SMOL,
+                "teacher_acc": 0.52,
+                "teacher_measured": True,
+                "by": "peak_memory_mb",
+                "smallest_winner": winner["label"],
+                "winner_acc": 0.555,
+                "winner_params": winner["params"],
+                "winner_peak_memory_mb": winner["peak_memory_mb"],
+                "diff": 0.035,
+                "diff_ci95": [-0.005, 0.075],
+                "p_value": 0.04,
+                "closest": None,
+                "best_teacher": False,
+            },
+            {
+                "teacher": LLAMA,
+                "teacher_acc": 0.7375,
+                "teacher_measured": False,
+                "by": "params",
+                "smallest_winner": None,
+                "winner_acc": None,
+                "winner_params": None,
+                "winner_peak_memory_mb": None,
+                "diff": None,
+                "diff_ci95": None,
+                "p_value": None,
+                "closest": closest,
+                "best_teacher": True,
+            },
+            {
+                "teacher": LLAMA,
+                "teacher_acc": 0.7375,
+                "teacher_measured": False,
+                "by": "peak_memory_mb",
+                "smallest_winner": None,
+                "winner_acc": None,
+                "winner_params": None,
+                "winner_peak_memory_mb": None,
+                "diff": None,
+                "diff_ci95": None,
+                "p_value": None,
+                "closest": {**closest, "diff_ci95": None, "p_value": None},
+                "best_teacher": True,
+            },
         ],
         "comparisons": {
             "one_vs_several_teachers": [
-                {"student": "smollm2-first8", "method": "full", "rows": [
-                    {"objective": "rationale:smollm2", "acc": 0.445, "ci95": [0.377, 0.511]},
-                    {"objective": "rationale:all", "acc": 0.47, "ci95": [0.402, 0.536]}]}],
+                {
+                    "student": "smollm2-first8",
+                    "method": "full",
+                    "rows": [
+                        {"objective": "rationale:smollm2", "acc": 0.445, "ci95": [0.377, 0.511]},
+                        {"objective": "rationale:all", "acc": 0.47, "ci95": [0.402, 0.536]},
+                    ],
+                }
+            ],
             "full_vs_lora": [
-                {"student": student, "objective": "answer", "rows": [
-                    {"method": run["method"], "acc": run["acc"], "ci95": run["ci95"]}
-                    for run in runs if run["student"] == student and run["objective"] == "answer"]}
-                for student in ("smollm2-first4", "smollm2-first8", "smollm2-first16")],
+                {
+                    "student": student,
+                    "objective": "answer",
+                    "rows": [
+                        {"method": run["method"], "acc": run["acc"], "ci95": run["ci95"]}
+                        for run in runs
+                        if run["student"] == student and run["objective"] == "answer"
+                    ],
+                }
+                for student in ("smollm2-first4", "smollm2-first8", "smollm2-first16")
+            ],
             "objectives": [
-                {"student": "smollm2-first8", "method": "full", "rows": [
-                    {"objective": run["objective"], "acc": run["acc"], "ci95": run["ci95"]}
-                    for run in runs[3:8] if run["method"] == "full"]}],
+                {
+                    "student": "smollm2-first8",
+                    "method": "full",
+                    "rows": [
+                        {"objective": run["objective"], "acc": run["acc"], "ci95": run["ci95"]}
+                        for run in runs[3:8]
+                        if run["method"] == "full"
+                    ],
+                }
+            ],
         },
         "students": [
-            {"name": "smollm2-first8", "cut": "layers first:8", "kind": "causal", "params": 45_000_000,
-             "bits_per_byte": 1.31, "recovered": True, "bits_per_byte_before_recovery": 4.62,
-             "bits_per_byte_after_recovery": 1.31, "recovery_steps": 16, "recovery_tokens": 8192,
-             "recovery_seconds": 120.5},
-            {"name": "minilm-l6", "cut": "-", "kind": "encoder", "params": 22_713_216, "bits_per_byte": None,
-             "recovered": False, "bits_per_byte_before_recovery": None, "bits_per_byte_after_recovery": None,
-             "recovery_steps": None, "recovery_tokens": None, "recovery_seconds": None},
+            {
+                "name": "smollm2-first8",
+                "cut": "layers first:8",
+                "kind": "causal",
+                "params": 45_000_000,
+                "bits_per_byte": 1.31,
+                "recovered": True,
+                "bits_per_byte_before_recovery": 4.62,
+                "bits_per_byte_after_recovery": 1.31,
+                "recovery_steps": 16,
+                "recovery_tokens": 8192,
+                "recovery_seconds": 120.5,
+            },
+            {
+                "name": "minilm-l6",
+                "cut": "-",
+                "kind": "encoder",
+                "params": 22_713_216,
+                "bits_per_byte": None,
+                "recovered": False,
+                "bits_per_byte_before_recovery": None,
+                "bits_per_byte_after_recovery": None,
+                "recovery_steps": None,
+                "recovery_tokens": None,
+                "recovery_seconds": None,
+            },
         ],
         "bpb_correlation": {"acc_vs_bpb_pearson": -0.81, "acc_vs_log_params_pearson": 0.74},
         "search": {"trained": 3, "ladder": 5, "saved": 2},

@@ -6,12 +6,18 @@ import random
 
 import pytest
 
-from tinystudent.collab import Candidate, loss_guided_search
+from tinystudent.experiments.search import Candidate, loss_guided_search
 
 # name, params, bits per byte, accuracy it would reach once trained (teacher: 0.60)
-LADDER = [("s10", 10, 1.60, 0.40), ("s20", 20, 1.70, 0.70), ("s30", 30, 1.20, 0.50),
-          ("s40", 40, 1.25, 0.65), ("s50", 50, 1.00, 0.70), ("s60", 60, 0.90, 0.80),
-          ("s70", 70, 0.80, 0.90)]
+LADDER = [
+    ("s10", 10, 1.60, 0.40),
+    ("s20", 20, 1.70, 0.70),
+    ("s30", 30, 1.20, 0.50),
+    ("s40", 40, 1.25, 0.65),
+    ("s50", 50, 1.00, 0.70),
+    ("s60", 60, 0.90, 0.80),
+    ("s70", 70, 0.80, 0.90),
+]
 ACC = {name: acc for name, _, _, acc in LADDER}
 
 
@@ -41,9 +47,15 @@ def test_fitted_threshold_skips_and_the_first_winner_stops_the_search():
     # s10 fails (1.60); s20 (1.70 >= 1.60) is skipped although it would have won; s30 fails
     # (1.20); s40 (1.25 >= 1.20) is skipped; s50 (1.00) wins; s60 and s70 are not needed.
     assert trained == ["s10", "s30", "s50"]
-    assert actions(report) == {"s10": "trained", "s20": "skipped", "s30": "trained",
-                               "s40": "skipped", "s50": "trained", "s60": "not_needed",
-                               "s70": "not_needed"}
+    assert actions(report) == {
+        "s10": "trained",
+        "s20": "skipped",
+        "s30": "trained",
+        "s40": "skipped",
+        "s50": "trained",
+        "s60": "not_needed",
+        "s70": "not_needed",
+    }
     assert report.winner.name == "s50"
     assert (report.trained, report.skipped, report.not_needed, report.runs_saved) == (3, 2, 2, 4)
     s40 = next(s for s in report.steps if s.candidate.name == "s40")

@@ -13,8 +13,10 @@ from fastapi.testclient import TestClient
 from tinystudent.models import load_model
 from tinystudent.serve import create_app
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,9 @@ def test_one_more_token_comes_from_the_same_pass(client):
     _, plus_one = post(client, "completions", prompt=prompt, echo=True, logprobs=0, max_tokens=1, temperature=0)
     _, generated = post(client, "completions", prompt=prompt, max_tokens=1, temperature=0)
     assert plus_one["choices"][0]["text"] == prompt + generated["choices"][0]["text"]
-    prompt_part = plus_one["choices"][0]["logprobs"]["token_logprobs"][: len(scored["choices"][0]["logprobs"]["tokens"])]
+    prompt_part = plus_one["choices"][0]["logprobs"]["token_logprobs"][
+        : len(scored["choices"][0]["logprobs"]["tokens"])
+    ]
     assert prompt_part == scored["choices"][0]["logprobs"]["token_logprobs"]
 
 
@@ -81,8 +85,10 @@ def test_generation_settings_are_honoured(client):
     assert stopped["choices"][0]["finish_reason"] == "stop"
     # the tokens after a row stopped are padding, not part of the answer
     assert stopped["usage"]["completion_tokens"] < greedy["usage"]["completion_tokens"]
-    samples = [post(client, "completions", prompt="The sun is", max_tokens=8, temperature=1.0, seed=s)[1]
-               ["choices"][0]["text"] for s in (1, 1, 2)]
+    samples = [
+        post(client, "completions", prompt="The sun is", max_tokens=8, temperature=1.0, seed=s)[1]["choices"][0]["text"]
+        for s in (1, 1, 2)
+    ]
     assert samples[0] == samples[1] != samples[2]
 
 
@@ -94,15 +100,18 @@ def test_prompt_lists_and_token_ids(client, loaded):
     assert by_ids["choices"][0]["text"] == body["choices"][0]["text"]
 
 
-@pytest.mark.parametrize("path, body, status, message", [
-    ("completions", {"model": "other", "prompt": "a"}, 404, "does not exist here"),
-    ("completions", {"prompt": "why " * 400, "max_tokens": 200}, 400, "maximum context length is 512"),
-    ("completions", {"prompt": "a", "n": 2}, 400, "n must be 1"),
-    ("completions", {"prompt": "a", "stream": True}, 400, "stream is not supported"),
-    ("completions", {"prompt": "a", "logprobs": 50}, 400, "logprobs"),
-    ("completions", {"max_tokens": 3}, 400, "prompt"),
-    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400, "no chat template"),
-])
+@pytest.mark.parametrize(
+    "path, body, status, message",
+    [
+        ("completions", {"model": "other", "prompt": "a"}, 404, "does not exist here"),
+        ("completions", {"prompt": "why " * 400, "max_tokens": 200}, 400, "maximum context length is 512"),
+        ("completions", {"prompt": "a", "n": 2}, 400, "n must be 1"),
+        ("completions", {"prompt": "a", "stream": True}, 400, "stream is not supported"),
+        ("completions", {"prompt": "a", "logprobs": 50}, 400, "logprobs"),
+        ("completions", {"max_tokens": 3}, 400, "prompt"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400, "no chat template"),
+    ],
+)
 def test_bad_requests_get_openai_style_errors(client, path, body, status, message):
     response = client.post(f"/v1/{path}", json={"model": "tiny", **body})
     assert response.status_code == status
@@ -122,9 +131,16 @@ def test_chat_completions_use_the_chat_template(tiny_causal, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     chat_model = load_model(str(folder), device="cpu")
     with TestClient(create_app(chat_model)) as client:
-        response = client.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "Is the sun a star?"}]}],
-            "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 2})
+        response = client.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "Is the sun a star?"}]}],
+                "max_tokens": 5,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": 2,
+            },
+        )
         body = response.json()
         assert response.status_code == 200, body
         message = body["choices"][0]["message"]
@@ -133,8 +149,9 @@ def test_chat_completions_use_the_chat_template(tiny_causal, tmp_path):
         assert len(content) == body["usage"]["completion_tokens"]
         assert "".join(c["token"] for c in content) == message["content"]
         assert all(len(c["top_logprobs"]) <= 2 and c["logprob"] <= 0 for c in content)
-        prompt = chat_model.tokenizer.apply_chat_template([{"role": "user", "content": "Is the sun a star?"}],
-                                                          tokenize=False, add_generation_prompt=True)
+        prompt = chat_model.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Is the sun a star?"}], tokenize=False, add_generation_prompt=True
+        )
         same = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 5, "temperature": 0}).json()
         assert same["choices"][0]["text"] == message["content"]
 
@@ -154,19 +171,22 @@ def test_concurrent_requests_are_batched_with_the_same_answers(client):
     alone = [post(client, "completions", prompt=p, echo=True, logprobs=0, max_tokens=0)[1] for p in prompts]
     before = client.get("/stats").json()
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda p: post(client, "completions", prompt=p, echo=True, logprobs=0,
-                                                max_tokens=0)[1], prompts))
+        together = list(
+            pool.map(lambda p: post(client, "completions", prompt=p, echo=True, logprobs=0, max_tokens=0)[1], prompts)
+        )
     after = client.get("/stats").json()
     assert after["forward_batches"] - before["forward_batches"] < 8  # some requests shared a pass
     for a, b in zip(alone, together):
-        assert a["choices"][0]["logprobs"]["token_logprobs"][1:] == \
-            pytest.approx(b["choices"][0]["logprobs"]["token_logprobs"][1:], abs=1e-4)
+        assert a["choices"][0]["logprobs"]["token_logprobs"][1:] == pytest.approx(
+            b["choices"][0]["logprobs"]["token_logprobs"][1:], abs=1e-4
+        )
 
 
 def test_a_seq2seq_model_is_served_too(tiny_seq2seq):
     with TestClient(create_app(load_model(str(tiny_seq2seq), device="cpu"))) as client:
-        body = client.post("/v1/completions", json={"prompt": "Is the sun a star?", "max_tokens": 4,
-                                                    "temperature": 0}).json()
+        body = client.post(
+            "/v1/completions", json={"prompt": "Is the sun a star?", "max_tokens": 4, "temperature": 0}
+        ).json()
         assert body["usage"]["completion_tokens"] <= 4 and isinstance(body["choices"][0]["text"], str)
         refused = client.post("/v1/completions", json={"prompt": "a", "echo": True, "logprobs": 1, "max_tokens": 0})
         assert refused.status_code == 400 and "causal model" in refused.json()["error"]["message"]

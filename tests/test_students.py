@@ -19,8 +19,14 @@ def test_parse_keep_forms():
     assert parse_keep("spread:4", 30) == [0, 10, 19, 29]
     assert parse_keep("0,5,-1", 30) == [0, 5, 29]
     assert parse_keep([3, 1], 30) == [1, 3]
-    for bad, message in [("first:31", "only 30"), ("every:0", "positive"), ("half:2", "unknown form"),
-                         ([0, 30], "outside"), ("1,1", "twice"), ("a,b", "expected")]:
+    for bad, message in [
+        ("first:31", "only 30"),
+        ("every:0", "positive"),
+        ("half:2", "unknown form"),
+        ([0, 30], "outside"),
+        ("1,1", "twice"),
+        ("a,b", "expected"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_keep(bad, 30)
 
@@ -32,11 +38,14 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize("fixture,stacks", [
-    ("tiny_causal", ["model.layers"]),
-    ("tiny_seq2seq", ["encoder.block", "decoder.block"]),
-    ("tiny_encoder", ["bert.encoder.layer"]),
-])
+@pytest.mark.parametrize(
+    "fixture,stacks",
+    [
+        ("tiny_causal", ["model.layers"]),
+        ("tiny_seq2seq", ["encoder.block", "decoder.block"]),
+        ("tiny_encoder", ["bert.encoder.layer"]),
+    ],
+)
 def test_scale_down_keeps_the_chosen_layers_with_copied_weights(fixture, stacks, request, tmp_path):
     source = request.getfixturevalue(fixture)
     out = scale_down(str(source), [1], tmp_path / "student")
@@ -100,7 +109,7 @@ def test_smollm2_yields_a_ladder_with_copied_weights(smollm2, tmp_path):
     source = smollm2.resolved.path
     paths = student_ladder(str(source), ["first:2", "every:10"], tmp_path)
     sizes = [count_parameters(load_model(str(p), device="cpu").model) for p in paths]
-    per_layer = (sizes[1]["non_embedding"] - sizes[0]["non_embedding"])  # 3 layers vs 2 layers
+    per_layer = sizes[1]["non_embedding"] - sizes[0]["non_embedding"]  # 3 layers vs 2 layers
     assert sizes[0]["embedding"] == sizes[1]["embedding"] == 49152 * 576
     assert 3.0e6 < per_layer < 4.0e6
     original = _weights(source)
@@ -111,8 +120,15 @@ def test_smollm2_yields_a_ladder_with_copied_weights(smollm2, tmp_path):
 
 
 def test_fresh_student_from_a_config_and_from_a_model(tiny_causal, tmp_path):
-    config = {"model_type": "llama", "vocab_size": 320, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config = {
+        "model_type": "llama",
+        "vocab_size": 320,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
     out = fresh_student(config, tmp_path / "fresh", tokenizer_from=str(tiny_causal), seed=1)
     loaded = load_model(str(out), device="cpu")
     assert layer_stacks(loaded.model) == {"model.layers": 3}
@@ -140,10 +156,21 @@ def test_load_model_reads_an_adapter_folder_onto_its_base(tiny_causal, tmp_path)
 
 ARCHITECTURES = {
     "gpt2": {"n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 512},
-    "gpt_neox": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
-                 "max_position_embeddings": 512},
-    "qwen2": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "intermediate_size": 64, "max_position_embeddings": 512},
+    "gpt_neox": {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    },
+    "qwen2": {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    },
 }
 
 
@@ -160,8 +187,10 @@ def test_other_causal_families_scale_down_and_train(model_type, tiny_causal, tmp
     stack = next(iter(layer_stacks(load_model(str(out), device="cpu").model)))
     moved = [k for k in smaller if k.startswith(f"{stack}.1.")]
     assert moved and all(torch.equal(smaller[k], original[k.replace(f"{stack}.1.", f"{stack}.2.", 1)]) for k in moved)
-    examples = [Example(f"q{i}", f"Which is {w}?", ("sun", "water", "rock"), i % 3) for i, w in
-                enumerate(["sun", "water", "rock", "sun", "water", "rock"])]
+    examples = [
+        Example(f"q{i}", f"Which is {w}?", ("sun", "water", "rock"), i % 3)
+        for i, w in enumerate(["sun", "water", "rock", "sun", "water", "rock"])
+    ]
     for method in ("full", "lora"):
         cfg = TrainConfig(steps=2, batch_size=3, lr=1e-3, method=method, eval_before=False, device="cpu")
         result = train_student(str(out), examples[:4], examples[4:], cfg, tmp_path / f"run-{method}", task="t")
@@ -169,11 +198,14 @@ def test_other_causal_families_scale_down_and_train(model_type, tiny_causal, tmp
         assert (result.trainable_params < result.params) == (method == "lora")
 
 
-@pytest.mark.parametrize("fixture,ff_out", [
-    ("tiny_causal", "mlp.down_proj"),
-    ("tiny_seq2seq", "DenseReluDense.wo"),
-    ("tiny_encoder", "output.dense"),
-])
+@pytest.mark.parametrize(
+    "fixture,ff_out",
+    [
+        ("tiny_causal", "mlp.down_proj"),
+        ("tiny_seq2seq", "DenseReluDense.wo"),
+        ("tiny_encoder", "output.dense"),
+    ],
+)
 def test_width_pruning_drops_the_units_that_do_nothing(fixture, ff_out, request, tmp_path):
     """Half of every feed-forward block's units are silenced (their output weights zeroed): width
     pruning to 50% must drop exactly those, so the narrower model computes what the source did."""

@@ -9,29 +9,63 @@ import pytest
 from tinystudent.tasks import TaskFormatError, data_hash, load_task, read_file, read_path, seeded_split
 
 ARC_JSONL = [
-    {"id": "Mercury_7", "question": {"stem": "Which gas do plants absorb?", "choices": [
-        {"text": "oxygen", "label": "A"}, {"text": "carbon dioxide", "label": "B"},
-        {"text": "helium", "label": "C"}, {"text": "neon", "label": "D"}]}, "answerKey": "B"},
-    {"id": "NYSEDREGENTS_2015_4_8", "question": {"stem": "What is ice?", "choices": [
-        {"text": "solid water", "label": "1"}, {"text": "gas", "label": "2"},
-        {"text": "plasma", "label": "3"}]}, "answerKey": "1"},
+    {
+        "id": "Mercury_7",
+        "question": {
+            "stem": "Which gas do plants absorb?",
+            "choices": [
+                {"text": "oxygen", "label": "A"},
+                {"text": "carbon dioxide", "label": "B"},
+                {"text": "helium", "label": "C"},
+                {"text": "neon", "label": "D"},
+            ],
+        },
+        "answerKey": "B",
+    },
+    {
+        "id": "NYSEDREGENTS_2015_4_8",
+        "question": {
+            "stem": "What is ice?",
+            "choices": [
+                {"text": "solid water", "label": "1"},
+                {"text": "gas", "label": "2"},
+                {"text": "plasma", "label": "3"},
+            ],
+        },
+        "answerKey": "1",
+    },
 ]
-OBQA_JSONL = {"id": "7-980", "question": {"stem": "The sun is responsible for", "choices": [
-    {"text": "puppies learning new tricks", "label": "A"}, {"text": "plants sprouting", "label": "B"}]},
-    "fact1": "the sun is the source of energy for physical cycles on Earth", "answerKey": "B"}
-BIOASQ = {"questions": [
-    {"id": "q1", "type": "yesno", "body": "Is TSC a genetic disease?", "exact_answer": "yes",
-     "snippets": [{"text": "TSC is an autosomal dominant disorder."}, {"text": "It is genetic."}],
-     "ideal_answer": ["Yes, TSC is genetic."]},
-    {"id": "q2", "type": "factoid", "body": "Which gene?", "exact_answer": [["TSC1"]]},
-    {"id": "q3", "type": "yesno", "body": "Is aspirin an antibiotic?", "exact_answer": "no", "snippets": []},
-]}
+OBQA_JSONL = {
+    "id": "7-980",
+    "question": {
+        "stem": "The sun is responsible for",
+        "choices": [{"text": "puppies learning new tricks", "label": "A"}, {"text": "plants sprouting", "label": "B"}],
+    },
+    "fact1": "the sun is the source of energy for physical cycles on Earth",
+    "answerKey": "B",
+}
+BIOASQ = {
+    "questions": [
+        {
+            "id": "q1",
+            "type": "yesno",
+            "body": "Is TSC a genetic disease?",
+            "exact_answer": "yes",
+            "snippets": [{"text": "TSC is an autosomal dominant disorder."}, {"text": "It is genetic."}],
+            "ideal_answer": ["Yes, TSC is genetic."],
+        },
+        {"id": "q2", "type": "factoid", "body": "Which gene?", "exact_answer": [["TSC1"]]},
+        {"id": "q3", "type": "yesno", "body": "Is aspirin an antibiotic?", "exact_answer": "no", "snippets": []},
+    ]
+}
 PUBMEDQA = {
-    "21645374": {"QUESTION": "Do mitochondria play a role in remodelling lace plant leaves?",
-                 "CONTEXTS": ["Programmed cell death...", "Results..."], "final_decision": "yes",
-                 "LONG_ANSWER": "Results depict mitochondrial dynamics in vivo."},
-    "16418930": {"QUESTION": "Is it maybe?", "CONTEXTS": ["..."], "final_decision": "maybe",
-                 "LONG_ANSWER": "Unclear."},
+    "21645374": {
+        "QUESTION": "Do mitochondria play a role in remodelling lace plant leaves?",
+        "CONTEXTS": ["Programmed cell death...", "Results..."],
+        "final_decision": "yes",
+        "LONG_ANSWER": "Results depict mitochondrial dynamics in vivo.",
+    },
+    "16418930": {"QUESTION": "Is it maybe?", "CONTEXTS": ["..."], "final_decision": "maybe", "LONG_ANSWER": "Unclear."},
 }
 
 
@@ -56,9 +90,16 @@ def test_openbookqa_jsonl_keeps_fact1(tmp_path):
 
 
 def test_hf_arc_and_obqa_rows(tmp_path):
-    rows = [{"id": "a", "question": "Q?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"},
-            {"id": "b", "question_stem": "Stem", "choices": {"text": ["x", "y"], "label": ["A", "B"]},
-             "answerKey": "A", "fact1": "a fact"}]
+    rows = [
+        {"id": "a", "question": "Q?", "choices": {"text": ["x", "y"], "label": ["A", "B"]}, "answerKey": "B"},
+        {
+            "id": "b",
+            "question_stem": "Stem",
+            "choices": {"text": ["x", "y"], "label": ["A", "B"]},
+            "answerKey": "A",
+            "fact1": "a fact",
+        },
+    ]
     examples, fmt = read_file(write(tmp_path / "rows.json", rows))
     assert fmt == "hf_arc" and [ex.answer for ex in examples] == [1, 0]
     assert examples[1].question == "Stem" and examples[1].context == "a fact"
@@ -83,21 +124,30 @@ def test_pubmedqa_original_three_choices_long_answer(tmp_path):
 
 
 def test_pubmedqa_hf_layout(tmp_path):
-    row = {"pubid": 1, "question": "Q?", "context": {"contexts": ["c1", "c2"], "labels": ["A", "B"]},
-           "long_answer": "because", "final_decision": "no"}
+    row = {
+        "pubid": 1,
+        "question": "Q?",
+        "context": {"contexts": ["c1", "c2"], "labels": ["A", "B"]},
+        "long_answer": "because",
+        "final_decision": "no",
+    }
     examples, fmt = read_file(write(tmp_path / "pqa.jsonl", json.dumps(row)))
     assert fmt == "pubmedqa_hf" and examples[0].answer == 1 and examples[0].context == "c1\nc2"
 
 
 def test_user_csv_with_column_mapping(tmp_path):
-    path = write(tmp_path / "mine.csv", "qid,q,a,b,c,gold\n1,Two plus two?,3,4,5,B\n2,Sky colour?,blue,red,green,blue\n")
+    path = write(
+        tmp_path / "mine.csv", "qid,q,a,b,c,gold\n1,Two plus two?,3,4,5,B\n2,Sky colour?,blue,red,green,blue\n"
+    )
     examples, fmt = read_file(path, {"id": "qid", "question": "q", "choices": "a|b|c", "answer": "gold"})
     assert fmt == "mapped" and [ex.answer for ex in examples] == [1, 0]
 
 
 def test_a_boolean_answer_names_the_true_or_yes_choice(tmp_path):
-    rows = [{"id": "a", "question": "Q", "choices": ["yes", "no"], "answer": False},
-            {"id": "b", "question": "R", "choices": ["False", "True"], "answer": True}]
+    rows = [
+        {"id": "a", "question": "Q", "choices": ["yes", "no"], "answer": False},
+        {"id": "b", "question": "R", "choices": ["False", "True"], "answer": True},
+    ]
     examples, _ = read_file(write(tmp_path / "yn.jsonl", "\n".join(json.dumps(r) for r in rows)))
     assert [ex.answer for ex in examples] == [1, 1]
 
@@ -108,19 +158,33 @@ def test_user_jsonl_with_list_column_and_index(tmp_path):
     assert examples[0].answer == 1 and examples[0].id == "k1"
 
 
-@pytest.mark.parametrize("content,where,expected", [
-    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "z"}', "line 1", "not among the choices"),
-    ('{"id": "a", "question": "Q", "choices": [], "answer": "x"}', "line 1", "not among the choices"),
-    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
-     '{"id": "a", "question": "R", "choices": ["x", "y"], "answer": "y"}', "line 2", "duplicate id"),
-    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n{"id": "b", "quest', "line 2",
-     "one JSON object per line"),
-    ('{"id": "a", "choices": ["x", ""], "answer": "x", "question": "Q"}', "line 1", "non-empty choices"),
-    ('{"idx": 1, "prompt": "Q"}', "line 1", "known format"),
-    ('{"id": "a", "question": "Q", "choices": ["x", null], "answer": "x"}', "line 1", "choice 2 as text, got None"),
-    ('{"id": "a", "question": "Q", "choices": "x|y", "answer": "x"}', "line 1", "'choices' as a list of texts, got str"),
-    ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": true}', "line 1", "got the boolean true"),
-])
+@pytest.mark.parametrize(
+    "content,where,expected",
+    [
+        ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "z"}', "line 1", "not among the choices"),
+        ('{"id": "a", "question": "Q", "choices": [], "answer": "x"}', "line 1", "not among the choices"),
+        (
+            '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
+            '{"id": "a", "question": "R", "choices": ["x", "y"], "answer": "y"}',
+            "line 2",
+            "duplicate id",
+        ),
+        (
+            '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n{"id": "b", "quest',
+            "line 2",
+            "one JSON object per line",
+        ),
+        ('{"id": "a", "choices": ["x", ""], "answer": "x", "question": "Q"}', "line 1", "non-empty choices"),
+        ('{"idx": 1, "prompt": "Q"}', "line 1", "known format"),
+        ('{"id": "a", "question": "Q", "choices": ["x", null], "answer": "x"}', "line 1", "choice 2 as text, got None"),
+        (
+            '{"id": "a", "question": "Q", "choices": "x|y", "answer": "x"}',
+            "line 1",
+            "'choices' as a list of texts, got str",
+        ),
+        ('{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": true}', "line 1", "got the boolean true"),
+    ],
+)
 def test_bad_input_names_file_and_record(tmp_path, content, where, expected):
     path = write(tmp_path / "bad.jsonl", content)
     with pytest.raises(TaskFormatError) as err:
@@ -136,10 +200,16 @@ def test_a_field_too_long_is_a_clear_error_and_a_long_one_loads(tmp_path):
     path = write(tmp_path / "huge.csv", f"q,a,b,gold\nshort?,yes,no,yes\n{huge}?,yes,no,yes\n")
     with pytest.raises(TaskFormatError, match=r"huge.csv: line 3: a CSV row .*limited to 1,000,000 characters"):
         read_file(path, {"question": "q", "choices": "a|b", "answer": "gold"})
-    path = write(tmp_path / "huge.jsonl", '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
-                 + json.dumps({"id": "b", "question": huge, "choices": ["x", "y"], "answer": "x"}))
-    with pytest.raises(TaskFormatError, match=r"huge.jsonl: line 2: a question of at most 1,000,000 characters, "
-                                              r"got 1,200,000 \(probably a broken record"):
+    path = write(
+        tmp_path / "huge.jsonl",
+        '{"id": "a", "question": "Q", "choices": ["x", "y"], "answer": "x"}\n'
+        + json.dumps({"id": "b", "question": huge, "choices": ["x", "y"], "answer": "x"}),
+    )
+    with pytest.raises(
+        TaskFormatError,
+        match=r"huge.jsonl: line 2: a question of at most 1,000,000 characters, "
+        r"got 1,200,000 \(probably a broken record",
+    ):
         read_file(path)
 
 
@@ -169,11 +239,14 @@ def test_seeded_split_is_deterministic_and_disjoint(tmp_path):
     assert data.origin["splits"]["seed"] == 3 and len(data.split("valid")) == 10
 
 
-@pytest.mark.parametrize("name,counts,choices", [
-    ("arc", {"train": 1117, "validation": 295, "test": 1165}, 4),
-    ("obqa", {"train": 4957, "validation": 500, "test": 500}, 4),
-    ("bioasq", {"train": 976, "validation": 109, "test": 123}, 2),
-])
+@pytest.mark.parametrize(
+    "name,counts,choices",
+    [
+        ("arc", {"train": 1117, "validation": 295, "test": 1165}, 4),
+        ("obqa", {"train": 4957, "validation": 500, "test": 500}, 4),
+        ("bioasq", {"train": 976, "validation": 109, "test": 123}, 2),
+    ],
+)
 def test_real_tinyllm_files(shared_dir, name, counts, choices):
     data = load_task(str(shared_dir / "data" / "tinyllm" / name))
     assert {k: len(v) for k, v in data.splits.items()} == counts

@@ -31,13 +31,36 @@ from tinystudent.teachers import (
 from tinystudent.teachers.cleanup import clean_text, cut_run_on, trim_to_budget
 from tinystudent.teachers.prompts import build_prompt
 
-SUBJECTS = ["plants", "rocks", "rivers", "stars", "birds", "clouds", "metals", "seeds", "storms", "magnets",
-            "insects", "oceans", "glaciers", "volcanoes", "deserts", "forests"]
+SUBJECTS = [
+    "plants",
+    "rocks",
+    "rivers",
+    "stars",
+    "birds",
+    "clouds",
+    "metals",
+    "seeds",
+    "storms",
+    "magnets",
+    "insects",
+    "oceans",
+    "glaciers",
+    "volcanoes",
+    "deserts",
+    "forests",
+]
 
 
 def make_questions(n: int = 12) -> list[Example]:
-    return [Example(f"q{i}", f"Which property of {SUBJECTS[i % len(SUBJECTS)]} matters most in case {i}?",
-                    ("mass", "colour", "age", "shape"), i % 4) for i in range(n)]
+    return [
+        Example(
+            f"q{i}",
+            f"Which property of {SUBJECTS[i % len(SUBJECTS)]} matters most in case {i}?",
+            ("mass", "colour", "age", "shape"),
+            i % 4,
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +76,9 @@ def test_teacher_forcing_prompt_shows_gold_and_seeded_shots():
     assert len(shots) == 2 and target not in shots
     # the draw depends on the question and seed only, not on the pool's order or the run's size
     assert [s.id for s in draw_shots(target, list(reversed(questions)), 2, seed=0)] == [s.id for s in shots]
-    assert {s.id for s in draw_shots(target, questions, 2, seed=1)} != {s.id for s in shots} or \
-        {s.id for s in draw_shots(target, questions, 2, seed=2)} != {s.id for s in shots}
+    assert {s.id for s in draw_shots(target, questions, 2, seed=1)} != {s.id for s in shots} or {
+        s.id for s in draw_shots(target, questions, 2, seed=2)
+    } != {s.id for s in shots}
     prompt = build_prompt(strategy, target, shots)
     assert "The correct answer is (D) shape." in prompt  # gold of q3 is index 3
     assert prompt.count("Answer Choices:") == 3 and prompt.endswith("Let's think step by step.")
@@ -76,13 +100,16 @@ def test_templates_can_be_replaced_and_are_checked():
 
 def test_clean_up_cuts_run_on_and_trims():
     question = "Which gas do plants take in from the air?"
-    text = ("Let's think step by step. Plants use carbon dioxide. Thus, the answer is (B).\n\n"
-            "Q: Which gas do animals breathe out?\nAnswer Choices: (A) ...")
+    text = (
+        "Let's think step by step. Plants use carbon dioxide. Thus, the answer is (B).\n\n"
+        "Q: Which gas do animals breathe out?\nAnswer Choices: (A) ..."
+    )
     assert clean_text(text, question) == "Plants use carbon dioxide. Thus, the answer is (B)."
     repeated = f"Leaves take in CO2.\n{question}\n(A) oxygen"
     assert cut_run_on(repeated, question) == "Leaves take in CO2."
-    assert cut_run_on("The question asks which gas do plants take in from the air? It is CO2.", question) \
-        .endswith("It is CO2.")  # quoting the question inside a sentence is not a run-on
+    assert cut_run_on("The question asks which gas do plants take in from the air? It is CO2.", question).endswith(
+        "It is CO2."
+    )  # quoting the question inside a sentence is not a run-on
     long = "One two three. Four five six seven. Eight nine ten eleven twelve."
     assert trim_to_budget(long, 8) == "One two three. Four five six seven."
     assert trim_to_budget(long, 100) == long
@@ -148,8 +175,9 @@ def test_two_writers_share_one_cache(tiny_causal, tmp_path):
 
     def work(slot: int) -> None:
         with Store(db) as store:
-            summaries[slot] = teach(LocalTeacher(loaded, batch_size=1 + slot), questions, "toy", "cot", store,
-                                    max_new_tokens=16)
+            summaries[slot] = teach(
+                LocalTeacher(loaded, batch_size=1 + slot), questions, "toy", "cot", store, max_new_tokens=16
+            )
 
     threads = [threading.Thread(target=work, args=(slot,)) for slot in (0, 1)]
     for thread in threads:
@@ -161,20 +189,37 @@ def test_two_writers_share_one_cache(tiny_causal, tmp_path):
         assert store.db.execute("SELECT COUNT(*) FROM teacher_outputs").fetchone()[0] == 10
         final = teach(LocalTeacher(loaded), questions, "toy", "cot", store, max_new_tokens=16)
     assert final.cached == 10
-    assert [o.text for o in final.outputs] == [o.text for o in summaries[0].outputs] == \
-        [o.text for o in summaries[1].outputs]
+    assert (
+        [o.text for o in final.outputs]
+        == [o.text for o in summaries[0].outputs]
+        == [o.text for o in summaries[1].outputs]
+    )
 
 
 @pytest.mark.slow
 def test_smollm2_explains_the_gold_answer_through_its_chat_template(smollm2, tmp_path):
-    questions = [Example("sun", "Which of these is a star?", ("the Moon", "the Sun", "Mars", "a comet"), 1),
-                 Example("ice", "What happens to water when it freezes?", ("it boils", "it becomes ice",
-                                                                          "it turns to gas", "it vanishes"), 1),
-                 Example("plants", "What do plants need to make food?", ("sunlight", "sand", "plastic", "noise"), 0)]
+    questions = [
+        Example("sun", "Which of these is a star?", ("the Moon", "the Sun", "Mars", "a comet"), 1),
+        Example(
+            "ice",
+            "What happens to water when it freezes?",
+            ("it boils", "it becomes ice", "it turns to gas", "it vanishes"),
+            1,
+        ),
+        Example("plants", "What do plants need to make food?", ("sunlight", "sand", "plastic", "noise"), 0),
+    ]
     teacher = LocalTeacher(smollm2, batch_size=2)
     with Store(tmp_path / "cache.sqlite") as store:
-        summary = teach(teacher, questions[:2], "toy", "teacher_forcing_cot", store, train_examples=questions,
-                        k_shots=1, max_new_tokens=32)
+        summary = teach(
+            teacher,
+            questions[:2],
+            "toy",
+            "teacher_forcing_cot",
+            store,
+            train_examples=questions,
+            k_shots=1,
+            max_new_tokens=32,
+        )
         prompt = store.db.execute("SELECT prompt FROM teacher_outputs LIMIT 1").fetchone()[0]
     assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("<|im_start|>assistant")
     assert "The correct answer is (B)" in prompt
@@ -216,8 +261,10 @@ def test_seq2seq_teacher_generates_and_scores(tiny_seq2seq, tmp_path):
 def test_a_prompt_longer_than_the_context_is_fitted_not_failed(tiny_teacher, tmp_path):
     """A question longer than the teacher's context keeps its end (where it asks); one with long
     evidence keeps its whole question and loses the end of its evidence."""
-    questions = make_questions(3) + [Example("huge", "why " * 600 + "is the sky blue?", ("a", "b"), 0),
-                                     Example("evidence", "Is water wet?", ("yes", "no"), 0, "fact " * 900)]
+    questions = make_questions(3) + [
+        Example("huge", "why " * 600 + "is the sky blue?", ("a", "b"), 0),
+        Example("evidence", "Is water wet?", ("yes", "no"), 0, "fact " * 900),
+    ]
     with Store(tmp_path / "cache.sqlite") as store:
         summary = teach(tiny_teacher, questions, "toy", "zero_shot", store, max_new_tokens=4)
         rows = {row["example_id"]: row["prompt"] for row in cache.rows_for(store, tiny_teacher.name, "toy")}
@@ -240,8 +287,10 @@ def test_make_teacher_checks_its_settings(tiny_causal):
 
 
 def write_task(path: Path, n: int) -> Path:
-    rows = [{"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.choices[q.answer]}
-            for q in make_questions(n)]
+    rows = [
+        {"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.choices[q.answer]}
+        for q in make_questions(n)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -260,9 +309,27 @@ def test_teach_killed_with_sigkill_resumes_without_recomputing(tiny_causal, tmp_
     """`kill -9` in the middle of `tinystudent teach`; the next run finishes the rest."""
     task = write_task(tmp_path / "toy.jsonl", 16)
     db = tmp_path / "kill.sqlite"
-    command = [sys.executable, "-m", "tinystudent", "teach", "--teacher", str(tiny_causal), "--task", str(task),
-               "--split", "train", "--strategy", "cot", "--max-new-tokens", "64", "--batch-size", "1",
-               "--db", str(db), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "tinystudent",
+        "teach",
+        "--teacher",
+        str(tiny_causal),
+        "--task",
+        str(task),
+        "--split",
+        "train",
+        "--strategy",
+        "cot",
+        "--max-new-tokens",
+        "64",
+        "--batch-size",
+        "1",
+        "--db",
+        str(db),
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

@@ -25,8 +25,12 @@ from tinystudent.teachers import (
 )
 from tinystudent.teachers.http import normalise_base_url
 
-QUESTIONS = [Example(f"q{i}", f"Which property of sample {i} do scientists measure first?",
-                     ("mass", "colour", "age", "shape"), i % 4) for i in range(16)]
+QUESTIONS = [
+    Example(
+        f"q{i}", f"Which property of sample {i} do scientists measure first?", ("mass", "colour", "age", "shape"), i % 4
+    )
+    for i in range(16)
+]
 
 
 def server_stats(base_url: str) -> dict:
@@ -84,9 +88,11 @@ def test_concurrent_requests_are_batched_and_a_rerun_sends_none(served_tiny_caus
 
 
 def test_a_server_killed_mid_run_resumes_from_the_cache(served_tiny_causal, tiny_causal, tmp_path):
-    teacher = http_teacher(served_tiny_causal.base_url, tiny_causal, concurrency=1, max_retries=2,
-                           backoff=0.05, timeout=20)
+    teacher = http_teacher(
+        served_tiny_causal.base_url, tiny_causal, concurrency=1, max_retries=2, backoff=0.05, timeout=20
+    )
     with Store(tmp_path / "cache.sqlite") as store:
+
         def teacher_outputs() -> int:
             return store.db.execute("SELECT COUNT(*) FROM teacher_outputs").fetchone()[0]
 
@@ -160,13 +166,18 @@ def scripted():
 
 
 def completion(text: str) -> bytes:
-    return json.dumps({"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-                       "usage": {"prompt_tokens": 10, "completion_tokens": 3}}).encode()
+    return json.dumps(
+        {
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3},
+        }
+    ).encode()
 
 
 def chat(text: str) -> bytes:
-    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": "stop"}]}).encode()
+    return json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    ).encode()
 
 
 def test_500s_and_429s_are_retried_with_backoff(scripted, tmp_path):
@@ -178,8 +189,9 @@ def test_500s_and_429s_are_retried_with_backoff(scripted, tmp_path):
         return 200, completion(" The answer is (B)."), {}, 0
 
     server = scripted(script)
-    teacher = make_teacher("big-model", base_url=server.base_url, endpoint="completions", max_retries=4,
-                           backoff=0.01, concurrency=1)
+    teacher = make_teacher(
+        "big-model", base_url=server.base_url, endpoint="completions", max_retries=4, backoff=0.01, concurrency=1
+    )
     with Store(tmp_path / "cache.sqlite") as store:
         summary = teach(teacher, QUESTIONS[:1], "toy", "zero_shot", store)
     assert summary.generated == 1 and summary.outputs[0].answer == 1
@@ -191,18 +203,23 @@ def test_500s_and_429s_are_retried_with_backoff(scripted, tmp_path):
 def test_a_server_that_keeps_failing_stops_the_run_with_a_clear_error(scripted, tmp_path):
     server = scripted(lambda path, body, attempt: (503, b"model is loading", {}, 0))
     teacher = make_teacher("m", base_url=server.base_url, max_retries=2, backoff=0.01)
-    with Store(tmp_path / "cache.sqlite") as store, \
-            pytest.raises(TeacherUnavailable, match="gave up after 3 attempts; last: HTTP 503: model is loading"):
+    with (
+        Store(tmp_path / "cache.sqlite") as store,
+        pytest.raises(TeacherUnavailable, match="gave up after 3 attempts; last: HTTP 503: model is loading"),
+    ):
         teach(teacher, QUESTIONS[:4], "toy", "cot", store)
 
 
 def test_a_hung_server_times_out(scripted, tmp_path):
     server = scripted(lambda path, body, attempt: (200, completion("late"), {}, 3.0))
-    teacher = make_teacher("m", base_url=server.base_url, endpoint="completions", timeout=0.3, max_retries=1,
-                           backoff=0.01, concurrency=2)
+    teacher = make_teacher(
+        "m", base_url=server.base_url, endpoint="completions", timeout=0.3, max_retries=1, backoff=0.01, concurrency=2
+    )
     started = time.monotonic()
-    with Store(tmp_path / "cache.sqlite") as store, \
-            pytest.raises(TeacherUnavailable, match="no answer within the 0.3 s timeout"):
+    with (
+        Store(tmp_path / "cache.sqlite") as store,
+        pytest.raises(TeacherUnavailable, match="no answer within the 0.3 s timeout"),
+    ):
         teach(teacher, QUESTIONS[:6], "toy", "zero_shot", store)
     assert time.monotonic() - started < 5
 
@@ -229,8 +246,7 @@ def test_malformed_json_and_4xx_fail_their_question_only(scripted, tmp_path):
     assert "q3: " in errors and "no choices.0.message.content" in errors
 
 
-@pytest.mark.parametrize("status, message", [(404, "wrong base URL or model name"),
-                                             (401, "the API key was refused")])
+@pytest.mark.parametrize("status, message", [(404, "wrong base URL or model name"), (401, "the API key was refused")])
 def test_a_wrong_url_model_or_key_stops_at_once(scripted, tmp_path, status, message):
     server = scripted(lambda path, body, attempt: (status, b'{"error": "no"}', {}, 0))
     teacher = make_teacher("m", base_url=server.base_url, max_retries=3, backoff=1.0)
@@ -256,17 +272,33 @@ def test_the_api_key_comes_from_the_environment_and_is_never_stored(scripted, tm
 def test_without_echo_logprobs_scoring_falls_back_to_answers(scripted, tmp_path):
     def script(path, body, attempt):
         if body.get("echo"):  # like llama.cpp: logprobs of the generated token only
-            return 200, json.dumps({"choices": [{"index": i, "text": p + " x", "logprobs": {
-                "tokens": [" x"], "token_logprobs": [-0.1], "text_offset": [len(p)]}}
-                for i, p in enumerate(body["prompt"])]}).encode(), {}, 0
+            return (
+                200,
+                json.dumps(
+                    {
+                        "choices": [
+                            {
+                                "index": i,
+                                "text": p + " x",
+                                "logprobs": {"tokens": [" x"], "token_logprobs": [-0.1], "text_offset": [len(p)]},
+                            }
+                            for i, p in enumerate(body["prompt"])
+                        ]
+                    }
+                ).encode(),
+                {},
+                0,
+            )
         return 200, chat("B"), {}, 0
 
     server = scripted(script)
     teacher = make_teacher("m", base_url=server.base_url)
     with Store(tmp_path / "cache.sqlite") as store:
         scores = teacher_choice_logprobs(teacher, QUESTIONS[:2], "toy", store)
-    assert scores == {"q0": [float("-inf"), 0.0, float("-inf"), float("-inf")],
-                      "q1": [float("-inf"), 0.0, float("-inf"), float("-inf")]}
+    assert scores == {
+        "q0": [float("-inf"), 0.0, float("-inf"), float("-inf")],
+        "q1": [float("-inf"), 0.0, float("-inf"), float("-inf")],
+    }
 
 
 def test_base_urls_are_normalised():
@@ -276,8 +308,13 @@ def test_base_urls_are_normalised():
 
 
 def write_task(path, questions):
-    path.write_text("".join(json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices),
-                                        "answer": q.choices[q.answer]}) + "\n" for q in questions))
+    path.write_text(
+        "".join(
+            json.dumps({"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.choices[q.answer]})
+            + "\n"
+            for q in questions
+        )
+    )
     return path
 
 
@@ -287,9 +324,26 @@ def test_teach_command_against_a_server(served_tiny_causal, tiny_causal, tmp_pat
     from tinystudent.cli import app
 
     task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
-    args = ["teach", "--teacher", str(tiny_causal), "--task", str(task), "--split", "train", "--strategy",
-            "teacher_forcing_cot", "--k-shots", "1", "--base-url", served_tiny_causal.base_url, "--endpoint",
-            "completions", "--max-new-tokens", "8", "--json"]
+    args = [
+        "teach",
+        "--teacher",
+        str(tiny_causal),
+        "--task",
+        str(task),
+        "--split",
+        "train",
+        "--strategy",
+        "teacher_forcing_cot",
+        "--k-shots",
+        "1",
+        "--base-url",
+        served_tiny_causal.base_url,
+        "--endpoint",
+        "completions",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     result = json.loads(first.stdout.strip().splitlines()[-1])
@@ -305,11 +359,16 @@ def test_teach_command_reports_an_unavailable_server_in_one_line(scripted, tmp_p
 
     server = scripted(lambda path, body, attempt: (503, b"overloaded", {}, 0))
     task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
-    result = CliRunner().invoke(app, ["teach", "--teacher", "m", "--task", str(task), "--base-url", server.base_url,
-                                      "--max-retries", "0", "--json"])
+    result = CliRunner().invoke(
+        app,
+        ["teach", "--teacher", "m", "--task", str(task), "--base-url", server.base_url, "--max-retries", "0", "--json"],
+    )
     assert result.exit_code == 2
-    assert "error:" in result.output and "HTTP 503: overloaded" in result.output and "run the same command again" \
-        in " ".join(result.output.split())
+    assert (
+        "error:" in result.output
+        and "HTTP 503: overloaded" in result.output
+        and "run the same command again" in " ".join(result.output.split())
+    )
     assert "Traceback" not in result.output
 
 
@@ -333,8 +392,24 @@ def test_teach_command_with_some_failures_exits_3_and_retries_only_them(scripted
         return 200, chat("Thus, the answer is (A)."), {}, 0
 
     server = scripted(script)
-    args = ["teach", "--teacher", "m", "--task", str(task), "--split", "train", "--strategy", "cot",
-            "--base-url", server.base_url, "--max-retries", "0", "--db", str(tmp_path / "c.sqlite"), "--json"]
+    args = [
+        "teach",
+        "--teacher",
+        "m",
+        "--task",
+        str(task),
+        "--split",
+        "train",
+        "--strategy",
+        "cot",
+        "--base-url",
+        server.base_url,
+        "--max-retries",
+        "0",
+        "--db",
+        str(tmp_path / "c.sqlite"),
+        "--json",
+    ]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 3, first.output
     assert "error: " not in first.output and "2 of 8 questions failed" in " ".join(first.output.split())
@@ -372,11 +447,14 @@ def test_timeout_is_a_deadline_for_the_whole_answer(tmp_path):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        teacher = make_teacher("m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout=0.5,
-                               max_retries=0)
+        teacher = make_teacher(
+            "m", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", timeout=0.5, max_retries=0
+        )
         started = time.monotonic()
-        with Store(tmp_path / "cache.sqlite") as store, \
-                pytest.raises(TeacherUnavailable, match="no answer within the 0.5 s timeout"):
+        with (
+            Store(tmp_path / "cache.sqlite") as store,
+            pytest.raises(TeacherUnavailable, match="no answer within the 0.5 s timeout"),
+        ):
             teach(teacher, QUESTIONS[:1], "toy", "cot", store)
         assert time.monotonic() - started < 2  # the whole body would take len(body) * 0.05 s
         assert len(body) * 0.05 > 3
@@ -402,9 +480,27 @@ def test_a_key_echoed_back_by_the_server_is_redacted_everywhere(scripted, tmp_pa
     monkeypatch.setenv("ECHO_KEY", key)
     task = write_task(tmp_path / "toy.jsonl", QUESTIONS[:10])
     db = tmp_path / "c.sqlite"
-    result = CliRunner().invoke(app, ["teach", "--teacher", "m", "--task", str(task), "--split", "train",
-                                      "--base-url", server.base_url, "--api-key-env", "ECHO_KEY",
-                                      "--max-retries", "0", "--db", str(db), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "teach",
+            "--teacher",
+            "m",
+            "--task",
+            str(task),
+            "--split",
+            "train",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "ECHO_KEY",
+            "--max-retries",
+            "0",
+            "--db",
+            str(db),
+            "--json",
+        ],
+    )
     assert server.requests and server.requests[0][2]["Authorization"] == f"Bearer {key}"
     assert result.exit_code == (1 if status == 400 else 2), result.output  # all failed / unavailable
     assert "[REDACTED]" in result.output

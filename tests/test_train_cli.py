@@ -10,8 +10,18 @@ from typer.testing import CliRunner
 
 from tinystudent.cli import app
 
-REQUIRED = {"student", "params", "trainable_params", "steps", "train_loss", "valid_acc", "test_acc",
-            "tokens_per_s", "peak_memory_mb", "checkpoint"}
+REQUIRED = {
+    "student",
+    "params",
+    "trainable_params",
+    "steps",
+    "train_loss",
+    "valid_acc",
+    "test_acc",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "checkpoint",
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +38,40 @@ def test_train_with_rationales_file_and_json(tiny_causal, arc_task, tmp_path):
     from tinystudent.tasks import load_task
 
     train = load_task(arc_task).split("train")[:6]
-    lines = [json.dumps({"id": ex.id, "teacher": "mine", "rationale": f"Because {ex.answer_text} fits."})
-             for ex in train]
+    lines = [
+        json.dumps({"id": ex.id, "teacher": "mine", "rationale": f"Because {ex.answer_text} fits."}) for ex in train
+    ]
     (tmp_path / "r.jsonl").write_text("\n".join(lines))
-    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
-                   "--rationales", str(tmp_path / "r.jsonl"), "--steps", "3", "--batch-size", "2",
-                   "--train-limit", "6", "--valid-limit", "4", "--test-limit", "4", "--keep-layers", "first:1",
-                   "--out", str(tmp_path / "run"), "--device", "cpu", "--json"])
+    result = _run(
+        [
+            "train",
+            "--student",
+            str(tiny_causal),
+            "--task",
+            arc_task,
+            "--objective",
+            "rationale",
+            "--rationales",
+            str(tmp_path / "r.jsonl"),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--train-limit",
+            "6",
+            "--valid-limit",
+            "4",
+            "--test-limit",
+            "4",
+            "--keep-layers",
+            "first:1",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert REQUIRED <= set(row)
@@ -53,10 +90,35 @@ def test_train_reads_rationales_from_the_teacher_cache(tiny_seq2seq, arc_task, s
     imported = read_tinyllm(shared_dir / "data" / "tinyllm" / "arc", "train")
     with Store() as store:
         store_rationales(store, imported.rationales[:40], arc_task, imported.questions)
-    result = _run(["train", "--student", str(tiny_seq2seq), "--task", arc_task, "--teachers",
-                   "flan-t5-xl,llama-2-chat-7b", "--objective", "rationale", "--weight", "rationale.flan-t5-xl=0.5",
-                   "--steps", "2", "--batch-size", "2", "--train-limit", "8", "--valid-limit", "2",
-                   "--no-test", "--out", str(tmp_path / "run"), "--device", "cpu", "--json"])
+    result = _run(
+        [
+            "train",
+            "--student",
+            str(tiny_seq2seq),
+            "--task",
+            arc_task,
+            "--teachers",
+            "flan-t5-xl,llama-2-chat-7b",
+            "--objective",
+            "rationale",
+            "--weight",
+            "rationale.flan-t5-xl=0.5",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--train-limit",
+            "8",
+            "--valid-limit",
+            "2",
+            "--no-test",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["teachers"] == ["flan-t5-xl", "llama-2-chat-7b"] and row["test_acc"] is None
@@ -65,18 +127,65 @@ def test_train_reads_rationales_from_the_teacher_cache(tiny_seq2seq, arc_task, s
 
 
 def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
-    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
-                   "--teachers", "nobody", "--out", str(tmp_path / "run"), "--device", "cpu"])
+    result = _run(
+        [
+            "train",
+            "--student",
+            str(tiny_causal),
+            "--task",
+            arc_task,
+            "--objective",
+            "rationale",
+            "--teachers",
+            "nobody",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 2 and "no cached rationales of teacher 'nobody'" in result.output
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "magic"])
     assert result.exit_code == 2 and "unknown ['magic']" in result.output
-    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--objective", "rationale",
-                   "--teachers", "flan-t5-xl", "--strategy", "magic"])
+    result = _run(
+        [
+            "train",
+            "--student",
+            str(tiny_causal),
+            "--task",
+            arc_task,
+            "--objective",
+            "rationale",
+            "--teachers",
+            "flan-t5-xl",
+            "--strategy",
+            "magic",
+        ]
+    )
     assert result.exit_code == 2 and "--strategy 'magic': rationales come from one of" in result.output
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--precision", "fp8"])
-    assert result.exit_code == 2 and "training config: precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16' " \
-        "(got 'fp8')" in " ".join(result.output.split())
-    result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--method", "lora",
-                   "--lora-targets", "nothing_here", "--train-limit", "4", "--out", str(tmp_path / "r2"),
-                   "--device", "cpu"])
+    assert (
+        result.exit_code == 2
+        and "training config: precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16' (got 'fp8')"
+        in " ".join(result.output.split())
+    )
+    result = _run(
+        [
+            "train",
+            "--student",
+            str(tiny_causal),
+            "--task",
+            arc_task,
+            "--method",
+            "lora",
+            "--lora-targets",
+            "nothing_here",
+            "--train-limit",
+            "4",
+            "--out",
+            str(tmp_path / "r2"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 2 and "match nothing" in result.output

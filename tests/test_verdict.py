@@ -18,13 +18,15 @@ TEACHER = {"name": "big", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 f
 def student(label, params, memory, extra_right):
     """Right wherever the teacher is right, plus `extra_right` of the questions it gets wrong."""
     correct = [i % 2 == 0 or (i // 2) < extra_right for i in range(N)]
-    return {"label": label, "params": params, "peak_memory_mb": memory, "acc": sum(correct) / N,
-            "correct": correct}
+    return {"label": label, "params": params, "peak_memory_mb": memory, "acc": sum(correct) / N, "correct": correct}
 
 
 def test_smallest_winner_skips_ties_and_prefers_small():
-    candidates = [student("tiny-same", 10, 300, 0), student("small-better", 20, 200, 30),
-                  student("large-much-better", 40, 100, 80)]
+    candidates = [
+        student("tiny-same", 10, 300, 0),
+        student("small-better", 20, 200, 30),
+        student("large-much-better", 40, 100, 80),
+    ]
     by_params = smallest_winner(TEACHER, candidates, "params")
     assert by_params["smallest_winner"] == "small-better"
     assert by_params["diff"] == pytest.approx(0.15) and by_params["p_value"] < 0.05
@@ -36,8 +38,13 @@ def test_smallest_winner_skips_ties_and_prefers_small():
 def test_the_boundary_is_the_largest_loser_below_the_smallest_winner():
     """Two runs of a 15-parameter student lose (the better one is named), one of 20 wins; a
     larger loser above the winner is not the boundary."""
-    candidates = [student("tiny", 10, 1, 0), student("mid-a", 15, 2, 0), student("mid-b", 15, 2, 1),
-                  student("winner", 20, 3, 30), student("huge-loser", 50, 4, 0)]
+    candidates = [
+        student("tiny", 10, 1, 0),
+        student("mid-a", 15, 2, 0),
+        student("mid-b", 15, 2, 1),
+        student("winner", 20, 3, 30),
+        student("huge-loser", 50, 4, 0),
+    ]
     entry = smallest_winner(TEACHER, candidates, "params")
     assert entry["smallest_winner"] == "winner"
     assert entry["largest_loser"]["label"] == "mid-b" and entry["largest_loser"]["params"] == 15
@@ -98,39 +105,55 @@ def test_valid_experiment_loads(tmp_path):
     assert experiment.methods.finetune == ["full", "lora"] and experiment.training == {"steps": 5}
 
 
-@pytest.mark.parametrize("change,message", [
-    (("name: demo", "name: demo\ncolour: blue"), "colour: unknown key"),
-    (("train_limit: 10", "train_limt: 10"), "task.train_limt: unknown key"),
-    (('"rationale:smol"', '"rationale:big"'), "names no teacher"),
-    (('"choice_kd:smol"', '"choice_kd"'), "needs a teacher"),
-    (("{name: smol, model", "{name: smol, backend: http, model"), "needs `base_url`"),
-    (("keep_layers", "students_extra: 1, keep_layers"), "students.0.students_extra"),
-    (("{name: s4,", "{name: ../../victim,"), "students.0.name"),
-    (("{name: s4,", "{name: /tmp/x,"), "names become folder names"),
-    (("{name: smol,", "{name: 'a/b',"), "teachers.0.name"),
-    (("name: demo", "name: ../x"), "name '../x' is not allowed"),
-    (('keep_layers: "first:4"', 'keep_layers: "every:0"'), "students.0.keep_layers"),
-    (("model: HuggingFaceTB/SmolLM2-135M-Instruct}", "model: HuggingFaceTB/SmolLM2-135M-Instruct, strategy: magic}"),
-     "unknown strategy 'magic'"),
-    (("test_limit: 10}", "test_limit: 10, test_split: tst}"), "test_split 'tst'"),
-    (("name: arc_easy", "name: arc_hard"), "'arc_hard' is neither a known task"),
-    (("methods:", "seeds: []\nmethods:"), "seeds: List should have at least 1 item"),
-    (("{name: smol, model", "{name: smol, backend: imported, model"), "needs `rationales` (its outputs) or"),
-    (("{name: smol, model: HuggingFaceTB/SmolLM2-135M-Instruct}",
-      "{name: smol, backend: imported, reported_acc: 0.6, reported_source: paper}"), "teacher 'smol' has no rationales"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("name: demo", "name: demo\ncolour: blue"), "colour: unknown key"),
+        (("train_limit: 10", "train_limt: 10"), "task.train_limt: unknown key"),
+        (('"rationale:smol"', '"rationale:big"'), "names no teacher"),
+        (('"choice_kd:smol"', '"choice_kd"'), "needs a teacher"),
+        (("{name: smol, model", "{name: smol, backend: http, model"), "needs `base_url`"),
+        (("keep_layers", "students_extra: 1, keep_layers"), "students.0.students_extra"),
+        (("{name: s4,", "{name: ../../victim,"), "students.0.name"),
+        (("{name: s4,", "{name: /tmp/x,"), "names become folder names"),
+        (("{name: smol,", "{name: 'a/b',"), "teachers.0.name"),
+        (("name: demo", "name: ../x"), "name '../x' is not allowed"),
+        (('keep_layers: "first:4"', 'keep_layers: "every:0"'), "students.0.keep_layers"),
+        (
+            (
+                "model: HuggingFaceTB/SmolLM2-135M-Instruct}",
+                "model: HuggingFaceTB/SmolLM2-135M-Instruct, strategy: magic}",
+            ),
+            "unknown strategy 'magic'",
+        ),
+        (("test_limit: 10}", "test_limit: 10, test_split: tst}"), "test_split 'tst'"),
+        (("name: arc_easy", "name: arc_hard"), "'arc_hard' is neither a known task"),
+        (("methods:", "seeds: []\nmethods:"), "seeds: List should have at least 1 item"),
+        (("{name: smol, model", "{name: smol, backend: imported, model"), "needs `rationales` (its outputs) or"),
+        (
+            (
+                "{name: smol, model: HuggingFaceTB/SmolLM2-135M-Instruct}",
+                "{name: smol, backend: imported, reported_acc: 0.6, reported_source: paper}",
+            ),
+            "teacher 'smol' has no rationales",
+        ),
+    ],
+)
 def test_bad_experiment_names_the_key(tmp_path, change, message):
     with pytest.raises(ExperimentError) as err:
         load_experiment(write(tmp_path, VALID.replace(*change)))
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("teachers.3.k_shots=1", "teachers.3: the list has 1 item(s); use an index from 0 to 0"),
-    ("name.x=1", "name is a single value, it has no keys"),
-    ("training.steps=[1,", "the value is not valid YAML"),
-    ("training", "expected key.path=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("teachers.3.k_shots=1", "teachers.3: the list has 1 item(s); use an index from 0 to 0"),
+        ("name.x=1", "name is a single value, it has no keys"),
+        ("training.steps=[1,", "the value is not valid YAML"),
+        ("training", "expected key.path=value"),
+    ],
+)
 def test_bad_overrides_are_clear_errors(tmp_path, override, message):
     with pytest.raises(ExperimentError, match=re.escape(message)):
         load_experiment(write(tmp_path, VALID), [override])
@@ -139,14 +162,16 @@ def test_bad_overrides_are_clear_errors(tmp_path, override, message):
 
 def test_a_teacher_known_by_its_published_accuracy_alone(tmp_path):
     text = VALID.replace('"rationale:smol", ', "").replace(
-        "teachers:\n", "teachers:\n  - {name: paper, backend: imported, reported_acc: 0.7, reported_source: Table 2}\n")
+        "teachers:\n", "teachers:\n  - {name: paper, backend: imported, reported_acc: 0.7, reported_source: Table 2}\n"
+    )
     experiment = load_experiment(write(tmp_path, text))
     assert [t.writes_rationales for t in experiment.teachers] == [False, True]
 
 
 def test_missing_files_are_named(tmp_path):
-    text = VALID.replace("teachers:\n", "teachers:\n  - {name: old, backend: imported, rationales: "
-                         "{format: tinyllm, path: ./nowhere}}\n")
+    text = VALID.replace(
+        "teachers:\n", "teachers:\n  - {name: old, backend: imported, rationales: {format: tinyllm, path: ./nowhere}}\n"
+    )
     with pytest.raises(ExperimentError, match="teachers.0.rationales.path"):
         load_experiment(write(tmp_path, text))
     with pytest.raises(ExperimentError, match="no such experiment file"):
@@ -155,8 +180,14 @@ def test_missing_files_are_named(tmp_path):
 
 def test_candidates_on_a_subset_are_paired_by_question_id():
     teacher = {**TEACHER, "ids": [str(i) for i in range(N)]}
-    subset = {"label": "debate", "params": 1, "peak_memory_mb": 1, "acc": 1.0,
-              "ids": [str(i) for i in range(1, 100, 2)], "correct": [True] * 50}  # the teacher's misses
+    subset = {
+        "label": "debate",
+        "params": 1,
+        "peak_memory_mb": 1,
+        "acc": 1.0,
+        "ids": [str(i) for i in range(1, 100, 2)],
+        "correct": [True] * 50,
+    }  # the teacher's misses
     entry = smallest_winner(teacher, [subset], "params")
     assert entry["smallest_winner"] == "debate" and entry["diff"] == pytest.approx(1.0)
     assert entry["subset"] == {"n": 50, "of": N, "teacher_acc": 0.0}
@@ -170,8 +201,14 @@ def test_the_closest_is_judged_on_every_question_before_a_subset():
 
     teacher = {**TEACHER, "ids": [str(i) for i in range(N)]}
     ids = [str(i) for i in range(20)]
-    tie_on_subset = {"label": "debate", "params": 1, "peak_memory_mb": 1, "acc": 0.5, "ids": ids,
-                     "correct": [i % 2 == 0 for i in range(20)]}
+    tie_on_subset = {
+        "label": "debate",
+        "params": 1,
+        "peak_memory_mb": 1,
+        "acc": 0.5,
+        "ids": ids,
+        "correct": [i % 2 == 0 for i in range(20)],
+    }
     worse_everywhere = {**student("student", 2, 2, 0), "ids": teacher["ids"]}
     worse_everywhere["correct"] = [c and i % 4 == 0 for i, c in enumerate(worse_everywhere["correct"])]
     worse_everywhere["acc"] = sum(worse_everywhere["correct"]) / N

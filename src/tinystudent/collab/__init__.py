@@ -1,12 +1,10 @@
 """Small models working together instead of learning from a large teacher, and the
-pre-training-loss-guided search for which students are worth training.
+judging of what they answer together.
 
 - `ensemble`: average of probabilities and majority vote over members' choice scores; a group's
   cost is the sum of its members' (`sum_costs`).
 - `debate`: members read each other's answers and reasons for a fixed number of rounds, then vote.
 - `results`: a group's answers as an `EvalResult`, judged and reported like any single model.
-- `search`: train a ladder of students smallest first, skip those whose bits per byte is too
-  high, stop at the first that beats the teacher.
 """
 
 from tinystudent.collab.debate import DebateResult, debate, debate_eval_result, vote
@@ -18,8 +16,16 @@ from tinystudent.collab.ensemble import (
     sum_costs,
 )
 from tinystudent.collab.results import ensemble_eval_result
-from tinystudent.collab.search import Candidate, SearchReport, SearchStep, loss_guided_search
 
-__all__ = ["Candidate", "DebateResult", "EnsembleResult", "SearchReport", "SearchStep",
-           "average_probabilities", "choice_probabilities", "debate", "debate_eval_result",
-           "ensemble_eval_result", "loss_guided_search", "majority_vote", "sum_costs", "vote"]
+__all__ = [
+    "DebateResult",
+    "EnsembleResult",
+    "average_probabilities",
+    "choice_probabilities",
+    "debate",
+    "debate_eval_result",
+    "ensemble_eval_result",
+    "majority_vote",
+    "sum_costs",
+    "vote",
+]

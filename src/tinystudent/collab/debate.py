@@ -39,10 +39,11 @@ from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.models.loading import LoadedModel
 from tinystudent.tasks.schema import Example, data_hash
 
-FIRST_INSTRUCTION = ("Explain your reasoning briefly, step by step, then finish with "
-                     "'The answer is (X)'.")
-DEBATE_INSTRUCTION = ("Use the other agents' reasoning as extra advice: it may be wrong. Explain "
-                      "your reasoning briefly, step by step, then finish with 'The answer is (X)'.")
+FIRST_INSTRUCTION = "Explain your reasoning briefly, step by step, then finish with 'The answer is (X)'."
+DEBATE_INSTRUCTION = (
+    "Use the other agents' reasoning as extra advice: it may be wrong. Explain "
+    "your reasoning briefly, step by step, then finish with 'The answer is (X)'."
+)
 
 # (member, prompts) -> one generated text per prompt
 GenerateFn = Callable[[LoadedModel, list[str]], list[str]]
@@ -94,8 +95,9 @@ def first_prompt(example: Example) -> str:
     return f"{lettered_question(example)}\n{FIRST_INSTRUCTION}"
 
 
-def debate_prompt(example: Example, own: tuple[str, int | None],
-                  others: Sequence[tuple[str, int | None]], rationale_chars: int) -> str:
+def debate_prompt(
+    example: Example, own: tuple[str, int | None], others: Sequence[tuple[str, int | None]], rationale_chars: int
+) -> str:
     """The question, the other members' previous answers and the member's own previous one."""
     parts = [lettered_question(example), "", "Answers from other agents:"]
     for number, (text, answer) in enumerate(others, start=1):
@@ -112,19 +114,29 @@ def _shown(text: str, answer: int | None, rationale_chars: int) -> str:
     return f"{reasoning or '(no reasoning)'} [picked: {picked}]"
 
 
-def greedy_generate(max_new_tokens: int, batch_size: int) -> Callable[[LoadedModel, list[str], LatencyMeter], list[str]]:
+def greedy_generate(
+    max_new_tokens: int, batch_size: int
+) -> Callable[[LoadedModel, list[str], LatencyMeter], list[str]]:
     """The default generation: each member's chat template, greedy decoding, timed per batch."""
 
     def generate(member: LoadedModel, prompts: list[str], latency: LatencyMeter) -> list[str]:
         rendered = [render_prompt(member.tokenizer, p) for p in prompts]
-        return generate_texts(member.model, member.tokenizer, member.kind, rendered, max_new_tokens,
-                              batch_size=batch_size, on_batch=latency.record)
+        return generate_texts(
+            member.model,
+            member.tokenizer,
+            member.kind,
+            rendered,
+            max_new_tokens,
+            batch_size=batch_size,
+            on_batch=latency.record,
+        )
 
     return generate
 
 
-def _run_member(member: LoadedModel, prompts: list[str], generate: GenerateFn | None,
-                default, latency: LatencyMeter) -> list[str]:
+def _run_member(
+    member: LoadedModel, prompts: list[str], generate: GenerateFn | None, default, latency: LatencyMeter
+) -> list[str]:
     if generate is None:
         return default(member, prompts, latency)
     began = time.perf_counter()
@@ -135,9 +147,16 @@ def _run_member(member: LoadedModel, prompts: list[str], generate: GenerateFn | 
     return texts
 
 
-def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: int = 2,
-           max_new_tokens: int = 128, batch_size: int = 8, rationale_chars: int = 600,
-           generate: GenerateFn | None = None, pick_unparsed: bool = True) -> DebateResult:
+def debate(
+    members: Sequence[LoadedModel],
+    examples: Sequence[Example],
+    rounds: int = 2,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    rationale_chars: int = 600,
+    generate: GenerateFn | None = None,
+    pick_unparsed: bool = True,
+) -> DebateResult:
     """Let `members` debate every question for `rounds` rounds, then vote.
 
     Args:
@@ -171,42 +190,69 @@ def debate(members: Sequence[LoadedModel], examples: Sequence[Example], rounds: 
         for round_index in range(rounds):
             round_texts, round_answers, picked = [], [], 0
             for m, member in enumerate(members):
-                prompts = [_prompt_for(ex, q, m, round_index, texts, answers, rationale_chars)
-                           for q, ex in enumerate(examples)]
+                prompts = [
+                    _prompt_for(ex, q, m, round_index, texts, answers, rationale_chars) for q, ex in enumerate(examples)
+                ]
                 member_texts = _run_member(member, prompts, generate, default, latencies[m][round_index])
                 member_answers = [extract_choice(t, ex.choices) for t, ex in zip(member_texts, examples)]
                 if pick_unparsed:
-                    picked += _pick_unparsed(member, examples, prompts, member_texts, member_answers,
-                                             latencies[m][round_index], batch_size)
+                    picked += _pick_unparsed(
+                        member, examples, prompts, member_texts, member_answers, latencies[m][round_index], batch_size
+                    )
                 round_texts.append(member_texts)
                 round_answers.append(member_answers)
             texts.append(round_texts)
             answers.append(round_answers)
             picked_by_likelihood.append(picked)
-    round_votes = [[vote([answers[r][m][q] for m in range(len(members))]) for q in range(len(examples))]
-                   for r in range(rounds)]
+    round_votes = [
+        [vote([answers[r][m][q] for m in range(len(members))]) for q in range(len(examples))] for r in range(rounds)
+    ]
     final = round_votes[-1]
     correct = [p == ex.answer for p, ex in zip(final, examples)]
-    settings = {"rounds": rounds, "max_new_tokens": max_new_tokens, "rationale_chars": rationale_chars,
-                "tie_break": "earliest member", "members": [m.name for m in members],
-                "member_identities": [m.resolved.identity for m in members],
-                "generation": "greedy" if generate is None else "custom",
-                "unparsed_answers": "picked by likelihood" if pick_unparsed else "no vote",
-                "picked_by_likelihood_per_round": picked_by_likelihood}
-    return DebateResult([m.name for m in members], final, correct, sum(correct) / len(correct),
-                        answers, texts, round_votes, _group_cost(members, latencies, memory, batch_size),
-                        settings)
+    settings = {
+        "rounds": rounds,
+        "max_new_tokens": max_new_tokens,
+        "rationale_chars": rationale_chars,
+        "tie_break": "earliest member",
+        "members": [m.name for m in members],
+        "member_identities": [m.resolved.identity for m in members],
+        "generation": "greedy" if generate is None else "custom",
+        "unparsed_answers": "picked by likelihood" if pick_unparsed else "no vote",
+        "picked_by_likelihood_per_round": picked_by_likelihood,
+    }
+    return DebateResult(
+        [m.name for m in members],
+        final,
+        correct,
+        sum(correct) / len(correct),
+        answers,
+        texts,
+        round_votes,
+        _group_cost(members, latencies, memory, batch_size),
+        settings,
+    )
 
 
-def _pick_unparsed(member: LoadedModel, examples: Sequence[Example], prompts: list[str], texts: list[str],
-                   answers: list[int | None], latency: LatencyMeter, batch_size: int) -> int:
+def _pick_unparsed(
+    member: LoadedModel,
+    examples: Sequence[Example],
+    prompts: list[str],
+    texts: list[str],
+    answers: list[int | None],
+    latency: LatencyMeter,
+    batch_size: int,
+) -> int:
     """Fill in, in place, the options of texts that named none; returns how many."""
     missing = [q for q, a in enumerate(answers) if a is None]
     if not missing:
         return 0
-    requests = [ChoiceRequest(f"{render_prompt(member.tokenizer, prompts[q])}{texts[q]}\nThe answer is",
-                              [f" ({LETTERS[c]}) {choice}" for c, choice in enumerate(examples[q].choices)])
-                for q in missing]
+    requests = [
+        ChoiceRequest(
+            f"{render_prompt(member.tokenizer, prompts[q])}{texts[q]}\nThe answer is",
+            [f" ({LETTERS[c]}) {choice}" for c, choice in enumerate(examples[q].choices)],
+        )
+        for q in missing
+    ]
     began = time.perf_counter()
     scores = score_choices(member.model, member.tokenizer, member.kind, requests, batch_size=batch_size)
     share = (time.perf_counter() - began) / len(missing)
@@ -216,8 +262,7 @@ def _pick_unparsed(member: LoadedModel, examples: Sequence[Example], prompts: li
     return len(missing)
 
 
-def _prompt_for(example: Example, q: int, m: int, round_index: int, texts, answers,
-                rationale_chars: int) -> str:
+def _prompt_for(example: Example, q: int, m: int, round_index: int, texts, answers, rationale_chars: int) -> str:
     if round_index == 0:
         return first_prompt(example)
     previous_texts, previous_answers = texts[round_index - 1], answers[round_index - 1]
@@ -225,8 +270,9 @@ def _prompt_for(example: Example, q: int, m: int, round_index: int, texts, answe
     return debate_prompt(example, (previous_texts[m][q], previous_answers[m][q]), others, rationale_chars)
 
 
-def _group_cost(members: Sequence[LoadedModel], latencies: list[list[LatencyMeter]],
-                memory: MemoryMeter, batch_size: int) -> dict:
+def _group_cost(
+    members: Sequence[LoadedModel], latencies: list[list[LatencyMeter]], memory: MemoryMeter, batch_size: int
+) -> dict:
     """Summed member costs; latency per question over all members and rounds; the group peak."""
     member_costs = []
     for member, meters in zip(members, latencies):
@@ -248,19 +294,35 @@ def _merge_latency(meters: Sequence[LatencyMeter]) -> LatencyMeter:
     return merged
 
 
-def debate_eval_result(result: DebateResult, examples: Sequence[Example], task: str, split: str,
-                       name: str | None = None) -> EvalResult:
+def debate_eval_result(
+    result: DebateResult, examples: Sequence[Example], task: str, split: str, name: str | None = None
+) -> EvalResult:
     """The debate's final answers as an `EvalResult` (texts: the last round's, member by member)."""
     from tinystudent.collab.results import group_eval_result
     from tinystudent.evaluation.stats import majority_baseline
 
     name = name or f"debate-{result.settings['rounds']}r({'+'.join(result.members)})"
     last = result.texts[-1]
-    predictions = [Prediction(ex.id, ex.answer, pred, pred, None,
-                              "\n\n".join(f"[{member}] {last[m][q]}" for m, member in enumerate(result.members)))
-                   for q, (ex, pred) in enumerate(zip(examples, result.predictions))]
-    settings = {**result.settings, "group": "debate",
-                "round_acc": result.round_acc([ex.answer for ex in examples])}
-    return group_eval_result(name, task, split, data_hash(list(examples)),
-                             majority_baseline(list(examples))["acc"], predictions, "debate",
-                             result.cost, settings)
+    predictions = [
+        Prediction(
+            ex.id,
+            ex.answer,
+            pred,
+            pred,
+            None,
+            "\n\n".join(f"[{member}] {last[m][q]}" for m, member in enumerate(result.members)),
+        )
+        for q, (ex, pred) in enumerate(zip(examples, result.predictions))
+    ]
+    settings = {**result.settings, "group": "debate", "round_acc": result.round_acc([ex.answer for ex in examples])}
+    return group_eval_result(
+        name,
+        task,
+        split,
+        data_hash(list(examples)),
+        majority_baseline(list(examples))["acc"],
+        predictions,
+        "debate",
+        result.cost,
+        settings,
+    )

@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 # Cost fields that add up across members run one after another on one question.
-ADDITIVE_COSTS = ("params", "params_embedding", "params_non_embedding", "size_on_disk_mb",
-                  "peak_memory_mb", "latency_ms_p50", "latency_ms_p95")
+ADDITIVE_COSTS = (
+    "params",
+    "params_embedding",
+    "params_non_embedding",
+    "size_on_disk_mb",
+    "peak_memory_mb",
+    "latency_ms_p50",
+    "latency_ms_p95",
+)
 
 
 @dataclass
@@ -61,15 +68,19 @@ def _check_shapes(member_logprobs: Sequence[Sequence[Sequence[float]]], golds: S
         raise ValueError("an ensemble needs at least one member")
     for m, member in enumerate(member_logprobs):
         if len(member) != len(golds):
-            raise ValueError(f"member {m} scored {len(member)} questions, expected {len(golds)} "
-                             "(every member must score the same questions in the same order)")
+            raise ValueError(
+                f"member {m} scored {len(member)} questions, expected {len(golds)} "
+                "(every member must score the same questions in the same order)"
+            )
         for q, row in enumerate(member):
             if row is None:
-                raise ValueError(f"member {m}, question {q}: no choice scores (ensembles need "
-                                 "evaluations in loglikelihood mode)")
+                raise ValueError(
+                    f"member {m}, question {q}: no choice scores (ensembles need evaluations in loglikelihood mode)"
+                )
             if len(row) != len(member_logprobs[0][q]):
-                raise ValueError(f"member {m}, question {q}: {len(row)} choice scores, member 0 "
-                                 f"has {len(member_logprobs[0][q])}")
+                raise ValueError(
+                    f"member {m}, question {q}: {len(row)} choice scores, member 0 has {len(member_logprobs[0][q])}"
+                )
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -81,15 +92,15 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
-def _result(method: str, predictions: list[int], golds: Sequence[int],
-            probabilities: list[list[float]]) -> EnsembleResult:
+def _result(
+    method: str, predictions: list[int], golds: Sequence[int], probabilities: list[list[float]]
+) -> EnsembleResult:
     correct = [p == g for p, g in zip(predictions, golds)]
     acc = sum(correct) / len(correct) if correct else 0.0
     return EnsembleResult(method, predictions, correct, acc, probabilities)
 
 
-def average_probabilities(member_logprobs: Sequence[Sequence[Sequence[float]]],
-                          golds: Sequence[int]) -> EnsembleResult:
+def average_probabilities(member_logprobs: Sequence[Sequence[Sequence[float]]], golds: Sequence[int]) -> EnsembleResult:
     """Average-of-probabilities ensemble.
 
     Args:
@@ -107,8 +118,7 @@ def average_probabilities(member_logprobs: Sequence[Sequence[Sequence[float]]],
     return _result("average", predictions, golds, averaged)
 
 
-def majority_vote(member_logprobs: Sequence[Sequence[Sequence[float]]],
-                  golds: Sequence[int]) -> EnsembleResult:
+def majority_vote(member_logprobs: Sequence[Sequence[Sequence[float]]], golds: Sequence[int]) -> EnsembleResult:
     """Majority-vote ensemble; ties in votes go to the highest summed probability, then the
     lowest choice index (see the module docstring).
 

@@ -21,29 +21,49 @@ def check_same_questions(results: Sequence[EvalResult]) -> None:
     ids = [p.example_id for p in first.predictions]
     for result in results[1:]:
         if (result.task, result.split, result.data_hash) != (first.task, first.split, first.data_hash):
-            raise ValueError(f"{result.model} was evaluated on {result.task}/{result.split} "
-                             f"(data {result.data_hash}), {first.model} on {first.task}/{first.split} "
-                             f"(data {first.data_hash}): group members must answer the same questions")
+            raise ValueError(
+                f"{result.model} was evaluated on {result.task}/{result.split} "
+                f"(data {result.data_hash}), {first.model} on {first.task}/{first.split} "
+                f"(data {first.data_hash}): group members must answer the same questions"
+            )
         if [p.example_id for p in result.predictions] != ids:
-            raise ValueError(f"{result.model} and {first.model} answered the questions in a "
-                             "different order or a different subset")
+            raise ValueError(
+                f"{result.model} and {first.model} answered the questions in a different order or a different subset"
+            )
 
 
-def group_eval_result(name: str, task: str, split: str, data_hash: str, majority_baseline: float,
-                      predictions: list[Prediction], mode: str, cost: dict,
-                      settings: dict) -> EvalResult:
+def group_eval_result(
+    name: str,
+    task: str,
+    split: str,
+    data_hash: str,
+    majority_baseline: float,
+    predictions: list[Prediction],
+    mode: str,
+    cost: dict,
+    settings: dict,
+) -> EvalResult:
     """An `EvalResult` for a group's answers (accuracy and its interval computed here)."""
     correct = [p.correct for p in predictions]
     return EvalResult(
-        model=name, task=task, split=split, n=len(predictions),
-        acc=sum(correct) / len(correct) if correct else 0.0, acc_norm=None,
-        ci95=list(bootstrap_ci(correct)), majority_baseline=majority_baseline, mode=mode,
-        cost=cost, data_hash=data_hash, settings=settings, predictions=predictions,
-        unparsed=sum(p.pred is None for p in predictions))
+        model=name,
+        task=task,
+        split=split,
+        n=len(predictions),
+        acc=sum(correct) / len(correct) if correct else 0.0,
+        acc_norm=None,
+        ci95=list(bootstrap_ci(correct)),
+        majority_baseline=majority_baseline,
+        mode=mode,
+        cost=cost,
+        data_hash=data_hash,
+        settings=settings,
+        predictions=predictions,
+        unparsed=sum(p.pred is None for p in predictions),
+    )
 
 
-def ensemble_eval_result(results: Sequence[EvalResult], method: str = "average",
-                         name: str | None = None) -> EvalResult:
+def ensemble_eval_result(results: Sequence[EvalResult], method: str = "average", name: str | None = None) -> EvalResult:
     """The ensemble of several members' loglikelihood evaluations of the same questions.
 
     Args:
@@ -64,20 +84,35 @@ def ensemble_eval_result(results: Sequence[EvalResult], method: str = "average",
     member_logprobs = [[p.choice_logprobs for p in r.predictions] for r in results]
     for result, rows in zip(results, member_logprobs):
         if any(row is None for row in rows):
-            raise ValueError(f"{result.model} was evaluated in {result.mode} mode, without choice "
-                             "scores: ensembles need loglikelihood-mode evaluations")
+            raise ValueError(
+                f"{result.model} was evaluated in {result.mode} mode, without choice "
+                "scores: ensembles need loglikelihood-mode evaluations"
+            )
     combined = ENSEMBLE_METHODS[method](member_logprobs, golds)
-    predictions = [Prediction(p.example_id, p.gold, pred, pred, [_log(x) for x in probs])
-                   for p, pred, probs in zip(template.predictions, combined.predictions,
-                                             combined.probabilities)]
+    predictions = [
+        Prediction(p.example_id, p.gold, pred, pred, [_log(x) for x in probs])
+        for p, pred, probs in zip(template.predictions, combined.predictions, combined.probabilities)
+    ]
     members = [r.model for r in results]
     name = name or f"ensemble-{method}({'+'.join(members)})"
-    settings = {"group": "ensemble", "method": method, "members": members,
-                "member_identities": [r.settings.get("model_identity") for r in results],
-                "member_acc": [r.acc for r in results]}
-    return group_eval_result(name, template.task, template.split, template.data_hash,
-                             template.majority_baseline, predictions, f"ensemble_{method}",
-                             sum_costs([r.cost for r in results]), settings)
+    settings = {
+        "group": "ensemble",
+        "method": method,
+        "members": members,
+        "member_identities": [r.settings.get("model_identity") for r in results],
+        "member_acc": [r.acc for r in results],
+    }
+    return group_eval_result(
+        name,
+        template.task,
+        template.split,
+        template.data_hash,
+        template.majority_baseline,
+        predictions,
+        f"ensemble_{method}",
+        sum_costs([r.cost for r in results]),
+        settings,
+    )
 
 
 def _log(x: float) -> float:

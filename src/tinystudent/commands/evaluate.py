@@ -8,37 +8,54 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, output, progress
+from tinystudent.log import progress, stderr, stdout
 
 
 @app.command("eval")
 @friendly_errors
 def eval_command(
     model: str = typer.Option(..., "--model", "-m", help="Hub id, local model folder or GGUF file."),
-    task: str = typer.Option(..., "--task", "-t", help="arc_easy, arc_challenge, openbookqa, sciq, "
-                             "bioasq, pubmedqa, or a path to a benchmark file or folder."),
+    task: str = typer.Option(
+        ...,
+        "--task",
+        "-t",
+        help="arc_easy, arc_challenge, openbookqa, sciq, bioasq, pubmedqa, or a path to a benchmark file or folder.",
+    ),
     split: str = typer.Option("test", help="train, validation (valid) or test."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions of the split."),
-    mode: str = typer.Option("loglikelihood", help="loglikelihood (score each choice), generate "
-                             "(answer with a letter) or generate_cot (think step by step first)."),
-    batch_size: int = typer.Option(16, help="Most questions per forward pass (batches are also "
-                                   "limited by tokens, longest questions first)."),
-    max_input_tokens: Optional[int] = typer.Option(None, help="Fit every input to this many tokens by "
-                                                   "cutting the end of its evidence, never its question "
-                                                   "[default: what the model takes]."),
-    num_fewshot: int = typer.Option(0, help="Solved examples from the train split before each question "
-                                    "(loglikelihood mode)."),
+    mode: str = typer.Option(
+        "loglikelihood",
+        help="loglikelihood (score each choice), generate "
+        "(answer with a letter) or generate_cot (think step by step first).",
+    ),
+    batch_size: int = typer.Option(
+        16, help="Most questions per forward pass (batches are also limited by tokens, longest questions first)."
+    ),
+    max_input_tokens: Optional[int] = typer.Option(
+        None,
+        help="Fit every input to this many tokens by "
+        "cutting the end of its evidence, never its question "
+        "[default: what the model takes].",
+    ),
+    num_fewshot: int = typer.Option(
+        0, help="Solved examples from the train split before each question (loglikelihood mode)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
-    columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV: "
-                                          "question=q,choices=A|B|C|D,answer=label[,id=..,context=..]."),
+    columns: Optional[str] = typer.Option(
+        None, help="Column mapping for your own JSONL/CSV: question=q,choices=A|B|C|D,answer=label[,id=..,context=..]."
+    ),
     seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB "
-                                      "or tinystudent-results/results.sqlite)."),
+    db: Optional[Path] = typer.Option(
+        None, help="SQLite results database (default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite)."
+    ),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    run_key: Optional[str] = typer.Option(None, hidden=True, help="The experiment unit this evaluation "
-                                          "is for: it replaces the unit's earlier evaluation, if any."),
+    run_key: Optional[str] = typer.Option(
+        None,
+        hidden=True,
+        help="The experiment unit this evaluation is for: it replaces the unit's earlier evaluation, if any.",
+    ),
 ) -> None:
     """Measure one model on one task: accuracy, 95% interval, majority baseline and cost."""
     quiet_libraries()
@@ -47,8 +64,12 @@ def eval_command(
     from tinystudent.store import Store
     from tinystudent.tasks import load_task, normalize_split
 
-    for name, value, least in (("--limit", limit, 1), ("--batch-size", batch_size, 1),
-                               ("--max-input-tokens", max_input_tokens, 8), ("--num-fewshot", num_fewshot, 0)):
+    for name, value, least in (
+        ("--limit", limit, 1),
+        ("--batch-size", batch_size, 1),
+        ("--max-input-tokens", max_input_tokens, 8),
+        ("--num-fewshot", num_fewshot, 0),
+    ):
         if value is not None and value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     data = load_task(task, seed=seed, columns=parse_columns(columns))
@@ -57,14 +78,25 @@ def eval_command(
     pool = data.split("train") if num_fewshot else None
     with Store(db) as store:  # opened first: a bad --db fails before any model work
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        console.print(f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
-                      f"{loaded.kind} model on {loaded.device}")
+        stderr.print(
+            f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
+            f"{loaded.kind} model on {loaded.device}"
+        )
         with progress() as bar:
             row = bar.add_task("questions", total=len(examples), status="")
-            result = evaluate_model(loaded, examples, task, normalize_split(split), mode, batch_size,
-                                    max_input_tokens=max_input_tokens, num_fewshot=num_fewshot,
-                                    shots_pool=pool, seed=seed,
-                                    on_progress=lambda n: bar.update(row, advance=n))
+            result = evaluate_model(
+                loaded,
+                examples,
+                task,
+                normalize_split(split),
+                mode,
+                batch_size,
+                max_input_tokens=max_input_tokens,
+                num_fewshot=num_fewshot,
+                shots_pool=pool,
+                seed=seed,
+                on_progress=lambda n: bar.update(row, advance=n),
+            )
         result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
         evaluation_id = store.save_evaluation(result, run_key)
     summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
@@ -80,19 +112,20 @@ def print_eval(summary: dict) -> None:
     table = Table(title=f"{summary['model']} on {summary['task']}/{summary['split']}")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    rows = [("questions", summary["n"]), ("acc", f"{summary['acc']:.4f}"),
-            ("acc 95% interval", f"{summary['ci95'][0]:.4f} - {summary['ci95'][1]:.4f}"),
-            ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
-            ("majority baseline", f"{summary['majority_baseline']:.4f}"),
-            ("unparsed answers", summary["unparsed"]),
-            ("inputs cut to fit", f"{summary['truncated']} (evidence cut, question kept)"),
-            ("parameters", f"{summary['params']:,}"),
-            ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
-            ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),
-            ("questions per second", summary["questions_per_s"]),
-            ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}")]
+    rows = [
+        ("questions", summary["n"]),
+        ("acc", f"{summary['acc']:.4f}"),
+        ("acc 95% interval", f"{summary['ci95'][0]:.4f} - {summary['ci95'][1]:.4f}"),
+        ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
+        ("majority baseline", f"{summary['majority_baseline']:.4f}"),
+        ("unparsed answers", summary["unparsed"]),
+        ("inputs cut to fit", f"{summary['truncated']} (evidence cut, question kept)"),
+        ("parameters", f"{summary['params']:,}"),
+        ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
+        ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),
+        ("questions per second", summary["questions_per_s"]),
+        ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}"),
+    ]
     for name, value in rows:
         table.add_row(name, str(value))
-    output.print(table)
-
-
+    stdout.print(table)

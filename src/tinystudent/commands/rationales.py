@@ -8,10 +8,12 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors
-from tinystudent.log import console
+from tinystudent.log import stderr
 
-rationales_app = typer.Typer(help="Import rationales (TinyLLM files, JSONL) into the teacher cache, or "
-                             "export cached ones as JSONL.", no_args_is_help=True)
+rationales_app = typer.Typer(
+    help="Import rationales (TinyLLM files, JSONL) into the teacher cache, or export cached ones as JSONL.",
+    no_args_is_help=True,
+)
 app.add_typer(rationales_app, name="rationales")
 
 DB_HELP = "SQLite results database [default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite]."
@@ -20,8 +22,11 @@ DB_HELP = "SQLite results database [default: $TINYSTUDENT_DB or tinystudent-resu
 @rationales_app.command("import-tinyllm")
 @friendly_errors
 def import_tinyllm(
-    folder: Path = typer.Argument(..., help="A TinyLLM task folder, e.g. shared/data/tinyllm/bioasq, or "
-                                  "`bioasq` for the copy shipped with tinystudent (train and validation)."),
+    folder: Path = typer.Argument(
+        ...,
+        help="A TinyLLM task folder, e.g. shared/data/tinyllm/bioasq, or "
+        "`bioasq` for the copy shipped with tinystudent (train and validation).",
+    ),
     split: str = typer.Option("train", help="train, validation (valid) or test."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -38,25 +43,33 @@ def import_tinyllm(
     with Store(db) as store:
         stored = store_rationales(store, found.rationales, str(folder), found.questions)
     per_teacher = {t: len(v) for t, v in found.by_teacher().items()}
-    result = {"task": task_key(str(folder)), "split": found.split, "questions": len(found.questions),
-              "stored": stored, "rationales": per_teacher,
-              "without_rationale": {t: len(ids) for t, ids in found.missing.items()},
-              "files": found.files, "db": str(store.path)}
+    result = {
+        "task": task_key(str(folder)),
+        "split": found.split,
+        "questions": len(found.questions),
+        "stored": stored,
+        "rationales": per_teacher,
+        "without_rationale": {t: len(ids) for t, ids in found.missing.items()},
+        "files": found.files,
+        "db": str(store.path),
+    }
     if as_json:
         emit_json(result)
         return
-    console.print(f"{result['questions']} questions in {folder} ({found.split}), {len(found.files)} rationale files")
+    stderr.print(f"{result['questions']} questions in {folder} ({found.split}), {len(found.files)} rationale files")
     for teacher, count in per_teacher.items():
-        console.print(f"  {teacher}: {count} rationales ({result['without_rationale'][teacher]} questions "
-                      "have none: empty, 'nan' or only the trigger phrase)")
-    console.print(f"stored {stored} in {store.path} as task {result['task']}")
+        stderr.print(
+            f"  {teacher}: {count} rationales ({result['without_rationale'][teacher]} questions "
+            "have none: empty, 'nan' or only the trigger phrase)"
+        )
+    stderr.print(f"stored {stored} in {store.path} as task {result['task']}")
 
 
 def _bundled_import(split: str):
     """The shipped BioASQ rationales, shaped like a TinyLLM import (task `bioasq`)."""
     from tinystudent.tasks import load_task, normalize_split
     from tinystudent.teachers import FLAN, LLAMA, read_bundled
-    from tinystudent.teachers.imports import TinyLLMImport
+    from tinystudent.teachers.rationale_files import TinyLLMImport
 
     split = normalize_split(split)
     questions = load_task("bioasq").split(split)
@@ -88,7 +101,7 @@ def import_jsonl(
     if as_json:
         emit_json({"file": str(file), "task": task, "stored": stored, "teachers": teachers, "db": str(store.path)})
     else:
-        console.print(f"stored {stored} rationales from {file} ({', '.join(teachers)}) in {store.path}")
+        stderr.print(f"stored {stored} rationales from {file} ({', '.join(teachers)}) in {store.path}")
 
 
 @rationales_app.command("export")
@@ -110,4 +123,4 @@ def export_jsonl(
     if as_json:
         emit_json({"file": str(file), "exported": count, "db": str(store.path)})
     else:
-        console.print(f"wrote {count} rationales to {file}")
+        stderr.print(f"wrote {count} rationales to {file}")

@@ -14,14 +14,24 @@ from tinystudent.cli import app, emit_json, friendly_errors
 @app.command("report")
 @friendly_errors
 def report_command(
-    study: Optional[Path] = typer.Option(None, "--study", help="A study JSON file (what `tinystudent run` "
-                                         "records); or use --experiment to read it from the database."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Name of an experiment in "
-                                             "the results database (with --db)."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB or "
-                                      "tinystudent-results/results.sqlite)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md, report.html, runs.csv "
-                                       "and runs.json (default: tinystudent-results/reports/<experiment>)."),
+    study: Optional[Path] = typer.Option(
+        None,
+        "--study",
+        help="A study JSON file (what `tinystudent run` records); or use --experiment to read it from the database.",
+    ),
+    experiment: Optional[str] = typer.Option(
+        None, "--experiment", "-e", help="Name of an experiment in the results database (with --db)."
+    ),
+    db: Optional[Path] = typer.Option(
+        None, help="SQLite results database (default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Folder for report.md, report.html, runs.csv "
+        "and runs.json (default: tinystudent-results/reports/<experiment>).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the paths written."),
 ) -> None:
     """Write the report of a study: verdict first, then plots, comparisons and every run."""
@@ -46,13 +56,17 @@ def report_command(
 def read_study_file(path: Path) -> dict:
     """The study in a JSON file, or an error naming the file and the line of a syntax error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such study file; `tinystudent run` writes one, or use "
-                                "--experiment NAME to read the study from the results database")
+        raise FileNotFoundError(
+            f"{path}: no such study file; `tinystudent run` writes one, or use "
+            "--experiment NAME to read the study from the results database"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}); "
-                         "a study file is one JSON object") from None
+        raise ValueError(
+            f"{path}: line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}); "
+            "a study file is one JSON object"
+        ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text; a study file is one JSON object") from None
 
@@ -63,8 +77,10 @@ def study_from_database(db: Optional[Path], experiment: str) -> dict:
 
     path = Path(db) if db else default_db_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results database here; run `tinystudent run EXPERIMENT.yaml` "
-                                "first, or point --db at the database it wrote")
+        raise FileNotFoundError(
+            f"{path}: no results database here; run `tinystudent run EXPERIMENT.yaml` "
+            "first, or point --db at the database it wrote"
+        )
     load_study = _load_study_function()
     with Store(path) as store:
         return load_study(store, experiment)
@@ -78,7 +94,9 @@ def _load_study_function():
         missing = getattr(err, "name", None)
         if missing and not missing.startswith("tinystudent"):
             raise  # a third-party package is missing: its own message is the useful one
-        raise RuntimeError("reading a study from the database needs tinystudent.experiments.study.load_study, "
-                           "which this installation does not have; render from a study JSON with "
-                           "--study STUDY.json instead") from None
+        raise RuntimeError(
+            "reading a study from the database needs tinystudent.experiments.study.load_study, "
+            "which this installation does not have; render from a study JSON with "
+            "--study STUDY.json instead"
+        ) from None
     return load_study

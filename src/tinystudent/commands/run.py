@@ -9,7 +9,7 @@ import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, quiet_libraries
 from tinystudent.folders import check_output_folder
-from tinystudent.log import console, output
+from tinystudent.log import stderr, stdout
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
 
@@ -29,14 +29,19 @@ def experiment_path(name: str) -> Path:
 @app.command("run")
 @friendly_errors
 def run_command(
-    experiment: str = typer.Argument(..., help="An experiment YAML, or a shipped one: quickstart, bioasq "
-                                     "(both offline on a CPU), tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, "
-                                     "modern_ladder."),
+    experiment: str = typer.Argument(
+        ...,
+        help="An experiment YAML, or a shipped one: quickstart, bioasq "
+        "(both offline on a CPU), tinyllm_bioasq, tinyllm_obqa, tinyllm_arc, "
+        "modern_ladder.",
+    ),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides, e.g. training.steps=10."),
-    out: Optional[Path] = typer.Option(None, help="Folder for checkpoints, logs and the report "
-                                       "(default: tinystudent-results/<experiment name>)."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database (default: $TINYSTUDENT_DB or "
-                                      "tinystudent-results/results.sqlite)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Folder for checkpoints, logs and the report (default: tinystudent-results/<experiment name>)."
+    ),
+    db: Optional[Path] = typer.Option(
+        None, help="SQLite results database (default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite)."
+    ),
     check: bool = typer.Option(False, "--check", help="Only validate the experiment and print its plan."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, runs, report) on stdout."),
 ) -> None:
@@ -46,10 +51,13 @@ def run_command(
     from tinystudent.experiments.config import load_experiment
 
     spec = load_experiment(experiment_path(experiment), overrides or [])
-    plan = sum(len(spec.methods_of(s).finetune) * len(spec.methods_of(s).objectives) for s in spec.students) \
-        * len(spec.seeds)
-    console.print(f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
-                  f"up to {plan} training run(s)")
+    plan = sum(len(spec.methods_of(s).finetune) * len(spec.methods_of(s).objectives) for s in spec.students) * len(
+        spec.seeds
+    )
+    stderr.print(
+        f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
+        f"up to {plan} training run(s)"
+    )
     out = check_output_folder(out or Path("tinystudent-results") / spec.name)
     if check:
         from tinystudent.store import Store
@@ -65,19 +73,33 @@ def run_command(
     with Store(db) as store:
         study = run_experiment(spec, store, out)
     paths = render_report(study, out / "report")
-    console.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
+    stderr.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
     if as_json:
-        emit_json({"verdict": [_verdict_json(v) for v in study["verdict"] if v["by"] == "params"],
-                   "verdict_by_memory": [_verdict_json(v) for v in study["verdict"] if v["by"] != "params"],
-                   "runs": study["runs"], "teachers": study["teachers"],
-                   "report": str(paths["html"]), "report_markdown": str(paths["markdown"])})
+        emit_json(
+            {
+                "verdict": [_verdict_json(v) for v in study["verdict"] if v["by"] == "params"],
+                "verdict_by_memory": [_verdict_json(v) for v in study["verdict"] if v["by"] != "params"],
+                "runs": study["runs"],
+                "teachers": study["teachers"],
+                "report": str(paths["html"]),
+                "report_markdown": str(paths["markdown"]),
+            }
+        )
         return
-    output.print(verdict_text(study))
-    output.print(f"report: {paths['markdown']} and {paths['html']}")
+    stdout.print(verdict_text(study))
+    stdout.print(f"report: {paths['markdown']} and {paths['html']}")
 
 
 def _verdict_json(entry: dict) -> dict:
-    return {"teacher": entry["teacher"], "teacher_acc": entry["teacher_acc"],
-            "teacher_measured": entry["teacher_measured"], "smallest_winner": entry["smallest_winner"],
-            "winner_acc": entry["winner_acc"], "diff": entry["diff"], "diff_ci95": entry["diff_ci95"],
-            "p_value": entry["p_value"], "closest": entry["closest"], "best_teacher": entry["best_teacher"]}
+    return {
+        "teacher": entry["teacher"],
+        "teacher_acc": entry["teacher_acc"],
+        "teacher_measured": entry["teacher_measured"],
+        "smallest_winner": entry["smallest_winner"],
+        "winner_acc": entry["winner_acc"],
+        "diff": entry["diff"],
+        "diff_ci95": entry["diff_ci95"],
+        "p_value": entry["p_value"],
+        "closest": entry["closest"],
+        "best_teacher": entry["best_teacher"],
+    }

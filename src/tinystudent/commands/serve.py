@@ -19,10 +19,12 @@ def serve_command(
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     served_model_name: Optional[str] = typer.Option(None, help="The name clients use [default: MODEL]."),
     max_batch_size: int = typer.Option(16, min=1, help="Most prompts run together in one batch."),
-    batch_wait_ms: float = typer.Option(5.0, min=0, help="How long the first request of a batch waits "
-                                        "for others to join it."),
-    api_key_env: Optional[str] = typer.Option(None, help="Require the API key held by this environment "
-                                              "variable (its name, not the key)."),
+    batch_wait_ms: float = typer.Option(
+        5.0, min=0, help="How long the first request of a batch waits for others to join it."
+    ),
+    api_key_env: Optional[str] = typer.Option(
+        None, help="Require the API key held by this environment variable (its name, not the key)."
+    ),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
 ) -> None:
     """Serve a model over HTTP as OpenAI does: /v1/models, /v1/completions (with echo + logprobs for
@@ -30,5 +32,15 @@ def serve_command(
     quiet_libraries()
     from tinystudent.serve import run_server
 
-    run_server(model, host, port, device, dtype, served_model_name, max_batch_size, batch_wait_ms,
-               api_key_env, trust_remote_code)
+    run_server(
+        model,
+        host,
+        port,
+        device,
+        dtype,
+        served_model_name,
+        max_batch_size,
+        batch_wait_ms,
+        api_key_env,
+        trust_remote_code,
+    )

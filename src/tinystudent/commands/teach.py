@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import console, output, progress, warn
+from tinystudent.log import progress, stderr, stdout, warn
 
 
 def _read_template(path: Optional[Path]) -> Optional[str]:
@@ -19,14 +19,25 @@ def _read_template(path: Optional[Path]) -> Optional[str]:
     return path.read_text(encoding="utf-8")
 
 
-def _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint, concurrency,
-                      timeout, max_retries, identity) -> dict:
+def _teacher_settings(
+    base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint, concurrency, timeout, max_retries, identity
+) -> dict:
     if base_url:
-        settings = {"endpoint": endpoint, "concurrency": concurrency, "timeout": timeout,
-                    "max_retries": max_retries, "identity": identity}
+        settings = {
+            "endpoint": endpoint,
+            "concurrency": concurrency,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "identity": identity,
+        }
     else:
-        settings = {"device": device, "dtype": dtype, "batch_size": batch_size, "chat": chat,
-                    "trust_remote_code": trust_remote_code}
+        settings = {
+            "device": device,
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "chat": chat,
+            "trust_remote_code": trust_remote_code,
+        }
     return settings
 
 
@@ -36,23 +47,30 @@ PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
 @app.command("teach")
 @friendly_errors
 def teach_command(
-    teacher: str = typer.Option(..., "--teacher", help="Local model (Hub id, folder, GGUF) or, with "
-                                "--base-url, the model name the server knows."),
+    teacher: str = typer.Option(
+        ...,
+        "--teacher",
+        help="Local model (Hub id, folder, GGUF) or, with --base-url, the model name the server knows.",
+    ),
     task: str = typer.Option(..., "--task", "-t", help="A named task or a path to benchmark files."),
     split: str = typer.Option("train", help="train, validation (valid) or test."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N questions of the split."),
-    strategy: str = typer.Option("teacher_forcing_cot", help="zero_shot, few_shot, cot, teacher_forcing_cot "
-                                 "or choice_logprobs."),
-    base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible server (vLLM, llama.cpp, "
-                                           "Ollama, tinystudent serve): http://host:port/v1."),
-    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the server's "
-                                              "API key (its name, not the key)."),
+    strategy: str = typer.Option(
+        "teacher_forcing_cot", help="zero_shot, few_shot, cot, teacher_forcing_cot or choice_logprobs."
+    ),
+    base_url: Optional[str] = typer.Option(
+        None, help="An OpenAI-compatible server (vLLM, llama.cpp, Ollama, tinystudent serve): http://host:port/v1."
+    ),
+    api_key_env: Optional[str] = typer.Option(
+        None, help="Environment variable holding the server's API key (its name, not the key)."
+    ),
     endpoint: str = typer.Option("chat", help="Server endpoint for generation: chat or completions."),
     concurrency: int = typer.Option(8, min=1, help="Requests in flight at once (server teachers)."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for one server answer."),
     max_retries: int = typer.Option(4, min=0, help="Retries after connection errors, timeouts, 429, 5xx."),
-    identity: Optional[str] = typer.Option(None, help="Cache identity of a server teacher [default: "
-                                           "base URL and model name]."),
+    identity: Optional[str] = typer.Option(
+        None, help="Cache identity of a server teacher [default: base URL and model name]."
+    ),
     k_shots: int = typer.Option(2, min=0, help="In-context examples drawn from the train split."),
     seed: int = typer.Option(0, help="Seed for drawing in-context examples and for sampling."),
     max_new_tokens: int = typer.Option(128, min=1, help="Most tokens the teacher writes per question."),
@@ -61,17 +79,21 @@ def teach_command(
     template: Optional[Path] = typer.Option(None, help="A file replacing the strategy's prompt template."),
     shot_template: Optional[Path] = typer.Option(None, help="A file replacing the in-context example template."),
     max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Trim rationales to this many tokens."),
-    keep: str = typer.Option("all", help="all, or matching: only outputs whose stated answer is the gold one "
-                             "count as kept (all stay cached)."),
+    keep: str = typer.Option(
+        "all",
+        help="all, or matching: only outputs whose stated answer is the gold one count as kept (all stay cached).",
+    ),
     batch_size: int = typer.Option(8, min=1, help="Prompts per batch (local teachers)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps (local teachers)."),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16 (local teachers)."),
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the chat template [default: "
-                                        "when the tokenizer has one] (local teachers)."),
+    chat: Optional[bool] = typer.Option(
+        None, "--chat/--no-chat", help="Use the chat template [default: when the tokenizer has one] (local teachers)."
+    ),
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
     split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database [default: $TINYSTUDENT_DB "
-                                      "or tinystudent-results/results.sqlite]."),
+    db: Optional[Path] = typer.Option(
+        None, help="SQLite results database [default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite]."
+    ),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
@@ -91,12 +113,25 @@ def teach_command(
     pool = data.splits.get("train")
     if pool is None and strategy in ("few_shot", "teacher_forcing_cot") and k_shots:
         warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
-    settings = _teacher_settings(base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint,
-                                 concurrency, timeout, max_retries, identity)
+    settings = _teacher_settings(
+        base_url,
+        batch_size,
+        device,
+        dtype,
+        chat,
+        trust_remote_code,
+        endpoint,
+        concurrency,
+        timeout,
+        max_retries,
+        identity,
+    )
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
         backend = make_teacher(teacher, base_url, api_key_env, **settings)
         where = base_url or getattr(getattr(backend, "loaded", None), "device", "")
-        console.print(f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})")
+        stderr.print(
+            f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})"
+        )
         with progress() as bar:
             counts = {"cached": 0, "generated": 0, "failed": 0}
             row = bar.add_task("teacher outputs", total=len(examples), status="")
@@ -106,21 +141,44 @@ def teach_command(
                 bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
 
             try:
-                summary = teach(backend, examples, task, strategy, store, train_examples=pool, k_shots=k_shots,
-                                seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                template=_read_template(template), shot_template=_read_template(shot_template),
-                                max_rationale_tokens=max_rationale_tokens, keep=keep, on_output=advance)
+                summary = teach(
+                    backend,
+                    examples,
+                    task,
+                    strategy,
+                    store,
+                    train_examples=pool,
+                    k_shots=k_shots,
+                    seed=seed,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    template=_read_template(template),
+                    shot_template=_read_template(shot_template),
+                    max_rationale_tokens=max_rationale_tokens,
+                    keep=keep,
+                    on_output=advance,
+                )
             finally:
                 backend.close()
-    result = {**summary.to_dict(), "teacher": teacher, "task": task, "split": split,
-              "cache_teacher": summary.teacher, "cache_task": summary.task, "db": str(store.path)}
+    result = {
+        **summary.to_dict(),
+        "teacher": teacher,
+        "task": task,
+        "split": split,
+        "cache_teacher": summary.teacher,
+        "cache_task": summary.task,
+        "db": str(store.path),
+    }
     if as_json:
         emit_json(result)
     else:
         print_summary(result, summary.outputs[:1])
     if summary.failed:
-        console.print(f"[red]{summary.failed} of {summary.n} questions failed[/red] (not cached: "
-                      "running the same command again retries only them)")
+        stderr.print(
+            f"[red]{summary.failed} of {summary.n} questions failed[/red] (not cached: "
+            "running the same command again retries only them)"
+        )
         raise typer.Exit(1 if summary.failed == summary.n else PARTIAL_FAILURE)
 
 
@@ -133,9 +191,9 @@ def print_summary(result: dict, sample) -> None:
     for name in ("n", "generated", "cached", "failed", "matching", "unparsed", "kept", "model_calls", "seconds"):
         table.add_row(name, str(result[name]))
     table.add_row("stored in", result["db"])
-    output.print(table)
+    stdout.print(table)
     for error in result["errors"][:3]:
-        console.print(f"[red]failed:[/red] {error}")
+        stderr.print(f"[red]failed:[/red] {error}")
     for written in sample:
         shown = written.text if written.text is not None else written.choice_logprobs
-        console.print(f"[dim]example {written.example_id}:[/dim] {shown}")
+        stderr.print(f"[dim]example {written.example_id}:[/dim] {shown}")

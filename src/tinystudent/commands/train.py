@@ -12,7 +12,7 @@ import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
 from tinystudent.folders import check_output_folder
-from tinystudent.log import info, output, progress
+from tinystudent.log import info, progress, stdout
 
 if TYPE_CHECKING:
     from tinystudent.distill import TrainConfig
@@ -34,8 +34,9 @@ def objective_weights(objectives: str, overrides: list[str], teachers: list[str]
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--weight expects name=value (answer=1, rationale=0.5, "
-                             f"rationale.flan-t5-xl=2), got {item!r}")
+            raise ValueError(
+                f"--weight expects name=value (answer=1, rationale=0.5, rationale.flan-t5-xl=2), got {item!r}"
+            )
         head, _, teacher = name.partition(".")
         if head not in OBJECTIVES + ("mutual",):
             raise ValueError(f"--weight {item!r}: unknown objective {head!r}")
@@ -65,8 +66,9 @@ def rationale_strategies() -> list[str]:
     return [name for name, spec in STRATEGIES.items() if spec.writes_rationale] + ["imported"]
 
 
-def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool,
-                want_scores: bool) -> tuple[dict, dict]:
+def _from_cache(
+    store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool, want_scores: bool
+) -> tuple[dict, dict]:
     """Rationales and choice log-probabilities of each teacher from the teacher cache."""
     from tinystudent.teachers import SCORING, load_rationales
     from tinystudent.teachers.cache import rows_for
@@ -80,14 +82,18 @@ def _from_cache(store, teachers: list[str], task: str, strategy: Optional[str], 
                 info(f"using the rationales of {teacher} shipped with tinystudent for bioasq")
                 rationales[teacher] = shipped[teacher]
             if not rationales[teacher]:
-                raise ValueError(f"no cached rationales of teacher {teacher!r} for task {task!r} in {store.path}; "
-                                 f"run `tinystudent teach --teacher {teacher} --task {task}` or "
-                                 "`tinystudent rationales import` first, or give --rationales FILE.jsonl")
+                raise ValueError(
+                    f"no cached rationales of teacher {teacher!r} for task {task!r} in {store.path}; "
+                    f"run `tinystudent teach --teacher {teacher} --task {task}` or "
+                    "`tinystudent rationales import` first, or give --rationales FILE.jsonl"
+                )
         if want_scores:
             rows = [r for r in rows_for(store, teacher, task, SCORING) if r.get("choice_logprobs")]
             if not rows:
-                raise ValueError(f"no cached choice log-probabilities of teacher {teacher!r} for task {task!r}; "
-                                 f"run `tinystudent teach --teacher {teacher} --task {task} --strategy {SCORING}` first")
+                raise ValueError(
+                    f"no cached choice log-probabilities of teacher {teacher!r} for task {task!r}; "
+                    f"run `tinystudent teach --teacher {teacher} --task {task} --strategy {SCORING}` first"
+                )
             scores[teacher] = {r["example_id"]: json.loads(r["choice_logprobs"]) for r in rows}
     return rationales, scores
 
@@ -121,8 +127,9 @@ def _config(config_file: Optional[Path], options: dict) -> TrainConfig:
     try:
         return TrainConfig(**merged)
     except ValidationError as err:  # one line per bad field, named as the option or config key
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} (got {e.get('input')!r:.60})"
-                             for e in err.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} (got {e.get('input')!r:.60})" for e in err.errors()
+        )
         raise ValueError(f"training config: {problems}") from None
 
 
@@ -135,32 +142,55 @@ def _slug(text: str) -> str:
 def train_command(
     student: str = typer.Option(..., "--student", "-s", help="Hub id, local model folder or GGUF file."),
     task: str = typer.Option(..., "--task", "-t", help="A named task or a path to benchmark files."),
-    teachers: Optional[str] = typer.Option(None, help="Teachers whose cached outputs to learn from, "
-                                           "comma-separated (as named to `tinystudent teach` or the import)."),
-    objective: str = typer.Option("answer", help="answer, rationale, choice_kd, logit_kd, hidden; several "
-                                  "comma-separated (the answer term is always on)."),
-    weight: list[str] = typer.Option([], help="Objective weight, repeatable: rationale=0.5, "
-                                     "rationale.flan-t5-xl=2, answer=0."),
+    teachers: Optional[str] = typer.Option(
+        None,
+        help="Teachers whose cached outputs to learn from, "
+        "comma-separated (as named to `tinystudent teach` or the import).",
+    ),
+    objective: str = typer.Option(
+        "answer",
+        help="answer, rationale, choice_kd, logit_kd, hidden; several comma-separated (the answer term is always on).",
+    ),
+    weight: list[str] = typer.Option(
+        [], help="Objective weight, repeatable: rationale=0.5, rationale.flan-t5-xl=2, answer=0."
+    ),
     method: str = typer.Option("full", help="full fine-tuning or lora."),
-    answer_loss: Optional[str] = typer.Option(None, help="Answer term: tokens (cross-entropy on the gold "
-                                              "answer's tokens) or choices (cross-entropy over the "
-                                              "choices' scores) [tokens]."),
-    keep_layers: Optional[str] = typer.Option(None, help="Scale the student down first: first:N, last:N, "
-                                              "every:K, spread:N or layer indices 0,4,29."),
-    mlp_width: Optional[float] = typer.Option(None, min=0.01, max=0.99, help="Scale the student down first "
-                                              "to this fraction of each feed-forward block's units "
-                                              "(those of largest weight magnitude), e.g. 0.5."),
-    recover: Optional[int] = typer.Option(None, min=1, help="With --keep-layers/--mlp-width: first distil the full "
-                                          "model into the cut one for N steps on the task's text (its "
-                                          "evidence, questions and the teachers' rationales), then train."),
-    rationales_file: Optional[Path] = typer.Option(None, "--rationales", help="Rationales as JSONL "
-                                                   "{id, teacher, rationale} instead of the teacher cache."),
-    strategy: Optional[str] = typer.Option(None, help="Only cached rationales of this strategy "
-                                           "(cot, teacher_forcing_cot, imported) [default: any]."),
-    teacher_model: Optional[str] = typer.Option(None, help="Teacher model for logit_kd/hidden "
-                                                "[default: the first of --teachers]."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file of TrainConfig fields; "
-                                               "the options below override it."),
+    answer_loss: Optional[str] = typer.Option(
+        None,
+        help="Answer term: tokens (cross-entropy on the gold "
+        "answer's tokens) or choices (cross-entropy over the "
+        "choices' scores) [tokens].",
+    ),
+    keep_layers: Optional[str] = typer.Option(
+        None, help="Scale the student down first: first:N, last:N, every:K, spread:N or layer indices 0,4,29."
+    ),
+    mlp_width: Optional[float] = typer.Option(
+        None,
+        min=0.01,
+        max=0.99,
+        help="Scale the student down first "
+        "to this fraction of each feed-forward block's units "
+        "(those of largest weight magnitude), e.g. 0.5.",
+    ),
+    recover: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="With --keep-layers/--mlp-width: first distil the full "
+        "model into the cut one for N steps on the task's text (its "
+        "evidence, questions and the teachers' rationales), then train.",
+    ),
+    rationales_file: Optional[Path] = typer.Option(
+        None, "--rationales", help="Rationales as JSONL {id, teacher, rationale} instead of the teacher cache."
+    ),
+    strategy: Optional[str] = typer.Option(
+        None, help="Only cached rationales of this strategy (cot, teacher_forcing_cot, imported) [default: any]."
+    ),
+    teacher_model: Optional[str] = typer.Option(
+        None, help="Teacher model for logit_kd/hidden [default: the first of --teachers]."
+    ),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="YAML file of TrainConfig fields; the options below override it."
+    ),
     steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps [default: one epoch]."),
     epochs: Optional[float] = typer.Option(None, help="Passes over the training questions."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per micro-batch [8]."),
@@ -177,10 +207,12 @@ def train_command(
     patience: Optional[int] = typer.Option(None, min=1, help="Early stopping after N evaluations without gain."),
     precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16, fp16."),
     gradient_checkpointing: bool = typer.Option(False, help="Recompute activations to save memory."),
-    attention_dropout: Optional[float] = typer.Option(None, help="Dropout on attention probabilities "
-                                                      "[the model's own]; 0 trains faster on a CPU."),
-    max_input_tokens: Optional[int] = typer.Option(None, min=8, help="Fit every input to N tokens, "
-                                                   "cutting evidence, never the question [256]."),
+    attention_dropout: Optional[float] = typer.Option(
+        None, help="Dropout on attention probabilities [the model's own]; 0 trains faster on a CPU."
+    ),
+    max_input_tokens: Optional[int] = typer.Option(
+        None, min=8, help="Fit every input to N tokens, cutting evidence, never the question [256]."
+    ),
     max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Cut rationales to N tokens [128]."),
     seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and dropout [0]."),
     train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training questions."),
@@ -209,28 +241,54 @@ def train_command(
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
     weights = objective_weights(objective, weight, names)
-    lora = {k: v for k, v in {"rank": lora_rank, "alpha": lora_alpha, "merge": merge or None,
-                              "target_modules": lora_targets.split(",") if lora_targets else None}.items()
-            if v is not None}
-    config = _config(config_file, {
-        "weights": weights, "method": method, "answer_loss": answer_loss, "steps": steps, "epochs": epochs,
-        "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "lora": lora, "temperature": temperature,
-        "logit_kd_divergence": divergence, "eval_every": eval_every, "checkpoint_every": checkpoint_every,
-        "early_stopping_patience": patience, "precision": precision,
-        "gradient_checkpointing": gradient_checkpointing or None, "max_rationale_tokens": max_rationale_tokens,
-        "attention_dropout": attention_dropout, "max_input_tokens": max_input_tokens,
-        "seed": seed, "valid_limit": valid_limit, "device": device})
+    lora = {
+        k: v
+        for k, v in {
+            "rank": lora_rank,
+            "alpha": lora_alpha,
+            "merge": merge or None,
+            "target_modules": lora_targets.split(",") if lora_targets else None,
+        }.items()
+        if v is not None
+    }
+    config = _config(
+        config_file,
+        {
+            "weights": weights,
+            "method": method,
+            "answer_loss": answer_loss,
+            "steps": steps,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "grad_accum": grad_accum,
+            "lr": lr,
+            "lora": lora,
+            "temperature": temperature,
+            "logit_kd_divergence": divergence,
+            "eval_every": eval_every,
+            "checkpoint_every": checkpoint_every,
+            "early_stopping_patience": patience,
+            "precision": precision,
+            "gradient_checkpointing": gradient_checkpointing or None,
+            "max_rationale_tokens": max_rationale_tokens,
+            "attention_dropout": attention_dropout,
+            "max_input_tokens": max_input_tokens,
+            "seed": seed,
+            "valid_limit": valid_limit,
+            "device": device,
+        },
+    )
     data = load_task(task, seed=split_seed, columns=parse_columns(columns))
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
     valid = data.split("validation")
     test_examples = (data.split("test")[:test_limit] if test_limit else data.split("test")) if test else None
     shape = "-".join(part for part in (keep_layers, f"ff{mlp_width:g}" if mlp_width else None) if part) or "all"
-    out = out or Path("tinystudent-runs") / _slug(f"{Path(student).name}-{shape}-"
-                                                   f"{Path(task).name}-{objective}-{method}")
+    out = out or Path("tinystudent-runs") / _slug(
+        f"{Path(student).name}-{shape}-{Path(task).name}-{objective}-{method}"
+    )
     check_output_folder(out)
     with Store(db) as store:
-        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train,
-                                           config.weights)
+        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train, config.weights)
         teacher = None
         if config.weights.logit_kd or config.weights.hidden:
             teacher = teacher_model or (names[0] if names else None)
@@ -242,12 +300,14 @@ def train_command(
             with main_process_first(config.device):  # built once under accelerate launch
                 student_path = str(scale_down(student, keep_layers, out / "student", mlp_width=mlp_width))
                 if recover:
-                    student_path = _recover(student_path, student, train, valid, rationales, recover,
-                                            out / "recovery", config.device)
+                    student_path = _recover(
+                        student_path, student, train, valid, rationales, recover, out / "recovery", config.device
+                    )
         else:
             student_path = student
-        result = _run(student_path, train, valid, config, out, rationales, scores, teacher, task,
-                      test_examples, restart)
+        result = _run(
+            student_path, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart
+        )
         result.student = student if not cut else f"{student} ({shape})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
         if not _is_main():
@@ -280,10 +340,19 @@ def _recover(cut: str, parent: str, train, valid, rationales: dict, steps: int, 
     from tinystudent.distill.recover import heldout_text, recover, recovery_texts
 
     texts = recovery_texts(train, rationales)
-    result = recover(cut, parent, texts, heldout_text(valid, RecoveryConfig().heldout_bytes),
-                     RecoveryConfig(steps=steps), out, device=device)
-    info(f"recovery: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte on "
-         f"held-out validation text, {result.steps} steps, {result.seconds:.0f} s")
+    result = recover(
+        cut,
+        parent,
+        texts,
+        heldout_text(valid, RecoveryConfig().heldout_bytes),
+        RecoveryConfig(steps=steps),
+        out,
+        device=device,
+    )
+    info(
+        f"recovery: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte on "
+        f"held-out validation text, {result.steps} steps, {result.seconds:.0f} s"
+    )
     return result.path
 
 
@@ -296,9 +365,19 @@ def _run(student, train, valid, config, out, rationales, scores, teacher, task, 
     from tinystudent.distill import train_student
 
     if not _is_main():
-        return train_student(student, train, valid, config, out, rationales=rationales or None,
-                             choice_logprobs=scores or None, teacher=teacher, task=task,
-                             test_examples=test_examples, resume=not restart)
+        return train_student(
+            student,
+            train,
+            valid,
+            config,
+            out,
+            rationales=rationales or None,
+            choice_logprobs=scores or None,
+            teacher=teacher,
+            task=task,
+            test_examples=test_examples,
+            resume=not restart,
+        )
     with progress() as bar:
         row = bar.add_task("training", total=None, status="")
 
@@ -310,9 +389,20 @@ def _run(student, train, valid, config, out, rationales, scores, teacher, task, 
                 shown += f" | valid acc {valid_acc[0]:.4f}"
             bar.update(row, completed=step["step"], total=step["total_steps"], status=shown)
 
-        return train_student(student, train, valid, config, out, rationales=rationales or None,
-                             choice_logprobs=scores or None, teacher=teacher, task=task,
-                             test_examples=test_examples, resume=not restart, on_step=advance)
+        return train_student(
+            student,
+            train,
+            valid,
+            config,
+            out,
+            rationales=rationales or None,
+            choice_logprobs=scores or None,
+            teacher=teacher,
+            task=task,
+            test_examples=test_examples,
+            resume=not restart,
+            on_step=advance,
+        )
 
 
 def print_result(summary: dict) -> None:
@@ -323,11 +413,28 @@ def print_result(summary: dict) -> None:
     table.add_column("value", justify="right")
 
     def fmt(value):
-        return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
-                                          if isinstance(value, int) else str(value))
+        return (
+            "-"
+            if value is None
+            else (
+                f"{value:.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+            )
+        )
 
-    for name in ("params", "trainable_params", "non_embedding_params", "steps", "train_loss",
-                 "valid_acc_before", "valid_acc", "best_step", "test_acc", "tokens_per_s",
-                 "peak_memory_mb", "train_seconds", "checkpoint"):
+    for name in (
+        "params",
+        "trainable_params",
+        "non_embedding_params",
+        "steps",
+        "train_loss",
+        "valid_acc_before",
+        "valid_acc",
+        "best_step",
+        "test_acc",
+        "tokens_per_s",
+        "peak_memory_mb",
+        "train_seconds",
+        "checkpoint",
+    ):
         table.add_row(name, fmt(summary.get(name)))
-    output.print(table)
+    stdout.print(table)

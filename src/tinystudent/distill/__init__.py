@@ -29,7 +29,24 @@ from tinystudent.distill.result import TrainResult
 from tinystudent.distill.train import train_mutual, train_student
 from tinystudent.distill.vocab import VocabAlignment, check_vocab
 
-__all__ = ["DIVERGENCES", "LoraSettings", "ObjectiveWeights", "RecoveryConfig", "TrainConfig", "TrainResult",
-           "TrainingDiverged", "VocabAlignment", "check_vocab", "choice_kd_loss",
-           "chunked_token_losses", "forward_kl", "generalized_jsd", "hidden_state_loss", "mutual_kl",
-           "reverse_kl", "token_divergence", "train_mutual", "train_student"]
+__all__ = [
+    "DIVERGENCES",
+    "LoraSettings",
+    "ObjectiveWeights",
+    "RecoveryConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "VocabAlignment",
+    "check_vocab",
+    "choice_kd_loss",
+    "chunked_token_losses",
+    "forward_kl",
+    "generalized_jsd",
+    "hidden_state_loss",
+    "mutual_kl",
+    "reverse_kl",
+    "token_divergence",
+    "train_mutual",
+    "train_student",
+]

@@ -25,8 +25,7 @@ LATEST = "LATEST"
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The trainable parameters, by name (tied weights once), as contiguous CPU tensors."""
-    return {name: p.detach().to("cpu").contiguous().clone()
-            for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach().to("cpu").contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: torch.nn.Module, path: Path) -> None:
@@ -34,8 +33,10 @@ def load_trainable(model: torch.nn.Module, path: Path) -> None:
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
-        raise ValueError(f"{path} does not match this student (missing {missing}, unexpected {extra}); "
-                         "was it written by another model or method?")
+        raise ValueError(
+            f"{path} does not match this student (missing {missing}, unexpected {extra}); "
+            "was it written by another model or method?"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -47,8 +48,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"cuda{index}"] = state
     py_version, py_state, py_gauss = random.getstate()
     np_state = np.random.get_state()
-    plain = {"python": [py_version, list(py_state), py_gauss],
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    plain = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     return tensors, plain
 
 
@@ -69,8 +72,18 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    loop_state: dict, keep: int, rank: int = 0, is_main: bool = True) -> Path:
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    loop_state: dict,
+    keep: int,
+    rank: int = 0,
+    is_main: bool = True,
+) -> Path:
     """Write checkpoint `step-N` under root and point LATEST at it; keep the newest `keep`.
 
     Every process writes its own RNG file; the main process writes everything else.
@@ -89,9 +102,14 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer, sc
     _barrier()
     if is_main:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None},
-                   tmp / "optimizer.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            },
+            tmp / "optimizer.pt",
+        )
         _write_json(tmp / "loop_state.json", loop_state)
         remove_made(final, "loop_state.json")
         tmp.rename(final)
@@ -111,8 +129,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if (path / "loop_state.json").exists() else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    rank: int = 0) -> dict:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler, scaler, rank: int = 0) -> dict:
     """Restore weights, optimizer, scheduler, scaler and RNG states; returns the loop state."""
     load_trainable(model, path / "trainable.safetensors")
     saved = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
@@ -151,12 +168,14 @@ def load_best(model: torch.nn.Module, best_dir: Path, is_lora: bool) -> None:
     for file in sorted(best_dir.glob("*.safetensors")):
         state.update(load_file(str(file)))
     result = model.load_state_dict(state, strict=False)
-    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - \
-           {name for name, p in model.named_parameters()}
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)} - {
+        name for name, p in model.named_parameters()
+    }
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{best_dir} does not fit the student (missing {missing[:3]}, "
-                         f"unexpected {result.unexpected_keys[:3]})")
+        raise ValueError(
+            f"{best_dir} does not fit the student (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def _barrier() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tinystudent.hashing import stable_hash
 
 
 class _Strict(BaseModel):
@@ -52,8 +52,9 @@ class ObjectiveWeights(_Strict):
         if isinstance(value, dict):
             unknown = sorted(set(value) - set(teachers))
             if unknown:
-                raise ValueError(f"weights.{name} names teacher(s) {unknown} with no data; "
-                                 f"teachers with data: {sorted(teachers)}")
+                raise ValueError(
+                    f"weights.{name} names teacher(s) {unknown} with no data; teachers with data: {sorted(teachers)}"
+                )
             return {t: w for t, w in value.items() if w > 0}
         return {t: float(value) for t in teachers} if value > 0 else {}
 
@@ -182,8 +183,10 @@ class TrainConfig(_Strict):
     @classmethod
     def _renamed(cls, data):
         if isinstance(data, dict) and "max_prompt_tokens" in data:
-            raise ValueError("max_prompt_tokens was renamed max_input_tokens (inputs are now fitted by "
-                             "cutting their evidence, never their question)")
+            raise ValueError(
+                "max_prompt_tokens was renamed max_input_tokens (inputs are now fitted by "
+                "cutting their evidence, never their question)"
+            )
         return data
 
     @model_validator(mode="after")
@@ -200,7 +203,7 @@ class TrainConfig(_Strict):
         """A short hash of everything in the config (the device excluded: it changes no number
         a user compares, only where it was computed)."""
         payload = self.model_dump(mode="json", exclude={"device"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return stable_hash(payload)
 
 
 class RecoveryConfig(_Strict):

@@ -22,8 +22,10 @@ from tinystudent.tasks.schema import Example
 
 # --- teacher outputs -------------------------------------------------------------------------
 
-def check_rationales(rationales: dict[str, dict[str, str]] | None,
-                     examples: list[Example]) -> dict[str, dict[str, str]]:
+
+def check_rationales(
+    rationales: dict[str, dict[str, str]] | None, examples: list[Example]
+) -> dict[str, dict[str, str]]:
     """Keep non-empty rationales of training questions; refuse a teacher that covers none."""
     if not rationales:
         return {}
@@ -38,16 +40,20 @@ def check_rationales(rationales: dict[str, dict[str, str]] | None,
             raise ValueError(
                 f"teacher {teacher!r}: none of its {len(by_id)} rationales belongs to a training "
                 f"question (its ids look like {sample_theirs}, the questions' like {sample_ours}); "
-                "were they made for another task or split?")
+                "were they made for another task or split?"
+            )
         if len(usable) < len(ids):
-            warn(f"teacher {teacher!r} has rationales for {len(usable)} of {len(ids)} training "
-                 "questions; the others train without its rationale")
+            warn(
+                f"teacher {teacher!r} has rationales for {len(usable)} of {len(ids)} training "
+                "questions; the others train without its rationale"
+            )
         kept[teacher] = usable
     return kept
 
 
-def check_choice_logprobs(choice_logprobs: dict[str, dict[str, list[float]]] | None,
-                          examples: list[Example]) -> dict[str, dict[str, list[float]]]:
+def check_choice_logprobs(
+    choice_logprobs: dict[str, dict[str, list[float]]] | None, examples: list[Example]
+) -> dict[str, dict[str, list[float]]]:
     """Keep teacher choice scores of training questions; each must have one number per choice."""
     if not choice_logprobs:
         return {}
@@ -60,22 +66,28 @@ def check_choice_logprobs(choice_logprobs: dict[str, dict[str, list[float]]] | N
             if ex is None:
                 continue
             if len(scores) != len(ex.choices):
-                raise ValueError(f"teacher {teacher!r}, example {example_id!r}: {len(scores)} choice "
-                                 f"log-probabilities for {len(ex.choices)} choices")
+                raise ValueError(
+                    f"teacher {teacher!r}, example {example_id!r}: {len(scores)} choice "
+                    f"log-probabilities for {len(ex.choices)} choices"
+                )
             if any(math.isnan(float(s)) for s in scores):
                 raise ValueError(f"teacher {teacher!r}, example {example_id!r}: a choice log-probability is NaN")
             usable[example_id] = [float(s) if math.isfinite(float(s)) else PAD_SCORE for s in scores]
         if not usable:
-            raise ValueError(f"teacher {teacher!r}: none of its {len(by_id)} choice distributions "
-                             f"belongs to a training question (ids like {sorted(by_id)[:3]})")
+            raise ValueError(
+                f"teacher {teacher!r}: none of its {len(by_id)} choice distributions "
+                f"belongs to a training question (ids like {sorted(by_id)[:3]})"
+            )
         if len(usable) < len(examples):
-            warn(f"teacher {teacher!r} has choice probabilities for {len(usable)} of {len(examples)} "
-                 "training questions")
+            warn(
+                f"teacher {teacher!r} has choice probabilities for {len(usable)} of {len(examples)} training questions"
+            )
         kept[teacher] = usable
     return kept
 
 
 # --- tokenized examples ------------------------------------------------------------------------
+
 
 @dataclass
 class Features:
@@ -107,17 +119,26 @@ def fit_answer_prompt(ex: Example, tokenizer, kind: str, style: str, budget: int
     if kind == "causal":
         reserve = _choice_tokens(tokenizer, ex)
     elif kind == "encoder":
-        reserve = max(len(tokenizer.encode(c.strip(), add_special_tokens=False)) for c in ex.choices) \
-            + tokenizer.num_special_tokens_to_add(pair=True)
+        reserve = max(
+            len(tokenizer.encode(c.strip(), add_special_tokens=False)) for c in ex.choices
+        ) + tokenizer.num_special_tokens_to_add(pair=True)
     else:
         reserve = 0
     return fit_example(ex, render, token_counter(tokenizer, kind == "seq2seq"), tokenizer, budget - reserve)
 
 
-def build_features(examples: list[Example], tokenizer, kind: str, style: str,
-                   rationales: dict[str, dict[str, str]], choice_logprobs: dict[str, dict[str, list[float]]],
-                   rationale_prompt: str, max_input: int, max_answer: int,
-                   max_rationale: int) -> tuple[dict[str, Features], dict]:
+def build_features(
+    examples: list[Example],
+    tokenizer,
+    kind: str,
+    style: str,
+    rationales: dict[str, dict[str, str]],
+    choice_logprobs: dict[str, dict[str, list[float]]],
+    rationale_prompt: str,
+    max_input: int,
+    max_answer: int,
+    max_rationale: int,
+) -> tuple[dict[str, Features], dict]:
     """Tokenize every question once: answer prompt, choices, and each teacher's rationale task.
 
     Every input is fitted to `max_input` tokens by cutting its evidence, never its question
@@ -138,8 +159,7 @@ def build_features(examples: list[Example], tokenizer, kind: str, style: str,
             choices = [tokenizer.encode(c, add_special_tokens=False) for c in choice_continuations(ex)]
         else:
             prompt, choices = [], []
-        feats = Features(ex.answer, prompt, [c[:max_answer] for c in choices],
-                         context, [c.strip() for c in ex.choices])
+        feats = Features(ex.answer, prompt, [c[:max_answer] for c in choices], context, [c.strip() for c in ex.choices])
         for teacher, by_id in rationales.items():
             if ex.id in by_id and kind != "encoder":
                 render = lambda e, t=teacher: rationale_prompt.format(teacher=t, question=lettered_question(e))  # noqa: E731
@@ -157,12 +177,12 @@ def build_features(examples: list[Example], tokenizer, kind: str, style: str,
                 feats.teacher_choice[teacher] = by_id[ex.id]
         features[ex.id] = feats
     if skipped:
-        warn(f"{skipped} rationale task(s) left out: the question's choices alone exceed "
-             f"max_input_tokens={max_input}")
+        warn(f"{skipped} rationale task(s) left out: the question's choices alone exceed max_input_tokens={max_input}")
     return features, {**fit_summary(fitted, max_input), "rationale_tasks_left_out": skipped}
 
 
 # --- batches ---------------------------------------------------------------------------------
+
 
 @dataclass
 class TokenBatch:
@@ -181,9 +201,19 @@ class TokenBatch:
     position_ids: torch.Tensor | None = None  # packed rows: positions restart at each sequence
 
     def to(self, device) -> TokenBatch:
-        return TokenBatch(*[t.to(device) if t is not None else None for t in
-                            (self.input_ids, self.attention_mask, self.target_mask, self.next_ids, self.labels,
-                             self.position_ids)])
+        return TokenBatch(
+            *[
+                t.to(device) if t is not None else None
+                for t in (
+                    self.input_ids,
+                    self.attention_mask,
+                    self.target_mask,
+                    self.next_ids,
+                    self.labels,
+                    self.position_ids,
+                )
+            ]
+        )
 
     def causal_inputs(self) -> dict:
         """The forward arguments of a causal model. Packed rows pass positions and no mask:
@@ -227,7 +257,7 @@ def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int
     mask = _pad([[1] * len(s) for s in sequences], 0)
     target_mask = torch.zeros_like(ids, dtype=torch.bool)
     for i, (prompt, target) in enumerate(pairs):
-        target_mask[i, len(prompt) - 1: len(prompt) + len(target) - 1] = True
+        target_mask[i, len(prompt) - 1 : len(prompt) + len(target) - 1] = True
     next_ids = torch.cat([ids[:, 1:], torch.full((len(pairs), 1), pad_id)], dim=1)
     return TokenBatch(ids, mask, target_mask, next_ids)
 
@@ -269,8 +299,8 @@ def packed_token_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) ->
             ids[r, start:end] = torch.tensor(sequence, dtype=torch.long)
             mask[r, start:end] = 1
             positions[r, start:end] = torch.arange(len(sequence))
-            next_ids[r, start:end - 1] = ids[r, start + 1:end]
-            target_mask[r, start + len(prompt) - 1: start + len(prompt) + len(target) - 1] = True
+            next_ids[r, start : end - 1] = ids[r, start + 1 : end]
+            target_mask[r, start + len(prompt) - 1 : start + len(prompt) + len(target) - 1] = True
             start = end
         positions[r, start:] = torch.arange(width - start)
     return TokenBatch(ids, mask, target_mask, next_ids, position_ids=positions)
@@ -296,11 +326,15 @@ class ChoiceBatch:
 
     def to(self, device) -> ChoiceBatch:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
-        return ChoiceBatch(move(self.choice_mask), move(self.question), move(self.choice),
-                           move(self.gold_sequence),
-                           self.sequences.to(device) if self.sequences else None,
-                           self.prompts.to(device) if self.prompts else None,
-                           {k: v.to(device) for k, v in self.tokens.items()} if self.tokens else None)
+        return ChoiceBatch(
+            move(self.choice_mask),
+            move(self.question),
+            move(self.choice),
+            move(self.gold_sequence),
+            self.sequences.to(device) if self.sequences else None,
+            self.prompts.to(device) if self.prompts else None,
+            {k: v.to(device) for k, v in self.tokens.items()} if self.tokens else None,
+        )
 
     @property
     def n_tokens(self) -> int:
@@ -309,8 +343,7 @@ class ChoiceBatch:
         return self.sequences.tokens + (self.prompts.tokens if self.prompts else 0)
 
 
-def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None,
-                 max_length: int = 256) -> ChoiceBatch:
+def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None, max_length: int = 256) -> ChoiceBatch:
     width = max(len(f.choice_texts) for f in items)
     choice_mask = torch.zeros(len(items), width, dtype=torch.bool)
     for i, f in enumerate(items):
@@ -319,8 +352,9 @@ def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None,
         # The same pairing as scoring.score_choices_encoder: (prompt, choice text) per choice.
         contexts = [f.context for f in items for _ in range(width)]
         choices = [f.choice_texts[c] if c < len(f.choice_texts) else "" for f in items for c in range(width)]
-        enc = tokenizer(contexts, choices, truncation="only_first", max_length=max_length,
-                        padding=True, return_tensors="pt")
+        enc = tokenizer(
+            contexts, choices, truncation="only_first", max_length=max_length, padding=True, return_tensors="pt"
+        )
         tokens = {k: v.view(len(items), width, -1) for k, v in enc.items()}
         return ChoiceBatch(choice_mask, tokens=tokens)
     question, choice, gold, pairs = [], [], [], []
@@ -334,12 +368,12 @@ def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None,
         # The encoder reads each prompt once; the decoder scores every choice on top of it.
         empty = torch.zeros(len(pairs), 0, dtype=torch.long)
         sequences = TokenBatch(empty, empty, labels=_pad([t for _, t in pairs], -100))
-        prompts = TokenBatch(_pad([f.prompt for f in items], pad_id),
-                             _pad([[1] * len(f.prompt) for f in items], 0))
+        prompts = TokenBatch(_pad([f.prompt for f in items], pad_id), _pad([[1] * len(f.prompt) for f in items], 0))
     else:
         sequences, prompts = token_batch(pairs, kind, pad_id), None
-    return ChoiceBatch(choice_mask, torch.tensor(question), torch.tensor(choice), torch.tensor(gold),
-                       sequences, prompts)
+    return ChoiceBatch(
+        choice_mask, torch.tensor(question), torch.tensor(choice), torch.tensor(gold), sequences, prompts
+    )
 
 
 def teacher_choice_table(items: list[Features], teacher: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +389,7 @@ def teacher_choice_table(items: list[Features], teacher: str, width: int) -> tup
 
 
 # --- data order ------------------------------------------------------------------------------
+
 
 class SampleStream:
     """An endless, seeded order over the examples: epoch e is a fixed permutation.

@@ -24,8 +24,23 @@ def can_fuse(head) -> bool:
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
-                ce_scale, kd_scale, kd_vocab, divergence, temperature, beta, chunk_tokens):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        ce_scale,
+        kd_scale,
+        kd_vocab,
+        divergence,
+        temperature,
+        beta,
+        chunk_tokens,
+    ):
         # A frozen output layer (LoRA) needs no [vocabulary, width] gradient: skip its matmul.
         want_weight = ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
@@ -46,8 +61,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                     with torch.no_grad():
                         teacher_logits = F.linear(teacher_hidden[piece], teacher_weight, teacher_bias).float()
                     vocab = kd_vocab or logits.shape[-1]
-                    kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence,
-                                          temperature, beta)
+                    kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence, temperature, beta)
                     loss = loss + kd_scale * kd.sum()
                 (grad_logits,) = torch.autograd.grad(loss, logits)
             total += loss.detach()
@@ -72,11 +86,20 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (out_hidden, out_weight, out_bias) + (None,) * 11
 
 
-def fused_head_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
-                    ce_scale: float, teacher_hidden: torch.Tensor | None = None,
-                    teacher_head: torch.nn.Linear | None = None, kd_scale: float = 0.0,
-                    kd_vocab: int | None = None, divergence: str = "forward_kl",
-                    temperature: float = 1.0, beta: float = 0.5, chunk_tokens: int = 256):
+def fused_head_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    ce_scale: float,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: torch.nn.Linear | None = None,
+    kd_scale: float = 0.0,
+    kd_vocab: int | None = None,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    chunk_tokens: int = 256,
+):
     """`ce_scale * sum(-log p(target)) + kd_scale * sum(divergence)` over the rows, with its
     gradient computed in forward, chunk by chunk.
 
@@ -86,6 +109,19 @@ def fused_head_loss(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.
     """
     teacher_weight = teacher_head.weight if teacher_head is not None else None
     teacher_bias = teacher_head.bias if teacher_head is not None else None
-    return _FusedHeadLoss.apply(hidden, head.weight, head.bias, targets, teacher_hidden, teacher_weight,
-                                teacher_bias, float(ce_scale), float(kd_scale), kd_vocab, divergence,
-                                float(temperature), float(beta), int(chunk_tokens))
+    return _FusedHeadLoss.apply(
+        hidden,
+        head.weight,
+        head.bias,
+        targets,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        float(ce_scale),
+        float(kd_scale),
+        kd_vocab,
+        divergence,
+        float(temperature),
+        float(beta),
+        int(chunk_tokens),
+    )

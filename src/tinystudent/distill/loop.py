@@ -10,7 +10,6 @@ wraps the student for DDP under `accelerate launch` and is a no-op on one device
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -34,21 +33,20 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
 
-def _fingerprint(payload) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> None:
     train_ids = {ex.id for ex in train}
     for name, other in (("validation", valid), ("test", test or [])):
         shared = train_ids & {ex.id for ex in other}
         if shared:
-            raise ValueError(f"{len(shared)} training question(s) are also in the {name} examples "
-                             f"(ids like {sorted(shared)[:3]}); the splits must not overlap")
+            raise ValueError(
+                f"{len(shared)} training question(s) are also in the {name} examples "
+                f"(ids like {sorted(shared)[:3]}); the splits must not overlap"
+            )
 
 
-def _check_objectives(config: TrainConfig, rationale_weights: dict, choice_weights: dict,
-                      teacher, mutual: bool) -> None:
+def _check_objectives(
+    config: TrainConfig, rationale_weights: dict, choice_weights: dict, teacher, mutual: bool
+) -> None:
     weights = config.weights
     if weights.rationale and not rationale_weights:
         raise ValueError("weights.rationale > 0 but no rationales were given")
@@ -58,8 +56,14 @@ def _check_objectives(config: TrainConfig, rationale_weights: dict, choice_weigh
         raise ValueError("weights.logit_kd / weights.hidden > 0 need a teacher model")
     if teacher is not None and not (weights.logit_kd > 0 or weights.hidden > 0):
         warn("a teacher model was given but weights.logit_kd and weights.hidden are 0: it is not used")
-    active = weights.answer > 0 or rationale_weights or choice_weights or weights.logit_kd > 0 \
-        or weights.hidden > 0 or (mutual and weights.mutual > 0)
+    active = (
+        weights.answer > 0
+        or rationale_weights
+        or choice_weights
+        or weights.logit_kd > 0
+        or weights.hidden > 0
+        or (mutual and weights.mutual > 0)
+    )
     if not active:
         raise ValueError("every objective has weight 0: nothing to train")
 
@@ -71,9 +75,11 @@ def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None
         found = json.loads(marker.read_text())
         if found.get("run_key") != run_key:
             if resume:
-                raise ValueError(f"{out_dir} holds another run (run key {found.get('run_key')}, "
-                                 f"this one {run_key}: student, config or data differ); use another "
-                                 "folder, or resume=False to start over there")
+                raise ValueError(
+                    f"{out_dir} holds another run (run key {found.get('run_key')}, "
+                    f"this one {run_key}: student, config or data differ); use another "
+                    "folder, or resume=False to start over there"
+                )
             for child in out_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif not resume:
@@ -86,9 +92,21 @@ def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None
 class _Run:
     """The state of one run over its trainees (one student, or peers in mutual learning)."""
 
-    def __init__(self, trainees: list[Trainee], train: list[Example], valid: list[Example],
-                 config: TrainConfig, task: str, accelerator, device, total_steps: int,
-                 rationale_weights: dict, choice_weights: dict, mutual: bool, on_step):
+    def __init__(
+        self,
+        trainees: list[Trainee],
+        train: list[Example],
+        valid: list[Example],
+        config: TrainConfig,
+        task: str,
+        accelerator,
+        device,
+        total_steps: int,
+        rationale_weights: dict,
+        choice_weights: dict,
+        mutual: bool,
+        on_step,
+    ):
         self.trainees, self.train, self.valid, self.config, self.task = trainees, train, valid, config, task
         self.accelerator, self.device, self.total_steps = accelerator, device, total_steps
         self.rationale_weights, self.choice_weights, self.mutual = rationale_weights, choice_weights, mutual
@@ -97,8 +115,14 @@ class _Run:
         self.autocast_dtype = resolve_precision(config.precision, device)
         self.shared = {"step": 0, "consumed": 0, "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
         for tr in trainees:
-            tr.state = {"loss_history": [], "valid_history": [], "best_acc": None, "best_step": None,
-                        "bad_evals": 0, "valid_acc_before": None}
+            tr.state = {
+                "loss_history": [],
+                "valid_history": [],
+                "best_acc": None,
+                "best_step": None,
+                "bad_evals": 0,
+                "valid_acc_before": None,
+            }
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -120,10 +144,18 @@ class _Run:
 
     def checkpoint(self) -> None:
         for tr in self.trainees:
-            save_checkpoint(tr.out_dir / "checkpoints", self.shared["step"], tr.model, tr.optimizer,
-                            tr.scheduler, tr.scaler, {"shared": self.shared, "trainee": tr.state},
-                            self.config.keep_checkpoints, self.accelerator.process_index,
-                            self.accelerator.is_main_process)
+            save_checkpoint(
+                tr.out_dir / "checkpoints",
+                self.shared["step"],
+                tr.model,
+                tr.optimizer,
+                tr.scheduler,
+                tr.scaler,
+                {"shared": self.shared, "trainee": tr.state},
+                self.config.keep_checkpoints,
+                self.accelerator.process_index,
+                self.accelerator.is_main_process,
+            )
 
     # --- evaluation -----------------------------------------------------------------------
 
@@ -135,9 +167,15 @@ class _Run:
         if self.accelerator.is_main_process:
             tr.loaded.model.eval()
             with torch.no_grad(), self.autocast():
-                result = evaluate_model(tr.loaded, examples, self.task or "task", split,
-                                        "loglikelihood", self.config.eval_batch_size,
-                                        max_input_tokens=self.config.max_input_tokens)
+                result = evaluate_model(
+                    tr.loaded,
+                    examples,
+                    self.task or "task",
+                    split,
+                    "loglikelihood",
+                    self.config.eval_batch_size,
+                    max_input_tokens=self.config.max_input_tokens,
+                )
             tr.loaded.model.train()
             payload = [result]
         if self.accelerator.num_processes > 1:
@@ -164,8 +202,13 @@ class _Run:
 
     def save_best(self, tr: Trainee, details: dict) -> None:
         if self.accelerator.is_main_process:
-            save_best(tr.model, tr.loaded.tokenizer, tr.out_dir / "best", tr.is_lora,
-                      {**details, "student": tr.name, "config": self.config.model_dump(mode="json")})
+            save_best(
+                tr.model,
+                tr.loaded.tokenizer,
+                tr.out_dir / "best",
+                tr.is_lora,
+                {**details, "student": tr.name, "config": self.config.model_dump(mode="json")},
+            )
         self.accelerator.wait_for_everyone()
 
     # --- one optimizer step ----------------------------------------------------------------
@@ -177,8 +220,9 @@ class _Run:
         self.shared["consumed"] += config.batch_size * world
         outputs, tokens = [], 0
         for tr in self.trainees:
-            batch = make_batch(tr, examples, config, self.rationale_weights, self.choice_weights,
-                               self.mutual).to(self.device)
+            batch = make_batch(tr, examples, config, self.rationale_weights, self.choice_weights, self.mutual).to(
+                self.device
+            )
             tokens += batch.tokens
             with self.autocast():
                 teacher, want_hidden = None, False
@@ -210,7 +254,8 @@ class _Run:
         return TrainingDiverged(
             f"the loss of {tr.name} became {float(loss.detach())} at step {self.shared['step'] + 1} "
             f"(terms: {terms}); training stopped and {kept}. Lower the learning rate "
-            f"(now {self.config.learning_rate}), use precision fp32, or check the data")
+            f"(now {self.config.learning_rate}), use precision fp32, or check the data"
+        )
 
     def step(self) -> None:
         config = self.config
@@ -268,14 +313,19 @@ class _Run:
 
     def run(self) -> None:
         config = self.config
-        if self.valid and config.eval_before and self.shared["step"] == 0 \
-                and self.trainees[0].state["valid_acc_before"] is None:
+        if (
+            self.valid
+            and config.eval_before
+            and self.shared["step"] == 0
+            and self.trainees[0].state["valid_acc_before"] is None
+        ):
             self.validate()
         while self.shared["step"] < self.total_steps and not self.shared["stopped_early"]:
             self.step()
             step = self.shared["step"]
-            due_eval = self.valid and ((config.eval_every and step % config.eval_every == 0)
-                                       or step == self.total_steps)
+            due_eval = self.valid and (
+                (config.eval_every and step % config.eval_every == 0) or step == self.total_steps
+            )
             if due_eval:
                 self.validate()
             finished = step == self.total_steps or self.shared["stopped_early"]
@@ -286,9 +336,13 @@ class _Run:
 
     def progress(self) -> dict:
         shared = self.shared
-        return {"step": shared["step"], "total_steps": self.total_steps,
-                "loss": [tr.state["loss_history"][-1]["loss"] for tr in self.trainees],
-                "lr": self.trainees[0].state["loss_history"][-1]["lr"],
-                "tokens_per_s": shared["tokens"] / shared["train_seconds"] if shared["train_seconds"] else 0.0,
-                "valid_acc": [tr.state["valid_history"][-1]["acc"] if tr.state["valid_history"] else None
-                              for tr in self.trainees]}
+        return {
+            "step": shared["step"],
+            "total_steps": self.total_steps,
+            "loss": [tr.state["loss_history"][-1]["loss"] for tr in self.trainees],
+            "lr": self.trainees[0].state["loss_history"][-1]["lr"],
+            "tokens_per_s": shared["tokens"] / shared["train_seconds"] if shared["train_seconds"] else 0.0,
+            "valid_acc": [
+                tr.state["valid_history"][-1]["acc"] if tr.state["valid_history"] else None for tr in self.trainees
+            ],
+        }

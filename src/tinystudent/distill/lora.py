@@ -13,8 +13,11 @@ from tinystudent.log import info
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Distinct last name parts of the model's linear layers (`q_proj`, `c_attn`, ...)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    }
     return sorted(names)
 
 
@@ -27,13 +30,16 @@ def check_targets(model: torch.nn.Module, targets: str | list[str]) -> None:
     names = [name for name, _ in model.named_modules()]
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unmatched:
-        raise ValueError(f"LoRA target module(s) {unmatched} match nothing in {type(model).__name__}; "
-                         f"its linear layers are named {linear_module_names(model)} "
-                         "(or use all-linear)")
+        raise ValueError(
+            f"LoRA target module(s) {unmatched} match nothing in {type(model).__name__}; "
+            f"its linear layers are named {linear_module_names(model)} "
+            "(or use all-linear)"
+        )
 
 
-def apply_lora(model: torch.nn.Module, kind: str, rank: int, alpha: float, dropout: float,
-               target_modules: str | list[str]) -> torch.nn.Module:
+def apply_lora(
+    model: torch.nn.Module, kind: str, rank: int, alpha: float, dropout: float, target_modules: str | list[str]
+) -> torch.nn.Module:
     """Wrap `model` with LoRA adapters; only the adapters (and a new classifier head) train.
 
     Args:
@@ -45,9 +51,14 @@ def apply_lora(model: torch.nn.Module, kind: str, rank: int, alpha: float, dropo
     check_targets(model, target_modules)
     task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(kind)
     modules_to_save = ["classifier"] if kind == "encoder" and hasattr(model, "classifier") else None
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules, task_type=task_type,
-                        modules_to_save=modules_to_save)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )
     wrapped = get_peft_model(model, config)
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     total = sum(p.numel() for p in wrapped.parameters())

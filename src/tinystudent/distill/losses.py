@@ -25,8 +25,7 @@ def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return terms.sum(-1)
 
 
-def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               temperature: float = 1.0) -> torch.Tensor:
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) per row, scaled by T^2 (Hinton et al. 2015, "Distilling the
     knowledge in a neural network"): the student covers every mode of the teacher."""
     t = float(temperature)
@@ -35,8 +34,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return _kl_from_logprobs(log_p, log_q) * t * t
 
 
-def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-               temperature: float = 1.0) -> torch.Tensor:
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(student || teacher) per row, scaled by T^2 (MiniLLM, Gu et al. 2023): mode-seeking,
     the student concentrates on the teacher's main modes."""
     t = float(temperature)
@@ -45,8 +43,9 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return _kl_from_logprobs(log_q, log_p) * t * t
 
 
-def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                    temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+def generalized_jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, beta: float = 0.5
+) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence per row, scaled by T^2 (GKD, Agarwal et al. 2024):
     `beta * KL(P || M) + (1 - beta) * KL(Q || M)` with `M = beta * P + (1 - beta) * Q`,
     P the teacher's and Q the student's distribution; beta = 0.5 is the symmetric JSD."""
@@ -59,8 +58,13 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return (beta * _kl_from_logprobs(log_p, log_m) + (1 - beta) * _kl_from_logprobs(log_q, log_m)) * t * t
 
 
-def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, divergence: str,
-                     temperature: float = 1.0, beta: float = 0.5) -> torch.Tensor:
+def token_divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    divergence: str,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
     """One of `forward_kl`, `reverse_kl`, `jsd`, per row."""
     if divergence == "forward_kl":
         return forward_kl(student_logits, teacher_logits, temperature)
@@ -71,8 +75,9 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
 
 
-def choice_kd_loss(student_scores: torch.Tensor, teacher_logprobs: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
+def choice_kd_loss(
+    student_scores: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """KL(teacher || student) between distributions over the answer choices, per question.
 
     Both inputs are [questions, choices] scores (summed log-likelihoods, or an encoder's
@@ -82,8 +87,7 @@ def choice_kd_loss(student_scores: torch.Tensor, teacher_logprobs: torch.Tensor,
     return forward_kl(student_scores, teacher_logprobs, temperature)
 
 
-def mutual_kl(student_scores: torch.Tensor, peer_scores: list[torch.Tensor],
-              temperature: float = 1.0) -> torch.Tensor:
+def mutual_kl(student_scores: torch.Tensor, peer_scores: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
     """Deep mutual learning (Zhang et al. 2018): mean over peers of KL(peer || student) per
     question, the peers' distributions detached (each peer is a fixed target for this update)."""
     if not peer_scores:
@@ -100,16 +104,26 @@ def hidden_state_loss(student_states: list[torch.Tensor], teacher_states: list[t
     losses = []
     for s, t in zip(student_states, teacher_states):
         if s.shape[-1] != t.shape[-1]:
-            raise ValueError(f"hidden-state matching needs equal widths, student {s.shape[-1]} vs "
-                             f"teacher {t.shape[-1]}; pick a teacher of the same width")
+            raise ValueError(
+                f"hidden-state matching needs equal widths, student {s.shape[-1]} vs "
+                f"teacher {t.shape[-1]}; pick a teacher of the same width"
+            )
         diff = F.normalize(s.float(), dim=-1) - F.normalize(t.float(), dim=-1)
         losses.append(diff.pow(2).sum(-1).mean())
     return torch.stack(losses).mean()
 
 
-def _row_losses(hidden: torch.Tensor, targets: torch.Tensor, teacher_hidden: torch.Tensor | None,
-                head: Callable, teacher_head: Callable | None, kd_vocab: int | None,
-                divergence: str, temperature: float, beta: float):
+def _row_losses(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_hidden: torch.Tensor | None,
+    head: Callable,
+    teacher_head: Callable | None,
+    kd_vocab: int | None,
+    divergence: str,
+    temperature: float,
+    beta: float,
+):
     logits = head(hidden).float()
     target_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     if teacher_hidden is None:
@@ -121,11 +135,18 @@ def _row_losses(hidden: torch.Tensor, targets: torch.Tensor, teacher_hidden: tor
     return target_logprobs, kd
 
 
-def chunked_token_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Callable,
-                         teacher_hidden: torch.Tensor | None = None,
-                         teacher_head: Callable | None = None, kd_vocab: int | None = None,
-                         divergence: str = "forward_kl", temperature: float = 1.0,
-                         beta: float = 0.5, chunk_tokens: int | None = 256):
+def chunked_token_losses(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: Callable,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: Callable | None = None,
+    kd_vocab: int | None = None,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    chunk_tokens: int | None = 256,
+):
     """Log-probability of each target token and, with a teacher, its token-level divergence.
 
     The [tokens, vocabulary] logits are the memory peak of language-model training; here they
@@ -154,8 +175,7 @@ def chunked_token_losses(hidden: torch.Tensor, targets: torch.Tensor, head: Call
         piece = slice(start, start + chunk_tokens)
         teacher_piece = teacher_hidden[piece] if teacher_hidden is not None else None
         if torch.is_grad_enabled() and hidden.requires_grad:
-            lp, kd = checkpoint(_row_losses, hidden[piece], targets[piece], teacher_piece, *args,
-                                use_reentrant=False)
+            lp, kd = checkpoint(_row_losses, hidden[piece], targets[piece], teacher_piece, *args, use_reentrant=False)
         else:
             lp, kd = _row_losses(hidden[piece], targets[piece], teacher_piece, *args)
         logprobs.append(lp)

@@ -64,8 +64,10 @@ def check_head(core, name: str) -> None:
     split = causal_head(core)(core.base_model(input_ids=ids, use_cache=False).last_hidden_state).float()
     core.train(was_training)
     if not torch.allclose(full, split, atol=1e-3 * max(1.0, full.abs().max().item()), rtol=1e-3):
-        raise ValueError(f"{name} ({type(core).__name__}): its logits are not its output layer applied "
-                         "to its final hidden states, so the chunked losses cannot train it")
+        raise ValueError(
+            f"{name} ({type(core).__name__}): its logits are not its output layer applied "
+            "to its final hidden states, so the chunked losses cannot train it"
+        )
 
 
 @dataclass
@@ -93,10 +95,13 @@ class StudentBatch:
     teacher_choice: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device) -> StudentBatch:
-        return StudentBatch(self.gold.to(device), self.answer.to(device) if self.answer else None,
-                            {k: v.to(device) for k, v in self.rationales.items()},
-                            self.choices.to(device) if self.choices else None,
-                            {k: (t.to(device), p.to(device)) for k, (t, p) in self.teacher_choice.items()})
+        return StudentBatch(
+            self.gold.to(device),
+            self.answer.to(device) if self.answer else None,
+            {k: v.to(device) for k, v in self.rationales.items()},
+            self.choices.to(device) if self.choices else None,
+            {k: (t.to(device), p.to(device)) for k, (t, p) in self.teacher_choice.items()},
+        )
 
     def token_batches(self) -> dict[str, TokenBatch]:
         found = {"answer": self.answer} if self.answer is not None else {}
@@ -152,11 +157,20 @@ class StudentObjectives(torch.nn.Module):
             (cross-entropy of the gold choice over the choices' scores; needs choice batches).
     """
 
-    def __init__(self, model: torch.nn.Module, kind: str, weights: TermWeights | None = None,
-                 temperature: float = 2.0, divergence: str = "forward_kl", jsd_beta: float = 0.5,
-                 chunk_tokens: int = 256, kd_vocab: int | None = None,
-                 hidden_layers: list[int] | None = None, fuse_head: bool = True,
-                 answer_loss: str = "tokens"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kind: str,
+        weights: TermWeights | None = None,
+        temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        jsd_beta: float = 0.5,
+        chunk_tokens: int = 256,
+        kd_vocab: int | None = None,
+        hidden_layers: list[int] | None = None,
+        fuse_head: bool = True,
+        answer_loss: str = "tokens",
+    ):
         super().__init__()
         self.answer_loss = answer_loss
         self.fuse_head = fuse_head
@@ -174,8 +188,13 @@ class StudentObjectives(torch.nn.Module):
     # --- token-level passes ---------------------------------------------------------------
 
     def _kd_args(self) -> dict:
-        return dict(kd_vocab=self.kd_vocab, divergence=self.divergence, temperature=self.temperature,
-                    beta=self.jsd_beta, chunk_tokens=self.chunk_tokens)
+        return dict(
+            kd_vocab=self.kd_vocab,
+            divergence=self.divergence,
+            temperature=self.temperature,
+            beta=self.jsd_beta,
+            chunk_tokens=self.chunk_tokens,
+        )
 
     def _causal_body(self, tb: TokenBatch, want_layers: bool):
         out = self.core.base_model(**tb.causal_inputs(), use_cache=False, output_hidden_states=want_layers)
@@ -185,17 +204,22 @@ class StudentObjectives(torch.nn.Module):
             layers = [out.hidden_states[i][real] for i in self.hidden_layers]
         return out.last_hidden_state[tb.target_mask], tb.next_ids[tb.target_mask], layers
 
-    def _token_pass(self, tb: TokenBatch, states: TeacherStates | None, ce_weight: float,
-                    kd_scale: float, want_layers: bool):
+    def _token_pass(
+        self, tb: TokenBatch, states: TeacherStates | None, ce_weight: float, kd_scale: float, want_layers: bool
+    ):
         """(weighted loss, target log-probabilities, divergences, hidden states) of a token batch."""
         core = self.core
         teacher_rows = states.rows if states is not None else None
         if self.kind == "causal":
             rows, targets, layers = self._causal_body(tb, want_layers)
         else:
-            out = core(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                       decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
-                       use_cache=False, output_hidden_states=want_layers)
+            out = core(
+                input_ids=tb.input_ids,
+                attention_mask=tb.attention_mask,
+                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
+                use_cache=False,
+                output_hidden_states=want_layers,
+            )
             mask = tb.labels != -100
             rows, targets = out.logits[mask], tb.labels[mask]
             layers = [out.decoder_hidden_states[i][mask] for i in self.hidden_layers] if want_layers else []
@@ -203,13 +227,13 @@ class StudentObjectives(torch.nn.Module):
         head = plain_linear_head(core) if self.kind == "causal" and self.fuse_head else None
         teacher_linear = states.linear if states is not None else None
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
-            loss, logprobs, kd = fused_head_loss(rows, head, targets, ce_scale, teacher_rows, teacher_linear,
-                                                 kd_scale, **self._kd_args())
+            loss, logprobs, kd = fused_head_loss(
+                rows, head, targets, ce_scale, teacher_rows, teacher_linear, kd_scale, **self._kd_args()
+            )
             return loss, logprobs, kd, layers
         student_head = causal_head(core) if self.kind == "causal" else _identity
         teacher_head = states.head if teacher_rows is not None else None
-        logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head,
-                                            **self._kd_args())
+        logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head, **self._kd_args())
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
         return loss, logprobs, kd, layers
 
@@ -227,19 +251,19 @@ class StudentObjectives(torch.nn.Module):
             logprobs, _ = chunked_token_losses(rows, targets, causal_head(core), chunk_tokens=self.chunk_tokens)
             sequence_of_row = cb.sequences.target_mask.nonzero()[:, 0]
         else:
-            encoded = core.get_encoder()(input_ids=cb.prompts.input_ids,
-                                         attention_mask=cb.prompts.attention_mask)
+            encoded = core.get_encoder()(input_ids=cb.prompts.input_ids, attention_mask=cb.prompts.attention_mask)
             hidden = encoded.last_hidden_state[cb.question]
             labels = cb.sequences.labels
-            out = core(encoder_outputs=(hidden,), attention_mask=cb.prompts.attention_mask[cb.question],
-                       decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=labels),
-                       use_cache=False)
+            out = core(
+                encoder_outputs=(hidden,),
+                attention_mask=cb.prompts.attention_mask[cb.question],
+                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=labels),
+                use_cache=False,
+            )
             mask = labels != -100
-            logprobs = F.log_softmax(out.logits[mask].float(), dim=-1).gather(
-                -1, labels[mask][:, None]).squeeze(-1)
+            logprobs = F.log_softmax(out.logits[mask].float(), dim=-1).gather(-1, labels[mask][:, None]).squeeze(-1)
             sequence_of_row = mask.nonzero()[:, 0]
-        per_sequence = torch.zeros(cb.question.shape[0], device=logprobs.device).index_add(
-            0, sequence_of_row, logprobs)
+        per_sequence = torch.zeros(cb.question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
         scores = torch.full(cb.choice_mask.shape, PAD_SCORE, device=logprobs.device)
         scores = scores.index_put((cb.question, cb.choice), per_sequence)
         gold_rows = logprobs[cb.gold_sequence[sequence_of_row]]
@@ -247,16 +271,18 @@ class StudentObjectives(torch.nn.Module):
 
     # --- all terms ------------------------------------------------------------------------
 
-    def forward(self, batch: StudentBatch, teacher: dict[str, TeacherStates] | None = None,
-                want_hidden: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: StudentBatch, teacher: dict[str, TeacherStates] | None = None, want_hidden: bool = False
+    ) -> dict[str, torch.Tensor]:
         """`loss` (the weighted objective), each term's value (detached, means over tokens or
         questions) and, when choices were scored, `choice_scores` (differentiable)."""
         teacher, w = teacher or {}, self.weights
         parts: dict[str, torch.Tensor] = {}
         terms: list[torch.Tensor] = []
         batches = batch.token_batches()
-        kd_rows = sum(tb.n_targets for name, tb in batches.items()
-                      if name in teacher and teacher[name].rows is not None)
+        kd_rows = sum(
+            tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None
+        )
         kd_scale = w.logit_kd / kd_rows if kd_rows else 0.0
         kd_values, hidden_terms = [], []
         # The answer term comes from the choices' scores when asked, or when no answer tokens ran.
@@ -264,8 +290,9 @@ class StudentObjectives(torch.nn.Module):
         for name, tb in batches.items():
             states = teacher.get(name)
             as_choices = name == "answer" and choice_answer
-            loss, logprobs, kd, layers = self._token_pass(tb, states, 0.0 if as_choices else w.token_weight(name),
-                                                          kd_scale, want_hidden and states is not None)
+            loss, logprobs, kd, layers = self._token_pass(
+                tb, states, 0.0 if as_choices else w.token_weight(name), kd_scale, want_hidden and states is not None
+            )
             terms.append(loss)
             if logprobs.numel():
                 parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
@@ -305,8 +332,9 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def teacher_states(core, kind: str, head: Callable | None, batch: StudentBatch,
-                   want_rows: bool, layers: list[int]) -> dict[str, TeacherStates]:
+def teacher_states(
+    core, kind: str, head: Callable | None, batch: StudentBatch, want_rows: bool, layers: list[int]
+) -> dict[str, TeacherStates]:
     """Run the teacher (in eval mode, without gradients) on the student's token batches."""
     found = {}
     for name, tb in batch.token_batches().items():
@@ -317,9 +345,13 @@ def teacher_states(core, kind: str, head: Callable | None, batch: StudentBatch,
             states = [out.hidden_states[i][real] for i in layers] if layers else []
             found[name] = TeacherStates(rows, head, states, plain_linear_head(core))
         else:
-            out = core(input_ids=tb.input_ids, attention_mask=tb.attention_mask,
-                       decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
-                       use_cache=False, output_hidden_states=bool(layers))
+            out = core(
+                input_ids=tb.input_ids,
+                attention_mask=tb.attention_mask,
+                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
+                use_cache=False,
+                output_hidden_states=bool(layers),
+            )
             mask = tb.labels != -100
             rows = out.logits[mask] if want_rows else None
             states = [out.decoder_hidden_states[i][mask] for i in layers] if layers else []

@@ -67,8 +67,9 @@ class RecoveryResult:
         return {k: v for k, v in asdict(self).items() if k != "loss_history"}
 
 
-def recovery_texts(examples: Sequence[Example], rationales: dict[str, dict[str, str]] | None = None,
-                   extra: Sequence[Example] = ()) -> list[str]:
+def recovery_texts(
+    examples: Sequence[Example], rationales: dict[str, dict[str, str]] | None = None, extra: Sequence[Example] = ()
+) -> list[str]:
     """Plain text to recover on: each training question with its evidence, every rationale, and
     the questions and passages of `extra` (other tasks' training splits)."""
     texts = []
@@ -91,7 +92,7 @@ def token_chunks(texts: Sequence[str], tokenizer, length: int) -> list[list[int]
     stream: list[int] = []
     for text in texts:
         stream += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [separator]
-    return [stream[i: i + length] for i in range(0, len(stream) - length + 1, length)]
+    return [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]
 
 
 def _batch(chunks: list[list[int]]) -> StudentBatch:
@@ -113,10 +114,17 @@ def _measure(loaded: LoadedModel, text: str) -> float:
     return value
 
 
-def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldout: str,
-            config: RecoveryConfig, out_dir: Path, device: str = "auto",
-            on_step: Callable[[dict], None] | None = None,
-            measure: Callable[[LoadedModel, str], float] | None = None) -> RecoveryResult:
+def recover(
+    student: str,
+    parent: str | LoadedModel,
+    texts: Sequence[str],
+    heldout: str,
+    config: RecoveryConfig,
+    out_dir: Path,
+    device: str = "auto",
+    on_step: Callable[[dict], None] | None = None,
+    measure: Callable[[LoadedModel, str], float] | None = None,
+) -> RecoveryResult:
     """Distil `parent` into the cut `student` on `texts`; write the recovered model to
     `out_dir/model` and return bits per byte on `heldout` before and after.
 
@@ -134,25 +142,33 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
     torch.manual_seed(config.seed)
     loaded = load_model(student, device=device, dtype="float32")
     if loaded.kind != "causal":
-        raise ValueError(f"recovery distils next-token distributions: {student} is a {loaded.kind} model, "
-                         "not a causal language model")
-    teacher = parent if isinstance(parent, LoadedModel) else load_model(parent, device=loaded.device,
-                                                                        dtype="float32")
+        raise ValueError(
+            f"recovery distils next-token distributions: {student} is a {loaded.kind} model, "
+            "not a causal language model"
+        )
+    teacher = parent if isinstance(parent, LoadedModel) else load_model(parent, device=loaded.device, dtype="float32")
     teacher.model.eval().requires_grad_(False)
     check_vocab(loaded.model, loaded.tokenizer, teacher.model, teacher.tokenizer, student, teacher.name)
     check_head(loaded.model, student)
     chunks = token_chunks(texts, loaded.tokenizer, config.seq_len)
     if len(chunks) < config.batch_size:
-        raise ValueError(f"the recovery text makes {len(chunks)} chunks of {config.seq_len} tokens, fewer "
-                         f"than one batch of {config.batch_size}: give more text or shorter chunks")
+        raise ValueError(
+            f"the recovery text makes {len(chunks)} chunks of {config.seq_len} tokens, fewer "
+            f"than one batch of {config.batch_size}: give more text or shorter chunks"
+        )
     order = list(range(len(chunks)))
     random.Random(config.seed).shuffle(order)
     core = loaded.model
     core.config.use_cache = False
-    objective = StudentObjectives(core, "causal", TermWeights(answer=config.ce_weight, logit_kd=config.kd_weight),
-                                  config.temperature, "forward_kl", chunk_tokens=config.chunk_tokens)
-    optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=0.0)
+    objective = StudentObjectives(
+        core,
+        "causal",
+        TermWeights(answer=config.ce_weight, logit_kd=config.kd_weight),
+        config.temperature,
+        "forward_kl",
+        chunk_tokens=config.chunk_tokens,
+    )
+    optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_ratio, 0.1))
     state = {"step": 0, "seconds": 0.0, "history": [], "before": None}
     checkpoints = out_dir / "checkpoints"
@@ -162,8 +178,10 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
         info(f"resuming recovery from step {state['step']} ({found})")
     if state["before"] is None:
         state["before"] = measure(loaded, heldout)
-        info(f"recovery of {student}: {state['before']:.3f} bits per byte before, {len(chunks)} chunks of "
-             f"{config.seq_len} tokens to learn from")
+        info(
+            f"recovery of {student}: {state['before']:.3f} bits per byte before, {len(chunks)} chunks of "
+            f"{config.seq_len} tokens to learn from"
+        )
     core.train()
     head = causal_head(teacher.model)
     while state["step"] < config.steps:
@@ -176,8 +194,10 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
         parts = objective(batch, states)
         loss = parts["loss"]
         if not torch.isfinite(loss):
-            raise ValueError(f"recovery of {student}: the loss became {float(loss)} at step {state['step'] + 1}; "
-                             f"lower recovery.lr (now {config.lr})")
+            raise ValueError(
+                f"recovery of {student}: the loss became {float(loss)} at step {state['step'] + 1}; "
+                f"lower recovery.lr (now {config.lr})"
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0)
         optimizer.step()
@@ -185,19 +205,30 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["seconds"] += time.perf_counter() - started
-        record = {"step": state["step"], "loss": float(loss.detach()),
-                  "kd": float(parts.get("logit_kd", float("nan"))), "lr": scheduler.get_last_lr()[0]}
+        record = {
+            "step": state["step"],
+            "loss": float(loss.detach()),
+            "kd": float(parts.get("logit_kd", float("nan"))),
+            "lr": scheduler.get_last_lr()[0],
+        }
         state["history"].append(record)
         if on_step:
             on_step(record)
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
             save_checkpoint(checkpoints, state["step"], core, optimizer, scheduler, None, state, keep=1)
     model_dir = out_dir / "model"
-    result = RecoveryResult(str(model_dir), state["before"], float("nan"), state["step"],
-                            state["step"] * config.batch_size * config.seq_len, round(state["seconds"], 1),
-                            len(chunks) * config.seq_len, len(heldout.encode("utf-8")), state["history"])
-    save_best(core, loaded.tokenizer, model_dir, False, {"recovery": result.summary(),
-                                                         "config": config.model_dump()})
+    result = RecoveryResult(
+        str(model_dir),
+        state["before"],
+        float("nan"),
+        state["step"],
+        state["step"] * config.batch_size * config.seq_len,
+        round(state["seconds"], 1),
+        len(chunks) * config.seq_len,
+        len(heldout.encode("utf-8")),
+        state["history"],
+    )
+    save_best(core, loaded.tokenizer, model_dir, False, {"recovery": result.summary(), "config": config.model_dump()})
     manifest = Path(loaded.resolved.path) / MANIFEST
     if manifest.exists():  # the kept layers stay known (patient KD pairs layers by them)
         described = json.loads(manifest.read_text())
@@ -209,8 +240,10 @@ def recover(student: str, parent: str | LoadedModel, texts: Sequence[str], heldo
     tmp.write_text(json.dumps(asdict(result), default=str))
     tmp.replace(done)
     remove_made(checkpoints, LATEST)
-    info(f"recovered {student}: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte in "
-         f"{result.steps} steps ({result.seconds:.0f} s)")
+    info(
+        f"recovered {student}: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte in "
+        f"{result.steps} steps ({result.seconds:.0f} s)"
+    )
     return result
 
 

@@ -13,12 +13,13 @@ import torch
 from tinystudent.distill.checkpoints import load_best
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import check_choice_logprobs, check_rationales
-from tinystudent.distill.loop import TrainingDiverged, _check_objectives, _check_splits, _claim, _fingerprint, _Run
+from tinystudent.distill.loop import TrainingDiverged, _check_objectives, _check_splits, _claim, _Run
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
 from tinystudent.distill.trainee import Trainee, setup_trainee
 from tinystudent.evaluation.cost import MemoryMeter
 from tinystudent.evaluation.prompts import prompt_style
+from tinystudent.hashing import stable_hash
 from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, resolve_model
 from tinystudent.tasks.schema import Example, data_hash
@@ -61,10 +62,21 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(name).name or name).strip("-")[:60]
 
 
-def _train(students: list[str], train: list[Example], valid: list[Example], config: TrainConfig,
-           out_dir: Path, rationales, choice_logprobs, teacher, task: str,
-           test: list[Example] | None, mutual: bool, resume: bool,
-           on_step: Callable[[dict], None] | None) -> list[TrainResult]:
+def _train(
+    students: list[str],
+    train: list[Example],
+    valid: list[Example],
+    config: TrainConfig,
+    out_dir: Path,
+    rationales,
+    choice_logprobs,
+    teacher,
+    task: str,
+    test: list[Example] | None,
+    mutual: bool,
+    resume: bool,
+    on_step: Callable[[dict], None] | None,
+) -> list[TrainResult]:
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
@@ -84,13 +96,18 @@ def _train(students: list[str], train: list[Example], valid: list[Example], conf
         identities = [resolve_model(s).identity for s in students]
         teacher_identity = _teacher_identity(teacher)
     description = {
-        "students": students, "student_identities": identities,
-        "config": config.model_dump(mode="json", exclude={"device"}), "task": task, "mutual": mutual,
+        "students": students,
+        "student_identities": identities,
+        "config": config.model_dump(mode="json", exclude={"device"}),
+        "task": task,
+        "mutual": mutual,
         "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},
-        "rationales": _fingerprint(rationales), "choice_logprobs": _fingerprint(choice_logprobs),
-        "teacher": teacher_identity, "processes": accelerator.num_processes,
+        "rationales": stable_hash(rationales),
+        "choice_logprobs": stable_hash(choice_logprobs),
+        "teacher": teacher_identity,
+        "processes": accelerator.num_processes,
     }
-    run_key = _fingerprint(description)
+    run_key = stable_hash(description)
     if accelerator.is_main_process:
         _claim(out_dir, run_key, resume, description)
     accelerator.wait_for_everyone()
@@ -105,12 +122,36 @@ def _train(students: list[str], train: list[Example], valid: list[Example], conf
     trainees = []
     for index, name in enumerate(students):
         folder = out_dir / f"peer{index}-{_slug(name)}" if mutual else out_dir
-        trainee = setup_trainee(name, folder, config, train, style, rationales, choice_logprobs,
-                                teacher, device, total_steps, rationale_weights, choice_weights)
+        trainee = setup_trainee(
+            name,
+            folder,
+            config,
+            train,
+            style,
+            rationales,
+            choice_logprobs,
+            teacher,
+            device,
+            total_steps,
+            rationale_weights,
+            choice_weights,
+        )
         trainee.objective = accelerator.prepare(trainee.objective)
         trainees.append(trainee)
-    run = _Run(trainees, train, valid, config, task, accelerator, device, total_steps,
-               rationale_weights, choice_weights, mutual, on_step)
+    run = _Run(
+        trainees,
+        train,
+        valid,
+        config,
+        task,
+        accelerator,
+        device,
+        total_steps,
+        rationale_weights,
+        choice_weights,
+        mutual,
+        on_step,
+    )
     if resume:
         run.resume()
     memory = MemoryMeter(device)
@@ -126,8 +167,7 @@ def _train(students: list[str], train: list[Example], valid: list[Example], conf
     return results
 
 
-def _finish(run: _Run, tr: Trainee, test: list[Example] | None, memory: MemoryMeter,
-            run_key: str) -> TrainResult:
+def _finish(run: _Run, tr: Trainee, test: list[Example] | None, memory: MemoryMeter, run_key: str) -> TrainResult:
     """Put the kept checkpoint back, measure it on the test examples, export, report."""
     state, shared, config = tr.state, run.shared, run.config
     best_dir = tr.out_dir / "best"
@@ -136,41 +176,65 @@ def _finish(run: _Run, tr: Trainee, test: list[Example] | None, memory: MemoryMe
         run.save_best(tr, {"step": shared["step"], "valid_acc": None})
     elif state["best_step"] != shared["step"]:
         load_best(tr.model, best_dir, tr.is_lora)
-        info(f"{tr.name}: kept the checkpoint of step {state['best_step']} "
-             f"(validation accuracy {state['best_acc']:.4f})")
+        info(
+            f"{tr.name}: kept the checkpoint of step {state['best_step']} (validation accuracy {state['best_acc']:.4f})"
+        )
     checkpoint = best_dir
     if tr.is_lora and config.lora.merge and run.accelerator.is_main_process:
         checkpoint = tr.out_dir / "merged"
         save_merged(tr.model, tr.loaded.tokenizer, checkpoint)
     test_eval = run.evaluate(tr, test, "test") if test else None
     history = state["loss_history"]
-    window = history[-config.log_every:]
+    window = history[-config.log_every :]
     train_loss = sum(h["loss"] for h in window) / len(window) if window else None
     seconds = shared["train_seconds"]
     return TrainResult(
-        student=tr.name, method=config.method, task=run.task, params=tr.counts["total"],
-        trainable_params=tr.trainable, non_embedding_params=tr.counts["non_embedding"],
-        embedding_params=tr.counts["embedding"], steps=shared["step"], total_steps=run.total_steps,
-        epochs=round(shared["consumed"] / len(run.train), 3), train_loss=train_loss,
-        valid_acc=state["best_acc"], valid_acc_before=state["valid_acc_before"],
-        test_acc=test_eval.acc if test_eval else None, best_step=state["best_step"],
+        student=tr.name,
+        method=config.method,
+        task=run.task,
+        params=tr.counts["total"],
+        trainable_params=tr.trainable,
+        non_embedding_params=tr.counts["non_embedding"],
+        embedding_params=tr.counts["embedding"],
+        steps=shared["step"],
+        total_steps=run.total_steps,
+        epochs=round(shared["consumed"] / len(run.train), 3),
+        train_loss=train_loss,
+        valid_acc=state["best_acc"],
+        valid_acc_before=state["valid_acc_before"],
+        test_acc=test_eval.acc if test_eval else None,
+        best_step=state["best_step"],
         stopped_early=shared["stopped_early"],
         tokens_per_s=round(shared["tokens"] / seconds, 1) if seconds else 0.0,
-        train_seconds=round(seconds, 2), peak_memory_mb=memory.peak_mb,
-        peak_memory_scope=memory.scope, checkpoint=str(checkpoint), device=str(run.device),
-        run_key=run_key, config=config.model_dump(mode="json"), loss_history=history,
+        train_seconds=round(seconds, 2),
+        peak_memory_mb=memory.peak_mb,
+        peak_memory_scope=memory.scope,
+        checkpoint=str(checkpoint),
+        device=str(run.device),
+        run_key=run_key,
+        config=config.model_dump(mode="json"),
+        loss_history=history,
         valid_history=state["valid_history"],
-        test_eval=test_eval.summary() if test_eval else None, inputs_fit=tr.fit,
+        test_eval=test_eval.summary() if test_eval else None,
+        inputs_fit=tr.fit,
     )
 
 
-def train_student(student: str, train_examples: list[Example], valid_examples: list[Example],
-                  config: TrainConfig, out_dir: Path,
-                  rationales: dict[str, dict[str, str]] | None = None,
-                  choice_logprobs: dict[str, dict[str, list[float]]] | None = None,
-                  teacher: LoadedModel | str | None = None, task: str = "",
-                  test_examples: list[Example] | None = None, *, resume: bool = True,
-                  on_step: Callable[[dict], None] | None = None) -> TrainResult:
+def train_student(
+    student: str,
+    train_examples: list[Example],
+    valid_examples: list[Example],
+    config: TrainConfig,
+    out_dir: Path,
+    rationales: dict[str, dict[str, str]] | None = None,
+    choice_logprobs: dict[str, dict[str, list[float]]] | None = None,
+    teacher: LoadedModel | str | None = None,
+    task: str = "",
+    test_examples: list[Example] | None = None,
+    *,
+    resume: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train one student on a task, from any mix of answers, teachers' rationales, teachers'
     choice distributions and a teacher model's logits.
 
@@ -193,16 +257,37 @@ def train_student(student: str, train_examples: list[Example], valid_examples: l
         TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is kept).
         ValueError: inconsistent objectives and data, overlapping splits, incompatible teacher.
     """
-    return _train([student], train_examples, valid_examples, config, out_dir, rationales,
-                  choice_logprobs, teacher, task, test_examples, False, resume, on_step)[0]
+    return _train(
+        [student],
+        train_examples,
+        valid_examples,
+        config,
+        out_dir,
+        rationales,
+        choice_logprobs,
+        teacher,
+        task,
+        test_examples,
+        False,
+        resume,
+        on_step,
+    )[0]
 
 
-def train_mutual(students: list[str], train_examples: list[Example], valid_examples: list[Example],
-                 config: TrainConfig, out_dir: Path, task: str = "",
-                 test_examples: list[Example] | None = None,
-                 rationales: dict[str, dict[str, str]] | None = None,
-                 choice_logprobs: dict[str, dict[str, list[float]]] | None = None, *,
-                 resume: bool = True, on_step: Callable[[dict], None] | None = None) -> list[TrainResult]:
+def train_mutual(
+    students: list[str],
+    train_examples: list[Example],
+    valid_examples: list[Example],
+    config: TrainConfig,
+    out_dir: Path,
+    task: str = "",
+    test_examples: list[Example] | None = None,
+    rationales: dict[str, dict[str, str]] | None = None,
+    choice_logprobs: dict[str, dict[str, list[float]]] | None = None,
+    *,
+    resume: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[TrainResult]:
     """Deep mutual learning (Zhang et al. 2018): two or more students trained together.
 
     Every step each student minimises its own objectives (`config.weights`, the answer by
@@ -213,5 +298,18 @@ def train_mutual(students: list[str], train_examples: list[Example], valid_examp
     """
     if len(students) < 2:
         raise ValueError(f"mutual learning needs at least two students, got {len(students)}")
-    return _train(list(students), train_examples, valid_examples, config, out_dir, rationales,
-                  choice_logprobs, None, task, test_examples, True, resume, on_step)
+    return _train(
+        list(students),
+        train_examples,
+        valid_examples,
+        config,
+        out_dir,
+        rationales,
+        choice_logprobs,
+        None,
+        task,
+        test_examples,
+        True,
+        resume,
+        on_step,
+    )

@@ -85,10 +85,8 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else plain).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": plain, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
-                             betas=config.betas)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
 
 
 def _depth(core, kind: str) -> int:
@@ -98,8 +96,9 @@ def _depth(core, kind: str) -> int:
     return config.num_hidden_layers
 
 
-def hidden_pairs(student_path: Path, student_core, teacher_core, kind: str,
-                 configured: list[tuple[int, int]] | None) -> list[tuple[int, int]]:
+def hidden_pairs(
+    student_path: Path, student_core, teacher_core, kind: str, configured: list[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
     """(student, teacher) hidden-state indices for patient KD (0 = embeddings, i = after layer i,
     the last = the final normalised output). A scaled-down student's layers pair with the layers
     they were copied from; otherwise layers pair evenly by depth (PKD-skip)."""
@@ -116,46 +115,64 @@ def hidden_pairs(student_path: Path, student_core, teacher_core, kind: str,
             pairs = [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
     for s, t in pairs:
         if not (0 <= s <= n_student and 0 <= t <= n_teacher):
-            raise ValueError(f"hidden_layers pair ({s}, {t}) is outside the student's 0..{n_student} "
-                             f"or the teacher's 0..{n_teacher} hidden states")
+            raise ValueError(
+                f"hidden_layers pair ({s}, {t}) is outside the student's 0..{n_student} "
+                f"or the teacher's 0..{n_teacher} hidden states"
+            )
     return pairs
 
 
-def load_teacher(teacher, student: LoadedModel, config: TrainConfig, device: torch.device,
-                 kd_dtype: torch.dtype | None) -> tuple[Teacher, int | None, list[int]]:
+def load_teacher(
+    teacher, student: LoadedModel, config: TrainConfig, device: torch.device, kd_dtype: torch.dtype | None
+) -> tuple[Teacher, int | None, list[int]]:
     """Load and freeze the teacher, check vocabularies and pick the layers to match."""
     if isinstance(teacher, str):
         teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
     if teacher.kind != student.kind or student.kind == "encoder":
-        raise ValueError(f"token-level distillation needs a teacher of the student's kind: teacher "
-                         f"{teacher.name} is {teacher.kind}, student {student.name} is {student.kind}"
-                         f"{' (encoders have no next-token distribution; use choice_kd)' if student.kind == 'encoder' else ''}")
+        raise ValueError(
+            f"token-level distillation needs a teacher of the student's kind: teacher "
+            f"{teacher.name} is {teacher.kind}, student {student.name} is {student.kind}"
+            f"{' (encoders have no next-token distribution; use choice_kd)' if student.kind == 'encoder' else ''}"
+        )
     teacher.model.eval().requires_grad_(False)
-    alignment = check_vocab(student.model, student.tokenizer, teacher.model, teacher.tokenizer,
-                            student.name, teacher.name)
+    alignment = check_vocab(
+        student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
+    )
     head = None
     if teacher.kind == "causal":
         check_head(teacher.model, teacher.name)
         head = causal_head(teacher.model)
     pairs = []
     if config.weights.hidden > 0:
-        pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, student.kind,
-                             config.hidden_layers)
+        pairs = hidden_pairs(
+            Path(student.resolved.path), student.model, teacher.model, student.kind, config.hidden_layers
+        )
         info(f"hidden-state matching (student, teacher): {pairs}")
     kd_vocab = alignment.size if alignment.trimmed else None
-    return (Teacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0),
-            kd_vocab, [s for s, _ in pairs])
+    return (Teacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0), kd_vocab, [s for s, _ in pairs])
 
 
-def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Example], style: str,
-                  rationales: dict, choice_logprobs: dict, teacher, device: torch.device,
-                  total_steps: int, rationale_weights: dict[str, float],
-                  choice_weights: dict[str, float]) -> Trainee:
+def setup_trainee(
+    name: str,
+    out_dir: Path,
+    config: TrainConfig,
+    train: list[Example],
+    style: str,
+    rationales: dict,
+    choice_logprobs: dict,
+    teacher,
+    device: torch.device,
+    total_steps: int,
+    rationale_weights: dict[str, float],
+    choice_weights: dict[str, float],
+) -> Trainee:
     """Load a student, report its size, add LoRA if asked, and build its objectives."""
     loaded = load_model(name, device=device, dtype="float32")
     counts = count_parameters(loaded.model)
-    info(f"student {name} ({loaded.kind}): {counts['total']:,} parameters, "
-         f"{counts['non_embedding']:,} non-embedding, {counts['embedding']:,} embedding")
+    info(
+        f"student {name} ({loaded.kind}): {counts['total']:,} parameters, "
+        f"{counts['non_embedding']:,} non-embedding, {counts['embedding']:,} embedding"
+    )
     core = loaded.model
     if loaded.kind == "causal":
         check_head(core, name)
@@ -173,27 +190,60 @@ def setup_trainee(name: str, out_dir: Path, config: TrainConfig, train: list[Exa
         enable_activation_checkpointing(core)
     core.config.use_cache = False
     core.train()
-    features, fitted = build_features(train, loaded.tokenizer, loaded.kind, style, rationales, choice_logprobs,
-                              config.rationale_prompt, config.max_input_tokens,
-                              config.max_answer_tokens, config.max_rationale_tokens)
+    features, fitted = build_features(
+        train,
+        loaded.tokenizer,
+        loaded.kind,
+        style,
+        rationales,
+        choice_logprobs,
+        config.rationale_prompt,
+        config.max_input_tokens,
+        config.max_answer_tokens,
+        config.max_rationale_tokens,
+    )
     if fitted["truncated"]:
-        info(f"{fitted['truncated']} of {len(train)} training inputs were longer than "
-             f"{config.max_input_tokens} tokens: their evidence was cut, their question kept")
+        info(
+            f"{fitted['truncated']} of {len(train)} training inputs were longer than "
+            f"{config.max_input_tokens} tokens: their evidence was cut, their question kept"
+        )
     w = config.weights
     weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)
-    objective = StudentObjectives(model, loaded.kind, weights, config.temperature, config.logit_kd_divergence,
-                                  config.jsd_beta, config.kd_chunk_tokens, kd_vocab, student_layers,
-                                  answer_loss=config.answer_loss)
+    objective = StudentObjectives(
+        model,
+        loaded.kind,
+        weights,
+        config.temperature,
+        config.logit_kd_divergence,
+        config.jsd_beta,
+        config.kd_chunk_tokens,
+        kd_vocab,
+        student_layers,
+        answer_loss=config.answer_loss,
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    info(f"training {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters "
-         f"({config.method})")
+    info(f"training {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters ({config.method})")
     optimizer = make_optimizer(objective, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, config.warmup_ratio, config.min_lr_ratio))
+        optimizer, warmup_cosine(total_steps, config.warmup_ratio, config.min_lr_ratio)
+    )
     scaler = torch.amp.GradScaler(device.type) if kd_dtype == torch.float16 else None
     student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
-    return Trainee(name, out_dir, student, model, objective, features, optimizer, scheduler, scaler,
-                   counts, trainable, teacher_info, fit=fitted)
+    return Trainee(
+        name,
+        out_dir,
+        student,
+        model,
+        objective,
+        features,
+        optimizer,
+        scheduler,
+        scaler,
+        counts,
+        trainable,
+        teacher_info,
+        fit=fitted,
+    )
 
 
 def set_attention_dropout(core, p: float) -> int:
@@ -224,9 +274,14 @@ def enable_activation_checkpointing(core) -> None:
         core.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
-               rationale_weights: dict[str, float], choice_weights: dict[str, float],
-               mutual: bool) -> StudentBatch:
+def make_batch(
+    trainee: Trainee,
+    examples: list[Example],
+    config: TrainConfig,
+    rationale_weights: dict[str, float],
+    choice_weights: dict[str, float],
+    mutual: bool,
+) -> StudentBatch:
     """The micro-batch of `examples` in this student's tokens, with what its objectives need."""
     kind = trainee.loaded.kind
     tokenizer = trainee.loaded.tokenizer
@@ -237,7 +292,11 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
     choice_answer = config.answer_loss == "choices" and config.weights.answer > 0
     need_choices = kind == "encoder" or bool(choice_weights) or mutual or choice_answer
     batch = StudentBatch(gold)
-    if kind != "encoder" and (config.weights.answer > 0 or teacher_tokens) and not (need_choices and not teacher_tokens):
+    if (
+        kind != "encoder"
+        and (config.weights.answer > 0 or teacher_tokens)
+        and not (need_choices and not teacher_tokens)
+    ):
         batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad, config.packing)
     for teacher in rationale_weights:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
@@ -249,4 +308,3 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig,
         for teacher in choice_weights:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
     return batch
-

@@ -46,8 +46,14 @@ def _first_difference(student_vocab: dict, teacher_vocab: dict) -> str:
     return ""
 
 
-def check_vocab(student_model, student_tokenizer, teacher_model, teacher_tokenizer,
-                student_name: str = "student", teacher_name: str = "teacher") -> VocabAlignment:
+def check_vocab(
+    student_model,
+    student_tokenizer,
+    teacher_model,
+    teacher_tokenizer,
+    student_name: str = "student",
+    teacher_name: str = "teacher",
+) -> VocabAlignment:
     """Refuse token-level distillation between incompatible vocabularies, or align them.
 
     Raises:
@@ -62,7 +68,8 @@ def check_vocab(student_model, student_tokenizer, teacher_model, teacher_tokeniz
             f"(tokenizer {len(teacher_vocab)} tokens, {teacher_rows} output rows) and {student_name} "
             f"(tokenizer {len(student_vocab)} tokens, {student_rows} output rows) differ: "
             f"{_first_difference(student_vocab, teacher_vocab)}. Use choice_kd or rationale "
-            "objectives instead, which work across tokenizers")
+            "objectives instead, which work across tokenizers"
+        )
     tokens = max(len(student_tokenizer), max(student_vocab.values()) + 1)
     if student_rows == teacher_rows:
         return VocabAlignment(student_rows, student_rows, teacher_rows, tokens)
@@ -70,9 +77,12 @@ def check_vocab(student_model, student_tokenizer, teacher_model, teacher_tokeniz
         raise ValueError(
             f"vocabulary sizes differ: {teacher_name} has {teacher_rows} output rows, {student_name} "
             f"{student_rows}, and the smaller one cannot hold all {tokens} tokens of the shared "
-            "tokenizer, so the extra rows are not padding; these models cannot be distilled token by token")
+            "tokenizer, so the extra rows are not padding; these models cannot be distilled token by token"
+        )
     size = min(student_rows, teacher_rows)
-    info(f"vocabulary alignment: {teacher_name} has {teacher_rows} output rows, {student_name} "
-         f"{student_rows}; rows from {tokens} on are padding no token uses, so logit distillation "
-         f"compares the first {size} rows of each")
+    info(
+        f"vocabulary alignment: {teacher_name} has {teacher_rows} output rows, {student_name} "
+        f"{student_rows}; rows from {tokens} on are padding no token uses, so logit distillation "
+        f"compares the first {size} rows of each"
+    )
     return VocabAlignment(size, student_rows, teacher_rows, tokens)

@@ -4,6 +4,16 @@ from tinystudent.evaluation.evaluate import MODES, EvalResult, Prediction, evalu
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices, score_choices_encoder, score_choices_naive
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline, paired_bootstrap
 
-__all__ = ["MODES", "ChoiceRequest", "EvalResult", "Prediction", "bootstrap_ci", "evaluate_model",
-           "majority_baseline", "paired_bootstrap", "score_choices", "score_choices_encoder",
-           "score_choices_naive"]
+__all__ = [
+    "MODES",
+    "ChoiceRequest",
+    "EvalResult",
+    "Prediction",
+    "bootstrap_ci",
+    "evaluate_model",
+    "majority_baseline",
+    "paired_bootstrap",
+    "score_choices",
+    "score_choices_encoder",
+    "score_choices_naive",
+]

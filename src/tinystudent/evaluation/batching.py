@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int,
-                  max_padding: float = 0.1) -> list[list[int]]:
+def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int, max_padding: float = 0.1) -> list[list[int]]:
     """Item indices grouped into batches, longest items first.
 
     A batch holds at most `max_items` items, at most `max_tokens` padded tokens (its number of
@@ -20,8 +19,9 @@ def token_batches(lengths: Sequence[int], max_items: int, max_tokens: int,
     Longest first, so a batch that does not fit in memory fails at once rather than at the end.
     """
     if max_items < 1 or max_tokens < 1:
-        raise ValueError(f"batches need room for at least one item and one token, got max_items="
-                         f"{max_items}, max_tokens={max_tokens}")
+        raise ValueError(
+            f"batches need room for at least one item and one token, got max_items={max_items}, max_tokens={max_tokens}"
+        )
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []

@@ -67,8 +67,10 @@ def token_windows(n_positions: int, window: int, stride: int) -> list[TokenWindo
     if window < 2:
         raise ValueError(f"window must be at least 2 tokens, got {window}")
     if not 1 <= stride < window:
-        raise ValueError(f"stride must be between 1 and window - 1 = {window - 1}, got {stride} "
-                         "(later windows need at least one token of overlap as context)")
+        raise ValueError(
+            f"stride must be between 1 and window - 1 = {window - 1}, got {stride} "
+            "(later windows need at least one token of overlap as context)"
+        )
     end = min(window, n_positions)
     windows = [TokenWindow(0, end, 1)]
     while end < n_positions:
@@ -87,8 +89,10 @@ def start_token_id(tokenizer, model=None, kind: str = "causal") -> int:
     for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token, so the text's first token "
-                     "cannot be predicted; set tokenizer.bos_token before measuring bits per byte")
+    raise ValueError(
+        "the tokenizer has neither a BOS nor an EOS token, so the text's first token "
+        "cannot be predicted; set tokenizer.bos_token before measuring bits per byte"
+    )
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -97,10 +101,11 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def _window_nll_nats(model, kind: str, tokens: torch.Tensor, windows: list[TokenWindow],
-                     encoder_ids: torch.Tensor | None) -> float:
+def _window_nll_nats(
+    model, kind: str, tokens: torch.Tensor, windows: list[TokenWindow], encoder_ids: torch.Tensor | None
+) -> float:
     """Summed -ln p of the windows' targets; windows of equal length go through in one batch."""
-    rows = torch.stack([tokens[w.start: w.end] for w in windows])
+    rows = torch.stack([tokens[w.start : w.end] for w in windows])
     n_new = [w.end - w.first_target for w in windows]
     keep = max(n_new) + 1  # logits at the last position predict past the window: dropped
     if kind == "seq2seq":
@@ -112,7 +117,7 @@ def _window_nll_nats(model, kind: str, tokens: torch.Tensor, windows: list[Token
         except TypeError:  # a model class without `logits_to_keep`
             logits = model(input_ids=rows).logits[:, -keep:]
     logits = logits[:, :-1].float()
-    targets = rows[:, -(keep - 1):]
+    targets = rows[:, -(keep - 1) :]
     # log p = logit - logsumexp(logits): avoids a second [windows, tokens, vocab] tensor.
     picked = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     total = 0.0
@@ -121,9 +126,17 @@ def _window_nll_nats(model, kind: str, tokens: torch.Tensor, windows: list[Token
     return total
 
 
-def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int | None = None,
-                  kind: str = "causal", batch_size: int = 2, resume_from: tuple[int, float] | None = None,
-                  on_progress: Callable[[int, int, float], None] | None = None) -> dict:
+def bits_per_byte(
+    model,
+    tokenizer,
+    text: str,
+    window: int = 1024,
+    stride: int | None = None,
+    kind: str = "causal",
+    batch_size: int = 2,
+    resume_from: tuple[int, float] | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> dict:
     """Total negative log-likelihood of `text` in bits over its UTF-8 bytes.
 
     Args:
@@ -149,8 +162,10 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int |
         unknown-token tokenizer loses bytes, and then the number flatters the model).
     """
     if kind not in ("causal", "seq2seq"):
-        raise ValueError(f"bits per byte needs a causal or seq2seq language model, got a {kind} "
-                         "model (an encoder does not model text left to right)")
+        raise ValueError(
+            f"bits per byte needs a causal or seq2seq language model, got a {kind} "
+            "model (an encoder does not model text left to right)"
+        )
     n_bytes = len(text.encode("utf-8"))
     if n_bytes == 0:
         raise ValueError("bits per byte of an empty text is undefined: give a non-empty corpus")
@@ -172,18 +187,25 @@ def bits_per_byte(model, tokenizer, text: str, window: int = 1024, stride: int |
     # Batches are taken from window `done` on, so a resumed run adds the same terms in the same
     # order as an uninterrupted one with the same batch size.
     for first in range(done, len(windows), batch_size):
-        group = windows[first: first + batch_size]
+        group = windows[first : first + batch_size]
         for same in _group_alike(group):
             nll_nats += _window_nll_nats(model, kind, tokens, same, encoder_ids)
         if on_progress:
             on_progress(first + len(group), len(windows), nll_nats)
     nll_bits = nll_nats / LN2
-    return {"bits_per_byte": nll_bits / n_bytes, "nll_bits": nll_bits,
-            "bits_per_token": nll_bits / len(ids) if ids else float("nan"),
-            "bytes": n_bytes, "tokens": len(ids), "windows": len(windows), "window": window,
-            "stride": stride, "start_token": tokenizer.convert_ids_to_tokens(start),
-            "lossless": tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text,
-            "model_kind": kind}
+    return {
+        "bits_per_byte": nll_bits / n_bytes,
+        "nll_bits": nll_bits,
+        "bits_per_token": nll_bits / len(ids) if ids else float("nan"),
+        "bytes": n_bytes,
+        "tokens": len(ids),
+        "windows": len(windows),
+        "window": window,
+        "stride": stride,
+        "start_token": tokenizer.convert_ids_to_tokens(start),
+        "lossless": tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text,
+        "model_kind": kind,
+    }
 
 
 def _group_alike(windows: list[TokenWindow]) -> list[list[TokenWindow]]:
@@ -199,6 +221,7 @@ def _group_alike(windows: list[TokenWindow]) -> list[list[TokenWindow]]:
 
 
 # --- corpora -------------------------------------------------------------------------------------
+
 
 def task_corpus(examples: list[Example], rationales: dict[str, list[str]] | None = None) -> str:
     """The reference text of a task: each question with its lettered choices, then rationales.
@@ -235,10 +258,18 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def cached_bits_per_byte(loaded, text: str, corpus: str, store, window: int = 1024,
-                         stride: int | None = None, batch_size: int = 2, recompute: bool = False,
-                         on_progress: Callable[[int, int, float], None] | None = None,
-                         save_every_s: float = 30.0) -> dict:
+def cached_bits_per_byte(
+    loaded,
+    text: str,
+    corpus: str,
+    store,
+    window: int = 1024,
+    stride: int | None = None,
+    batch_size: int = 2,
+    recompute: bool = False,
+    on_progress: Callable[[int, int, float], None] | None = None,
+    save_every_s: float = 30.0,
+) -> dict:
     """Bits per byte of a loaded model on a corpus, stored once and reused, resumable.
 
     Args:
@@ -257,13 +288,17 @@ def cached_bits_per_byte(loaded, text: str, corpus: str, store, window: int = 10
     import time
 
     dtype = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
-    key = {"model_identity": loaded.resolved.identity, "corpus_sha256": text_sha256(text),
-           "window": window, "stride": stride if stride is not None else -1, "dtype": dtype}
+    key = {
+        "model_identity": loaded.resolved.identity,
+        "corpus_sha256": text_sha256(text),
+        "window": window,
+        "stride": stride if stride is not None else -1,
+        "dtype": dtype,
+    }
     found = [] if recompute else store.model_losses(**key)
     if found:  # the same text under whatever name it was first measured: report today's name
         return {**_flat_loss_row(found[-1], cached=True), "corpus": corpus}
-    progress_key = json.dumps({**key, "batch_size": batch_size, "device": str(loaded.device)},
-                              sort_keys=True)
+    progress_key = json.dumps({**key, "batch_size": batch_size, "device": str(loaded.device)}, sort_keys=True)
     last_save = [time.monotonic()]
 
     def progress(done: int, total: int, nll_nats: float) -> None:
@@ -273,15 +308,32 @@ def cached_bits_per_byte(loaded, text: str, corpus: str, store, window: int = 10
         if on_progress:
             on_progress(done, total, nll_nats)
 
-    measured = bits_per_byte(loaded.model, loaded.tokenizer, text, window, stride, loaded.kind,
-                             batch_size, resume_from=store.loss_progress(progress_key),
-                             on_progress=progress)
+    measured = bits_per_byte(
+        loaded.model,
+        loaded.tokenizer,
+        text,
+        window,
+        stride,
+        loaded.kind,
+        batch_size,
+        resume_from=store.loss_progress(progress_key),
+        on_progress=progress,
+    )
     extra = ("bits_per_token", "windows", "start_token", "lossless", "model_kind")
-    row = {"model": loaded.name, "corpus": corpus, **key,
-           **{k: measured[k] for k in ("bytes", "tokens", "nll_bits", "bits_per_byte")},
-           "settings": {**{k: measured[k] for k in extra}, "window_used": measured["window"],
-                        "stride_used": measured["stride"], "batch_size": batch_size,
-                        "device": str(loaded.device), "model_source": loaded.resolved.source}}
+    row = {
+        "model": loaded.name,
+        "corpus": corpus,
+        **key,
+        **{k: measured[k] for k in ("bytes", "tokens", "nll_bits", "bits_per_byte")},
+        "settings": {
+            **{k: measured[k] for k in extra},
+            "window_used": measured["window"],
+            "stride_used": measured["stride"],
+            "batch_size": batch_size,
+            "device": str(loaded.device),
+            "model_source": loaded.resolved.source,
+        },
+    }
     loss_id = store.save_model_loss(row, done_progress_key=progress_key)
     return _flat_loss_row(store.model_loss(loss_id), cached=False)
 

@@ -94,13 +94,16 @@ class LatencyMeter:
 
     def summary(self) -> dict:
         ms = [s * 1000 for s in self.per_question_s]
-        return {"latency_ms_p50": round(percentile(ms, 50), 2),
-                "latency_ms_p95": round(percentile(ms, 95), 2),
-                "questions_per_s": round(self.questions / self.total_s, 3) if self.total_s else 0.0}
+        return {
+            "latency_ms_p50": round(percentile(ms, 50), 2),
+            "latency_ms_p95": round(percentile(ms, 95), 2),
+            "questions_per_s": round(self.questions / self.total_s, 3) if self.total_s else 0.0,
+        }
 
 
-def model_cost(model: torch.nn.Module, path: Path | None, memory: MemoryMeter,
-               latency: LatencyMeter, batch_size: int) -> dict:
+def model_cost(
+    model: torch.nn.Module, path: Path | None, memory: MemoryMeter, latency: LatencyMeter, batch_size: int
+) -> dict:
     """Everything the verdict may weigh a model by, in one flat dict."""
     params = count_parameters(model)
     return {

@@ -79,13 +79,21 @@ class InputPlan:
     fitted: list[Fitted] = field(default_factory=list)
 
     def settings(self) -> dict:
-        return {"prompt_style": self.style, "num_fewshot": self.num_fewshot,
-                "fit": fit_summary(self.fitted, self.budget)}
+        return {
+            "prompt_style": self.style,
+            "num_fewshot": self.num_fewshot,
+            "fit": fit_summary(self.fitted, self.budget),
+        }
 
 
-def _fit_prompts(loaded: LoadedModel, examples: list[Example], plan: InputPlan,
-                 reserve: Callable[[Example], int], special_tokens: bool,
-                 render: Callable[[Example], str]) -> list[str]:
+def _fit_prompts(
+    loaded: LoadedModel,
+    examples: list[Example],
+    plan: InputPlan,
+    reserve: Callable[[Example], int],
+    special_tokens: bool,
+    render: Callable[[Example], str],
+) -> list[str]:
     """Each example's prompt (after its in-context examples, when few-shot), its evidence cut to
     fit `plan.budget` minus `reserve(example)` (`fit`)."""
     count = token_counter(loaded.tokenizer, special_tokens)
@@ -93,32 +101,38 @@ def _fit_prompts(loaded: LoadedModel, examples: list[Example], plan: InputPlan,
     prompts = []
     for ex in examples:
         shots = draw_shots(ex, plan.shots_pool, plan.num_fewshot, plan.seed) if plan.num_fewshot else []
-        fitted, shots = fit_with_shots(ex, shots, whole, lambda e: fewshot_block(e, plan.style), count,
-                                       loaded.tokenizer, plan.budget - reserve(ex))
+        fitted, shots = fit_with_shots(
+            ex, shots, whole, lambda e: fewshot_block(e, plan.style), count, loaded.tokenizer, plan.budget - reserve(ex)
+        )
         plan.fitted.append(fitted)
         prompts.append(whole(fitted.example, shots))
     return prompts
 
 
-def _loglikelihood_predictions(loaded: LoadedModel, examples: list[Example], plan: InputPlan,
-                               batch_size: int, latency: LatencyMeter) -> list[Prediction]:
+def _loglikelihood_predictions(
+    loaded: LoadedModel, examples: list[Example], plan: InputPlan, batch_size: int, latency: LatencyMeter
+) -> list[Prediction]:
     tokenizer = loaded.tokenizer
-    choice_tokens = lambda ex: max(len(tokenizer.encode(c, add_special_tokens=False))  # noqa: E731
-                                   for c in choice_continuations(ex))
+
+    def choice_tokens(ex):
+        return max(len(tokenizer.encode(c, add_special_tokens=False)) for c in choice_continuations(ex))
+
     render = lambda ex: choice_context(ex, plan.style)  # noqa: E731
     if loaded.kind == "encoder":
         specials = tokenizer.num_special_tokens_to_add(pair=True)
         prompts = _fit_prompts(loaded, examples, plan, lambda ex: choice_tokens(ex) + specials, False, render)
         requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
-        scores = score_choices_encoder(loaded.model, tokenizer, requests, batch_size, plan.budget,
-                                       on_batch=latency.record)
+        scores = score_choices_encoder(
+            loaded.model, tokenizer, requests, batch_size, plan.budget, on_batch=latency.record
+        )
     else:
         causal = loaded.kind == "causal"
         reserve = choice_tokens if causal else (lambda ex: 0)
         prompts = _fit_prompts(loaded, examples, plan, reserve, not causal, render)
         requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
-        scores = score_choices(loaded.model, tokenizer, loaded.kind, requests, batch_size,
-                               loaded.device, on_batch=latency.record)
+        scores = score_choices(
+            loaded.model, tokenizer, loaded.kind, requests, batch_size, loaded.device, on_batch=latency.record
+        )
     predictions = []
     for ex, row in zip(examples, scores):
         # acc_norm divides by the choice's length in characters (without the leading space).
@@ -127,14 +141,21 @@ def _loglikelihood_predictions(loaded: LoadedModel, examples: list[Example], pla
     return predictions
 
 
-def _generative_predictions(loaded: LoadedModel, examples: list[Example], think: bool, plan: InputPlan,
-                            batch_size: int, latency: LatencyMeter) -> list[Prediction]:
+def _generative_predictions(
+    loaded: LoadedModel, examples: list[Example], think: bool, plan: InputPlan, batch_size: int, latency: LatencyMeter
+) -> list[Prediction]:
     max_new_tokens = 256 if think else 8
     render = lambda ex: render_prompt(loaded.tokenizer, generative_prompt(ex, think))  # noqa: E731
     prompts = _fit_prompts(loaded, examples, plan, lambda ex: max_new_tokens, loaded.kind != "causal", render)
-    texts = generate_texts(loaded.model, loaded.tokenizer, loaded.kind, prompts,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           on_batch=latency.record)
+    texts = generate_texts(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.kind,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=latency.record,
+    )
     predictions = []
     for ex, text in zip(examples, texts):
         pick = extract_choice(text, ex.choices)
@@ -142,11 +163,19 @@ def _generative_predictions(loaded: LoadedModel, examples: list[Example], think:
     return predictions
 
 
-def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, split: str,
-                   mode: str = "loglikelihood", batch_size: int = 16,
-                   max_input_tokens: int | None = None, num_fewshot: int = 0,
-                   shots_pool: list[Example] | None = None, seed: int = 0,
-                   on_progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate_model(
+    loaded: LoadedModel,
+    examples: list[Example],
+    task: str,
+    split: str,
+    mode: str = "loglikelihood",
+    batch_size: int = 16,
+    max_input_tokens: int | None = None,
+    num_fewshot: int = 0,
+    shots_pool: list[Example] | None = None,
+    seed: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Score `examples` with `loaded` and measure its cost on the way.
 
     Args:
@@ -163,8 +192,9 @@ def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, spli
     if mode != "loglikelihood" and loaded.kind == "encoder":
         raise ValueError(f"{loaded.name} is an encoder: it can only score choices (mode loglikelihood)")
     if num_fewshot and (mode != "loglikelihood" or not shots_pool):
-        raise ValueError("few-shot scoring needs mode loglikelihood and a pool of solved examples "
-                         "(the task's train split)")
+        raise ValueError(
+            "few-shot scoring needs mode loglikelihood and a pool of solved examples (the task's train split)"
+        )
     limit = loaded.input_limit
     budget = min(max_input_tokens, limit) if max_input_tokens else limit
     plan = InputPlan(prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed)
@@ -173,18 +203,29 @@ def evaluate_model(loaded: LoadedModel, examples: list[Example], task: str, spli
         if mode == "loglikelihood":
             predictions = _loglikelihood_predictions(loaded, examples, plan, batch_size, latency)
         else:
-            predictions = _generative_predictions(loaded, examples, mode == "generate_cot", plan,
-                                                  batch_size, latency)
+            predictions = _generative_predictions(loaded, examples, mode == "generate_cot", plan, batch_size, latency)
     correct = [p.correct for p in predictions]
     has_norm = mode == "loglikelihood" and loaded.kind != "encoder"
     return EvalResult(
-        model=loaded.name, task=task, split=split, n=len(examples), acc=accuracy(correct),
+        model=loaded.name,
+        task=task,
+        split=split,
+        n=len(examples),
+        acc=accuracy(correct),
         acc_norm=accuracy([p.pred_norm == p.gold for p in predictions]) if has_norm else None,
-        ci95=list(bootstrap_ci(correct)), majority_baseline=majority_baseline(examples)["acc"],
-        mode=mode, cost=model_cost(loaded.model, loaded.resolved.path, memory, latency, batch_size),
+        ci95=list(bootstrap_ci(correct)),
+        majority_baseline=majority_baseline(examples)["acc"],
+        mode=mode,
+        cost=model_cost(loaded.model, loaded.resolved.path, memory, latency, batch_size),
         data_hash=data_hash(examples),
-        settings={**plan.settings(), "batch_size": batch_size, "model_kind": loaded.kind,
-                  "model_identity": loaded.resolved.identity, "model_source": loaded.resolved.source},
-        predictions=predictions, unparsed=sum(p.pred is None for p in predictions),
+        settings={
+            **plan.settings(),
+            "batch_size": batch_size,
+            "model_kind": loaded.kind,
+            "model_identity": loaded.resolved.identity,
+            "model_source": loaded.resolved.source,
+        },
+        predictions=predictions,
+        unparsed=sum(p.pred is None for p in predictions),
         truncated=sum(f.cut is not None for f in plan.fitted),
     )

@@ -22,8 +22,10 @@ from tinystudent.tasks.schema import Example
 
 EVIDENCE = "evidence"  # the end of the evidence was cut
 QUESTION = "question"  # all evidence was dropped and the start of the question was cut
-HOW = ("the end of the evidence is cut first; the question and choices are kept (the question's start is cut "
-       "only when it alone does not fit)")
+HOW = (
+    "the end of the evidence is cut first; the question and choices are kept (the question's start is cut "
+    "only when it alone does not fit)"
+)
 # No token is longer than this many characters in practice: a text is first cut to
 # budget * MAX_CHARS_PER_TOKEN characters, so a 10 MB field never reaches the tokenizer whole.
 MAX_CHARS_PER_TOKEN = 32
@@ -48,8 +50,16 @@ def _offsets(tokenizer, text: str) -> list[tuple[int, int]]:
     return [tuple(span) for span in encoded["offset_mapping"]]
 
 
-def _shrink(example: Example, field: str, keep_head: bool, render: Callable[[Example], str],
-            count: Callable[[str], int], tokenizer, budget: int, over: int) -> tuple[Example, int] | None:
+def _shrink(
+    example: Example,
+    field: str,
+    keep_head: bool,
+    render: Callable[[Example], str],
+    count: Callable[[str], int],
+    tokenizer,
+    budget: int,
+    over: int,
+) -> tuple[Example, int] | None:
     """Cut `field` (`context` from its end, `question` from its start) by tokens until the
     rendered example fits; None when not even an empty field would."""
     text = getattr(example, field)
@@ -60,7 +70,7 @@ def _shrink(example: Example, field: str, keep_head: bool, render: Callable[[Exa
     spans = _offsets(tokenizer, text)
     keep = len(spans) - over
     while keep > 0:
-        part = text[: spans[keep - 1][1]].rstrip() if keep_head else text[spans[len(spans) - keep][0]:].lstrip()
+        part = text[: spans[keep - 1][1]].rstrip() if keep_head else text[spans[len(spans) - keep][0] :].lstrip()
         candidate = replace(example, **{field: part})
         tokens = count(render(candidate))
         if tokens <= budget:
@@ -69,8 +79,9 @@ def _shrink(example: Example, field: str, keep_head: bool, render: Callable[[Exa
     return None
 
 
-def fit_example(example: Example, render: Callable[[Example], str], count: Callable[[str], int],
-                tokenizer, budget: int) -> Fitted:
+def fit_example(
+    example: Example, render: Callable[[Example], str], count: Callable[[str], int], tokenizer, budget: int
+) -> Fitted:
     """`example` with its evidence (then, if need be, its question) cut so `render` fits `budget`.
 
     Raises:
@@ -90,13 +101,21 @@ def fit_example(example: Example, render: Callable[[Example], str], count: Calla
     shrunk = _shrink(example, "question", False, render, count, tokenizer, budget, tokens - budget)
     if shrunk:
         return Fitted(shrunk[0], QUESTION, shrunk[1])
-    raise InputTooLong(f"question {example.id!r}: its choices alone do not fit the model's input budget "
-                       f"of {budget} tokens; shorten the choices or use a model with a longer context")
+    raise InputTooLong(
+        f"question {example.id!r}: its choices alone do not fit the model's input budget "
+        f"of {budget} tokens; shorten the choices or use a model with a longer context"
+    )
 
 
-def fit_with_shots(example: Example, shots: Sequence[Example],
-                   render: Callable[[Example, list[Example]], str], render_shot: Callable[[Example], str],
-                   count: Callable[[str], int], tokenizer, budget: int) -> tuple[Fitted, list[Example]]:
+def fit_with_shots(
+    example: Example,
+    shots: Sequence[Example],
+    render: Callable[[Example, list[Example]], str],
+    render_shot: Callable[[Example], str],
+    count: Callable[[str], int],
+    tokenizer,
+    budget: int,
+) -> tuple[Fitted, list[Example]]:
     """Fit a prompt made of in-context examples (shots) and a question to `budget`.
 
     What the prompt needs without any evidence is set aside first; the tokens left over are shared
@@ -115,22 +134,28 @@ def fit_with_shots(example: Example, shots: Sequence[Example],
         shots.pop()
         needed = count(render(bare(example), [bare(shot) for shot in shots]))
     share = max(0, budget - needed) // (len(shots) + 1)
-    fitted_shots = [fit_example(shot, render_shot, count, tokenizer,
-                                count(render_shot(bare(shot))) + share).example for shot in shots]
+    fitted_shots = [
+        fit_example(shot, render_shot, count, tokenizer, count(render_shot(bare(shot))) + share).example
+        for shot in shots
+    ]
     return fit_example(example, lambda e: render(e, fitted_shots), count, tokenizer, budget), fitted_shots
 
 
-def fit_examples(examples: Sequence[Example], render: Callable[[Example], str],
-                 count: Callable[[str], int], tokenizer, budget: int) -> list[Fitted]:
+def fit_examples(
+    examples: Sequence[Example], render: Callable[[Example], str], count: Callable[[str], int], tokenizer, budget: int
+) -> list[Fitted]:
     return [fit_example(ex, render, count, tokenizer, budget) for ex in examples]
 
 
 def fit_summary(fitted: Sequence[Fitted], budget: int) -> dict:
     """How many inputs were cut, and where: recorded with every evaluation and training run."""
-    return {"budget_tokens": budget, "how": HOW,
-            "evidence_cut": sum(f.cut == EVIDENCE for f in fitted),
-            "question_cut": sum(f.cut == QUESTION for f in fitted),
-            "truncated": sum(f.cut is not None for f in fitted)}
+    return {
+        "budget_tokens": budget,
+        "how": HOW,
+        "evidence_cut": sum(f.cut == EVIDENCE for f in fitted),
+        "question_cut": sum(f.cut == QUESTION for f in fitted),
+        "truncated": sum(f.cut is not None for f in fitted),
+    }
 
 
 def token_counter(tokenizer, special_tokens: bool = False) -> Callable[[str], int]:

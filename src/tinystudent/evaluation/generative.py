@@ -27,8 +27,7 @@ def extract_choice(text: str, choices: tuple[str, ...] | list[str]) -> int | Non
     then exactly one choice's text appearing in the answer.
     """
     letters = LETTERS[: len(choices)]
-    patterns = [rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?![A-Za-z])",
-                rf"^\s*\(?([{letters}])(?:[).:\s]|$)"]
+    patterns = [rf"answer\s*(?:is|:)?\s*\(?([{letters}])\)?(?![A-Za-z])", rf"^\s*\(?([{letters}])(?:[).:\s]|$)"]
     for pattern in patterns:
         found = re.findall(pattern, text, flags=re.IGNORECASE | re.MULTILINE)
         if found:
@@ -42,15 +41,25 @@ def extract_choice(text: str, choices: tuple[str, ...] | list[str]) -> int | Non
 def render_prompt(tokenizer, prompt: str) -> str:
     """Wrap in the model's chat template when it has one."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return f"{prompt}\nAnswer:"
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, kind: str, prompts: list[str], max_new_tokens: int,
-                   batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0,
-                   seed: int = 0, on_batch: Callable[[int, float], None] | None = None) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    kind: str,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> list[str]:
     """Batched generation with the KV cache; left padding for decoder-only models. Prompts are
     batched longest first, so a batch's prompts are about equally long; texts come back in the
     prompts' order."""
@@ -65,10 +74,11 @@ def generate_texts(model, tokenizer, kind: str, prompts: list[str], max_new_toke
         batch = [prompts[i] for i in batch_indices]
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=kind != "causal").to(device)
         sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-        generated = model.generate(**enc, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id, **sampling)
+        generated = model.generate(
+            **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+        )
         if kind == "causal":
-            generated = generated[:, enc["input_ids"].shape[1]:]
+            generated = generated[:, enc["input_ids"].shape[1] :]
         for index, text in zip(batch_indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
             outputs[index] = text
         if on_batch:

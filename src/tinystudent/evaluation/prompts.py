@@ -55,8 +55,9 @@ def draw_shots(example: Example, pool: list[Example], k: int, seed: int) -> list
         return []
     candidates = sorted((ex for ex in pool if ex.id != example.id), key=lambda ex: ex.id)  # order-free
     if len(candidates) < k:
-        raise ValueError(f"{k} in-context examples were asked for but the pool has only "
-                         f"{len(candidates)} other questions")
+        raise ValueError(
+            f"{k} in-context examples were asked for but the pool has only {len(candidates)} other questions"
+        )
     digest = hashlib.sha256(f"{seed}:{example.id}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big")).sample(candidates, k)
 

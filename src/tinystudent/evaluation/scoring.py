@@ -40,7 +40,7 @@ def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int],
     if not context_ids:
         context_ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id]
         return context_ids, tokenizer.encode(continuation, add_special_tokens=False)
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 def encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
@@ -84,14 +84,15 @@ def _grouped(encoded, scores: list[float]) -> list[list[float]]:
     """Flat per-continuation scores back into one list per question."""
     grouped, k = [], 0
     for _, conts in encoded:
-        grouped.append(scores[k: k + len(conts)])
+        grouped.append(scores[k : k + len(conts)])
         k += len(conts)
     return grouped
 
 
 @torch.no_grad()
-def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]],
-                        device: torch.device) -> list[list[float]]:
+def _score_causal_batch(
+    model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]], device: torch.device
+) -> list[list[float]]:
     from transformers import DynamicCache
 
     prompts = [ctx for ctx, _ in encoded]
@@ -122,8 +123,9 @@ def _score_causal_batch(model, pad_id: int, encoded: list[tuple[list[int], list[
         start = lengths[index]
         cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
         mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
-        logits = model(input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions,
-                       use_cache=True, **{cache_arg: cache}).logits.float()
+        logits = model(
+            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, use_cache=True, **{cache_arg: cache}
+        ).logits.float()
         logsumexp = torch.logsumexp(logits, dim=-1)
         for row, n in enumerate(longer):
             tail = torch.tensor(conts[n][1:], device=device)
@@ -160,14 +162,22 @@ def encode_for_scoring(tokenizer, kind: str, request: ChoiceRequest) -> tuple[li
     """Prompt tokens and continuation tokens as the model of `kind` scores them."""
     if kind == "causal":
         return encode_request(tokenizer, request)
-    return (tokenizer.encode(request.context),
-            [tokenizer.encode(c, add_special_tokens=False) for c in request.continuations])
+    return (
+        tokenizer.encode(request.context),
+        [tokenizer.encode(c, add_special_tokens=False) for c in request.continuations],
+    )
 
 
-def score_choices(model, tokenizer, kind: str, requests: list[ChoiceRequest], batch_size: int = 16,
-                  device: torch.device | None = None,
-                  on_batch: Callable[[int, float], None] | None = None,
-                  token_budget: int = TOKEN_BUDGET) -> list[list[float]]:
+def score_choices(
+    model,
+    tokenizer,
+    kind: str,
+    requests: list[ChoiceRequest],
+    batch_size: int = 16,
+    device: torch.device | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
+    token_budget: int = TOKEN_BUDGET,
+) -> list[list[float]]:
     """Sum of log-probabilities of each continuation, for every request (in request order).
 
     Requests are sorted by length and batched by a token budget, so a batch's prompts are about
@@ -199,8 +209,9 @@ def score_choices(model, tokenizer, kind: str, requests: list[ChoiceRequest], ba
 
 
 @torch.no_grad()
-def score_choices_naive(model, tokenizer, requests: list[ChoiceRequest],
-                        device: torch.device | None = None) -> list[list[float]]:
+def score_choices_naive(
+    model, tokenizer, requests: list[ChoiceRequest], device: torch.device | None = None
+) -> list[list[float]]:
     """The reference: one full forward pass per (question, choice), causal models only."""
     device = device or next(model.parameters()).device
     results = []
@@ -217,10 +228,15 @@ def score_choices_naive(model, tokenizer, requests: list[ChoiceRequest],
 
 
 @torch.no_grad()
-def score_choices_encoder(model, tokenizer, requests: list[ChoiceRequest], batch_size: int = 16,
-                          max_length: int = 512,
-                          on_batch: Callable[[int, float], None] | None = None,
-                          token_budget: int = TOKEN_BUDGET) -> list[list[float]]:
+def score_choices_encoder(
+    model,
+    tokenizer,
+    requests: list[ChoiceRequest],
+    batch_size: int = 16,
+    max_length: int = 512,
+    on_batch: Callable[[int, float], None] | None = None,
+    token_budget: int = TOKEN_BUDGET,
+) -> list[list[float]]:
     """Log-softmax over choices of a multiple-choice cross-encoder (BERT, MiniLM).
 
     Each choice is the pair (prompt, choice text). Prompts should already fit `max_length` with
@@ -232,8 +248,12 @@ def score_choices_encoder(model, tokenizer, requests: list[ChoiceRequest], batch
     device = next(model.parameters()).device
     pairs = []
     for r in requests:
-        enc = tokenizer([r.context] * len(r.continuations), [c.strip() for c in r.continuations],
-                        truncation="only_first", max_length=max_length)
+        enc = tokenizer(
+            [r.context] * len(r.continuations),
+            [c.strip() for c in r.continuations],
+            truncation="only_first",
+            max_length=max_length,
+        )
         pairs.append([{k: enc[k][c] for k in enc} for c in range(len(r.continuations))])
     results: list[list[float]] = [[] for _ in requests]
     for width in sorted({len(r.continuations) for r in requests}):

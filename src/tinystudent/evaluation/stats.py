@@ -13,8 +13,9 @@ def accuracy(correct: list[bool]) -> float:
     return float(np.mean(correct)) if correct else 0.0
 
 
-def bootstrap_ci(correct: list[bool], n_resamples: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    correct: list[bool], n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the accuracy, resampling questions with replacement."""
     if not correct:
         return (0.0, 0.0)
@@ -25,8 +26,7 @@ def bootstrap_ci(correct: list[bool], n_resamples: int = 2000, seed: int = 0,
     return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
 
 
-def paired_bootstrap(correct_a: list[bool], correct_b: list[bool], n_resamples: int = 10000,
-                     seed: int = 0) -> dict:
+def paired_bootstrap(correct_a: list[bool], correct_b: list[bool], n_resamples: int = 10000, seed: int = 0) -> dict:
     """Accuracy of A minus B on the same questions, its 95% interval and a one-sided p-value.
 
     The p-value is the share of resamples in which A does not beat B (difference <= 0), the
@@ -39,9 +39,11 @@ def paired_bootstrap(correct_a: list[bool], correct_b: list[bool], n_resamples: 
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(a), size=(n_resamples, len(a)))
     diffs = (a[index] - b[index]).mean(axis=1)
-    return {"diff": float(a.mean() - b.mean()),
-            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-            "p_value": float((diffs <= 0).mean())}
+    return {
+        "diff": float(a.mean() - b.mean()),
+        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "p_value": float((diffs <= 0).mean()),
+    }
 
 
 def majority_baseline(examples: list[Example]) -> dict:

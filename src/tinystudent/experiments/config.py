@@ -7,8 +7,6 @@ cannot work (token-level logit distillation across vocabularies, rationales for 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +31,10 @@ def _safe_name(name: str) -> str:
     """Experiment, teacher and student names become folder and file names: letters, digits and
     `._-` only, starting with a letter or digit, so no name can reach outside the results folder."""
     if not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
-                         "(at most 100, starting with a letter or digit, no '..'); names become folder names")
+        raise ValueError(
+            f"name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(at most 100, starting with a letter or digit, no '..'); names become folder names"
+        )
     return name
 
 
@@ -115,8 +115,7 @@ def parse_scoring_pass(text: str) -> ScoringPass:
         return ScoringPass(text, "loglikelihood", int(count))
     if head in ("generate", "generate_cot") and not count:
         return ScoringPass(text, head)
-    raise ValueError(f"unknown teacher scoring {text!r}: use zero_shot, fewshot:K (K >= 1), "
-                     "generate or generate_cot")
+    raise ValueError(f"unknown teacher scoring {text!r}: use zero_shot, fewshot:K (K >= 1), generate or generate_cot")
 
 
 class TeacherSpec(Strict):
@@ -170,8 +169,10 @@ class TeacherSpec(Strict):
             raise ValueError(f"teacher {self.name!r}: backend http needs `base_url`")
         if self.backend == "imported":
             if self.rationales is None and self.reported_acc is None:
-                raise ValueError(f"teacher {self.name!r}: backend imported needs `rationales` "
-                                 "(its outputs) or `reported_acc` (its published accuracy), or both")
+                raise ValueError(
+                    f"teacher {self.name!r}: backend imported needs `rationales` "
+                    "(its outputs) or `reported_acc` (its published accuracy), or both"
+                )
             if self.reported_acc is not None and not self.reported_source:
                 raise ValueError(f"teacher {self.name!r}: a reported_acc needs its reported_source")
         return self
@@ -222,8 +223,10 @@ class StudentSpec(Strict):
     @model_validator(mode="after")
     def _recover_needs_a_cut(self):
         if self.recover is not None and not self.is_cut:
-            raise ValueError(f"student {self.name!r}: recover needs keep_layers or mlp_width (it repairs a "
-                             "cut model by distilling the model it was cut from)")
+            raise ValueError(
+                f"student {self.name!r}: recover needs keep_layers or mlp_width (it repairs a "
+                "cut model by distilling the model it was cut from)"
+            )
         return self
 
     @property
@@ -255,8 +258,10 @@ class MethodSpec(Strict):
         for objective in objectives:
             head = objective.split(":", 1)[0]
             if head not in ("answer", "rationale", "choice_kd", "logit_kd"):
-                raise ValueError(f"unknown objective {objective!r}: use answer, rationale:<teacher>, "
-                                 "rationale:all, choice_kd:<teacher> or logit_kd:<teacher>")
+                raise ValueError(
+                    f"unknown objective {objective!r}: use answer, rationale:<teacher>, "
+                    "rationale:all, choice_kd:<teacher> or logit_kd:<teacher>"
+                )
             if head != "answer" and ":" not in objective:
                 raise ValueError(f"objective {objective!r} needs a teacher: {head}:<teacher name>")
         return objectives
@@ -317,19 +322,24 @@ class Experiment(Strict):
             if duplicates:
                 raise ValueError(f"{what} names must be unique, repeated: {sorted(duplicates)}")
         for where, methods in [("methods", self.methods)] + [
-                (f"students.{s.name}.methods", s.methods) for s in self.students if s.methods]:
+            (f"students.{s.name}.methods", s.methods) for s in self.students if s.methods
+        ]:
             for objective in methods.objectives:
                 if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
-                    raise ValueError(f"{where}.objectives: {objective!r} names no teacher; "
-                                     f"teachers are {teacher_names}")
+                    raise ValueError(
+                        f"{where}.objectives: {objective!r} names no teacher; teachers are {teacher_names}"
+                    )
                 head, _, name = objective.partition(":")
                 if head == "rationale" and name != "all" and not self.teacher(name).writes_rationales:
-                    raise ValueError(f"{where}.objectives: {objective!r}: teacher {name!r} has no rationales "
-                                     "(import them with `rationales`, or give it a cot strategy)")
+                    raise ValueError(
+                        f"{where}.objectives: {objective!r}: teacher {name!r} has no rationales "
+                        "(import them with `rationales`, or give it a cot strategy)"
+                    )
         for teacher in self.teachers:
             if teacher.rationales and teacher.rationales.format == "bundled" and self.task.name != "bioasq":
-                raise ValueError(f"teacher {teacher.name!r}: bundled rationales belong to the task bioasq, "
-                                 f"not {self.task.name!r}")
+                raise ValueError(
+                    f"teacher {teacher.name!r}: bundled rationales belong to the task bioasq, not {self.task.name!r}"
+                )
         if self.search and not self.measure_bits_per_byte:
             raise ValueError("search needs measure_bits_per_byte: true (it ranks students by bits per byte)")
         if self.collaboration:
@@ -390,8 +400,10 @@ def _check_mlflow(experiment: Experiment, path: Path) -> None:
     from tinystudent.experiments.tracking import mlflow_available
 
     if experiment.mlflow and not mlflow_available():
-        raise ExperimentError(f"{path}: mlflow: logging to MLflow was asked for, but mlflow is not "
-                              "installed; pip install mlflow-skinny (or mlflow), or set mlflow: false")
+        raise ExperimentError(
+            f"{path}: mlflow: logging to MLflow was asked for, but mlflow is not "
+            "installed; pip install mlflow-skinny (or mlflow), or set mlflow: false"
+        )
 
 
 def _check_training(experiment: Experiment, path: Path) -> None:
@@ -423,15 +435,16 @@ def _apply_override(raw: dict, override: str) -> None:
         raise ExperimentError(f"override {override!r}: the value is not valid YAML ({err.problem or err})") from None
     node, parts = raw, key.split(".")
     for depth, part in enumerate(parts):
-        where = ".".join(parts[:depth + 1])
+        where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ExperimentError(f"override {override!r}: {where}: the list has {len(node)} item(s); "
-                                      f"use an index from 0 to {len(node) - 1}")
+                raise ExperimentError(
+                    f"override {override!r}: {where}: the list has {len(node)} item(s); "
+                    f"use an index from 0 to {len(node) - 1}"
+                )
             part = int(part)
         elif not isinstance(node, dict):
-            raise ExperimentError(f"override {override!r}: {'.'.join(parts[:depth])} is a single value, "
-                                  "it has no keys")
+            raise ExperimentError(f"override {override!r}: {'.'.join(parts[:depth])} is a single value, it has no keys")
         if depth == len(parts) - 1:
             node[part] = parsed
         else:
@@ -463,15 +476,12 @@ def _check_files(experiment: Experiment, base: Path) -> None:
     if task_path.exists():
         experiment.task.name = str(task_path)
     elif name not in TASKS and "/" not in name and not Path(name).suffix:
-        raise ExperimentError(f"task.name: {name!r} is neither a known task ({', '.join(sorted(TASKS))}) "
-                              "nor an existing file or folder")
+        raise ExperimentError(
+            f"task.name: {name!r} is neither a known task ({', '.join(sorted(TASKS))}) nor an existing file or folder"
+        )
     for i, student in enumerate(experiment.students):
         local = Path(_resolve(base, student.model))
         if local.exists():
             student.model = str(local)
         elif student.model.startswith((".", "/", "~")):
             raise ExperimentError(f"students.{i}.model: {local} does not exist")
-
-
-def config_hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

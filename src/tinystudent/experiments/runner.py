@@ -34,9 +34,13 @@ def load_splits(experiment: Experiment) -> Splits:
     spec = experiment.task
     data = load_task(spec.name, seed=spec.seed)
     cut = lambda rows, limit: rows[:limit] if limit else rows  # noqa: E731
-    return Splits(spec.name, cut(data.split("train"), spec.train_limit),
-                  cut(data.split("validation"), spec.valid_limit),
-                  cut(data.split(spec.test_split), spec.test_limit), data.origin)
+    return Splits(
+        spec.name,
+        cut(data.split("train"), spec.train_limit),
+        cut(data.split("validation"), spec.valid_limit),
+        cut(data.split(spec.test_split), spec.test_limit),
+        data.origin,
+    )
 
 
 def _release() -> None:
@@ -96,18 +100,36 @@ class ExperimentRunner:
             return make_teacher(spec.model, batch_size=spec.batch_size, device=self.x.device)
         return make_teacher(spec.model, spec.base_url, spec.api_key_env)
 
-    def evaluate(self, model: str, log: Path, split: str | None = None, limit: int | None = None,
-                 scoring: ScoringPass | None = None, budget: int | None = None, part: str | None = None) -> dict:
+    def evaluate(
+        self,
+        model: str,
+        log: Path,
+        split: str | None = None,
+        limit: int | None = None,
+        scoring: ScoringPass | None = None,
+        budget: int | None = None,
+        part: str | None = None,
+    ) -> dict:
         """`model` on the test split (or `split`, first `limit` questions), in its own process,
         its inputs fitted to `budget` (default: the experiment's). The evaluation is filed under
         the running unit's key, and `part` when the unit evaluates several models."""
         task = self.x.task
         scoring = scoring or parse_scoring_pass("zero_shot")
-        return evaluate_in_subprocess(model, self.splits.task, split or task.test_split,
-                                      limit if split else task.test_limit, task.seed, self.store.path,
-                                      log, self.x.eval_batch_size, self.x.device, scoring.mode,
-                                      scoring.num_fewshot, budget or task.max_input_tokens,
-                                      f"{self.units.current}:{part}" if part else self.units.current)
+        return evaluate_in_subprocess(
+            model,
+            self.splits.task,
+            split or task.test_split,
+            limit if split else task.test_limit,
+            task.seed,
+            self.store.path,
+            log,
+            self.x.eval_batch_size,
+            self.x.device,
+            scoring.mode,
+            scoring.num_fewshot,
+            budget or task.max_input_tokens,
+            f"{self.units.current}:{part}" if part else self.units.current,
+        )
 
     def measure_teacher(self, spec: TeacherSpec) -> dict:
         """The teacher's test accuracy (the baseline to beat), or its reported number.
@@ -115,37 +137,66 @@ class ExperimentRunner:
         A local teacher is run on the validation split in each of its `eval_modes`; the test
         split is then scored in the way (pass and metric) that did best there."""
         if not spec.measured:
-            return {"name": spec.name, "acc": spec.reported_acc, "measured": False,
-                    "source": spec.reported_source, "evaluation_id": None}
+            return {
+                "name": spec.name,
+                "acc": spec.reported_acc,
+                "measured": False,
+                "source": spec.reported_source,
+                "evaluation_id": None,
+            }
         if spec.backend == "http":
-            return self.units.run("teacher_eval", f"teacher {spec.name}", self.teacher_payload(spec),
-                                  lambda log: self._measure_http_teacher(spec))
+            return self.units.run(
+                "teacher_eval",
+                f"teacher {spec.name}",
+                self.teacher_payload(spec),
+                lambda log: self._measure_http_teacher(spec),
+            )
         passes = [parse_scoring_pass(mode) for mode in spec.eval_modes]
         candidates = [(p, metric) for p in passes for metric in p.metrics]
         validation = []
         if len(candidates) > 1:
             for scoring in passes:
                 row = self._teacher_pass(spec, scoring, "validation")
-                validation += [{"scoring": scoring.label(m), "pass": scoring.name, "metric": m, "acc": row[m]}
-                               for m in scoring.metrics]
+                validation += [
+                    {"scoring": scoring.label(m), "pass": scoring.name, "metric": m, "acc": row[m]}
+                    for m in scoring.metrics
+                ]
             best = max(validation, key=lambda r: r["acc"])  # max keeps the first of equals
             chosen = next(c for c in candidates if (c[0].name, c[1]) == (best["pass"], best["metric"]))
         else:
             chosen = candidates[0]
         scoring, metric = chosen
         test = self._teacher_pass(spec, scoring, self.x.task.test_split)
-        return {**test, "acc": test[metric], "metric": metric, "scoring": scoring.label(metric),
-                "validation": validation}
+        return {
+            **test,
+            "acc": test[metric],
+            "metric": metric,
+            "scoring": scoring.label(metric),
+            "validation": validation,
+        }
 
     def _teacher_pass(self, spec: TeacherSpec, scoring: ScoringPass, split: str) -> dict:
         """One cached evaluation of a local teacher on `split` in one way of scoring it."""
         limit = self.x.task.valid_limit if split == "validation" else self.x.task.test_limit
         payload = {**self.teacher_payload(spec, scoring=True), "split": split, "scoring": scoring.name}
         label = f"teacher {spec.name} ({scoring.name}, {split})"
-        return self.units.run("teacher_eval", label, payload, lambda log: {
-            "name": spec.name, "measured": True,
-            **self.evaluate(spec.model, log, split if split != self.x.task.test_split else None, limit,
-                            scoring, self.teacher_budget(spec))})
+        return self.units.run(
+            "teacher_eval",
+            label,
+            payload,
+            lambda log: {
+                "name": spec.name,
+                "measured": True,
+                **self.evaluate(
+                    spec.model,
+                    log,
+                    split if split != self.x.task.test_split else None,
+                    limit,
+                    scoring,
+                    self.teacher_budget(spec),
+                ),
+            },
+        )
 
     def _measure_http_teacher(self, spec: TeacherSpec) -> dict:
         import numpy as np
@@ -154,12 +205,21 @@ class ExperimentRunner:
         from tinystudent.teachers import make_teacher, teacher_choice_logprobs
 
         teacher = make_teacher(spec.model, spec.base_url, spec.api_key_env)
-        scores = teacher_choice_logprobs(teacher, self.splits.test, self.splits.task, self.store,
-                                         max_input_tokens=self.teacher_budget(spec))
+        scores = teacher_choice_logprobs(
+            teacher, self.splits.test, self.splits.task, self.store, max_input_tokens=self.teacher_budget(spec)
+        )
         correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in self.splits.test]
-        return {"name": spec.name, "measured": True, "acc": float(np.mean(correct)),
-                "ci95": list(bootstrap_ci(correct)), "correct": correct, "n": len(correct),
-                "params": None, "peak_memory_mb": None, "latency_ms_p50": None}
+        return {
+            "name": spec.name,
+            "measured": True,
+            "acc": float(np.mean(correct)),
+            "ci95": list(bootstrap_ci(correct)),
+            "correct": correct,
+            "n": len(correct),
+            "params": None,
+            "peak_memory_mb": None,
+            "latency_ms_p50": None,
+        }
 
     def teacher_rationales(self, spec: TeacherSpec) -> dict[str, str]:
         """The teacher's rationales for the training questions, generated once or imported."""
@@ -167,6 +227,7 @@ class ExperimentRunner:
 
         payload = {**self.teacher_payload(spec), "what": "rationales"}
         if spec.backend == "imported":
+
             def work(log: Path) -> dict:
                 from tinystudent.teachers import read_bundled, read_rationales_jsonl, read_tinyllm, store_rationales
 
@@ -184,14 +245,23 @@ class ExperimentRunner:
             self.units.run("import", f"rationales of {spec.name}", payload, work)
             name, strategy = spec.rationales.teacher or spec.name, "imported"
         else:
+
             def work(log: Path) -> dict:
                 from tinystudent.teachers import teach
 
                 teacher = self.make_teacher(spec)
-                summary = teach(teacher, self.teaching_examples(spec, spec.teach_limit), self.splits.task, spec.strategy,
-                                self.store, train_examples=self.splits.train, k_shots=spec.k_shots,
-                                seed=self.x.task.seed, max_new_tokens=spec.max_new_tokens,
-                                max_input_tokens=self.teacher_budget(spec))
+                summary = teach(
+                    teacher,
+                    self.teaching_examples(spec, spec.teach_limit),
+                    self.splits.task,
+                    spec.strategy,
+                    self.store,
+                    train_examples=self.splits.train,
+                    k_shots=spec.k_shots,
+                    seed=self.x.task.seed,
+                    max_new_tokens=spec.max_new_tokens,
+                    max_input_tokens=self.teacher_budget(spec),
+                )
                 teacher.close()
                 _release()
                 return {k: v for k, v in summary.to_dict().items() if k != "outputs"}
@@ -209,8 +279,13 @@ class ExperimentRunner:
         if not spec.measured:
             raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
         teacher = self.make_teacher(spec)
-        scores = teacher_choice_logprobs(teacher, self.teaching_examples(spec, spec.choice_limit), self.splits.task, self.store,
-                                         max_input_tokens=self.teacher_budget(spec))
+        scores = teacher_choice_logprobs(
+            teacher,
+            self.teaching_examples(spec, spec.choice_limit),
+            self.splits.task,
+            self.store,
+            max_input_tokens=self.teacher_budget(spec),
+        )
         teacher.close()
         _release()
         return scores
@@ -229,18 +304,26 @@ class ExperimentRunner:
     def bits_per_byte(self, loaded) -> float:
         from tinystudent.evaluation.bits_per_byte import cached_bits_per_byte
 
-        return cached_bits_per_byte(loaded, self.heldout_text(), f"task:{self.x.task.name}/validation",
-                                    self.store, window=512)["bits_per_byte"]
+        return cached_bits_per_byte(
+            loaded, self.heldout_text(), f"task:{self.x.task.name}/validation", self.store, window=512
+        )["bits_per_byte"]
 
     def prepare_student(self, spec) -> dict:
         """The student's folder (scaled down and recovered when asked), its size and its bits per
         byte on held-out text."""
-        payload = {"student": spec.payload(), "bpb": self.x.measure_bits_per_byte,
-                   "heldout": self.base["data"]["valid"]}
+        payload = {
+            "student": spec.payload(),
+            "bpb": self.x.measure_bits_per_byte,
+            "heldout": self.base["data"]["valid"],
+        }
         cut, recovery = spec.model, None
         if spec.is_cut:
-            cut = self.units.run("cut", f"cut of {spec.name}", {"student": spec.payload(
-                include={"model", "keep_layers", "kind", "mlp_width"})}, lambda log: {"path": self.cut_student(spec)})["path"]
+            cut = self.units.run(
+                "cut",
+                f"cut of {spec.name}",
+                {"student": spec.payload(include={"model", "keep_layers", "kind", "mlp_width"})},
+                lambda log: {"path": self.cut_student(spec)},
+            )["path"]
             if spec.recover is not None:
                 recovery = self.recover_student(spec, cut)
 
@@ -251,9 +334,14 @@ class ExperimentRunner:
             loaded = load_model(path, device=self.x.device, kind=spec.kind)
             params = count_parameters(loaded.model)
             bpb = self.bits_per_byte(loaded) if self.x.measure_bits_per_byte and loaded.kind == "causal" else None
-            result = {"path": path, "kind": loaded.kind, "params": params["total"],
-                      "non_embedding_params": params["non_embedding"], "bits_per_byte": bpb,
-                      "recovery": recovery}
+            result = {
+                "path": path,
+                "kind": loaded.kind,
+                "params": params["total"],
+                "non_embedding_params": params["non_embedding"],
+                "bits_per_byte": bpb,
+                "recovery": recovery,
+            }
             del loaded
             _release()
             return result
@@ -263,8 +351,15 @@ class ExperimentRunner:
     def cut_student(self, spec) -> str:
         from tinystudent.models.students import scale_down
 
-        return str(scale_down(spec.model, spec.keep_layers, self.out_dir / "students" / spec.name, kind=spec.kind,
-                              mlp_width=spec.mlp_width))
+        return str(
+            scale_down(
+                spec.model,
+                spec.keep_layers,
+                self.out_dir / "students" / spec.name,
+                kind=spec.kind,
+                mlp_width=spec.mlp_width,
+            )
+        )
 
     def recover_student(self, spec, cut: str) -> dict:
         """Distil the model a student was cut from into it on the task's text (a cached unit)."""
@@ -275,13 +370,23 @@ class ExperimentRunner:
         extra = [ex for name in spec.recover.extra_tasks for ex in load_task(name).split("train")]
         texts = recovery_texts(self.splits.train, rationales, extra)
         heldout = self.heldout_text()
-        payload = {"student": spec.payload(include={"model", "keep_layers", "kind", "recover", "mlp_width"}),
-                   "text": text_sha256("\n".join(texts)), "heldout": text_sha256(heldout)}
+        payload = {
+            "student": spec.payload(include={"model", "keep_layers", "kind", "recover", "mlp_width"}),
+            "text": text_sha256("\n".join(texts)),
+            "heldout": text_sha256(heldout),
+        }
 
         def work(log: Path) -> dict:
-            result = recover(cut, spec.model, texts, heldout, spec.recover,
-                             self.out_dir / "students" / f"{spec.name}-recovery", device=self.x.device,
-                             measure=lambda loaded, text: self.bits_per_byte(loaded))
+            result = recover(
+                cut,
+                spec.model,
+                texts,
+                heldout,
+                spec.recover,
+                self.out_dir / "students" / f"{spec.name}-recovery",
+                device=self.x.device,
+                measure=lambda loaded, text: self.bits_per_byte(loaded),
+            )
             _release()
             with log.open("a") as handle:
                 for row in result.loss_history:
@@ -301,16 +406,27 @@ class ExperimentRunner:
             return {"answer": 1.0}, {}, {}
         names = [t.name for t in self.x.teachers] if teacher_name == "all" else [teacher_name]
         if head == "rationale":
-            rationales = {name: self.teacher_rationales(self.x.teacher(name)) for name in names
-                          if self.x.teacher(name).writes_rationales}
+            rationales = {
+                name: self.teacher_rationales(self.x.teacher(name))
+                for name in names
+                if self.x.teacher(name).writes_rationales
+            }
             return {"answer": 1.0, "rationale": 1.0}, rationales, {}
         if head == "choice_kd":
             scores = {name: self.teacher_choice_scores(self.x.teacher(name)) for name in names}
             return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
         raise ValueError(f"objective {objective!r} is not supported by the experiment runner yet")
 
-    def train_one(self, spec, prepared: dict, method: str, objective: str, seed: int,
-                  given: tuple | None = None, extra: dict | None = None) -> dict | None:
+    def train_one(
+        self,
+        spec,
+        prepared: dict,
+        method: str,
+        objective: str,
+        seed: int,
+        given: tuple | None = None,
+        extra: dict | None = None,
+    ) -> dict | None:
         """Train one student with one method and objective, then measure it on the test split."""
         from tinystudent.distill import train_student
 
@@ -319,11 +435,21 @@ class ExperimentRunner:
             return None
         teacher_part = dict(extra or {})
         if ":" in objective and given is None:
-            names = ([t.name for t in self.x.teachers if t.writes_rationales or not objective.startswith("rationale")]
-                     if objective.endswith(":all") else [objective.split(":")[1]])
+            names = (
+                [t.name for t in self.x.teachers if t.writes_rationales or not objective.startswith("rationale")]
+                if objective.endswith(":all")
+                else [objective.split(":")[1]]
+            )
             teacher_part = {n: self.teacher_payload(self.x.teacher(n))["teacher"] for n in names}
-        payload = {**self.base, "student": spec.payload(), "method": method, "objective": objective,
-                   "seed": seed, "training": self.x.training, "teachers": teacher_part}
+        payload = {
+            **self.base,
+            "student": spec.payload(),
+            "method": method,
+            "objective": objective,
+            "seed": seed,
+            "training": self.x.training,
+            "teachers": teacher_part,
+        }
         label = f"{spec.name} / {method} / {objective} / seed {seed}"
 
         def work(log: Path) -> dict:
@@ -333,9 +459,16 @@ class ExperimentRunner:
                 options["lora"] = {**self.x.training.get("lora", {}), "merge": True}
             config = self.train_config(spec, **options)
             run_dir = self.out_dir / "runs" / log.stem
-            result = train_student(prepared["path"], self.splits.train, self.splits.valid, config, run_dir,
-                                   rationales=rationales or None, choice_logprobs=scores or None,
-                                   task=self.splits.task)
+            result = train_student(
+                prepared["path"],
+                self.splits.train,
+                self.splits.valid,
+                config,
+                run_dir,
+                rationales=rationales or None,
+                choice_logprobs=scores or None,
+                task=self.splits.task,
+            )
             _release()
             trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
             with log.open("a") as handle:
@@ -343,9 +476,17 @@ class ExperimentRunner:
                     handle.write(f"{row}\n")
             trained.pop("loss_history", None)
             summary = self.evaluate(str(result.checkpoint), log, budget=config.max_input_tokens)
-            return {"train": trained, **summary, "student": spec.name, "method": method,
-                    "objective": objective, "seed": seed, "group": "taught",
-                    "bits_per_byte": prepared.get("bits_per_byte"), "train_seconds": trained.get("train_seconds")}
+            return {
+                "train": trained,
+                **summary,
+                "student": spec.name,
+                "method": method,
+                "objective": objective,
+                "seed": seed,
+                "group": "taught",
+                "bits_per_byte": prepared.get("bits_per_byte"),
+                "train_seconds": trained.get("train_seconds"),
+            }
 
         return self.units.run("train", label, payload, work)
 
@@ -374,20 +515,24 @@ class ExperimentRunner:
     def _collaborative_teaching(self, names: list[str], prepared: dict[str, dict]) -> list[dict]:
         """Each member writes teacher-forcing rationales; each learns from the other members'."""
 
-        peers = {n: TeacherSpec(name=f"peer:{n}", model=prepared[n]["path"], max_new_tokens=64)
-                 for n in names}
+        peers = {n: TeacherSpec(name=f"peer:{n}", model=prepared[n]["path"], max_new_tokens=64) for n in names}
         rationales = {n: self.teacher_rationales(peers[n]) for n in names}
         rows = []
         seed = self.x.seeds[0]
         for name in names:
             others = {f"peer:{o}": rationales[o] for o in names if o != name and rationales[o]}
             spec = next(s for s in self.x.students if s.name == name)
-            row = self.train_one(spec, prepared[name], "full", "rationale:peers", seed,
-                                 given=({"answer": 1.0, "rationale": 1.0}, others, {}),
-                                 extra={"peers": {k: peers[k[5:]].model_dump() for k in others}})
+            row = self.train_one(
+                spec,
+                prepared[name],
+                "full",
+                "rationale:peers",
+                seed,
+                given=({"answer": 1.0, "rationale": 1.0}, others, {}),
+                extra={"peers": {k: peers[k[5:]].model_dump() for k in others}},
+            )
             if row:
-                rows.append({**row, "group": "collaboration", "objective": "collab_teaching",
-                             "members": names})
+                rows.append({**row, "group": "collaboration", "objective": "collab_teaching", "members": names})
         return rows
 
     def _ensembles(self, names: list[str], members: dict[str, dict]) -> list[dict]:
@@ -405,16 +550,29 @@ class ExperimentRunner:
                 return {**group.summary(), "evaluation_id": evaluation_id}
 
             row = self.units.run("ensemble", f"ensemble {method} of {' + '.join(names)}", payload, work)
-            rows.append({**row, "group": "collaboration", "objective": f"ensemble:{'avg' if method == 'average' else 'vote'}",
-                         "members": [members[n]["label"] for n in names], "student": "+".join(names),
-                         "method": "-", "seed": members[names[0]].get("seed", 0)})
+            rows.append(
+                {
+                    **row,
+                    "group": "collaboration",
+                    "objective": f"ensemble:{'avg' if method == 'average' else 'vote'}",
+                    "members": [members[n]["label"] for n in names],
+                    "student": "+".join(names),
+                    "method": "-",
+                    "seed": members[names[0]].get("seed", 0),
+                }
+            )
         return rows
 
     def _debate(self, names: list[str], members: dict[str, dict]) -> dict:
         spec = self.x.collaboration
         examples = self.splits.test[: spec.debate_limit] if spec.debate_limit else self.splits.test
-        payload = {**self.base, "debate": spec.debate_rounds, "limit": spec.debate_limit,
-                   "members": [members[n]["run_key"] for n in names], "unparsed": "picked by likelihood"}
+        payload = {
+            **self.base,
+            "debate": spec.debate_rounds,
+            "limit": spec.debate_limit,
+            "members": [members[n]["run_key"] for n in names],
+            "unparsed": "picked by likelihood",
+        }
 
         def work(log: Path) -> dict:
             from tinystudent.collab.debate import debate, debate_eval_result
@@ -431,8 +589,15 @@ class ExperimentRunner:
 
         subset = f" ({len(examples)} test questions)" if len(examples) < len(self.splits.test) else ""
         row = self.units.run("debate", f"debate of {' + '.join(names)}{subset}", payload, work)
-        return {**row, "group": "collaboration", "objective": "debate", "student": "+".join(names),
-                "members": [members[n]["label"] for n in names], "method": "-", "seed": 0}
+        return {
+            **row,
+            "group": "collaboration",
+            "objective": "debate",
+            "student": "+".join(names),
+            "members": [members[n]["label"] for n in names],
+            "method": "-",
+            "seed": 0,
+        }
 
     def _fit_for_debate(self, examples: list[Example], tokenizer) -> list[Example]:
         """Each question's evidence cut so its first debate prompt fits the experiment's input
@@ -450,16 +615,28 @@ class ExperimentRunner:
         from tinystudent.distill import train_mutual
 
         seed = self.x.seeds[0]
-        payload = {**self.base, "mutual": names, "training": self.x.training, "seed": seed,
-                   "students": [prepared[n]["run_key"] for n in names],
-                   **({"changes": self.x.collaboration.training} if self.x.collaboration.training else {})}
+        payload = {
+            **self.base,
+            "mutual": names,
+            "training": self.x.training,
+            "seed": seed,
+            "students": [prepared[n]["run_key"] for n in names],
+            **({"changes": self.x.collaboration.training} if self.x.collaboration.training else {}),
+        }
 
         def work(log: Path) -> dict:
-            config = self.train_config(None, **self.x.collaboration.training, method="full", seed=seed,
-                                       weights={"answer": 1.0, "mutual": 1.0})
+            config = self.train_config(
+                None, **self.x.collaboration.training, method="full", seed=seed, weights={"answer": 1.0, "mutual": 1.0}
+            )
             run_dir = self.out_dir / "runs" / log.stem
-            results = train_mutual([prepared[n]["path"] for n in names], self.splits.train,
-                                   self.splits.valid, config, run_dir, task=self.splits.task)
+            results = train_mutual(
+                [prepared[n]["path"] for n in names],
+                self.splits.train,
+                self.splits.valid,
+                config,
+                run_dir,
+                task=self.splits.task,
+            )
             _release()
             peers = []
             for name, result in zip(names, results):
@@ -468,17 +645,27 @@ class ExperimentRunner:
             return {"peers": peers}
 
         done = self.units.run("mutual", f"mutual learning of {' + '.join(names)}", payload, work)
-        return [{**peer, "label": f"{peer['peer']} / mutual with {'+'.join(n for n in names if n != peer['peer'])}",
-                 "run_key": f"{done['run_key']}:{peer['peer']}", "group": "collaboration",
-                 "objective": "mutual", "student": peer["peer"], "method": "full", "seed": seed,
-                 "members": names, "bits_per_byte": prepared[peer["peer"]].get("bits_per_byte")}
-                for peer in done["peers"]]
+        return [
+            {
+                **peer,
+                "label": f"{peer['peer']} / mutual with {'+'.join(n for n in names if n != peer['peer'])}",
+                "run_key": f"{done['run_key']}:{peer['peer']}",
+                "group": "collaboration",
+                "objective": "mutual",
+                "student": peer["peer"],
+                "method": "full",
+                "seed": seed,
+                "members": names,
+                "bits_per_byte": prepared[peer["peer"]].get("bits_per_byte"),
+            }
+            for peer in done["peers"]
+        ]
 
     # --- loss-guided search -------------------------------------------------------------------
 
     def search(self, prepared: dict[str, dict], teachers: list[dict], runs: list[dict]) -> dict:
         """Train the ladder smallest first, skipping by bits per byte, stopping at the first winner."""
-        from tinystudent.collab.search import Candidate, loss_guided_search
+        from tinystudent.experiments.search import Candidate, loss_guided_search
         from tinystudent.experiments.study import correct_by_id
         from tinystudent.experiments.verdict import compare
 
@@ -490,12 +677,16 @@ class ExperimentRunner:
         ids, correct = correct_by_id(self.store, best.get("evaluation_id"), best.get("metric", "acc"))
         teacher = {"name": best["name"], "acc": best["acc"], "ids": ids, "correct": correct}
         by_name = {s.name: s for s in self.x.students}
-        candidates = [Candidate(n, p["params"], p["bits_per_byte"]) for n, p in prepared.items()
-                      if p.get("bits_per_byte") is not None]
+        candidates = [
+            Candidate(n, p["params"], p["bits_per_byte"])
+            for n, p in prepared.items()
+            if p.get("bits_per_byte") is not None
+        ]
 
         def train(candidate):
-            row = self.train_one(by_name[candidate.name], prepared[candidate.name], spec.method,
-                                 spec.objective, self.x.seeds[0])
+            row = self.train_one(
+                by_name[candidate.name], prepared[candidate.name], spec.method, spec.objective, self.x.seeds[0]
+            )
             runs.append(row)
             return row
 
@@ -506,8 +697,7 @@ class ExperimentRunner:
 
         report = loss_guided_search(candidates, train, beats, spec.threshold, spec.fit_threshold, spec.margin)
         summary = report.summary()
-        return {**summary, "teacher": best["name"], "ladder": summary["ladder_size"],
-                "saved": summary["runs_saved"]}
+        return {**summary, "teacher": best["name"], "ladder": summary["ladder_size"], "saved": summary["runs_saved"]}
 
     # --- the whole study ------------------------------------------------------------------------
 
@@ -515,22 +705,34 @@ class ExperimentRunner:
         from tinystudent.experiments.study import build_study
 
         x = self.x
-        info(f"experiment {x.name}: task {self.splits.task} (train {len(self.splits.train)}, "
-             f"validation {len(self.splits.valid)}, {x.task.test_split} {len(self.splits.test)})")
+        info(
+            f"experiment {x.name}: task {self.splits.task} (train {len(self.splits.train)}, "
+            f"validation {len(self.splits.valid)}, {x.task.test_split} {len(self.splits.test)})"
+        )
         teachers = [self.measure_teacher(spec) for spec in x.teachers]
         runs: list[dict] = []
         prepared = {}
         for spec in x.students:
             prepared[spec.name] = self.prepare_student(spec)
             if prepared[spec.name]["kind"] != "encoder":  # an untrained encoder's head is random
-                untrained = self.evaluate_student(f"{spec.name} / untrained", {**self.base, "student":
-                                                  spec.payload(), "untrained": True},
-                                                  lambda log, p=prepared[spec.name]["path"]: p)
-                runs.append({**untrained, "student": spec.name, "method": "-", "objective": "untrained",
-                             "seed": 0, "group": "untrained",
-                             "bits_per_byte": prepared[spec.name].get("bits_per_byte")})
+                untrained = self.evaluate_student(
+                    f"{spec.name} / untrained",
+                    {**self.base, "student": spec.payload(), "untrained": True},
+                    lambda log, p=prepared[spec.name]["path"]: p,
+                )
+                runs.append(
+                    {
+                        **untrained,
+                        "student": spec.name,
+                        "method": "-",
+                        "objective": "untrained",
+                        "seed": 0,
+                        "group": "untrained",
+                        "bits_per_byte": prepared[spec.name].get("bits_per_byte"),
+                    }
+                )
         best_per_student: dict[str, dict] = {}
-        for spec in ([] if x.search else x.students):
+        for spec in [] if x.search else x.students:
             for method in x.methods_of(spec).finetune:
                 for objective in x.methods_of(spec).objectives:
                     for seed in x.seeds:
@@ -544,8 +746,16 @@ class ExperimentRunner:
                             best_per_student[spec.name] = row
         runs += self.collaborate(best_per_student, prepared)
         search = self.search(prepared, teachers, runs) if x.search else None
-        study = build_study(x, self.splits, teachers, runs, self.store,
-                            skipped=len(self.units.skipped), computed=len(self.units.done), prepared=prepared)
+        study = build_study(
+            x,
+            self.splits,
+            teachers,
+            runs,
+            self.store,
+            skipped=len(self.units.skipped),
+            computed=len(self.units.done),
+            prepared=prepared,
+        )
         study["search"] = search
         self.store.save_run(f"study:{x.name}", "study", "done", {"experiment": x.name}, study, x.name)
         if x.mlflow:

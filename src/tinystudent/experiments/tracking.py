@@ -16,8 +16,18 @@ from pathlib import Path
 from tinystudent.report.format import is_number
 
 RUN_KEY_TAG = "tinystudent.run_key"
-METRICS = ("acc", "acc_norm", "params", "peak_memory_mb", "latency_ms_p50", "questions_per_s",
-           "bits_per_byte", "train_seconds", "valid_acc", "n")
+METRICS = (
+    "acc",
+    "acc_norm",
+    "params",
+    "peak_memory_mb",
+    "latency_ms_p50",
+    "questions_per_s",
+    "bits_per_byte",
+    "train_seconds",
+    "valid_acc",
+    "n",
+)
 PARAMS = ("student", "method", "objective", "seed", "group")
 
 
@@ -46,16 +56,17 @@ def log_study(study: dict, experiment: str, uri: str) -> int:
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    logged = {run.data.tags.get(RUN_KEY_TAG)
-              for run in client.search_runs([experiment_id], max_results=50_000)}
+    logged = {run.data.tags.get(RUN_KEY_TAG) for run in client.search_runs([experiment_id], max_results=50_000)}
     now = int(time.time() * 1000)
     count = 0
     for record in _records(study):
         if record["key"] in logged:
             continue
-        run = client.create_run(experiment_id, run_name=record["label"][:250],
-                                tags={RUN_KEY_TAG: record["key"], "tinystudent.config_hash":
-                                      str(study.get("config_hash", ""))})
+        run = client.create_run(
+            experiment_id,
+            run_name=record["label"][:250],
+            tags={RUN_KEY_TAG: record["key"], "tinystudent.config_hash": str(study.get("config_hash", ""))},
+        )
         metrics = [Metric(name, float(record[name]), now, 0) for name in METRICS if is_number(record.get(name))]
         params = [Param(name, str(record[name])[:500]) for name in PARAMS if record.get(name) is not None]
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
@@ -65,8 +76,11 @@ def log_study(study: dict, experiment: str, uri: str) -> int:
 
 
 def _records(study: dict) -> list[dict]:
-    teachers = [{**t, "key": f"teacher:{t['name']}:{t.get('acc')}", "label": f"teacher {t['name']}",
-                 "group": "teacher"} for t in study.get("teachers", [])]
-    runs = [{**r, "key": r.get("run_key") or r["label"]} for r in study.get("runs", [])
-            if r.get("status", "done") == "done"]
+    teachers = [
+        {**t, "key": f"teacher:{t['name']}:{t.get('acc')}", "label": f"teacher {t['name']}", "group": "teacher"}
+        for t in study.get("teachers", [])
+    ]
+    runs = [
+        {**r, "key": r.get("run_key") or r["label"]} for r in study.get("runs", []) if r.get("status", "done") == "done"
+    ]
     return teachers + runs

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tinystudent.experiments.config import config_hash
+from tinystudent.hashing import stable_hash
 from tinystudent.log import info
 from tinystudent.store import Store
 
@@ -36,7 +36,7 @@ class UnitRunner:
     current: str | None = None  # the key of the unit whose work is running: what it stores is filed under it
 
     def key(self, kind: str, payload: dict) -> str:
-        return f"{kind}:{config_hash(payload)}"
+        return f"{kind}:{stable_hash(payload)}"
 
     def run(self, kind: str, label: str, payload: dict, work: Callable[[Path], dict]) -> dict:
         """Return the stored result of this unit, or compute, store and return it.
@@ -72,15 +72,22 @@ class UnitRunner:
             raise
         finally:
             self.current = outer
-        result = {**result, "label": label, "run_key": key, "seconds": round(time.time() - started, 1),
-                  "log": str(log_path)}
+        result = {
+            **result,
+            "label": label,
+            "run_key": key,
+            "seconds": round(time.time() - started, 1),
+            "log": str(log_path),
+        }
         with log_path.open("a") as log:
             log.write(json.dumps(result, indent=1, default=str) + "\n== done\n")
         self.store.save_run(key, kind, "done", {"label": label, **payload}, result, self.experiment)
         self.done.append(label)
         self.computed_keys.add(key)
-        info(f"finished {label} in {result['seconds']} s" + (f": acc {result['acc']:.3f}" if
-             isinstance(result.get("acc"), float) else ""))
+        info(
+            f"finished {label} in {result['seconds']} s"
+            + (f": acc {result['acc']:.3f}" if isinstance(result.get("acc"), float) else "")
+        )
         return result
 
 
@@ -101,17 +108,48 @@ def _die_with_parent(parent: int):
     return hook
 
 
-def evaluate_in_subprocess(model: str, task: str, split: str, limit: int | None, seed: int,
-                           db: Path, log_path: Path, batch_size: int = 16, device: str = "auto",
-                           mode: str = "loglikelihood", num_fewshot: int = 0,
-                           max_input_tokens: int | None = None, run_key: str | None = None) -> dict:
+def evaluate_in_subprocess(
+    model: str,
+    task: str,
+    split: str,
+    limit: int | None,
+    seed: int,
+    db: Path,
+    log_path: Path,
+    batch_size: int = 16,
+    device: str = "auto",
+    mode: str = "loglikelihood",
+    num_fewshot: int = 0,
+    max_input_tokens: int | None = None,
+    run_key: str | None = None,
+) -> dict:
     """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone.
 
     The child dies with this process; its evaluation is stored under `run_key`, replacing any an
     earlier, killed attempt at the same unit left, so the store holds one result per unit."""
-    cmd = [sys.executable, "-m", "tinystudent", "eval", "--model", model, "--task", task,
-           "--split", split, "--seed", str(seed), "--json", "--db", str(db),
-           "--batch-size", str(batch_size), "--device", device, "--mode", mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinystudent",
+        "eval",
+        "--model",
+        model,
+        "--task",
+        task,
+        "--split",
+        split,
+        "--seed",
+        str(seed),
+        "--json",
+        "--db",
+        str(db),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        device,
+        "--mode",
+        mode,
+    ]
     if run_key:
         cmd += ["--run-key", run_key]
     if limit:

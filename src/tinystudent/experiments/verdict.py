@@ -16,16 +16,17 @@ from tinystudent.evaluation.stats import paired_bootstrap
 SIZE_MEASURES = ("params", "peak_memory_mb")
 
 
-def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int = 10000,
-                     seed: int = 0) -> dict:
+def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int = 10000, seed: int = 0) -> dict:
     """Student accuracy minus a reported accuracy: difference, 95% interval and one-sided p-value."""
     values = np.asarray(correct, dtype=np.float64)
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
     diffs = means - reference_acc
-    return {"diff": float(values.mean() - reference_acc),
-            "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-            "p_value": float((diffs <= 0).mean())}
+    return {
+        "diff": float(values.mean() - reference_acc),
+        "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "p_value": float((diffs <= 0).mean()),
+    }
 
 
 def _paired(candidate: dict, teacher: dict) -> tuple[list[bool], list[bool]]:
@@ -33,8 +34,11 @@ def _paired(candidate: dict, teacher: dict) -> tuple[list[bool], list[bool]]:
     if candidate.get("ids") is None or teacher.get("ids") is None:
         return candidate["correct"], teacher["correct"]
     position = {qid: k for k, qid in enumerate(teacher["ids"])}
-    pairs = [(c, teacher["correct"][position[qid]]) for qid, c in zip(candidate["ids"], candidate["correct"])
-             if qid in position]
+    pairs = [
+        (c, teacher["correct"][position[qid]])
+        for qid, c in zip(candidate["ids"], candidate["correct"])
+        if qid in position
+    ]
     if not pairs:
         raise ValueError(f"{candidate.get('label')} and teacher {teacher['name']} share no test question")
     return [a for a, _ in pairs], [b for _, b in pairs]
@@ -51,13 +55,13 @@ def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int 
     mine, theirs = _paired(candidate, teacher)
     result = paired_bootstrap(mine, theirs, n_resamples, seed)
     if len(mine) < len(teacher["correct"]):
-        result["subset"] = {"n": len(mine), "of": len(teacher["correct"]),
-                            "teacher_acc": sum(theirs) / len(theirs)}
+        result["subset"] = {"n": len(mine), "of": len(teacher["correct"]), "teacher_acc": sum(theirs) / len(theirs)}
     return result
 
 
-def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float = 0.05,
-                    n_resamples: int = 10000, seed: int = 0) -> dict:
+def smallest_winner(
+    teacher: dict, candidates: list[dict], by: str, alpha: float = 0.05, n_resamples: int = 10000, seed: int = 0
+) -> dict:
     """The smallest candidate (by `by`) that beats `teacher`, or the closest one when none does.
 
     The closest is the one with the largest difference among candidates that answered every
@@ -71,20 +75,36 @@ def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float
         by: `params` or `peak_memory_mb`.
     """
     ranked = sorted((c for c in candidates if c.get(by) is not None), key=lambda c: c[by])
-    entry = {"teacher": teacher["name"], "teacher_acc": teacher["acc"],
-             "teacher_measured": teacher.get("measured", True), "by": by,
-             "smallest_winner": None, "winner_acc": None, "winner_params": None,
-             "winner_peak_memory_mb": None, "diff": None, "diff_ci95": None, "p_value": None,
-             "closest": None, "largest_loser": None, "alpha": alpha}
+    entry = {
+        "teacher": teacher["name"],
+        "teacher_acc": teacher["acc"],
+        "teacher_measured": teacher.get("measured", True),
+        "by": by,
+        "smallest_winner": None,
+        "winner_acc": None,
+        "winner_params": None,
+        "winner_peak_memory_mb": None,
+        "diff": None,
+        "diff_ci95": None,
+        "p_value": None,
+        "closest": None,
+        "largest_loser": None,
+        "alpha": alpha,
+    }
     best, losers = None, []
     for candidate in ranked:
         result = compare(candidate, teacher, n_resamples, seed)
         if result["diff"] > 0 and result["p_value"] < alpha:
-            entry.update(smallest_winner=candidate["label"], winner_acc=candidate["acc"],
-                         winner_params=candidate.get("params"),
-                         winner_peak_memory_mb=candidate.get("peak_memory_mb"),
-                         diff=result["diff"], diff_ci95=result["ci95"], p_value=result["p_value"],
-                         subset=result.get("subset"))
+            entry.update(
+                smallest_winner=candidate["label"],
+                winner_acc=candidate["acc"],
+                winner_params=candidate.get("params"),
+                winner_peak_memory_mb=candidate.get("peak_memory_mb"),
+                diff=result["diff"],
+                diff_ci95=result["ci95"],
+                p_value=result["p_value"],
+                subset=result.get("subset"),
+            )
             below = [loser for loser in losers if loser[0][by] < candidate[by]]
             entry["largest_loser"] = _largest(below, by)
             return entry
@@ -100,9 +120,16 @@ def smallest_winner(teacher: dict, candidates: list[dict], by: str, alpha: float
 
 
 def _described(candidate: dict, result: dict) -> dict:
-    return {"label": candidate["label"], "acc": candidate["acc"], "params": candidate.get("params"),
-            "peak_memory_mb": candidate.get("peak_memory_mb"), "diff": result["diff"],
-            "diff_ci95": result["ci95"], "p_value": result["p_value"], "subset": result.get("subset")}
+    return {
+        "label": candidate["label"],
+        "acc": candidate["acc"],
+        "params": candidate.get("params"),
+        "peak_memory_mb": candidate.get("peak_memory_mb"),
+        "diff": result["diff"],
+        "diff_ci95": result["ci95"],
+        "p_value": result["p_value"],
+        "subset": result.get("subset"),
+    }
 
 
 def _largest(losers: list[tuple[dict, dict]], by: str) -> dict | None:
@@ -116,8 +143,9 @@ def _largest(losers: list[tuple[dict, dict]], by: str) -> dict | None:
     return _described(candidate, result)
 
 
-def verdict(teachers: list[dict], candidates: list[dict], alpha: float = 0.05,
-            n_resamples: int = 10000, seed: int = 0) -> list[dict]:
+def verdict(
+    teachers: list[dict], candidates: list[dict], alpha: float = 0.05, n_resamples: int = 10000, seed: int = 0
+) -> list[dict]:
     """One entry per teacher and size measure; the most accurate teacher is marked `best_teacher`."""
     if not teachers:
         return []

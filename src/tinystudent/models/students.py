@@ -39,8 +39,7 @@ def auto_class(kind: str):
     """The transformers Auto class that builds a model of `kind` (causal, seq2seq, encoder)."""
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM
 
-    classes = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-               "encoder": AutoModelForMultipleChoice}
+    classes = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMultipleChoice}
     if kind not in classes:
         raise ValueError(f"student kind must be one of {sorted(classes)}, got {kind!r}")
     return classes[kind]
@@ -109,8 +108,9 @@ def _depth_keys(config, stack: str) -> list[str]:
     """Config attributes that hold the depth of `stack` (encoder and decoder differ in T5/BART)."""
     if getattr(config, "is_encoder_decoder", False):
         side = "decoder" if "decoder" in stack.split(".") else "encoder"
-        candidates = {"encoder": ["encoder_layers", "num_layers"],
-                      "decoder": ["decoder_layers", "num_decoder_layers"]}[side]
+        candidates = {"encoder": ["encoder_layers", "num_layers"], "decoder": ["decoder_layers", "num_decoder_layers"]}[
+            side
+        ]
         return [key for key in candidates if key in config.to_dict()][:1]
     return ["num_hidden_layers"]
 
@@ -155,8 +155,9 @@ def _mapped_state(source_state: dict, new_keys: set[str], kept: dict[str, list[i
         else:
             missing.append(key)
     if missing:
-        raise ValueError(f"scale_down could not find source weights for {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''}")
+        raise ValueError(
+            f"scale_down could not find source weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     return state
 
 
@@ -182,15 +183,18 @@ def _reuse_existing(out_dir: Path, manifest: dict) -> bool:
     path = out_dir / MANIFEST
     if not path.exists():
         if out_dir.exists() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not a tinystudent student folder; "
-                                  "choose an empty or new folder")
+            raise FileExistsError(
+                f"{out_dir} exists and is not a tinystudent student folder; choose an empty or new folder"
+            )
         return False
     found = json.loads(path.read_text())
     fields = ("source_identity", "kept", "kind", "mlp_width")
     same = {k: found.get(k) for k in fields} == {k: manifest.get(k) for k in fields}
     if not same:
-        raise FileExistsError(f"{out_dir} holds a different student ({found.get('source')} keeping "
-                              f"{found.get('kept')}); choose another folder or delete it")
+        raise FileExistsError(
+            f"{out_dir} holds a different student ({found.get('source')} keeping "
+            f"{found.get('kept')}); choose another folder or delete it"
+        )
     return True
 
 
@@ -215,8 +219,10 @@ def _width_key(config) -> str:
     for key in WIDTH_KEYS:
         if isinstance(getattr(config, key, None), int):
             return key
-    raise ValueError(f"mlp_width: a {config.model_type} config has none of {WIDTH_KEYS}; "
-                     "width pruning supports Llama/Qwen/Mistral-, BERT- and T5-style models")
+    raise ValueError(
+        f"mlp_width: a {config.model_type} config has none of {WIDTH_KEYS}; "
+        "width pruning supports Llama/Qwen/Mistral-, BERT- and T5-style models"
+    )
 
 
 def _mlp_linears(layer: torch.nn.Module, width: int) -> tuple[list[str], list[str]]:
@@ -257,8 +263,13 @@ def narrow_state(model: torch.nn.Module, stacks: dict[str, int], width: int, kee
     return state
 
 
-def scale_down(source: str, keep: str | list[int] | dict | None, out_dir: Path,
-               kind: str | None = None, mlp_width: float | None = None) -> Path:
+def scale_down(
+    source: str,
+    keep: str | list[int] | dict | None,
+    out_dir: Path,
+    kind: str | None = None,
+    mlp_width: float | None = None,
+) -> Path:
     """Save a smaller copy of `source` that keeps only some of its layers, or a narrower
     feed-forward block in each, or both; weights copied.
 
@@ -289,10 +300,20 @@ def scale_down(source: str, keep: str | list[int] | dict | None, out_dir: Path,
         raise ValueError(f"{source}: found no stack of layers to cut (a ModuleList of ...Layer/...Block)")
     if mlp_width is not None and not 0 < mlp_width < 1:
         raise ValueError(f"mlp_width must be a fraction between 0 and 1 (exclusive), got {mlp_width}")
-    kept = (_normalise_keep(keep, stacks) if keep is not None
-            else {stack: list(range(depth)) for stack, depth in stacks.items()})
-    manifest = {"source": source, "source_identity": resolved.identity, "kind": kind,
-                "kept": kept, "source_layers": stacks, "how": "scale_down", "mlp_width": mlp_width}
+    kept = (
+        _normalise_keep(keep, stacks)
+        if keep is not None
+        else {stack: list(range(depth)) for stack, depth in stacks.items()}
+    )
+    manifest = {
+        "source": source,
+        "source_identity": resolved.identity,
+        "kind": kind,
+        "kept": kept,
+        "source_layers": stacks,
+        "how": "scale_down",
+        "mlp_width": mlp_width,
+    }
     if _reuse_existing(out_dir, manifest):
         return out_dir
     new_config = _scaled_config(config, stacks, kept)
@@ -315,8 +336,9 @@ def scale_down(source: str, keep: str | list[int] | dict | None, out_dir: Path,
     return _write_atomically(smaller, resolved.path, out_dir, manifest)
 
 
-def fresh_student(config, out_dir: Path, tokenizer_from: str | None = None, kind: str | None = None,
-                  seed: int = 0, **overrides) -> Path:
+def fresh_student(
+    config, out_dir: Path, tokenizer_from: str | None = None, kind: str | None = None, seed: int = 0, **overrides
+) -> Path:
     """Save a randomly initialised student built from a config, for tests and ablations.
 
     Args:
@@ -352,10 +374,18 @@ def fresh_student(config, out_dir: Path, tokenizer_from: str | None = None, kind
 
         vocab = len(AutoTokenizer.from_pretrained(tokenizer_path))
         if vocab > model.get_input_embeddings().num_embeddings:
-            raise ValueError(f"the tokenizer of {tokenizer_from} has {vocab} tokens but the config's "
-                             f"vocab_size is {model.get_input_embeddings().num_embeddings}")
-    manifest = {"how": "fresh", "seed": seed, "kind": kind, "tokenizer_from": tokenizer_from,
-                "overrides": overrides, "params": count_parameters(model)}
+            raise ValueError(
+                f"the tokenizer of {tokenizer_from} has {vocab} tokens but the config's "
+                f"vocab_size is {model.get_input_embeddings().num_embeddings}"
+            )
+    manifest = {
+        "how": "fresh",
+        "seed": seed,
+        "kind": kind,
+        "tokenizer_from": tokenizer_from,
+        "overrides": overrides,
+        "params": count_parameters(model),
+    }
     return _write_atomically(model, tokenizer_path, out_dir, manifest)
 
 

@@ -10,5 +10,12 @@ from tinystudent.report.render import render_report
 from tinystudent.report.study import StudyError, pareto_frontier, validate_study
 from tinystudent.report.verdict import verdict_sentence, verdict_text
 
-__all__ = ["render_report", "build_report", "validate_study", "StudyError", "pareto_frontier",
-           "verdict_sentence", "verdict_text"]
+__all__ = [
+    "render_report",
+    "build_report",
+    "validate_study",
+    "StudyError",
+    "pareto_frontier",
+    "verdict_sentence",
+    "verdict_text",
+]

@@ -24,8 +24,10 @@ from tinystudent.report.study import (
 from tinystudent.report.verdict import verdict_section
 
 COMPARISON_TITLES = {
-    "one_vs_several_teachers": ("One teacher vs several teachers", "The same student and budget, taught "
-                                "by one teacher's rationales or by all teachers' together."),
+    "one_vs_several_teachers": (
+        "One teacher vs several teachers",
+        "The same student and budget, taught by one teacher's rationales or by all teachers' together.",
+    ),
     "full_vs_lora": ("Full fine-tuning vs LoRA", "The same student and objective, trained both ways."),
     "objectives": ("Each objective", "The same student and method, trained on each objective."),
 }
@@ -34,24 +36,42 @@ COMPARISON_TITLES = {
 def build_report(study: dict) -> list[Block]:
     """Every block of the report, in reading order, from a validated study."""
     runs = finished_runs(study)
-    return [*title_section(study, runs), *verdict_section(study), *teacher_section(study),
-            *size_section(study, runs), *comparison_section(study), *learning_vs_working_section(study),
-            *recovery_section(study), *loss_section(study, runs), *search_section(study), *runs_section(study),
-            *reproducibility_section(study)]
+    return [
+        *title_section(study, runs),
+        *verdict_section(study),
+        *teacher_section(study),
+        *size_section(study, runs),
+        *comparison_section(study),
+        *learning_vs_working_section(study),
+        *recovery_section(study),
+        *loss_section(study, runs),
+        *search_section(study),
+        *runs_section(study),
+        *reproducibility_section(study),
+    ]
 
 
 def title_section(study: dict, runs: list[dict]) -> list[Block]:
     experiment = study.get("experiment") or "experiment"
-    where = ", ".join(part for part in (
-        f"Task {study['task']}" if study.get("task") else "",
-        f"{study['split']} split" if study.get("split") else "",
-        f"{study['n_test']} questions" if fmt.is_number(study.get("n_test")) else "") if part)
-    counts = (f"{len(study['teachers'])} teacher(s), {len(runs)} finished student run(s)"
-              + (f" of {len(study['runs'])}" if len(runs) != len(study["runs"]) else ""))
+    where = ", ".join(
+        part
+        for part in (
+            f"Task {study['task']}" if study.get("task") else "",
+            f"{study['split']} split" if study.get("split") else "",
+            f"{study['n_test']} questions" if fmt.is_number(study.get("n_test")) else "",
+        )
+        if part
+    )
+    counts = f"{len(study['teachers'])} teacher(s), {len(runs)} finished student run(s)" + (
+        f" of {len(study['runs'])}" if len(runs) != len(study["runs"]) else ""
+    )
     created = f"; created {study['created']}" if study.get("created") else ""
-    return [Heading(f"tinystudent report: {experiment}", 1),
-            Paragraph(f"{where + '; ' if where else ''}{counts}{created}. Which is the smallest student "
-                      "that beats the teacher?")]
+    return [
+        Heading(f"tinystudent report: {experiment}", 1),
+        Paragraph(
+            f"{where + '; ' if where else ''}{counts}{created}. Which is the smallest student that beats the teacher?"
+        ),
+    ]
 
 
 def teacher_row(teacher: dict) -> list[str]:
@@ -59,10 +79,16 @@ def teacher_row(teacher: dict) -> list[str]:
     known = "measured" if is_measured(teacher) else fmt.REPORTED
     if teacher.get("source"):
         known += f" ({teacher['source']})"
-    return [teacher["name"], fmt.pct(teacher["acc"]), fmt.pct_interval(teacher.get("ci95")),
-            teacher.get("scoring") or fmt.MISSING,
-            fmt.params(teacher.get("params")), fmt.memory_mb(teacher.get("peak_memory_mb")),
-            fmt.milliseconds(teacher.get("latency_ms_p50")), known]
+    return [
+        teacher["name"],
+        fmt.pct(teacher["acc"]),
+        fmt.pct_interval(teacher.get("ci95")),
+        teacher.get("scoring") or fmt.MISSING,
+        fmt.params(teacher.get("params")),
+        fmt.memory_mb(teacher.get("peak_memory_mb")),
+        fmt.milliseconds(teacher.get("latency_ms_p50")),
+        known,
+    ]
 
 
 def teacher_section(study: dict) -> list[Block]:
@@ -70,17 +96,36 @@ def teacher_section(study: dict) -> list[Block]:
     rows.append(_baseline_row(study, 8))
     blocks: list[Block] = [
         Heading("Teachers"),
-        Table(["teacher", "accuracy", "95% CI", "scored as", "parameters", "peak memory", "latency p50",
-               "how known"], rows, align=["l", "r", "r", "l", "r", "r", "r", "l"])]
+        Table(
+            ["teacher", "accuracy", "95% CI", "scored as", "parameters", "peak memory", "latency p50", "how known"],
+            rows,
+            align=["l", "r", "r", "l", "r", "r", "r", "l"],
+        ),
+    ]
     chosen = [t for t in study["teachers"] if t.get("validation")]
     if chosen:
-        blocks.append(Paragraph(
-            "Each measured teacher is scored on the test split the way it did best on the validation "
-            "split (its best fair shot, chosen without seeing the test questions):"))
-        blocks.append(Table(["teacher", "scored as", "validation accuracy", "chosen"],
-                            [[t["name"], row["scoring"], fmt.pct(row["acc"]),
-                              "yes" if row["scoring"] == t.get("scoring") else ""]
-                             for t in chosen for row in t["validation"]], align=["l", "l", "r", "l"]))
+        blocks.append(
+            Paragraph(
+                "Each measured teacher is scored on the test split the way it did best on the validation "
+                "split (its best fair shot, chosen without seeing the test questions):"
+            )
+        )
+        blocks.append(
+            Table(
+                ["teacher", "scored as", "validation accuracy", "chosen"],
+                [
+                    [
+                        t["name"],
+                        row["scoring"],
+                        fmt.pct(row["acc"]),
+                        "yes" if row["scoring"] == t.get("scoring") else "",
+                    ]
+                    for t in chosen
+                    for row in t["validation"]
+                ],
+                align=["l", "l", "r", "l"],
+            )
+        )
     return blocks
 
 
@@ -95,15 +140,23 @@ def size_section(study: dict, runs: list[dict]) -> list[Block]:
     blocks: list[Block] = [Heading("Accuracy against size")]
     if not runs:
         return blocks + [Paragraph("No student run has finished yet, so there is nothing to plot.")]
-    how = ("Each point is one finished run with its 95% interval (colour: objective; hollow: LoRA; "
-           "diamond: a collaborating group, whose cost is the sum of its members). Solid lines are "
-           "measured teachers, dashed lines teachers reported, not measured; the dotted line is the "
-           "majority baseline.")
+    how = (
+        "Each point is one finished run with its 95% interval (colour: objective; hollow: LoRA; "
+        "diamond: a collaborating group, whose cost is the sum of its members). Solid lines are "
+        "measured teachers, dashed lines teachers reported, not measured; the dotted line is the "
+        "majority baseline."
+    )
     by_params = plots.accuracy_vs_cost(study, runs, "params", "parameters (log scale)", frontier=True)
     if by_params:
-        blocks.append(Figure("accuracy_vs_params", "Accuracy against parameters", by_params,
-                             how + " The orange staircase is the Pareto frontier: no run is both "
-                             "smaller and more accurate than a run on it."))
+        blocks.append(
+            Figure(
+                "accuracy_vs_params",
+                "Accuracy against parameters",
+                by_params,
+                how + " The orange staircase is the Pareto frontier: no run is both "
+                "smaller and more accurate than a run on it.",
+            )
+        )
     by_memory = plots.accuracy_vs_cost(study, runs, "peak_memory_mb", "peak inference memory")
     missing = sum(not fmt.is_number(run.get("peak_memory_mb")) for run in runs)
     if by_memory:
@@ -112,11 +165,23 @@ def size_section(study: dict, runs: list[dict]) -> list[Block]:
     frontier = pareto_frontier(runs, "params")
     if frontier:
         blocks.append(Heading("Pareto frontier (parameters vs accuracy)", 3))
-        blocks.append(Table(["run", "parameters", "accuracy", "95% CI", "peak memory"],
-                            [[run["label"], fmt.params(run.get("params")), fmt.pct(run["acc"]),
-                              fmt.pct_interval(run.get("ci95")), fmt.memory_mb(run.get("peak_memory_mb"))]
-                             for run in frontier], align=["l", "r", "r", "r", "r"],
-                            caption="Runs no other run beats on both size and accuracy, smallest first."))
+        blocks.append(
+            Table(
+                ["run", "parameters", "accuracy", "95% CI", "peak memory"],
+                [
+                    [
+                        run["label"],
+                        fmt.params(run.get("params")),
+                        fmt.pct(run["acc"]),
+                        fmt.pct_interval(run.get("ci95")),
+                        fmt.memory_mb(run.get("peak_memory_mb")),
+                    ]
+                    for run in frontier
+                ],
+                align=["l", "r", "r", "r", "r"],
+                caption="Runs no other run beats on both size and accuracy, smallest first.",
+            )
+        )
     return blocks
 
 
@@ -146,8 +211,10 @@ def comparison_table(study: dict, group: dict) -> Table:
     rows = []
     for row in rows_in:
         above = row.get("acc") - baseline if fmt.is_number(row.get("acc")) and fmt.is_number(baseline) else None
-        rows.append([_cell(key, row.get(key)) for key in keys]
-                    + [fmt.pct(row.get("acc")), fmt.pct_interval(row.get("ci95")), fmt.points(above)])
+        rows.append(
+            [_cell(key, row.get(key)) for key in keys]
+            + [fmt.pct(row.get("acc")), fmt.pct_interval(row.get("ci95")), fmt.points(above)]
+        )
     width = len(keys) + 3
     for teacher in study["teachers"]:
         marker = "" if is_measured(teacher) else f" ({fmt.REPORTED})"
@@ -157,8 +224,12 @@ def comparison_table(study: dict, group: dict) -> Table:
         rows.append(reference)
     rows.append(_baseline_row(study, width, acc_column=len(keys)))
     caption = ", ".join(f"{key} {_cell(key, value)}" for key, value in group.items() if key != "rows")
-    return Table([*(key.replace("_", " ") for key in keys), "accuracy", "95% CI", "vs baseline (points)"],
-                 rows, align=["l"] * len(keys) + ["r", "r", "r"], caption=caption[:1].upper() + caption[1:])
+    return Table(
+        [*(key.replace("_", " ") for key in keys), "accuracy", "95% CI", "vs baseline (points)"],
+        rows,
+        align=["l"] * len(keys) + ["r", "r", "r"],
+        caption=caption[:1].upper() + caption[1:],
+    )
 
 
 def _cell(key: str, value) -> str:
@@ -176,9 +247,16 @@ def _cell(key: str, value) -> str:
 
 
 def _cost_row(role: str, name: str, record: dict, members: str = "") -> list[str]:
-    return [role, name, fmt.pct(record.get("acc")), fmt.pct_interval(record.get("ci95")),
-            fmt.params(record.get("params")), fmt.memory_mb(record.get("peak_memory_mb")),
-            fmt.milliseconds(record.get("latency_ms_p50")), members]
+    return [
+        role,
+        name,
+        fmt.pct(record.get("acc")),
+        fmt.pct_interval(record.get("ci95")),
+        fmt.params(record.get("params")),
+        fmt.memory_mb(record.get("peak_memory_mb")),
+        fmt.milliseconds(record.get("latency_ms_p50")),
+        members,
+    ]
 
 
 def learning_vs_working_section(study: dict) -> list[Block]:
@@ -188,15 +266,20 @@ def learning_vs_working_section(study: dict) -> list[Block]:
     untrained = best_run(runs_in_group(study, UNTRAINED))
     blocks: list[Block] = [Heading("Learning from vs working with")]
     if together is None:
-        blocks.append(Paragraph("No collaboration runs in this study (mutual learning, collaborative "
-                                "teaching, ensembles, debate). Add them to the experiment to compare "
-                                "learning from a teacher with small models working together."))
+        blocks.append(
+            Paragraph(
+                "No collaboration runs in this study (mutual learning, collaborative "
+                "teaching, ensembles, debate). Add them to the experiment to compare "
+                "learning from a teacher with small models working together."
+            )
+        )
     rows = []
     if taught:
         rows.append(_cost_row("best taught student", taught["label"], taught))
     if together:
-        rows.append(_cost_row("best collaborating group", together["label"], together,
-                              ", ".join(together.get("members") or [])))
+        rows.append(
+            _cost_row("best collaborating group", together["label"], together, ", ".join(together.get("members") or []))
+        )
     if untrained:
         rows.append(_cost_row("best untrained student", untrained["label"], untrained))
     for teacher in study["teachers"]:
@@ -205,18 +288,25 @@ def learning_vs_working_section(study: dict) -> list[Block]:
     rows.append(_baseline_row(study, 8, acc_column=2))
     if taught and together:
         blocks.append(Paragraph(_learning_sentence(taught, together)))
-    blocks.append(Table(["role", "model", "accuracy", "95% CI", "parameters", "peak memory", "latency p50",
-                         "members"], rows, align=["l", "l", "r", "r", "r", "r", "r", "l"],
-                        caption="A group's cost is the sum of its members' (parameters, memory, latency)."))
+    blocks.append(
+        Table(
+            ["role", "model", "accuracy", "95% CI", "parameters", "peak memory", "latency p50", "members"],
+            rows,
+            align=["l", "l", "r", "r", "r", "r", "r", "l"],
+            caption="A group's cost is the sum of its members' (parameters, memory, latency).",
+        )
+    )
     return blocks
 
 
 def _learning_sentence(taught: dict, together: dict) -> str:
     gap = together["acc"] - taught["acc"]
     side = "above" if gap > 0 else "below" if gap < 0 else "level with"
-    sentence = (f"The best collaborating group ({together['label']}, {fmt.pct(together['acc'])}) is "
-                f"{f'{100 * abs(gap):.1f} points ' if gap else ''}{side} the best taught student "
-                f"({taught['label']}, {fmt.pct(taught['acc'])})")
+    sentence = (
+        f"The best collaborating group ({together['label']}, {fmt.pct(together['acc'])}) is "
+        f"{f'{100 * abs(gap):.1f} points ' if gap else ''}{side} the best taught student "
+        f"({taught['label']}, {fmt.pct(taught['acc'])})"
+    )
     mine, theirs = together.get("params"), taught.get("params")
     if fmt.is_number(mine) and fmt.is_number(theirs) and theirs > 0:
         sentence += f" and costs {mine / theirs:.1f}x its parameters ({fmt.params(mine)} vs {fmt.params(theirs)})"
@@ -232,25 +322,42 @@ def loss_section(study: dict, runs: list[dict]) -> list[Block]:
     with_bpb = fmt.decimal(correlations["acc_vs_bpb_pearson"], 2)
     with_params = fmt.decimal(correlations["acc_vs_log_params_pearson"], 2)
     blocks: list[Block] = [Heading("Pre-training loss as the guide")]
-    blocks.append(Paragraph(
-        f"Across {len(measured)} run(s) with a bits-per-byte measurement (taken before training), the "
-        f"Pearson correlation of accuracy with bits per byte is {with_bpb} "
-        f"and with log parameters {with_params}. A strongly "
-        "negative first number means lower loss predicts higher accuracy (Du et al. 2024)."))
+    blocks.append(
+        Paragraph(
+            f"Across {len(measured)} run(s) with a bits-per-byte measurement (taken before training), the "
+            f"Pearson correlation of accuracy with bits per byte is {with_bpb} "
+            f"and with log parameters {with_params}. A strongly "
+            "negative first number means lower loss predicts higher accuracy (Du et al. 2024)."
+        )
+    )
     png = plots.accuracy_vs_bpb_and_params(runs, correlations)
     if png:
-        blocks.append(Figure("accuracy_vs_bpb_and_params", "Accuracy against bits per byte and parameters", png,
-                             "Left: accuracy against the student's bits per byte before training. Right: the "
-                             "same runs against parameters."))
+        blocks.append(
+            Figure(
+                "accuracy_vs_bpb_and_params",
+                "Accuracy against bits per byte and parameters",
+                png,
+                "Left: accuracy against the student's bits per byte before training. Right: the "
+                "same runs against parameters.",
+            )
+        )
     by_student: dict[str, dict] = {}
     for run in measured:
         name = run.get("student") or run["label"]
         if name not in by_student or run["acc"] > by_student[name]["acc"]:
             by_student[name] = run
-    rows = [[name, fmt.params(run.get("params")), fmt.decimal(run["bits_per_byte"]), fmt.pct(run["acc"])]
-            for name, run in sorted(by_student.items(), key=lambda item: item[1]["bits_per_byte"])]
-    blocks.append(Table(["student", "parameters", "bits per byte", "best accuracy"], rows,
-                        align=["l", "r", "r", "r"], caption="Each student once, lowest bits per byte first."))
+    rows = [
+        [name, fmt.params(run.get("params")), fmt.decimal(run["bits_per_byte"]), fmt.pct(run["acc"])]
+        for name, run in sorted(by_student.items(), key=lambda item: item[1]["bits_per_byte"])
+    ]
+    blocks.append(
+        Table(
+            ["student", "parameters", "bits per byte", "best accuracy"],
+            rows,
+            align=["l", "r", "r", "r"],
+            caption="Each student once, lowest bits per byte first.",
+        )
+    )
     return blocks
 
 
@@ -259,17 +366,32 @@ def recovery_section(study: dict) -> list[Block]:
     recovered = [s for s in study.get("students") or [] if s.get("recovered")]
     if not recovered:
         return []
-    rows = [[s["name"], s.get("cut") or fmt.MISSING, fmt.params(s.get("params")),
-             fmt.decimal(s.get("bits_per_byte_before_recovery")),
-             fmt.decimal(s.get("bits_per_byte_after_recovery")), str(s.get("recovery_steps") or fmt.MISSING),
-             f"{s['recovery_tokens']:,}" if isinstance(s.get("recovery_tokens"), int) else fmt.MISSING,
-             fmt.seconds(s.get("recovery_seconds"))] for s in recovered]
-    return [Heading("Recovery of cut students"),
-            Paragraph("A student cut from a larger model first relearns language from it: distillation "
-                      "(KL to the parent's next-token distribution) on the task's training text, before "
-                      "it learns the task. Bits per byte on held-out validation text, lower is better."),
-            Table(["student", "cut", "parameters", "bits/byte cut", "bits/byte recovered", "steps", "tokens",
-                   "time"], rows, align=["l", "l", "r", "r", "r", "r", "r", "r"])]
+    rows = [
+        [
+            s["name"],
+            s.get("cut") or fmt.MISSING,
+            fmt.params(s.get("params")),
+            fmt.decimal(s.get("bits_per_byte_before_recovery")),
+            fmt.decimal(s.get("bits_per_byte_after_recovery")),
+            str(s.get("recovery_steps") or fmt.MISSING),
+            f"{s['recovery_tokens']:,}" if isinstance(s.get("recovery_tokens"), int) else fmt.MISSING,
+            fmt.seconds(s.get("recovery_seconds")),
+        ]
+        for s in recovered
+    ]
+    return [
+        Heading("Recovery of cut students"),
+        Paragraph(
+            "A student cut from a larger model first relearns language from it: distillation "
+            "(KL to the parent's next-token distribution) on the task's training text, before "
+            "it learns the task. Bits per byte on held-out validation text, lower is better."
+        ),
+        Table(
+            ["student", "cut", "parameters", "bits/byte cut", "bits/byte recovered", "steps", "tokens", "time"],
+            rows,
+            align=["l", "l", "r", "r", "r", "r", "r", "r"],
+        ),
+    ]
 
 
 def search_section(study: dict) -> list[Block]:
@@ -284,34 +406,70 @@ def search_section(study: dict) -> list[Block]:
         share = f" ({saved / ladder:.0%} of the ladder)" if fmt.is_number(ladder) and ladder else ""
         text += f" and saved {saved} training run(s){share} against training the full ladder"
     blocks: list[Block] = [Heading("Loss-guided search"), Paragraph(text + ".")]
-    others = [f"{key.replace('_', ' ')}: {_cell(key, value)}" for key, value in search.items()
-              if key not in ("trained", "ladder", "saved")]
+    others = [
+        f"{key.replace('_', ' ')}: {_cell(key, value)}"
+        for key, value in search.items()
+        if key not in ("trained", "ladder", "saved")
+    ]
     return blocks + ([Bullets(others)] if others else [])
 
 
 def runs_section(study: dict) -> list[Block]:
     """Every run, smallest first, failed and pending ones included."""
-    ordered = sorted(study["runs"], key=lambda run: (
-        run.get("params") if fmt.is_number(run.get("params")) else float("inf"), -(run.get("acc") or 0)))
+    ordered = sorted(
+        study["runs"],
+        key=lambda run: (
+            run.get("params") if fmt.is_number(run.get("params")) else float("inf"),
+            -(run.get("acc") or 0),
+        ),
+    )
     judged = [t for t in study["teachers"] if fmt.is_number(t.get("acc"))]
     teachers = [t["name"] for t in judged]
     headers = [f"p vs {t['name']}" + ("" if is_measured(t) else f" ({fmt.REPORTED})") for t in judged]
-    rows = [[run["label"], run.get("group", TAUGHT), fmt.params(run.get("params")), fmt.pct(run.get("acc")),
-             fmt.pct_interval(run.get("ci95")), fmt.memory_mb(run.get("peak_memory_mb")),
-             fmt.milliseconds(run.get("latency_ms_p50")), fmt.decimal(run.get("bits_per_byte")),
-             fmt.seconds(run.get("train_seconds")), _count(run.get("truncated")),
-             *[fmt.p_value(((run.get("vs_teachers") or {}).get(name) or {}).get("p_value")) for name in teachers],
-             str(run.get("status", "done"))] for run in ordered]
+    rows = [
+        [
+            run["label"],
+            run.get("group", TAUGHT),
+            fmt.params(run.get("params")),
+            fmt.pct(run.get("acc")),
+            fmt.pct_interval(run.get("ci95")),
+            fmt.memory_mb(run.get("peak_memory_mb")),
+            fmt.milliseconds(run.get("latency_ms_p50")),
+            fmt.decimal(run.get("bits_per_byte")),
+            fmt.seconds(run.get("train_seconds")),
+            _count(run.get("truncated")),
+            *[fmt.p_value(((run.get("vs_teachers") or {}).get(name) or {}).get("p_value")) for name in teachers],
+            str(run.get("status", "done")),
+        ]
+        for run in ordered
+    ]
     width = 11 + len(teachers)
     rows.append(_baseline_row(study, width, acc_column=3))
-    return [Heading("Every run"),
-            Table(["run", "group", "parameters", "accuracy", "95% CI", "peak memory", "latency p50",
-                   "bits/byte", "training", "inputs cut", *headers, "status"],
-                  rows, align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *["r"] * len(teachers), "l"],
-                  caption="p vs a teacher: the share of paired bootstrap resamples of the test questions in "
-                          "which the run does not beat that teacher (against a reported teacher: its "
-                          "number). Inputs cut: test inputs whose evidence was cut to fit the input "
-                          "budget, the question kept. Also in runs.csv and runs.json next to this report.")]
+    return [
+        Heading("Every run"),
+        Table(
+            [
+                "run",
+                "group",
+                "parameters",
+                "accuracy",
+                "95% CI",
+                "peak memory",
+                "latency p50",
+                "bits/byte",
+                "training",
+                "inputs cut",
+                *headers,
+                "status",
+            ],
+            rows,
+            align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", *["r"] * len(teachers), "l"],
+            caption="p vs a teacher: the share of paired bootstrap resamples of the test questions in "
+            "which the run does not beat that teacher (against a reported teacher: its "
+            "number). Inputs cut: test inputs whose evidence was cut to fit the input "
+            "budget, the question kept. Also in runs.csv and runs.json next to this report.",
+        ),
+    ]
 
 
 def _count(value) -> str:
@@ -319,9 +477,19 @@ def _count(value) -> str:
 
 
 def reproducibility_section(study: dict) -> list[Block]:
-    facts = [f"{name}: {study[key]}" for name, key in (
-        ("experiment", "experiment"), ("task", "task"), ("split", "split"), ("test questions", "n_test"),
-        ("created", "created"), ("config hash", "config_hash"), ("data hash", "data_hash")) if study.get(key)]
+    facts = [
+        f"{name}: {study[key]}"
+        for name, key in (
+            ("experiment", "experiment"),
+            ("task", "task"),
+            ("split", "split"),
+            ("test questions", "n_test"),
+            ("created", "created"),
+            ("config hash", "config_hash"),
+            ("data hash", "data_hash"),
+        )
+        if study.get(key)
+    ]
     blocks: list[Block] = [Heading("Reproducibility"), Bullets(facts or ["no identifying fields in this study"])]
     versions = study.get("versions") or {}
     if versions:

@@ -8,11 +8,36 @@ import json
 import os
 from pathlib import Path
 
-RUN_COLUMNS = ["run_key", "label", "student", "params", "method", "objective", "seed", "group", "members",
-               "acc", "ci95_low", "ci95_high", "peak_memory_mb", "latency_ms_p50", "bits_per_byte",
-               "train_seconds", "status"]
-STUDY_FIELDS = ["experiment", "task", "split", "n_test", "created", "config_hash", "data_hash",
-                "majority_baseline", "versions"]
+RUN_COLUMNS = [
+    "run_key",
+    "label",
+    "student",
+    "params",
+    "method",
+    "objective",
+    "seed",
+    "group",
+    "members",
+    "acc",
+    "ci95_low",
+    "ci95_high",
+    "peak_memory_mb",
+    "latency_ms_p50",
+    "bits_per_byte",
+    "train_seconds",
+    "status",
+]
+STUDY_FIELDS = [
+    "experiment",
+    "task",
+    "split",
+    "n_test",
+    "created",
+    "config_hash",
+    "data_hash",
+    "majority_baseline",
+    "versions",
+]
 
 
 def runs_csv(runs: list[dict]) -> str:
@@ -23,8 +48,7 @@ def runs_csv(runs: list[dict]) -> str:
     writer.writeheader()
     for run in runs:
         interval = run.get("ci95") or [None, None]
-        row = {**run, "ci95_low": interval[0], "ci95_high": interval[1],
-               "members": ";".join(run.get("members") or [])}
+        row = {**run, "ci95_low": interval[0], "ci95_high": interval[1], "members": ";".join(run.get("members") or [])}
         row.pop("ci95", None)
         writer.writerow({key: _csv_value(row.get(key)) for key in writer.fieldnames})
     return buffer.getvalue()

@@ -51,9 +51,9 @@ def render_html(blocks: list[Block], title: str) -> str:
     sections = [block for block in blocks if isinstance(block, Heading) and block.level == 2]
     nav = " ".join(f'<a href="#{_anchor(block.text)}">{html.escape(block.text)}</a>' for block in sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{POLICY}\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
         f"{_with_nav(body, nav)}\n</main>\n</body>\n</html>\n"
     )
@@ -80,14 +80,17 @@ def _render(block: Block) -> str:
         return html_table(block)
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
-        return (f'<figure id="{_anchor(block.name)}"><img alt="{html.escape(block.title)}" '
-                f'src="data:image/png;base64,{data}"><figcaption><strong>{html.escape(block.title)}.</strong> '
-                f"{html.escape(block.caption)}</figcaption></figure>")
+        return (
+            f'<figure id="{_anchor(block.name)}"><img alt="{html.escape(block.title)}" '
+            f'src="data:image/png;base64,{data}"><figcaption><strong>{html.escape(block.title)}.</strong> '
+            f"{html.escape(block.caption)}</figcaption></figure>"
+        )
     raise TypeError(f"no HTML for {type(block).__name__}")
 
 
 def html_table(table: Table) -> str:
     """A table; rows about a teacher reported, not measured are set apart, as are reference rows."""
+
     def cell(tag: str, index: int, text: str) -> str:
         css = ' class="num"' if table.alignment(index) == "r" else ""
         return f"<{tag}{css}>{html.escape(str(text))}</{tag}>"
@@ -96,11 +99,13 @@ def html_table(table: Table) -> str:
     rows = []
     for row in table.rows:
         reference = bool(row) and (row[0].startswith("teacher ") or row[0] == "majority baseline")
-        css = (' class="reported"' if REPORTED in " ".join(row) else ' class="reference"' if reference else "")
+        css = ' class="reported"' if REPORTED in " ".join(row) else ' class="reference"' if reference else ""
         rows.append(f"<tr{css}>" + "".join(cell("td", i, text) for i, text in enumerate(row)) + "</tr>")
     caption = f'<p class="caption">{html.escape(table.caption)}</p>' if table.caption else ""
-    return (f'{caption}<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        f'{caption}<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def _anchor(text: str) -> str:

@@ -27,9 +27,17 @@ def _render(block: Block, figure_folder: str) -> str:
     if isinstance(block, Paragraph):
         return textwrap.fill(_inert(block.text), WIDTH, break_on_hyphens=False, break_long_words=False)
     if isinstance(block, Bullets):
-        return "\n".join(textwrap.fill(_inert(item), WIDTH, initial_indent="- ", subsequent_indent="  ",
-                                       break_on_hyphens=False, break_long_words=False)
-                         for item in block.items)
+        return "\n".join(
+            textwrap.fill(
+                _inert(item),
+                WIDTH,
+                initial_indent="- ",
+                subsequent_indent="  ",
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+            for item in block.items
+        )
     if isinstance(block, Table):
         return markdown_table(block)
     if isinstance(block, Figure):
@@ -47,12 +55,19 @@ def markdown_table(table: Table) -> str:
     widths = [max([3, len(header[i])] + [len(row[i]) for row in body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        padded = [cell.rjust(widths[i]) if table.alignment(i) == "r" else cell.ljust(widths[i])
-                  for i, cell in enumerate(cells)]
+        padded = [
+            cell.rjust(widths[i]) if table.alignment(i) == "r" else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "| " + " | ".join("-" * (widths[i] - 1) + ":" if table.alignment(i) == "r" else "-" * widths[i]
-                             for i in range(len(header))) + " |"
+    rule = (
+        "| "
+        + " | ".join(
+            "-" * (widths[i] - 1) + ":" if table.alignment(i) == "r" else "-" * widths[i] for i in range(len(header))
+        )
+        + " |"
+    )
     lines = [line(header), rule, *(line(row) for row in body)]
     if caption:
         lines.insert(0, textwrap.fill(caption, WIDTH, break_on_hyphens=False) + "\n")

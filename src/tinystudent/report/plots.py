@@ -35,8 +35,9 @@ def objective_colours(runs: list[dict]) -> dict[str, str]:
     return {objective: palette[i % len(palette)] for i, objective in enumerate(objectives)}
 
 
-def accuracy_vs_cost(study: dict, runs: list[dict], cost_key: str, xlabel: str,
-                     frontier: bool = False) -> Optional[bytes]:
+def accuracy_vs_cost(
+    study: dict, runs: list[dict], cost_key: str, xlabel: str, frontier: bool = False
+) -> Optional[bytes]:
     """Accuracy of every finished run against one cost (params or peak_memory_mb).
 
     Args:
@@ -67,8 +68,13 @@ def accuracy_vs_cost(study: dict, runs: list[dict], cost_key: str, xlabel: str,
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: formatter(value)))
     ax.set_xlabel(xlabel)
     _finish_accuracy_axis(ax)
-    ax.legend(handles=_legend_handles(shown, colours, study, frontier), loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.legend(
+        handles=_legend_handles(shown, colours, study, frontier),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
     return _png(figure)
 
 
@@ -98,8 +104,13 @@ def accuracy_vs_bpb_and_params(runs: list[dict], correlations: dict) -> Optional
     for ax in (left, right):
         _finish_accuracy_axis(ax)
     right.set_ylabel("")
-    right.legend(handles=_legend_handles(shown, colours, None, False), loc="upper left",
-                 bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    right.legend(
+        handles=_legend_handles(shown, colours, None, False),
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
     return _png(figure)
 
 
@@ -130,10 +141,27 @@ def _scatter_runs(ax, runs: list[dict], positions: dict[int, float], colours: di
         interval = run.get("ci95")
         if fmt.points_interval(interval) != fmt.MISSING:
             below, above = max(0.0, y - interval[0]), max(0.0, interval[1] - y)
-            ax.errorbar([x], [y], yerr=[[below], [above]], fmt="none", ecolor=colour, alpha=0.55,
-                        elinewidth=1.2, capsize=3, zorder=2)
-        ax.scatter([x], [y], s=46, marker=marker, zorder=3, linewidths=1.5,
-                   facecolors="white" if hollow else colour, edgecolors=colour)
+            ax.errorbar(
+                [x],
+                [y],
+                yerr=[[below], [above]],
+                fmt="none",
+                ecolor=colour,
+                alpha=0.55,
+                elinewidth=1.2,
+                capsize=3,
+                zorder=2,
+            )
+        ax.scatter(
+            [x],
+            [y],
+            s=46,
+            marker=marker,
+            zorder=3,
+            linewidths=1.5,
+            facecolors="white" if hollow else colour,
+            edgecolors=colour,
+        )
 
 
 def _draw_frontier(ax, frontier: list[dict], positions: dict[int, float]) -> None:
@@ -145,8 +173,15 @@ def _draw_frontier(ax, frontier: list[dict], positions: dict[int, float]) -> Non
     ax.plot(xs, ys, drawstyle="steps-post", color="#f4a300", linewidth=5, alpha=0.35, zorder=1)
     ax.scatter(xs, ys, s=190, facecolors="none", edgecolors="#f4a300", linewidths=2.2, zorder=4)
     for run, x, y in zip(frontier, xs, ys):
-        ax.annotate(_short_label(run), (x, y), textcoords="offset points", xytext=(7, -11),
-                    fontsize=7, color="#7a5200", zorder=5)
+        ax.annotate(
+            _short_label(run),
+            (x, y),
+            textcoords="offset points",
+            xytext=(7, -11),
+            fontsize=7,
+            color="#7a5200",
+            zorder=5,
+        )
 
 
 def _short_label(run: dict) -> str:
@@ -162,30 +197,57 @@ def _reference_lines(ax, study: dict) -> None:
         measured = is_measured(teacher)
         ax.axhline(teacher["acc"], color=colour, linestyle="-" if measured else "--", linewidth=1.6, zorder=1)
         note = "" if measured else " (reported)"
-        ax.text(0.995, teacher["acc"], f"{teacher['name']} {fmt.pct(teacher['acc'])}{note}",
-                transform=on_right, ha="right", va="bottom", fontsize=7.5, color=colour)
+        ax.text(
+            0.995,
+            teacher["acc"],
+            f"{teacher['name']} {fmt.pct(teacher['acc'])}{note}",
+            transform=on_right,
+            ha="right",
+            va="bottom",
+            fontsize=7.5,
+            color=colour,
+        )
     baseline = study.get("majority_baseline")
     if fmt.is_number(baseline):
         ax.axhline(baseline, color="#777777", linestyle=":", linewidth=1.4, zorder=1)
-        ax.text(0.005, baseline, f"majority baseline {fmt.pct(baseline)}", transform=on_right,
-                ha="left", va="bottom", fontsize=7.5, color="#555555")
+        ax.text(
+            0.005,
+            baseline,
+            f"majority baseline {fmt.pct(baseline)}",
+            transform=on_right,
+            ha="left",
+            va="bottom",
+            fontsize=7.5,
+            color="#555555",
+        )
 
 
 def _legend_handles(runs: list[dict], colours: dict[str, str], study: Optional[dict], frontier: bool) -> list:
     present = list(dict.fromkeys(str(run.get("objective", "?")) for run in runs))
     handles = [Line2D([], [], marker="o", linestyle="", color=colours[o], label=o) for o in present]
     groups = list(dict.fromkeys(run.get("group", TAUGHT) for run in runs))
-    handles += [Line2D([], [], marker=GROUP_MARKERS.get(g, "o"), linestyle="", color="#444444",
-                       label=f"{g} run") for g in groups]
+    handles += [
+        Line2D([], [], marker=GROUP_MARKERS.get(g, "o"), linestyle="", color="#444444", label=f"{g} run")
+        for g in groups
+    ]
     if any(run.get("method") == "lora" for run in runs):
-        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
-                              markeredgecolor="#444444", color="#444444", label="hollow: LoRA"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markerfacecolor="white",
+                markeredgecolor="#444444",
+                color="#444444",
+                label="hollow: LoRA",
+            )
+        )
     if study is not None:
         if any(is_measured(t) for t in study.get("teachers", [])):
             handles.append(Line2D([], [], color="#444444", label="teacher (measured)"))
         if any(not is_measured(t) for t in study.get("teachers", [])):
-            handles.append(Line2D([], [], color="#444444", linestyle="--",
-                                  label="teacher (reported, not measured)"))
+            handles.append(Line2D([], [], color="#444444", linestyle="--", label="teacher (reported, not measured)"))
         if fmt.is_number(study.get("majority_baseline")):
             handles.append(Line2D([], [], color="#777777", linestyle=":", label="majority baseline"))
     if frontier:

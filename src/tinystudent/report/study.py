@@ -36,8 +36,10 @@ def validate_study(study, origin: str = "study") -> dict:
         raise StudyError(f"{origin}: expected a JSON object (the study), got {type(study).__name__}")
     for key in ("teachers", "runs"):
         if not isinstance(study.get(key), list):
-            raise StudyError(f"{origin}: '{key}' must be a list; got {study.get(key)!r:.60}. A study "
-                             "comes from `tinystudent run` (or load_study) and always has teachers and runs")
+            raise StudyError(
+                f"{origin}: '{key}' must be a list; got {study.get(key)!r:.60}. A study "
+                "comes from `tinystudent run` (or load_study) and always has teachers and runs"
+            )
     for index, teacher in enumerate(study["teachers"]):
         where = f"{origin}: teachers[{index}]"
         _require_mapping(teacher, where)
@@ -67,8 +69,7 @@ def _validate_comparisons(comparisons, origin: str) -> None:
     if comparisons is None:
         return
     if not isinstance(comparisons, dict):
-        raise StudyError(f"{origin}: 'comparisons' must be an object of named lists, got "
-                         f"{type(comparisons).__name__}")
+        raise StudyError(f"{origin}: 'comparisons' must be an object of named lists, got {type(comparisons).__name__}")
     for name, groups in comparisons.items():
         if groups is None:
             continue
@@ -99,8 +100,10 @@ def _require_fraction(record: dict, key: str, where: str, required: bool) -> Non
     if value is None and not required:
         return
     if not is_number(value) or not 0.0 <= value <= 1.0:
-        raise StudyError(f"{where}: '{key}' must be a fraction between 0 and 1 (0.41 for 41%), got "
-                         f"{value!r:.60}; regenerate the study with `tinystudent run` or fix that record")
+        raise StudyError(
+            f"{where}: '{key}' must be a fraction between 0 and 1 (0.41 for 41%), got "
+            f"{value!r:.60}; regenerate the study with `tinystudent run` or fix that record"
+        )
 
 
 def _require_interval(record: dict, where: str) -> None:
@@ -123,8 +126,7 @@ def teachers_by_name(study: dict) -> dict[str, dict]:
 
 def finished_runs(study: dict) -> list[dict]:
     """Runs that finished with an accuracy (failed or pending runs appear only in the runs table)."""
-    return [run for run in study["runs"]
-            if run.get("status", DONE) == DONE and is_number(run.get("acc"))]
+    return [run for run in study["runs"] if run.get("status", DONE) == DONE and is_number(run.get("acc"))]
 
 
 def runs_in_group(study: dict, group: str) -> list[dict]:
@@ -149,8 +151,7 @@ def pareto_frontier(runs: list[dict], cost_key: str = "params") -> list[dict]:
     Walking runs from cheapest to dearest, a run joins the frontier when it is more accurate than
     every cheaper one (at equal cost only the most accurate counts).
     """
-    costed = sorted((run for run in runs if is_number(run.get(cost_key))),
-                    key=lambda run: (run[cost_key], -run["acc"]))
+    costed = sorted((run for run in runs if is_number(run.get(cost_key))), key=lambda run: (run[cost_key], -run["acc"]))
     frontier, best_so_far = [], -math.inf
     for run in costed:
         if run["acc"] > best_so_far:
@@ -175,8 +176,9 @@ def bpb_correlations(study: dict) -> dict:
     computed = {
         "acc_vs_bpb_pearson": pearson([run["bits_per_byte"] for run in runs], accs),
         "acc_vs_log_params_pearson": pearson(
-            [math.log10(run["params"]) if is_number(run.get("params")) and run["params"] > 0 else None
-             for run in runs], accs),
+            [math.log10(run["params"]) if is_number(run.get("params")) and run["params"] > 0 else None for run in runs],
+            accs,
+        ),
     }
     return {key: given[key] if key in given else value for key, value in computed.items()}
 

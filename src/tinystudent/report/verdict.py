@@ -18,8 +18,12 @@ def verdict_section(study: dict) -> list[Block]:
     entries = study.get("verdict") or []
     blocks: list[Block] = [Heading("Verdict")]
     if not entries:
-        blocks.append(Paragraph("This study has no verdict yet: no finished student run has been compared "
-                                "with a teacher. Run the experiment to the end and render the report again."))
+        blocks.append(
+            Paragraph(
+                "This study has no verdict yet: no finished student run has been compared "
+                "with a teacher. Run the experiment to the end and render the report again."
+            )
+        )
         return blocks
     teachers = teachers_by_name(study)
     for teacher_name in _teacher_order(entries):
@@ -27,15 +31,19 @@ def verdict_section(study: dict) -> list[Block]:
         teacher = teachers.get(teacher_name, {})
         best = any(entry.get("best_teacher") for entry in own)
         blocks.append(Heading(_teacher_title(own[0], teacher, best), 3))
-        blocks.append(Bullets([verdict_sentence(entry, teacher, study.get("majority_baseline")) for entry in own],
-                              callout=True))
+        blocks.append(
+            Bullets([verdict_sentence(entry, teacher, study.get("majority_baseline")) for entry in own], callout=True)
+        )
     n_test = study.get("n_test")
     questions = f"the same {n_test} test questions" if fmt.is_number(n_test) else "the same test questions"
-    blocks.append(Paragraph(
-        f"Differences are student minus teacher in percentage points on {questions}, with a 95% "
-        "interval from a paired bootstrap; p is the share of resamples in which the student does not "
-        "beat the teacher. A teacher whose accuracy was only reported elsewhere has no answers to pair "
-        "with, so comparisons with it are against its reported number."))
+    blocks.append(
+        Paragraph(
+            f"Differences are student minus teacher in percentage points on {questions}, with a 95% "
+            "interval from a paired bootstrap; p is the share of resamples in which the student does not "
+            "beat the teacher. A teacher whose accuracy was only reported elsewhere has no answers to pair "
+            "with, so comparisons with it are against its reported number."
+        )
+    )
     blocks.append(verdict_table(entries, teachers))
     return blocks
 
@@ -55,7 +63,7 @@ def _teacher_order(entries: list[dict]) -> list[str]:
 
 
 def teacher_mention(name: str, acc, measured: bool) -> str:
-    """"X (acc 52.0%)" or "X (acc 73.8%, reported, not measured)"."""
+    """ "X (acc 52.0%)" or "X (acc 73.8%, reported, not measured)"."""
     marker = "" if measured else f", {fmt.REPORTED}"
     return f"{name} (acc {fmt.pct(acc)}{marker})"
 
@@ -67,7 +75,7 @@ def _entry_measured(entry: dict, teacher: dict) -> bool:
 
 
 def _teacher_title(entry: dict, teacher: dict, best: bool) -> str:
-    """"Against X, the best teacher (acc 73.8%, reported, not measured; source: ...)"."""
+    """ "Against X, the best teacher (acc 73.8%, reported, not measured; source: ...)"."""
     acc = entry.get("teacher_acc", teacher.get("acc"))
     details = [f"acc {fmt.pct(acc)}"]
     if not _entry_measured(entry, teacher):
@@ -93,29 +101,47 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
     winner = entry.get("smallest_winner")
     loser = entry.get("largest_loser")
     if winner:
-        evidence = _evidence(entry.get("winner_acc"), entry.get("diff"), entry.get("diff_ci95"),
-                             entry.get("p_value"), entry.get("subset"))
+        evidence = _evidence(
+            entry.get("winner_acc"),
+            entry.get("diff"),
+            entry.get("diff_ci95"),
+            entry.get("p_value"),
+            entry.get("subset"),
+        )
         boundary = ""
         if loser:
-            evidence = _evidence(loser.get("acc"), loser.get("diff"), loser.get("diff_ci95"), loser.get("p_value"),
-                                 loser.get("subset"))
-            boundary = (f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
-                        f"({_size(loser, by)}, {evidence}).")
+            evidence = _evidence(
+                loser.get("acc"), loser.get("diff"), loser.get("diff_ci95"), loser.get("p_value"), loser.get("subset")
+            )
+            boundary = (
+                f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
+                f"({_size(loser, by)}, {evidence})."
+            )
         trivial = ""
-        if fmt.is_number(baseline) and fmt.is_number(entry.get("winner_acc")) \
-                and round(entry["winner_acc"], 4) <= round(baseline, 4):  # the study rounds to 4 places
-            trivial = (f" It does no better than always giving the most common answer (the majority baseline, "
-                       f"{fmt.pct(baseline)}): the teacher is beaten, the task is not yet learnt.")
-        return (f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
-                f"{_cost_clause(entry, teacher, by)}.{trivial}{boundary}")
+        if (
+            fmt.is_number(baseline)
+            and fmt.is_number(entry.get("winner_acc"))
+            and round(entry["winner_acc"], 4) <= round(baseline, 4)
+        ):  # the study rounds to 4 places
+            trivial = (
+                f" It does no better than always giving the most common answer (the majority baseline, "
+                f"{fmt.pct(baseline)}): the teacher is beaten, the task is not yet learnt."
+            )
+        return (
+            f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
+            f"{_cost_clause(entry, teacher, by)}.{trivial}{boundary}"
+        )
     closest = entry.get("closest")
     if not closest:
         return f"By {measure}, no student beats {who}, and no finished student run could be compared with it."
-    evidence = _evidence(closest.get("acc"), closest.get("diff"), closest.get("diff_ci95"),
-                         closest.get("p_value"), closest.get("subset"))
+    evidence = _evidence(
+        closest.get("acc"), closest.get("diff"), closest.get("diff_ci95"), closest.get("p_value"), closest.get("subset")
+    )
     largest = ""
     if loser and loser.get("label") != closest.get("label"):
-        largest = f" The largest student tried, {loser.get('label', '?')} ({_size(loser, by)}), does not beat it either."
+        largest = (
+            f" The largest student tried, {loser.get('label', '?')} ({_size(loser, by)}), does not beat it either."
+        )
     return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence}).{largest}"
 
 
@@ -128,8 +154,10 @@ def _size(record: dict, by: str) -> str:
 def _evidence(acc, diff, interval, p, subset: dict | None = None) -> str:
     parts = [f"acc {fmt.pct(acc)}"]
     if subset:
-        parts = [f"acc {fmt.pct(acc)} on the {subset['n']} of {subset['of']} test questions it answered, "
-                 f"where the teacher has {fmt.pct(subset['teacher_acc'])}"]
+        parts = [
+            f"acc {fmt.pct(acc)} on the {subset['n']} of {subset['of']} test questions it answered, "
+            f"where the teacher has {fmt.pct(subset['teacher_acc'])}"
+        ]
     if fmt.is_number(diff):
         parts.append(f"{fmt.points(diff)} points")
     if fmt.points_interval(interval) != fmt.MISSING:
@@ -143,8 +171,12 @@ def _evidence(acc, diff, interval, p, subset: dict | None = None) -> str:
 
 def _cost_clause(entry: dict, teacher: dict, by: str) -> str:
     if by == "peak_memory_mb":
-        mine, theirs, show, unit = (entry.get("winner_peak_memory_mb"), teacher.get("peak_memory_mb"),
-                                    fmt.memory_mb, "peak memory")
+        mine, theirs, show, unit = (
+            entry.get("winner_peak_memory_mb"),
+            teacher.get("peak_memory_mb"),
+            fmt.memory_mb,
+            "peak memory",
+        )
     else:
         mine, theirs, show, unit = entry.get("winner_params"), teacher.get("params"), fmt.params, "parameters"
     if not fmt.is_number(mine):
@@ -166,17 +198,31 @@ def verdict_table(entries: list[dict], teachers: dict[str, dict]) -> Table:
         closest = entry.get("closest") or {}
         source = entry if winner else closest
         loser = entry.get("largest_loser") or {}
-        rows.append([
-            name + (" [best]" if entry.get("best_teacher") else ""),
-            fmt.pct(entry.get("teacher_acc", teacher.get("acc"))),
-            MEASURES.get(entry.get("by", "params"), str(entry.get("by"))),
-            winner or f"none (closest: {closest.get('label', fmt.MISSING)})",
-            fmt.pct(entry.get("winner_acc") if winner else closest.get("acc")),
-            fmt.points(source.get("diff")),
-            fmt.points_interval(source.get("diff_ci95")),
-            fmt.p_value(source.get("p_value")),
-            f"{loser['label']} ({fmt.pct(loser.get('acc'))})" if loser else fmt.MISSING,
-        ])
-    return Table(["teacher", "teacher acc", "judged by", "smallest student that beats it", "student acc",
-                  "difference (points)", "95% CI (points)", "p", "largest student below that does not"],
-                 rows, align=["l", "r", "l", "l", "r", "r", "r", "r", "l"])
+        rows.append(
+            [
+                name + (" [best]" if entry.get("best_teacher") else ""),
+                fmt.pct(entry.get("teacher_acc", teacher.get("acc"))),
+                MEASURES.get(entry.get("by", "params"), str(entry.get("by"))),
+                winner or f"none (closest: {closest.get('label', fmt.MISSING)})",
+                fmt.pct(entry.get("winner_acc") if winner else closest.get("acc")),
+                fmt.points(source.get("diff")),
+                fmt.points_interval(source.get("diff_ci95")),
+                fmt.p_value(source.get("p_value")),
+                f"{loser['label']} ({fmt.pct(loser.get('acc'))})" if loser else fmt.MISSING,
+            ]
+        )
+    return Table(
+        [
+            "teacher",
+            "teacher acc",
+            "judged by",
+            "smallest student that beats it",
+            "student acc",
+            "difference (points)",
+            "95% CI (points)",
+            "p",
+            "largest student below that does not",
+        ],
+        rows,
+        align=["l", "r", "l", "l", "r", "r", "r", "r", "l"],
+    )

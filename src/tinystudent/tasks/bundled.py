@@ -28,11 +28,16 @@ def _payload() -> dict:
         with gzip.open(BIOASQ_FILE, "rt", encoding="utf-8") as handle:
             payload = json.load(handle)
     except (OSError, EOFError, json.JSONDecodeError) as err:
-        raise TaskFormatError(BIOASQ_FILE, "the file", "the BioASQ data shipped with tinystudent",
-                              f"it is missing or damaged ({err}); reinstall tinystudent") from None
+        raise TaskFormatError(
+            BIOASQ_FILE,
+            "the file",
+            "the BioASQ data shipped with tinystudent",
+            f"it is missing or damaged ({err}); reinstall tinystudent",
+        ) from None
     if payload.get("format") != FORMAT:
-        raise TaskFormatError(BIOASQ_FILE, "format", f"{FORMAT}, found {payload.get('format')!r}",
-                              "reinstall tinystudent")
+        raise TaskFormatError(
+            BIOASQ_FILE, "format", f"{FORMAT}, found {payload.get('format')!r}", "reinstall tinystudent"
+        )
     return payload
 
 
@@ -41,13 +46,26 @@ def load_bioasq() -> TaskData:
     """TinyLLM's BioASQ split: evidence in `context`, the question, choices yes/no."""
     splits = {}
     for split, rows in _payload()["splits"].items():
-        examples = [Example(row["id"], row["question"], YES_NO, YES_NO.index(row["answer"]), row["context"],
-                            None, {"file": str(BIOASQ_FILE), "where": f"{split}[{i}]", "format": "bundled"})
-                    for i, row in enumerate(rows)]
+        examples = [
+            Example(
+                row["id"],
+                row["question"],
+                YES_NO,
+                YES_NO.index(row["answer"]),
+                row["context"],
+                None,
+                {"file": str(BIOASQ_FILE), "where": f"{split}[{i}]", "format": "bundled"},
+            )
+            for i, row in enumerate(rows)
+        ]
         check_examples(examples, BIOASQ_FILE)
         splits[split] = examples
-    origin = {"source": "bundled", "file": BIOASQ_FILE.name, "from": _payload()["source"],
-              "splits": "TinyLLM's own (train 976, validation 109, test 123)"}
+    origin = {
+        "source": "bundled",
+        "file": BIOASQ_FILE.name,
+        "from": _payload()["source"],
+        "splits": "TinyLLM's own (train 976, validation 109, test 123)",
+    }
     return TaskData("bioasq", splits, origin)
 
 

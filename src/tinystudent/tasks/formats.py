@@ -17,7 +17,9 @@ Converter = Callable[[dict, str, str], Example]
 def _field(record: dict, key: str, where: str, path: str, expected: str = "") -> Any:
     if key not in record or record[key] is None:
         raise TaskFormatError(
-            path, where, f"missing field {key!r}" + (f" ({expected})" if expected else ""),
+            path,
+            where,
+            f"missing field {key!r}" + (f" ({expected})" if expected else ""),
             f"the record has {sorted(record)}",
         )
     return record[key]
@@ -36,7 +38,9 @@ def _texts(values: Any, where: str, path: str) -> tuple[str, ...]:
     """Choice texts: each a string or a number; a null, list or object is refused, not turned into
     the text "None"."""
     if not isinstance(values, (list, tuple)):
-        raise TaskFormatError(path, where, f"the choices as a list of texts, got {type(values).__name__} {values!r:.60}")
+        raise TaskFormatError(
+            path, where, f"the choices as a list of texts, got {type(values).__name__} {values!r:.60}"
+        )
     for i, value in enumerate(values):
         if value is None or isinstance(value, (dict, list, bool)):
             raise TaskFormatError(path, where, f"choice {i + 1} as text, got {value!r}", "fix or drop this record")
@@ -119,9 +123,12 @@ def from_tinyllm(record: dict, where: str, path: str) -> Example:
     """
     choices = _field(record, "choices", where, path, "a list of choice texts")
     if not isinstance(choices, list):
-        raise TaskFormatError(path, where, f"'choices' as a list of texts, got {type(choices).__name__} {choices!r:.60}",
-                              "for choices in one string such as 'a|b', pass --columns "
-                              "question=question,choices=choices,answer=answer")
+        raise TaskFormatError(
+            path,
+            where,
+            f"'choices' as a list of texts, got {type(choices).__name__} {choices!r:.60}",
+            "for choices in one string such as 'a|b', pass --columns question=question,choices=choices,answer=answer",
+        )
     answer = _text_index(choices, _field(record, "answer", where, path), where, path)
     question, evidence = split_evidence(str(_field(record, "question", where, path)))
     return Example(
@@ -159,8 +166,9 @@ def from_bioasq(record: dict, where: str, path: str) -> Example:
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 
 
-def _pubmedqa(pmid: str, question: Any, contexts: Any, decision: Any, long_answer: Any,
-              where: str, path: str) -> Example:
+def _pubmedqa(
+    pmid: str, question: Any, contexts: Any, decision: Any, long_answer: Any, where: str, path: str
+) -> Example:
     decision = str(decision).strip().lower()
     if decision not in PUBMEDQA_CHOICES:
         raise TaskFormatError(path, where, f"final_decision yes/no/maybe, got {decision!r}")
@@ -179,8 +187,13 @@ def _pubmedqa(pmid: str, question: Any, contexts: Any, decision: Any, long_answe
 def from_pubmedqa_original(pmid: str, record: dict, where: str, path: str) -> Example:
     """One entry of PubMedQA's `ori_pqal.json` (a dict keyed by PubMed id)."""
     return _pubmedqa(
-        pmid, _field(record, "QUESTION", where, path), record.get("CONTEXTS"),
-        _field(record, "final_decision", where, path), record.get("LONG_ANSWER"), where, path,
+        pmid,
+        _field(record, "QUESTION", where, path),
+        record.get("CONTEXTS"),
+        _field(record, "final_decision", where, path),
+        record.get("LONG_ANSWER"),
+        where,
+        path,
     )
 
 
@@ -190,8 +203,13 @@ def from_pubmedqa_hf(record: dict, where: str, path: str) -> Example:
     if isinstance(context, dict):
         context = context.get("contexts")
     return _pubmedqa(
-        _field(record, "pubid", where, path), _field(record, "question", where, path), context,
-        _field(record, "final_decision", where, path), record.get("long_answer"), where, path,
+        _field(record, "pubid", where, path),
+        _field(record, "question", where, path),
+        context,
+        _field(record, "final_decision", where, path),
+        record.get("long_answer"),
+        where,
+        path,
     )
 
 
@@ -260,8 +278,13 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
 
     def convert(record: dict, where: str, path: str) -> Example:
         if not isinstance(record, dict):
-            raise TaskFormatError(path, where, "a JSON object (or CSV row) with the fields --columns names, got "
-                                  f"{type(record).__name__} {record!r:.60}", "write one object per line")
+            raise TaskFormatError(
+                path,
+                where,
+                "a JSON object (or CSV row) with the fields --columns names, got "
+                f"{type(record).__name__} {record!r:.60}",
+                "write one object per line",
+            )
         spec = columns["choices"]
         if "|" in spec:
             choices = list(_texts([_field(record, c, where, path) for c in spec.split("|")], where, path))
@@ -276,9 +299,12 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
         context = record.get(columns["context"]) if "context" in columns else None
         rationale = record.get(columns["rationale"]) if "rationale" in columns else None
         return Example(
-            id=str(ident), question=str(_field(record, columns["question"], where, path)),
-            choices=tuple(choices), answer=answer,
-            context=str(context) if context else None, rationale=str(rationale) if rationale else None,
+            id=str(ident),
+            question=str(_field(record, columns["question"], where, path)),
+            choices=tuple(choices),
+            answer=answer,
+            context=str(context) if context else None,
+            rationale=str(rationale) if rationale else None,
         )
 
     return convert
@@ -289,9 +315,13 @@ def _boolean_index(raw: bool, choices: list[str], where: str, path: str) -> int:
     for word in ("true", "yes") if raw else ("false", "no"):
         if word in lowered:
             return lowered.index(word)
-    raise TaskFormatError(path, where, "an answer that is a choice's index, letter or text, got the boolean "
-                          f"{str(raw).lower()} and no choice reads true/false or yes/no (choices {choices})",
-                          'write the answer as the choice\'s text, e.g. "answer": "yes"')
+    raise TaskFormatError(
+        path,
+        where,
+        "an answer that is a choice's index, letter or text, got the boolean "
+        f"{str(raw).lower()} and no choice reads true/false or yes/no (choices {choices})",
+        'write the answer as the choice\'s text, e.g. "answer": "yes"',
+    )
 
 
 def _answer_index(raw: Any, choices: list[str], where: str, path: str) -> int:

@@ -68,23 +68,34 @@ def check_examples(examples: list[Example], path: str | Path) -> None:
     seen: dict[str, str] = {}
     for ex in examples:
         where = ex.source.get("where", f"id {ex.id!r}")
-        for name, text in (("question", ex.question), ("context", ex.context or ""),
-                           *(("choice", str(c)) for c in ex.choices)):
+        for name, text in (
+            ("question", ex.question),
+            ("context", ex.context or ""),
+            *(("choice", str(c)) for c in ex.choices),
+        ):
             if len(text) > MAX_FIELD_CHARS:
-                raise TaskFormatError(path, where, f"a {name} of at most {MAX_FIELD_CHARS:,} characters, got "
-                                      f"{len(text):,}", "probably a broken record: fix or drop it")
+                raise TaskFormatError(
+                    path,
+                    where,
+                    f"a {name} of at most {MAX_FIELD_CHARS:,} characters, got {len(text):,}",
+                    "probably a broken record: fix or drop it",
+                )
         if not ex.question.strip():
             raise TaskFormatError(path, where, "an empty question", "every record needs question text")
         if len(ex.choices) < 2 or any(not str(c).strip() for c in ex.choices):
             raise TaskFormatError(
-                path, where, f"at least two non-empty choices, got {list(ex.choices)!r}",
+                path,
+                where,
+                f"at least two non-empty choices, got {list(ex.choices)!r}",
                 "fix or drop this record",
             )
         if not 0 <= ex.answer < len(ex.choices):
             raise TaskFormatError(path, where, f"answer index {ex.answer} outside {len(ex.choices)} choices")
         if ex.id in seen:
             raise TaskFormatError(
-                path, where, f"duplicate id {ex.id!r} (first seen at {seen[ex.id]})",
+                path,
+                where,
+                f"duplicate id {ex.id!r} (first seen at {seen[ex.id]})",
                 "ids must be unique within a task",
             )
         seen[ex.id] = where
@@ -117,7 +128,5 @@ class TaskData:
     def split(self, split: str) -> list[Example]:
         split = normalize_split(split)
         if split not in self.splits:
-            raise KeyError(
-                f"task {self.name!r} has no split {split!r}; it has {sorted(self.splits)}"
-            )
+            raise KeyError(f"task {self.name!r} has no split {split!r}; it has {sorted(self.splits)}")
         return self.splits[split]

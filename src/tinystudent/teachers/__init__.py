@@ -25,7 +25,9 @@ from tinystudent.teachers.base import (
 )
 from tinystudent.teachers.cache import task_key, teacher_key
 from tinystudent.teachers.http import HttpTeacher
-from tinystudent.teachers.imports import (
+from tinystudent.teachers.local import LocalTeacher
+from tinystudent.teachers.prompts import STRATEGIES, get_strategy
+from tinystudent.teachers.rationale_files import (
     FLAN,
     LLAMA,
     ImportedRationale,
@@ -36,8 +38,6 @@ from tinystudent.teachers.imports import (
     read_tinyllm,
     store_rationales,
 )
-from tinystudent.teachers.local import LocalTeacher
-from tinystudent.teachers.prompts import STRATEGIES, get_strategy
 from tinystudent.teachers.teach import SCORING, TeachSummary, load_rationales, teach, teacher_choice_logprobs
 
 
@@ -75,8 +75,7 @@ def _validated(schema: type[BaseModel], settings: dict, where: str) -> dict:
         raise ValueError(f"{where} settings: {problems} (allowed: {sorted(schema.model_fields)})") from None
 
 
-def make_teacher(name: str, base_url: str | None = None, api_key_env: str | None = None,
-                 **settings) -> Teacher:
+def make_teacher(name: str, base_url: str | None = None, api_key_env: str | None = None, **settings) -> Teacher:
     """A teacher by model name: served at `base_url` (OpenAI-compatible) or loaded here.
 
     Args:
@@ -93,13 +92,44 @@ def make_teacher(name: str, base_url: str | None = None, api_key_env: str | None
     from tinystudent.models import load_model
 
     options = _validated(LocalSettings, settings, "local teacher")
-    loaded = load_model(name, device=options["device"], dtype=options["dtype"], kind=options["kind"],
-                        trust_remote_code=options["trust_remote_code"], revision=options["revision"])
+    loaded = load_model(
+        name,
+        device=options["device"],
+        dtype=options["dtype"],
+        kind=options["kind"],
+        trust_remote_code=options["trust_remote_code"],
+        revision=options["revision"],
+    )
     return LocalTeacher(loaded, batch_size=options["batch_size"], chat=options["chat"])
 
 
-__all__ = ["FLAN", "LLAMA", "SCORING", "STRATEGIES", "Generation", "GenerationSettings", "HttpTeacher",
-           "ImportedRationale", "LocalTeacher", "ScoringUnsupported", "TeachSummary", "Teacher",
-           "TeacherError", "TeacherOutput", "TeacherUnavailable", "export_rationales_jsonl", "get_strategy",
-           "import_tinyllm_rationales", "load_rationales", "make_teacher", "read_bundled", "read_rationales_jsonl",
-           "read_tinyllm", "store_rationales", "task_key", "teach", "teacher_choice_logprobs", "teacher_key"]
+__all__ = [
+    "FLAN",
+    "LLAMA",
+    "SCORING",
+    "STRATEGIES",
+    "Generation",
+    "GenerationSettings",
+    "HttpTeacher",
+    "ImportedRationale",
+    "LocalTeacher",
+    "ScoringUnsupported",
+    "TeachSummary",
+    "Teacher",
+    "TeacherError",
+    "TeacherOutput",
+    "TeacherUnavailable",
+    "export_rationales_jsonl",
+    "get_strategy",
+    "import_tinyllm_rationales",
+    "load_rationales",
+    "make_teacher",
+    "read_bundled",
+    "read_rationales_jsonl",
+    "read_tinyllm",
+    "store_rationales",
+    "task_key",
+    "teach",
+    "teacher_choice_logprobs",
+    "teacher_key",
+]

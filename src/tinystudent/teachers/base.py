@@ -70,8 +70,7 @@ class GenerationSettings:
     def cache_fields(self) -> dict:
         """The settings as they enter a cache key: greedy output does not depend on the seed or
         top_p, so they are left out then and changing them still hits the cache."""
-        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                  "stop": list(self.stop)}
+        fields = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "stop": list(self.stop)}
         if self.sampling:
             fields.update(top_p=self.top_p, seed=self.seed)
         return fields
@@ -149,8 +148,9 @@ class Teacher(Protocol):
     def cache_fields(self) -> dict:
         """Backend settings that change outputs beyond the identity and prompt."""
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
-                 seeds: Sequence[int]) -> Iterator[tuple[int, GenerationResult]]:
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings, seeds: Sequence[int]
+    ) -> Iterator[tuple[int, GenerationResult]]:
         """Generate for every prompt; yields (index, Generation or TeacherError) as each finishes,
         in any order. Raises TeacherUnavailable when the teacher cannot be used at all."""
 

@@ -47,7 +47,7 @@ def fetch(store: Store, keys: list[str]) -> dict[str, dict]:
     """Cached rows for the keys that are present (chunked below SQLite's parameter limit)."""
     found: dict[str, dict] = {}
     for start in range(0, len(keys), 500):
-        chunk = keys[start: start + 500]
+        chunk = keys[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for row in store.db.execute(f"SELECT * FROM teacher_outputs WHERE cache_key IN ({marks})", chunk):
             found[row["cache_key"]] = dict(row)
@@ -56,46 +56,80 @@ def fetch(store: Store, keys: list[str]) -> dict[str, dict]:
 
 def save(store: Store, output: TeacherOutput, prompt: str | None, replace: bool = False) -> None:
     """Write one output in its own transaction (the first writer of a key wins unless `replace`)."""
-    conflict = ("DO UPDATE SET created=excluded.created, text=excluded.text, answer=excluded.answer, "
-                "choice_logprobs=excluded.choice_logprobs, matches_gold=excluded.matches_gold, "
-                "meta=excluded.meta") if replace else "DO NOTHING"
+    conflict = (
+        (
+            "DO UPDATE SET created=excluded.created, text=excluded.text, answer=excluded.answer, "
+            "choice_logprobs=excluded.choice_logprobs, matches_gold=excluded.matches_gold, "
+            "meta=excluded.meta"
+        )
+        if replace
+        else "DO NOTHING"
+    )
     with store.transaction() as db:
         db.execute(
             "INSERT INTO teacher_outputs (cache_key, created, teacher, task, example_id, strategy, prompt,"
             " text, answer, choice_logprobs, matches_gold, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             f" ON CONFLICT(cache_key) {conflict}",
-            (output.cache_key, time.time(), output.teacher, output.task, output.example_id,
-             output.strategy, prompt, output.text, output.answer,
-             json.dumps(output.choice_logprobs) if output.choice_logprobs is not None else None,
-             None if output.matches_gold is None else int(output.matches_gold),
-             json.dumps(output.meta, ensure_ascii=False, default=str)),
+            (
+                output.cache_key,
+                time.time(),
+                output.teacher,
+                output.task,
+                output.example_id,
+                output.strategy,
+                prompt,
+                output.text,
+                output.answer,
+                json.dumps(output.choice_logprobs) if output.choice_logprobs is not None else None,
+                None if output.matches_gold is None else int(output.matches_gold),
+                json.dumps(output.meta, ensure_ascii=False, default=str),
+            ),
         )
 
 
 def update_text(store: Store, output: TeacherOutput) -> None:
     """Rewrite a cached output's cleaned text (clean-up settings changed; the model is not called)."""
     with store.transaction() as db:
-        db.execute("UPDATE teacher_outputs SET text=?, answer=?, matches_gold=?, meta=? WHERE cache_key=?",
-                   (output.text, output.answer,
-                    None if output.matches_gold is None else int(output.matches_gold),
-                    json.dumps(output.meta, ensure_ascii=False, default=str), output.cache_key))
+        db.execute(
+            "UPDATE teacher_outputs SET text=?, answer=?, matches_gold=?, meta=? WHERE cache_key=?",
+            (
+                output.text,
+                output.answer,
+                None if output.matches_gold is None else int(output.matches_gold),
+                json.dumps(output.meta, ensure_ascii=False, default=str),
+                output.cache_key,
+            ),
+        )
 
 
 def to_output(row: dict) -> TeacherOutput:
     """A cached row as a `TeacherOutput`."""
     logprobs = json.loads(row["choice_logprobs"]) if row.get("choice_logprobs") else None
     matches = row.get("matches_gold")
-    return TeacherOutput(row["teacher"], row["example_id"], row["strategy"], row.get("text"),
-                         row.get("answer"), logprobs, None if matches is None else bool(matches),
-                         row["cache_key"], row.get("task"), json.loads(row["meta"]) if row.get("meta") else {})
+    return TeacherOutput(
+        row["teacher"],
+        row["example_id"],
+        row["strategy"],
+        row.get("text"),
+        row.get("answer"),
+        logprobs,
+        None if matches is None else bool(matches),
+        row["cache_key"],
+        row.get("task"),
+        json.loads(row["meta"]) if row.get("meta") else {},
+    )
 
 
-def rows_for(store: Store, teacher: str | None = None, task: str | None = None,
-             strategy: str | None = None) -> list[dict]:
+def rows_for(
+    store: Store, teacher: str | None = None, task: str | None = None, strategy: str | None = None
+) -> list[dict]:
     """Cached rows matching the filters given, oldest first."""
     where, values = [], []
-    for column, value in (("teacher", teacher and teacher_key(teacher)), ("task", task and task_key(task)),
-                          ("strategy", strategy)):
+    for column, value in (
+        ("teacher", teacher and teacher_key(teacher)),
+        ("task", task and task_key(task)),
+        ("strategy", strategy),
+    ):
         if value is not None:
             where.append(f"{column} = ?")
             values.append(value)

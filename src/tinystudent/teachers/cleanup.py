@@ -11,8 +11,7 @@ from typing import Callable
 
 from tinystudent.evaluation.prompts import LETTERS
 
-RUN_ON = re.compile(r"\n\s*(?:Q|Questions?)\s*\d*\s*[:.)]|\n\s*Answer Choices\s*:|\n\s*Context\s*:",
-                    re.IGNORECASE)
+RUN_ON = re.compile(r"\n\s*(?:Q|Questions?)\s*\d*\s*[:.)]|\n\s*Answer Choices\s*:|\n\s*Context\s*:", re.IGNORECASE)
 SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 THINK_PREFIX = "Let's think step by step."
 
@@ -108,7 +107,7 @@ def trim_to_budget(text: str, max_tokens: int, count_tokens: Callable[[str], int
 def strip_think_prefix(text: str) -> str:
     """Drop a leading "Let's think step by step." (the prompt's trigger echoed back)."""
     stripped = text.lstrip()
-    return stripped[len(THINK_PREFIX):].lstrip(" .\n") if stripped.startswith(THINK_PREFIX) else stripped
+    return stripped[len(THINK_PREFIX) :].lstrip(" .\n") if stripped.startswith(THINK_PREFIX) else stripped
 
 
 def drop_unfinished(text: str) -> str:
@@ -120,8 +119,13 @@ def drop_unfinished(text: str) -> str:
     return text[: ends[-1]].strip() if ends and ends[-1] >= len(text) // 2 else text
 
 
-def clean_text(text: str, question: str | None = None, max_tokens: int | None = None,
-               count_tokens: Callable[[str], int | None] | None = None, truncated: bool = False) -> str:
+def clean_text(
+    text: str,
+    question: str | None = None,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[str], int | None] | None = None,
+    truncated: bool = False,
+) -> str:
     """The whole clean-up: strip an echoed trigger, cut the run-on and any loop, drop a sentence
     cut off by the token limit (`truncated`), then trim to the token budget `max_tokens`."""
     cleaned = cut_repetition(cut_run_on(strip_think_prefix(text), question))
@@ -156,8 +160,12 @@ def stated_answer(text: str | None, choices) -> int | None:
     if found:
         return letters.index("".join(found[-1]).upper())
     lowered = [str(c).strip().lower() for c in choices]
-    stated = [(m.start(), i) for i, choice in enumerate(lowered) if choice
-              for m in re.finditer(rf"answer\s*(?:is|:)\s*[\"']?{re.escape(choice)}(?!\w)", text, re.IGNORECASE)]
+    stated = [
+        (m.start(), i)
+        for i, choice in enumerate(lowered)
+        if choice
+        for m in re.finditer(rf"answer\s*(?:is|:)\s*[\"']?{re.escape(choice)}(?!\w)", text, re.IGNORECASE)
+    ]
     if stated:
         return max(stated)[1]
     words = text.split()

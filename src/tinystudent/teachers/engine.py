@@ -67,8 +67,10 @@ class RowSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.generators is None:
-            self.generators = [torch.Generator(device=scores.device).manual_seed(r.seed % 2**63)
-                               if r.temperature > 0 else None for r in self.rows]
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(r.seed % 2**63) if r.temperature > 0 else None
+                for r in self.rows
+            ]
         out = scores.clone()
         for i, (row, generator) in enumerate(zip(self.rows, self.generators)):
             if generator is None:
@@ -79,8 +81,7 @@ class RowSampler(LogitsProcessor):
         return out
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float,
-                 generator: torch.Generator) -> int:
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """One token from softmax(logits / temperature), restricted to the top_p nucleus."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
@@ -109,16 +110,16 @@ class RowStopper(StoppingCriteria):
             elif generated >= row.max_new_tokens:
                 done[i] = True
             elif row.stop and generated > 0:
-                tail = self.tokenizer.decode(input_ids[i, -min(generated, self.tail):],
-                                             skip_special_tokens=True)
+                tail = self.tokenizer.decode(input_ids[i, -min(generated, self.tail) :], skip_special_tokens=True)
                 done[i] = any(s in tail for s in row.stop)
             if done[i] and self.finished_at[i] is None:
                 self.finished_at[i] = generated
         return done
 
 
-def _finish(tokenizer, ids: list[int], row: RowParams, stop_ids: set[int],
-            finished_at: int | None) -> tuple[str, list[int], str]:
+def _finish(
+    tokenizer, ids: list[int], row: RowParams, stop_ids: set[int], finished_at: int | None
+) -> tuple[str, list[int], str]:
     """Cut a row's new tokens where it stopped (the tokens after are padding), at its end of
     text, its token limit and its first stop string."""
     reason = "length"
@@ -137,8 +138,9 @@ def _finish(tokenizer, ids: list[int], row: RowParams, stop_ids: set[int],
 
 
 @torch.no_grad()
-def generate_rows(model, tokenizer, kind: str, prompt_ids: list[list[int]],
-                  rows: Sequence[RowParams]) -> list[tuple[Generation, list[int]]]:
+def generate_rows(
+    model, tokenizer, kind: str, prompt_ids: list[list[int]], rows: Sequence[RowParams]
+) -> list[tuple[Generation, list[int]]]:
     """Generate for one batch of tokenised prompts, each row with its own settings.
 
     Returns, per row, the `Generation` and the ids of its kept new tokens.
@@ -157,13 +159,23 @@ def generate_rows(model, tokenizer, kind: str, prompt_ids: list[list[int]],
         start = 1  # the decoder starts from one start token
     base = model.generation_config
     config = GenerationConfig(
-        max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False, num_beams=1,
-        eos_token_id=sorted(stop_ids) or None, pad_token_id=pad, bos_token_id=base.bos_token_id,
-        decoder_start_token_id=base.decoder_start_token_id)
+        max_new_tokens=max(r.max_new_tokens for r in rows),
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stop_ids) or None,
+        pad_token_id=pad,
+        bos_token_id=base.bos_token_id,
+        decoder_start_token_id=base.decoder_start_token_id,
+    )
     processors = LogitsProcessorList([RowSampler(rows)] if any(r.temperature > 0 for r in rows) else [])
     stopper = RowStopper(tokenizer, rows, start)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                         logits_processor=processors, stopping_criteria=[stopper])
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=config,
+        logits_processor=processors,
+        stopping_criteria=[stopper],
+    )
     results = []
     for i, row in enumerate(rows):
         text, kept, reason = _finish(tokenizer, out[i, start:].tolist(), row, stop_ids, stopper.finished_at[i])
@@ -200,8 +212,9 @@ def _score_chunks(rows: list[list[int]], budget: int):
 
 
 @torch.no_grad()
-def token_logprobs(model, pad_id: int, rows: list[list[int]], top_n: int = 0,
-                   budget: int = SCORE_TOKEN_BUDGET) -> list[TokenLogprobs]:
+def token_logprobs(
+    model, pad_id: int, rows: list[list[int]], top_n: int = 0, budget: int = SCORE_TOKEN_BUDGET
+) -> list[TokenLogprobs]:
     """Each token's log-probability given the tokens before it, for every row (causal models).
 
     Rows are right-padded (so positions need no adjustment) and batched by a token budget.

@@ -41,8 +41,11 @@ from tinystudent.teachers.base import (
 )
 
 ENDPOINTS = ("chat", "completions")
-FATAL_STATUS = {401: "the API key was refused", 403: "the API key may not use this model",
-                404: "wrong base URL or model name"}
+FATAL_STATUS = {
+    401: "the API key was refused",
+    403: "the API key may not use this model",
+    404: "wrong base URL or model name",
+}
 MAX_BACKOFF_S = 30.0
 
 
@@ -69,8 +72,10 @@ def read_api_key(api_key_env: str | None) -> str | None:
         return None
     key = os.environ.get(api_key_env, "")
     if not key:
-        raise ValueError(f"environment variable {api_key_env} (named by api_key_env) is not set or empty; "
-                         f"export it with the server's API key")
+        raise ValueError(
+            f"environment variable {api_key_env} (named by api_key_env) is not set or empty; "
+            f"export it with the server's API key"
+        )
     remember_secret(key)
     return key
 
@@ -93,9 +98,19 @@ class HttpTeacher:
             with echo accepts; the token it generates is ignored).
     """
 
-    def __init__(self, model: str, base_url: str, api_key_env: str | None = None, endpoint: str = "chat",
-                 concurrency: int = 8, timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5,
-                 identity: str | None = None, echo_max_tokens: int = 1):
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key_env: str | None = None,
+        endpoint: str = "chat",
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        identity: str | None = None,
+        echo_max_tokens: int = 1,
+    ):
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
@@ -115,8 +130,11 @@ class HttpTeacher:
         key = read_api_key(api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                    limits=httpx.Limits(max_connections=concurrency))
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency),
+        )
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -143,7 +161,7 @@ class HttpTeacher:
         for attempt in range(self.max_retries + 1):
             if self._stop.is_set():
                 raise TeacherUnavailable(f"{url}: stopped because another request failed for good")
-            delay = min(self.backoff * 2 ** attempt, MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
+            delay = min(self.backoff * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
             with self._calls_lock:
                 self.calls += 1
             try:
@@ -172,10 +190,12 @@ class HttpTeacher:
                 body += chunk
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout(f"no whole answer within {self.timeout:g} s", request=response.request)
-            headers = {k: v for k, v in response.headers.items()  # the body is already decoded
-                       if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")}
-            return httpx.Response(response.status_code, headers=headers, content=bytes(body),
-                                  request=response.request)
+            headers = {
+                k: v
+                for k, v in response.headers.items()  # the body is already decoded
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            }
+            return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
 
     def _parse(self, url: str, response: httpx.Response) -> dict:
         status = response.status_code
@@ -194,8 +214,7 @@ class HttpTeacher:
     # --- generation ---------------------------------------------------------------------------
 
     def _generate_one(self, prompt: str, settings: GenerationSettings, seed: int) -> Generation:
-        payload: dict = {"model": self.name, "max_tokens": settings.max_new_tokens,
-                         "temperature": settings.temperature}
+        payload: dict = {"model": self.name, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature}
         if settings.sampling:
             payload.update(top_p=settings.top_p, seed=seed)
         if settings.stop:
@@ -214,25 +233,35 @@ class HttpTeacher:
         reason = (data.get("choices") or [{}])[0].get("finish_reason")
         return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"), reason)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
-                 seeds: Sequence[int]) -> Iterator[tuple[int, GenerationResult]]:
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings, seeds: Sequence[int]
+    ) -> Iterator[tuple[int, GenerationResult]]:
         return self._run_all(len(prompts), lambda i: self._generate_one(prompts[i], settings, seeds[i]))
 
     # --- choice scoring -----------------------------------------------------------------------
 
     def _score_one(self, request: ChoiceRequest) -> list[float]:
         prompts = [request.context + c for c in request.continuations]
-        payload = {"model": self.name, "prompt": prompts, "echo": True, "logprobs": 1,
-                   "max_tokens": self.echo_max_tokens, "temperature": 0.0}
+        payload = {
+            "model": self.name,
+            "prompt": prompts,
+            "echo": True,
+            "logprobs": 1,
+            "max_tokens": self.echo_max_tokens,
+            "temperature": 0.0,
+        }
         try:
             data = self.post("completions", payload)
         except TeacherHTTPError as err:  # a 4xx here most often means "echo/logprobs not supported"
             raise ScoringUnsupported(f"{self.base_url} refused an echo + logprobs request: {err}") from None
         choices = data.get("choices")
         if not isinstance(choices, list) or len(choices) != len(prompts):
-            raise TeacherError(f"{self.base_url}/completions: expected {len(prompts)} choices, got "
-                               f"{_snippet(json.dumps(data))}")
-        choices = sorted(choices, key=lambda c: c.get("index", 0)) if all(isinstance(c, dict) for c in choices) else choices
+            raise TeacherError(
+                f"{self.base_url}/completions: expected {len(prompts)} choices, got {_snippet(json.dumps(data))}"
+            )
+        choices = (
+            sorted(choices, key=lambda c: c.get("index", 0)) if all(isinstance(c, dict) for c in choices) else choices
+        )
         return [self._continuation_logprob(c, len(request.context), p) for c, p in zip(choices, prompts)]
 
     def _continuation_logprob(self, choice: dict, context_chars: int, prompt: str) -> float:
@@ -300,6 +329,7 @@ def _field(data: dict, path: tuple, endpoint: str):
         try:
             value = value[step]
         except (KeyError, IndexError, TypeError):
-            raise TeacherError(f"{endpoint}: the answer has no {'.'.join(map(str, path))}: "
-                               f"{_snippet(json.dumps(data))}") from None
+            raise TeacherError(
+                f"{endpoint}: the answer has no {'.'.join(map(str, path))}: {_snippet(json.dumps(data))}"
+            ) from None
     return value

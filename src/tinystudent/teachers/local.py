@@ -31,8 +31,10 @@ class LocalTeacher:
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, chat: bool | None = None):
         if loaded.kind not in ("causal", "seq2seq"):
-            raise ValueError(f"{loaded.name} is an {loaded.kind} model: a teacher must generate text "
-                             "(a causal or seq2seq language model)")
+            raise ValueError(
+                f"{loaded.name} is an {loaded.kind} model: a teacher must generate text "
+                "(a causal or seq2seq language model)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
@@ -62,11 +64,13 @@ class LocalTeacher:
             return TeacherError(
                 f"the prompt has {len(ids)} tokens and max_new_tokens is {settings.max_new_tokens}, "
                 f"more than {self.name}'s context of {self.max_positions} tokens (use fewer shots "
-                "or a smaller max_new_tokens)")
+                "or a smaller max_new_tokens)"
+            )
         return None
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings,
-                 seeds: Sequence[int]) -> Iterator[tuple[int, GenerationResult]]:
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings, seeds: Sequence[int]
+    ) -> Iterator[tuple[int, GenerationResult]]:
         tokenizer, kind = self.loaded.tokenizer, self.loaded.kind
         encoded = [encode_prompt(tokenizer, kind, self.full_prompt(p)) for p in prompts]
         fitting = []
@@ -78,9 +82,11 @@ class LocalTeacher:
                 fitting.append(index)
         fitting.sort(key=lambda i: len(encoded[i]))
         for start in range(0, len(fitting), self.batch_size):
-            batch = fitting[start: start + self.batch_size]
-            rows = [RowParams(settings.max_new_tokens, settings.temperature, settings.top_p,
-                              seeds[i], settings.stop) for i in batch]
+            batch = fitting[start : start + self.batch_size]
+            rows = [
+                RowParams(settings.max_new_tokens, settings.temperature, settings.top_p, seeds[i], settings.stop)
+                for i in batch
+            ]
             self.calls += len(batch)
             results = generate_rows(self.loaded.model, tokenizer, kind, [encoded[i] for i in batch], rows)
             for index, (generation, _) in zip(batch, results):
@@ -92,7 +98,7 @@ class LocalTeacher:
             raise ScoringUnsupported(f"{self.name} cannot score choices")
         size = self.batch_size * 2
         for start in range(0, len(requests), size):
-            batch = list(requests[start: start + size])
+            batch = list(requests[start : start + size])
             self.calls += len(batch)
             scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, batch, size, loaded.device)
             for offset, row in enumerate(scores):

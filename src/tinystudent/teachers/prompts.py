@@ -61,29 +61,47 @@ class Strategy:
 
 
 ANSWER_SHOT = "{question_block}\nAnswer: ({gold_letter}) {gold_text}\n\n"
-FORCED_SHOT = ("{question_block}\nThe correct answer is ({gold_letter}) {gold_text}.\n"
-               "A: {rationale}Thus, the answer is ({gold_letter}) {gold_text}.\n\n")
+FORCED_SHOT = (
+    "{question_block}\nThe correct answer is ({gold_letter}) {gold_text}.\n"
+    "A: {rationale}Thus, the answer is ({gold_letter}) {gold_text}.\n\n"
+)
 
 STRATEGIES: dict[str, Strategy] = {
     "zero_shot": Strategy(
         "zero_shot",
         "{question_block}\nAnswer with the letter of the correct option ({letters}).\nAnswer:",
-        "", uses_shots=False, shows_gold=False, writes_rationale=False),
+        "",
+        uses_shots=False,
+        shows_gold=False,
+        writes_rationale=False,
+    ),
     "few_shot": Strategy(
         "few_shot",
         "{shots}{question_block}\nAnswer with the letter of the correct option ({letters}).\nAnswer:",
-        ANSWER_SHOT, uses_shots=True, shows_gold=False, writes_rationale=False),
+        ANSWER_SHOT,
+        uses_shots=True,
+        shows_gold=False,
+        writes_rationale=False,
+    ),
     "cot": Strategy(
         "cot",
-        "{question_block}\nThink step by step, then finish with \"Thus, the answer is (X)\" where X "
+        '{question_block}\nThink step by step, then finish with "Thus, the answer is (X)" where X '
         "is the letter of the correct option.\nA: Let's think step by step.",
-        "", uses_shots=False, shows_gold=False, writes_rationale=True),
+        "",
+        uses_shots=False,
+        shows_gold=False,
+        writes_rationale=True,
+    ),
     "teacher_forcing_cot": Strategy(
         "teacher_forcing_cot",
         "{shots}{question_block}\nThe correct answer is ({gold_letter}) {gold_text}.\n"
         "Explain step by step why this answer is correct, then finish with "
-        "\"Thus, the answer is ({gold_letter})\".\nA: Let's think step by step.",
-        FORCED_SHOT, uses_shots=True, shows_gold=True, writes_rationale=True),
+        '"Thus, the answer is ({gold_letter})".\nA: Let\'s think step by step.',
+        FORCED_SHOT,
+        uses_shots=True,
+        shows_gold=True,
+        writes_rationale=True,
+    ),
 }
 
 
@@ -118,9 +136,15 @@ def question_fields(example: Example) -> dict:
     context_line = f"Context: {example.context}\n" if example.context else ""
     block = QUESTION_BLOCK.format(context_line=context_line, question=example.question, choices=choices)
     listed = ", ".join(letters[:-1]) + f" or {letters[-1]}" if len(letters) > 1 else letters
-    return {"question": example.question, "context": example.context or "", "choices": choices,
-            "question_block": block, "gold_letter": letters[example.answer],
-            "gold_text": example.choices[example.answer], "letters": listed}
+    return {
+        "question": example.question,
+        "context": example.context or "",
+        "choices": choices,
+        "question_block": block,
+        "gold_letter": letters[example.answer],
+        "gold_text": example.choices[example.answer],
+        "letters": listed,
+    }
 
 
 def render_shot(strategy: Strategy, shot: Example) -> str:

@@ -77,8 +77,9 @@ class TeachSummary:
         """Everything but the outputs, as `tinystudent teach --json` prints it."""
         return {k: v for k, v in self.__dict__.items() if k != "outputs"}
 
-    def _count(self, kind: str, output: TeacherOutput | None, error: str | None = None,
-               on_output: OnOutput | None = None) -> None:
+    def _count(
+        self, kind: str, output: TeacherOutput | None, error: str | None = None, on_output: OnOutput | None = None
+    ) -> None:
         """Count one question's outcome, then tell the caller's `on_output`, if any."""
         setattr(self, kind, getattr(self, kind) + 1)
         error = redact(error) if error else error
@@ -96,15 +97,34 @@ def _prompt_seed(seed: int, full_prompt: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{full_prompt}".encode()).digest()[:8], "big") >> 1
 
 
-def _make_output(teacher: Teacher, example: Example, strategy: str, task: str, key: str, raw: str,
-                 cleanup: dict, writes_rationale: bool, extra: dict | None = None) -> TeacherOutput:
+def _make_output(
+    teacher: Teacher,
+    example: Example,
+    strategy: str,
+    task: str,
+    key: str,
+    raw: str,
+    cleanup: dict,
+    writes_rationale: bool,
+    extra: dict | None = None,
+) -> TeacherOutput:
     budget = cleanup.get("max_rationale_tokens") if writes_rationale else None
     truncated = (extra or {}).get("finish_reason") == "length"
     text = clean_text(raw, example.question, budget, teacher.count_tokens, truncated)
     answer = stated_answer(text, example.choices)
     meta = {**(extra or {}), "raw": raw, "cleanup": cleanup, "identity": teacher.identity}
-    return TeacherOutput(cache.teacher_key(teacher.name), example.id, strategy, text, answer, None,
-                         None if answer is None else answer == example.answer, key, task, meta)
+    return TeacherOutput(
+        cache.teacher_key(teacher.name),
+        example.id,
+        strategy,
+        text,
+        answer,
+        None,
+        None if answer is None else answer == example.answer,
+        key,
+        task,
+        meta,
+    )
 
 
 def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 0) -> int | None:
@@ -117,8 +137,9 @@ def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 
     return min(limits) if limits else None
 
 
-def _fitted_prompt(teacher: Teacher, spec, example: Example, shots: list[Example],
-                   budget: int | None) -> tuple[str, str | None]:
+def _fitted_prompt(
+    teacher: Teacher, spec, example: Example, shots: list[Example], budget: int | None
+) -> tuple[str, str | None]:
     """The question's prompt with its and its in-context examples' evidence cut to `budget`
     (`fit.fit_with_shots`); returns (prompt, what was cut from the question's own input)."""
     if budget is None:
@@ -126,17 +147,36 @@ def _fitted_prompt(teacher: Teacher, spec, example: Example, shots: list[Example
     plain = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
     whole = lambda text: plain(text) + 1  # noqa: E731  a start token may be added to the whole prompt
     fitted, fitted_shots = fit_with_shots(
-        example, shots, lambda e, s: teacher.full_prompt(build_prompt(spec, e, s)),
-        lambda e: render_shot(spec, e), whole, teacher.tokenizer, budget)
+        example,
+        shots,
+        lambda e, s: teacher.full_prompt(build_prompt(spec, e, s)),
+        lambda e: render_shot(spec, e),
+        whole,
+        teacher.tokenizer,
+        budget,
+    )
     return build_prompt(spec, fitted.example, fitted_shots), fitted.cut
 
 
-def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: str, store: Store,
-          train_examples: Sequence[Example] | None = None, k_shots: int = 2, seed: int = 0,
-          max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-          template: str | None = None, shot_template: str | None = None,
-          max_rationale_tokens: int | None = None, keep: str = "all",
-          on_output: OnOutput | None = None, max_input_tokens: int | None = None) -> TeachSummary:
+def teach(
+    teacher: Teacher,
+    examples: Sequence[Example],
+    task: str,
+    strategy: str,
+    store: Store,
+    train_examples: Sequence[Example] | None = None,
+    k_shots: int = 2,
+    seed: int = 0,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    template: str | None = None,
+    shot_template: str | None = None,
+    max_rationale_tokens: int | None = None,
+    keep: str = "all",
+    on_output: OnOutput | None = None,
+    max_input_tokens: int | None = None,
+) -> TeachSummary:
     """Get one output per question from `teacher`, using and filling the cache.
 
     Args:
@@ -182,9 +222,17 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
         full = teacher.full_prompt(prompt)
         prompts.append(prompt)
         fulls.append(full)
-        keys.append(cache.cache_key(teacher=teacher.identity, backend=teacher.cache_fields(), prompt=full,
-                                    settings=settings.cache_fields(), task=task_name,
-                                    example=example.id, strategy=strategy))
+        keys.append(
+            cache.cache_key(
+                teacher=teacher.identity,
+                backend=teacher.cache_fields(),
+                prompt=full,
+                settings=settings.cache_fields(),
+                task=task_name,
+                example=example.id,
+                strategy=strategy,
+            )
+        )
     found = cache.fetch(store, keys)
     outputs: list[TeacherOutput | None] = [None] * len(examples)
     missing = []
@@ -194,9 +242,17 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
             continue
         output = cache.to_output(found[key])
         if output.meta.get("cleanup") != cleanup and "raw" in output.meta:  # re-clean, no model call
-            output = _make_output(teacher, examples[i], strategy, task_name, key, output.meta["raw"],
-                                  cleanup, spec.writes_rationale,
-                                  {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")})
+            output = _make_output(
+                teacher,
+                examples[i],
+                strategy,
+                task_name,
+                key,
+                output.meta["raw"],
+                cleanup,
+                spec.writes_rationale,
+                {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")},
+            )
             cache.update_text(store, output)
         outputs[i] = output
         summary._count("cached", output, on_output=on_output)
@@ -210,18 +266,28 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
                 summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
                 continue
             if not result.text.strip():  # not cached: the next run asks again
-                summary._count("failed", None, f"{examples[i].id}: the teacher's output was empty",
-                               on_output=on_output)
+                summary._count("failed", None, f"{examples[i].id}: the teacher's output was empty", on_output=on_output)
                 continue
-            output = _make_output(teacher, examples[i], strategy, task_name, keys[i], result.text, cleanup,
-                                  spec.writes_rationale, _generation_meta(result, settings))
+            output = _make_output(
+                teacher,
+                examples[i],
+                strategy,
+                task_name,
+                keys[i],
+                result.text,
+                cleanup,
+                spec.writes_rationale,
+                _generation_meta(result, settings),
+            )
             cache.save(store, output, fulls[i])
             outputs[i] = output
             summary._count("generated", output, on_output=on_output)
     except TeacherUnavailable as err:
-        raise TeacherUnavailable(f"{err}. {summary.generated} new output(s) were saved before it stopped "
-                                 f"({summary.cached} were cached already); run the same command again "
-                                 "to resume") from err
+        raise TeacherUnavailable(
+            f"{err}. {summary.generated} new output(s) were saved before it stopped "
+            f"({summary.cached} were cached already); run the same command again "
+            "to resume"
+        ) from err
     summary.outputs = [o for o in outputs if o is not None and (keep == "all" or o.matches_gold)]
     summary.kept = len(summary.outputs)
     summary.model_calls = teacher.calls - calls_before
@@ -230,23 +296,48 @@ def teach(teacher: Teacher, examples: Sequence[Example], task: str, strategy: st
 
 
 def _generation_meta(generation: Generation, settings: GenerationSettings) -> dict:
-    return {"finish_reason": generation.finish_reason, "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens, "settings": settings.cache_fields()}
+    return {
+        "finish_reason": generation.finish_reason,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "settings": settings.cache_fields(),
+    }
 
 
-def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
-           on_output: OnOutput | None = None, max_input_tokens: int | None = None) -> TeachSummary:
+def _score(
+    teacher: Teacher,
+    examples: Sequence[Example],
+    task: str,
+    store: Store,
+    on_output: OnOutput | None = None,
+    max_input_tokens: int | None = None,
+) -> TeachSummary:
     """Choice log-likelihoods through the cache (lm-evaluation-harness prompts and choices)."""
     task_name = cache.task_key(task)
     style = prompt_style(task, list(examples))
     fitted = _fitted_examples(teacher, examples, style, max_input_tokens)
-    requests = [ChoiceRequest(choice_context(f.example, style), choice_continuations(ex))
-                for f, ex in zip(fitted, examples)]
-    keys = [cache.cache_key(teacher=teacher.identity, backend=teacher.cache_fields(), prompt=r.context,
-                            continuations=r.continuations, task=task_name, example=ex.id, strategy=SCORING)
-            for ex, r in zip(examples, requests)]
-    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, SCORING, n=len(examples),
-                           truncated=sum(f.cut is not None for f in fitted))
+    requests = [
+        ChoiceRequest(choice_context(f.example, style), choice_continuations(ex)) for f, ex in zip(fitted, examples)
+    ]
+    keys = [
+        cache.cache_key(
+            teacher=teacher.identity,
+            backend=teacher.cache_fields(),
+            prompt=r.context,
+            continuations=r.continuations,
+            task=task_name,
+            example=ex.id,
+            strategy=SCORING,
+        )
+        for ex, r in zip(examples, requests)
+    ]
+    summary = TeachSummary(
+        cache.teacher_key(teacher.name),
+        task_name,
+        SCORING,
+        n=len(examples),
+        truncated=sum(f.cut is not None for f in fitted),
+    )
     started, calls_before = time.perf_counter(), teacher.calls
     found = cache.fetch(store, keys)
     outputs: list[TeacherOutput | None] = [None] * len(examples)
@@ -262,15 +353,26 @@ def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Stor
                 summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
                 continue
             best = max(range(len(result)), key=lambda c: result[c])
-            output = TeacherOutput(summary.teacher, examples[i].id, SCORING, None, best, list(result),
-                                   best == examples[i].answer, keys[i], task_name,
-                                   {"style": style, "identity": teacher.identity})
+            output = TeacherOutput(
+                summary.teacher,
+                examples[i].id,
+                SCORING,
+                None,
+                best,
+                list(result),
+                best == examples[i].answer,
+                keys[i],
+                task_name,
+                {"style": style, "identity": teacher.identity},
+            )
             cache.save(store, output, requests[i].context)
             outputs[i] = output
             summary._count("generated", output, on_output=on_output)
     except TeacherUnavailable as err:
-        raise TeacherUnavailable(f"{err}. {summary.generated} new score(s) were saved before it stopped; "
-                                 "run the same command again to resume") from err
+        raise TeacherUnavailable(
+            f"{err}. {summary.generated} new score(s) were saved before it stopped; "
+            "run the same command again to resume"
+        ) from err
     summary.outputs = [o for o in outputs if o is not None]
     summary.kept = len(summary.outputs)
     summary.model_calls = teacher.calls - calls_before
@@ -278,21 +380,29 @@ def _score(teacher: Teacher, examples: Sequence[Example], task: str, store: Stor
     return summary
 
 
-def _fitted_examples(teacher: Teacher, examples: Sequence[Example], style: str,
-                     max_input_tokens: int | None) -> list[Fitted]:
+def _fitted_examples(
+    teacher: Teacher, examples: Sequence[Example], style: str, max_input_tokens: int | None
+) -> list[Fitted]:
     """Examples whose scoring prompt, with room for the longest choice, fits the teacher."""
     budget = input_budget(teacher, max_input_tokens)
     if budget is None:
         return [Fitted(ex, None, 0) for ex in examples]
     count = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
     render = lambda e: choice_context(e, style)  # noqa: E731
-    return [fit_example(ex, render, count, teacher.tokenizer,
-                        budget - max(count(c) for c in choice_continuations(ex))) for ex in examples]
+    return [
+        fit_example(ex, render, count, teacher.tokenizer, budget - max(count(c) for c in choice_continuations(ex)))
+        for ex in examples
+    ]
 
 
-def teacher_choice_logprobs(teacher: Teacher, examples: Sequence[Example], task: str, store: Store,
-                            allow_generative: bool = True,
-                            max_input_tokens: int | None = None) -> dict[str, list[float]]:
+def teacher_choice_logprobs(
+    teacher: Teacher,
+    examples: Sequence[Example],
+    task: str,
+    store: Store,
+    allow_generative: bool = True,
+    max_input_tokens: int | None = None,
+) -> dict[str, list[float]]:
     """Log-likelihood of each choice per question id, cached (for choice-level distillation and
     for measuring a teacher).
 
@@ -307,18 +417,23 @@ def teacher_choice_logprobs(teacher: Teacher, examples: Sequence[Example], task:
         if not allow_generative:
             raise
         warn(f"{err}; using the teacher's zero-shot answers as hard labels instead")
-        answers = teach(teacher, examples, task, "zero_shot", store, max_new_tokens=8,
-                        max_input_tokens=max_input_tokens)
+        answers = teach(
+            teacher, examples, task, "zero_shot", store, max_new_tokens=8, max_input_tokens=max_input_tokens
+        )
         by_id = {ex.id: ex for ex in examples}
-        return {o.example_id: [0.0 if c == o.answer else -math.inf for c in range(len(by_id[o.example_id].choices))]
-                for o in answers.outputs if o.answer is not None}
+        return {
+            o.example_id: [0.0 if c == o.answer else -math.inf for c in range(len(by_id[o.example_id].choices))]
+            for o in answers.outputs
+            if o.answer is not None
+        }
     if summary.failed:
         warn(f"{summary.failed} question(s) could not be scored: {summary.errors[:3]}")
     return {o.example_id: o.choice_logprobs for o in summary.outputs}
 
 
-def load_rationales(store: Store, teacher: str, task: str, strategy: str | None = None,
-                    only_matching: bool = False) -> dict[str, str]:
+def load_rationales(
+    store: Store, teacher: str, task: str, strategy: str | None = None, only_matching: bool = False
+) -> dict[str, str]:
     """Rationales in the cache (generated or imported) by question id.
 
     Args:

@@ -87,13 +87,27 @@ class SearchReport:
         return self.ladder_size - self.trained
 
     def summary(self) -> dict:
-        return {"winner": self.winner.name if self.winner else None, "ladder_size": self.ladder_size,
-                "trained": self.trained, "skipped": self.skipped, "not_needed": self.not_needed,
-                "runs_saved": self.runs_saved, **self.settings,
-                "steps": [{"name": s.candidate.name, "params": s.candidate.params,
-                           "bits_per_byte": s.candidate.bits_per_byte, "action": s.action,
-                           "reason": s.reason, "threshold": s.threshold,
-                           "beat_teacher": s.beat_teacher} for s in self.steps]}
+        return {
+            "winner": self.winner.name if self.winner else None,
+            "ladder_size": self.ladder_size,
+            "trained": self.trained,
+            "skipped": self.skipped,
+            "not_needed": self.not_needed,
+            "runs_saved": self.runs_saved,
+            **self.settings,
+            "steps": [
+                {
+                    "name": s.candidate.name,
+                    "params": s.candidate.params,
+                    "bits_per_byte": s.candidate.bits_per_byte,
+                    "action": s.action,
+                    "reason": s.reason,
+                    "threshold": s.threshold,
+                    "beat_teacher": s.beat_teacher,
+                }
+                for s in self.steps
+            ],
+        }
 
 
 def ladder_order(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -110,24 +124,32 @@ def _check_ladder(candidates: Sequence[Candidate]) -> None:
         raise ValueError(f"candidate names must be unique, repeated: {duplicates}")
     for c in candidates:
         if not c.params > 0 or not c.bits_per_byte > 0:
-            raise ValueError(f"candidate {c.name!r}: params and bits_per_byte must be positive, got "
-                             f"{c.params} and {c.bits_per_byte} (measure it with `tinystudent loss`)")
+            raise ValueError(
+                f"candidate {c.name!r}: params and bits_per_byte must be positive, got "
+                f"{c.params} and {c.bits_per_byte} (measure it with `tinystudent loss`)"
+            )
 
 
-def _skip_reason(candidate: Candidate, user_threshold: float | None,
-                 fitted_threshold: float | None) -> str | None:
+def _skip_reason(candidate: Candidate, user_threshold: float | None, fitted_threshold: float | None) -> str | None:
     bpb = candidate.bits_per_byte
     if user_threshold is not None and bpb > user_threshold:
         return f"bits per byte {bpb:.4f} > the threshold {user_threshold:.4f} you set"
     if fitted_threshold is not None and bpb >= fitted_threshold:
-        return (f"bits per byte {bpb:.4f} >= {fitted_threshold:.4f}, fitted from a trained "
-                "student that did not beat the teacher")
+        return (
+            f"bits per byte {bpb:.4f} >= {fitted_threshold:.4f}, fitted from a trained "
+            "student that did not beat the teacher"
+        )
     return None
 
 
-def loss_guided_search(candidates: Sequence[Candidate], train_fn: Callable[[Candidate], Any],
-                       beats_teacher: Callable[[Any], bool], threshold: float | None = None,
-                       fit_threshold: bool = True, margin: float = 0.0) -> SearchReport:
+def loss_guided_search(
+    candidates: Sequence[Candidate],
+    train_fn: Callable[[Candidate], Any],
+    beats_teacher: Callable[[Any], bool],
+    threshold: float | None = None,
+    fit_threshold: bool = True,
+    margin: float = 0.0,
+) -> SearchReport:
     """Train the ladder smallest first, skipping and stopping as the module docstring says.
 
     Args:
@@ -157,18 +179,34 @@ def loss_guided_search(candidates: Sequence[Candidate], train_fn: Callable[[Cand
             continue
         result = train_fn(candidate)
         won = bool(beats_teacher(result))
-        steps.append(SearchStep(candidate, "trained", "beat the teacher" if won else
-                                "did not beat the teacher", _in_force(threshold, fitted), result, won))
+        steps.append(
+            SearchStep(
+                candidate,
+                "trained",
+                "beat the teacher" if won else "did not beat the teacher",
+                _in_force(threshold, fitted),
+                result,
+                won,
+            )
+        )
         if won:
             winner = candidate
-            steps += [SearchStep(c, "not_needed", f"a smaller student ({candidate.name}) already "
-                                 "beat the teacher") for c in ladder[index + 1:]]
+            steps += [
+                SearchStep(c, "not_needed", f"a smaller student ({candidate.name}) already beat the teacher")
+                for c in ladder[index + 1 :]
+            ]
             break
         failed_bpb.append(candidate.bits_per_byte)
     counts = {action: sum(s.action == action for s in steps) for action in ("trained", "skipped", "not_needed")}
-    return SearchReport(steps, winner, len(ladder), counts["trained"], counts["skipped"],
-                        counts["not_needed"], {"threshold": threshold, "fit_threshold": fit_threshold,
-                                               "margin": margin})
+    return SearchReport(
+        steps,
+        winner,
+        len(ladder),
+        counts["trained"],
+        counts["skipped"],
+        counts["not_needed"],
+        {"threshold": threshold, "fit_threshold": fit_threshold, "margin": margin},
+    )
 
 
 def _in_force(user: float | None, fitted: float | None) -> float | None:

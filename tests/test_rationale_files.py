@@ -119,19 +119,28 @@ def test_a_missing_chunk_is_refused(bioasq, tmp_path):
         import_tinyllm_rationales(folder, "train")
 
 
-QUESTIONS = [Example("q1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), 1),
-             Example("q2", "Is the sun a star?", ("yes", "no"), 0)]
+QUESTIONS = [
+    Example("q1", "Which gas do plants take in?", ("oxygen", "carbon dioxide"), 1),
+    Example("q2", "Is the sun a star?", ("yes", "no"), 0),
+]
 
 
 def test_jsonl_import_export_round_trip(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text(
-        json.dumps({"id": "q1", "teacher": "gpt-x", "rationale": "Plants take in CO2.", "answer": "B"}) + "\n\n"
-        + json.dumps({"id": "q2", "teacher": "gpt-x", "rationale": "The sun is a star.", "answer": "yes"}) + "\n"
-        + json.dumps({"id": "q2", "teacher": "other", "rationale": "It shines.", "answer": 1}) + "\n")
+        json.dumps({"id": "q1", "teacher": "gpt-x", "rationale": "Plants take in CO2.", "answer": "B"})
+        + "\n\n"
+        + json.dumps({"id": "q2", "teacher": "gpt-x", "rationale": "The sun is a star.", "answer": "yes"})
+        + "\n"
+        + json.dumps({"id": "q2", "teacher": "other", "rationale": "It shines.", "answer": 1})
+        + "\n"
+    )
     found = read_rationales_jsonl(source, QUESTIONS)
-    assert [(r.teacher, r.example_id, r.answer) for r in found] == [("gpt-x", "q1", 1), ("gpt-x", "q2", 0),
-                                                                     ("other", "q2", 1)]
+    assert [(r.teacher, r.example_id, r.answer) for r in found] == [
+        ("gpt-x", "q1", 1),
+        ("gpt-x", "q2", 0),
+        ("other", "q2", 1),
+    ]
     with Store(tmp_path / "db.sqlite") as store:
         store_rationales(store, found, "toy", QUESTIONS)
         assert load_rationales(store, "gpt-x", "toy") == {"q1": "Plants take in CO2.", "q2": "The sun is a star."}
@@ -139,21 +148,27 @@ def test_jsonl_import_export_round_trip(tmp_path):
         exported = tmp_path / "out.jsonl"
         assert export_rationales_jsonl(store, exported, task="toy") == 3
     back = read_rationales_jsonl(exported, QUESTIONS)
-    assert sorted((r.teacher, r.example_id, r.text, r.answer) for r in back) == \
-        sorted((r.teacher, r.example_id, r.text, r.answer) for r in found)
+    assert sorted((r.teacher, r.example_id, r.text, r.answer) for r in back) == sorted(
+        (r.teacher, r.example_id, r.text, r.answer) for r in found
+    )
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"id": "q1", "teacher": "t"}', "line 1: keys id, teacher, rationale.*missing: \\['rationale'\\]"),
-    ('{"id": "q1", "teacher": "t", "rationale": "r", "score": 1}', "unknown: \\['score'\\]"),
-    ('{"id": "q9", "teacher": "t", "rationale": "r"}', "an id of the task's questions, got 'q9'"),
-    ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": 5}', "answer 5 outside"),
-    ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": "maybe"}', "index, a letter or a choice's text"),
-    ('{"id": "q1", "teacher"', "line 1: one JSON object per line"),
-    ('', "the file: at least one \\{id, teacher, rationale\\} line, found none"),
-    ('{"id": "q1", "teacher": "t", "rationale": "r"}\n{"id": "q1", "teacher": "t", "rationale": "other"}',
-     "line 2: one rationale per teacher and question; 't' already has a different one for 'q1' at line 1"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "q1", "teacher": "t"}', "line 1: keys id, teacher, rationale.*missing: \\['rationale'\\]"),
+        ('{"id": "q1", "teacher": "t", "rationale": "r", "score": 1}', "unknown: \\['score'\\]"),
+        ('{"id": "q9", "teacher": "t", "rationale": "r"}', "an id of the task's questions, got 'q9'"),
+        ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": 5}', "answer 5 outside"),
+        ('{"id": "q1", "teacher": "t", "rationale": "r", "answer": "maybe"}', "index, a letter or a choice's text"),
+        ('{"id": "q1", "teacher"', "line 1: one JSON object per line"),
+        ("", "the file: at least one \\{id, teacher, rationale\\} line, found none"),
+        (
+            '{"id": "q1", "teacher": "t", "rationale": "r"}\n{"id": "q1", "teacher": "t", "rationale": "other"}',
+            "line 2: one rationale per teacher and question; 't' already has a different one for 'q1' at line 1",
+        ),
+    ],
+)
 def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(line + "\n")
@@ -173,8 +188,19 @@ def test_import_tinyllm_command(bioasq, tmp_path):
 
     from tinystudent.cli import app
 
-    result = CliRunner().invoke(app, ["rationales", "import-tinyllm", str(bioasq), "--split", "valid",
-                                      "--db", str(tmp_path / "db.sqlite"), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "rationales",
+            "import-tinyllm",
+            str(bioasq),
+            "--split",
+            "valid",
+            "--db",
+            str(tmp_path / "db.sqlite"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["questions"] == 109 and payload["split"] == "validation"

@@ -87,8 +87,12 @@ def _chunk_files(folder: Path, split: str) -> list[Path]:
         raise FileNotFoundError(f"{folder / 'llm'}: no {prefix}_CoT_<k>.json rationale files for split {split}")
     missing = sorted(set(range(max(files) + 1)) - set(files))
     if missing:
-        raise TaskFormatError(folder / "llm", "the rationale files", f"{prefix}_CoT_0..{max(files)}.json in a "
-                              f"row; {', '.join(f'{prefix}_CoT_{k}.json' for k in missing)} is missing")
+        raise TaskFormatError(
+            folder / "llm",
+            "the rationale files",
+            f"{prefix}_CoT_0..{max(files)}.json in a "
+            f"row; {', '.join(f'{prefix}_CoT_{k}.json' for k in missing)} is missing",
+        )
     return [files[k] for k in sorted(files)]
 
 
@@ -98,16 +102,24 @@ def _read_chunks(files: list[Path]) -> list[tuple[Path, int, str]]:
         try:
             chunk = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise TaskFormatError(path, f"line {err.lineno} column {err.colno}",
-                                  f"a JSON array of strings ({err.msg}); the file looks truncated",
-                                  "fetch the file again") from None
+            raise TaskFormatError(
+                path,
+                f"line {err.lineno} column {err.colno}",
+                f"a JSON array of strings ({err.msg}); the file looks truncated",
+                "fetch the file again",
+            ) from None
         if not isinstance(chunk, list) or not all(isinstance(s, str) for s in chunk):
             raise TaskFormatError(path, "the top level", "a JSON array of strings")
         last = number == len(files) - 1
         if (not last and len(chunk) != CHUNK) or not 0 < len(chunk) <= CHUNK:
-            raise TaskFormatError(path, "the file", f"{CHUNK} rationale strings{' at most' if last else ''}, "
-                                  f"found {len(chunk)}: the file is truncated or the chunks do not line up "
-                                  "with the questions", "fetch the file again")
+            raise TaskFormatError(
+                path,
+                "the file",
+                f"{CHUNK} rationale strings{' at most' if last else ''}, "
+                f"found {len(chunk)}: the file is truncated or the chunks do not line up "
+                "with the questions",
+                "fetch the file again",
+            )
         strings.extend((path, index, s) for index, s in enumerate(chunk))
     return strings
 
@@ -119,9 +131,13 @@ def _split_string(path: Path, index: int, text: str, question: Example) -> list[
     flan_raw, after = text.split(FLAN_MARKER, 1)
     echoed = ECHO.search(after)
     if echoed and _normalise(echoed.group(1)) != _normalise(f"{question.context or ''} {question.question}"):
-        raise TaskFormatError(path, where, f"the rationale of question {question.id!r}, but it echoes a "
-                              f"different question ({_normalise(echoed.group(1))[:80]!r}): the rationale "
-                              "files do not line up with the questions file")
+        raise TaskFormatError(
+            path,
+            where,
+            f"the rationale of question {question.id!r}, but it echoes a "
+            f"different question ({_normalise(echoed.group(1))[:80]!r}): the rationale "
+            "files do not line up with the questions file",
+        )
     source = {"file": str(path), "where": where}
     found = []
     letter = STATED.match(after)
@@ -129,14 +145,18 @@ def _split_string(path: Path, index: int, text: str, question: Example) -> list[
     if flan_answer is not None and flan_answer >= len(question.choices):
         flan_answer = None
     if not is_empty_rationale(flan_raw):
-        found.append(ImportedRationale(FLAN, question.id, clean_text(flan_raw, question.question),
-                                       flan_answer, flan_raw, source))
+        found.append(
+            ImportedRationale(FLAN, question.id, clean_text(flan_raw, question.question), flan_answer, flan_raw, source)
+        )
     if LLAMA_MARKER in after:
         llama_raw = after.split(LLAMA_MARKER, 1)[1]
         if not is_empty_rationale(llama_raw):
             cleaned = clean_text(llama_raw, question.question, truncated=True)  # it often stops mid-sentence
-            found.append(ImportedRationale(LLAMA, question.id, cleaned,
-                                           stated_answer(cleaned, question.choices), llama_raw, source))
+            found.append(
+                ImportedRationale(
+                    LLAMA, question.id, cleaned, stated_answer(cleaned, question.choices), llama_raw, source
+                )
+            )
     return found
 
 
@@ -155,10 +175,13 @@ def read_tinyllm(folder: Path, split: str) -> TinyLLMImport:
     strings = _read_chunks(files)
     if len(strings) != len(questions):
         counts = ", ".join(f"{p.name} ({sum(1 for s in strings if s[0] == p)})" for p in files)
-        raise TaskFormatError(folder / "llm", f"the {prefix} rationale files",
-                              f"one string per question: {question_files[0].name} has {len(questions)} "
-                              f"questions but the rationale files hold {len(strings)} strings ({counts})",
-                              "a file is truncated or missing; fetch it again")
+        raise TaskFormatError(
+            folder / "llm",
+            f"the {prefix} rationale files",
+            f"one string per question: {question_files[0].name} has {len(questions)} "
+            f"questions but the rationale files hold {len(strings)} strings ({counts})",
+            "a file is truncated or missing; fetch it again",
+        )
     rationales = []
     for (path, index, text), question in zip(strings, questions):
         rationales.extend(_split_string(path, index, text, question))
@@ -175,8 +198,9 @@ def read_bundled(split: str = "train") -> list[ImportedRationale]:
     found = []
     for teacher, by_id in bundled_rationales(normalize_split(split)).items():
         for example_id, (text, answer) in by_id.items():
-            found.append(ImportedRationale(teacher, example_id, text, answer, None,
-                                           {"file": BIOASQ_FILE.name, "split": split}))
+            found.append(
+                ImportedRationale(teacher, example_id, text, answer, None, {"file": BIOASQ_FILE.name, "split": split})
+            )
     return found
 
 
@@ -186,8 +210,9 @@ def import_tinyllm_rationales(folder: Path, split: str) -> dict[str, dict[str, s
     return read_tinyllm(Path(folder), split).by_teacher()
 
 
-def store_rationales(store: Store, rationales: Iterable[ImportedRationale], task: str,
-                     questions: Sequence[Example] | None = None) -> int:
+def store_rationales(
+    store: Store, rationales: Iterable[ImportedRationale], task: str, questions: Sequence[Example] | None = None
+) -> int:
     """Put imported rationales in the teacher cache (strategy `imported`), one transaction each;
     importing again replaces them. `questions` gives gold answers for `matches_gold`."""
     gold = {q.id: q.answer for q in questions or []}
@@ -196,8 +221,18 @@ def store_rationales(store: Store, rationales: Iterable[ImportedRationale], task
     for r in rationales:
         key = cache.cache_key(imported=True, teacher=r.teacher, task=task_name, example=r.example_id)
         matches = None if r.answer is None or r.example_id not in gold else r.answer == gold[r.example_id]
-        output = TeacherOutput(cache.teacher_key(r.teacher), r.example_id, "imported", r.text, r.answer,
-                               None, matches, key, task_name, {"raw": r.raw, "source": r.source})
+        output = TeacherOutput(
+            cache.teacher_key(r.teacher),
+            r.example_id,
+            "imported",
+            r.text,
+            r.answer,
+            None,
+            matches,
+            key,
+            task_name,
+            {"raw": r.raw, "source": r.source},
+        )
         cache.save(store, output, None, replace=True)
         count += 1
     return count
@@ -212,7 +247,9 @@ def _answer_index(value, example: Example | None, path: Path, where: str) -> int
         index = value
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
         index = LETTERS.index(value.strip().upper())
-    elif isinstance(value, str) and example is not None and value.strip().lower() in [c.lower() for c in example.choices]:
+    elif (
+        isinstance(value, str) and example is not None and value.strip().lower() in [c.lower() for c in example.choices]
+    ):
         return [c.lower() for c in example.choices].index(value.strip().lower())
     else:
         raise TaskFormatError(path, where, f"'answer' as an index, a letter or a choice's text, got {value!r}")
@@ -239,24 +276,37 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
         unknown = sorted(set(record) - JSONL_KEYS)
         absent = [k for k in ("id", "teacher", "rationale") if not record.get(k) and record.get(k) != 0]
         if unknown or absent:
-            raise TaskFormatError(path, where, f"keys id, teacher, rationale (and optionally answer); "
-                                  f"{'unknown: ' + str(unknown) if unknown else 'missing: ' + str(absent)}")
+            raise TaskFormatError(
+                path,
+                where,
+                f"keys id, teacher, rationale (and optionally answer); "
+                f"{'unknown: ' + str(unknown) if unknown else 'missing: ' + str(absent)}",
+            )
         example_id = str(record["id"])
         if by_id is not None and example_id not in by_id:
-            raise TaskFormatError(path, where, f"an id of the task's questions, got {example_id!r}",
-                                  "import with the task the rationales were written for")
+            raise TaskFormatError(
+                path,
+                where,
+                f"an id of the task's questions, got {example_id!r}",
+                "import with the task the rationales were written for",
+            )
         example = by_id.get(example_id) if by_id else None
         answer = _answer_index(record.get("answer"), example, path, where)
         key = (str(record["teacher"]), example_id)
         if key in seen:
             first_where, first = seen[key]
             if (first.text, first.answer) != (str(record["rationale"]), answer):
-                raise TaskFormatError(path, where, f"one rationale per teacher and question; {key[0]!r} already has "
-                                      f"a different one for {example_id!r} at {first_where}",
-                                      "keep one of the two lines")
+                raise TaskFormatError(
+                    path,
+                    where,
+                    f"one rationale per teacher and question; {key[0]!r} already has "
+                    f"a different one for {example_id!r} at {first_where}",
+                    "keep one of the two lines",
+                )
             continue  # the same line twice: imported once
-        rationale = ImportedRationale(key[0], example_id, str(record["rationale"]), answer, None,
-                                      {"file": str(path), "where": where})
+        rationale = ImportedRationale(
+            key[0], example_id, str(record["rationale"]), answer, None, {"file": str(path), "where": where}
+        )
         seen[key] = (where, rationale)
         found.append(rationale)
     if not found:
@@ -264,8 +314,9 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
     return found
 
 
-def export_rationales_jsonl(store: Store, path: Path, teacher: str | None = None, task: str | None = None,
-                            strategy: str | None = None) -> int:
+def export_rationales_jsonl(
+    store: Store, path: Path, teacher: str | None = None, task: str | None = None, strategy: str | None = None
+) -> int:
     """Write cached rationales as JSONL (the format `read_rationales_jsonl` reads); returns the count."""
     rows = [r for r in cache.rows_for(store, teacher, task, strategy) if r["text"]]
     path = Path(path)
@@ -273,9 +324,15 @@ def export_rationales_jsonl(store: Store, path: Path, teacher: str | None = None
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         for row in rows:
-            record = {"id": row["example_id"], "teacher": row["teacher"], "rationale": row["text"],
-                      "answer": row["answer"], "task": row["task"], "strategy": row["strategy"],
-                      "matches_gold": None if row["matches_gold"] is None else bool(row["matches_gold"])}
+            record = {
+                "id": row["example_id"],
+                "teacher": row["teacher"],
+                "rationale": row["text"],
+                "answer": row["answer"],
+                "task": row["task"],
+                "strategy": row["strategy"],
+                "matches_gold": None if row["matches_gold"] is None else bool(row["matches_gold"]),
+            }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)  # written whole or not at all
     return len(rows)
