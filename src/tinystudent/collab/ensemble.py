@@ -162,8 +162,9 @@ def sum_costs(costs: Sequence[dict]) -> dict:
             total[key] = None if any(v is None for v in values) else _round(sum(values))
     rates = [c.get("questions_per_s") for c in costs]
     if any(r is not None for r in rates):
-        usable = all(r is not None and r > 0 for r in rates)
-        total["questions_per_s"] = round(1 / sum(1 / r for r in rates), 3) if usable else None
+        positive = [r for r in rates if r is not None and r > 0]
+        usable = len(positive) == len(rates)
+        total["questions_per_s"] = round(1 / sum(1 / r for r in positive), 3) if usable else None
     for key in sorted({k for c in costs for k in c} - set(ADDITIVE_COSTS) - {"questions_per_s", "members"}):
         values = [c.get(key) for c in costs]
         total[key] = values[0] if all(v == values[0] for v in values) else values

@@ -47,7 +47,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{index}"] = state
     py_version, py_state, py_gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: tuple = np.random.get_state()  # type: ignore[assignment]  # the legacy tuple form
     plain = {
         "python": [py_version, list(py_state), py_gauss],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -150,7 +150,7 @@ def save_best(model: torch.nn.Module, tokenizer, out_dir: Path, is_lora: bool, i
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     remove_made(tmp, "training.json")
     make_folder(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]  # a transformers or peft model
     tokenizer.save_pretrained(tmp)
     _write_json(tmp / "training.json", info)
     remove_made(out_dir, "training.json")

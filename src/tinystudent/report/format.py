@@ -8,13 +8,13 @@ A missing value is an en dash, never "None" or "nan".
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, TypeGuard
 
 MISSING = "–"
 REPORTED = "reported, not measured"
 
 
-def is_number(value) -> bool:
+def is_number(value) -> TypeGuard[float]:
     """True for a finite int or float (bools are not numbers here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

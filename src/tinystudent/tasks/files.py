@@ -8,6 +8,7 @@ import hashlib
 import json
 import zlib
 from pathlib import Path
+from typing import Any
 
 from tinystudent.tasks.formats import Converter, detect_format, from_bioasq, from_pubmedqa_original, mapped_converter
 from tinystudent.tasks.schema import SPLITS, Example, TaskData, TaskFormatError, check_examples
@@ -37,7 +38,7 @@ def _read_text(path: Path) -> str:
         raise TaskFormatError(path, f"byte {err.start}", "UTF-8 text") from None
 
 
-def read_records(path: Path) -> tuple[object, list[str] | None]:
+def read_records(path: Path) -> tuple[Any, list[str] | None]:
     """Parse a JSON document or JSON Lines, whichever the content is.
 
     Returns the parsed document (JSON) or the list of records (JSONL) and, for JSONL, the
@@ -142,8 +143,8 @@ def read_file(path: Path, columns: dict[str, str] | None = None) -> tuple[list[E
                 "a column mapping for a CSV file",
                 "pass --columns question=...,choices=A|B|C|D,answer=...",
             )
-        rows, wheres = read_csv(path)
-        return _convert_all(rows, wheres, path, converter, format_name)
+        rows, lines = read_csv(path)
+        return _convert_all(rows, lines, path, converter, format_name)
     document, wheres = read_records(path)
     if wheres is not None:
         return _convert_all(document, wheres, path, converter, format_name)
@@ -222,7 +223,8 @@ def read_folder(path: Path, seed: int = 0) -> TaskData:
     """A folder: a saved Hugging Face dataset, or one file per split (`*_train.json`, ...)."""
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         return read_saved_dataset(path)
-    splits, origin = {}, {"path": str(path), "splits": "files"}
+    splits: dict[str, list] = {}
+    origin: dict[str, Any] = {"path": str(path), "splits": "files"}
     for file in sorted(p for p in path.iterdir() if p.is_file()):
         stem = file.name.split(".")[0].lower()
         for suffix, split in TINYLLM_SPLITS.items():

@@ -139,8 +139,12 @@ class Teacher(Protocol):
     name: str
     identity: str
     calls: int
-    tokenizer: object | None
-    input_limit: int | None
+
+    @property
+    def tokenizer(self) -> object | None: ...
+
+    @property
+    def input_limit(self) -> int | None: ...
 
     def full_prompt(self, prompt: str) -> str:
         """Exactly what the model is sent for `prompt` (after any chat template)."""

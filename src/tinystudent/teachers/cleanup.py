@@ -79,15 +79,18 @@ def trim_to_budget(text: str, max_tokens: int, count_tokens: Callable[[str], int
     if max_tokens <= 0:
         raise ValueError(f"the rationale token budget must be positive, got {max_tokens}")
     words = text.split(" ")
-    counted = count_tokens(text) if count_tokens else None
-    if counted is None:
-        counted, count_tokens = len(text.split()), lambda t: len(t.split())
-    if counted <= max_tokens:
+    use_words = count_tokens is None or count_tokens(text) is None
+
+    def count(piece: str) -> int:
+        tokens = None if use_words or count_tokens is None else count_tokens(piece)
+        return len(piece.split()) if tokens is None else tokens
+
+    if count(text) <= max_tokens:
         return text
     low, high = 0, len(words)  # the longest word prefix within the budget
     while low < high:
         middle = (low + high + 1) // 2
-        if count_tokens(" ".join(words[:middle])) <= max_tokens:
+        if count(" ".join(words[:middle])) <= max_tokens:
             low = middle
         else:
             high = middle - 1
@@ -96,7 +99,7 @@ def trim_to_budget(text: str, max_tokens: int, count_tokens: Callable[[str], int
         low, high = 0, len(text)
         while low < high:
             middle = (low + high + 1) // 2
-            low, high = (middle, high) if count_tokens(text[:middle]) <= max_tokens else (low, middle - 1)
+            low, high = (middle, high) if count(text[:middle]) <= max_tokens else (low, middle - 1)
         return text[:low].strip()
     ends = [m.end() for m in SENTENCE_END.finditer(kept)]
     if ends and ends[-1] >= len(kept) // 2:

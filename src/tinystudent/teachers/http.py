@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 from urllib.parse import urlparse
 
 import httpx
@@ -39,6 +39,8 @@ from tinystudent.teachers.base import (
     TeacherError,
     TeacherUnavailable,
 )
+
+T = TypeVar("T")  # what one request gives back
 
 ENDPOINTS = ("chat", "completions")
 FATAL_STATUS = {
@@ -284,7 +286,7 @@ class HttpTeacher:
 
     # --- running many requests --------------------------------------------------------------
 
-    def _run_all(self, count: int, work: Callable[[int], object]) -> Iterator[tuple[int, object]]:
+    def _run_all(self, count: int, work: Callable[[int], T]) -> Iterator[tuple[int, T | TeacherError]]:
         """Run work(0..count-1) with at most `concurrency` in flight, yielding results as they come.
 
         TeacherError is yielded for its index; TeacherUnavailable and ScoringUnsupported stop

@@ -97,7 +97,7 @@ def _chunk_files(folder: Path, split: str) -> list[Path]:
 
 
 def _read_chunks(files: list[Path]) -> list[tuple[Path, int, str]]:
-    strings = []
+    strings: list[tuple[Path, int, str]] = []
     for number, path in enumerate(files):
         try:
             chunk = json.loads(path.read_text(encoding="utf-8"))
@@ -262,7 +262,8 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
     """Read `{id, teacher, rationale, answer?}` lines; with `questions`, every id must be one of them."""
     path = Path(path)
     by_id = {q.id: q for q in questions} if questions is not None else None
-    found, seen = [], {}
+    found: list = []
+    seen: dict[tuple, tuple[str, ImportedRationale]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue

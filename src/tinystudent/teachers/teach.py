@@ -428,7 +428,7 @@ def teacher_choice_logprobs(
         }
     if summary.failed:
         warn(f"{summary.failed} question(s) could not be scored: {summary.errors[:3]}")
-    return {o.example_id: o.choice_logprobs for o in summary.outputs}
+    return {o.example_id: o.choice_logprobs for o in summary.outputs}  # type: ignore[misc]  # a scored output holds its scores
 
 
 def load_rationales(
