@@ -164,10 +164,8 @@ def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
     )
     assert result.exit_code == 2 and "--strategy 'magic': rationales come from one of" in result.output
     result = _run(["train", "--student", str(tiny_causal), "--task", arc_task, "--precision", "fp8"])
-    assert (
-        result.exit_code == 2
-        and "training config: precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16' (got 'fp8')"
-        in " ".join(result.output.split())
+    assert result.exit_code == 2 and "Invalid value for '--precision': Value error, 'fp8' is not one of 'auto'" in (
+        " ".join(result.output.split())
     )
     result = _run(
         [
@@ -189,3 +187,68 @@ def test_train_errors_are_one_clear_line(tiny_causal, arc_task, tmp_path):
         ]
     )
     assert result.exit_code == 2 and "match nothing" in result.output
+
+
+def test_train_options_are_train_config_fields():
+    """Every TrainConfig field with a command-line form is an option: its name in kebab case, its
+    default and its description as help; the older names keep working."""
+    import typer
+
+    from tinystudent.commands.options import config_fields
+    from tinystudent.distill import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {p.name: p for p in command.params}
+    fields = config_fields(TrainConfig, skip=("weights",))
+    assert {"batch_size", "lr", "precision", "lora_rank", "lora_target_modules", "packing"} <= {f.name for f in fields}
+    for field in fields:
+        option = options[field.name]
+        default = field.field.get_default(call_default_factory=True)
+        assert option.default == default and option.help == field.field.description, field.path
+        assert "--" + field.name.replace("_", "-") in option.opts
+    names = {name for p in command.params for name in p.opts + p.secondary_opts}
+    assert {"--divergence", "--patience", "--lora-targets", "--merge", "--no-merge"} <= names
+    assert "weights" not in options and "betas" not in options  # --objective/--weight; config file only
+
+
+def test_only_the_options_given_override_the_config_file(tmp_path, monkeypatch):
+    from tinystudent.commands import train as train_module
+
+    seen = {}
+
+    def stop(config_file, options):
+        seen.update(options)
+        raise ValueError("stopped before loading the task")
+
+    (tmp_path / "run.yaml").write_text("method: lora\nbatch_size: 4\nlora: {rank: 4, merge: true}\n")
+    monkeypatch.setattr(train_module, "_config", stop)
+    args = ["train", "-s", "m", "-t", "t", "--config", str(tmp_path / "run.yaml"), "--grad-accum", "2"]
+    result = _run([*args, "--lora-targets", "q_proj, v_proj", "--no-merge", "--divergence", "jsd", "--no-packing"])
+    assert result.exit_code == 2 and "stopped before loading the task" in result.output
+    weights = seen.pop("weights")
+    assert weights == {"answer": 1.0}
+    assert seen == {
+        "grad_accum": 2,
+        "lora": {"target_modules": ["q_proj", "v_proj"], "merge": False},
+        "logit_kd_divergence": "jsd",
+        "packing": False,
+    }
+    monkeypatch.undo()
+    config = train_module._config(tmp_path / "run.yaml", {**seen, "weights": weights})
+    assert (config.method, config.batch_size, config.grad_accum, config.packing) == ("lora", 4, 2, False)
+    assert (config.lora.rank, config.lora.merge, config.lora.target_modules) == (4, False, ["q_proj", "v_proj"])
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lr", "abc", "Invalid value for '--lr': Input should be a valid number"),
+        ("--lr", "0", "Invalid value for '--lr': Input should be greater than 0"),
+        ("--batch-size", "0", "Invalid value for '--batch-size': Input should be greater than or equal to 1"),
+        ("--warmup-ratio", "1", "Invalid value for '--warmup-ratio': Input should be less than 1"),
+        ("--divergence", "kl", "Invalid value for '--logit-kd-divergence' / '--divergence': Value error, 'kl'"),
+    ],
+)
+def test_a_bad_option_value_is_one_line_naming_the_option(option, value, message):
+    result = _run(["train", "-s", "m", "-t", "t", option, value])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())

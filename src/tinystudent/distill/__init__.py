@@ -12,22 +12,41 @@ Public API:
     hidden_state_loss, chunked_token_losses; check_vocab / VocabAlignment.
 """
 
+from importlib import import_module
+
 from tinystudent.distill.config import LoraSettings, ObjectiveWeights, RecoveryConfig, TrainConfig
-from tinystudent.distill.loop import TrainingDiverged
-from tinystudent.distill.losses import (
-    DIVERGENCES,
-    choice_kd_loss,
-    chunked_token_losses,
-    forward_kl,
-    generalized_jsd,
-    hidden_state_loss,
-    mutual_kl,
-    reverse_kl,
-    token_divergence,
-)
-from tinystudent.distill.result import TrainResult
-from tinystudent.distill.train import train_mutual, train_student
-from tinystudent.distill.vocab import VocabAlignment, check_vocab
+
+# The rest imports torch, so it loads on first use: the command line reads TrainConfig to build
+# `tinystudent train`'s options, and every command would otherwise wait seconds for torch.
+_MODULE_OF = {
+    "TrainingDiverged": "loop",
+    **dict.fromkeys(
+        [
+            "DIVERGENCES",
+            "choice_kd_loss",
+            "chunked_token_losses",
+            "forward_kl",
+            "generalized_jsd",
+            "hidden_state_loss",
+            "mutual_kl",
+            "reverse_kl",
+            "token_divergence",
+        ],
+        "losses",
+    ),
+    "TrainResult": "result",
+    "train_mutual": "train",
+    "train_student": "train",
+    "VocabAlignment": "vocab",
+    "check_vocab": "vocab",
+}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
 
 __all__ = [
     "DIVERGENCES",

@@ -60,124 +60,133 @@ class ObjectiveWeights(_Strict):
 
 
 class LoraSettings(_Strict):
-    """LoRA (Hu et al. 2021) through PEFT.
+    """LoRA (Hu et al. 2021) through PEFT. Each field's description is its documentation and the
+    help of its `tinystudent train --lora-...` option."""
 
-    Attributes:
-        rank: rank r of the update (8).
-        alpha: scaling numerator; the update is scaled by alpha / r (16).
-        dropout: dropout on the LoRA input (0.05).
-        target_modules: module name suffixes to adapt, or `all-linear` (every linear layer but
-            the output head). Each name must match at least one module ("all-linear").
-        merge: save the best checkpoint as a plain model with the adapter merged in (False:
-            save the adapter folder, which `load_model` reads onto its base model).
-    """
-
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: str | list[str] = "all-linear"
-    merge: bool = False
+    rank: int = Field(8, ge=1, description="LoRA rank r of the update.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Module name suffixes to adapt (comma-separated on the command line), or all-linear: every "
+        "linear layer but the output head. Each name must match at least one module.",
+    )
+    merge: bool = Field(
+        False,
+        description="Save the best checkpoint as a plain model with the adapter merged in, instead of the "
+        "adapter folder (which load_model reads onto its base model).",
+    )
 
 
 class TrainConfig(_Strict):
     """Everything that decides a training run (saved beside every checkpoint).
 
-    Attributes:
-        weights: objective weights (see `ObjectiveWeights`).
-        method: `full` fine-tuning or `lora`.
-        lora: LoRA settings (used when method is lora).
-        answer_loss: how the answer term is computed for causal and seq2seq students: `tokens`,
-            cross-entropy on the gold answer's tokens (a language-modelling loss on the answer
-            text); or `choices`, cross-entropy of the gold choice under the student's
-            distribution over the choices (softmax of each choice's summed log-likelihood,
-            the score evaluation ranks by), which trains the decision itself. Encoder
-            students always use `choices` ("tokens").
-        lr: peak learning rate (default 5e-5 for full fine-tuning, 2e-4 for LoRA).
-        weight_decay: AdamW weight decay (0.0).
-        betas: AdamW betas ((0.9, 0.999)).
-        warmup_ratio: share of the steps spent warming the learning rate up linearly (0.05).
-        min_lr_ratio: the cosine decay ends at lr * min_lr_ratio (0.0).
-        steps: optimizer steps; when None, `epochs` decides (None).
-        epochs: passes over the training examples when `steps` is None (1.0).
-        batch_size: questions per micro-batch per process (8).
-        grad_accum: micro-batches per optimizer step (1).
-        max_grad_norm: gradient clipping norm; 0 turns clipping off (1.0).
-        precision: `auto` (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU),
-            `fp32`, `bf16` or `fp16` autocast; master weights stay in fp32.
-        gradient_checkpointing: recompute activations in backward to save memory (False).
-        attention_dropout: dropout on the attention probabilities while training; None keeps the
-            model's own (BERT/MiniLM: 0.1). 0 lets the fused attention kernels run: on a 2-core CPU
-            a MiniLM trains 1.8x faster at 256 tokens (`bench/bench_training.py`) (None).
-        seed: seed of initialisation, data order and dropout (0).
-        temperature: softening temperature of choice-level and token-level KD and of mutual
-            learning (2.0).
-        logit_kd_divergence: `forward_kl`, `reverse_kl` or `jsd` (generalized Jensen-Shannon).
-        jsd_beta: the JSD's mixing weight beta in (0, 1) (0.5).
-        kd_chunk_tokens: token-level losses are computed this many target tokens at a time, so
-            peak memory does not grow with batch x tokens x vocabulary (1024; on an H100 with
-            a Qwen2.5-0.5B-shaped student, 256 trains at 0.81x the tokens/s of 4096 and 1024 at
-            0.95x, for 0.67x and 0.73x of its peak memory).
-        hidden_layers: (student layer, teacher layer) pairs for hidden-state matching; by default
-            a scaled-down student's kept layers map to the layers they were copied from.
-        rationale_prompt: the rationale task's input; `{teacher}` and `{question}` (the question
-            with lettered choices) are filled in, so each teacher's task has its own prefix.
-        max_input_tokens: every input is fitted to this many tokens (the answer task's prompt and
-            choice, a cross-encoder's pair, a rationale task's prompt): the end of the evidence is
-            cut first, the question and choices are kept (`evaluation.fit`) (256).
-        packing: a causal student's answer and rationale sequences share rows, positions
-            restarting per sequence and attention kept within each, instead of each padded to the
-            longest (True). The loss is the same (`tests/test_packing.py`).
-        max_answer_tokens: answer continuations are cut to this many tokens (32).
-        max_rationale_tokens: rationales are cut to this many tokens (128).
-        eval_every: evaluate on the validation examples every N steps; None: only at the end.
-        eval_before: evaluate the untrained student first (True).
-        eval_batch_size: questions per evaluation batch (16).
-        valid_limit: evaluate on the first N validation examples only (None: all).
-        checkpoint_every: save a resumable checkpoint every N steps (None: never).
-        keep_checkpoints: how many resumable checkpoints to keep (2).
-        early_stopping_patience: stop after this many evaluations without a better validation
-            accuracy (None: never stop early).
-        log_every: steps over which the reported train loss is averaged (10).
-        device: `auto`, `cpu`, `cuda`; under `accelerate launch` each process gets its own GPU.
+    Each field's description is its documentation and the help of its `tinystudent train` option
+    (`commands.options` turns the fields into options); "unset" means the field is None.
     """
 
-    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
-    method: Literal["full", "lora"] = "full"
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    answer_loss: Literal["tokens", "choices"] = "tokens"
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    steps: int | None = Field(None, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_grad_norm: float = Field(1.0, ge=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool = False
-    attention_dropout: float | None = Field(None, ge=0, lt=1)
-    seed: int = 0
-    temperature: float = Field(2.0, gt=0)
-    logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    jsd_beta: float = Field(0.5, gt=0, lt=1)
-    kd_chunk_tokens: int = Field(1024, ge=1)
-    hidden_layers: list[tuple[int, int]] | None = None
-    rationale_prompt: str = "Rationale ({teacher}):\n{question}\nExplanation:"
-    max_input_tokens: int = Field(256, ge=8)
-    packing: bool = True
-    max_answer_tokens: int = Field(32, ge=1)
-    max_rationale_tokens: int = Field(128, ge=1)
-    eval_every: int | None = Field(None, ge=1)
-    eval_before: bool = True
-    eval_batch_size: int = Field(16, ge=1)
-    valid_limit: int | None = Field(None, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    early_stopping_patience: int | None = Field(None, ge=1)
-    log_every: int = Field(10, ge=1)
-    device: str = "auto"
+    weights: ObjectiveWeights = Field(
+        default_factory=ObjectiveWeights,
+        description="Objective weights (see ObjectiveWeights); on the command line, --objective and --weight.",
+    )
+    method: Literal["full", "lora"] = Field("full", description="full fine-tuning or lora.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings, used when method is lora.")
+    answer_loss: Literal["tokens", "choices"] = Field(
+        "tokens",
+        description="How the answer term is computed for causal and seq2seq students: tokens, cross-entropy on "
+        "the gold answer's tokens (a language-modelling loss on the answer text); or choices, cross-entropy of "
+        "the gold choice under the student's distribution over the choices (softmax of each choice's summed "
+        "log-likelihood, the score evaluation ranks by), which trains the decision itself. Encoder students "
+        "always use choices.",
+    )
+    lr: float | None = Field(
+        None, gt=0, description="Peak learning rate; unset: 5e-5 for full fine-tuning, 2e-4 for LoRA."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_ratio: float = Field(
+        0.05, ge=0, lt=1, description="Share of the steps spent warming the learning rate up linearly."
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="The cosine decay ends at lr * min_lr_ratio.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; unset: epochs decides.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training questions when steps is unset.")
+    batch_size: int = Field(8, ge=1, description="Questions per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto (bf16 on a GPU that has it, fp16 on other GPUs, fp32 on the CPU), fp32, or bf16 or "
+        "fp16 autocast; master weights stay in fp32.",
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    # 0 on a 2-core CPU: a MiniLM trains 1.8x faster at 256 tokens (`bench/bench_training.py`).
+    attention_dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Dropout on the attention probabilities while training; unset keeps the model's own "
+        "(BERT/MiniLM: 0.1). 0 lets the fused attention kernels run, which trains faster on a CPU.",
+    )
+    seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
+    temperature: float = Field(
+        2.0, gt=0, description="Softening temperature of choice-level and token-level KD and of mutual learning."
+    )
+    logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="Divergence of logit_kd; jsd is the generalized Jensen-Shannon divergence."
+    )
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="The JSD's mixing weight beta.")
+    # On an H100 with a Qwen2.5-0.5B-shaped student, 256 trains at 0.81x the tokens/s of 4096 and
+    # 1024 at 0.95x, for 0.67x and 0.73x of its peak memory.
+    kd_chunk_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Token-level losses are computed this many target tokens at a time, so peak memory does "
+        "not grow with batch x tokens x vocabulary.",
+    )
+    hidden_layers: list[tuple[int, int]] | None = Field(
+        None,
+        description="(student layer, teacher layer) pairs for hidden-state matching; unset: a scaled-down "
+        "student's kept layers map to the layers they were copied from.",
+    )
+    rationale_prompt: str = Field(
+        "Rationale ({teacher}):\n{question}\nExplanation:",
+        description="The rationale task's input; {teacher} and {question} (the question with lettered choices) "
+        "are filled in, so each teacher's task has its own prefix.",
+    )
+    max_input_tokens: int = Field(
+        256,
+        ge=8,
+        description="Every input is fitted to this many tokens (the answer task's prompt and choice, a "
+        "cross-encoder's pair, a rationale task's prompt): the end of the evidence is cut first, the question "
+        "and choices are kept (evaluation.fit).",
+    )
+    # The loss is the same either way (`tests/test_packing.py`).
+    packing: bool = Field(
+        True,
+        description="A causal student's answer and rationale sequences share rows, positions restarting per "
+        "sequence and attention kept within each, instead of each padded to the longest.",
+    )
+    max_answer_tokens: int = Field(32, ge=1, description="Answer continuations are cut to this many tokens.")
+    max_rationale_tokens: int = Field(128, ge=1, description="Rationales are cut to this many tokens.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate on the validation examples every N steps; unset: only at the end."
+    )
+    eval_before: bool = Field(True, description="Evaluate the untrained student first.")
+    eval_batch_size: int = Field(16, ge=1, description="Questions per evaluation batch.")
+    valid_limit: int | None = Field(
+        None, ge=1, description="Evaluate on the first N validation examples only; unset: all."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every N steps; unset: never."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="How many resumable checkpoints to keep.")
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without a better validation accuracy; unset: never.",
+    )
+    log_every: int = Field(10, ge=1, description="Steps over which the reported train loss is averaged.")
+    device: str = Field("auto", description="auto, cpu or cuda; under accelerate launch each process gets its own GPU.")
 
     @model_validator(mode="before")
     @classmethod

@@ -33,7 +33,12 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
 
-def _check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> None:
+def check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> None:
+    """Refuse training questions that are also validation or test questions (by id).
+
+    Raises:
+        ValueError: the splits overlap; the message names a few shared ids.
+    """
     train_ids = {ex.id for ex in train}
     for name, other in (("validation", valid), ("test", test or [])):
         shared = train_ids & {ex.id for ex in other}
@@ -44,9 +49,19 @@ def _check_splits(train: list[Example], valid: list[Example], test: list[Example
             )
 
 
-def _check_objectives(
-    config: TrainConfig, rationale_weights: dict, choice_weights: dict, teacher, mutual: bool
-) -> None:
+def check_objectives(config: TrainConfig, rationale_weights: dict, choice_weights: dict, teacher, mutual: bool) -> None:
+    """Check that every weighted objective has its data before any work.
+
+    Args:
+        config: the run's config; its `weights` say which objectives are on.
+        rationale_weights, choice_weights: teacher -> weight of the teachers with data
+            (`ObjectiveWeights.per_teacher`).
+        teacher: the teacher model of logit_kd / hidden, or None.
+        mutual: deep mutual learning, where `weights.mutual` is an objective too.
+
+    Raises:
+        ValueError: an objective with weight above 0 has no data or teacher, or every weight is 0.
+    """
     weights = config.weights
     if weights.rationale and not rationale_weights:
         raise ValueError("weights.rationale > 0 but no rationales were given")
@@ -68,8 +83,13 @@ def _check_objectives(
         raise ValueError("every objective has weight 0: nothing to train")
 
 
-def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None:
-    """Make out_dir this run's folder; refuse to mix two different runs in one folder."""
+def claim_run_folder(out_dir: Path, run_key: str, resume: bool, description: dict) -> None:
+    """Make out_dir this run's folder, writing `run.json` (run_key and description); refuse to mix
+    two different runs in one folder. With resume False, a run already there is deleted first.
+
+    Raises:
+        ValueError: out_dir holds another run (another run key) and resume is True.
+    """
     marker = out_dir / "run.json"
     if marker.exists():
         found = json.loads(marker.read_text())
@@ -89,8 +109,12 @@ def _claim(out_dir: Path, run_key: str, resume: bool, description: dict) -> None
     marker.write_text(json.dumps({"run_key": run_key, **description}, indent=1, default=str))
 
 
-class _Run:
-    """The state of one run over its trainees (one student, or peers in mutual learning)."""
+class TrainingRun:
+    """The state of one run over its trainees (one student, or peers in mutual learning).
+
+    `train.py` makes one per run: `resume()` loads the last checkpoint, `run()` trains to the end,
+    `evaluate` and `save_best` serve the final measurement.
+    """
 
     def __init__(
         self,

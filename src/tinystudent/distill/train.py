@@ -13,7 +13,7 @@ import torch
 from tinystudent.distill.checkpoints import load_best
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import check_choice_logprobs, check_rationales
-from tinystudent.distill.loop import TrainingDiverged, _check_objectives, _check_splits, _claim, _Run
+from tinystudent.distill.loop import TrainingDiverged, TrainingRun, check_objectives, check_splits, claim_run_folder
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
 from tinystudent.distill.trainee import Trainee, setup_trainee
@@ -82,12 +82,12 @@ def _train(
     out_dir = Path(out_dir)
     if not train:
         raise ValueError("no training examples")
-    _check_splits(train, valid, test)
+    check_splits(train, valid, test)
     rationales = check_rationales(rationales, train)
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
     rationale_weights = config.weights.per_teacher("rationale", list(rationales))
     choice_weights = config.weights.per_teacher("choice_kd", list(choice_logprobs))
-    _check_objectives(config, rationale_weights, choice_weights, teacher, mutual)
+    check_objectives(config, rationale_weights, choice_weights, teacher, mutual)
     valid = valid[: config.valid_limit] if config.valid_limit else list(valid)
     accelerator, device = _accelerator(config.device)
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
@@ -109,7 +109,7 @@ def _train(
     }
     run_key = stable_hash(description)
     if accelerator.is_main_process:
-        _claim(out_dir, run_key, resume, description)
+        claim_run_folder(out_dir, run_key, resume, description)
     accelerator.wait_for_everyone()
     done = out_dir / "result.json"
     if done.exists() and resume:
@@ -138,7 +138,7 @@ def _train(
         )
         trainee.objective = accelerator.prepare(trainee.objective)
         trainees.append(trainee)
-    run = _Run(
+    run = TrainingRun(
         trainees,
         train,
         valid,
@@ -167,7 +167,9 @@ def _train(
     return results
 
 
-def _finish(run: _Run, tr: Trainee, test: list[Example] | None, memory: MemoryMeter, run_key: str) -> TrainResult:
+def _finish(
+    run: TrainingRun, tr: Trainee, test: list[Example] | None, memory: MemoryMeter, run_key: str
+) -> TrainResult:
     """Put the kept checkpoint back, measure it on the test examples, export, report."""
     state, shared, config = tr.state, run.shared, run.config
     best_dir = tr.out_dir / "best"
