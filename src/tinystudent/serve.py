@@ -33,17 +33,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinystudent.models.loading import LoadedModel, context_length
-from tinystudent.teachers.engine import (
-    RowParams,
-    TokenLogprobs,
-    adds_special_tokens,
-    encode_prompt,
-    eos_ids,
-    generate_rows,
-    sample_token,
-    token_logprobs,
-)
+from tinystudent.evaluation.generative import generate_in_batches
+from tinystudent.models.generation import RowParams, eos_ids, sample_token
+from tinystudent.models.kinds import ModelKind
+from tinystudent.models.loading import LoadedModel
+from tinystudent.teachers.engine import TokenLogprobs, token_logprobs
 
 
 class RequestError(Exception):
@@ -120,8 +114,8 @@ class Engine:
 
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 16, batch_wait_ms: float = 5.0):
         self.loaded, self.max_batch_size, self.batch_wait_s = loaded, max_batch_size, batch_wait_ms / 1000
-        self.tokenizer, self.kind = loaded.tokenizer, loaded.kind
-        self.max_positions = context_length(loaded.model) if loaded.kind == "causal" else None
+        self.tokenizer, self.kind, self.adapter = loaded.tokenizer, loaded.kind, loaded.adapter
+        self.max_positions = loaded.adapter.position_limit(loaded.model)
         self.stop_ids = eos_ids(loaded.model, loaded.tokenizer)
         self.jobs: queue.Queue = queue.Queue()
         self.stats = {"requests": 0, "prompts": 0, "forward_batches": 0, "largest_batch": 0}
@@ -221,7 +215,7 @@ class Engine:
                 {"role": m.get("role", "user"), "content": _content_text(m.get("content"))} for m in request.messages
             ]
             texts = [self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
-            id_rows = [encode_prompt(self.tokenizer, self.kind, texts[0])]
+            id_rows = [self.adapter.encode_prompt(self.tokenizer, texts[0])]
             max_tokens = next((m for m in (request.max_completion_tokens, request.max_tokens) if m is not None), 256)
             top_n = (request.top_logprobs or 0) if request.logprobs else None
         else:
@@ -230,12 +224,14 @@ class Engine:
                 prompts = [prompts]
             if not prompts:
                 raise RequestError("prompt is empty")
-            id_rows = [list(p) if isinstance(p, list) else encode_prompt(self.tokenizer, self.kind, p) for p in prompts]
+            id_rows = [
+                list(p) if isinstance(p, list) else self.adapter.encode_prompt(self.tokenizer, p) for p in prompts
+            ]
             texts = [self.tokenizer.decode(p) if isinstance(p, list) else p for p in prompts]
             max_tokens = 16 if request.max_tokens is None else request.max_tokens
             top_n = request.logprobs
-        if top_n is not None and self.kind != "causal":
-            raise RequestError("logprobs need a causal model; this server runs a seq2seq model")
+        if top_n is not None and not self.adapter.decoder_only:
+            raise RequestError(f"logprobs need a causal model; this server runs a {self.kind} model")
         for ids in id_rows:
             self._check_length(ids, max_tokens)
         job.texts = texts
@@ -249,22 +245,27 @@ class Engine:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], size)
 
     def _execute(self, rows: list[Row]) -> None:
+        # Prompt log-probabilities come from one pass of a decoder-only model; its next token too.
+        prompt_pass = self.adapter.decoder_only
         one_pass = [
             r
             for r in rows
-            if r.params.max_new_tokens == 0
-            or (r.top_n is not None and r.params.max_new_tokens == 1 and self.kind == "causal")
+            if r.params.max_new_tokens == 0 or (r.top_n is not None and r.params.max_new_tokens == 1 and prompt_pass)
         ]
-        generated = sorted((r for r in rows if r not in one_pass), key=lambda r: len(r.ids))
-        for start in range(0, len(generated), self.max_batch_size):
-            batch = generated[start : start + self.max_batch_size]
-            self._count_batch(len(batch))
-            results = generate_rows(
-                self.loaded.model, self.tokenizer, self.kind, [r.ids for r in batch], [r.params for r in batch]
-            )
-            for row, (generation, kept) in zip(batch, results):
-                row.text, row.completion_ids, row.finish_reason = generation.text, kept, generation.finish_reason
-        scored = [r for r in rows if r.top_n is not None and self.kind == "causal"]
+        generated = [r for r in rows if r not in one_pass]
+        results = generate_in_batches(
+            self.loaded.model,
+            self.tokenizer,
+            self.adapter,
+            [r.ids for r in generated],
+            [r.params for r in generated],
+            self.max_batch_size,
+            on_batch=lambda prompts, seconds: self._count_batch(prompts),
+        )
+        for index, out in results:
+            row = generated[index]
+            row.text, row.completion_ids, row.finish_reason = out.text, out.token_ids, out.finish_reason
+        scored = [r for r in rows if r.top_n is not None and prompt_pass]
         if scored:
             self._count_batch(len(scored))
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -357,7 +358,7 @@ class Engine:
         """vLLM's `logprobs` object; offsets are characters of the returned text."""
         start = 0 if echo else len(row.ids)
         ids = (row.ids + row.completion_ids)[start:]
-        offsets = _prompt_offsets(self.tokenizer, prompt, row.ids) if echo else []
+        offsets = _prompt_offsets(self.tokenizer, self.adapter, prompt, row.ids) if echo else []
         base = len(prompt) if echo else 0
         offsets += [
             base + len(self.tokenizer.decode(row.completion_ids[:k], skip_special_tokens=True))
@@ -401,11 +402,11 @@ def _content_text(content) -> str:
     raise RequestError("message content must be a string or a list of text parts")
 
 
-def _prompt_offsets(tokenizer, text: str, ids: list[int]) -> list[int]:
+def _prompt_offsets(tokenizer, adapter: ModelKind, text: str, ids: list[int]) -> list[int]:
     """Start character of each prompt token in `text` (0 for special tokens not in the text)."""
     if getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(
-            text, add_special_tokens=adds_special_tokens(tokenizer, "causal", text), return_offsets_mapping=True
+            text, add_special_tokens=adapter.adds_special_tokens(tokenizer, text), return_offsets_mapping=True
         )
         if encoded["input_ids"] == ids:
             return [start for start, _ in encoded["offset_mapping"]]
@@ -518,7 +519,7 @@ def run_server(
 
     api_key = read_api_key(api_key_env)
     loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    if loaded.kind not in ("causal", "seq2seq"):
+    if not loaded.adapter.generates:
         raise ValueError(f"{model} is an {loaded.kind} model; serve needs a causal or seq2seq language model")
     app = create_app(loaded, served_name, max_batch_size, batch_wait_ms, api_key)
     info(

@@ -124,7 +124,7 @@ def greedy_generate(
         return generate_texts(
             member.model,
             member.tokenizer,
-            member.kind,
+            member.adapter,
             rendered,
             max_new_tokens,
             batch_size=batch_size,
@@ -178,8 +178,8 @@ def debate(
     if not examples:
         raise ValueError("a debate needs at least one question")
     for member in members:
-        if member.kind == "encoder":
-            raise ValueError(f"{member.name} is an encoder: it cannot write answers for a debate")
+        if not member.adapter.generates:
+            raise ValueError(f"{member.name} is an {member.kind} model: it cannot write answers for a debate")
     default = greedy_generate(max_new_tokens, batch_size)
     latencies = [[LatencyMeter() for _ in range(rounds)] for _ in members]
     memory = MemoryMeter(members[0].device)
@@ -254,7 +254,7 @@ def _pick_unparsed(
         for q in missing
     ]
     began = time.perf_counter()
-    scores = score_choices(member.model, member.tokenizer, member.kind, requests, batch_size=batch_size)
+    scores = score_choices(member.model, member.tokenizer, member.adapter, requests, batch_size=batch_size)
     share = (time.perf_counter() - began) / len(missing)
     for q, row in zip(missing, scores):
         answers[q] = max(range(len(row)), key=row.__getitem__)

@@ -16,8 +16,9 @@ import torch
 from tinystudent.distill.losses import PAD_SCORE
 from tinystudent.evaluation.fit import Fitted, InputTooLong, fit_example, fit_summary, token_counter
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
-from tinystudent.evaluation.scoring import ChoiceRequest, encode_request
+from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
+from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.tasks.schema import Example
 
 # --- teacher outputs -------------------------------------------------------------------------
@@ -94,43 +95,29 @@ class Features:
     """One question tokenized for one student."""
 
     gold: int
-    prompt: list[int]  # the scoring prompt (causal, seq2seq)
-    choices: list[list[int]]  # each choice's continuation tokens (causal, seq2seq)
+    prompt: list[int]  # the scoring prompt (kinds with a next-token distribution)
+    choices: list[list[int]]  # each choice's continuation tokens (idem)
     context: str  # encoder pairs: the prompt text ...
     choice_texts: list[str]  # ... and each choice's text
     rationales: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     teacher_choice: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _encode_plain(tokenizer, text: str, kind: str) -> list[int]:
-    # Causal prompts carry no special tokens (as in scoring); seq2seq encoder inputs do.
-    return tokenizer.encode(text, add_special_tokens=kind == "seq2seq")
-
-
-def _choice_tokens(tokenizer, ex: Example) -> int:
-    return max(len(tokenizer.encode(c, add_special_tokens=False)) for c in choice_continuations(ex))
-
-
-def fit_answer_prompt(ex: Example, tokenizer, kind: str, style: str, budget: int) -> Fitted:
-    """The answer task's prompt fitted exactly as evaluation fits it for this model kind: a causal
-    prompt leaves room for its longest choice, a cross-encoder's for the choice and its special
-    tokens, a seq2seq encoder input has the budget to itself."""
+def fit_answer_prompt(ex: Example, tokenizer, kind: str | ModelKind, style: str, budget: int) -> Fitted:
+    """The answer task's prompt fitted exactly as evaluation fits it for this model kind: leaving
+    room for its longest choice (`ModelKind.choice_reserve`) and counting the prompt's tokens as
+    the model receives them."""
+    adapter = kind_adapter(kind)
     render = lambda e: choice_context(e, style)  # noqa: E731
-    if kind == "causal":
-        reserve = _choice_tokens(tokenizer, ex)
-    elif kind == "encoder":
-        reserve = max(
-            len(tokenizer.encode(c.strip(), add_special_tokens=False)) for c in ex.choices
-        ) + tokenizer.num_special_tokens_to_add(pair=True)
-    else:
-        reserve = 0
-    return fit_example(ex, render, token_counter(tokenizer, kind == "seq2seq"), tokenizer, budget - reserve)
+    reserve = adapter.choice_reserve(tokenizer, choice_continuations(ex))
+    count = token_counter(tokenizer, adapter.prompt_special_tokens)
+    return fit_example(ex, render, count, tokenizer, budget - reserve)
 
 
 def build_features(
     examples: list[Example],
     tokenizer,
-    kind: str,
+    kind: str | ModelKind,
     style: str,
     rationales: dict[str, dict[str, str]],
     choice_logprobs: dict[str, dict[str, list[float]]],
@@ -142,26 +129,24 @@ def build_features(
     """Tokenize every question once: answer prompt, choices, and each teacher's rationale task.
 
     Every input is fitted to `max_input` tokens by cutting its evidence, never its question
-    (`evaluation.fit`). Returns the features by question id and the fit summary of the answer
-    prompts (how many were cut).
+    (`evaluation.fit`). Token ids (prompt, choices, rationale tasks) are made for kinds with a
+    next-token distribution; an encoder reads the prompt and choice texts as pairs. Returns the
+    features by question id and the fit summary of the answer prompts (how many were cut).
     """
+    adapter = kind_adapter(kind)
     eos = tokenizer.eos_token_id
     features, fitted, skipped = {}, [], 0
-    count = token_counter(tokenizer, kind == "seq2seq")
+    count = token_counter(tokenizer, adapter.prompt_special_tokens)
     for ex in examples:
-        answer_fit = fit_answer_prompt(ex, tokenizer, kind, style, max_input)
+        answer_fit = fit_answer_prompt(ex, tokenizer, adapter, style, max_input)
         fitted.append(answer_fit)
         context = choice_context(answer_fit.example, style)
-        if kind == "causal":
-            prompt, choices = encode_request(tokenizer, ChoiceRequest(context, choice_continuations(ex)))
-        elif kind == "seq2seq":
-            prompt = tokenizer.encode(context)
-            choices = [tokenizer.encode(c, add_special_tokens=False) for c in choice_continuations(ex)]
-        else:
-            prompt, choices = [], []
+        prompt, choices = [], []
+        if adapter.next_token:
+            prompt, choices = adapter.encode_choices(tokenizer, ChoiceRequest(context, choice_continuations(ex)))
         feats = Features(ex.answer, prompt, [c[:max_answer] for c in choices], context, [c.strip() for c in ex.choices])
         for teacher, by_id in rationales.items():
-            if ex.id in by_id and kind != "encoder":
+            if ex.id in by_id and adapter.next_token:
                 render = lambda e, t=teacher: rationale_prompt.format(teacher=t, question=lettered_question(e))  # noqa: E731
                 try:
                     question = render(fit_example(ex, render, count, tokenizer, max_input).example)
@@ -171,7 +156,7 @@ def build_features(
                 target = tokenizer.encode(" " + by_id[ex.id], add_special_tokens=False)[:max_rationale]
                 if eos is not None:
                     target = target + [eos]
-                feats.rationales[teacher] = (_encode_plain(tokenizer, question, kind), target)
+                feats.rationales[teacher] = (adapter.encode_input(tokenizer, question), target)
         for teacher, by_id in choice_logprobs.items():
             if ex.id in by_id:
                 feats.teacher_choice[teacher] = by_id[ex.id]
@@ -188,9 +173,10 @@ def build_features(
 class TokenBatch:
     """Prompt + target sequences; loss on target tokens only.
 
-    Causal: `input_ids` holds prompt+target, `target_mask[b, t]` marks positions whose next token
-    (`next_ids[b, t]`) is a target. Seq2seq: `input_ids` is the encoder input and `labels` the
-    decoder targets (-100 on padding). `sequence` maps rows of the target positions to sequences.
+    Decoder-only (causal): `input_ids` holds prompt+target, `target_mask[b, t]` marks positions
+    whose next token (`next_ids[b, t]`) is a target. Encoder-decoder (seq2seq): `input_ids` is the
+    encoder input and `labels` the decoder targets (-100 on padding). Built by the model's kind
+    (`ModelKind.token_batch`).
     """
 
     input_ids: torch.Tensor
@@ -236,7 +222,8 @@ class TokenBatch:
         return int(self.target_mask.sum())
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Token rows right-padded with `value` to the longest row's width."""
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -244,22 +231,12 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def token_batch(pairs: list[tuple[list[int], list[int]]], kind: str, pad_id: int, pack: bool = False) -> TokenBatch:
-    """Right-padded batch of (prompt, target) pairs; with `pack` (causal), several pairs share a row."""
-    if pack and kind == "causal":
-        return packed_token_batch(pairs, pad_id)
-    if kind == "seq2seq":
-        inputs = _pad([p for p, _ in pairs], pad_id)
-        mask = _pad([[1] * len(p) for p, _ in pairs], 0)
-        return TokenBatch(inputs, mask, labels=_pad([t for _, t in pairs], -100))
-    sequences = [p + t for p, t in pairs]
-    ids = _pad(sequences, pad_id)
-    mask = _pad([[1] * len(s) for s in sequences], 0)
-    target_mask = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (prompt, target) in enumerate(pairs):
-        target_mask[i, len(prompt) - 1 : len(prompt) + len(target) - 1] = True
-    next_ids = torch.cat([ids[:, 1:], torch.full((len(pairs), 1), pad_id)], dim=1)
-    return TokenBatch(ids, mask, target_mask, next_ids)
+def token_batch(
+    pairs: list[tuple[list[int], list[int]]], kind: str | ModelKind, pad_id: int, pack: bool = False
+) -> TokenBatch:
+    """Right-padded batch of (prompt, target) pairs, laid out for the model's kind; with `pack`
+    (decoder-only kinds), several pairs share a row."""
+    return kind_adapter(kind).token_batch(pairs, pad_id, pack)
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
@@ -310,10 +287,11 @@ def packed_token_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) ->
 class ChoiceBatch:
     """Every choice of every question, to score the student's distribution over choices.
 
-    Causal and seq2seq: one sequence per (question, choice), `question`/`choice` give its place
-    in the [questions, max choices] score table, `gold_sequence` marks the gold answers'.
-    Encoder: `tokens` holds [questions, max choices, length] tensors for a multiple-choice head.
-    `choice_mask` marks real (not padded) choices.
+    Kinds with a next-token distribution: one sequence per (question, choice), `question`/`choice`
+    give its place in the [questions, max choices] score table, `gold_sequence` marks the gold
+    answers'. Encoder: `tokens` holds [questions, max choices, length] tensors for a
+    multiple-choice head. `choice_mask` marks real (not padded) choices. Built by the model's
+    kind (`ModelKind.choice_batch`).
     """
 
     choice_mask: torch.Tensor
@@ -343,20 +321,22 @@ class ChoiceBatch:
         return self.sequences.tokens + (self.prompts.tokens if self.prompts else 0)
 
 
-def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None, max_length: int = 256) -> ChoiceBatch:
+def choice_batch(
+    items: list[Features], kind: str | ModelKind, pad_id: int, tokenizer=None, max_length: int = 256
+) -> ChoiceBatch:
+    """Every choice of every question, laid out for the model's kind."""
     width = max(len(f.choice_texts) for f in items)
     choice_mask = torch.zeros(len(items), width, dtype=torch.bool)
     for i, f in enumerate(items):
         choice_mask[i, : len(f.choice_texts)] = True
-    if kind == "encoder":
-        # The same pairing as scoring.score_choices_encoder: (prompt, choice text) per choice.
-        contexts = [f.context for f in items for _ in range(width)]
-        choices = [f.choice_texts[c] if c < len(f.choice_texts) else "" for f in items for c in range(width)]
-        enc = tokenizer(
-            contexts, choices, truncation="only_first", max_length=max_length, padding=True, return_tensors="pt"
-        )
-        tokens = {k: v.view(len(items), width, -1) for k, v in enc.items()}
-        return ChoiceBatch(choice_mask, tokens=tokens)
+    return kind_adapter(kind).choice_batch(items, choice_mask, pad_id, tokenizer, max_length)
+
+
+def continuation_pairs(
+    items: list[Features],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[list[int], list[int]]]]:
+    """Every (question, choice) as a (prompt, continuation) pair: its question, its choice, whether
+    it is the gold answer, and the pairs, in that order."""
     question, choice, gold, pairs = [], [], [], []
     for i, f in enumerate(items):
         for c, cont in enumerate(f.choices):
@@ -364,16 +344,7 @@ def choice_batch(items: list[Features], kind: str, pad_id: int, tokenizer=None, 
             choice.append(c)
             gold.append(c == f.gold)
             pairs.append((f.prompt, cont))
-    if kind == "seq2seq":
-        # The encoder reads each prompt once; the decoder scores every choice on top of it.
-        empty = torch.zeros(len(pairs), 0, dtype=torch.long)
-        sequences = TokenBatch(empty, empty, labels=_pad([t for _, t in pairs], -100))
-        prompts = TokenBatch(_pad([f.prompt for f in items], pad_id), _pad([[1] * len(f.prompt) for f in items], 0))
-    else:
-        sequences, prompts = token_batch(pairs, kind, pad_id), None
-    return ChoiceBatch(
-        choice_mask, torch.tensor(question), torch.tensor(choice), torch.tensor(gold), sequences, prompts
-    )
+    return torch.tensor(question), torch.tensor(choice), torch.tensor(gold), pairs
 
 
 def teacher_choice_table(items: list[Features], teacher: str, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -137,7 +138,7 @@ class TrainingRun:
         self.on_step = on_step
         self.stream = SampleStream(len(train), config.seed)
         self.autocast_dtype = resolve_precision(config.precision, device)
-        self.shared = {"step": 0, "consumed": 0, "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+        self.shared: dict[str, Any] = {"step": 0, "consumed": 0, "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
         for tr in trainees:
             tr.state = {
                 "loss_history": [],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from tinystudent.log import info
+from tinystudent.models.kinds import ModelKind, kind_adapter
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -38,19 +39,26 @@ def check_targets(model: torch.nn.Module, targets: str | list[str]) -> None:
 
 
 def apply_lora(
-    model: torch.nn.Module, kind: str, rank: int, alpha: float, dropout: float, target_modules: str | list[str]
+    model: torch.nn.Module,
+    kind: str | ModelKind,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    target_modules: str | list[str],
 ) -> torch.nn.Module:
     """Wrap `model` with LoRA adapters; only the adapters (and a new classifier head) train.
 
     Args:
-        kind: `causal`, `seq2seq` or `encoder`; an encoder's multiple-choice classifier is
-            freshly initialised, so it trains in full alongside the adapters.
+        kind: `causal`, `seq2seq` or `encoder`, or its `ModelKind`; an encoder's multiple-choice
+            classifier is freshly initialised, so it trains in full alongside the adapters
+            (`ModelKind.lora_modules_to_save`).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
     check_targets(model, target_modules)
-    task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(kind)
-    modules_to_save = ["classifier"] if kind == "encoder" and hasattr(model, "classifier") else None
+    adapter = kind_adapter(kind)
+    task_type = TaskType[adapter.peft_task_type] if adapter.peft_task_type else None
+    modules_to_save = adapter.lora_modules_to_save(model)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,

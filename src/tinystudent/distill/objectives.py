@@ -7,10 +7,12 @@ synchronised however many terms a run combines. It returns the weighted objectiv
 + w_hidden L_hidden` and each term's value for the log; only mutual learning's term, which needs
 the peers, is added by the loop.
 
-Causal students never materialise [batch, tokens, vocabulary] logits: the body returns hidden
-states and the output layer runs on target positions only, a chunk at a time, its gradient
-computed in forward (`fused.fused_head_loss`), or, for output layers that cannot be fused, under
-activation checkpointing (`losses.chunked_token_losses`).
+The model's kind (`models.kinds`) runs the kind-specific forward: the rows at target positions
+(`ModelKind.token_rows`), what turns them into logits (`output_head`) and the scores of the
+choices (`choice_scores`). Causal students never materialise [batch, tokens, vocabulary] logits:
+the body returns hidden states and the output layer runs on target positions only, a chunk at a
+time, its gradient computed in forward (`fused.fused_head_loss`), or, for output layers that
+cannot be fused, under activation checkpointing (`losses.chunked_token_losses`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from tinystudent.distill.data import ChoiceBatch, TokenBatch
 from tinystudent.distill.fused import can_fuse, fused_head_loss
 from tinystudent.distill.losses import PAD_SCORE, choice_kd_loss, chunked_token_losses, hidden_state_loss
+from tinystudent.models.kinds import ModelKind, kind_adapter
 
 
 def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,8 +77,8 @@ def check_head(core, name: str) -> None:
 class TeacherStates:
     """A teacher's view of one token batch, at the student's target positions.
 
-    `rows` are final hidden states (causal; `head` turns them into logits) or logits already
-    (seq2seq; `head` is the identity). `layers` are hidden states for patient KD.
+    `rows` are what its kind's `token_rows` gives (final hidden states for causal models, logits
+    for seq2seq ones) and `head` turns them into logits. `layers` are hidden states for patient KD.
     """
 
     rows: torch.Tensor | None
@@ -144,7 +147,7 @@ class StudentObjectives(torch.nn.Module):
 
     Args:
         model: the student (a transformers model, or a PEFT model wrapping one).
-        kind: `causal`, `seq2seq` or `encoder`.
+        kind: `causal`, `seq2seq` or `encoder`, or its `ModelKind`.
         weights: the terms' weights.
         temperature: softening temperature of choice-level and token-level KD.
         divergence, jsd_beta: the token-level divergence (see `losses.token_divergence`).
@@ -160,7 +163,7 @@ class StudentObjectives(torch.nn.Module):
     def __init__(
         self,
         model: torch.nn.Module,
-        kind: str,
+        kind: str | ModelKind,
         weights: TermWeights | None = None,
         temperature: float = 2.0,
         divergence: str = "forward_kl",
@@ -175,7 +178,7 @@ class StudentObjectives(torch.nn.Module):
         self.answer_loss = answer_loss
         self.fuse_head = fuse_head
         self.model = model
-        self.kind = kind
+        self.adapter = kind_adapter(kind)
         self.weights = weights or TermWeights()
         self.temperature, self.divergence, self.jsd_beta = temperature, divergence, jsd_beta
         self.chunk_tokens, self.kd_vocab = chunk_tokens, kd_vocab
@@ -196,42 +199,22 @@ class StudentObjectives(torch.nn.Module):
             chunk_tokens=self.chunk_tokens,
         )
 
-    def _causal_body(self, tb: TokenBatch, want_layers: bool):
-        out = self.core.base_model(**tb.causal_inputs(), use_cache=False, output_hidden_states=want_layers)
-        layers = []
-        if want_layers:
-            real = tb.attention_mask.bool()
-            layers = [out.hidden_states[i][real] for i in self.hidden_layers]
-        return out.last_hidden_state[tb.target_mask], tb.next_ids[tb.target_mask], layers
-
     def _token_pass(
         self, tb: TokenBatch, states: TeacherStates | None, ce_weight: float, kd_scale: float, want_layers: bool
     ):
         """(weighted loss, target log-probabilities, divergences, hidden states) of a token batch."""
         core = self.core
         teacher_rows = states.rows if states is not None else None
-        if self.kind == "causal":
-            rows, targets, layers = self._causal_body(tb, want_layers)
-        else:
-            out = core(
-                input_ids=tb.input_ids,
-                attention_mask=tb.attention_mask,
-                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
-                use_cache=False,
-                output_hidden_states=want_layers,
-            )
-            mask = tb.labels != -100
-            rows, targets = out.logits[mask], tb.labels[mask]
-            layers = [out.decoder_hidden_states[i][mask] for i in self.hidden_layers] if want_layers else []
+        rows, targets, layers = self.adapter.token_rows(core, tb, self.hidden_layers if want_layers else [])
         ce_scale = ce_weight / max(rows.shape[0], 1)
-        head = plain_linear_head(core) if self.kind == "causal" and self.fuse_head else None
+        head = self.adapter.linear_head(core) if self.fuse_head else None
         teacher_linear = states.linear if states is not None else None
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
             loss, logprobs, kd = fused_head_loss(
                 rows, head, targets, ce_scale, teacher_rows, teacher_linear, kd_scale, **self._kd_args()
             )
             return loss, logprobs, kd, layers
-        student_head = causal_head(core) if self.kind == "causal" else _identity
+        student_head = self.adapter.output_head(core)
         teacher_head = states.head if teacher_rows is not None else None
         logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head, **self._kd_args())
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
@@ -241,33 +224,8 @@ class StudentObjectives(torch.nn.Module):
 
     def _choice_scores(self, cb: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[questions, max choices] student scores (PAD_SCORE on padding) and the gold
-        continuations' token log-probabilities (causal, seq2seq)."""
-        core = self.core
-        if self.kind == "encoder":
-            logits = core(**cb.tokens).logits.float()
-            return logits.masked_fill(~cb.choice_mask, PAD_SCORE), None
-        if self.kind == "causal":
-            rows, targets, _ = self._causal_body(cb.sequences, False)
-            logprobs, _ = chunked_token_losses(rows, targets, causal_head(core), chunk_tokens=self.chunk_tokens)
-            sequence_of_row = cb.sequences.target_mask.nonzero()[:, 0]
-        else:
-            encoded = core.get_encoder()(input_ids=cb.prompts.input_ids, attention_mask=cb.prompts.attention_mask)
-            hidden = encoded.last_hidden_state[cb.question]
-            labels = cb.sequences.labels
-            out = core(
-                encoder_outputs=(hidden,),
-                attention_mask=cb.prompts.attention_mask[cb.question],
-                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=labels),
-                use_cache=False,
-            )
-            mask = labels != -100
-            logprobs = F.log_softmax(out.logits[mask].float(), dim=-1).gather(-1, labels[mask][:, None]).squeeze(-1)
-            sequence_of_row = mask.nonzero()[:, 0]
-        per_sequence = torch.zeros(cb.question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
-        scores = torch.full(cb.choice_mask.shape, PAD_SCORE, device=logprobs.device)
-        scores = scores.index_put((cb.question, cb.choice), per_sequence)
-        gold_rows = logprobs[cb.gold_sequence[sequence_of_row]]
-        return scores, gold_rows
+        continuations' token log-probabilities (kinds with a next-token distribution)."""
+        return self.adapter.choice_scores(self.core, cb, self.chunk_tokens)
 
     # --- all terms ------------------------------------------------------------------------
 
@@ -327,33 +285,37 @@ class StudentObjectives(torch.nn.Module):
         return parts
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def choice_table(
+    cb: ChoiceBatch, logprobs: torch.Tensor, sequence_of_row: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuation token log-probabilities summed into the [questions, max choices] score table
+    (PAD_SCORE on padding), and the gold continuations' token log-probabilities.
+
+    Args:
+        logprobs: [rows] log-probability of each continuation token.
+        sequence_of_row: [rows] the (question, choice) sequence each token belongs to.
+    """
+    per_sequence = torch.zeros(cb.question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
+    scores = torch.full(cb.choice_mask.shape, PAD_SCORE, device=logprobs.device)
+    scores = scores.index_put((cb.question, cb.choice), per_sequence)
+    gold_rows = logprobs[cb.gold_sequence[sequence_of_row]]
+    return scores, gold_rows
 
 
 @torch.no_grad()
 def teacher_states(
-    core, kind: str, head: Callable | None, batch: StudentBatch, want_rows: bool, layers: list[int]
+    core, kind: str | ModelKind, head: Callable | None, batch: StudentBatch, want_rows: bool, layers: list[int]
 ) -> dict[str, TeacherStates]:
-    """Run the teacher (in eval mode, without gradients) on the student's token batches."""
+    """Run the teacher (in eval mode, without gradients) on the student's token batches.
+
+    Args:
+        head: what turns the teacher's rows into logits; None: its kind's `output_head`.
+    """
+    adapter = kind_adapter(kind)
+    head = head if head is not None else adapter.output_head(core)
+    linear = adapter.linear_head(core)
     found = {}
     for name, tb in batch.token_batches().items():
-        if kind == "causal":
-            out = core.base_model(**tb.causal_inputs(), use_cache=False, output_hidden_states=bool(layers))
-            rows = out.last_hidden_state[tb.target_mask] if want_rows else None
-            real = tb.attention_mask.bool()
-            states = [out.hidden_states[i][real] for i in layers] if layers else []
-            found[name] = TeacherStates(rows, head, states, plain_linear_head(core))
-        else:
-            out = core(
-                input_ids=tb.input_ids,
-                attention_mask=tb.attention_mask,
-                decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=tb.labels),
-                use_cache=False,
-                output_hidden_states=bool(layers),
-            )
-            mask = tb.labels != -100
-            rows = out.logits[mask] if want_rows else None
-            states = [out.decoder_hidden_states[i][mask] for i in layers] if layers else []
-            found[name] = TeacherStates(rows, _identity, states)
+        rows, _, states = adapter.token_rows(core, tb, layers)
+        found[name] = TeacherStates(rows if want_rows else None, head, states, linear)
     return found

@@ -141,7 +141,7 @@ def recover(
         return RecoveryResult(**stored)
     torch.manual_seed(config.seed)
     loaded = load_model(student, device=device, dtype="float32")
-    if loaded.kind != "causal":
+    if not loaded.adapter.decoder_only:
         raise ValueError(
             f"recovery distils next-token distributions: {student} is a {loaded.kind} model, "
             "not a causal language model"

@@ -12,9 +12,10 @@ import torch
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import Features, build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
-from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, causal_head, check_head
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
+from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
 from tinystudent.models.students import MANIFEST
@@ -89,26 +90,20 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
 
 
-def _depth(core, kind: str) -> int:
-    config = core.config
-    if kind == "seq2seq":
-        return getattr(config, "num_decoder_layers", None) or config.decoder_layers
-    return config.num_hidden_layers
-
-
 def hidden_pairs(
-    student_path: Path, student_core, teacher_core, kind: str, configured: list[tuple[int, int]] | None
+    student_path: Path, student_core, teacher_core, kind: str | ModelKind, configured: list[tuple[int, int]] | None
 ) -> list[tuple[int, int]]:
     """(student, teacher) hidden-state indices for patient KD (0 = embeddings, i = after layer i,
     the last = the final normalised output). A scaled-down student's layers pair with the layers
     they were copied from; otherwise layers pair evenly by depth (PKD-skip)."""
-    n_student, n_teacher = _depth(student_core, kind), _depth(teacher_core, kind)
+    adapter = kind_adapter(kind)
+    n_student, n_teacher = adapter.depth(student_core.config), adapter.depth(teacher_core.config)
     if configured:
         pairs = [tuple(p) for p in configured]
     else:
         manifest = student_path / MANIFEST
         kept = json.loads(manifest.read_text()).get("kept", {}) if manifest.exists() else {}
-        if kind == "causal" and len(kept) == 1:
+        if adapter.decoder_only and len(kept) == 1:  # one stack, cut from the teacher's
             layers = next(iter(kept.values()))
             pairs = [(i + 1, layers[i] + 1) for i in range(len(layers) - 1)] + [(n_student, n_teacher)]
         else:
@@ -128,25 +123,23 @@ def load_teacher(
     """Load and freeze the teacher, check vocabularies and pick the layers to match."""
     if isinstance(teacher, str):
         teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
-    if teacher.kind != student.kind or student.kind == "encoder":
+    adapter = student.adapter
+    if teacher.adapter is not adapter or not adapter.next_token:
+        no_tokens = f" ({student.kind} models have no next-token distribution; use choice_kd)"
         raise ValueError(
             f"token-level distillation needs a teacher of the student's kind: teacher "
             f"{teacher.name} is {teacher.kind}, student {student.name} is {student.kind}"
-            f"{' (encoders have no next-token distribution; use choice_kd)' if student.kind == 'encoder' else ''}"
+            f"{'' if adapter.next_token else no_tokens}"
         )
     teacher.model.eval().requires_grad_(False)
     alignment = check_vocab(
         student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
     )
-    head = None
-    if teacher.kind == "causal":
-        check_head(teacher.model, teacher.name)
-        head = causal_head(teacher.model)
+    adapter.check_output_layer(teacher.model, teacher.name)
+    head = adapter.output_head(teacher.model)
     pairs = []
     if config.weights.hidden > 0:
-        pairs = hidden_pairs(
-            Path(student.resolved.path), student.model, teacher.model, student.kind, config.hidden_layers
-        )
+        pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, adapter, config.hidden_layers)
         info(f"hidden-state matching (student, teacher): {pairs}")
     kd_vocab = alignment.size if alignment.trimmed else None
     return (Teacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0), kd_vocab, [s for s, _ in pairs])
@@ -174,8 +167,7 @@ def setup_trainee(
         f"{counts['non_embedding']:,} non-embedding, {counts['embedding']:,} embedding"
     )
     core = loaded.model
-    if loaded.kind == "causal":
-        check_head(core, name)
+    loaded.adapter.check_output_layer(core, name)
     kd_dtype = resolve_precision(config.precision, device)
     teacher_info, kd_vocab, student_layers = None, None, []
     if teacher is not None:
@@ -283,27 +275,28 @@ def make_batch(
     mutual: bool,
 ) -> StudentBatch:
     """The micro-batch of `examples` in this student's tokens, with what its objectives need."""
-    kind = trainee.loaded.kind
+    adapter = trainee.loaded.adapter
     tokenizer = trainee.loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items = [trainee.features[ex.id] for ex in examples]
     gold = torch.tensor([f.gold for f in items])
     teacher_tokens = trainee.teacher is not None
     choice_answer = config.answer_loss == "choices" and config.weights.answer > 0
-    need_choices = kind == "encoder" or bool(choice_weights) or mutual or choice_answer
+    # Without a next-token distribution (an encoder) a student learns from its choices only.
+    need_choices = not adapter.next_token or bool(choice_weights) or mutual or choice_answer
     batch = StudentBatch(gold)
     if (
-        kind != "encoder"
+        adapter.next_token
         and (config.weights.answer > 0 or teacher_tokens)
         and not (need_choices and not teacher_tokens)
     ):
-        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], kind, pad, config.packing)
+        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
     for teacher in rationale_weights:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
-            batch.rationales[teacher] = token_batch(pairs, kind, pad, config.packing)
+            batch.rationales[teacher] = token_batch(pairs, adapter, pad, config.packing)
     if need_choices:
-        batch.choices = choice_batch(items, kind, pad, tokenizer, config.max_input_tokens)
+        batch.choices = choice_batch(items, adapter, pad, tokenizer, config.max_input_tokens)
         width = batch.choices.choice_mask.shape[1]
         for teacher in choice_weights:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)

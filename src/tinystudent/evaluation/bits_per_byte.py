@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from tinystudent.evaluation.prompts import lettered_question
-from tinystudent.models.loading import context_length
+from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.tasks.schema import Example
 
 LN2 = math.log(2.0)
@@ -80,12 +80,11 @@ def token_windows(n_positions: int, window: int, stride: int) -> list[TokenWindo
     return windows
 
 
-def start_token_id(tokenizer, model=None, kind: str = "causal") -> int:
+def start_token_id(tokenizer, model=None, kind: str | ModelKind = "causal") -> int:
     """The token the text's first token is predicted from: BOS, else EOS (decoder start for T5)."""
-    if kind == "seq2seq":
-        start = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
-        if start is not None:
-            return int(start)
+    start = kind_adapter(kind).text_start_token(model)
+    if start is not None:
+        return start
     for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
@@ -101,22 +100,12 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def _window_nll_nats(
-    model, kind: str, tokens: torch.Tensor, windows: list[TokenWindow], encoder_ids: torch.Tensor | None
-) -> float:
+def _window_nll_nats(model, tokenizer, adapter: ModelKind, tokens: torch.Tensor, windows: list[TokenWindow]) -> float:
     """Summed -ln p of the windows' targets; windows of equal length go through in one batch."""
     rows = torch.stack([tokens[w.start : w.end] for w in windows])
     n_new = [w.end - w.first_target for w in windows]
     keep = max(n_new) + 1  # logits at the last position predict past the window: dropped
-    if kind == "seq2seq":
-        enc = encoder_ids.expand(len(windows), -1)
-        logits = model(input_ids=enc, decoder_input_ids=rows).logits[:, -keep:]
-    else:
-        try:  # only the positions that predict new tokens go through the output head
-            logits = model(input_ids=rows, logits_to_keep=keep).logits
-        except TypeError:  # a model class without `logits_to_keep`
-            logits = model(input_ids=rows).logits[:, -keep:]
-    logits = logits[:, :-1].float()
+    logits = adapter.text_logits(model, tokenizer, rows, keep)[:, :-1].float()
     targets = rows[:, -(keep - 1) :]
     # log p = logit - logsumexp(logits): avoids a second [windows, tokens, vocab] tensor.
     picked = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -132,7 +121,7 @@ def bits_per_byte(
     text: str,
     window: int = 1024,
     stride: int | None = None,
-    kind: str = "causal",
+    kind: str | ModelKind = "causal",
     batch_size: int = 2,
     resume_from: tuple[int, float] | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
@@ -147,7 +136,7 @@ def bits_per_byte(
             maximum positions when that is smaller.
         stride: new tokens each later window predicts [window // 2]; each has at least
             `window - stride` tokens of context.
-        kind: `causal` or `seq2seq`.
+        kind: `causal` or `seq2seq` (a kind with a next-token distribution), or its `ModelKind`.
         batch_size: windows per forward pass [2]; the logits of a batch take
             batch_size x window x vocabulary floats, so keep it small on a large vocabulary.
         resume_from: (windows done, their summed NLL in nats) from an earlier, interrupted
@@ -161,26 +150,23 @@ def bits_per_byte(
         the text's), `lossless` whether decoding the tokens gives back the text exactly (an
         unknown-token tokenizer loses bytes, and then the number flatters the model).
     """
-    if kind not in ("causal", "seq2seq"):
+    adapter = kind_adapter(kind)
+    if not adapter.next_token:
         raise ValueError(
-            f"bits per byte needs a causal or seq2seq language model, got a {kind} "
-            "model (an encoder does not model text left to right)"
+            f"bits per byte needs a causal or seq2seq language model, got a {adapter.name} "
+            "model (it does not model text left to right)"
         )
     n_bytes = len(text.encode("utf-8"))
     if n_bytes == 0:
         raise ValueError("bits per byte of an empty text is undefined: give a non-empty corpus")
-    limit = context_length(model) if kind == "causal" else None
+    limit = adapter.position_limit(model)
     window = min(window, limit) if limit else window
     stride = window // 2 if stride is None else stride
     ids = _encode(tokenizer, text)
-    start = start_token_id(tokenizer, model, kind)
+    start = start_token_id(tokenizer, model, adapter)
     device = next(model.parameters()).device
     tokens = torch.tensor([start] + ids, dtype=torch.long, device=device)
     windows = token_windows(len(tokens), window, stride)
-    encoder_ids = None
-    if kind == "seq2seq":
-        empty = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
-        encoder_ids = torch.tensor([[empty]], dtype=torch.long, device=device)
     done, nll_nats = resume_from or (0, 0.0)
     if not 0 <= done <= len(windows):
         raise ValueError(f"cannot resume after window {done}: this text has {len(windows)} windows")
@@ -189,7 +175,7 @@ def bits_per_byte(
     for first in range(done, len(windows), batch_size):
         group = windows[first : first + batch_size]
         for same in _group_alike(group):
-            nll_nats += _window_nll_nats(model, kind, tokens, same, encoder_ids)
+            nll_nats += _window_nll_nats(model, tokenizer, adapter, tokens, same)
         if on_progress:
             on_progress(first + len(group), len(windows), nll_nats)
     nll_bits = nll_nats / LN2
@@ -204,7 +190,7 @@ def bits_per_byte(
         "stride": stride,
         "start_token": tokenizer.convert_ids_to_tokens(start),
         "lossless": tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text,
-        "model_kind": kind,
+        "model_kind": adapter.name,
     }
 
 

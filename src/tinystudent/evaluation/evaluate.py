@@ -11,7 +11,7 @@ from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
 from tinystudent.evaluation.fit import Fitted, fit_summary, fit_with_shots, token_counter
 from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices, score_choices_encoder
+from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseline
 from tinystudent.models.loading import LoadedModel
 from tinystudent.tasks.schema import Example, data_hash
@@ -91,12 +91,11 @@ def _fit_prompts(
     examples: list[Example],
     plan: InputPlan,
     reserve: Callable[[Example], int],
-    special_tokens: bool,
     render: Callable[[Example], str],
 ) -> list[str]:
     """Each example's prompt (after its in-context examples, when few-shot), its evidence cut to
-    fit `plan.budget` minus `reserve(example)` (`fit`)."""
-    count = token_counter(loaded.tokenizer, special_tokens)
+    fit `plan.budget` minus `reserve(example)` (`fit`), its tokens counted as the model gets them."""
+    count = token_counter(loaded.tokenizer, loaded.adapter.prompt_special_tokens)
     whole = lambda e, shots: "".join(fewshot_block(s, plan.style) for s in shots) + render(e)  # noqa: E731
     prompts = []
     for ex in examples:
@@ -112,27 +111,21 @@ def _fit_prompts(
 def _loglikelihood_predictions(
     loaded: LoadedModel, examples: list[Example], plan: InputPlan, batch_size: int, latency: LatencyMeter
 ) -> list[Prediction]:
-    tokenizer = loaded.tokenizer
-
-    def choice_tokens(ex):
-        return max(len(tokenizer.encode(c, add_special_tokens=False)) for c in choice_continuations(ex))
-
+    tokenizer, adapter = loaded.tokenizer, loaded.adapter
     render = lambda ex: choice_context(ex, plan.style)  # noqa: E731
-    if loaded.kind == "encoder":
-        specials = tokenizer.num_special_tokens_to_add(pair=True)
-        prompts = _fit_prompts(loaded, examples, plan, lambda ex: choice_tokens(ex) + specials, False, render)
-        requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
-        scores = score_choices_encoder(
-            loaded.model, tokenizer, requests, batch_size, plan.budget, on_batch=latency.record
-        )
-    else:
-        causal = loaded.kind == "causal"
-        reserve = choice_tokens if causal else (lambda ex: 0)
-        prompts = _fit_prompts(loaded, examples, plan, reserve, not causal, render)
-        requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
-        scores = score_choices(
-            loaded.model, tokenizer, loaded.kind, requests, batch_size, loaded.device, on_batch=latency.record
-        )
+    reserve = lambda ex: adapter.choice_reserve(tokenizer, choice_continuations(ex))  # noqa: E731
+    prompts = _fit_prompts(loaded, examples, plan, reserve, render)
+    requests = [ChoiceRequest(p, choice_continuations(ex)) for p, ex in zip(prompts, examples)]
+    scores = score_choices(
+        loaded.model,
+        tokenizer,
+        adapter,
+        requests,
+        batch_size,
+        loaded.device,
+        on_batch=latency.record,
+        max_length=plan.budget,
+    )
     predictions = []
     for ex, row in zip(examples, scores):
         # acc_norm divides by the choice's length in characters (without the leading space).
@@ -146,11 +139,11 @@ def _generative_predictions(
 ) -> list[Prediction]:
     max_new_tokens = 256 if think else 8
     render = lambda ex: render_prompt(loaded.tokenizer, generative_prompt(ex, think))  # noqa: E731
-    prompts = _fit_prompts(loaded, examples, plan, lambda ex: max_new_tokens, loaded.kind != "causal", render)
+    prompts = _fit_prompts(loaded, examples, plan, lambda ex: max_new_tokens, render)
     texts = generate_texts(
         loaded.model,
         loaded.tokenizer,
-        loaded.kind,
+        loaded.adapter,
         prompts,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -189,8 +182,8 @@ def evaluate_model(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode != "loglikelihood" and loaded.kind == "encoder":
-        raise ValueError(f"{loaded.name} is an encoder: it can only score choices (mode loglikelihood)")
+    if mode != "loglikelihood" and not loaded.adapter.generates:
+        raise ValueError(f"{loaded.name} is an {loaded.kind} model: it can only score choices (mode loglikelihood)")
     if num_fewshot and (mode != "loglikelihood" or not shots_pool):
         raise ValueError(
             "few-shot scoring needs mode loglikelihood and a pool of solved examples (the task's train split)"
@@ -205,7 +198,9 @@ def evaluate_model(
         else:
             predictions = _generative_predictions(loaded, examples, mode == "generate_cot", plan, batch_size, latency)
     correct = [p.correct for p in predictions]
-    has_norm = mode == "loglikelihood" and loaded.kind != "encoder"
+    # acc_norm divides a continuation's log-likelihood by its length: a cross-encoder's choice
+    # scores are not summed over tokens.
+    has_norm = mode == "loglikelihood" and loaded.adapter.next_token
     return EvalResult(
         model=loaded.name,
         task=task,

@@ -1,15 +1,19 @@
-"""Generative answering: the model writes an answer (optionally reasoning first) and we parse it."""
+"""Generative answering: the model writes an answer (optionally reasoning first) and we parse it.
+
+`generate_in_batches` is the package's one way to generate text: teachers, evaluation, debate and
+`serve` all run their prompts through it (and through `models.generation.generate_rows` per batch).
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Callable
-
-import torch
+from typing import Callable, Iterator, Sequence
 
 from tinystudent.evaluation.batching import token_batches
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
+from tinystudent.models.generation import GeneratedText, RowParams, generate_rows, prompt_seed
+from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.tasks.schema import Example
 
 ANSWER_INSTRUCTION = "Answer with the letter of the correct option."
@@ -47,11 +51,43 @@ def render_prompt(tokenizer, prompt: str) -> str:
     return f"{prompt}\nAnswer:"
 
 
-@torch.no_grad()
+def generate_in_batches(
+    model,
+    tokenizer,
+    kind: str | ModelKind,
+    prompt_ids: Sequence[list[int]],
+    rows: Sequence[RowParams],
+    batch_size: int = 8,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> Iterator[tuple[int, GeneratedText]]:
+    """Generate for every tokenised prompt, each with its own settings; yields (prompt index,
+    generated text) batch by batch, so a caller can keep each result as soon as it exists.
+
+    Prompts are batched longest first by length (`batching.token_batches`), so a batch's prompts
+    are about equally long and little of the work is padding. Every row stops at its own token
+    limit, end of text or stop string, and samples with its own seed (`models.generation`).
+
+    Args:
+        kind: the model's kind or its `ModelKind`; it must generate text.
+        batch_size: most prompts per batch.
+        on_batch: called after each batch with (number of prompts, seconds).
+    """
+    adapter = kind_adapter(kind)
+    if not adapter.generates:
+        raise adapter.unsupported("generate text")
+    lengths = [len(ids) for ids in prompt_ids]
+    for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
+        began = time.perf_counter()
+        results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], [rows[i] for i in batch])
+        if on_batch:
+            on_batch(len(batch), time.perf_counter() - began)
+        yield from zip(batch, results)
+
+
 def generate_texts(
     model,
     tokenizer,
-    kind: str,
+    kind: str | ModelKind,
     prompts: list[str],
     max_new_tokens: int,
     batch_size: int = 8,
@@ -60,27 +96,13 @@ def generate_texts(
     seed: int = 0,
     on_batch: Callable[[int, float], None] | None = None,
 ) -> list[str]:
-    """Batched generation with the KV cache; left padding for decoder-only models. Prompts are
-    batched longest first, so a batch's prompts are about equally long; texts come back in the
-    prompts' order."""
-    device = next(model.parameters()).device
-    outputs: list[str] = [""] * len(prompts)
-    if kind == "causal":
-        tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=kind != "causal")["input_ids"]]
-    for batch_indices in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
-        began = time.perf_counter()
-        batch = [prompts[i] for i in batch_indices]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=kind != "causal").to(device)
-        sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
-        generated = model.generate(
-            **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-        )
-        if kind == "causal":
-            generated = generated[:, enc["input_ids"].shape[1] :]
-        for index, text in zip(batch_indices, tokenizer.batch_decode(generated, skip_special_tokens=True)):
-            outputs[index] = text
-        if on_batch:
-            on_batch(len(batch), time.perf_counter() - began)
-    return outputs
+    """Texts for prompts written as evaluation fits them (`ModelKind.encode_input`), in the
+    prompts' order: greedy, or sampled at `temperature` with a seed per prompt derived from
+    `seed`. See `generate_in_batches`."""
+    adapter = kind_adapter(kind)
+    prompt_ids = [adapter.encode_input(tokenizer, p) for p in prompts]
+    rows = [RowParams(max_new_tokens, temperature if do_sample else 0.0, seed=prompt_seed(seed, p)) for p in prompts]
+    texts = [""] * len(prompts)
+    for index, generated in generate_in_batches(model, tokenizer, adapter, prompt_ids, rows, batch_size, on_batch):
+        texts[index] = generated.text
+    return texts

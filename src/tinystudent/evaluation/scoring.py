@@ -1,9 +1,12 @@
-"""Log-likelihood of each choice as a continuation of the prompt.
+"""Scoring each choice of a question: its log-likelihood as a continuation of the prompt, or, for a
+cross-encoder, its share of a softmax over the question's (prompt, choice) pairs.
 
-`score_choices` runs each question's prompt through the model once: the prompt's key/value cache
-is computed for a batch of questions, then repeated for each of their choices, and only the
-choices' tokens are run on top of it. `score_choices_naive` is the plain one-forward-per-choice
-approach, kept as the reference the fast path is checked and benchmarked against.
+`score_choices` tokenizes, batches and times; the model's kind (`models.kinds`) encodes a
+question and scores a batch. A causal model runs each question's prompt once: the prompt's
+key/value cache is computed for a batch of questions, then repeated for each of their choices,
+and only the choices' tokens are run on top of it. `score_choices_naive` is the plain
+one-forward-per-choice approach, kept as the reference the fast path is checked and
+benchmarked against.
 
 Tokenisation follows lm-evaluation-harness: the continuation's tokens are those of
 `context + continuation` past the tokens of `context` alone, no special tokens are added, and an
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from tinystudent.evaluation.batching import token_batches
+from tinystudent.models.kinds import ModelKind, kind_adapter
 
 
 @dataclass
@@ -80,7 +85,7 @@ def _cache_kwarg_of(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def _grouped(encoded, scores: list[float]) -> list[list[float]]:
+def scores_by_question(encoded, scores: list[float]) -> list[list[float]]:
     """Flat per-continuation scores back into one list per question."""
     grouped, k = [], 0
     for _, conts in encoded:
@@ -89,123 +94,66 @@ def _grouped(encoded, scores: list[float]) -> list[list[float]]:
     return grouped
 
 
-@torch.no_grad()
-def _score_causal_batch(
-    model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]], device: torch.device
-) -> list[list[float]]:
-    from transformers import DynamicCache
-
-    prompts = [ctx for ctx, _ in encoded]
-    # Right padding and no attention mask: in a causal model a real token never attends to the
-    # padding after it, so the prompt pass takes the fast, mask-free causal attention path.
-    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "right")
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    lengths = prompt_mask.sum(-1)
-    last = lengths - 1
-    kept = torch.unique(last)  # logits only at each row's last prompt position (sorted batches: few)
-    cache = DynamicCache(config=model.config)
-    cache_arg = cache_kwarg(model)
-    out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=kept, **{cache_arg: cache})
-    row_logits = out.logits[torch.arange(len(prompts), device=device), torch.searchsorted(kept, last)]
-    first_logprobs = torch.log_softmax(row_logits.float(), dim=-1)  # predicts each 1st choice token
-
-    owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
-    conts = [c for _, cs in encoded for c in cs]
-    scores = [first_logprobs[owner[n], tokens[0]].item() for n, tokens in enumerate(conts)]
-    longer = [n for n, tokens in enumerate(conts) if len(tokens) > 1]
-    if longer:  # one-token choices (yes/no) are scored by the prompt's pass alone
-        # Tokens 1.. of a choice are predicted by its tokens 0..-2 run on top of the prompt's cache;
-        # the choice's last token is never fed, its prediction is not needed.
-        index = torch.tensor([owner[n] for n in longer], device=device)
-        cache.batch_select_indices(index)  # filled in place by the prompt's forward
-        cont_ids, cont_mask = pad_rows([conts[n][:-1] for n in longer], pad_id)
-        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
-        start = lengths[index]
-        cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
-        mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
-        logits = model(
-            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, use_cache=True, **{cache_arg: cache}
-        ).logits.float()
-        logsumexp = torch.logsumexp(logits, dim=-1)
-        for row, n in enumerate(longer):
-            tail = torch.tensor(conts[n][1:], device=device)
-            steps = torch.arange(len(tail), device=device)
-            scores[n] += (logits[row, steps, tail] - logsumexp[row, steps]).sum().item()
-    return _grouped(encoded, scores)
-
-
-@torch.no_grad()
-def _score_seq2seq_batch(model, pad_id: int, encoded, device) -> list[list[float]]:
-    prompts = [ctx for ctx, _ in encoded]
-    enc_ids, enc_mask = pad_rows(prompts, pad_id)
-    enc_ids, enc_mask = enc_ids.to(device), enc_mask.to(device)
-    encoder_out = model.get_encoder()(input_ids=enc_ids, attention_mask=enc_mask)
-    owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
-    conts = [c for _, cs in encoded for c in cs]
-    index = torch.tensor(owner, device=device)
-    labels, label_mask = pad_rows(conts, -100)
-    labels = labels.to(device)
-    encoder_out.last_hidden_state = encoder_out.last_hidden_state[index]
-    out = model(encoder_outputs=encoder_out, attention_mask=enc_mask[index], labels=labels)
-    logprobs = torch.log_softmax(out.logits.float(), dim=-1)
-    safe = labels.clamp(min=0)
-    token_lp = logprobs.gather(-1, safe[..., None]).squeeze(-1) * (labels != -100)
-    return _grouped(encoded, token_lp.sum(-1).tolist())
-
-
 # Padded tokens per scoring forward pass by default: enough to keep a CPU's cores busy, small
 # enough that a batch of long prompts does not hold gigabytes of activations.
 TOKEN_BUDGET = 8192
 
 
-def encode_for_scoring(tokenizer, kind: str, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+def encode_for_scoring(tokenizer, kind: str | ModelKind, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
     """Prompt tokens and continuation tokens as the model of `kind` scores them."""
-    if kind == "causal":
-        return encode_request(tokenizer, request)
-    return (
-        tokenizer.encode(request.context),
-        [tokenizer.encode(c, add_special_tokens=False) for c in request.continuations],
-    )
+    return kind_adapter(kind).encode_choices(tokenizer, request)
 
 
 def score_choices(
     model,
     tokenizer,
-    kind: str,
+    kind: str | ModelKind,
     requests: list[ChoiceRequest],
     batch_size: int = 16,
     device: torch.device | None = None,
     on_batch: Callable[[int, float], None] | None = None,
     token_budget: int = TOKEN_BUDGET,
+    max_length: int = 512,
 ) -> list[list[float]]:
-    """Sum of log-probabilities of each continuation, for every request (in request order).
+    """Each choice's score, for every request (in request order): the sum of its tokens'
+    log-probabilities, or a cross-encoder's log-softmax over the question's choices.
 
     Requests are sorted by length and batched by a token budget, so a batch's prompts are about
     equally long and little of the work is padding.
 
     Args:
-        model, tokenizer: a causal or seq2seq language model and its tokenizer.
-        kind: `causal` or `seq2seq`.
+        model, tokenizer: the model and its tokenizer.
+        kind: the model's kind (`causal`, `seq2seq`, `encoder`) or its `ModelKind`.
         requests: prompts and continuations.
         batch_size: most questions per forward pass (all of a question's choices go together).
         on_batch: called after each batch with (number of questions, seconds), for cost tracking.
         token_budget: most padded prompt-and-choice tokens per batch.
+        max_length: a cross-encoder's longest (prompt, choice) pair; longer prompts are cut at
+            their end as a last resort (prompts should already fit, see `evaluation.fit`).
     """
-    import time
-
+    adapter = kind_adapter(kind)
     device = device or next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scorer = {"causal": _score_causal_batch, "seq2seq": _score_seq2seq_batch}[kind]
-    encoded = [encode_for_scoring(tokenizer, kind, r) for r in requests]
-    lengths = [len(ctx) + max(map(len, conts)) for ctx, conts in encoded]
+    encoded = [adapter.encode_choices(tokenizer, r, max_length) for r in requests]
     results: list[list[float]] = [[] for _ in requests]
-    for batch in token_batches(lengths, batch_size, token_budget):
-        started = time.perf_counter()
-        for index, row in zip(batch, scorer(model, pad_id, [encoded[i] for i in batch], device)):
-            results[index] = row
-        if on_batch:
-            on_batch(len(batch), time.perf_counter() - started)
+    for group in _batch_groups(adapter, encoded):
+        lengths = [adapter.encoded_length(encoded[i]) for i in group]
+        for batch in token_batches(lengths, batch_size, token_budget):
+            chosen = [group[k] for k in batch]
+            started = time.perf_counter()
+            scores = adapter.score_encoded(model, tokenizer, [encoded[i] for i in chosen], device)
+            for index, row in zip(chosen, scores):
+                results[index] = row
+            if on_batch:
+                on_batch(len(chosen), time.perf_counter() - started)
     return results
+
+
+def _batch_groups(adapter: ModelKind, encoded: list) -> list[list[int]]:
+    """Request indices grouped by what a batch must share (`ModelKind.encoded_group`), in order."""
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(encoded):
+        groups.setdefault(adapter.encoded_group(item), []).append(index)
+    return [groups[key] for key in sorted(groups)]
 
 
 @torch.no_grad()
@@ -227,7 +175,6 @@ def score_choices_naive(
     return results
 
 
-@torch.no_grad()
 def score_choices_encoder(
     model,
     tokenizer,
@@ -237,37 +184,11 @@ def score_choices_encoder(
     on_batch: Callable[[int, float], None] | None = None,
     token_budget: int = TOKEN_BUDGET,
 ) -> list[list[float]]:
-    """Log-softmax over choices of a multiple-choice cross-encoder (BERT, MiniLM).
+    """Log-softmax over choices of a multiple-choice cross-encoder (BERT, MiniLM): `score_choices`
+    for the `encoder` kind.
 
     Each choice is the pair (prompt, choice text). Prompts should already fit `max_length` with
     their choices (`evaluation.fit`); anything longer is cut from the prompt's end as a last
     resort. Questions with the same number of choices are batched by a token budget, longest first.
     """
-    import time
-
-    device = next(model.parameters()).device
-    pairs = []
-    for r in requests:
-        enc = tokenizer(
-            [r.context] * len(r.continuations),
-            [c.strip() for c in r.continuations],
-            truncation="only_first",
-            max_length=max_length,
-        )
-        pairs.append([{k: enc[k][c] for k in enc} for c in range(len(r.continuations))])
-    results: list[list[float]] = [[] for _ in requests]
-    for width in sorted({len(r.continuations) for r in requests}):
-        members = [i for i, r in enumerate(requests) if len(r.continuations) == width]
-        lengths = [max(len(p["input_ids"]) for p in pairs[i]) * width for i in members]
-        for batch in token_batches(lengths, batch_size, token_budget):
-            started = time.perf_counter()
-            chosen = [members[k] for k in batch]
-            rows = [pair for i in chosen for pair in pairs[i]]
-            enc = tokenizer.pad(rows, return_tensors="pt").to(device)
-            enc = {k: v.view(len(chosen), width, -1) for k, v in enc.items()}
-            logits = model(**enc).logits.float()
-            for i, row in zip(chosen, torch.log_softmax(logits, dim=-1).tolist()):
-                results[i] = row
-            if on_batch:
-                on_batch(len(chosen), time.perf_counter() - started)
-    return results
+    return score_choices(model, tokenizer, "encoder", requests, batch_size, None, on_batch, token_budget, max_length)

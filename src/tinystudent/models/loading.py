@@ -17,8 +17,7 @@ import torch
 
 from tinystudent.hub import cache_dir, hub_reachable, offline_package
 from tinystudent.log import info
-
-KINDS = ("causal", "seq2seq", "encoder")
+from tinystudent.models.kinds import ModelKind, kind_adapter, known_kinds
 
 
 @dataclass(frozen=True)
@@ -242,21 +241,20 @@ def context_length(model) -> int | None:
     return None
 
 
-# T5 has relative positions and no hard limit; it was trained on inputs of this length.
-SEQ2SEQ_DEFAULT_LIMIT = 512
+# The input length a model falls back to when neither its positions nor its tokenizer limit it
+# (T5 has relative positions and no hard limit; it was trained on inputs of this length).
+DEFAULT_INPUT_LIMIT = 512
+
+
+def tokenizer_limit(tokenizer) -> int | None:
+    """The tokenizer's `model_max_length`, when it states a real one (not its huge placeholder)."""
+    declared = getattr(tokenizer, "model_max_length", None)
+    return declared if isinstance(declared, int) and 0 < declared < 1_000_000 else None
 
 
 def input_limit(model, tokenizer, kind: str) -> int:
-    """The longest input, in tokens, the model takes: its position limit, or for an encoder the
-    smaller of that and its tokenizer's `model_max_length` (RoBERTa's 514 positions hold 512)."""
-    positions = context_length(model)
-    declared = getattr(tokenizer, "model_max_length", None)
-    declared = declared if isinstance(declared, int) and 0 < declared < 1_000_000 else None
-    if kind == "causal":
-        return positions or declared or SEQ2SEQ_DEFAULT_LIMIT
-    if kind == "seq2seq":
-        return declared or SEQ2SEQ_DEFAULT_LIMIT
-    return min(limit for limit in (positions, declared, 512) if limit)
+    """The longest input, in tokens, a model of `kind` takes (`ModelKind.input_limit`)."""
+    return kind_adapter(kind).input_limit(model, tokenizer)
 
 
 @dataclass
@@ -274,8 +272,13 @@ class LoadedModel:
         return self.resolved.name
 
     @property
+    def adapter(self) -> ModelKind:
+        """What this model's kind can do, and how (`models.kinds`)."""
+        return kind_adapter(self.kind)
+
+    @property
     def input_limit(self) -> int:
-        return input_limit(self.model, self.tokenizer, self.kind)
+        return self.adapter.input_limit(self.model, self.tokenizer)
 
 
 def check_weights(folder: Path) -> None:
@@ -313,13 +316,7 @@ def load_model(
         trust_remote_code: run the model repository's own code (off unless asked for).
         revision: a Hub revision (branch, tag or commit).
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForMultipleChoice,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoTokenizer
 
     if is_adapter_folder(name):
         return _load_adapter(Path(name), device, dtype, trust_remote_code)
@@ -328,14 +325,13 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     config = AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     kind = kind or model_kind(config)
-    if kind not in KINDS:
-        raise ValueError(f"model kind must be one of {KINDS}, got {kind!r}")
-    loader = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMultipleChoice}[
-        kind
-    ]
+    if kind not in known_kinds():
+        raise ValueError(f"model kind must be one of {known_kinds()}, got {kind!r}")
     check_weights(resolved.path)
-    model = loader.from_pretrained(
-        resolved.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    model = (
+        kind_adapter(kind)
+        .auto_class()
+        .from_pretrained(resolved.path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     )
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:

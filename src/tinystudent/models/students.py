@@ -28,6 +28,7 @@ import torch
 
 from tinystudent.folders import make_folder, remove_made
 from tinystudent.log import info
+from tinystudent.models.kinds import kind_adapter, known_kinds
 from tinystudent.models.loading import model_kind, resolve_model
 from tinystudent.models.params import count_parameters
 
@@ -37,12 +38,9 @@ KEEP_FORMS = "first:N, last:N, every:K, spread:N, or layer indices such as 0,4,2
 
 def auto_class(kind: str):
     """The transformers Auto class that builds a model of `kind` (causal, seq2seq, encoder)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice, AutoModelForSeq2SeqLM
-
-    classes = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMultipleChoice}
-    if kind not in classes:
-        raise ValueError(f"student kind must be one of {sorted(classes)}, got {kind!r}")
-    return classes[kind]
+    if kind not in known_kinds():
+        raise ValueError(f"student kind must be one of {sorted(known_kinds())}, got {kind!r}")
+    return kind_adapter(kind).auto_class()
 
 
 def parse_keep(keep: str | list[int], num_layers: int) -> list[int]:

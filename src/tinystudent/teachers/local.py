@@ -4,24 +4,26 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-from tinystudent.evaluation.generative import render_prompt
+from tinystudent.evaluation.generative import generate_in_batches, render_prompt
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
-from tinystudent.models.loading import LoadedModel, context_length
+from tinystudent.models.generation import RowParams
+from tinystudent.models.loading import LoadedModel
 from tinystudent.teachers.base import (
+    Generation,
     GenerationResult,
     GenerationSettings,
     ScoreResult,
     ScoringUnsupported,
     TeacherError,
 )
-from tinystudent.teachers.engine import RowParams, encode_prompt, generate_rows
 
 
 class LocalTeacher:
     """Batched generation and choice scoring with a model loaded in this process.
 
-    Prompts are sorted by length before batching (less padding), generation uses the KV cache, and
-    a prompt that does not fit the model's context fails alone instead of breaking its batch.
+    Generation takes the package's one path (`evaluation.generative.generate_in_batches`: batches
+    of prompts sorted by length, the KV cache, per-row stopping and seeds), and a prompt that does
+    not fit the model's context fails alone instead of breaking its batch.
 
     Args:
         loaded: the model, from `load_model`.
@@ -30,7 +32,7 @@ class LocalTeacher:
     """
 
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, chat: bool | None = None):
-        if loaded.kind not in ("causal", "seq2seq"):
+        if not loaded.adapter.generates:
             raise ValueError(
                 f"{loaded.name} is an {loaded.kind} model: a teacher must generate text "
                 "(a causal or seq2seq language model)"
@@ -46,7 +48,7 @@ class LocalTeacher:
         self.batch_size = batch_size
         self.chat = has_template if chat is None else chat
         self.calls = 0
-        self.max_positions = context_length(loaded.model) if loaded.kind == "causal" else None
+        self.max_positions = loaded.adapter.position_limit(loaded.model)
         self.tokenizer = loaded.tokenizer
         self.input_limit = loaded.input_limit
 
@@ -71,8 +73,8 @@ class LocalTeacher:
     def generate(
         self, prompts: Sequence[str], settings: GenerationSettings, seeds: Sequence[int]
     ) -> Iterator[tuple[int, GenerationResult]]:
-        tokenizer, kind = self.loaded.tokenizer, self.loaded.kind
-        encoded = [encode_prompt(tokenizer, kind, self.full_prompt(p)) for p in prompts]
+        loaded = self.loaded
+        encoded = [loaded.adapter.encode_prompt(loaded.tokenizer, self.full_prompt(p)) for p in prompts]
         fitting = []
         for index, ids in enumerate(encoded):
             error = self._too_long(ids, settings)
@@ -80,27 +82,34 @@ class LocalTeacher:
                 yield index, error
             else:
                 fitting.append(index)
-        fitting.sort(key=lambda i: len(encoded[i]))
-        for start in range(0, len(fitting), self.batch_size):
-            batch = fitting[start : start + self.batch_size]
-            rows = [
-                RowParams(settings.max_new_tokens, settings.temperature, settings.top_p, seeds[i], settings.stop)
-                for i in batch
-            ]
-            self.calls += len(batch)
-            results = generate_rows(self.loaded.model, tokenizer, kind, [encoded[i] for i in batch], rows)
-            for index, (generation, _) in zip(batch, results):
-                yield index, generation
+        rows = [
+            RowParams(settings.max_new_tokens, settings.temperature, settings.top_p, seeds[i], settings.stop)
+            for i in fitting
+        ]
+        results = generate_in_batches(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.adapter,
+            [encoded[i] for i in fitting],
+            rows,
+            self.batch_size,
+            on_batch=self._count_calls,
+        )
+        for position, out in results:
+            yield fitting[position], Generation(out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason)
+
+    def _count_calls(self, prompts: int, seconds: float) -> None:
+        self.calls += prompts
 
     def score_choices(self, requests: Sequence[ChoiceRequest]) -> Iterator[tuple[int, ScoreResult]]:
         loaded = self.loaded
-        if loaded.kind not in ("causal", "seq2seq"):
+        if not loaded.adapter.next_token:
             raise ScoringUnsupported(f"{self.name} cannot score choices")
         size = self.batch_size * 2
         for start in range(0, len(requests), size):
             batch = list(requests[start : start + size])
             self.calls += len(batch)
-            scores = score_choices(loaded.model, loaded.tokenizer, loaded.kind, batch, size, loaded.device)
+            scores = score_choices(loaded.model, loaded.tokenizer, loaded.adapter, batch, size, loaded.device)
             for offset, row in enumerate(scores):
                 yield start + offset, row
 

@@ -1,0 +1,183 @@
+"""Generating text for one batch of tokenised prompts, each row with its own settings.
+
+Every generation in the package (teachers, evaluation, debate, `serve`) comes here through
+`evaluation.generative.generate_in_batches`. A row has its own token limit, its own stop strings
+and its own sampling seed. Sampling happens in a logits processor with one random generator per
+row, so a row's sample depends only on its seed, never on the rows it shares a batch with (a
+cached, resumed run then samples the same text as an uninterrupted one). The model's kind lays
+out the batch (`ModelKind.generation_inputs`); the rest does not depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
+
+from tinystudent.models.kinds import ModelKind, kind_adapter, pad_token_id
+
+
+@dataclass(frozen=True)
+class RowParams:
+    """Per-row generation settings (a server batch mixes requests with different ones)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GeneratedText:
+    """One row's generated text.
+
+    Attributes:
+        text: the text, cut at its end of text, token limit or first stop string.
+        token_ids: the kept new tokens.
+        prompt_tokens: tokens of the prompt.
+        finish_reason: `stop` (end of text or a stop string) or `length`.
+    """
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """A sampling seed per prompt, so a sample never depends on its batch."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:8], "big") >> 1
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a text: the model's generation config's and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
+
+
+class RowSampler(LogitsProcessor):
+    """Samples each row with its own seeded generator and returns one-hot scores, so the greedy
+    step of `generate` takes exactly the sampled token. Greedy rows pass through unchanged."""
+
+    def __init__(self, rows: Sequence[RowParams]):
+        self.rows = rows
+        self.generators: list[torch.Generator | None] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generators is None:
+            self.generators = [
+                torch.Generator(device=scores.device).manual_seed(r.seed % 2**63) if r.temperature > 0 else None
+                for r in self.rows
+            ]
+        out = scores.clone()
+        for i, (row, generator) in enumerate(zip(self.rows, self.generators)):
+            if generator is None:
+                continue
+            token = sample_token(scores[i], row.temperature, row.top_p, generator)
+            out[i].fill_(float("-inf"))
+            out[i, token] = 0.0
+        return out
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token from softmax(logits / temperature), restricted to the top_p nucleus."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the token that crosses top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+class RowStopper(StoppingCriteria):
+    """Per-row stopping: a row is done at its own token limit or when its recent text holds one of
+    its stop strings. Only the last few tokens are decoded at each step, which keeps this cheap."""
+
+    def __init__(self, tokenizer, rows: Sequence[RowParams], start: int):
+        self.tokenizer, self.rows, self.start = tokenizer, rows, start
+        self.tail = max([len(s) for r in rows for s in r.stop] + [0]) + 8
+        self.finished_at: list[int | None] = [None] * len(rows)  # new tokens when a row stopped
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.start
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for i, row in enumerate(self.rows):
+            if self.finished_at[i] is not None:
+                done[i] = True
+            elif generated >= row.max_new_tokens:
+                done[i] = True
+            elif row.stop and generated > 0:
+                tail = self.tokenizer.decode(input_ids[i, -min(generated, self.tail) :], skip_special_tokens=True)
+                done[i] = any(s in tail for s in row.stop)
+            if done[i] and self.finished_at[i] is None:
+                self.finished_at[i] = generated
+        return done
+
+
+def _finish(
+    tokenizer, ids: list[int], row: RowParams, stop_ids: set[int], finished_at: int | None
+) -> tuple[str, list[int], str]:
+    """Cut a row's new tokens where it stopped (the tokens after are padding), at its end of
+    text, its token limit and its first stop string."""
+    reason = "length"
+    if finished_at is not None:
+        ids = ids[:finished_at]
+    for n, token in enumerate(ids):
+        if token in stop_ids:
+            ids, reason = ids[:n], "stop"
+            break
+    ids = ids[: row.max_new_tokens]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = [text.index(s) for s in row.stop if s and s in text]
+    if cut:
+        text, reason = text[: min(cut)], "stop"
+    return text, ids, reason
+
+
+@torch.no_grad()
+def generate_rows(
+    model, tokenizer, kind: str | ModelKind, prompt_ids: list[list[int]], rows: Sequence[RowParams]
+) -> list[GeneratedText]:
+    """Generate for one batch of tokenised prompts, each row with its own settings (greedy with
+    the KV cache unless a row samples)."""
+    adapter = kind_adapter(kind)
+    device = next(model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    stop_ids = eos_ids(model, tokenizer)
+    ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
+    base = model.generation_config
+    config = GenerationConfig(
+        max_new_tokens=max(r.max_new_tokens for r in rows),
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stop_ids) or None,
+        pad_token_id=pad,
+        bos_token_id=base.bos_token_id,
+        decoder_start_token_id=base.decoder_start_token_id,
+    )
+    processors = LogitsProcessorList([RowSampler(rows)] if any(r.temperature > 0 for r in rows) else [])
+    stopper = RowStopper(tokenizer, rows, start)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        generation_config=config,
+        logits_processor=processors,
+        stopping_criteria=[stopper],
+    )
+    results = []
+    for i, row in enumerate(rows):
+        text, kept, reason = _finish(tokenizer, out[i, start:].tolist(), row, stop_ids, stopper.finished_at[i])
+        results.append(GeneratedText(text, kept, len(prompt_ids[i]), reason))
+    return results
