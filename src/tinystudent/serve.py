@@ -214,7 +214,9 @@ class Engine:
             messages = [
                 {"role": m.get("role", "user"), "content": _content_text(m.get("content"))} for m in request.messages
             ]
-            texts = [self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)]
+            # A str with tokenize=False; transformers types the return as every output it can have.
+            chat_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            texts: list[str] = [chat_text]  # type: ignore[list-item]
             id_rows = [self.adapter.encode_prompt(self.tokenizer, texts[0])]
             max_tokens = next((m for m in (request.max_completion_tokens, request.max_tokens) if m is not None), 256)
             top_n = (request.top_logprobs or 0) if request.logprobs else None
@@ -227,7 +229,8 @@ class Engine:
             id_rows = [
                 list(p) if isinstance(p, list) else self.adapter.encode_prompt(self.tokenizer, p) for p in prompts
             ]
-            texts = [self.tokenizer.decode(p) if isinstance(p, list) else p for p in prompts]
+            # decode gives a str for one row of ids; transformers types it str | list[str].
+            texts = [self.tokenizer.decode(p) if isinstance(p, list) else p for p in prompts]  # type: ignore[misc]
             max_tokens = 16 if request.max_tokens is None else request.max_tokens
             top_n = request.logprobs
         if top_n is not None and not self.adapter.decoder_only:
@@ -269,10 +272,13 @@ class Engine:
         if scored:
             self._count_batch(len(scored))
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            results = token_logprobs(
-                self.loaded.model, pad, [r.ids + r.completion_ids for r in scored], max(r.top_n for r in scored)
+            scored_results = token_logprobs(
+                self.loaded.model,
+                pad,
+                [r.ids + r.completion_ids for r in scored],
+                max(r.top_n for r in scored if r.top_n is not None),
             )
-            for row, result in zip(scored, results):
+            for row, result in zip(scored, scored_results):
                 row.scored = result
         for row in one_pass:
             if row.params.max_new_tokens == 1:
@@ -282,7 +288,10 @@ class Engine:
 
     def _one_more_token(self, row: Row) -> None:
         """The next token from the prompt pass already made (echo + logprobs + max_tokens 1)."""
-        next_logprobs = row.scored.next_logprobs
+        scored = row.scored
+        if scored is None:  # such a row asked for log-probabilities: it had its prompt pass
+            raise RuntimeError("a row to finish from its prompt pass was not scored")
+        next_logprobs = scored.next_logprobs
         if row.params.temperature > 0:
             generator = torch.Generator().manual_seed(row.params.seed % 2**63)
             token = sample_token(next_logprobs, row.params.temperature, row.params.top_p, generator)
@@ -292,10 +301,11 @@ class Engine:
             row.finish_reason = "stop"
             return
         row.completion_ids = [token]
-        row.text = self.tokenizer.decode([token], skip_special_tokens=True)
-        row.scored.logprobs.append(float(next_logprobs[token]))
+        # decode gives a str for one row of ids; transformers types it str | list[str].
+        row.text = self.tokenizer.decode([token], skip_special_tokens=True)  # type: ignore[assignment]
+        scored.logprobs.append(float(next_logprobs[token]))
         top = next_logprobs.topk(row.top_n) if row.top_n else None
-        row.scored.top.append(dict(zip(top.indices.tolist(), top.values.tolist())) if top else None)
+        scored.top.append(dict(zip(top.indices.tolist(), top.values.tolist())) if top else None)
 
     # --- answers ------------------------------------------------------------------------------
 
@@ -349,7 +359,7 @@ class Engine:
     def _token_strings(self, ids: list[int]) -> list[str]:
         return self.tokenizer.batch_decode([[i] for i in ids])
 
-    def _top(self, top: dict[int, float] | None, n: int) -> dict[str, float] | None:
+    def _top(self, top: dict[int, float] | None, n: int | None) -> dict[str, float] | None:
         if top is None or not n:
             return None
         return dict(zip(self._token_strings(list(top)), top.values()))
@@ -365,6 +375,8 @@ class Engine:
             for k in range(len(row.completion_ids))
         ]
         scored = row.scored
+        if scored is None:  # rows that ask for log-probabilities are scored in _execute
+            raise RuntimeError("a row that asked for log-probabilities was not scored")
         return {
             "tokens": self._token_strings(ids),
             "token_logprobs": scored.logprobs[start:],
@@ -374,12 +386,15 @@ class Engine:
 
     def _chat_logprobs(self, row: Row) -> list[dict]:
         start = len(row.ids)
+        scored = row.scored
+        if scored is None:  # rows that ask for log-probabilities are scored in _execute
+            raise RuntimeError("a row that asked for log-probabilities was not scored")
         content = []
         for _, text, value, top in zip(
             row.completion_ids,
             self._token_strings(row.completion_ids),
-            row.scored.logprobs[start:],
-            row.scored.top[start:],
+            scored.logprobs[start:],
+            scored.top[start:],
         ):
             tops = self._top(top, row.top_n) or {}
             content.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -157,9 +158,9 @@ def build_features(
                 if eos is not None:
                     target = target + [eos]
                 feats.rationales[teacher] = (adapter.encode_input(tokenizer, question), target)
-        for teacher, by_id in choice_logprobs.items():
-            if ex.id in by_id:
-                feats.teacher_choice[teacher] = by_id[ex.id]
+        for teacher, scores_by_id in choice_logprobs.items():
+            if ex.id in scores_by_id:
+                feats.teacher_choice[teacher] = scores_by_id[ex.id]
         features[ex.id] = feats
     if skipped:
         warn(f"{skipped} rationale task(s) left out: the question's choices alone exceed max_input_tokens={max_input}")
@@ -167,6 +168,15 @@ def build_features(
 
 
 # --- batches ---------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def required(value: _T | None, name: str) -> _T:
+    """A batch field that the batch's layout (its model kind's) always fills."""
+    if value is None:
+        raise ValueError(f"this batch has no {name}: it was laid out for another model kind")
+    return value
 
 
 @dataclass
@@ -187,18 +197,16 @@ class TokenBatch:
     position_ids: torch.Tensor | None = None  # packed rows: positions restart at each sequence
 
     def to(self, device) -> TokenBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device) if t is not None else None
+
         return TokenBatch(
-            *[
-                t.to(device) if t is not None else None
-                for t in (
-                    self.input_ids,
-                    self.attention_mask,
-                    self.target_mask,
-                    self.next_ids,
-                    self.labels,
-                    self.position_ids,
-                )
-            ]
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            move(self.target_mask),
+            move(self.next_ids),
+            move(self.labels),
+            move(self.position_ids),
         )
 
     def causal_inputs(self) -> dict:
@@ -219,7 +227,7 @@ class TokenBatch:
         """Target tokens: the rows the loss is computed on."""
         if self.labels is not None:
             return int((self.labels != -100).sum())
-        return int(self.target_mask.sum())
+        return int(required(self.target_mask, "target_mask").sum())
 
 
 def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -303,9 +311,11 @@ class ChoiceBatch:
     tokens: dict | None = None
 
     def to(self, device) -> ChoiceBatch:
-        move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.to(device) if t is not None else None
+
         return ChoiceBatch(
-            move(self.choice_mask),
+            self.choice_mask.to(device),
             move(self.question),
             move(self.choice),
             move(self.gold_sequence),
@@ -318,7 +328,7 @@ class ChoiceBatch:
     def n_tokens(self) -> int:
         if self.tokens is not None:
             return int(self.tokens["attention_mask"].sum())
-        return self.sequences.tokens + (self.prompts.tokens if self.prompts else 0)
+        return required(self.sequences, "sequences").tokens + (self.prompts.tokens if self.prompts else 0)
 
 
 def choice_batch(

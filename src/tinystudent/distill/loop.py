@@ -25,7 +25,7 @@ from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
 from tinystudent.distill.objectives import teacher_states
 from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
-from tinystudent.evaluation.evaluate import evaluate_model
+from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.schema import Example
 
@@ -138,7 +138,13 @@ class TrainingRun:
         self.on_step = on_step
         self.stream = SampleStream(len(train), config.seed)
         self.autocast_dtype = resolve_precision(config.precision, device)
-        self.shared: dict[str, Any] = {"step": 0, "consumed": 0, "tokens": 0, "train_seconds": 0.0, "stopped_early": False}
+        self.shared: dict[str, Any] = {
+            "step": 0,
+            "consumed": 0,
+            "tokens": 0,
+            "train_seconds": 0.0,
+            "stopped_early": False,
+        }
         for tr in trainees:
             tr.state = {
                 "loss_history": [],
@@ -158,13 +164,14 @@ class TrainingRun:
 
     def resume(self) -> bool:
         found = [latest_checkpoint(tr.out_dir / "checkpoints") for tr in self.trainees]
-        if not all(found):
+        paths = [path for path in found if path is not None]
+        if len(paths) < len(found):
             return False
         rank = self.accelerator.process_index
-        for tr, path in zip(self.trainees, found):
+        for tr, path in zip(self.trainees, paths):
             state = load_checkpoint(path, tr.model, tr.optimizer, tr.scheduler, tr.scaler, rank)
             self.shared, tr.state = state["shared"], state["trainee"]
-        info(f"resuming from step {self.shared['step']} ({found[0]})")
+        info(f"resuming from step {self.shared['step']} ({paths[0]})")
         return True
 
     def checkpoint(self) -> None:
@@ -188,7 +195,7 @@ class TrainingRun:
         """Accuracy of the student as it stands, scored by the evaluation module (main process)."""
         from accelerate.utils import broadcast_object_list
 
-        payload = [None]
+        payload: list[EvalResult | None] = [None]
         if self.accelerator.is_main_process:
             tr.loaded.model.eval()
             with torch.no_grad(), self.autocast():

@@ -61,7 +61,7 @@ def apply_lora(
     modules_to_save = adapter.lora_modules_to_save(model)
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; it only divides by r
         lora_dropout=dropout,
         target_modules=target_modules,
         task_type=task_type,

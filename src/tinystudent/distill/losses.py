@@ -128,6 +128,8 @@ def _row_losses(
     target_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
     if teacher_hidden is None:
         return target_logprobs, torch.zeros_like(target_logprobs)
+    if teacher_head is None:
+        raise TypeError("teacher_hidden needs the teacher's output layer (teacher_head)")
     with torch.no_grad():
         teacher_logits = teacher_head(teacher_hidden).float()
     vocab = kd_vocab or logits.shape[-1]

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tinystudent.distill.data import ChoiceBatch, TokenBatch
+from tinystudent.distill.data import ChoiceBatch, TokenBatch, required
 from tinystudent.distill.fused import can_fuse, fused_head_loss
 from tinystudent.distill.losses import PAD_SCORE, choice_kd_loss, chunked_token_losses, hidden_state_loss
 from tinystudent.models.kinds import ModelKind, kind_adapter
@@ -31,7 +31,8 @@ from tinystudent.models.kinds import ModelKind, kind_adapter
 
 def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    # PEFT's method, which Module.__getattr__ types as Tensor | Module.
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
 
 
 def causal_head(core) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -215,7 +216,7 @@ class StudentObjectives(torch.nn.Module):
             )
             return loss, logprobs, kd, layers
         student_head = self.adapter.output_head(core)
-        teacher_head = states.head if teacher_rows is not None else None
+        teacher_head = states.head if states is not None and teacher_rows is not None else None
         logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head, **self._kd_args())
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
         return loss, logprobs, kd, layers
@@ -280,7 +281,10 @@ class StudentObjectives(torch.nn.Module):
                     parts[f"choice_kd:{teacher_name}"] = term.detach()
                     terms.append(w.choice_kd.get(teacher_name, 0.0) * term)
         if not terms:  # nothing to learn from in this batch: a zero that still reaches every weight
-            terms = [sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0]
+            zero = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
+            if not isinstance(zero, torch.Tensor):
+                raise ValueError("the student has no trainable parameters")
+            terms = [zero]
         parts["loss"] = torch.stack([t.float() for t in terms]).sum()
         return parts
 
@@ -295,10 +299,12 @@ def choice_table(
         logprobs: [rows] log-probability of each continuation token.
         sequence_of_row: [rows] the (question, choice) sequence each token belongs to.
     """
-    per_sequence = torch.zeros(cb.question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
+    question, choice = required(cb.question, "question"), required(cb.choice, "choice")
+    gold_sequence = required(cb.gold_sequence, "gold_sequence")
+    per_sequence = torch.zeros(question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
     scores = torch.full(cb.choice_mask.shape, PAD_SCORE, device=logprobs.device)
-    scores = scores.index_put((cb.question, cb.choice), per_sequence)
-    gold_rows = logprobs[cb.gold_sequence[sequence_of_row]]
+    scores = scores.index_put((question, choice), per_sequence)
+    gold_rows = logprobs[gold_sequence[sequence_of_row]]
     return scores, gold_rows
 
 

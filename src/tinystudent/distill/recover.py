@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -159,7 +159,7 @@ def recover(
     order = list(range(len(chunks)))
     random.Random(config.seed).shuffle(order)
     core = loaded.model
-    core.config.use_cache = False
+    core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
     objective = StudentObjectives(
         core,
         "causal",
@@ -170,7 +170,7 @@ def recover(
     )
     optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_ratio, 0.1))
-    state = {"step": 0, "seconds": 0.0, "history": [], "before": None}
+    state: dict[str, Any] = {"step": 0, "seconds": 0.0, "history": [], "before": None}
     checkpoints = out_dir / "checkpoints"
     found = latest_checkpoint(checkpoints)
     if found:

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,7 +28,7 @@ class Teacher:
     """A teacher model for token-level distillation, frozen in eval mode."""
 
     loaded: LoadedModel
-    head: object
+    head: Callable[[torch.Tensor], torch.Tensor]
     layers: list[int]
     want_rows: bool
 
@@ -44,7 +45,7 @@ class Trainee:
     features: dict[str, Features]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: object | None
+    scaler: torch.amp.GradScaler | None
     counts: dict[str, int]
     trainable: int
     teacher: Teacher | None = None
@@ -82,7 +83,8 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float):
 
 def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter 2019); biases and norms (1-d tensors) are not decayed."""
-    decay, plain = [], []
+    decay: list[torch.nn.Parameter] = []
+    plain: list[torch.nn.Parameter] = []
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else plain).append(p)
@@ -98,8 +100,9 @@ def hidden_pairs(
     they were copied from; otherwise layers pair evenly by depth (PKD-skip)."""
     adapter = kind_adapter(kind)
     n_student, n_teacher = adapter.depth(student_core.config), adapter.depth(teacher_core.config)
+    pairs: list[tuple[int, int]]
     if configured:
-        pairs = [tuple(p) for p in configured]
+        pairs = [(s, t) for s, t in configured]
     else:
         manifest = student_path / MANIFEST
         kept = json.loads(manifest.read_text()).get("kept", {}) if manifest.exists() else {}
@@ -169,7 +172,9 @@ def setup_trainee(
     core = loaded.model
     loaded.adapter.check_output_layer(core, name)
     kd_dtype = resolve_precision(config.precision, device)
-    teacher_info, kd_vocab, student_layers = None, None, []
+    teacher_info: Teacher | None = None
+    kd_vocab: int | None = None
+    student_layers: list[int] = []
     if teacher is not None:
         teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, device, kd_dtype)
     model = core
@@ -180,7 +185,7 @@ def setup_trainee(
         set_attention_dropout(core, config.attention_dropout)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(core)
-    core.config.use_cache = False
+    core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
     core.train()
     features, fitted = build_features(
         train,

@@ -76,11 +76,12 @@ def cache_kwarg(model) -> str:
     """The forward argument that takes a KV cache: `cache` in newer transformers releases,
     `past_key_values` before them (still accepted, with a deprecation warning, for a while)."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it on
-    return _cache_kwarg_of(type(core))
+    # Classes are hashable; mypy checks type[...] against Hashable wrongly (python/mypy#11470).
+    return _cache_kwarg_of(type(core))  # type: ignore[arg-type]
 
 
 @functools.cache
-def _cache_kwarg_of(model_class: type) -> str:
+def _cache_kwarg_of(model_class: type[torch.nn.Module]) -> str:
     """Read once per model class, not once per scoring batch."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 

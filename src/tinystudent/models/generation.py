@@ -74,7 +74,7 @@ class RowSampler(LogitsProcessor):
         self.rows = rows
         self.generators: list[torch.Generator | None] | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self.generators is None:
             self.generators = [
                 torch.Generator(device=scores.device).manual_seed(r.seed % 2**63) if r.temperature > 0 else None
@@ -110,7 +110,7 @@ class RowStopper(StoppingCriteria):
         self.tail = max([len(s) for r in rows for s in r.stop] + [0]) + 8
         self.finished_at: list[int | None] = [None] * len(rows)  # new tokens when a row stopped
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.Tensor:
         generated = input_ids.shape[1] - self.start
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for i, row in enumerate(self.rows):

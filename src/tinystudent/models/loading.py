@@ -12,12 +12,16 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from tinystudent.hub import cache_dir, hub_reachable, offline_package
 from tinystudent.log import info
 from tinystudent.models.kinds import ModelKind, kind_adapter, known_kinds
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ class LoadedModel:
     """A model ready to use, with its tokenizer and what it is."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     kind: str
     resolved: ResolvedModel
     device: torch.device

@@ -23,6 +23,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -241,7 +242,8 @@ def narrow_state(model: torch.nn.Module, stacks: dict[str, int], width: int, kee
     units of largest magnitude (kept in their order)."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for stack in stacks:
-        for index, layer in enumerate(model.get_submodule(stack)):
+        # `layer_stacks` names ModuleLists only.
+        for index, layer in enumerate(cast(torch.nn.ModuleList, model.get_submodule(stack))):
             into, out_of = _mlp_linears(layer, width)
             if not into or not out_of:
                 raise ValueError(f"mlp_width: found no feed-forward projections of width {width} in {stack}.{index}")
@@ -303,7 +305,7 @@ def scale_down(
         if keep is not None
         else {stack: list(range(depth)) for stack, depth in stacks.items()}
     )
-    manifest = {
+    manifest: dict[str, Any] = {
         "source": source,
         "source_identity": resolved.identity,
         "kind": kind,

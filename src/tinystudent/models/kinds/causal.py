@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from tinystudent.distill.data import ChoiceBatch, TokenBatch, continuation_pairs, packed_token_batch, pad_right
+from tinystudent.distill.data import (
+    ChoiceBatch,
+    TokenBatch,
+    continuation_pairs,
+    packed_token_batch,
+    pad_right,
+    required,
+)
 from tinystudent.distill.losses import chunked_token_losses
 from tinystudent.distill.objectives import causal_head, check_head, choice_table, plain_linear_head
 from tinystudent.evaluation.scoring import cache_kwarg, encode_request, pad_rows, scores_by_question
@@ -84,7 +91,8 @@ class CausalKind(ModelKind):
         out = core.base_model(**batch.causal_inputs(), use_cache=False, output_hidden_states=bool(layers))
         real = batch.attention_mask.bool()
         states = [out.hidden_states[i][real] for i in layers]
-        return out.last_hidden_state[batch.target_mask], batch.next_ids[batch.target_mask], states
+        target_mask, next_ids = required(batch.target_mask, "target_mask"), required(batch.next_ids, "next_ids")
+        return out.last_hidden_state[target_mask], next_ids[target_mask], states
 
     def output_head(self, core):
         return causal_head(core)
@@ -96,9 +104,10 @@ class CausalKind(ModelKind):
         check_head(core, name)
 
     def choice_scores(self, core, batch: ChoiceBatch, chunk_tokens: int):
-        rows, targets, _ = self.token_rows(core, batch.sequences, [])
+        sequences = required(batch.sequences, "sequences")
+        rows, targets, _ = self.token_rows(core, sequences, [])
         logprobs, _ = chunked_token_losses(rows, targets, causal_head(core), chunk_tokens=chunk_tokens)
-        return choice_table(batch, logprobs, batch.sequences.target_mask.nonzero()[:, 0])
+        return choice_table(batch, logprobs, required(sequences.target_mask, "target_mask").nonzero()[:, 0])
 
     def text_logits(self, model, tokenizer, rows: torch.Tensor, keep: int) -> torch.Tensor:
         try:  # only the positions that predict new tokens go through the output head

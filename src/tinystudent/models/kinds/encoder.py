@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from tinystudent.distill.data import ChoiceBatch
+from tinystudent.distill.data import ChoiceBatch, required
 from tinystudent.distill.losses import PAD_SCORE
 from tinystudent.models.kinds.base import ModelKind
 from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
@@ -77,7 +77,7 @@ class EncoderKind(ModelKind):
         return ChoiceBatch(choice_mask, tokens=tokens)
 
     def choice_scores(self, core, batch: ChoiceBatch, chunk_tokens: int):
-        logits = core(**batch.tokens).logits.float()
+        logits = core(**required(batch.tokens, "tokens")).logits.float()
         return logits.masked_fill(~batch.choice_mask, PAD_SCORE), None
 
     def lora_modules_to_save(self, model) -> list[str] | None:

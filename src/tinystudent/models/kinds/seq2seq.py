@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinystudent.distill.data import ChoiceBatch, TokenBatch, continuation_pairs, pad_right
+from tinystudent.distill.data import ChoiceBatch, TokenBatch, continuation_pairs, pad_right, required
 from tinystudent.distill.objectives import choice_table
 from tinystudent.evaluation.scoring import pad_rows, scores_by_question
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
@@ -94,28 +94,29 @@ class Seq2SeqKind(ModelKind):
         return ChoiceBatch(choice_mask, question, choice, gold, sequences, prompts)
 
     def token_rows(self, core, batch: TokenBatch, layers: list[int]):
+        labels = required(batch.labels, "labels")
         out = core(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
-            decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=batch.labels),
+            decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=labels),
             use_cache=False,
             output_hidden_states=bool(layers),
         )
-        mask = batch.labels != -100
+        mask = labels != -100
         states = [out.decoder_hidden_states[i][mask] for i in layers]
-        return out.logits[mask], batch.labels[mask], states
+        return out.logits[mask], labels[mask], states
 
     def output_head(self, core):
         return identity
 
     def choice_scores(self, core, batch: ChoiceBatch, chunk_tokens: int):
-        prompts = batch.prompts
+        prompts, question = required(batch.prompts, "prompts"), required(batch.question, "question")
         encoded = core.get_encoder()(input_ids=prompts.input_ids, attention_mask=prompts.attention_mask)
-        hidden = encoded.last_hidden_state[batch.question]
-        labels = batch.sequences.labels
+        hidden = encoded.last_hidden_state[question]
+        labels = required(required(batch.sequences, "sequences").labels, "labels")
         out = core(
             encoder_outputs=(hidden,),
-            attention_mask=prompts.attention_mask[batch.question],
+            attention_mask=prompts.attention_mask[question],
             decoder_input_ids=core.prepare_decoder_input_ids_from_labels(labels=labels),
             use_cache=False,
         )
