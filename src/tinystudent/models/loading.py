@@ -188,30 +188,12 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     )
 
 
-ENCODER_TYPES = {
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "distilbert",
-    "albert",
-    "electra",
-    "deberta",
-    "deberta-v2",
-    "mpnet",
-    "modernbert",
-}
-
-
 def model_kind(config) -> str:
-    """`causal`, `seq2seq` or `encoder`, from a transformers config."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if config.model_type in ENCODER_TYPES:
-        return "encoder"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return "causal"
+    """The kind whose adapter recognises a transformers config (`ModelKind.recognises`);
+    `encoder` when none does: a model with no language-model head is scored as a cross-encoder."""
+    for name in known_kinds():
+        if kind_adapter(name).recognises(config):
+            return name
     return "encoder"
 
 

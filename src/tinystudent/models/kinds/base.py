@@ -61,6 +61,11 @@ class ModelKind:
 
     # --- loading and limits -------------------------------------------------------------------
 
+    def recognises(self, config) -> bool:
+        """Whether a transformers config describes a model of this kind (see `model_kind`). The
+        kinds must not overlap: at most one recognises a config."""
+        return False
+
     def auto_class(self):
         """The transformers Auto class that loads or builds a model of this kind."""
         raise NotImplementedError

@@ -24,6 +24,7 @@ from tinystudent.distill.losses import chunked_token_losses
 from tinystudent.distill.objectives import causal_head, check_head, choice_table, plain_linear_head
 from tinystudent.evaluation.scoring import cache_kwarg, encode_request, pad_rows, scores_by_question
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
+from tinystudent.models.kinds.encoder import is_encoder_type
 from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
 
 
@@ -36,6 +37,13 @@ class CausalKind(ModelKind):
     decoder_only = True
     prompt_special_tokens = False  # scoring prompts carry no BOS, as in lm-evaluation-harness
     peft_task_type = "CAUSAL_LM"
+
+    def recognises(self, config) -> bool:
+        """A decoder transformers can load with a causal-LM head, and not an encoder-only type."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        decoder = not getattr(config, "is_encoder_decoder", False) and not is_encoder_type(config)
+        return decoder and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM

@@ -15,11 +15,32 @@ from tinystudent.distill.losses import PAD_SCORE
 from tinystudent.models.kinds.base import ModelKind
 from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
 
+ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "mpnet",
+    "modernbert",
+}
+
+
+def is_encoder_type(config) -> bool:
+    """An encoder-only architecture (some also have a causal-LM head in transformers, e.g. BERT)."""
+    return not getattr(config, "is_encoder_decoder", False) and config.model_type in ENCODER_TYPES
+
 
 class EncoderKind(ModelKind):
     """Multiple-choice cross-encoders."""
 
     name = "encoder"
+
+    def recognises(self, config) -> bool:
+        return is_encoder_type(config)
 
     def auto_class(self):
         from transformers import AutoModelForMultipleChoice

@@ -34,6 +34,9 @@ class Seq2SeqKind(ModelKind):
     prompt_special_tokens = True
     peft_task_type = "SEQ_2_SEQ_LM"
 
+    def recognises(self, config) -> bool:
+        return bool(getattr(config, "is_encoder_decoder", False))
+
     def auto_class(self):
         from transformers import AutoModelForSeq2SeqLM
 
