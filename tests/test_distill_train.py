@@ -1,9 +1,15 @@
 """Training: every objective and student kind learns, the answer objective trains exactly what
-evaluation scores, LoRA trains only adapters, resume follows the same trajectory, NaN stops."""
+evaluation scores, LoRA trains only adapters, resume follows the same trajectory, NaN stops.
+
+The questions and rationales come from the generated ARC fixture (`tests/fixtures/arc`: AI2 ARC
+JSON Lines questions in TinyLLM's folder layout with TinyLLM-shaped rationale files), so these
+tests run without ../shared. Only the check that the rationale objectives learn from TinyLLM's
+real rationale files reads ../shared (and skips without it)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,24 +20,39 @@ from tinystudent.evaluation import ChoiceRequest, evaluate_model, score_choices
 from tinystudent.evaluation.prompts import choice_context, choice_continuations
 from tinystudent.models import load_model
 
+FIXTURE_ARC = Path(__file__).resolve().parent / "fixtures" / "arc"
 
-@pytest.fixture(scope="module")
-def arc(shared_dir):
-    """Eight real ARC-Challenge questions with both TinyLLM teachers' real rationales, and a
-    disjoint validation set; teacher choice scores favour the gold answer."""
+
+def arc_questions(folder: Path) -> dict:
+    """Eight training questions of an ARC task in TinyLLM's layout that both TinyLLM teachers
+    have rationales for, and a disjoint validation set; teacher choice scores favour the gold
+    answer."""
     from tinystudent.tasks import load_task
     from tinystudent.teachers import import_tinyllm_rationales
 
-    data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
-    rationales = import_tinyllm_rationales(shared_dir / "data" / "tinyllm" / "arc", "train")
+    data = load_task(str(folder))
+    rationales = import_tinyllm_rationales(folder, "train")
     train = [ex for ex in data.split("train") if all(ex.id in r for r in rationales.values())][:8]
     valid = data.split("validation")[:8]
+    assert len(train) == len(valid) == 8 and len(rationales) == 2
     choice_logprobs = {
         "flan-t5-xl": {
             ex.id: [-0.2 if c == ex.answer else -2.5 - 0.3 * c for c in range(len(ex.choices))] for ex in train
         }
     }
     return {"train": train, "valid": valid, "rationales": rationales, "choice_logprobs": choice_logprobs}
+
+
+@pytest.fixture(scope="module")
+def arc():
+    """The generated ARC fixture (tests/fixtures/arc); no ../shared needed."""
+    return arc_questions(FIXTURE_ARC)
+
+
+@pytest.fixture(scope="module")
+def real_arc(shared_dir):
+    """Real ARC-Challenge questions with both TinyLLM teachers' real rationales (../shared)."""
+    return arc_questions(shared_dir / "data" / "tinyllm" / "arc")
 
 
 def config(**changes) -> TrainConfig:
@@ -81,6 +102,20 @@ CASES = [
 
 @pytest.mark.parametrize("fixture,term,weights", CASES, ids=[f"{c[0][5:]}-{c[1]}" for c in CASES])
 def test_each_objective_and_student_kind_learns(fixture, term, weights, arc, request, tmp_path):
+    check_objective_learns(fixture, term, weights, arc, request, tmp_path)
+
+
+RATIONALE_CASES = [c for c in CASES if c[1].startswith("rationale")]
+
+
+@pytest.mark.parametrize("fixture,term,weights", RATIONALE_CASES, ids=[f"{c[0][5:]}-{c[1]}" for c in RATIONALE_CASES])
+def test_rationale_objectives_learn_from_real_tinyllm_rationales(fixture, term, weights, real_arc, request, tmp_path):
+    """The same check on real ARC-Challenge questions and TinyLLM's real (long, truncated)
+    rationales: needs ../shared."""
+    check_objective_learns(fixture, term, weights, real_arc, request, tmp_path)
+
+
+def check_objective_learns(fixture, term, weights, arc, request, tmp_path):
     from conftest import build_tiny
 
     student = request.getfixturevalue(fixture)
@@ -302,7 +337,7 @@ def test_rationales_that_match_no_question_are_refused(tiny_causal, arc, tmp_pat
         )
 
 
-def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared_dir, tmp_path):
+def test_same_code_runs_under_distributed_data_parallel(tiny_causal, tmp_path):
     """Two processes (torchrun, gloo on the CPU) of batch 2 follow one process of batch 4."""
     import os
     import subprocess
@@ -315,7 +350,7 @@ def test_same_code_runs_under_distributed_data_parallel(tiny_causal, arc, shared
 import json, os, sys
 from tinystudent.distill import TrainConfig, train_student
 from tinystudent.tasks import load_task
-data = load_task({str(shared_dir / "data" / "tinyllm" / "arc")!r})
+data = load_task({str(FIXTURE_ARC)!r})
 cfg = TrainConfig(steps=3, batch_size=int(sys.argv[2]), lr=3e-3, warmup_ratio=0.0, eval_before=False)
 result = train_student({str(tiny_causal)!r}, data.split("train")[:12], data.split("validation")[:4], cfg,
                        sys.argv[1], task="arc")
@@ -342,7 +377,7 @@ if os.environ.get("RANK", "0") == "0":
             "2",
         ]
     )
-    data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
+    data = load_task(str(FIXTURE_ARC))
     one = train_student(
         str(tiny_causal),
         data.split("train")[:12],

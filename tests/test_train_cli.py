@@ -1,9 +1,13 @@
 """`tinystudent train`: rationales from a file or from the teacher cache, scaled-down students,
-one JSON object on stdout, clear errors."""
+one JSON object on stdout, clear errors.
+
+The task is the generated ARC fixture (`tests/fixtures/arc`), so these tests run without
+../shared, except the one that trains on TinyLLM's real rationales imported into the cache."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +29,14 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module")
-def arc_task(shared_dir):
+def arc_task():
+    """The generated ARC fixture task (AI2 ARC JSON Lines in TinyLLM's layout)."""
+    return str(Path(__file__).resolve().parent / "fixtures" / "arc")
+
+
+@pytest.fixture(scope="module")
+def real_arc_task(shared_dir):
+    """TinyLLM's real ARC-Challenge task folder (../shared)."""
     return str(shared_dir / "data" / "tinyllm" / "arc")
 
 
@@ -83,11 +94,13 @@ def test_train_with_rationales_file_and_json(tiny_causal, arc_task, tmp_path):
         assert store.run(row["run_key"])["status"] == "done"
 
 
-def test_train_reads_rationales_from_the_teacher_cache(tiny_seq2seq, arc_task, shared_dir, tmp_path):
+def test_train_reads_rationales_from_the_teacher_cache(tiny_seq2seq, real_arc_task, tmp_path):
+    """TinyLLM's real rationale files, imported into the cache (needs ../shared)."""
     from tinystudent.store import Store
     from tinystudent.teachers import read_tinyllm, store_rationales
 
-    imported = read_tinyllm(shared_dir / "data" / "tinyllm" / "arc", "train")
+    arc_task = real_arc_task
+    imported = read_tinyllm(Path(arc_task), "train")
     with Store() as store:
         store_rationales(store, imported.rationales[:40], arc_task, imported.questions)
     result = _run(

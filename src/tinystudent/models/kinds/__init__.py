@@ -1,8 +1,8 @@
 """Model kinds: one `ModelKind` per kind, found by name with `kind_adapter`.
 
 A kind is one module in this package named after it, holding `ADAPTER`, its `ModelKind`; adding
-a kind means adding that module and its name to `KIND_NAMES`. Kinds from elsewhere can be added
-with `register_kind`.
+a kind means adding that module: `KIND_NAMES` lists every module here but `base`. Kinds from
+elsewhere can be added with `register_kind`.
 
 The modules are imported on first use: they use scoring, training and generation code from
 the rest of the package, which itself looks kinds up here.
@@ -11,10 +11,11 @@ the rest of the package, which itself looks kinds up here.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
 
-KIND_NAMES = ("causal", "seq2seq", "encoder")
+KIND_NAMES = tuple(sorted(module.name for module in pkgutil.iter_modules(__path__) if module.name != "base"))
 
 _ADAPTERS: dict[str, ModelKind] = {}
 
