@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tinystudent.teachers.base import (
     Generation,
@@ -49,9 +49,21 @@ class LocalSettings(BaseModel):
     dtype: str = "auto"
     batch_size: int = Field(8, ge=1)
     chat: Optional[bool] = None
-    kind: Optional[Literal["causal", "seq2seq"]] = None
+    kind: Optional[str] = None
     revision: Optional[str] = None
     trust_remote_code: bool = False
+
+    @field_validator("kind")
+    @classmethod
+    def _a_kind_that_generates(cls, kind: Optional[str]) -> Optional[str]:
+        if kind is None:
+            return None
+        from tinystudent.models.kinds import kind_adapter, known_kinds
+
+        writers = [name for name in known_kinds() if kind_adapter(name).generates]
+        if kind not in writers:
+            raise ValueError(f"a teacher writes text: its kind must be one of {writers}, got {kind!r}")
+        return kind
 
 
 class HttpSettings(BaseModel):
