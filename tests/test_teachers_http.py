@@ -38,7 +38,9 @@ def server_stats(base_url: str) -> dict:
 
 
 def http_teacher(base_url: str, model, **settings) -> HttpTeacher:
-    return make_teacher(str(model), base_url=base_url, endpoint="completions", **settings)
+    teacher = make_teacher(str(model), base_url=base_url, endpoint="completions", **settings)
+    assert isinstance(teacher, HttpTeacher)
+    return teacher
 
 
 # --- against tinystudent serve ------------------------------------------------------------------
@@ -120,7 +122,8 @@ class Scripted:
     (status, body bytes, headers, seconds to wait first). Records every request."""
 
     def __init__(self, script):
-        self.script, self.requests = script, []
+        self.script = script
+        self.requests: list[tuple[str, dict, dict]] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):

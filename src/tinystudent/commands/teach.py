@@ -19,6 +19,15 @@ def _read_template(path: Optional[Path]) -> Optional[str]:
     return path.read_text(encoding="utf-8")
 
 
+def _servers(base_url: Optional[list[str]]) -> str | list[str] | None:
+    """`--base-url` given once is one server (its cache identity names it, as always); repeated or
+    comma-separated, a list of servers of one model (its identity names the model, not them)."""
+    urls = [url.strip() for given in base_url or [] for url in given.split(",") if url.strip()]
+    if len(urls) > 1:
+        return urls
+    return urls[0] if urls else None
+
+
 def _teacher_settings(
     base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint, concurrency, timeout, max_retries, identity
 ) -> dict:
@@ -58,18 +67,23 @@ def teach_command(
     strategy: str = typer.Option(
         "teacher_forcing_cot", help="zero_shot, few_shot, cot, teacher_forcing_cot or choice_logprobs."
     ),
-    base_url: Optional[str] = typer.Option(
-        None, help="An OpenAI-compatible server (vLLM, llama.cpp, Ollama, tinystudent serve): http://host:port/v1."
+    base_url: Optional[list[str]] = typer.Option(
+        None,
+        metavar="URL",
+        help="An OpenAI-compatible server (vLLM, llama.cpp, Ollama, tinystudent serve): http://host:port/v1. "
+        "Repeat it or separate URLs with commas for several servers of one model sharing the requests.",
     ),
     api_key_env: Optional[str] = typer.Option(
         None, help="Environment variable holding the server's API key (its name, not the key)."
     ),
     endpoint: str = typer.Option("chat", help="Server endpoint for generation: chat or completions."),
-    concurrency: int = typer.Option(8, min=1, help="Requests in flight at once (server teachers)."),
+    concurrency: int = typer.Option(8, min=1, help="Requests in flight at once per server (server teachers)."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for one server answer."),
     max_retries: int = typer.Option(4, min=0, help="Retries after connection errors, timeouts, 429, 5xx."),
     identity: Optional[str] = typer.Option(
-        None, help="Cache identity of a server teacher [default: base URL and model name]."
+        None,
+        help="Cache identity of a server teacher [default: base URL and model name; with several servers: "
+        "model name and the weights they report].",
     ),
     k_shots: int = typer.Option(2, min=0, help="In-context examples drawn from the train split."),
     seed: int = typer.Option(0, help="Seed for drawing in-context examples and for sampling."),
@@ -113,8 +127,9 @@ def teach_command(
     pool = data.splits.get("train")
     if pool is None and strategy in ("few_shot", "teacher_forcing_cot") and k_shots:
         warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
+    servers = _servers(base_url)
     settings = _teacher_settings(
-        base_url,
+        servers,
         batch_size,
         device,
         dtype,
@@ -127,8 +142,8 @@ def teach_command(
         identity,
     )
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
-        backend = make_teacher(teacher, base_url, api_key_env, **settings)
-        where = base_url or getattr(getattr(backend, "loaded", None), "device", "")
+        backend = make_teacher(teacher, servers, api_key_env, **settings)
+        where = getattr(backend, "base_url", None) or getattr(getattr(backend, "loaded", None), "device", "")
         stderr.print(
             f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})"
         )

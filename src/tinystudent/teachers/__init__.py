@@ -10,7 +10,7 @@ servers, each computed once (cached in SQLite), plus rationales imported from el
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -77,6 +77,7 @@ class HttpSettings(BaseModel):
     backoff: float = Field(0.5, ge=0)
     identity: Optional[str] = None
     echo_max_tokens: int = Field(1, ge=0)
+    cooldown: float = Field(30.0, gt=0)
 
 
 def _validated(schema: type[BaseModel], settings: dict, where: str) -> dict:
@@ -87,17 +88,22 @@ def _validated(schema: type[BaseModel], settings: dict, where: str) -> dict:
         raise ValueError(f"{where} settings: {problems} (allowed: {sorted(schema.model_fields)})") from None
 
 
-def make_teacher(name: str, base_url: str | None = None, api_key_env: str | None = None, **settings) -> Teacher:
+def make_teacher(
+    name: str, base_url: str | Sequence[str] | None = None, api_key_env: str | None = None, **settings
+) -> Teacher:
     """A teacher by model name: served at `base_url` (OpenAI-compatible) or loaded here.
 
     Args:
         name: local: a Hub id, folder or GGUF file; HTTP: the model name the server knows.
-        base_url: the server's URL (`http://host:port/v1`); None loads the model locally.
+        base_url: the server's URL (`http://host:port/v1`), or a list of servers of the same model
+            that share the requests (see `HttpTeacher` for their cache identity); None loads the
+            model locally.
         api_key_env: name of the environment variable holding the server's API key.
         settings: local: device, dtype, batch_size, chat, kind, revision, trust_remote_code;
-            HTTP: endpoint, concurrency, timeout, max_retries, backoff, identity, echo_max_tokens.
+            HTTP: endpoint, concurrency (per server), timeout, max_retries, backoff, identity,
+            echo_max_tokens, cooldown.
     """
-    if base_url:
+    if base_url is not None and (base_url or not isinstance(base_url, str)):  # HttpTeacher refuses []
         return HttpTeacher(name, base_url, api_key_env, **_validated(HttpSettings, settings, "HTTP teacher"))
     if api_key_env:
         raise ValueError("api_key_env is for a teacher behind a server: give base_url too")

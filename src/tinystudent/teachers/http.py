@@ -11,6 +11,13 @@ log-probabilities of the tokens that start inside the choice (found by `text_off
 tokenizer is needed). A server that does not echo prompt log-probabilities (OpenAI's chat models,
 llama.cpp's server) raises `ScoringUnsupported`; callers then fall back to generative answers.
 
+Several servers of the same model can stand behind one teacher (`base_url` a list): each request
+goes to the server in rotation with the fewest requests in flight, at most `concurrency` per
+server. A server is taken out of rotation for `cooldown` seconds when it refuses a connection
+while others are up, or when a request has failed on it `max_retries + 1` times; that request
+moves to another server. One failure takes a server out again when it has not answered since it
+came back. With no server left in rotation the run stops with TeacherUnavailable naming each one.
+
 The API key is read from the environment variable the config names, sent as a bearer token, and
 never logged, stored or put in an error message.
 """
@@ -39,6 +46,7 @@ from tinystudent.teachers.base import (
     TeacherError,
     TeacherUnavailable,
 )
+from tinystudent.teachers.servers import Server, ServerPool
 
 T = TypeVar("T")  # what one request gives back
 
@@ -49,6 +57,7 @@ FATAL_STATUS = {
     404: "wrong base URL or model name",
 }
 MAX_BACKOFF_S = 30.0
+PROBE_TIMEOUT_S = 10.0  # GET /v1/models answers at once on every server we know
 
 
 class TeacherHTTPError(TeacherError):
@@ -82,28 +91,46 @@ def read_api_key(api_key_env: str | None) -> str | None:
     return key
 
 
+class _ServerFailed(Exception):
+    """A request gives up on its server; `why` is None when another request took it out first."""
+
+    def __init__(self, why: str | None):
+        super().__init__(why)
+        self.why = why
+
+
 class HttpTeacher:
-    """A teacher served over HTTP by an OpenAI-compatible server.
+    """A teacher served over HTTP by one or several OpenAI-compatible servers of the same model.
 
     Args:
-        model: the model name the server knows it by (also the name outputs are stored under).
-        base_url: `http://host:port/v1` (a missing `/v1` is added).
-        api_key_env: name of the environment variable holding the API key (None: no key).
+        model: the model name the servers know it by (also the name outputs are stored under).
+        base_url: `http://host:port/v1` (a missing `/v1` is added), or a list of such URLs: servers
+            of the same model that share the requests.
+        api_key_env: name of the environment variable holding the API key (None: no key); the same
+            key is sent to every server.
         endpoint: `chat` (default; the server applies the model's chat template) or `completions`.
-        concurrency: requests in flight at once (default 8).
+        concurrency: requests in flight at once per server (default 8).
         timeout: seconds to wait for one answer (default 120).
-        max_retries: retries after a connection error, timeout, 429 or 5xx (default 4).
+        max_retries: retries on one server after a connection error, timeout, 429 or 5xx (default 4).
         backoff: first retry delay in seconds, doubled each retry (default 0.5).
-        identity: what the cache knows this teacher by (default: base URL and model name); set it
-            to keep cache hits when the same weights move to another server.
+        identity: what the cache knows this teacher by. Default for one URL given as a string:
+            `http:{base URL}#{model}`, as it has always been. Default for a list (even of one URL):
+            `http-servers:{model}#{weights}`, where `weights` is what every server reports for the
+            model in `GET /v1/models`: `tinystudent serve`'s weights hash, else vLLM's `root` (the
+            weights it loaded), else the model's id. It names no server, so outputs cached through
+            one server are reused through two, and servers reporting different weights are an
+            error (servers down when the teacher is made are not asked). Set `identity` to keep
+            the cache of one URL given as a string when adding servers (pass its old identity), or
+            when the servers name the same weights differently (e.g. different local paths).
         echo_max_tokens: `max_tokens` sent with scoring requests (default 1, which every server
             with echo accepts; the token it generates is ignored).
+        cooldown: seconds a failing server stays out of rotation (default 30).
     """
 
     def __init__(
         self,
         model: str,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key_env: str | None = None,
         endpoint: str = "chat",
         concurrency: int = 8,
@@ -112,14 +139,20 @@ class HttpTeacher:
         backoff: float = 0.5,
         identity: str | None = None,
         echo_max_tokens: int = 1,
+        cooldown: float = 30.0,
     ):
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {ENDPOINTS}, got {endpoint!r}")
-        if concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise ValueError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0 or cooldown <= 0:
+            raise ValueError("concurrency must be >= 1, max_retries >= 0, timeout > 0 and cooldown > 0")
+        urls = (
+            [normalise_base_url(base_url)] if isinstance(base_url, str) else [normalise_base_url(u) for u in base_url]
+        )
+        if not urls or len(set(urls)) != len(urls):
+            raise ValueError(f"base_url must list one or more distinct servers, got {list(base_url)}")
         self.name = model
-        self.base_url = normalise_base_url(base_url)
-        self.identity = identity or f"http:{self.base_url}#{model}"
+        self.base_urls = tuple(urls)
+        self.base_url = ", ".join(urls)  # how errors name the server(s)
         self.endpoint, self.concurrency = endpoint, concurrency
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.echo_max_tokens = echo_max_tokens
@@ -132,11 +165,56 @@ class HttpTeacher:
         key = read_api_key(api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            limits=httpx.Limits(max_connections=concurrency),
-        )
+        servers = [
+            Server(
+                url,
+                httpx.Client(
+                    headers=headers,
+                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                    limits=httpx.Limits(max_connections=concurrency),
+                ),
+            )
+            for url in urls
+        ]
+        self._pool = ServerPool(servers, concurrency, cooldown)
+        if identity:
+            self.identity = identity
+        elif isinstance(base_url, str):
+            self.identity = f"http:{self.base_url}#{model}"
+        else:
+            try:
+                self.identity = f"http-servers:{model}#{self._served_weights()}"
+            except BaseException:
+                self.close()
+                raise
+
+    def _served_weights(self) -> str:
+        """The weights every server answering `GET /v1/models` reports for the model; servers that
+        do not answer are taken out of rotation (and checked by no one when they come back)."""
+        reported: dict[str, str] = {}
+        for server in self._pool.servers:
+            url = f"{server.url}/models"
+            try:
+                response = server.client.get(url, timeout=min(self.timeout, PROBE_TIMEOUT_S))
+            except httpx.TransportError as err:
+                self._pool.take_out(server, f"{url}: could not connect ({type(err).__name__}: {err})")
+                continue
+            status = response.status_code
+            if status in (401, 403):
+                raise TeacherUnavailable(f"{url}: HTTP {status}, {FATAL_STATUS[status]}: {_snippet(response.text)}")
+            if status == 429 or status >= 500:
+                self._pool.take_out(server, f"{url}: HTTP {status}: {_snippet(response.text)}")
+                continue
+            reported[server.url] = _reported_weights(url, response, self.name)
+        if not reported:
+            raise TeacherUnavailable(self._pool.why_all_out())
+        if len(set(reported.values())) > 1:
+            each = ", ".join(f"{url} serves {weights}" for url, weights in reported.items())
+            raise ValueError(
+                f"the servers of teacher {self.name} report different weights ({each}): list servers of one "
+                "model, or set `identity` if these are the same weights under different names"
+            )
+        return next(iter(reported.values()))
 
     # --- prompts -----------------------------------------------------------------------------
 
@@ -157,36 +235,58 @@ class HttpTeacher:
     # --- one request, with retries ------------------------------------------------------------
 
     def post(self, path: str, payload: dict) -> dict:
-        """POST JSON, retrying what a retry can fix; returns the parsed JSON object."""
-        url = f"{self.base_url}/{path}"
+        """POST JSON to a server in rotation, retrying what a retry can fix and moving to another
+        server when this one fails; returns the parsed JSON object."""
+        for _ in range(2 * len(self._pool.servers)):  # a request may meet each server twice at most
+            server = self._pool.acquire(self._stop)
+            try:
+                return self._post_to(server, path, payload)
+            except _ServerFailed as failed:
+                if failed.why:
+                    self._pool.take_out(server, failed.why)
+            finally:
+                self._pool.release(server)
+        reasons = "; ".join(s.why_out for s in self._pool.servers)
+        raise TeacherUnavailable(f"a request failed on every server of this teacher, twice: {reasons}")
+
+    def _post_to(self, server: Server, path: str, payload: dict) -> dict:
+        """POST to one server with up to `max_retries` retries; raises _ServerFailed to move on."""
+        url = f"{server.url}/{path}"
         last = ""
         for attempt in range(self.max_retries + 1):
             if self._stop.is_set():
                 raise TeacherUnavailable(f"{url}: stopped because another request failed for good")
+            if attempt and self._pool.is_out(server):
+                raise _ServerFailed(None)  # another request took it out: go elsewhere at once
             delay = min(self.backoff * 2**attempt, MAX_BACKOFF_S) * random.uniform(0.75, 1.0)
             with self._calls_lock:
                 self.calls += 1
+            refused = False
             try:
-                response = self._post_within_deadline(url, payload)
+                response = self._post_within_deadline(server.client, url, payload)
             except httpx.TimeoutException:
                 last = f"no answer within the {self.timeout:g} s timeout"
             except httpx.TransportError as err:
                 last = f"could not connect ({type(err).__name__}: {err})"
+                refused = isinstance(err, httpx.ConnectError)
             else:
                 if response.status_code == 429 or response.status_code >= 500:
                     last = f"HTTP {response.status_code}: {_snippet(response.text)}"
                     delay = max(delay, _retry_after(response))
                 else:
+                    self._pool.answered(server)
                     return self._parse(url, response)
+            if (refused or server.failing) and self._pool.others_in_rotation(server):
+                raise _ServerFailed(f"{url}: {last}")  # others can answer now; no need to wait for this one
             if attempt < self.max_retries:
                 self._stop.wait(delay)
-        raise TeacherUnavailable(f"{url}: gave up after {self.max_retries + 1} attempts; last: {last}")
+        raise _ServerFailed(f"{url}: gave up after {self.max_retries + 1} attempts; last: {last}")
 
-    def _post_within_deadline(self, url: str, payload: dict) -> httpx.Response:
+    def _post_within_deadline(self, client: httpx.Client, url: str, payload: dict) -> httpx.Response:
         """One POST that must finish within `timeout` seconds in all: httpx's own timeout bounds
         each read, so a server trickling a byte at a time could otherwise hold it forever."""
         deadline = time.monotonic() + self.timeout
-        with self._client.stream("POST", url, json=payload) as response:
+        with client.stream("POST", url, json=payload) as response:
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
@@ -287,13 +387,16 @@ class HttpTeacher:
     # --- running many requests --------------------------------------------------------------
 
     def _run_all(self, count: int, work: Callable[[int], T]) -> Iterator[tuple[int, T | TeacherError]]:
-        """Run work(0..count-1) with at most `concurrency` in flight, yielding results as they come.
+        """Run work(0..count-1) with at most `concurrency` in flight per server, yielding results as
+        they come.
 
         TeacherError is yielded for its index; TeacherUnavailable and ScoringUnsupported stop
         everything (queued requests are cancelled, running ones stop retrying) and are raised.
         """
         self._stop.clear()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher-http")
+        self._pool.revive_if_all_out()
+        workers = self.concurrency * len(self._pool.servers)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher-http")
         pending = {pool.submit(work, i): i for i in range(count)}
         try:
             while pending:
@@ -310,7 +413,8 @@ class HttpTeacher:
             self._stop.clear()
 
     def close(self) -> None:
-        self._client.close()
+        for server in self._pool.servers:
+            server.client.close()
 
 
 def _snippet(text: str, limit: int = 300) -> str:
@@ -323,6 +427,27 @@ def _retry_after(response: httpx.Response) -> float:
         return min(float(response.headers.get("retry-after", 0)), MAX_BACKOFF_S)
     except ValueError:
         return 0.0
+
+
+def _reported_weights(url: str, response: httpx.Response, model: str) -> str:
+    """What one server's `GET /v1/models` answer says the model's weights are."""
+    try:
+        cards = response.json()["data"] if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        cards = None
+    if not isinstance(cards, list) or not all(isinstance(c, dict) for c in cards):
+        raise ValueError(
+            f"{url}: HTTP {response.status_code}, no model list ({_snippet(response.text)!r}); a teacher with a "
+            "list of servers is known by the weights they report: set `identity` to name it yourself"
+        )
+    # A server that serves one model under any name (llama.cpp's) may list it under another name.
+    card = next((c for c in cards if c.get("id") == model), cards[0] if len(cards) == 1 else None)
+    if card is None:
+        raise ValueError(f"{url} does not list model {model!r}; it lists {[c.get('id') for c in cards]}")
+    own = card.get("tinystudent")
+    if isinstance(own, dict) and isinstance(own.get("identity"), str):
+        return own["identity"]
+    return str(card.get("root") or card.get("id"))
 
 
 def _field(data: dict, path: tuple, endpoint: str):
