@@ -40,8 +40,8 @@ def tiny_experiment(tmp_path, teacher, student, encoder, task, extra=""):
     return path
 
 
-@pytest.fixture()
-def toy_task(tmp_path):
+def write_toy_task(folder):
+    """Sixty yes/no questions about even numbers, as a JSONL task file in `folder`."""
     rows = [
         {
             "id": f"q{i}",
@@ -51,9 +51,14 @@ def toy_task(tmp_path):
         }
         for i in range(60)
     ]
-    path = tmp_path / "toy.jsonl"
+    path = folder / "toy.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
+
+
+@pytest.fixture()
+def toy_task(tmp_path):
+    return write_toy_task(tmp_path)
 
 
 def run_cli(args, **kwargs):
@@ -135,13 +140,13 @@ def test_changed_config_reruns_only_what_depends_on_it(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         units = UnitRunner(store, "x", tmp_path / "logs")
         for steps in (2, 2, 3):
-            units.run("teacher_eval", "teacher", {"teacher": "t"}, lambda log: calls.append("t") or {"acc": 0.5})
-            units.run("train", "student", {"steps": steps}, lambda log: calls.append("s") or {"acc": 0.6})
+            units.run("teacher_eval", "teacher", {"teacher": "t"}, lambda: calls.append("t") or {"acc": 0.5})
+            units.run("train", "student", {"steps": steps}, lambda: calls.append("s") or {"acc": 0.6})
         assert calls == ["t", "s", "s"]
         # what this runner computed and then used again is not "read back" from an earlier run
         assert len(units.done) == 3 and units.skipped == []
         again = UnitRunner(store, "x", tmp_path / "logs")
-        again.run("teacher_eval", "teacher", {"teacher": "t"}, lambda log: calls.append("t") or {"acc": 0.5})
+        again.run("teacher_eval", "teacher", {"teacher": "t"}, lambda: calls.append("t") or {"acc": 0.5})
         assert again.skipped == ["teacher"] and again.done == [] and calls == ["t", "s", "s"]
 
 
@@ -152,9 +157,9 @@ def test_failed_unit_is_recorded_and_retried(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         units = UnitRunner(store, "x", tmp_path / "logs")
         with pytest.raises(ZeroDivisionError):
-            units.run("train", "s", {"a": 1}, lambda log: {"x": 1 / 0})
+            units.run("train", "s", {"a": 1}, lambda: {"x": 1 / 0})
         assert store.run(units.key("train", {"a": 1}))["status"] == "failed"
-        assert units.run("train", "s", {"a": 1}, lambda log: {"x": 1})["x"] == 1
+        assert units.run("train", "s", {"a": 1}, lambda: {"x": 1})["x"] == 1
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.yaml")))
@@ -247,9 +252,11 @@ def test_mlflow_asked_for_but_missing_is_a_clear_error(tmp_path, tiny_causal, ti
         load_experiment(config)
 
 
-def processes_using(path) -> list[str]:
-    """Command lines of live processes that name `path` (the eval children name their --db)."""
-    found = []
+def processes_using(path) -> dict[int, str]:
+    """Live processes that name `path` on their command line or hold a file under it open, by pid
+    (an evaluation child, spawned by multiprocessing, names nothing of ours on its command line but
+    holds its database and its log open)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
@@ -257,10 +264,11 @@ def processes_using(path) -> list[str]:
                     cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
                 with open(f"/proc/{entry}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
+                held = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
             except OSError:
                 continue
-            if str(path) in cmdline and state != "Z":
-                found.append(cmdline)
+            if state != "Z" and (str(path) in cmdline or any(h.startswith(str(path)) for h in held)):
+                found[int(entry)] = cmdline
     return found
 
 
@@ -318,9 +326,9 @@ def test_ten_random_kills_leave_no_orphan_no_duplicate_and_the_same_verdict(tmp_
         attempt.kill()
         attempt.wait()
         deadline = time.time() + 10
-        while processes_using(db) and time.time() < deadline:
+        while processes_using(tmp_path / "killed") and time.time() < deadline:
             time.sleep(0.1)
-        assert processes_using(db) == [], "an evaluation outlived its killed run"
+        assert processes_using(tmp_path / "killed") == {}, "an evaluation outlived its killed run"
     final = run_cli(args("killed"), env=env)
     stdout, stderr = final.communicate(timeout=600)
     assert final.returncode == 0, stderr[-3000:]
@@ -336,3 +344,64 @@ def test_ten_random_kills_leave_no_orphan_no_duplicate_and_the_same_verdict(tmp_
         filed = {key for (key,) in conn.execute("SELECT run_key FROM evaluations")}
     assert stray == 0  # every evaluation belongs to one finished unit (a mutual unit files one per peer)
     assert all(any(key == unit or key.startswith(unit + ":") for unit in units) for key in filed)
+
+
+def eval_request(model, task, db, limit=6):
+    from tinystudent.experiments.units import EvalRequest
+
+    return EvalRequest(str(model), str(task), "test", limit, 0, str(db), batch_size=4, device="cpu", run_key="unit:1")
+
+
+def test_an_evaluation_runs_in_a_fresh_process_filed_under_its_unit(tmp_path, tiny_causal, toy_task):
+    from tinystudent.experiments.units import evaluate_in_subprocess
+    from tinystudent.store import Store
+
+    db, log = tmp_path / "r.sqlite", tmp_path / "eval.log"
+    first = evaluate_in_subprocess(eval_request(tiny_causal, toy_task, db), log)
+    again = evaluate_in_subprocess(eval_request(tiny_causal, toy_task, db), log)  # a retried unit
+    assert first["n"] == 6 and 0 <= first["acc"] <= 1 and (again["acc"], again["n"]) == (first["acc"], 6)
+    with Store(db) as store:
+        filed = store.db.execute("SELECT id FROM evaluations WHERE run_key = 'unit:1'").fetchall()
+    assert [row[0] for row in filed] == [again["evaluation_id"]]  # the retry replaced the first attempt
+    assert log.read_text().count("evaluating") == 2  # the child's own messages are in the unit's log
+
+
+def test_a_failed_evaluation_is_an_error_with_the_end_of_its_log(tmp_path, toy_task):
+    from tinystudent.experiments.units import evaluate_in_subprocess
+
+    log = tmp_path / "eval.log"
+    with pytest.raises(RuntimeError, match=r"evaluating .*no-model failed \(see .*eval.log\): .+"):
+        evaluate_in_subprocess(eval_request(tmp_path / "no-model", toy_task, tmp_path / "r.sqlite"), log)
+    assert "Traceback" in log.read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
+def test_an_evaluation_dies_with_the_process_that_started_it(tmp_path, tiny_causal, toy_task):
+    db, log = tmp_path / "r.sqlite", tmp_path / "eval.log"
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from test_experiments import eval_request
+        from tinystudent.experiments.units import evaluate_in_subprocess
+
+        evaluate_in_subprocess(eval_request({str(tiny_causal)!r}, {str(toy_task)!r}, {str(db)!r}, None), Path({str(log)!r}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and parent.poll() is None and not set(processes_using(log)) - {parent.pid}:
+        time.sleep(0.02)
+    children = set(processes_using(log)) - {parent.pid}
+    assert children, "the evaluation child never started"
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 10
+    while processes_using(log) and time.time() < deadline:
+        time.sleep(0.1)
+    assert processes_using(log) == {}, "the evaluation outlived the process that started it"
+    import sqlite3
+
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 0  # killed, not finished

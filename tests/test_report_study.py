@@ -7,6 +7,10 @@ with summed cost, an untrained student, a settled verdict and an unsettled one w
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LLAMA = "llama-2-chat-7b"
 
@@ -254,19 +258,40 @@ def realistic_study() -> dict:
     }
 
 
-def test_sample_study_has_the_runners_shape():
-    """The sample the report tests use is valid, JSON-serialisable and covers every kind of row."""
-    import json
+@pytest.mark.slow
+def test_the_runners_study_reads_back_as_its_records_and_the_sample_has_its_shape(tmp_path, tiny_causal, tiny_encoder):
+    """The real runner on a tiny experiment: its study reads back as a `Study` (and writes out
+    unchanged), passes the report's check, and has every field the sample above uses."""
+    from test_experiments import tiny_experiment, write_toy_task
 
+    from tinystudent.experiments.config import load_experiment
+    from tinystudent.experiments.runner import run_experiment
+    from tinystudent.experiments.study import load_study
     from tinystudent.report import validate_study
+    from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
+    from tinystudent.store import Store
 
-    study = realistic_study()
-    assert json.loads(json.dumps(study)) == study
-    assert validate_study(study) is study
-    assert {run["group"] for run in study["runs"]} == {"taught", "collaboration", "untrained"}
-    assert {run["method"] for run in study["runs"]} == {"full", "lora"}
-    assert [teacher["measured"] for teacher in study["teachers"]] == [True, False]
-    assert any(entry["smallest_winner"] is None and entry["closest"] for entry in study["verdict"])
+    collaboration = "collaboration: {members: [small, full], ensemble: true}\n"
+    toy_task = write_toy_task(tmp_path)
+    config = tiny_experiment(tmp_path, tiny_causal, tiny_causal, tiny_encoder, toy_task, collaboration)
+    experiment = load_experiment(config, ["methods={finetune: [full], objectives: [answer]}"])
+    with Store(tmp_path / "r.sqlite") as store:
+        study = run_experiment(experiment, store, tmp_path / "out")
+        stored = load_study(store, "tiny")
+    assert stored == json.loads(json.dumps(study))  # what the store holds is the study
+    typed = Study.from_dict(stored)
+    assert typed.to_dict() == stored and validate_study(stored) is stored
+    assert {run.group for run in typed.runs} == {"taught", "collaboration", "untrained"}
+    assert [(t.name, t.measured) for t in typed.teachers] == [("teach", True)]
+    assert [(s.name, s.cut) for s in typed.students] == [("small", "layers first:1"), ("full", "-"), ("enc", "-")]
+    assert {entry["teacher"] for entry in typed.verdict} == {"teach"}
+    sample = realistic_study()
+    assert set(sample) <= set(stored)
+    fields = lambda record: set(record.__dataclass_fields__) - {"additional"}  # noqa: E731
+    assert all(set(run) <= fields(RunResult) for run in sample["runs"])
+    assert all(set(teacher) <= fields(TeacherResult) for teacher in sample["teachers"])
+    assert all(set(student) <= fields(StudentResult) for student in sample["students"])
+    assert not Study.from_dict(sample).additional  # nothing in the sample that the runner does not make
 
 
 def test_best_run_compares_only_runs_measured_on_the_same_questions():

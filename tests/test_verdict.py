@@ -102,7 +102,25 @@ methods: {finetune: [full, lora], objectives: [answer, "rationale:smol", "choice
 
 def test_valid_experiment_loads(tmp_path):
     experiment = load_experiment(write(tmp_path, VALID), ["training.steps=5"])
-    assert experiment.methods.finetune == ["full", "lora"] and experiment.training == {"steps": 5}
+    assert experiment.methods.finetune == ["full", "lora"] and experiment.training.steps == 5
+    assert experiment.training.as_written() == {"steps": 5} == experiment.model_dump()["training"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("training.stepz=3", "training.stepz: unknown key (not allowed here)"),
+        ("training.batch_size=0", "training.batch_size: Input should be greater than or equal to 1"),
+        ("students.0.training.lora={rankk: 2}", "students.0.training.lora.rankk: unknown key"),
+    ],
+)
+def test_a_bad_training_key_is_an_error_when_the_experiment_is_loaded(tmp_path, override, message):
+    from tinystudent.experiments.config import Experiment
+
+    with pytest.raises(ExperimentError, match=re.escape(message)):
+        load_experiment(write(tmp_path, VALID), [override])
+    with pytest.raises(ValueError, match="stepz"):  # the model alone, without load_experiment's checks
+        Experiment.model_validate({**load_experiment(write(tmp_path, VALID)).model_dump(), "training": {"stepz": 3}})
 
 
 @pytest.mark.parametrize(

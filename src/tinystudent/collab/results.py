@@ -81,13 +81,15 @@ def ensemble_eval_result(results: Sequence[EvalResult], method: str = "average",
     check_same_questions(results)
     template = results[0]
     golds = [p.gold for p in template.predictions]
-    member_logprobs = [[p.choice_logprobs for p in r.predictions] for r in results]
-    for result, rows in zip(results, member_logprobs):
+    member_logprobs: list[list[list[float]]] = []
+    for result in results:
+        rows = [p.choice_logprobs for p in result.predictions]
         if any(row is None for row in rows):
             raise ValueError(
                 f"{result.model} was evaluated in {result.mode} mode, without choice "
                 "scores: ensembles need loglikelihood-mode evaluations"
             )
+        member_logprobs.append([row for row in rows if row is not None])
     combined = ENSEMBLE_METHODS[method](member_logprobs, golds)
     predictions = [
         Prediction(p.example_id, p.gold, pred, pred, [_log(x) for x in probs])

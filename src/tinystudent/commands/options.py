@@ -62,7 +62,8 @@ class ConfigOption:
         """A typer callback that checks a value against the field's own constraints (ge, lt, ...),
         so that a bad value fails naming the option rather than the config key."""
         metadata = tuple(self.field.metadata)
-        adapter = TypeAdapter(Annotated[(self.field.annotation, *metadata)] if metadata else self.field.annotation)
+        annotation: Any = self.field.annotation
+        adapter: TypeAdapter = TypeAdapter(Annotated[(annotation, *metadata)] if metadata else annotation)
 
         def check(typed):
             if typed is not None:
@@ -167,8 +168,9 @@ def config_options(
                     chosen[option.path] = option.value(value)
             return command(**kwargs, **{into: _nested(chosen)})
 
-        wrapper.__signature__ = signature.replace(parameters=[*parameters, context])
-        wrapper.__annotations__ = {p.name: p.annotation for p in wrapper.__signature__.parameters.values()}
+        new_signature = signature.replace(parameters=[*parameters, context])
+        wrapper.__signature__ = new_signature  # type: ignore[attr-defined]  # typer reads the options from it
+        wrapper.__annotations__ = {p.name: p.annotation for p in new_signature.parameters.values()}
         return wrapper
 
     return decorate

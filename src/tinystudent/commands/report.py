@@ -37,14 +37,15 @@ def report_command(
     """Write the report of a study: verdict first, then plots, comparisons and every run."""
     from tinystudent.report import render_report
 
-    if (study is None) == (experiment is None):
-        raise ValueError("give exactly one of --study STUDY.json or --experiment NAME (with --db DB)")
-    if study is not None:
-        data, origin = read_study_file(study), str(study)
-    else:
+    if study is not None and experiment is None:
+        data, origin, called = read_study_file(study), str(study), study.stem
+    elif experiment is not None and study is None:
         data, origin = study_from_database(db, experiment), f"experiment {experiment!r} in {db or 'the database'}"
+        called = experiment
+    else:
+        raise ValueError("give exactly one of --study STUDY.json or --experiment NAME (with --db DB)")
     name = data.get("experiment") if isinstance(data, dict) else None
-    out = out or Path("tinystudent-results") / "reports" / str(name or experiment or study.stem)
+    out = out or Path("tinystudent-results") / "reports" / str(name or called)
     paths = render_report(data, out, origin=origin)
     if as_json:
         emit_json({key: str(path) for key, path in paths.items()})

@@ -6,28 +6,37 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Sequence
 
 import typer
 
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
+from tinystudent.commands.options import config_options
+from tinystudent.distill.config import TrainConfig
 from tinystudent.folders import check_output_folder
 from tinystudent.log import info, progress, stdout
-
-if TYPE_CHECKING:
-    from tinystudent.distill import TrainConfig
 
 OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
 
 
-def objective_weights(objectives: str, overrides: list[str], teachers: list[str] = ()) -> dict:
+def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[str] = ()) -> dict:
     """`answer,rationale` plus `--weight rationale=0.5` -> the config's weights block.
 
     The answer term is always on (weight 1) unless a `--weight answer=0` turns it off. A
     per-teacher weight (`rationale.flan-t5-xl=2`) leaves the other `teachers` at the shared weight.
     """
+    from tinystudent.distill.objective_spec import parse_objective
+
+    def bare_term(text: str) -> str | None:
+        """The term `text` names, or None: `--objective` takes terms, their teachers come from --teachers."""
+        try:
+            objective = parse_objective(text, OBJECTIVES)
+        except ValueError:
+            return None
+        return objective.term if objective.teacher is None else None
+
     chosen = [o.strip() for o in objectives.split(",") if o.strip()]
-    unknown = [o for o in chosen if o not in OBJECTIVES]
+    unknown = [o for o in chosen if bare_term(o) is None]
     if unknown:
         raise ValueError(f"--objective: unknown {unknown}; choose from {', '.join(OBJECTIVES)} (comma-separated)")
     weights: dict = {"answer": 1.0, **{o: 1.0 for o in chosen if o != "answer"}}
@@ -37,9 +46,11 @@ def objective_weights(objectives: str, overrides: list[str], teachers: list[str]
             raise ValueError(
                 f"--weight expects name=value (answer=1, rationale=0.5, rationale.flan-t5-xl=2), got {item!r}"
             )
-        head, _, teacher = name.partition(".")
-        if head not in OBJECTIVES + ("mutual",):
-            raise ValueError(f"--weight {item!r}: unknown objective {head!r}")
+        try:
+            objective = parse_objective(name, OBJECTIVES + ("mutual",), separator=".")
+        except ValueError as err:
+            raise ValueError(f"--weight {item!r}: {err}") from None
+        head, teacher = objective.term, objective.teacher
         if teacher:
             current = weights.get(head, 0.0)
             table = current if isinstance(current, dict) else {t: current for t in teachers}
@@ -50,11 +61,13 @@ def objective_weights(objectives: str, overrides: list[str], teachers: list[str]
     return weights
 
 
-def _rationales_from_file(path: Path, examples) -> dict[str, dict[str, str]]:
+def _rationales_from_file(path: Path) -> dict[str, dict[str, str]]:
+    """Teacher -> example id -> rationale, from a JSONL file (training keeps those of training
+    questions and refuses a teacher with none: `distill.data.check_rationales`)."""
     from tinystudent.teachers import read_rationales_jsonl
 
     found: dict[str, dict[str, str]] = {}
-    for item in read_rationales_jsonl(path, examples):
+    for item in read_rationales_jsonl(path):
         found.setdefault(item.teacher, {})[item.example_id] = item.text
     return found
 
@@ -108,19 +121,18 @@ def _bundled_rationales() -> dict[str, dict[str, str]]:
 
 
 def _config(config_file: Optional[Path], options: dict) -> TrainConfig:
+    """The config file's fields, overridden by the options given on the command line."""
     import yaml
 
-    from tinystudent.distill import TrainConfig
-
-    base = {}
+    base: dict = {}
     if config_file is not None:
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file}: no such config file")
         base = yaml.safe_load(config_file.read_text()) or {}
         if not isinstance(base, dict):
             raise ValueError(f"{config_file}: a training config must be a mapping of TrainConfig fields")
-    merged = {**base, **{k: v for k, v in options.items() if v is not None}}
-    if "lora" in options and options["lora"]:
+    merged = {**base, **options}
+    if "lora" in options:
         merged["lora"] = {**base.get("lora", {}), **options["lora"]}
     from pydantic import ValidationError
 
@@ -139,6 +151,17 @@ def _slug(text: str) -> str:
 
 @app.command("train")
 @friendly_errors
+@config_options(
+    TrainConfig,
+    into="config_overrides",
+    skip=("weights",),  # --objective and --weight
+    aliases={
+        "logit_kd_divergence": "--divergence",
+        "early_stopping_patience": "--patience",
+        "lora.target_modules": "--lora-targets",
+        "lora.merge": "--merge",
+    },
+)
 def train_command(
     student: str = typer.Option(..., "--student", "-s", help="Hub id, local model folder or GGUF file."),
     task: str = typer.Option(..., "--task", "-t", help="A named task or a path to benchmark files."),
@@ -153,13 +176,6 @@ def train_command(
     ),
     weight: list[str] = typer.Option(
         [], help="Objective weight, repeatable: rationale=0.5, rationale.flan-t5-xl=2, answer=0."
-    ),
-    method: str = typer.Option("full", help="full fine-tuning or lora."),
-    answer_loss: Optional[str] = typer.Option(
-        None,
-        help="Answer term: tokens (cross-entropy on the gold "
-        "answer's tokens) or choices (cross-entropy over the "
-        "choices' scores) [tokens].",
     ),
     keep_layers: Optional[str] = typer.Option(
         None, help="Scale the student down first: first:N, last:N, every:K, spread:N or layer indices 0,4,29."
@@ -191,35 +207,10 @@ def train_command(
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="YAML file of TrainConfig fields; the options below override it."
     ),
-    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps [default: one epoch]."),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the training questions."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Questions per micro-batch [8]."),
-    grad_accum: Optional[int] = typer.Option(None, min=1, help="Micro-batches per step [1]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [5e-5 full, 2e-4 LoRA]."),
-    lora_rank: Optional[int] = typer.Option(None, min=1, help="LoRA rank [8]."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha [16]."),
-    lora_targets: Optional[str] = typer.Option(None, help="LoRA target modules, comma-separated [all-linear]."),
-    merge: bool = typer.Option(False, help="Save the LoRA student merged into a plain model."),
-    temperature: Optional[float] = typer.Option(None, help="KD temperature [2.0]."),
-    divergence: Optional[str] = typer.Option(None, help="logit_kd divergence: forward_kl, reverse_kl, jsd."),
-    eval_every: Optional[int] = typer.Option(None, min=1, help="Validate every N steps [at the end]."),
-    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="Resumable checkpoint every N steps."),
-    patience: Optional[int] = typer.Option(None, min=1, help="Early stopping after N evaluations without gain."),
-    precision: Optional[str] = typer.Option(None, help="auto, fp32, bf16, fp16."),
-    gradient_checkpointing: bool = typer.Option(False, help="Recompute activations to save memory."),
-    attention_dropout: Optional[float] = typer.Option(
-        None, help="Dropout on attention probabilities [the model's own]; 0 trains faster on a CPU."
-    ),
-    max_input_tokens: Optional[int] = typer.Option(
-        None, min=8, help="Fit every input to N tokens, cutting evidence, never the question [256]."
-    ),
-    max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Cut rationales to N tokens [128]."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, data order and dropout [0]."),
+    config_overrides: Optional[dict] = None,  # replaced by TrainConfig's options; holds those given
     train_limit: Optional[int] = typer.Option(None, min=1, help="Train on the first N training questions."),
-    valid_limit: Optional[int] = typer.Option(None, min=1, help="Validate on the first N validation questions."),
     test: bool = typer.Option(True, "--test/--no-test", help="Measure the kept student on the test split."),
     test_limit: Optional[int] = typer.Option(None, min=1, help="Only the first N test questions."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda."),
     out: Optional[Path] = typer.Option(None, help="Run folder [tinystudent-runs/<student>-<task>-...]."),
     restart: bool = typer.Option(False, help="Start over instead of resuming the run in --out."),
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
@@ -241,54 +232,18 @@ def train_command(
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
     weights = objective_weights(objective, weight, names)
-    lora = {
-        k: v
-        for k, v in {
-            "rank": lora_rank,
-            "alpha": lora_alpha,
-            "merge": merge or None,
-            "target_modules": lora_targets.split(",") if lora_targets else None,
-        }.items()
-        if v is not None
-    }
-    config = _config(
-        config_file,
-        {
-            "weights": weights,
-            "method": method,
-            "answer_loss": answer_loss,
-            "steps": steps,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "grad_accum": grad_accum,
-            "lr": lr,
-            "lora": lora,
-            "temperature": temperature,
-            "logit_kd_divergence": divergence,
-            "eval_every": eval_every,
-            "checkpoint_every": checkpoint_every,
-            "early_stopping_patience": patience,
-            "precision": precision,
-            "gradient_checkpointing": gradient_checkpointing or None,
-            "max_rationale_tokens": max_rationale_tokens,
-            "attention_dropout": attention_dropout,
-            "max_input_tokens": max_input_tokens,
-            "seed": seed,
-            "valid_limit": valid_limit,
-            "device": device,
-        },
-    )
+    config = _config(config_file, {**(config_overrides or {}), "weights": weights})
     data = load_task(task, seed=split_seed, columns=parse_columns(columns))
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
     valid = data.split("validation")
     test_examples = (data.split("test")[:test_limit] if test_limit else data.split("test")) if test else None
     shape = "-".join(part for part in (keep_layers, f"ff{mlp_width:g}" if mlp_width else None) if part) or "all"
     out = out or Path("tinystudent-runs") / _slug(
-        f"{Path(student).name}-{shape}-{Path(task).name}-{objective}-{method}"
+        f"{Path(student).name}-{shape}-{Path(task).name}-{objective}-{config.method}"
     )
     check_output_folder(out)
     with Store(db) as store:
-        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, train, config.weights)
+        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, config.weights)
         teacher = None
         if config.weights.logit_kd or config.weights.hidden:
             teacher = teacher_model or (names[0] if names else None)
@@ -319,12 +274,13 @@ def train_command(
         print_result(summary)
 
 
-def _teacher_data(store, names, task, strategy, rationales_file, train, weights) -> tuple[dict, dict]:
+def _teacher_data(store, names, task, strategy, rationales_file, weights) -> tuple[dict, dict]:
     want_rationales = bool(weights.rationale)
     want_scores = bool(weights.choice_kd)
-    rationales, scores = {}, {}
+    rationales: dict = {}
+    scores: dict = {}
     if rationales_file is not None:
-        rationales = _rationales_from_file(rationales_file, None)
+        rationales = _rationales_from_file(rationales_file)
         if names:
             rationales = {t: r for t, r in rationales.items() if t in names}
         want_rationales = False

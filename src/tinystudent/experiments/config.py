@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from tinystudent.distill.config import RecoveryConfig
+from tinystudent.distill.config import RecoveryConfig, TrainConfig
+from tinystudent.distill.objective_spec import ObjectiveSpec, parse_experiment_objective
+from tinystudent.experiments.training_changes import TrainingChanges
 
 FINETUNE_METHODS = ("full", "lora")
 
@@ -84,6 +94,13 @@ class ImportSpec(Strict):
             raise ValueError("bundled rationales ship with tinystudent: give no `path`")
         return self
 
+    @property
+    def location(self) -> Path:
+        """The file or folder the rationales are read from (bundled ones have none)."""
+        if self.path is None:
+            raise ValueError("bundled rationales ship with tinystudent: they have no path")
+        return Path(self.path)
+
 
 @dataclass(frozen=True)
 class ScoringPass:
@@ -129,7 +146,7 @@ class TeacherSpec(Strict):
     name: SafeName
     backend: Literal["local", "http", "imported"] = "local"
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # a list: servers of one model sharing the requests
     api_key_env: str | None = None
     strategy: str = "teacher_forcing_cot"
     k_shots: int = Field(2, ge=0)
@@ -166,7 +183,9 @@ class TeacherSpec(Strict):
         if self.backend in ("local", "http") and not self.model:
             raise ValueError(f"teacher {self.name!r}: backend {self.backend} needs `model`")
         if self.backend == "http" and not self.base_url:
-            raise ValueError(f"teacher {self.name!r}: backend http needs `base_url`")
+            raise ValueError(f"teacher {self.name!r}: backend http needs `base_url` (one URL or a list)")
+        if isinstance(self.base_url, list) and len(set(self.base_url)) != len(self.base_url):
+            raise ValueError(f"teacher {self.name!r}: `base_url` lists a server twice")
         if self.backend == "imported":
             if self.rationales is None and self.reported_acc is None:
                 raise ValueError(
@@ -180,6 +199,13 @@ class TeacherSpec(Strict):
     @property
     def measured(self) -> bool:
         return self.backend != "imported"
+
+    @property
+    def model_id(self) -> str:
+        """The model a local or server teacher runs (validation made sure it names one)."""
+        if self.model is None:
+            raise ValueError(f"teacher {self.name!r}: an imported teacher runs no model")
+        return self.model
 
     @property
     def writes_rationales(self) -> bool:
@@ -205,10 +231,19 @@ class StudentSpec(Strict):
     model: str
     keep_layers: str | list[int] | None = None  # "every:3", "first:4" or explicit indices
     mlp_width: float | None = Field(None, gt=0, lt=1)  # fraction of each feed-forward block kept
-    kind: Literal["causal", "seq2seq", "encoder"] | None = None
+    kind: str | None = None  # a registered model kind (models/kinds); None: read from the model's config
     recover: RecoveryConfig | None = None
     methods: MethodSpec | None = None
-    training: dict = {}  # this student's changes to the experiment's training block (steps, lr, ...)
+    training: TrainingChanges = Field(default_factory=TrainingChanges)  # this student's changes (steps, lr, ...)
+
+    @field_validator("kind")
+    @classmethod
+    def _a_known_kind(cls, kind):
+        from tinystudent.models.kinds import known_kinds
+
+        if kind is not None and kind not in known_kinds():
+            raise ValueError(f"must be one of {', '.join(known_kinds())}, got {kind!r}")
+        return kind
 
     @field_validator("keep_layers")
     @classmethod
@@ -244,9 +279,9 @@ class StudentSpec(Strict):
 class MethodSpec(Strict):
     """Fine-tuning methods crossed with objectives.
 
-    Objectives: `answer`; `rationale:<teacher>` (that teacher's rationales, one task per teacher);
-    `rationale:all` (every teacher with rationales); `choice_kd:<teacher>` (KL to that teacher's
-    distribution over the choices).
+    Objectives (`distill.objective_spec`): `answer`; `rationale:<teacher>` (that teacher's
+    rationales, one task per teacher); `rationale:all` (every teacher with rationales);
+    `choice_kd:<teacher>` (KL to that teacher's distribution over the choices) or `choice_kd:all`.
     """
 
     finetune: list[Literal["full", "lora"]] = ["full"]
@@ -256,14 +291,7 @@ class MethodSpec(Strict):
     @classmethod
     def _known_objectives(cls, objectives: list[str]) -> list[str]:
         for objective in objectives:
-            head = objective.split(":", 1)[0]
-            if head not in ("answer", "rationale", "choice_kd", "logit_kd"):
-                raise ValueError(
-                    f"unknown objective {objective!r}: use answer, rationale:<teacher>, "
-                    "rationale:all, choice_kd:<teacher> or logit_kd:<teacher>"
-                )
-            if head != "answer" and ":" not in objective:
-                raise ValueError(f"objective {objective!r} needs a teacher: {head}:<teacher name>")
+            parse_experiment_objective(objective)
         return objectives
 
 
@@ -280,7 +308,7 @@ class CollaborationSpec(Strict):
     ensemble: bool = False
     debate_rounds: int = Field(0, ge=0)
     debate_limit: int | None = Field(None, ge=1)
-    training: dict = {}  # mutual learning's changes to the experiment's training block
+    training: TrainingChanges = Field(default_factory=TrainingChanges)  # mutual learning's changes
 
 
 class SearchSpec(Strict):
@@ -297,6 +325,12 @@ class SearchSpec(Strict):
     margin: float = Field(0.0, ge=0)
     alpha: float = Field(0.05, gt=0, lt=1)
 
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, objective: str) -> str:
+        parse_experiment_objective(objective)
+        return objective
+
 
 class Experiment(Strict):
     name: SafeName
@@ -305,7 +339,7 @@ class Experiment(Strict):
     students: list[StudentSpec] = Field(min_length=1)
     methods: MethodSpec = MethodSpec()
     seeds: list[int] = Field([0], min_length=1)
-    training: dict = {}
+    training: TrainingChanges = Field(default_factory=TrainingChanges)
     collaboration: CollaborationSpec | None = None
     search: SearchSpec | None = None
     measure_bits_per_byte: bool = True
@@ -321,20 +355,8 @@ class Experiment(Strict):
             duplicates = {n for n in names if names.count(n) > 1}
             if duplicates:
                 raise ValueError(f"{what} names must be unique, repeated: {sorted(duplicates)}")
-        for where, methods in [("methods", self.methods)] + [
-            (f"students.{s.name}.methods", s.methods) for s in self.students if s.methods
-        ]:
-            for objective in methods.objectives:
-                if ":" in objective and objective.split(":", 1)[1] not in (*teacher_names, "all"):
-                    raise ValueError(
-                        f"{where}.objectives: {objective!r} names no teacher; teachers are {teacher_names}"
-                    )
-                head, _, name = objective.partition(":")
-                if head == "rationale" and name != "all" and not self.teacher(name).writes_rationales:
-                    raise ValueError(
-                        f"{where}.objectives: {objective!r}: teacher {name!r} has no rationales "
-                        "(import them with `rationales`, or give it a cot strategy)"
-                    )
+        for where, objective in self._objectives():
+            self._check_teacher_of(where, objective)
         for teacher in self.teachers:
             if teacher.rationales and teacher.rationales.format == "bundled" and self.task.name != "bioasq":
                 raise ValueError(
@@ -349,8 +371,36 @@ class Experiment(Strict):
                     raise ValueError(f"collaboration.{key}: {sorted(unknown)} are not students")
         return self
 
+    def _objectives(self) -> list[tuple[str, str]]:
+        """(where it is written, objective) for every objective the experiment trains."""
+        written = [("methods.objectives", o) for o in self.methods.objectives]
+        for student in self.students:
+            if student.methods:
+                written += [(f"students.{student.name}.methods.objectives", o) for o in student.methods.objectives]
+        return written + ([("search.objective", self.search.objective)] if self.search else [])
+
+    def _check_teacher_of(self, where: str, objective: str) -> None:
+        """The teacher an objective names exists and, for rationales, writes them."""
+        teacher_names = [t.name for t in self.teachers]
+        spec = parse_experiment_objective(objective)
+        if spec.teacher is not None and spec.teacher not in (*teacher_names, "all"):
+            raise ValueError(f"{where}: {objective!r} names no teacher; teachers are {teacher_names}")
+        named = spec.teacher if spec.teacher is not None and not spec.every_teacher else None
+        if spec.term == "rationale" and named is not None and not self.teacher(named).writes_rationales:
+            raise ValueError(
+                f"{where}: {objective!r}: teacher {spec.teacher!r} has no rationales "
+                "(import them with `rationales`, or give it a cot strategy)"
+            )
+
     def teacher(self, name: str) -> TeacherSpec:
         return next(t for t in self.teachers if t.name == name)
+
+    def student(self, name: str) -> StudentSpec:
+        return next(s for s in self.students if s.name == name)
+
+    def objective(self, text: str) -> ObjectiveSpec:
+        """An objective of this experiment, parsed (it was checked when the experiment was loaded)."""
+        return parse_experiment_objective(text)
 
     def methods_of(self, student: StudentSpec) -> MethodSpec:
         """The fine-tuning methods and objectives this student is trained with."""
@@ -408,19 +458,19 @@ def _check_mlflow(experiment: Experiment, path: Path) -> None:
 
 def _check_training(experiment: Experiment, path: Path) -> None:
     """The `training` block, with each student's changes, must be a valid training config for
-    every fine-tuning method."""
-    from tinystudent.distill import TrainConfig
-
-    collaboration = experiment.collaboration.training if experiment.collaboration else {}
+    every fine-tuning method (each block alone was checked key by key by `TrainingChanges`)."""
+    training = experiment.training.as_written()
+    collaboration = experiment.collaboration.training.as_written() if experiment.collaboration else {}
     try:
-        TrainConfig(**{**experiment.training, **collaboration, "method": "full"})
+        TrainConfig(**{**training, **collaboration, "method": "full"})
     except ValidationError as err:
         raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  collaboration.training.")) from None
     for i, student in enumerate(experiment.students):
-        where = f"students.{i}.training." if student.training else "training."
+        changes = student.training.as_written()
+        where = f"students.{i}.training." if changes else "training."
         for method in experiment.methods_of(student).finetune:
             try:
-                TrainConfig(**{**experiment.training, **student.training, "method": method})
+                TrainConfig(**{**training, **changes, "method": method})
             except ValidationError as err:
                 raise ExperimentError(_format_validation(path, err).replace("\n  ", "\n  " + where)) from None
 

@@ -1,4 +1,4 @@
-"""Assemble the study (what the report and `run --json` show) from the stored results."""
+"""Assemble the study (what the report and `run --json` show) from a finished plan and what its units found."""
 
 from __future__ import annotations
 
@@ -6,36 +6,18 @@ import json
 import math
 import time
 from collections import defaultdict
+from typing import Callable
 
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline, pearson
+from tinystudent.experiments.plan import Answers, Plan
+from tinystudent.experiments.stages.collaboration import mutual_rows
+from tinystudent.experiments.stages.search import search_summary
+from tinystudent.experiments.stages.teachers import measurement
 from tinystudent.experiments.verdict import compare, verdict
 from tinystudent.hashing import stable_hash
+from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
 from tinystudent.store import Store, versions
-
-RUN_KEYS = (
-    "run_key",
-    "label",
-    "student",
-    "params",
-    "method",
-    "objective",
-    "seed",
-    "group",
-    "members",
-    "acc",
-    "acc_norm",
-    "ci95",
-    "n",
-    "peak_memory_mb",
-    "latency_ms_p50",
-    "questions_per_s",
-    "bits_per_byte",
-    "train_seconds",
-    "evaluation_id",
-    "status",
-    "truncated",
-)
 
 
 def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
@@ -69,31 +51,33 @@ def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
     )
 
 
-def correct_by_id(
-    store: Store, evaluation_id: int | None, metric: str = "acc"
-) -> tuple[list[str], list[bool]] | tuple[None, None]:
-    """Question ids and whether each was answered right, by `acc` (the highest score) or
+def answers_of(store: Store, evaluation_id: int) -> Answers:
+    """Which questions a stored evaluation answered right, by `acc` (the highest score) and by
     `acc_norm` (the highest score per character)."""
-    if evaluation_id is None:
-        return None, None
     rows = store.predictions(evaluation_id)
-    if metric == "acc_norm":
-        return [r["example_id"] for r in rows], [r["pred_norm"] == r["gold"] for r in rows]
-    return [r["example_id"] for r in rows], [bool(r["correct"]) for r in rows]
+    return Answers(
+        [r["example_id"] for r in rows], [bool(r["correct"]) for r in rows], [r["pred_norm"] == r["gold"] for r in rows]
+    )
 
 
-def _run_row(run: dict) -> dict:
-    row = {key: run.get(key) for key in RUN_KEYS}
-    row["status"] = run.get("status", "done")
-    row["train_seconds"] = run.get("train_seconds") or (run.get("train") or {}).get("train_seconds")
-    row["valid_acc"] = (run.get("train") or {}).get("valid_acc")
-    return row
+def run_rows(plan: Plan) -> list[dict]:
+    """The study's runs: the row of every unit that measured a student or a group, in the order
+    they ran (untrained, taught, collaborating, searched)."""
+    rows = []
+    row_makers = {"mutual": mutual_rows}  # units that measure several models: one row per peer
+    for unit in plan.units:
+        result = plan.done(unit)
+        if unit.kind in row_makers:
+            rows += row_makers[unit.kind](unit, result)
+        elif "row" in unit.args:
+            rows.append({**result, **unit.args["row"]})
+    return rows
 
 
-def _groups(runs: list[dict], fixed: tuple[str, ...], varying: str, keep=lambda r: True) -> list[dict]:
+def _groups(runs: list[dict], fixed: tuple[str, ...], varying: str, keep: Callable | None = None) -> list[dict]:
     grouped: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
-        if run["group"] == "taught" and keep(run):
+        if run["group"] == "taught" and (keep is None or keep(run)):
             grouped[tuple(run[k] for k in fixed)].append(run)
     out = []
     for key, members in grouped.items():
@@ -135,109 +119,114 @@ def how_cut(spec) -> str:
     return ", ".join(parts) or "-"
 
 
-def student_rows(prepared: dict[str, dict], experiment=None) -> list[dict]:
+def student_rows(plan: Plan) -> list[StudentResult]:
     """Each student as prepared: how it was cut, size, bits per byte on held-out text, and its
     recovery (the cut model's bits per byte before and after distillation from its parent)."""
-    specs = {s.name: s for s in experiment.students} if experiment is not None else {}
     rows = []
-    for name, student in prepared.items():
+    for name, unit in plan.students.items():
+        student = plan.done(unit)
         recovery = student.get("recovery") or {}
         rows.append(
-            {
-                "name": name,
-                "cut": how_cut(specs[name]) if name in specs else None,
-                "kind": student.get("kind"),
-                "params": student.get("params"),
-                "bits_per_byte": student.get("bits_per_byte"),
-                "recovered": bool(recovery),
-                "bits_per_byte_before_recovery": recovery.get("bits_per_byte_before"),
-                "bits_per_byte_after_recovery": recovery.get("bits_per_byte_after"),
-                "recovery_steps": recovery.get("steps"),
-                "recovery_tokens": recovery.get("tokens"),
-                "recovery_seconds": recovery.get("seconds"),
-            }
+            StudentResult(
+                name,
+                how_cut(plan.experiment.student(name)),
+                student.get("kind"),
+                student.get("params"),
+                student.get("bits_per_byte"),
+                bool(recovery),
+                recovery.get("bits_per_byte_before"),
+                recovery.get("bits_per_byte_after"),
+                recovery.get("steps"),
+                recovery.get("tokens"),
+                recovery.get("seconds"),
+            )
         )
     return rows
 
 
-def build_study(
-    experiment,
-    splits,
-    teachers: list[dict],
-    runs: list[dict],
-    store: Store,
-    skipped: int = 0,
-    computed: int = 0,
-    prepared: dict[str, dict] | None = None,
-) -> dict:
-    """The study dict: teachers, every run, the verdict, comparisons and correlations."""
-    teacher_rows, judged = [], []
-    for t in teachers:
-        ids, correct = correct_by_id(store, t.get("evaluation_id"), t.get("metric", "acc"))
+def teacher_rows(plan: Plan) -> tuple[list[TeacherResult], list[dict]]:
+    """Each teacher as the study lists it, and those with an accuracy as the verdict judges them
+    (with their answers, when they were measured here)."""
+    rows, judged = [], []
+    for spec in plan.experiment.teachers:
+        t = measurement(plan, spec)
+        if t is None:
+            raise KeyError(f"teacher {spec.name} has not been measured: the plan has not run to its end")
+        metric = t.get("metric", "acc")
+        answers = plan.known.answers.get(t["evaluation_id"]) if t.get("evaluation_id") is not None else None
+        ids, correct = (answers.ids, answers.by(metric)) if answers else (None, None)
         if correct is None and t.get("correct") is not None:
-            ids, correct = [ex.id for ex in splits.test], t["correct"]
-        ci95 = t.get("ci95") if t.get("metric", "acc") == "acc" or correct is None else list(bootstrap_ci(correct))
-        teacher_rows.append(
-            {
-                "name": t["name"],
-                "acc": t["acc"],
-                "ci95": ci95,
-                "scoring": t.get("scoring"),
-                "validation": t.get("validation") or [],
-                "params": t.get("params"),
-                "peak_memory_mb": t.get("peak_memory_mb"),
-                "latency_ms_p50": t.get("latency_ms_p50"),
-                "measured": t.get("measured", True),
-                "source": t.get("source"),
-            }
+            ids, correct = [ex.id for ex in plan.data.splits.test], t["correct"]
+        ci95 = t.get("ci95") if metric == "acc" or correct is None else list(bootstrap_ci(correct))
+        rows.append(
+            TeacherResult(
+                t["name"],
+                t["acc"],
+                ci95,
+                t.get("scoring"),
+                t.get("validation") or [],
+                t.get("params"),
+                t.get("peak_memory_mb"),
+                t.get("latency_ms_p50"),
+                t.get("measured", True),
+                t.get("source"),
+            )
         )
         if t["acc"] is not None:
-            judged.append(
-                {
-                    "name": t["name"],
-                    "acc": t["acc"],
-                    "measured": t.get("measured", True),
-                    "ids": ids,
-                    "correct": correct,
-                }
-            )
-    rows = [_run_row(run) for run in runs]
-    candidates = []
-    for run, row in zip(runs, rows):
-        if row["acc"] is None:
+            measured = t.get("measured", True)
+            judged.append({"name": t["name"], "acc": t["acc"], "measured": measured, "ids": ids, "correct": correct})
+    return rows, judged
+
+
+def run_results(plan: Plan, judged: list[dict]) -> tuple[list[RunResult], list[dict]]:
+    """Every run as the study lists it, each against every teacher, and the candidates of the
+    verdict (taught and collaborating runs, with their answers)."""
+    rows, candidates = [], []
+    for run in run_rows(plan):
+        row = RunResult.from_unit(run)
+        rows.append(row)
+        answers = plan.known.answers.get(run["evaluation_id"]) if run.get("evaluation_id") is not None else None
+        if row.acc is None or answers is None:
             continue
-        ids, correct = correct_by_id(store, run.get("evaluation_id"))
-        if correct is None:
-            continue
-        row["vs_teachers"] = {t["name"]: _versus({**row, "ids": ids, "correct": correct}, t) for t in judged}
-        if row["group"] in ("taught", "collaboration"):
-            candidates.append({**row, "ids": ids, "correct": correct})
+        paired = {**row.to_dict(), "ids": answers.ids, "correct": answers.correct}
+        row.vs_teachers = {t["name"]: _versus(paired, t) for t in judged}
+        if row.group in ("taught", "collaboration"):
+            candidates.append({**row.to_dict(), "ids": answers.ids, "correct": answers.correct})
+    return rows, candidates
+
+
+def build_study(plan: Plan, skipped: int = 0, computed: int = 0) -> Study:
+    """The study of a finished plan: teachers, every run, the verdict, comparisons and correlations."""
+    experiment, splits = plan.experiment, plan.data.splits
+    teachers, judged = teacher_rows(plan)
+    runs, candidates = run_results(plan, judged)
+    rows = [run.to_dict() for run in runs]
     trained = [r for r in rows if r["group"] in ("taught", "collaboration")]
-    return {
-        "experiment": experiment.name,
-        "task": experiment.task.name,
-        "split": experiment.task.test_split,
-        "n_test": len(splits.test),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": experiment.model_dump(),
-        "config_hash": stable_hash(experiment.model_dump()),
-        "data_hash": splits.hashes()["test"],
-        "data_origin": splits.origin,
-        "versions": versions(),
-        "majority_baseline": majority_baseline(splits.test)["acc"],
-        "teachers": teacher_rows,
-        "students": student_rows(prepared or {}, experiment),
-        "runs": rows,
-        "verdict": verdict(judged, candidates),
-        "comparisons": comparisons(rows),
-        "bpb_correlation": {
+    log_params: list = [math.log10(r["params"]) if r["params"] else None for r in trained]  # None: size unknown
+    return Study(
+        teachers,
+        runs,
+        experiment=experiment.name,
+        task=experiment.task.name,
+        split=experiment.task.test_split,
+        n_test=len(splits.test),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        config=experiment.model_dump(),
+        config_hash=stable_hash(experiment.model_dump()),
+        data_hash=plan.data.hashes["test"],
+        data_origin=splits.origin,
+        versions=versions(),
+        majority_baseline=majority_baseline(splits.test)["acc"],
+        students=student_rows(plan),
+        verdict=verdict(judged, candidates),
+        comparisons=comparisons(rows),
+        bpb_correlation={
             "acc_vs_bpb_pearson": pearson([r["bits_per_byte"] for r in trained], [r["acc"] for r in trained]),
-            "acc_vs_log_params_pearson": pearson(
-                [math.log10(r["params"]) if r["params"] else None for r in trained], [r["acc"] for r in trained]
-            ),
+            "acc_vs_log_params_pearson": pearson(log_params, [r["acc"] for r in trained]),
         },
-        "units": {"computed": computed, "skipped": skipped},
-    }
+        units={"computed": computed, "skipped": skipped},
+        search=search_summary(plan),
+    )
 
 
 def load_study(store: Store, experiment: str) -> dict:

@@ -2,15 +2,16 @@
 
 A unit whose key is recorded as `done` in the store is skipped and its stored result returned,
 so a killed experiment picks up where it stopped and a changed config reruns only the units
-whose inputs changed. Each unit writes one log file.
+whose inputs changed. Each unit writes one log file. Evaluations run in a fresh process
+(`evaluate_in_subprocess`), so the memory they measure is the model's alone.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -21,6 +22,44 @@ from typing import Callable
 from tinystudent.hashing import stable_hash
 from tinystudent.log import info
 from tinystudent.store import Store
+from tinystudent.tasks import load_task
+
+
+def unit_key(kind: str, payload: dict) -> str:
+    """`kind:hash`: the key a unit's result is stored under."""
+    return f"{kind}:{stable_hash(payload)}"
+
+
+def unit_log(log_dir: Path, key: str) -> Path:
+    """The log file of the unit stored under `key` (`kind-hash.log`)."""
+    return log_dir / f"{key.replace(':', '-', 1)}.log"
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One unit of a study, self-contained: what it is, what it depends on, what it needs first.
+
+    Attributes:
+        kind: `teacher_eval`, `teach`, `import`, `cut`, `recover`, `student`, `student_eval`,
+            `train`, `debate`, `ensemble` or `mutual`.
+        name: a readable name for logs and tables (the label of its row in the study).
+        payload: everything its result depends on; its hash is the key.
+        needs: keys of the units whose results its work reads (they run first).
+        args: what its work needs besides the payload (names, keys of the units it reads, the
+            fields its row in the study adds); not part of the key.
+        key: `kind:hash of payload`, the key its result is stored under.
+    """
+
+    kind: str
+    name: str
+    payload: dict
+    needs: tuple[str, ...] = ()
+    args: dict = field(default_factory=dict)
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs", tuple(self.needs))
+        object.__setattr__(self, "key", unit_key(self.kind, self.payload))
 
 
 @dataclass
@@ -33,19 +72,18 @@ class UnitRunner:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     computed_keys: set[str] = field(default_factory=set)
-    current: str | None = None  # the key of the unit whose work is running: what it stores is filed under it
 
     def key(self, kind: str, payload: dict) -> str:
-        return f"{kind}:{stable_hash(payload)}"
+        return unit_key(kind, payload)
 
-    def run(self, kind: str, label: str, payload: dict, work: Callable[[Path], dict]) -> dict:
+    def run(self, kind: str, label: str, payload: dict, work: Callable[[], dict]) -> dict:
         """Return the stored result of this unit, or compute, store and return it.
 
         Args:
             kind: what the unit is (`teacher_eval`, `train`, ...).
             label: a readable name for logs and tables.
             payload: everything the result depends on; its hash is the unit's key.
-            work: computes the result; receives the path of the unit's log file.
+            work: computes the result; it may write to the unit's log (`unit_log`).
         """
         key = self.key(kind, payload)
         stored = self.store.run(key)
@@ -54,7 +92,7 @@ class UnitRunner:
                 self.skipped.append(label)
                 info(f"[dim]done earlier:[/dim] {label}")
             return stored["result"]
-        log_path = self.log_dir / f"{kind}-{key.split(':')[1]}.log"
+        log_path = unit_log(self.log_dir, key)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.save_run(key, kind, "running", {"label": label, **payload}, None, self.experiment)
         started = time.time()
@@ -62,16 +100,13 @@ class UnitRunner:
         with log_path.open("a") as log:
             log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.write(json.dumps(payload, indent=1, default=str) + "\n")
-        outer, self.current = self.current, key  # units nest: a train unit may run its teach unit
         try:
-            result = work(log_path)
+            result = work()
         except BaseException:
             with log_path.open("a") as log:
                 log.write(traceback.format_exc())
             self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
             raise
-        finally:
-            self.current = outer
         result = {
             **result,
             "label": label,
@@ -91,77 +126,116 @@ class UnitRunner:
         return result
 
 
-def _die_with_parent(parent: int):
-    """A pre-exec hook that makes the child receive SIGKILL when its parent dies (Linux), so a
-    killed `run` leaves no evaluation behind to write into the store after it. Elsewhere: None."""
+@dataclass(frozen=True)
+class EvalRequest:
+    """One evaluation of a model on a split (what `tinystudent eval` takes), filed under `run_key`."""
+
+    model: str
+    task: str
+    split: str
+    limit: int | None
+    seed: int
+    db: str
+    batch_size: int = 16
+    device: str = "auto"
+    mode: str = "loglikelihood"
+    num_fewshot: int = 0
+    max_input_tokens: int | None = None
+    run_key: str | None = None
+
+
+def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
+    """`request` evaluated in a fresh process, so peak memory belongs to this model alone.
+
+    The child is started with multiprocessing's "spawn" (a new interpreter, nothing inherited but
+    the arguments), writes its log to `log_path`, dies with this process, and stores its
+    evaluation under `run_key`, replacing any an earlier, killed attempt at the same unit left,
+    so the store holds one result per unit. Returns the evaluation's summary (as `tinystudent
+    eval --json` prints it); a failed child is a RuntimeError with the end of its log."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    with log_path.open("a") as log:
+        log.write(f"$ evaluate {request}\n")
+    child = context.Process(target=_evaluation_child, args=(request, str(log_path), os.getpid(), send))
+    child.start()
+    send.close()  # the child holds the only sending end: it closing (exit, crash) ends recv
+    try:
+        summary = receive.recv()
+    except EOFError:
+        summary = None
+    finally:
+        receive.close()
+        child.join()
+    if child.exitcode != 0 or summary is None:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        raise RuntimeError(f"evaluating {request.model} failed (see {log_path}): {' | '.join(lines[-3:])}")
+    return summary
+
+
+def _evaluation_child(request: EvalRequest, log_path: str, parent: int, send) -> None:
+    """The spawned child's entry: die with the parent, log to the unit's log, evaluate, send back."""
+    _die_with_parent(parent)
+    with open(log_path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        summary = evaluate_and_store(request)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    send.send(json.loads(json.dumps(summary, default=str)))  # the shape `eval --json` prints
+    send.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so a killed `run` leaves no
+    evaluation behind to write into the store after it. Elsewhere nothing is done."""
     if not sys.platform.startswith("linux"):
-        return None
+        return
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the hook runs in the forked child
-
-    def hook() -> None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the hook ran
-            os._exit(1)
-
-    return hook
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
-def evaluate_in_subprocess(
-    model: str,
-    task: str,
-    split: str,
-    limit: int | None,
-    seed: int,
-    db: Path,
-    log_path: Path,
-    batch_size: int = 16,
-    device: str = "auto",
-    mode: str = "loglikelihood",
-    num_fewshot: int = 0,
-    max_input_tokens: int | None = None,
-    run_key: str | None = None,
-) -> dict:
-    """`tinystudent eval --json` in a fresh process, so peak memory belongs to this model alone.
+def evaluate_and_store(request: EvalRequest) -> dict:
+    """Evaluate `request.model` on its split and store the result: what `tinystudent eval` does."""
+    from tinystudent.cli import quiet_libraries
+    from tinystudent.evaluation import evaluate_model
+    from tinystudent.log import progress, stderr
+    from tinystudent.models import load_model
+    from tinystudent.tasks import normalize_split
 
-    The child dies with this process; its evaluation is stored under `run_key`, replacing any an
-    earlier, killed attempt at the same unit left, so the store holds one result per unit."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tinystudent",
-        "eval",
-        "--model",
-        model,
-        "--task",
-        task,
-        "--split",
-        split,
-        "--seed",
-        str(seed),
-        "--json",
-        "--db",
-        str(db),
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        device,
-        "--mode",
-        mode,
-    ]
-    if run_key:
-        cmd += ["--run-key", run_key]
-    if limit:
-        cmd += ["--limit", str(limit)]
-    if num_fewshot:
-        cmd += ["--num-fewshot", str(num_fewshot)]
-    if max_input_tokens:
-        cmd += ["--max-input-tokens", str(max_input_tokens)]
-    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_die_with_parent(os.getpid()))
-    with log_path.open("a") as log:
-        log.write("$ " + " ".join(cmd) + "\n" + done.stderr)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-3:]
-        raise RuntimeError(f"evaluating {model} failed (see {log_path}): {' | '.join(tail)}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    quiet_libraries()
+    data = load_task(request.task, seed=request.seed)
+    split = normalize_split(request.split)
+    examples = data.split(request.split)
+    examples = examples[: request.limit] if request.limit else examples
+    pool = data.split("train") if request.num_fewshot else None
+    with Store(Path(request.db)) as store:  # opened first: a bad database fails before any model work
+        loaded = load_model(request.model, device=request.device)
+        stderr.print(
+            f"evaluating {request.model} on {request.task}/{split}: {len(examples)} questions, "
+            f"{loaded.kind} model on {loaded.device}"
+        )
+        with progress() as bar:
+            row = bar.add_task("questions", total=len(examples), status="")
+            result = evaluate_model(
+                loaded,
+                examples,
+                request.task,
+                split,
+                request.mode,
+                request.batch_size,
+                max_input_tokens=request.max_input_tokens,
+                num_fewshot=request.num_fewshot,
+                shots_pool=pool,
+                seed=request.seed,
+                on_progress=lambda n: bar.update(row, advance=n),
+            )
+        result.settings.update({"task_origin": data.origin, "limit": request.limit, "seed": request.seed})
+        evaluation_id = store.save_evaluation(result, request.run_key)
+    return {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}

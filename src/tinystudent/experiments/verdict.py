@@ -91,7 +91,8 @@ def smallest_winner(
         "largest_loser": None,
         "alpha": alpha,
     }
-    best, losers = None, []
+    best: tuple | None = None
+    losers: list[tuple[dict, dict]] = []
     for candidate in ranked:
         result = compare(candidate, teacher, n_resamples, seed)
         if result["diff"] > 0 and result["p_value"] < alpha:

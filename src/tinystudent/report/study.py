@@ -1,8 +1,9 @@
 """The study dict the experiment runner produces: checks it, and answers the questions the report asks.
 
-A study is plain JSON (see `render_report`): `teachers`, `runs`, `verdict`, `comparisons`,
-`majority_baseline`, `bpb_correlation`, `search` and the reproducibility fields. Only `teachers`
-and `runs` are required; every other key may be missing and its section says so or is left out.
+A study is plain JSON (see `render_report`), the `to_dict()` of a `tinystudent.results.Study`:
+`teachers`, `runs`, `verdict`, `comparisons`, `majority_baseline`, `bpb_correlation`, `search` and
+the reproducibility fields. Only `teachers` and `runs` are required; every other key may be
+missing and its section says so or is left out.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import math
 from typing import Optional
 
 from tinystudent.report.format import is_number
+from tinystudent.results import DONE, Study, StudyError
 
-DONE = "done"
 COLLABORATION = "collaboration"
 TAUGHT = "taught"
 UNTRAINED = "untrained"
 
 
-class StudyError(ValueError):
-    """The study dict does not have the shape the report needs."""
-
-
 def validate_study(study, origin: str = "study") -> dict:
     """Check the parts of `study` the report relies on and return it unchanged.
+
+    The check is reading it as a `Study` (`tinystudent.results`), the record the runner makes.
 
     Args:
         study: the study dict.
@@ -32,86 +31,8 @@ def validate_study(study, origin: str = "study") -> dict:
         StudyError: naming the record (e.g. `runs[3] 'smollm2-first8 / full'`), what was expected
             and what to do.
     """
-    if not isinstance(study, dict):
-        raise StudyError(f"{origin}: expected a JSON object (the study), got {type(study).__name__}")
-    for key in ("teachers", "runs"):
-        if not isinstance(study.get(key), list):
-            raise StudyError(
-                f"{origin}: '{key}' must be a list; got {study.get(key)!r:.60}. A study "
-                "comes from `tinystudent run` (or load_study) and always has teachers and runs"
-            )
-    for index, teacher in enumerate(study["teachers"]):
-        where = f"{origin}: teachers[{index}]"
-        _require_mapping(teacher, where)
-        _require_text(teacher, "name", where)
-        _require_fraction(teacher, "acc", f"{where} '{teacher['name']}'", required=True)
-        _require_interval(teacher, f"{where} '{teacher['name']}'")
-    for index, run in enumerate(study["runs"]):
-        where = f"{origin}: runs[{index}]"
-        _require_mapping(run, where)
-        _require_text(run, "label", where)
-        where = f"{where} '{run['label']}'"
-        _require_fraction(run, "acc", where, required=run.get("status", DONE) == DONE)
-        _require_interval(run, where)
-    _require_fraction(study, "majority_baseline", origin, required=False)
-    for key in ("verdict",):
-        if study.get(key) is not None and not isinstance(study[key], list):
-            raise StudyError(f"{origin}: '{key}' must be a list of entries, got {type(study[key]).__name__}")
-    for index, entry in enumerate(study.get("verdict") or []):
-        _require_mapping(entry, f"{origin}: verdict[{index}]")
-        _require_text(entry, "teacher", f"{origin}: verdict[{index}]")
-    _validate_comparisons(study.get("comparisons"), origin)
+    Study.from_dict(study, origin)
     return study
-
-
-def _validate_comparisons(comparisons, origin: str) -> None:
-    """`comparisons` maps a name to groups, each `{..., "rows": [{..., "acc", "ci95"}]}`."""
-    if comparisons is None:
-        return
-    if not isinstance(comparisons, dict):
-        raise StudyError(f"{origin}: 'comparisons' must be an object of named lists, got {type(comparisons).__name__}")
-    for name, groups in comparisons.items():
-        if groups is None:
-            continue
-        if not isinstance(groups, list):
-            raise StudyError(f"{origin}: comparisons.{name} must be a list of groups, got {type(groups).__name__}")
-        for index, group in enumerate(groups):
-            where = f"{origin}: comparisons.{name}[{index}]"
-            _require_mapping(group, where)
-            if not isinstance(group.get("rows"), list):
-                raise StudyError(f"{where}: 'rows' must be a list of {{objective or method, acc, ci95}} rows")
-            for row_index, row in enumerate(group["rows"]):
-                _require_mapping(row, f"{where}.rows[{row_index}]")
-                _require_fraction(row, "acc", f"{where}.rows[{row_index}]", required=False)
-
-
-def _require_mapping(record, where: str) -> None:
-    if not isinstance(record, dict):
-        raise StudyError(f"{where}: expected an object, got {type(record).__name__} {record!r:.60}")
-
-
-def _require_text(record: dict, key: str, where: str) -> None:
-    if not isinstance(record.get(key), str) or not record[key].strip():
-        raise StudyError(f"{where}: '{key}' must be a non-empty string, got {record.get(key)!r:.60}")
-
-
-def _require_fraction(record: dict, key: str, where: str, required: bool) -> None:
-    value = record.get(key)
-    if value is None and not required:
-        return
-    if not is_number(value) or not 0.0 <= value <= 1.0:
-        raise StudyError(
-            f"{where}: '{key}' must be a fraction between 0 and 1 (0.41 for 41%), got "
-            f"{value!r:.60}; regenerate the study with `tinystudent run` or fix that record"
-        )
-
-
-def _require_interval(record: dict, where: str) -> None:
-    interval = record.get("ci95")
-    if interval is None:
-        return
-    if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(is_number, interval))):
-        raise StudyError(f"{where}: 'ci95' must be null or [low, high] as fractions, got {interval!r:.60}")
 
 
 def is_measured(teacher: dict) -> bool:
@@ -186,3 +107,21 @@ def bpb_correlations(study: dict) -> dict:
 def _cost(run: dict, key: str) -> float:
     value = run.get(key)
     return value if is_number(value) else math.inf
+
+
+__all__ = [
+    "COLLABORATION",
+    "DONE",
+    "TAUGHT",
+    "UNTRAINED",
+    "StudyError",
+    "best_run",
+    "bpb_correlations",
+    "finished_runs",
+    "is_measured",
+    "pareto_frontier",
+    "pearson",
+    "runs_in_group",
+    "teachers_by_name",
+    "validate_study",
+]

@@ -1,0 +1,176 @@
+"""Training: every student x fine-tuning method x objective x seed, each measured on the test split."""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import TYPE_CHECKING
+
+from tinystudent.distill.objective_spec import ObjectiveSpec, parse_objective
+from tinystudent.experiments.config import Experiment, StudentSpec
+from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
+from tinystudent.experiments.stages.teachers import choice_scores, rationale_unit, teacher_payload
+from tinystudent.experiments.units import UnitSpec
+from tinystudent.models.kinds import kind_adapter
+
+if TYPE_CHECKING:
+    from tinystudent.experiments.plan import Plan
+
+
+class Unknown:
+    """What `plan_train` answers while a run cannot be named yet (the student is not prepared)."""
+
+
+UNKNOWN = Unknown()
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def plan_training(plan: Plan) -> None:
+    """Each student's training runs, in the config's order."""
+    for spec in plan.experiment.students:
+        plan.taught[spec.name] = plan_student_training(plan, spec)
+
+
+def plan_student_training(plan: Plan, spec: StudentSpec) -> list[UnitSpec] | None:
+    """The student's runs, or None while some cannot be named yet (those that can are planned)."""
+    methods, units, settled = plan.experiment.methods_of(spec), [], True
+    for method, objective, seed in product(methods.finetune, methods.objectives, plan.experiment.seeds):
+        unit = plan_train(plan, spec, method, objective, seed)
+        if isinstance(unit, UnitSpec):
+            units.append(unit)
+        settled = settled and not isinstance(unit, Unknown)
+    return units if settled else None
+
+
+def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed: int) -> UnitSpec | Unknown | None:
+    """One training run and the rationale units it reads; None when it cannot be (an encoder
+    writes no rationales), UNKNOWN until the student is prepared when that matters."""
+    student, parsed = plan.students.get(spec.name), plan.experiment.objective(objective)
+    if student is None:
+        return UNKNOWN
+    if parsed.term == "rationale":
+        prepared = plan.result(student)
+        if prepared is None:
+            return UNKNOWN
+        if not kind_adapter(prepared["kind"]).next_token:
+            plan.note(f"skipping {spec.name} / {objective}: an encoder student cannot write rationales")
+            return None
+    named = taught_by(plan.experiment, parsed)
+    part = {n: teacher_payload(plan, plan.experiment.teacher(n))["teacher"] for n in named}
+    sources = {}
+    if parsed.term == "rationale":
+        writers = [plan.experiment.teacher(n) for n in named if plan.experiment.teacher(n).writes_rationales]
+        sources = {t.name: plan.add(rationale_unit(plan, t)).key for t in writers}
+    return plan.add(train_unit(plan, spec, student, (method, objective, seed), part, sources))
+
+
+def taught_by(experiment: Experiment, objective: ObjectiveSpec) -> list[str]:
+    """The teachers an objective learns from (`all`: every teacher, for rationales every one that
+    writes them)."""
+    if objective.teacher is None:
+        return []
+    if objective.every_teacher:
+        return [t.name for t in experiment.teachers if t.writes_rationales or objective.term != "rationale"]
+    return [objective.teacher]
+
+
+def train_unit(
+    plan: Plan,
+    spec: StudentSpec,
+    student: UnitSpec,
+    run: tuple[str, str, int],
+    teachers: dict,
+    rationales: dict[str, str],
+    row: dict | None = None,
+) -> UnitSpec:
+    """A `train` unit.
+
+    Args:
+        run: (method, objective, seed).
+        teachers: what the run depends on of each teacher it learns from.
+        rationales: teacher name -> key of the unit whose rationales it learns from.
+        row: what its row in the study adds to its result (nothing: a taught run).
+    """
+    method, objective, seed = run
+    payload = {
+        **plan.base,
+        "student": spec.payload(),
+        "method": method,
+        "objective": objective,
+        "seed": seed,
+        "training": plan.experiment.training.as_written(),
+        "teachers": teachers,
+    }
+    args = {
+        "student": spec.name,
+        "student_unit": student.key,
+        "method": method,
+        "objective": objective,
+        "seed": seed,
+        "rationales": rationales,
+        "row": row or {},
+    }
+    label = f"{spec.name} / {method} / {objective} / seed {seed}"
+    return UnitSpec("train", label, payload, (student.key, *rationales.values()), args)
+
+
+# --- work -----------------------------------------------------------------------------------
+
+
+def train(context: StageContext, unit: UnitSpec) -> dict:
+    """A `train` unit: train the student with one method and objective, then measure it on the
+    test split in its own process."""
+    from tinystudent.distill import train_student
+
+    args, splits = unit.args, context.data.splits
+    spec, prepared = context.experiment.student(args["student"]), context.needed(args["student_unit"])
+    weights, rationales, scores = objective_inputs(context, unit)
+    config = training_config(context, spec, args["method"], args["seed"], weights)
+    result = train_student(
+        prepared["path"],
+        splits.train,
+        splits.valid,
+        config,
+        context.run_dir(unit),
+        rationales=rationales or None,
+        choice_logprobs=scores or None,
+        task=splits.task,
+    )
+    release()
+    trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
+    write_loss_history(context.log(unit), trained.pop("loss_history", []))
+    summary = context.evaluate(str(result.checkpoint), unit, budget=config.max_input_tokens)
+    return {
+        "train": trained,
+        **summary,
+        "student": spec.name,
+        "method": args["method"],
+        "objective": args["objective"],
+        "seed": args["seed"],
+        "group": "taught",
+        "bits_per_byte": prepared.get("bits_per_byte"),
+        "train_seconds": trained.get("train_seconds"),
+    }
+
+
+def training_config(context: StageContext, spec: StudentSpec, method: str, seed: int, weights: dict):
+    options = {"method": method, "seed": seed, "weights": weights}
+    if method == "lora":
+        options["lora"] = {**context.experiment.training.as_written().get("lora", {}), "merge": True}
+    return context.train_config(spec, **options)
+
+
+def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict, dict]:
+    """The objective's weights, and the rationales or choice scores it learns from."""
+    objective = parse_objective(unit.args["objective"])
+    if objective.term == "answer":
+        return {"answer": 1.0}, {}, {}
+    if objective.term == "rationale":
+        rationales = {name: context.known.rationales[key] for name, key in unit.args["rationales"].items()}
+        return {"answer": 1.0, "rationale": 1.0}, rationales, {}
+    if objective.term == "choice_kd":
+        experiment = context.experiment
+        names = [t.name for t in experiment.teachers] if objective.every_teacher else [str(objective.teacher)]
+        scores = {name: choice_scores(context, experiment.teacher(name)) for name in names}
+        return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
+    raise ValueError(f"objective {unit.args['objective']!r} is not supported by the experiment runner yet")
