@@ -127,3 +127,27 @@ def test_a_new_kind_is_one_class_and_a_registration(causal, monkeypatch):
     assert score_choices(causal.model, causal.tokenizer, "shy-causal", REQUESTS) == expected
     with pytest.raises(ValueError, match="shy-causal model cannot generate"):
         generate_texts(causal.model, causal.tokenizer, "shy-causal", ["The sun"], 2)
+
+
+def test_token_distillation_pairs_kinds_by_what_they_compute(causal, seq2seq, monkeypatch):
+    """A teacher and student whose token rows are computed alike pair up (a registered causal-like
+    kind with a causal teacher); a seq2seq teacher for a causal student is refused, naming both."""
+    from dataclasses import replace
+
+    from tinystudent.distill import TrainConfig
+    from tinystudent.distill.trainee import load_teacher
+    from tinystudent.models import kinds
+
+    monkeypatch.setattr(kinds, "_ADAPTERS", dict(kinds._ADAPTERS))
+
+    class PrefixCausal(CausalKind):
+        name = "prefix-causal"
+
+    register_kind(PrefixCausal())
+    student = replace(causal, kind="prefix-causal")
+    config = TrainConfig(weights={"answer": 1.0, "logit_kd": 1.0})
+    teacher, _, _ = load_teacher(causal, student, config, torch.device("cpu"), None)
+    assert teacher.loaded.model is causal.model and student.adapter.name == "prefix-causal"
+    causal.model.requires_grad_(True)  # load_teacher froze the module's shared model
+    with pytest.raises(ValueError, match=r"teacher .* is seq2seq, student .* is prefix-causal"):
+        load_teacher(seq2seq, student, config, torch.device("cpu"), None)

@@ -357,3 +357,34 @@ def test_the_runner_stores_each_planned_unit_under_its_key(tmp_path, monkeypatch
     assert first["units"] == {"computed": len(planned), "skipped": 0}
     assert again["units"] == {"computed": 0, "skipped": len(planned)} and again["runs"] == first["runs"]
     assert Study.from_dict(first).to_dict() == first
+
+
+def test_the_plan_preview_counts_what_is_left_and_its_critical_path(tmp_path, monkeypatch):
+    """`run --plan`: before anything runs every named unit is left, costed by its kind's default,
+    and the critical path is a chain through `needs`; after a run the database holds them all,
+    read back so that the units named only later are listed as done too."""
+    import tinystudent.teachers
+    from tinystudent.experiments import runner
+    from tinystudent.experiments.preview import DEFAULT_SECONDS, describe, preview_plan
+    from tinystudent.store import Store
+
+    before = preview_plan(study(), toy_data(), None)
+    assert [u.key for u in before.units] == [u.key for u in plan(study(), toy_data())] and not before.done
+    path = before.critical_path()
+    assert path and all(later.needs and earlier.key in later.needs for earlier, later in zip(path, path[1:]))
+    assert all(before.cost(u) == DEFAULT_SECONDS[u.kind] for u in before.units)
+    assert sum(before.cost(u) for u in path) >= max(before.cost(u) for u in before.left)
+    assert describe(before, "cpu")[0].startswith("unit kind")
+
+    monkeypatch.setattr(runner, "load_study_data", lambda experiment: toy_data())
+    monkeypatch.setattr(runner, "answers_of", lambda store, evaluation_id: answers(evaluation_id))
+    monkeypatch.setattr(tinystudent.teachers, "load_rationales", lambda store, name, *rest: {"tr0": f"{name}: because"})
+    for kind in runner.WORK:
+        monkeypatch.setitem(runner.WORK, kind, lambda context, unit: fake_result(unit))
+    planned, _ = simulate(study(), toy_data())
+    with Store(tmp_path / "r.sqlite") as store:
+        runner.run_experiment(study(), store, tmp_path / "out")
+        after = preview_plan(study(), toy_data(), store)
+    assert [u.key for u in after.units] == [u.key for u in planned]
+    assert after.done == {u.key for u in planned} and after.left == [] and after.critical_path() == []
+    assert after.measured == {u.kind for u in planned}  # every kind's cost now comes from its units

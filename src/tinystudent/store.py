@@ -282,6 +282,15 @@ class Store:
         row = self.db.execute("SELECT * FROM runs WHERE run_key = ?", (run_key,)).fetchone()
         return _decode(dict(row)) if row else None
 
+    def unit_seconds(self) -> dict[str, list[float]]:
+        """Seconds each finished unit took, by unit kind (every experiment in the database)."""
+        found: dict[str, list[float]] = {}
+        for row in self.db.execute("SELECT kind, result FROM runs WHERE status = 'done' AND result IS NOT NULL"):
+            seconds = json.loads(row["result"]).get("seconds")
+            if isinstance(seconds, (int, float)):
+                found.setdefault(row["kind"], []).append(float(seconds))
+        return found
+
     def save_run(
         self,
         run_key: str,

@@ -43,6 +43,12 @@ def run_command(
         None, help="SQLite results database (default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite)."
     ),
     check: bool = typer.Option(False, "--check", help="Only validate the experiment and print its plan."),
+    show_plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the units the study will run (counts per kind, what the database already holds, "
+        "the critical path, estimated hours from earlier units' measured times) and run nothing.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, runs, report) on stdout."),
 ) -> None:
     """Run a whole study: measure teachers, get rationales, train every student x method x seed,
@@ -59,6 +65,9 @@ def run_command(
         f"up to {plan} training run(s)"
     )
     out = check_output_folder(out or Path("tinystudent-results") / spec.name)
+    if show_plan:
+        print_plan(spec, db, as_json)
+        return
     if check:
         from tinystudent.store import Store
 
@@ -88,6 +97,31 @@ def run_command(
         return
     stdout.print(verdict_text(study))
     stdout.print(f"report: {paths['markdown']} and {paths['html']}")
+
+
+def print_plan(spec, db: Optional[Path], as_json: bool) -> None:
+    """The study's plan, replayed against the database when it exists (never created here)."""
+    from tinystudent.experiments.data import load_study_data
+    from tinystudent.experiments.preview import describe, preview_plan
+    from tinystudent.store import Store
+
+    path = Store.check_path(db)
+    store = Store(path) if path.exists() else None
+    try:
+        preview = preview_plan(spec, load_study_data(spec), store)
+    finally:
+        if store is not None:
+            store.close()
+    if as_json:
+        units = [
+            {"kind": u.kind, "name": u.name, "key": u.key, "needs": list(u.needs), "done": u.key in preview.done}
+            for u in preview.units
+        ]
+        path_keys = [u.key for u in preview.critical_path()]
+        emit_json({"experiment": spec.name, "units": units, "critical_path": path_keys, "seconds": preview.seconds})
+        return
+    for line in describe(preview, spec.device):
+        stdout.print(line)
 
 
 def _verdict_json(entry: dict) -> dict:

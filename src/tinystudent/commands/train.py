@@ -13,10 +13,11 @@ import typer
 from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
 from tinystudent.commands.options import config_options
 from tinystudent.distill.config import TrainConfig
+from tinystudent.distill.objective_spec import ONE_STUDENT_TERMS, parse_objective
 from tinystudent.folders import check_output_folder
 from tinystudent.log import info, progress, stdout
 
-OBJECTIVES = ("answer", "rationale", "choice_kd", "logit_kd", "hidden")
+OBJECTIVES = ONE_STUDENT_TERMS
 
 
 def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[str] = ()) -> dict:
@@ -25,7 +26,6 @@ def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[
     The answer term is always on (weight 1) unless a `--weight answer=0` turns it off. A
     per-teacher weight (`rationale.flan-t5-xl=2`) leaves the other `teachers` at the shared weight.
     """
-    from tinystudent.distill.objective_spec import parse_objective
 
     def bare_term(text: str) -> str | None:
         """The term `text` names, or None: `--objective` takes terms, their teachers come from --teachers."""

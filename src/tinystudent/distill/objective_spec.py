@@ -56,6 +56,7 @@ def parse_objective(text: str, terms: tuple[str, ...] = TERMS, separator: str = 
     return ObjectiveSpec(term, teacher or None)
 
 
+ONE_STUDENT_TERMS = tuple(term for term in TERMS if term != "mutual")  # mutual: peers learning together
 EXPERIMENT_TERMS = ("answer", "rationale", "choice_kd")
 EXPERIMENT_FORMS = "answer, rationale:<teacher>, rationale:all, choice_kd:<teacher> or choice_kd:all"
 
@@ -78,7 +79,7 @@ def parse_experiment_objective(text: str) -> ObjectiveSpec:
         if head in EXPERIMENT_TERMS:
             raise
         raise ValueError(f"unknown objective {text!r}: use {EXPERIMENT_FORMS}") from err
-    if objective.term != "answer" and objective.teacher is None:
+    if objective.term in FROM_TEACHERS and objective.teacher is None:
         raise ValueError(f"objective {text!r} needs a teacher: {objective.term}:<teacher name>")
     return objective
 
@@ -87,6 +88,7 @@ __all__ = [
     "EVERY_TEACHER",
     "EXPERIMENT_FORMS",
     "FROM_TEACHERS",
+    "ONE_STUDENT_TERMS",
     "TERMS",
     "ObjectiveSpec",
     "parse_experiment_objective",

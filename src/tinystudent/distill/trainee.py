@@ -24,8 +24,9 @@ from tinystudent.tasks.schema import Example
 
 
 @dataclass
-class Teacher:
-    """A teacher model for token-level distillation, frozen in eval mode."""
+class FrozenTeacher:
+    """A loaded teacher model for token-level distillation, frozen in eval mode (not a
+    `teachers.base.Teacher`, which writes rationales and answers)."""
 
     loaded: LoadedModel
     head: Callable[[torch.Tensor], torch.Tensor]
@@ -48,7 +49,7 @@ class Trainee:
     scaler: torch.amp.GradScaler | None
     counts: dict[str, int]
     trainable: int
-    teacher: Teacher | None = None
+    teacher: FrozenTeacher | None = None
     state: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)  # how many training inputs were cut to fit (evaluation.fit)
 
@@ -122,12 +123,13 @@ def hidden_pairs(
 
 def load_teacher(
     teacher, student: LoadedModel, config: TrainConfig, device: torch.device, kd_dtype: torch.dtype | None
-) -> tuple[Teacher, int | None, list[int]]:
+) -> tuple[FrozenTeacher, int | None, list[int]]:
     """Load and freeze the teacher, check vocabularies and pick the layers to match."""
     if isinstance(teacher, str):
         teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
-    adapter = student.adapter
-    if teacher.adapter is not adapter or not adapter.next_token:
+    adapter = student.adapter  # its token rows and output head are read off the teacher too
+    same_rows = teacher.adapter.next_token and teacher.adapter.decoder_only == adapter.decoder_only
+    if not (same_rows and adapter.next_token):
         no_tokens = f" ({student.kind} models have no next-token distribution; use choice_kd)"
         raise ValueError(
             f"token-level distillation needs a teacher of the student's kind: teacher "
@@ -145,7 +147,11 @@ def load_teacher(
         pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, adapter, config.hidden_layers)
         info(f"hidden-state matching (student, teacher): {pairs}")
     kd_vocab = alignment.size if alignment.trimmed else None
-    return (Teacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0), kd_vocab, [s for s, _ in pairs])
+    return (
+        FrozenTeacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0),
+        kd_vocab,
+        [s for s, _ in pairs],
+    )
 
 
 def setup_trainee(
@@ -172,7 +178,7 @@ def setup_trainee(
     core = loaded.model
     loaded.adapter.check_output_layer(core, name)
     kd_dtype = resolve_precision(config.precision, device)
-    teacher_info: Teacher | None = None
+    teacher_info: FrozenTeacher | None = None
     kd_vocab: int | None = None
     student_layers: list[int] = []
     if teacher is not None:

@@ -77,13 +77,7 @@ class ExperimentRunner:
         """Run (or read back) one unit and keep what later units and the study need of it."""
         work = WORK[unit.kind]
         result = self.units.run(unit.kind, unit.name, unit.payload, lambda: work(self.context, unit))
-        self.known.results[unit.key] = result
-        if unit.kind in ("teach", "import"):
-            self.known.rationales[unit.key] = teachers.stored_rationales(self.store, self.data, unit)
-        peers = result.get("peers") or []
-        for evaluation_id in [result.get("evaluation_id"), *(p.get("evaluation_id") for p in peers)]:
-            if evaluation_id is not None:
-                self.known.answers[evaluation_id] = answers_of(self.store, evaluation_id)
+        learn(self.known, self.store, self.data, unit, result)
 
     def say(self, notes: list[str]) -> None:
         for note in notes:
@@ -99,9 +93,21 @@ class ExperimentRunner:
             info(f"MLflow: logged {log_study(study, self.experiment.name, uri)} new run(s) to {uri}")
 
 
+def learn(known: Known, store: Store, data: StudyData, unit: UnitSpec, result: dict) -> None:
+    """Keep what later units and the study need of a unit's result: the result itself, the
+    rationales a teach or import unit stored, and which questions its evaluations answered right."""
+    known.results[unit.key] = result
+    if unit.kind in ("teach", "import"):
+        known.rationales[unit.key] = teachers.stored_rationales(store, data, unit)
+    peers = result.get("peers") or []
+    for evaluation_id in [result.get("evaluation_id"), *(p.get("evaluation_id") for p in peers)]:
+        if evaluation_id is not None:
+            known.answers[evaluation_id] = answers_of(store, evaluation_id)
+
+
 def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
     """Run (or resume) `experiment`, store every number, and return the study."""
     return ExperimentRunner(experiment, store, out_dir).run()
 
 
-__all__ = ["ExperimentRunner", "Splits", "load_splits", "run_experiment"]
+__all__ = ["ExperimentRunner", "Splits", "learn", "load_splits", "run_experiment"]

@@ -1,0 +1,141 @@
+"""`tinystudent run --plan`: the units a study will run, before paying for them.
+
+The plan is replayed against the results database: every unit already stored there is read back
+(so the units it lets the plan name are listed too) and counted as done. For the units left, the
+cost of each is the median time units of its kind took in this database, or a default per kind
+when none has run yet. The critical path is the longest chain of units left through what each
+needs: no number of workers finishes the study faster than it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from tinystudent.experiments.config import Experiment
+from tinystudent.experiments.data import StudyData
+from tinystudent.experiments.plan import Known, make_plan
+from tinystudent.experiments.units import UnitSpec
+from tinystudent.store import Store
+
+# Seconds a unit of each kind takes when the database has measured none: a small model on one
+# device (a GPU for the training kinds). Measured costs replace them as units finish.
+DEFAULT_SECONDS = {
+    "teacher_eval": 600.0,
+    "teach": 1800.0,
+    "import": 10.0,
+    "cut": 30.0,
+    "recover": 1800.0,
+    "student": 60.0,
+    "student_eval": 300.0,
+    "train": 1800.0,
+    "debate": 900.0,
+    "ensemble": 5.0,
+    "mutual": 3600.0,
+}
+
+
+@dataclass
+class PlanPreview:
+    """The plan of a study as far as it can be named, with what is done and what it will cost.
+
+    Attributes:
+        units: every unit the plan names, in the order they run.
+        done: keys of the units the database already holds.
+        seconds: estimated seconds of one unit, by kind.
+        measured: the kinds whose estimate comes from units that ran (the rest are defaults).
+        training_runs: the training runs the experiment asks for in all (some are named only
+            once earlier units have run).
+    """
+
+    units: list[UnitSpec]
+    done: set[str]
+    seconds: dict[str, float]
+    measured: set[str] = field(default_factory=set)
+    training_runs: int = 0
+
+    @property
+    def left(self) -> list[UnitSpec]:
+        return [unit for unit in self.units if unit.key not in self.done]
+
+    def cost(self, unit: UnitSpec) -> float:
+        return 0.0 if unit.key in self.done else self.seconds.get(unit.kind, 600.0)
+
+    def critical_path(self) -> list[UnitSpec]:
+        """The costliest chain of units through `needs` (units already done cost nothing)."""
+        by_key = {unit.key: unit for unit in self.units}
+        finish: dict[str, tuple[float, str | None]] = {}  # key -> (cost up to and with it, the unit before)
+        for unit in self.units:  # in run order: what a unit needs comes before it
+            before = max((finish[k][0], k) for k in unit.needs if k in finish) if unit.needs else (0.0, None)
+            finish[unit.key] = (before[0] + self.cost(unit), before[1])
+        if not finish:
+            return []
+        key: str | None = max(finish, key=lambda k: finish[k][0])
+        chain = []
+        while key is not None:
+            chain.append(by_key[key])
+            key = finish[key][1]
+        return [unit for unit in reversed(chain) if unit.key not in self.done]
+
+
+def preview_plan(experiment: Experiment, data: StudyData, store: Store | None) -> PlanPreview:
+    """The plan replayed against `store` (None: nothing has run)."""
+    from tinystudent.experiments.runner import learn
+
+    known = Known()
+    while store is not None:
+        current = make_plan(experiment, data, known)
+        stored = [(unit, store.run(unit.key)) for unit in current.units if unit.key not in known.results]
+        found = [(unit, row["result"]) for unit, row in stored if row and row["status"] == "done"]
+        if not found:
+            break
+        for unit, result in found:
+            learn(known, store, data, unit, result)
+    units = make_plan(experiment, data, known).units
+    measured = store.unit_seconds() if store is not None else {}
+    seconds = {**DEFAULT_SECONDS, **{kind: statistics.median(values) for kind, values in measured.items()}}
+    return PlanPreview(units, set(known.results), seconds, set(measured), training_runs(experiment))
+
+
+def training_runs(experiment: Experiment) -> int:
+    """Students x fine-tuning methods x objectives x seeds."""
+    per_seed = sum(
+        len(experiment.methods_of(s).finetune) * len(experiment.methods_of(s).objectives) for s in experiment.students
+    )
+    return per_seed * len(experiment.seeds)
+
+
+def describe(preview: PlanPreview, device: str) -> list[str]:
+    """The preview as lines of text: counts per kind, the critical path, the estimated hours."""
+    kinds = list(dict.fromkeys(unit.kind for unit in preview.units))
+    hours = "GPU-hours" if device.startswith("cuda") else "device-hours (GPU-hours on a GPU)"
+    lines = [f"{'unit kind':<14}{'planned':>8}{'done':>6}{'left':>6}{'each':>10}  estimate"]
+    for kind in kinds:
+        planned = [unit for unit in preview.units if unit.kind == kind]
+        done = sum(unit.key in preview.done for unit in planned)
+        source = "measured" if kind in preview.measured else "default"
+        each = _duration(preview.seconds.get(kind, 600.0))
+        lines.append(f"{kind:<14}{len(planned):>8}{done:>6}{len(planned) - done:>6}{each:>10}  {source}")
+    left = preview.left
+    total = sum(preview.cost(unit) for unit in left)
+    path = preview.critical_path()
+    trained = sum(unit.kind == "train" for unit in preview.units)
+    lines += [
+        f"{len(left)} of {len(preview.units)} units left: about {total / 3600:.2f} {hours} one after another",
+        f"critical path ({len(path)} units, {_duration(sum(preview.cost(u) for u in path))}): "
+        + (" -> ".join(unit.name for unit in path) or "nothing left"),
+    ]
+    if trained < preview.training_runs:
+        lines.append(
+            f"{preview.training_runs - trained} more training run(s) and the units after them are named once "
+            "the units they depend on have run (a student's kind, a teacher's best mode, the search)"
+        )
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
