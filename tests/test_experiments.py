@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -405,3 +406,105 @@ def test_an_evaluation_dies_with_the_process_that_started_it(tmp_path, tiny_caus
     if db.exists():
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 0  # killed, not finished
+
+
+JOBS_STUDY = """
+name: jobs
+task: {{name: {task}, train_limit: 12, valid_limit: 4, test_limit: 8}}
+teachers:
+  - {{name: teach, model: {model}, max_new_tokens: 8, k_shots: 0}}
+students:
+  - {{name: small, model: {model}, keep_layers: "first:1"}}
+  - {{name: whole, model: {model}}}
+methods: {{finetune: [full], objectives: [answer]}}
+training: {{steps: 2, batch_size: 4, eval_before: false}}
+eval_batch_size: 8
+"""
+
+
+def stored_predictions(db) -> dict:
+    """Each unit's evaluation: question id -> the choice it picked."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT e.run_key, p.example_id, p.pred FROM predictions p JOIN evaluations e ON e.id = p.evaluation_id"
+        ).fetchall()
+    found: dict = {}
+    for run_key, example_id, pred in rows:
+        found.setdefault(run_key, {})[example_id] = pred
+    return found
+
+
+def unit_spans(db) -> list[tuple[float, float]]:
+    """When each computed unit started and ended."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT created, result FROM runs WHERE status = 'done' AND kind != 'study'").fetchall()
+    return [(created, created + json.loads(result)["seconds"]) for created, result in rows]
+
+
+@pytest.fixture(scope="module")
+def jobs_runs(tmp_path_factory, tiny_causal):
+    """The same study with --jobs 1 and with --jobs 2."""
+    folder = tmp_path_factory.mktemp("jobs")
+    task = write_toy_task(folder)
+    config = folder / "jobs.yaml"
+    config.write_text(JOBS_STUDY.format(task=task, model=tiny_causal))
+    runs = {}
+    for jobs in (1, 2):
+        started = time.time()
+        run = run_cli([str(config), "--db", str(folder / f"j{jobs}.sqlite"), "--out", str(folder / f"j{jobs}"),
+                       "--json", "--jobs", str(jobs)])  # fmt: skip
+        stdout, stderr = run.communicate(timeout=900)
+        assert run.returncode == 0, stderr[-3000:]
+        runs[jobs] = (json.loads(stdout), folder / f"j{jobs}.sqlite", time.time() - started)
+    return folder, config, runs
+
+
+@pytest.mark.slow
+def test_jobs_run_ready_units_at_once_with_the_same_verdict_and_predictions(jobs_runs):
+    _, _, runs = jobs_runs
+    (one, one_db, one_s), (two, two_db, two_s) = runs[1], runs[2]
+    assert verdict_numbers(two) == verdict_numbers(one)
+    assert stored_predictions(two_db) == stored_predictions(one_db)
+    spans = sorted(unit_spans(two_db))
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two units ran at once"
+    print(f"--jobs 1: {one_s:.1f} s, --jobs 2: {two_s:.1f} s, ratio {one_s / two_s:.2f}x")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
+def test_a_killed_worker_reruns_its_unit_and_nothing_is_lost_or_duplicated(jobs_runs):
+    folder, config, runs = jobs_runs
+    db = folder / "killed.sqlite"
+    run = run_cli([str(config), "--db", str(db), "--out", str(folder / "killed"), "--json", "--jobs", "2"])
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and time.time() < deadline and run.poll() is None:
+        workers = [pid for pid, line in processes_with_parent(run.pid).items() if "multiprocessing" in line]
+        training = [pid for pid in workers if any(p for p in processes_with_parent(pid))] or workers
+        if workers and done_units(db):  # some units done: the workers now are in the middle of others
+            killed = training[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    stdout, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr[-3000:]
+    assert killed is not None and "died" in stderr and "starting it again" in stderr
+    assert verdict_numbers(json.loads(stdout)) == verdict_numbers(runs[1][0])
+    assert stored_predictions(db) == stored_predictions(runs[1][1])
+    with sqlite3.connect(db) as conn:
+        twice = conn.execute(
+            "SELECT run_key, COUNT(*) FROM evaluations WHERE run_key IS NOT NULL GROUP BY run_key HAVING COUNT(*) > 1"
+        ).fetchall()
+    assert twice == []
+
+
+def processes_with_parent(parent: int) -> dict[int, str]:
+    """pid -> command line of the processes whose parent is `parent`."""
+    found = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(next(line for line in status.read_text().splitlines() if line.startswith("PPid:")).split()[1])
+            if ppid == parent:
+                found[int(status.parent.name)] = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, StopIteration, ValueError):
+            continue
+    return found

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Optional
+from typing import Iterable, Optional
 
 import click
 import typer
@@ -80,6 +80,20 @@ def emit_json(payload: dict) -> None:
     """Exactly one JSON object on stdout."""
     sys.stdout.write(json.dumps(payload, default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_measures(title: str, rows: Iterable[tuple[str, object]]) -> None:
+    """A table of (measure, value) rows on stdout, the values as `str` writes them, right-aligned."""
+    from rich.table import Table
+
+    from tinystudent.log import stdout
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, str(value))
+    stdout.print(table)
 
 
 def _register_commands() -> None:

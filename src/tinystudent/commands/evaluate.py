@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import progress, stderr, stdout
+from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, print_measures, quiet_libraries
 
 
 @app.command("eval")
@@ -59,10 +58,8 @@ def eval_command(
 ) -> None:
     """Measure one model on one task: accuracy, 95% interval, majority baseline and cost."""
     quiet_libraries()
-    from tinystudent.evaluation import evaluate_model
-    from tinystudent.models import load_model
-    from tinystudent.store import Store
-    from tinystudent.tasks import load_task, normalize_split
+    from tinystudent.evaluation.save import evaluate_and_save
+    from tinystudent.tasks import load_task
 
     for name, value, least in (
         ("--limit", limit, 1),
@@ -73,33 +70,23 @@ def eval_command(
         if value is not None and value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
     data = load_task(task, seed=seed, columns=parse_columns(columns))
-    examples = data.split(split)
-    examples = examples[:limit] if limit else examples
-    pool = data.split("train") if num_fewshot else None
-    with Store(db) as store:  # opened first: a bad --db fails before any model work
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        stderr.print(
-            f"evaluating {model} on {task}/{normalize_split(split)}: {len(examples)} questions, "
-            f"{loaded.kind} model on {loaded.device}"
-        )
-        with progress() as bar:
-            row = bar.add_task("questions", total=len(examples), status="")
-            result = evaluate_model(
-                loaded,
-                examples,
-                task,
-                normalize_split(split),
-                mode,
-                batch_size,
-                max_input_tokens=max_input_tokens,
-                num_fewshot=num_fewshot,
-                shots_pool=pool,
-                seed=seed,
-                on_progress=lambda n: bar.update(row, advance=n),
-            )
-        result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
-        evaluation_id = store.save_evaluation(result, run_key)
-    summary = {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
+    summary = evaluate_and_save(
+        data,
+        model,
+        task,
+        split,
+        db,
+        limit=limit,
+        seed=seed,
+        mode=mode,
+        batch_size=batch_size,
+        max_input_tokens=max_input_tokens,
+        num_fewshot=num_fewshot,
+        run_key=run_key,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+    )
     if as_json:
         emit_json(summary)
     else:
@@ -107,11 +94,6 @@ def eval_command(
 
 
 def print_eval(summary: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{summary['model']} on {summary['task']}/{summary['split']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
     rows = [
         ("questions", summary["n"]),
         ("acc", f"{summary['acc']:.4f}"),
@@ -126,6 +108,4 @@ def print_eval(summary: dict) -> None:
         ("questions per second", summary["questions_per_s"]),
         ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}"),
     ]
-    for name, value in rows:
-        table.add_row(name, str(value))
-    stdout.print(table)
+    print_measures(f"{summary['model']} on {summary['task']}/{summary['split']}", rows)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import info, progress, stdout
+from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, print_measures, quiet_libraries
+from tinystudent.log import info, progress
 
 
 @app.command("loss")
@@ -179,11 +179,6 @@ def task_rationales(
 
 
 def print_loss(result: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{result['model']}: bits per byte")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
     rows = [
         ("corpus", result["corpus"]),
         ("corpus sha256", result["corpus_sha256"]),
@@ -199,6 +194,4 @@ def print_loss(result: dict) -> None:
             f"model loss {result['loss_id']} in {result['db']}" + (" (already measured)" if result["cached"] else ""),
         ),
     ]
-    for label, value in rows:
-        table.add_row(label, str(value))
-    stdout.print(table)
+    print_measures(f"{result['model']}: bits per byte", rows)

@@ -50,6 +50,13 @@ def run_command(
         "the critical path, estimated hours from earlier units' measured times) and run nothing.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, runs, report) on stdout."),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        min=1,
+        help="Units run at the same time, each in its own process (one GPU each on a machine with "
+        "several); the CPU threads are shared among them.",
+    ),
 ) -> None:
     """Run a whole study: measure teachers, get rationales, train every student x method x seed,
     and report the smallest student that beats each teacher. Killed and run again, it resumes."""
@@ -80,7 +87,7 @@ def run_command(
     from tinystudent.store import Store
 
     with Store(db) as store:
-        study = run_experiment(spec, store, out)
+        study = run_experiment(spec, store, out, jobs)
     paths = render_report(study, out / "report")
     stderr.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
     if as_json:

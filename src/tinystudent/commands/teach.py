@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
-from tinystudent.log import progress, stderr, stdout, warn
+from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, print_measures, quiet_libraries
+from tinystudent.log import progress, stderr, warn
 
 
 def _read_template(path: Optional[Path]) -> Optional[str]:
@@ -116,17 +116,10 @@ def teach_command(
     (a second run asks again); the exit code is 1 when every question failed, 3 when some did."""
     quiet_libraries()
     from tinystudent.store import Store
-    from tinystudent.tasks import load_task, normalize_split
-    from tinystudent.teachers import SCORING, STRATEGIES, make_teacher, teach
+    from tinystudent.teachers import make_teacher
 
-    if strategy not in STRATEGIES and strategy != SCORING:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES) + [SCORING]}")
-    data = load_task(task, seed=split_seed, columns=parse_columns(columns))
-    split = normalize_split(split)
-    examples = data.split(split)[:limit] if limit else data.split(split)
-    pool = data.splits.get("train")
-    if pool is None and strategy in ("few_shot", "teacher_forcing_cot") and k_shots:
-        warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
+    _check_strategy(strategy)
+    split, examples, pool = _questions(task, split, limit, columns, split_seed, strategy, k_shots)
     servers = _servers(base_url)
     settings = _teacher_settings(
         servers,
@@ -143,52 +136,113 @@ def teach_command(
     )
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
         backend = make_teacher(teacher, servers, api_key_env, **settings)
-        where = getattr(backend, "base_url", None) or getattr(getattr(backend, "loaded", None), "device", "")
-        stderr.print(
-            f"teaching {task}/{split}: {len(examples)} questions, strategy {strategy}, teacher {teacher} ({where})"
+        _announce(backend, teacher, task, split, len(examples), strategy)
+        summary = _teach_with_progress(
+            backend,
+            examples,
+            task,
+            strategy,
+            store,
+            template,
+            shot_template,
+            train_examples=pool,
+            k_shots=k_shots,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_rationale_tokens=max_rationale_tokens,
+            keep=keep,
         )
-        with progress() as bar:
-            counts = {"cached": 0, "generated": 0, "failed": 0}
-            row = bar.add_task("teacher outputs", total=len(examples), status="")
+    result = _teach_result(summary, teacher, task, split, store.path)
+    if as_json:
+        emit_json(result)
+    else:
+        print_summary(result, summary.outputs[:1])
+    _exit_on_failures(summary)
 
-            def advance(status: str, output) -> None:
-                counts[status] += 1
-                bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
 
-            try:
-                summary = teach(
-                    backend,
-                    examples,
-                    task,
-                    strategy,
-                    store,
-                    train_examples=pool,
-                    k_shots=k_shots,
-                    seed=seed,
-                    max_new_tokens=max_new_tokens,
-                    temperature=temperature,
-                    top_p=top_p,
-                    template=_read_template(template),
-                    shot_template=_read_template(shot_template),
-                    max_rationale_tokens=max_rationale_tokens,
-                    keep=keep,
-                    on_output=advance,
-                )
-            finally:
-                backend.close()
-    result = {
+def _check_strategy(strategy: str) -> None:
+    from tinystudent.teachers import SCORING, STRATEGIES
+
+    if strategy not in STRATEGIES and strategy != SCORING:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES) + [SCORING]}")
+
+
+def _questions(
+    task: str, split: str, limit: Optional[int], columns: Optional[str], split_seed: int, strategy: str, k_shots: int
+) -> tuple[str, list, Optional[list]]:
+    """The split's name as stored, its first `limit` questions and the train split in-context
+    examples are drawn from (None when the task has none: a warning says so where it matters)."""
+    from tinystudent.tasks import load_task, normalize_split
+
+    data = load_task(task, seed=split_seed, columns=parse_columns(columns))
+    split = normalize_split(split)
+    examples = data.split(split)[:limit] if limit else data.split(split)
+    pool = data.splits.get("train")
+    if pool is None and strategy in ("few_shot", "teacher_forcing_cot") and k_shots:
+        warn(f"{task} has no train split: in-context examples are drawn from {split} (never the question itself)")
+    return split, examples, pool
+
+
+def _announce(backend, teacher: str, task: str, split: str, n: int, strategy: str) -> None:
+    where = getattr(backend, "base_url", None) or getattr(getattr(backend, "loaded", None), "device", "")
+    stderr.print(f"teaching {task}/{split}: {n} questions, strategy {strategy}, teacher {teacher} ({where})")
+
+
+def _teach_with_progress(
+    backend,
+    examples,
+    task: str,
+    strategy: str,
+    store,
+    template: Optional[Path],
+    shot_template: Optional[Path],
+    **options,
+):
+    """`teachers.teach` with a progress bar counting cached, generated and failed outputs; the
+    teacher is closed at the end, whatever happens."""
+    from tinystudent.teachers import teach
+
+    with progress() as bar:
+        counts = {"cached": 0, "generated": 0, "failed": 0}
+        row = bar.add_task("teacher outputs", total=len(examples), status="")
+
+        def advance(status: str, output) -> None:
+            counts[status] += 1
+            bar.update(row, advance=1, status=", ".join(f"{k} {v}" for k, v in counts.items()))
+
+        try:
+            return teach(
+                backend,
+                examples,
+                task,
+                strategy,
+                store,
+                template=_read_template(template),
+                shot_template=_read_template(shot_template),
+                on_output=advance,
+                **options,
+            )
+        finally:
+            backend.close()
+
+
+def _teach_result(summary, teacher: str, task: str, split: str, db: Path) -> dict:
+    """What `teach --json` prints: the summary, what was asked for and where the outputs are cached."""
+    return {
         **summary.to_dict(),
         "teacher": teacher,
         "task": task,
         "split": split,
         "cache_teacher": summary.teacher,
         "cache_task": summary.task,
-        "db": str(store.path),
+        "db": str(db),
     }
-    if as_json:
-        emit_json(result)
-    else:
-        print_summary(result, summary.outputs[:1])
+
+
+def _exit_on_failures(summary) -> None:
+    """Exit 1 when every question failed, PARTIAL_FAILURE when some did (saying so on stderr)."""
     if summary.failed:
         stderr.print(
             f"[red]{summary.failed} of {summary.n} questions failed[/red] (not cached: "
@@ -198,15 +252,9 @@ def teach_command(
 
 
 def print_summary(result: dict, sample) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{result['teacher']} on {result['task']}/{result['split']} ({result['strategy']})")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for name in ("n", "generated", "cached", "failed", "matching", "unparsed", "kept", "model_calls", "seconds"):
-        table.add_row(name, str(result[name]))
-    table.add_row("stored in", result["db"])
-    stdout.print(table)
+    measures = ("n", "generated", "cached", "failed", "matching", "unparsed", "kept", "model_calls", "seconds")
+    rows = [*((name, result[name]) for name in measures), ("stored in", result["db"])]
+    print_measures(f"{result['teacher']} on {result['task']}/{result['split']} ({result['strategy']})", rows)
     for error in result["errors"][:3]:
         stderr.print(f"[red]failed:[/red] {error}")
     for written in sample:

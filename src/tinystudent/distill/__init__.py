@@ -14,32 +14,31 @@ Public API:
 
 from importlib import import_module
 
-from tinystudent.distill.config import LoraSettings, ObjectiveWeights, RecoveryConfig, TrainConfig
+from tinystudent.distill.config import LoraSettings as LoraSettings
+from tinystudent.distill.config import ObjectiveWeights as ObjectiveWeights
+from tinystudent.distill.config import RecoveryConfig as RecoveryConfig
+from tinystudent.distill.config import TrainConfig as TrainConfig
 
 # The rest imports torch, so it loads on first use: the command line reads TrainConfig to build
 # `tinystudent train`'s options, and every command would otherwise wait seconds for torch.
-_MODULE_OF = {
-    "TrainingDiverged": "loop",
-    **dict.fromkeys(
-        [
-            "DIVERGENCES",
-            "choice_kd_loss",
-            "chunked_token_losses",
-            "forward_kl",
-            "generalized_jsd",
-            "hidden_state_loss",
-            "mutual_kl",
-            "reverse_kl",
-            "token_divergence",
-        ],
-        "losses",
-    ),
-    "TrainResult": "result",
-    "train_mutual": "train",
-    "train_student": "train",
-    "VocabAlignment": "vocab",
-    "check_vocab": "vocab",
+_LAZY_NAMES = {
+    "loop": ["TrainingDiverged"],
+    "losses": [
+        "DIVERGENCES",
+        "choice_kd_loss",
+        "chunked_token_losses",
+        "forward_kl",
+        "generalized_jsd",
+        "hidden_state_loss",
+        "mutual_kl",
+        "reverse_kl",
+        "token_divergence",
+    ],
+    "result": ["TrainResult"],
+    "train": ["train_mutual", "train_student"],
+    "vocab": ["VocabAlignment", "check_vocab"],
 }
+_MODULE_OF = {name: module for module, names in _LAZY_NAMES.items() for name in names}
 
 
 def __getattr__(name: str):
@@ -48,24 +47,5 @@ def __getattr__(name: str):
     return getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
 
 
-__all__ = [
-    "DIVERGENCES",
-    "LoraSettings",
-    "ObjectiveWeights",
-    "RecoveryConfig",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDiverged",
-    "VocabAlignment",
-    "check_vocab",
-    "choice_kd_loss",
-    "chunked_token_losses",
-    "forward_kl",
-    "generalized_jsd",
-    "hidden_state_loss",
-    "mutual_kl",
-    "reverse_kl",
-    "token_divergence",
-    "train_mutual",
-    "train_student",
-]
+# One list of names: the ones loaded above and the lazy ones.
+__all__ = sorted(["LoraSettings", "ObjectiveWeights", "RecoveryConfig", "TrainConfig", *_MODULE_OF])

@@ -140,26 +140,97 @@ def recover(
         info(f"{out_dir} already holds this recovery; returning its result")
         return RecoveryResult(**stored)
     torch.manual_seed(config.seed)
+    loaded = _load_student(student, device)
+    teacher = _load_parent(parent, loaded, student)
+    chunks = _recovery_chunks(texts, loaded.tokenizer, config)
+    order = list(range(len(chunks)))
+    random.Random(config.seed).shuffle(order)
+    core = loaded.model
+    core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
+    learner = _learner(core, config, out_dir / "checkpoints")
+    if learner.state["before"] is None:
+        learner.state["before"] = measure(loaded, heldout)
+        info(
+            f"recovery of {student}: {learner.state['before']:.3f} bits per byte before, {len(chunks)} chunks of "
+            f"{config.seq_len} tokens to learn from"
+        )
+    core.train()
+    _learn(learner, teacher, chunks, order, config, student, loaded.device, on_step)
+    model_dir = out_dir / "model"
+    result = _result(model_dir, learner.state, config, len(chunks), heldout)
+    _save_recovered(core, loaded, teacher.name, model_dir, result, config)
+    del loaded
+    result.bits_per_byte_after = measure(load_model(str(model_dir), device=teacher.device), heldout)
+    _write_result(done, result)
+    remove_made(learner.checkpoints, LATEST)
+    info(
+        f"recovered {student}: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte in "
+        f"{result.steps} steps ({result.seconds:.0f} s)"
+    )
+    return result
+
+
+def _load_student(student: str, device: str) -> LoadedModel:
+    """The cut student, in float32; it must be a causal language model."""
     loaded = load_model(student, device=device, dtype="float32")
     if not loaded.adapter.decoder_only:
         raise ValueError(
             f"recovery distils next-token distributions: {student} is a {loaded.kind} model, "
             "not a causal language model"
         )
+    return loaded
+
+
+def _load_parent(parent: str | LoadedModel, loaded: LoadedModel, student: str) -> LoadedModel:
+    """The parent (loaded beside the student unless given loaded), frozen, its vocabulary checked
+    against the student's."""
     teacher = parent if isinstance(parent, LoadedModel) else load_model(parent, device=loaded.device, dtype="float32")
     teacher.model.eval().requires_grad_(False)
     check_vocab(loaded.model, loaded.tokenizer, teacher.model, teacher.tokenizer, student, teacher.name)
     check_head(loaded.model, student)
-    chunks = token_chunks(texts, loaded.tokenizer, config.seq_len)
+    return teacher
+
+
+def _recovery_chunks(texts: Sequence[str], tokenizer, config: RecoveryConfig) -> list[list[int]]:
+    """`token_chunks` of `config.seq_len` tokens, at least one batch of them."""
+    chunks = token_chunks(texts, tokenizer, config.seq_len)
     if len(chunks) < config.batch_size:
         raise ValueError(
             f"the recovery text makes {len(chunks)} chunks of {config.seq_len} tokens, fewer "
             f"than one batch of {config.batch_size}: give more text or shorter chunks"
         )
-    order = list(range(len(chunks)))
-    random.Random(config.seed).shuffle(order)
-    core = loaded.model
-    core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
+    return chunks
+
+
+@dataclass
+class _Learner:
+    """The cut student as it learns: its model, objective, optimizer, schedule and loop state,
+    checkpointed in `checkpoints`."""
+
+    model: torch.nn.Module
+    objective: StudentObjectives
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    checkpoints: Path
+    state: dict[str, Any]
+
+    def update(self, loss: torch.Tensor) -> None:
+        """One optimizer step on `loss`, gradients clipped to norm 1."""
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def checkpoint(self) -> None:
+        save_checkpoint(
+            self.checkpoints, self.state["step"], self.model, self.optimizer, self.scheduler, None, self.state, keep=1
+        )
+
+
+def _learner(core: torch.nn.Module, config: RecoveryConfig, checkpoints: Path) -> _Learner:
+    """The objective (forward KL from the parent, plus cross-entropy), AdamW and a warmup-cosine
+    schedule for `core`, resumed from the latest checkpoint in `checkpoints` if there is one."""
     objective = StudentObjectives(
         core,
         "causal",
@@ -171,80 +242,95 @@ def recover(
     optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.steps, config.warmup_ratio, 0.1))
     state: dict[str, Any] = {"step": 0, "seconds": 0.0, "history": [], "before": None}
-    checkpoints = out_dir / "checkpoints"
     found = latest_checkpoint(checkpoints)
     if found:
         state = load_checkpoint(found, core, optimizer, scheduler, None)
         info(f"resuming recovery from step {state['step']} ({found})")
-    if state["before"] is None:
-        state["before"] = measure(loaded, heldout)
-        info(
-            f"recovery of {student}: {state['before']:.3f} bits per byte before, {len(chunks)} chunks of "
-            f"{config.seq_len} tokens to learn from"
-        )
-    core.train()
+    return _Learner(core, objective, optimizer, scheduler, checkpoints, state)
+
+
+def _learn(
+    learner: _Learner,
+    teacher: LoadedModel,
+    chunks: list[list[int]],
+    order: list[int],
+    config: RecoveryConfig,
+    student: str,
+    device: torch.device,
+    on_step: Callable[[dict], None] | None,
+) -> None:
+    """Train from the learner's step to `config.steps`, taking the chunks in `order`, a batch a step."""
+    state = learner.state
     head = causal_head(teacher.model)
     while state["step"] < config.steps:
         started = time.perf_counter()
         first = state["step"] * config.batch_size
         picked = [chunks[order[(first + k) % len(order)]] for k in range(config.batch_size)]
-        batch = _batch(picked).to(loaded.device)
+        batch = _batch(picked).to(device)
         with torch.no_grad():
             states = teacher_states(teacher.model, "causal", head, batch, True, [])
-        parts = objective(batch, states)
+        parts = learner.objective(batch, states)
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise ValueError(
                 f"recovery of {student}: the loss became {float(loss)} at step {state['step'] + 1}; "
                 f"lower recovery.lr (now {config.lr})"
             )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        learner.update(loss)
         state["step"] += 1
         state["seconds"] += time.perf_counter() - started
         record = {
             "step": state["step"],
             "loss": float(loss.detach()),
             "kd": float(parts.get("logit_kd", float("nan"))),
-            "lr": scheduler.get_last_lr()[0],
+            "lr": learner.scheduler.get_last_lr()[0],
         }
         state["history"].append(record)
         if on_step:
             on_step(record)
         if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
-            save_checkpoint(checkpoints, state["step"], core, optimizer, scheduler, None, state, keep=1)
-    model_dir = out_dir / "model"
-    result = RecoveryResult(
+            learner.checkpoint()
+
+
+def _result(
+    model_dir: Path, state: dict[str, Any], config: RecoveryConfig, n_chunks: int, heldout: str
+) -> RecoveryResult:
+    """The result so far: bits per byte after recovery are measured once the model is saved."""
+    return RecoveryResult(
         str(model_dir),
         state["before"],
         float("nan"),
         state["step"],
         state["step"] * config.batch_size * config.seq_len,
         round(state["seconds"], 1),
-        len(chunks) * config.seq_len,
+        n_chunks * config.seq_len,
         len(heldout.encode("utf-8")),
         state["history"],
     )
+
+
+def _save_recovered(
+    core: torch.nn.Module,
+    loaded: LoadedModel,
+    parent_name: str,
+    model_dir: Path,
+    result: RecoveryResult,
+    config: RecoveryConfig,
+) -> None:
+    """Write the recovered model to `model_dir`, with the cut student's manifest, if it has one."""
     save_best(core, loaded.tokenizer, model_dir, False, {"recovery": result.summary(), "config": config.model_dump()})
     manifest = Path(loaded.resolved.path) / MANIFEST
     if manifest.exists():  # the kept layers stay known (patient KD pairs layers by them)
         described = json.loads(manifest.read_text())
-        described["recovered"] = {"from": teacher.name, "steps": result.steps, "tokens": result.tokens}
+        described["recovered"] = {"from": parent_name, "steps": result.steps, "tokens": result.tokens}
         (model_dir / MANIFEST).write_text(json.dumps(described, indent=2))
-    del loaded
-    result.bits_per_byte_after = measure(load_model(str(model_dir), device=teacher.device), heldout)
+
+
+def _write_result(done: Path, result: RecoveryResult) -> None:
+    """Write `result` to `done` whole or not at all (through a temporary file)."""
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(result), default=str))
     tmp.replace(done)
-    remove_made(checkpoints, LATEST)
-    info(
-        f"recovered {student}: {result.bits_per_byte_before:.3f} -> {result.bits_per_byte_after:.3f} bits per byte in "
-        f"{result.steps} steps ({result.seconds:.0f} s)"
-    )
-    return result
 
 
 __all__ = ["RecoveryResult", "heldout_text", "recover", "recovery_texts", "token_chunks"]

@@ -80,33 +80,16 @@ def _train(
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
-    if not train:
-        raise ValueError("no training examples")
-    check_splits(train, valid, test)
-    rationales = check_rationales(rationales, train)
-    choice_logprobs = check_choice_logprobs(choice_logprobs, train)
-    rationale_weights = config.weights.per_teacher("rationale", list(rationales))
-    choice_weights = config.weights.per_teacher("choice_kd", list(choice_logprobs))
-    check_objectives(config, rationale_weights, choice_weights, teacher, mutual)
+    rationales, choice_logprobs, rationale_weights, choice_weights = _checked_inputs(
+        train, valid, test, rationales, choice_logprobs, config, teacher, mutual
+    )
     valid = valid[: config.valid_limit] if config.valid_limit else list(valid)
     accelerator, device = _accelerator(config.device)
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(train) / per_step))
-    with accelerator.main_process_first():  # the others then find the weights' hashes cached
-        identities = [resolve_model(s).identity for s in students]
-        teacher_identity = _teacher_identity(teacher)
-    description = {
-        "students": students,
-        "student_identities": identities,
-        "config": config.model_dump(mode="json", exclude={"device"}),
-        "task": task,
-        "mutual": mutual,
-        "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},
-        "rationales": stable_hash(rationales),
-        "choice_logprobs": stable_hash(choice_logprobs),
-        "teacher": teacher_identity,
-        "processes": accelerator.num_processes,
-    }
+    description = _describe_run(
+        students, config, task, mutual, train, valid, test, rationales, choice_logprobs, teacher, accelerator
+    )
     run_key = stable_hash(description)
     if accelerator.is_main_process:
         claim_run_folder(out_dir, run_key, resume, description)
@@ -159,12 +142,72 @@ def _train(
         run.run()
     results = [_finish(run, tr, test, memory, run_key) for tr in trainees]
     if accelerator.is_main_process:
-        payload = {"run_key": run_key, "results": [r.to_dict() for r in results]}
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        tmp.replace(done)
+        _write_results(done, run_key, results)
     accelerator.wait_for_everyone()
     return results
+
+
+def _checked_inputs(
+    train: list[Example],
+    valid: list[Example],
+    test: list[Example] | None,
+    rationales,
+    choice_logprobs,
+    config: TrainConfig,
+    teacher,
+    mutual: bool,
+) -> tuple[dict, dict, dict, dict]:
+    """Fail early on data and objectives that do not fit together; returns the checked rationales
+    and choice log-probabilities and the weight of each teacher's rationales and choices."""
+    if not train:
+        raise ValueError("no training examples")
+    check_splits(train, valid, test)
+    rationales = check_rationales(rationales, train)
+    choice_logprobs = check_choice_logprobs(choice_logprobs, train)
+    rationale_weights = config.weights.per_teacher("rationale", list(rationales))
+    choice_weights = config.weights.per_teacher("choice_kd", list(choice_logprobs))
+    check_objectives(config, rationale_weights, choice_weights, teacher, mutual)
+    return rationales, choice_logprobs, rationale_weights, choice_weights
+
+
+def _describe_run(
+    students: list[str],
+    config: TrainConfig,
+    task: str,
+    mutual: bool,
+    train: list[Example],
+    valid: list[Example],
+    test: list[Example] | None,
+    rationales: dict,
+    choice_logprobs: dict,
+    teacher,
+    accelerator,
+) -> dict:
+    """Everything a run's result depends on (its hash is the run's key), the weights identified
+    by their hashes."""
+    with accelerator.main_process_first():  # the others then find the weights' hashes cached
+        identities = [resolve_model(s).identity for s in students]
+        teacher_identity = _teacher_identity(teacher)
+    return {
+        "students": students,
+        "student_identities": identities,
+        "config": config.model_dump(mode="json", exclude={"device"}),
+        "task": task,
+        "mutual": mutual,
+        "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},
+        "rationales": stable_hash(rationales),
+        "choice_logprobs": stable_hash(choice_logprobs),
+        "teacher": teacher_identity,
+        "processes": accelerator.num_processes,
+    }
+
+
+def _write_results(done: Path, run_key: str, results: list[TrainResult]) -> None:
+    """Write the run's results to `done` whole or not at all (through a temporary file)."""
+    payload = {"run_key": run_key, "results": [r.to_dict() for r in results]}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(done)
 
 
 def _finish(

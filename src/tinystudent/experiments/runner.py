@@ -39,8 +39,8 @@ WORK = {
 class ExperimentRunner:
     """Runs one experiment's plan; `run()` returns the study dict the report renders."""
 
-    def __init__(self, experiment: Experiment, store: Store, out_dir: Path):
-        self.experiment, self.store, self.out_dir = experiment, store, Path(out_dir)
+    def __init__(self, experiment: Experiment, store: Store, out_dir: Path, jobs: int = 1):
+        self.experiment, self.store, self.out_dir, self.jobs = experiment, store, Path(out_dir), jobs
         self.units = UnitRunner(store, experiment.name, self.out_dir / "logs")
         self.data: StudyData = load_study_data(experiment)
         self.known = Known()
@@ -65,6 +65,8 @@ class ExperimentRunner:
 
     def run_plan(self) -> Plan:
         """Run the first unit not run yet, learn what it found, plan again; until none is left."""
+        if self.jobs > 1:
+            return self.run_plan_at_once()
         while True:
             current = make_plan(self.experiment, self.data, self.known)
             self.say(current.notes)
@@ -72,6 +74,62 @@ class ExperimentRunner:
             if pending is None:
                 return current
             self.run_unit(pending)
+
+    def run_plan_at_once(self) -> Plan:
+        """Run every unit whose inputs are ready, up to `jobs` at once, each in its own process;
+        plan again as each finishes (`executors`)."""
+        from tinystudent.experiments.executors import LocalPool, WorkerSetup, gpu_count, worker_threads
+
+        setup = WorkerSetup(
+            self.experiment,
+            self.data,
+            str(self.store.path),
+            str(self.out_dir),
+            str(self.units.log_dir),
+            worker_threads(self.jobs),
+        )
+        pool = LocalPool(setup, self.jobs, gpu_count(self.experiment.device))
+        try:
+            while True:
+                current = make_plan(self.experiment, self.data, self.known)
+                self.say(current.notes)
+                pending = [u for u in current.units if u.key not in self.known.results]
+                if not pending and not pool.running:
+                    return current
+                if self.start_ready(pool, pending):
+                    continue  # a unit was read back from the store: plan again before waiting
+                self.collect(pool)
+        finally:
+            pool.stop()
+
+    def start_ready(self, pool, pending: list[UnitSpec]) -> bool:
+        """Start the pending units whose inputs are ready while workers are free; True when one
+        was found done in the store instead (its result is learnt at once)."""
+        ready = [u for u in pending if u.key not in pool.running and all(k in self.known.results for k in u.needs)]
+        for unit in ready:
+            stored = self.units.stored(unit.kind, unit.name, unit.payload)
+            if stored is not None:
+                learn(self.known, self.store, self.data, unit, stored)
+                return True
+            if pool.free:
+                pool.start(unit, self.known, self.units.begin(unit.kind, unit.name, unit.payload))
+        return False
+
+    def collect(self, pool) -> None:
+        """Wait for one worker; store and learn its result, start it again if it died, or fail."""
+        from tinystudent.experiments.executors import report_death
+
+        running, result, error = pool.next_finished()
+        unit = running.unit
+        if result is not None:
+            result = self.units.finish(unit.kind, unit.name, unit.payload, result, running.started)
+            learn(self.known, self.store, self.data, unit, result)
+        elif error is None and report_death(running):
+            pool.start(unit, self.known, running.started, running.attempt + 1)
+        else:
+            self.units.failed(unit.kind, unit.name, unit.payload, error or "the worker died\n")
+            last = (error or "the worker died").strip().splitlines()[-1]
+            raise RuntimeError(f"{unit.name} failed (see {self.context.log(unit)}): {last}")
 
     def run_unit(self, unit: UnitSpec) -> None:
         """Run (or read back) one unit and keep what later units and the study need of it."""
@@ -105,9 +163,10 @@ def learn(known: Known, store: Store, data: StudyData, unit: UnitSpec, result: d
             known.answers[evaluation_id] = answers_of(store, evaluation_id)
 
 
-def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
-    """Run (or resume) `experiment`, store every number, and return the study."""
-    return ExperimentRunner(experiment, store, out_dir).run()
+def run_experiment(experiment: Experiment, store: Store, out_dir: Path, jobs: int = 1) -> dict:
+    """Run (or resume) `experiment`, store every number, and return the study; `jobs` > 1 runs
+    units whose inputs are ready at the same time, each in its own process."""
+    return ExperimentRunner(experiment, store, out_dir, jobs).run()
 
 
 __all__ = ["ExperimentRunner", "Splits", "learn", "load_splits", "run_experiment"]

@@ -85,28 +85,51 @@ class UnitRunner:
             payload: everything the result depends on; its hash is the unit's key.
             work: computes the result; it may write to the unit's log (`unit_log`).
         """
+        stored = self.stored(kind, label, payload)
+        if stored is not None:
+            return stored
+        started = self.begin(kind, label, payload)
+        try:
+            result = work()
+        except BaseException:
+            self.failed(kind, label, payload, traceback.format_exc())
+            raise
+        return self.finish(kind, label, payload, result, started)
+
+    def stored(self, kind: str, label: str, payload: dict) -> dict | None:
+        """The unit's stored result when it is done (counted as read back), else None."""
         key = self.key(kind, payload)
         stored = self.store.run(key)
-        if stored and stored["status"] == "done":
-            if key not in self.computed_keys:  # not one this run has just computed for another use
-                self.skipped.append(label)
-                info(f"[dim]done earlier:[/dim] {label}")
-            return stored["result"]
+        if not (stored and stored["status"] == "done"):
+            return None
+        if key not in self.computed_keys:  # not one this run has just computed for another use
+            self.skipped.append(label)
+            info(f"[dim]done earlier:[/dim] {label}")
+        return stored["result"]
+
+    def begin(self, kind: str, label: str, payload: dict) -> float:
+        """Record the unit as running and open its log; returns when it started."""
+        key = self.key(kind, payload)
         log_path = unit_log(self.log_dir, key)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.store.save_run(key, kind, "running", {"label": label, **payload}, None, self.experiment)
-        started = time.time()
         info(f"[bold]{kind}[/bold] {label} (log: {log_path})")
         with log_path.open("a") as log:
             log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.write(json.dumps(payload, indent=1, default=str) + "\n")
-        try:
-            result = work()
-        except BaseException:
-            with log_path.open("a") as log:
-                log.write(traceback.format_exc())
-            self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
-            raise
+        return time.time()
+
+    def failed(self, kind: str, label: str, payload: dict, error: str) -> None:
+        """Record the unit as failed, `error` (a traceback) in its log."""
+        key = self.key(kind, payload)
+        with unit_log(self.log_dir, key).open("a") as log:
+            log.write(error)
+        self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
+
+    def finish(self, kind: str, label: str, payload: dict, result: dict, started: float) -> dict:
+        """Store a computed result with its key, label, time and log; returns it."""
+        key = self.key(kind, payload)
+        log_path = unit_log(self.log_dir, key)
         result = {
             **result,
             "label": label,
@@ -174,7 +197,7 @@ def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
 
 def _evaluation_child(request: EvalRequest, log_path: str, parent: int, send) -> None:
     """The spawned child's entry: die with the parent, log to the unit's log, evaluate, send back."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     with open(log_path, "a") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -188,7 +211,7 @@ def _evaluation_child(request: EvalRequest, log_path: str, parent: int, send) ->
     send.close()
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies, so a killed `run` leaves no
     evaluation behind to write into the store after it. Elsewhere nothing is done."""
     if not sys.platform.startswith("linux"):
@@ -204,38 +227,22 @@ def _die_with_parent(parent: int) -> None:
 def evaluate_and_store(request: EvalRequest) -> dict:
     """Evaluate `request.model` on its split and store the result: what `tinystudent eval` does."""
     from tinystudent.cli import quiet_libraries
-    from tinystudent.evaluation import evaluate_model
-    from tinystudent.log import progress, stderr
-    from tinystudent.models import load_model
-    from tinystudent.tasks import normalize_split
+    from tinystudent.evaluation.save import evaluate_and_save
 
     quiet_libraries()
     data = load_task(request.task, seed=request.seed)
-    split = normalize_split(request.split)
-    examples = data.split(request.split)
-    examples = examples[: request.limit] if request.limit else examples
-    pool = data.split("train") if request.num_fewshot else None
-    with Store(Path(request.db)) as store:  # opened first: a bad database fails before any model work
-        loaded = load_model(request.model, device=request.device)
-        stderr.print(
-            f"evaluating {request.model} on {request.task}/{split}: {len(examples)} questions, "
-            f"{loaded.kind} model on {loaded.device}"
-        )
-        with progress() as bar:
-            row = bar.add_task("questions", total=len(examples), status="")
-            result = evaluate_model(
-                loaded,
-                examples,
-                request.task,
-                split,
-                request.mode,
-                request.batch_size,
-                max_input_tokens=request.max_input_tokens,
-                num_fewshot=request.num_fewshot,
-                shots_pool=pool,
-                seed=request.seed,
-                on_progress=lambda n: bar.update(row, advance=n),
-            )
-        result.settings.update({"task_origin": data.origin, "limit": request.limit, "seed": request.seed})
-        evaluation_id = store.save_evaluation(result, request.run_key)
-    return {**result.summary(), "evaluation_id": evaluation_id, "db": str(store.path)}
+    return evaluate_and_save(
+        data,
+        request.model,
+        request.task,
+        request.split,
+        Path(request.db),
+        limit=request.limit,
+        seed=request.seed,
+        mode=request.mode,
+        batch_size=request.batch_size,
+        max_input_tokens=request.max_input_tokens,
+        num_fewshot=request.num_fewshot,
+        run_key=request.run_key,
+        device=request.device,
+    )

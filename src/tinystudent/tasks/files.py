@@ -115,18 +115,7 @@ def _convert_all(
                     "for your own columns pass a column mapping (--columns question=...,choices=...,answer=...)",
                 )
             format_name, converter = found
-        ex = converter(record, where, str(path))
-        examples.append(
-            Example(
-                ex.id,
-                ex.question,
-                ex.choices,
-                ex.answer,
-                ex.context,
-                ex.rationale,
-                {"file": str(path), "where": where, "format": format_name},
-            )
-        )
+        examples.append(_with_source(converter(record, where, str(path)), path, where, format_name))
     check_examples(examples, path)
     return examples, format_name or "empty"
 
@@ -171,7 +160,8 @@ def read_file(path: Path, columns: dict[str, str] | None = None) -> tuple[list[E
     )
 
 
-def _with_source(ex: Example, path: Path, where: str, format_name: str) -> Example:
+def _with_source(ex: Example, path: Path, where: str, format_name: str | None) -> Example:
+    """`ex` with where it was read from (file, record or line, format) as its source."""
     return Example(
         ex.id,
         ex.question,

@@ -23,6 +23,7 @@ from tinystudent.tasks.schema import Example
 from tinystudent.teachers import cache
 from tinystudent.teachers.base import (
     Generation,
+    GenerationResult,
     GenerationSettings,
     ScoringUnsupported,
     Teacher,
@@ -31,7 +32,7 @@ from tinystudent.teachers.base import (
     TeacherUnavailable,
 )
 from tinystudent.teachers.cleanup import clean_text, stated_answer
-from tinystudent.teachers.prompts import build_prompt, get_strategy, render_shot
+from tinystudent.teachers.prompts import Strategy, build_prompt, get_strategy, render_shot
 
 SCORING = "choice_logprobs"
 RATIONALE_STRATEGIES = ("cot", "teacher_forcing_cot", "imported")
@@ -211,84 +212,145 @@ def teach(
     task_name = cache.task_key(task)
     cleanup = {"version": CLEANUP_VERSION, "max_rationale_tokens": max_rationale_tokens}
     summary = TeachSummary(cache.teacher_key(teacher.name), task_name, strategy, n=len(examples))
+    lesson = _Lesson(teacher, store, examples, strategy, task_name, spec, settings, cleanup, summary, on_output)
     started, calls_before = time.perf_counter(), teacher.calls
 
     budget = input_budget(teacher, max_input_tokens, max_new_tokens)
-    prompts, fulls, keys = [], [], []
-    for example in examples:
-        shots = draw_shots(example, pool, k_shots, seed) if spec.uses_shots else []
-        prompt, cut = _fitted_prompt(teacher, spec, example, shots, budget)
-        summary.truncated += cut is not None
-        full = teacher.full_prompt(prompt)
-        prompts.append(prompt)
-        fulls.append(full)
-        keys.append(
-            cache.cache_key(
-                teacher=teacher.identity,
-                backend=teacher.cache_fields(),
-                prompt=full,
-                settings=settings.cache_fields(),
-                task=task_name,
-                example=example.id,
-                strategy=strategy,
-            )
+    asked = [_ask(lesson, example, pool, k_shots, seed, budget) for example in examples]
+    outputs, missing = _outputs_from_cache(lesson, asked)
+    _generate_missing(lesson, asked, missing, outputs)
+    kept = [o for o in outputs if o is not None and (keep == "all" or o.matches_gold)]
+    return _finish(summary, kept, teacher, calls_before, started)
+
+
+@dataclass
+class _Lesson:
+    """What every question of one generating `teach` run shares."""
+
+    teacher: Teacher
+    store: Store
+    examples: Sequence[Example]
+    strategy: str
+    task_name: str
+    spec: Strategy
+    settings: GenerationSettings
+    cleanup: dict
+    summary: TeachSummary
+    on_output: OnOutput | None
+
+    def count(self, kind: str, output: TeacherOutput | None, error: str | None = None) -> None:
+        self.summary._count(kind, output, error, on_output=self.on_output)
+
+    def output(self, i: int, key: str, raw: str, extra: dict) -> TeacherOutput:
+        """Question `i`'s output from the teacher's `raw` text, cleaned as this run cleans."""
+        return _make_output(
+            self.teacher,
+            self.examples[i],
+            self.strategy,
+            self.task_name,
+            key,
+            raw,
+            self.cleanup,
+            self.spec.writes_rationale,
+            extra,
         )
-    found = cache.fetch(store, keys)
-    outputs: list[TeacherOutput | None] = [None] * len(examples)
+
+
+@dataclass
+class _Asked:
+    """One question as the teacher is asked it: the prompt, the whole prompt it sees (chat
+    template applied) and the output's cache key."""
+
+    prompt: str
+    full: str
+    key: str
+
+
+def _ask(lesson: _Lesson, example: Example, pool: list[Example], k_shots: int, seed: int, budget: int | None) -> _Asked:
+    """Build one question's prompt (fitted to `budget`) and its cache key; counts a cut prompt."""
+    teacher = lesson.teacher
+    shots = draw_shots(example, pool, k_shots, seed) if lesson.spec.uses_shots else []
+    prompt, cut = _fitted_prompt(teacher, lesson.spec, example, shots, budget)
+    lesson.summary.truncated += cut is not None
+    full = teacher.full_prompt(prompt)
+    key = cache.cache_key(
+        teacher=teacher.identity,
+        backend=teacher.cache_fields(),
+        prompt=full,
+        settings=lesson.settings.cache_fields(),
+        task=lesson.task_name,
+        example=example.id,
+        strategy=lesson.strategy,
+    )
+    return _Asked(prompt, full, key)
+
+
+def _outputs_from_cache(lesson: _Lesson, asked: list[_Asked]) -> tuple[list[TeacherOutput | None], list[int]]:
+    """The cached outputs (None where there is none) and the positions of the questions without one."""
+    found = cache.fetch(lesson.store, [a.key for a in asked])
+    outputs: list[TeacherOutput | None] = [None] * len(asked)
     missing = []
-    for i, key in enumerate(keys):
-        if key not in found:
+    for i, question in enumerate(asked):
+        if question.key not in found:
             missing.append(i)
             continue
-        output = cache.to_output(found[key])
-        if output.meta.get("cleanup") != cleanup and "raw" in output.meta:  # re-clean, no model call
-            output = _make_output(
-                teacher,
-                examples[i],
-                strategy,
-                task_name,
-                key,
-                output.meta["raw"],
-                cleanup,
-                spec.writes_rationale,
-                {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")},
-            )
-            cache.update_text(store, output)
+        output = _cleaned_again(lesson, i, question.key, cache.to_output(found[question.key]))
         outputs[i] = output
-        summary._count("cached", output, on_output=on_output)
+        lesson.count("cached", output)
+    return outputs, missing
 
-    seeds = [_prompt_seed(seed, fulls[i]) for i in missing]
+
+def _cleaned_again(lesson: _Lesson, i: int, key: str, output: TeacherOutput) -> TeacherOutput:
+    """A cached output cleaned by other clean-up settings, cleaned again from its raw text (no
+    model call) and updated in the cache; otherwise the output as it is."""
+    if output.meta.get("cleanup") == lesson.cleanup or "raw" not in output.meta:
+        return output
+    extra = {k: v for k, v in output.meta.items() if k not in ("raw", "cleanup")}
+    output = lesson.output(i, key, output.meta["raw"], extra)
+    cache.update_text(lesson.store, output)
+    return output
+
+
+def _generate_missing(
+    lesson: _Lesson, asked: list[_Asked], missing: list[int], outputs: list[TeacherOutput | None]
+) -> None:
+    """Ask the teacher the `missing` questions, caching each output as it arrives."""
+    summary = lesson.summary
+    seeds = [_prompt_seed(lesson.settings.seed, asked[i].full) for i in missing]
     try:
-        results = teacher.generate([prompts[i] for i in missing], settings, seeds)
+        results = lesson.teacher.generate([asked[i].prompt for i in missing], lesson.settings, seeds)
         for position, result in results:
             i = missing[position]
-            if isinstance(result, TeacherError):
-                summary._count("failed", None, f"{examples[i].id}: {result}", on_output=on_output)
-                continue
-            if not result.text.strip():  # not cached: the next run asks again
-                summary._count("failed", None, f"{examples[i].id}: the teacher's output was empty", on_output=on_output)
-                continue
-            output = _make_output(
-                teacher,
-                examples[i],
-                strategy,
-                task_name,
-                keys[i],
-                result.text,
-                cleanup,
-                spec.writes_rationale,
-                _generation_meta(result, settings),
-            )
-            cache.save(store, output, fulls[i])
-            outputs[i] = output
-            summary._count("generated", output, on_output=on_output)
+            outputs[i] = _store_generated(lesson, i, asked[i], result)
     except TeacherUnavailable as err:
         raise TeacherUnavailable(
             f"{err}. {summary.generated} new output(s) were saved before it stopped "
             f"({summary.cached} were cached already); run the same command again "
             "to resume"
         ) from err
-    summary.outputs = [o for o in outputs if o is not None and (keep == "all" or o.matches_gold)]
+
+
+def _store_generated(lesson: _Lesson, i: int, asked: _Asked, result: GenerationResult) -> TeacherOutput | None:
+    """Question `i`'s new output, cached; None (counted as failed, not cached) for an error or an
+    empty text, so the next run asks again."""
+    example_id = lesson.examples[i].id
+    if isinstance(result, TeacherError):
+        lesson.count("failed", None, f"{example_id}: {result}")
+        return None
+    if not result.text.strip():
+        lesson.count("failed", None, f"{example_id}: the teacher's output was empty")
+        return None
+    output = lesson.output(i, asked.key, result.text, _generation_meta(result, lesson.settings))
+    cache.save(lesson.store, output, asked.full)
+    lesson.count("generated", output)
+    return output
+
+
+def _finish(
+    summary: TeachSummary, kept: list[TeacherOutput], teacher: Teacher, calls_before: int, started: float
+) -> TeachSummary:
+    """Fill in the kept outputs, the model calls made since `calls_before` and the seconds since `started`."""
+    summary.outputs = kept
     summary.kept = len(summary.outputs)
     summary.model_calls = teacher.calls - calls_before
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -373,11 +435,7 @@ def _score(
             f"{err}. {summary.generated} new score(s) were saved before it stopped; "
             "run the same command again to resume"
         ) from err
-    summary.outputs = [o for o in outputs if o is not None]
-    summary.kept = len(summary.outputs)
-    summary.model_calls = teacher.calls - calls_before
-    summary.seconds = round(time.perf_counter() - started, 3)
-    return summary
+    return _finish(summary, [o for o in outputs if o is not None], teacher, calls_before, started)
 
 
 def _fitted_examples(
