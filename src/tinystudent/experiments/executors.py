@@ -83,15 +83,15 @@ class LocalPool:
         ready = wait([r.answer for r in self.running.values()])  # type: ignore[misc]
         done = next(r for r in self.running.values() if r.answer in ready)
         try:
-            kind, value = done.answer.recv()  # type: ignore[attr-defined]
+            tag, value = done.answer.recv()  # type: ignore[attr-defined]
         except EOFError:
-            kind, value = "died", None
+            tag, value = "died", None
         done.answer.close()  # type: ignore[attr-defined]
         done.process.join()
         del self.running[done.unit.key]
-        if kind == "died":
+        if tag == "died":
             return done, None, None
-        return (done, value, None) if kind == "result" else (done, None, value)
+        return (done, value, None) if tag == "result" else (done, None, value)
 
     def stop(self) -> None:
         """End every running worker (their units resume from their checkpoints next time)."""

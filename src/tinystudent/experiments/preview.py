@@ -107,11 +107,12 @@ def training_runs(experiment: Experiment) -> int:
 
 def describe(preview: PlanPreview, device: str) -> list[str]:
     """The preview as lines of text: counts per kind, the critical path, the estimated hours."""
-    kinds = list(dict.fromkeys(unit.kind for unit in preview.units))
+    by_kind: dict[str, list[UnitSpec]] = {}
+    for unit in preview.units:
+        by_kind.setdefault(unit.kind, []).append(unit)
     hours = "GPU-hours" if device.startswith("cuda") else "device-hours (GPU-hours on a GPU)"
     lines = [f"{'unit kind':<14}{'planned':>8}{'done':>6}{'left':>6}{'each':>10}  estimate"]
-    for kind in kinds:
-        planned = [unit for unit in preview.units if unit.kind == kind]
+    for kind, planned in by_kind.items():
         done = sum(unit.key in preview.done for unit in planned)
         source = "measured" if kind in preview.measured else "default"
         each = _duration(preview.seconds.get(kind, 600.0))
@@ -119,7 +120,7 @@ def describe(preview: PlanPreview, device: str) -> list[str]:
     left = preview.left
     total = sum(preview.cost(unit) for unit in left)
     path = preview.critical_path()
-    trained = sum(unit.kind == "train" for unit in preview.units)
+    trained = len(by_kind.get("train", []))
     lines += [
         f"{len(left)} of {len(preview.units)} units left: about {total / 3600:.2f} {hours} one after another",
         f"critical path ({len(path)} units, {_duration(sum(preview.cost(u) for u in path))}): "
