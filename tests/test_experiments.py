@@ -265,11 +265,36 @@ def processes_using(path) -> dict[int, str]:
                     cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
                 with open(f"/proc/{entry}/stat") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
-                held = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+                held = open_files(entry)
             except OSError:
                 continue
             if state != "Z" and (str(path) in cmdline or any(h.startswith(str(path)) for h in held)):
                 found[int(entry)] = cmdline
+    return found
+
+
+def open_files(pid: str) -> list[str]:
+    """What process `pid` holds open; a file it closes while it is read is left out (a process
+    importing modules opens and closes files all the time)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return held
+
+
+def processes_holding(path) -> set[int]:
+    """Live processes that hold `path` open."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if str(path) in open_files(entry):
+                    found.add(int(entry))
+            except OSError:
+                continue
     return found
 
 
@@ -391,9 +416,11 @@ def test_an_evaluation_dies_with_the_process_that_started_it(tmp_path, tiny_caus
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, "-c", script], env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and parent.poll() is None and not set(processes_using(log)) - {parent.pid}:
+    # The child is known by the log it holds open: between fork and exec a starting process still
+    # shows its parent's command line, which names the log, and would be taken for the child.
+    while time.time() < deadline and parent.poll() is None and not set(processes_holding(log)) - {parent.pid}:
         time.sleep(0.02)
-    children = set(processes_using(log)) - {parent.pid}
+    children = set(processes_holding(log)) - {parent.pid}
     assert children, "the evaluation child never started"
     parent.kill()
     parent.wait()
