@@ -320,7 +320,7 @@ def _is_main() -> bool:
 def _run(student, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart):
     from tinystudent.distill import train_student
 
-    if not _is_main():
+    def run(**progress_kwargs):
         return train_student(
             student,
             train,
@@ -333,7 +333,11 @@ def _run(student, train, valid, config, out, rationales, scores, teacher, task, 
             task=task,
             test_examples=test_examples,
             resume=not restart,
+            **progress_kwargs,
         )
+
+    if not _is_main():
+        return run()
     with progress() as bar:
         row = bar.add_task("training", total=None, status="")
 
@@ -345,20 +349,7 @@ def _run(student, train, valid, config, out, rationales, scores, teacher, task, 
                 shown += f" | valid acc {valid_acc[0]:.4f}"
             bar.update(row, completed=step["step"], total=step["total_steps"], status=shown)
 
-        return train_student(
-            student,
-            train,
-            valid,
-            config,
-            out,
-            rationales=rationales or None,
-            choice_logprobs=scores or None,
-            teacher=teacher,
-            task=task,
-            test_examples=test_examples,
-            resume=not restart,
-            on_step=advance,
-        )
+        return run(on_step=advance)
 
 
 def print_result(summary: dict) -> None:
