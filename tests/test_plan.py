@@ -374,7 +374,9 @@ def test_the_plan_preview_counts_what_is_left_and_its_critical_path(tmp_path, mo
     assert path and all(later.needs and earlier.key in later.needs for earlier, later in zip(path, path[1:]))
     assert all(before.cost(u) == DEFAULT_SECONDS[u.kind] for u in before.units)
     assert sum(before.cost(u) for u in path) >= max(before.cost(u) for u in before.left)
-    assert describe(before, "cpu")[0].startswith("unit kind")
+    lines = describe(before, study())
+    assert lines[0] == "executor: local" and lines[1].startswith("unit kind")
+    assert any(line.startswith("train") and line.endswith("1 CPU, 0 GPU") for line in lines)
 
     monkeypatch.setattr(runner, "load_study_data", lambda experiment: toy_data())
     monkeypatch.setattr(runner, "answers_of", lambda store, evaluation_id: answers(evaluation_id))

@@ -57,7 +57,9 @@ def friendly_errors(fn):
             raise  # a command's own exit code (a RuntimeError to click), not an error to report
         except (TaskFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            stderr.print(f"[red]error:[/red] {redact(message)}")
+            from rich.markup import escape
+
+            stderr.print(f"[red]error:[/red] {escape(redact(message))}")  # brackets in it are text
             raise typer.Exit(2) from None
 
     return wrapper

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -127,15 +128,15 @@ def versions() -> dict:
 LOCK_TIMEOUT_S = 60.0
 
 
-def _prepare(db: sqlite3.Connection) -> None:
-    """WAL mode and the schema. SQLite answers "database is locked" at once, without waiting on
-    its busy timeout, when two connections switch a new file to WAL together; so retry until the
-    timeout instead of failing the second writer."""
+def _prepare(db: sqlite3.Connection, journal: str = "wal") -> None:
+    """The journal mode and the schema. SQLite answers "database is locked" at once, without
+    waiting on its busy timeout, when two connections switch a new file to WAL together; so retry
+    until the timeout instead of failing the second writer."""
     deadline = time.monotonic() + LOCK_TIMEOUT_S
     while True:
         try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != journal:
+                db.execute(f"PRAGMA journal_mode={journal.upper()}")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(SCHEMA)
@@ -147,9 +148,13 @@ def _prepare(db: sqlite3.Connection) -> None:
 
 
 class Store:
-    """A connection to the results database. Use as a context manager or call `close()`."""
+    """A connection to the results database. Use as a context manager or call `close()`.
 
-    def __init__(self, path: str | Path | None = None):
+    `journal="delete"` is for a database on a network file system, which has none of the shared
+    memory WAL mode needs; such a file must be opened by one process at a time
+    (`experiments.executors.unit_store`)."""
+
+    def __init__(self, path: str | Path | None = None, journal: Literal["wal", "delete"] = "wal"):
         self.path = Path(path) if path else default_db_path()
         if self.path.is_dir():
             raise ValueError(f"{self.path}: is a folder; the results database is a file (--db results.sqlite)")
@@ -157,7 +162,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            _prepare(self.db)
+            _prepare(self.db, journal)
         except sqlite3.DatabaseError as err:  # also OperationalError: cannot open, read-only
             raise ValueError(
                 f"{self.path}: cannot be used as the results database ({err}); give --db a "

@@ -50,12 +50,20 @@ def run_command(
         "the critical path, estimated hours from earlier units' measured times) and run nothing.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (verdict, runs, report) on stdout."),
-    jobs: int = typer.Option(
-        1,
+    jobs: Optional[int] = typer.Option(
+        None,
         "--jobs",
         min=1,
-        help="Units run at the same time, each in its own process (one GPU each on a machine with "
-        "several); the CPU threads are shared among them.",
+        help="With the local executor: units run at the same time, each in its own process (one GPU "
+        "each on a machine with several); the CPU threads are shared among them. Default: the "
+        "experiment's executor.jobs (1).",
+    ),
+    executor: Optional[str] = typer.Option(
+        None,
+        "--executor",
+        help="Where units run: local (this machine), ray (Ray tasks; pip install 'tinystudent[ray]') "
+        "or slurm (SLURM jobs through submitit; pip install 'tinystudent[slurm]'). Default: the "
+        "experiment's executor.kind (local).",
     ),
 ) -> None:
     """Run a whole study: measure teachers, get rationales, train every student x method x seed,
@@ -63,7 +71,9 @@ def run_command(
     quiet_libraries()
     from tinystudent.experiments.config import load_experiment
 
-    spec = load_experiment(experiment_path(experiment), overrides or [])
+    chosen = [f"executor.kind={executor}"] if executor is not None else []
+    chosen += [f"executor.jobs={jobs}"] if jobs is not None else []
+    spec = load_experiment(experiment_path(experiment), [*(overrides or []), *chosen])
     plan = sum(len(spec.methods_of(s).finetune) * len(spec.methods_of(s).objectives) for s in spec.students) * len(
         spec.seeds
     )
@@ -87,7 +97,7 @@ def run_command(
     from tinystudent.store import Store
 
     with Store(db) as store:
-        study = run_experiment(spec, store, out, jobs)
+        study = run_experiment(spec, store, out)
     paths = render_report(study, out / "report")
     stderr.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
     if as_json:
@@ -108,7 +118,10 @@ def run_command(
 
 def print_plan(spec, db: Optional[Path], as_json: bool) -> None:
     """The study's plan, replayed against the database when it exists (never created here)."""
+    from dataclasses import asdict
+
     from tinystudent.experiments.data import load_study_data
+    from tinystudent.experiments.executors.resources import unit_resources
     from tinystudent.experiments.preview import describe, preview_plan
     from tinystudent.store import Store
 
@@ -121,13 +134,20 @@ def print_plan(spec, db: Optional[Path], as_json: bool) -> None:
             store.close()
     if as_json:
         units = [
-            {"kind": u.kind, "name": u.name, "key": u.key, "needs": list(u.needs), "done": u.key in preview.done}
+            {
+                "kind": u.kind,
+                "name": u.name,
+                "key": u.key,
+                "needs": list(u.needs),
+                "done": u.key in preview.done,
+                "asks_for": asdict(unit_resources(u, spec)),
+            }
             for u in preview.units
         ]
         path_keys = [u.key for u in preview.critical_path()]
         emit_json({"experiment": spec.name, "units": units, "critical_path": path_keys, "seconds": preview.seconds})
         return
-    for line in describe(preview, spec.device):
+    for line in describe(preview, spec):
         stdout.print(line)
 
 

@@ -332,6 +332,81 @@ class SearchSpec(Strict):
         return objective
 
 
+UNIT_KINDS = (
+    "teacher_eval",
+    "teach",
+    "import",
+    "cut",
+    "recover",
+    "student",
+    "student_eval",
+    "train",
+    "debate",
+    "ensemble",
+    "mutual",
+)
+
+
+class ResourceSpec(Strict):
+    """What one unit asks its executor for. None: the executor's default (see
+    `experiments.executors.resources`)."""
+
+    cpus: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=0)
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class RaySpec(Strict):
+    """Where the Ray executor sends units: `address` of a running cluster (`auto`, or
+    `ray://head:10001`), or None to start a local one with `num_cpus` (default: all) and `num_gpus`."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: int | None = Field(None, ge=0)
+
+
+class SlurmSpec(Strict):
+    """How the SLURM executor submits units through submitit.
+
+    `folder` holds submitit's job files and logs (default: `<results folder>/slurm`); it and the
+    results folder must be on a file system every node sees. `cluster`: `slurm`, `local` (the same
+    jobs as local processes, for trying a config), or None to detect. `additional` passes sbatch
+    options submitit has no name for (e.g. `{account: myproject, qos: high}`)."""
+
+    folder: str | None = None
+    cluster: Literal["slurm", "local"] | None = None
+    partition: str | None = None
+    time_minutes: int = Field(240, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    max_requeues: int = Field(3, ge=0)
+    poll_seconds: float = Field(5.0, gt=0)
+    additional: dict[str, str | int | float | bool] = {}
+
+
+class ExecutorSpec(Strict):
+    """Where the units of a study run (`tinystudent run --executor`).
+
+    `local`: on this machine, `jobs` at a time (each in its own process when more than one).
+    `ray`: as Ray tasks on a cluster (`ray`). `slurm`: as SLURM jobs through submitit (`slurm`).
+    `resources` declares what each kind of unit needs (`default` for every kind not named)."""
+
+    kind: Literal["local", "ray", "slurm"] = "local"
+    jobs: int = Field(1, ge=1)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    resources: dict[str, ResourceSpec] = {}
+
+    @field_validator("resources")
+    @classmethod
+    def _known_kinds(cls, resources: dict[str, ResourceSpec]) -> dict[str, ResourceSpec]:
+        unknown = sorted(set(resources) - {*UNIT_KINDS, "default"})
+        if unknown:
+            raise ValueError(f"executor.resources: {unknown} are not unit kinds ({', '.join(UNIT_KINDS)}, default)")
+        return resources
+
+
 class Experiment(Strict):
     name: SafeName
     task: TaskSpec
@@ -346,6 +421,7 @@ class Experiment(Strict):
     mlflow: bool | str = False  # true: a file store in the results folder; or a tracking URI
     eval_batch_size: int = Field(16, ge=1)
     device: str = "auto"
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     @model_validator(mode="after")
     def _names_line_up(self):

@@ -105,18 +105,23 @@ def training_runs(experiment: Experiment) -> int:
     return per_seed * len(experiment.seeds)
 
 
-def describe(preview: PlanPreview, device: str) -> list[str]:
-    """The preview as lines of text: counts per kind, the critical path, the estimated hours."""
+def describe(preview: PlanPreview, experiment: Experiment) -> list[str]:
+    """The preview as lines of text: counts per kind (with what each unit asks its executor for),
+    the critical path, the estimated hours."""
     by_kind: dict[str, list[UnitSpec]] = {}
     for unit in preview.units:
         by_kind.setdefault(unit.kind, []).append(unit)
-    hours = "GPU-hours" if device.startswith("cuda") else "device-hours (GPU-hours on a GPU)"
-    lines = [f"{'unit kind':<14}{'planned':>8}{'done':>6}{'left':>6}{'each':>10}  estimate"]
+    hours = "GPU-hours" if experiment.device.startswith("cuda") else "device-hours (GPU-hours on a GPU)"
+    lines = [
+        f"executor: {experiment.executor.kind}",
+        f"{'unit kind':<14}{'planned':>8}{'done':>6}{'left':>6}{'each':>10}  {'estimate':<10}asks for",
+    ]
     for kind, planned in by_kind.items():
         done = sum(unit.key in preview.done for unit in planned)
         source = "measured" if kind in preview.measured else "default"
         each = _duration(preview.seconds.get(kind, 600.0))
-        lines.append(f"{kind:<14}{len(planned):>8}{done:>6}{len(planned) - done:>6}{each:>10}  {source}")
+        asks = asked_for(planned[0], experiment)
+        lines.append(f"{kind:<14}{len(planned):>8}{done:>6}{len(planned) - done:>6}{each:>10}  {source:<10}{asks}")
     left = preview.left
     total = sum(preview.cost(unit) for unit in left)
     path = preview.critical_path()
@@ -132,6 +137,17 @@ def describe(preview: PlanPreview, device: str) -> list[str]:
             "the units they depend on have run (a student's kind, a teacher's best mode, the search)"
         )
     return lines
+
+
+def asked_for(unit: UnitSpec, experiment: Experiment) -> str:
+    """What a unit asks its executor for, in words."""
+    from tinystudent.experiments.executors.resources import IN_DRIVER, unit_resources
+
+    if unit.kind in IN_DRIVER:
+        return "runs in the driver"
+    resources = unit_resources(unit, experiment)
+    memory = f", {resources.memory_gb:g} GB" if resources.memory_gb is not None else ""
+    return f"{resources.cpus} CPU, {resources.gpus} GPU{memory}"
 
 
 def _duration(seconds: float) -> str:

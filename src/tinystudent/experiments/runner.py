@@ -18,7 +18,7 @@ from tinystudent.experiments.stages import collaboration, students, teachers, tr
 from tinystudent.experiments.stages.common import StageContext
 from tinystudent.experiments.study import answers_of, build_study
 from tinystudent.experiments.units import UnitRunner, UnitSpec
-from tinystudent.log import info
+from tinystudent.log import info, warn
 from tinystudent.store import Store
 
 WORK = {
@@ -39,8 +39,8 @@ WORK = {
 class ExperimentRunner:
     """Runs one experiment's plan; `run()` returns the study dict the report renders."""
 
-    def __init__(self, experiment: Experiment, store: Store, out_dir: Path, jobs: int = 1):
-        self.experiment, self.store, self.out_dir, self.jobs = experiment, store, Path(out_dir), jobs
+    def __init__(self, experiment: Experiment, store: Store, out_dir: Path):
+        self.experiment, self.store, self.out_dir = experiment, store, Path(out_dir)
         self.units = UnitRunner(store, experiment.name, self.out_dir / "logs")
         self.data: StudyData = load_study_data(experiment)
         self.known = Known()
@@ -65,8 +65,9 @@ class ExperimentRunner:
 
     def run_plan(self) -> Plan:
         """Run the first unit not run yet, learn what it found, plan again; until none is left."""
-        if self.jobs > 1:
-            return self.run_plan_at_once()
+        executor = self.experiment.executor
+        if executor.kind != "local" or executor.jobs > 1:
+            return self.run_plan_in_pool()
         while True:
             current = make_plan(self.experiment, self.data, self.known)
             self.say(current.notes)
@@ -75,61 +76,78 @@ class ExperimentRunner:
                 return current
             self.run_unit(pending)
 
-    def run_plan_at_once(self) -> Plan:
-        """Run every unit whose inputs are ready, up to `jobs` at once, each in its own process;
-        plan again as each finishes (`executors`)."""
-        from tinystudent.experiments.executors import LocalPool, WorkerSetup, gpu_count, worker_threads
+    def run_plan_in_pool(self) -> Plan:
+        """Run every unit whose inputs are ready at once, in the executor's pool (`executors`);
+        plan again as each finishes."""
+        from tinystudent.experiments.executors import PoolSetup, make_pool
 
-        setup = WorkerSetup(
-            self.experiment,
-            self.data,
-            str(self.store.path),
-            str(self.out_dir),
-            str(self.units.log_dir),
-            worker_threads(self.jobs),
-        )
-        pool = LocalPool(setup, self.jobs, gpu_count(self.experiment.device))
+        pool = make_pool(PoolSetup(self.experiment, self.data, self.store, self.out_dir, self.units.log_dir))
         try:
             while True:
                 current = make_plan(self.experiment, self.data, self.known)
                 self.say(current.notes)
                 pending = [u for u in current.units if u.key not in self.known.results]
-                if not pending and not pool.running:
+                if not pending and not pool.running_keys():
                     return current
                 if self.start_ready(pool, pending):
-                    continue  # a unit was read back from the store: plan again before waiting
+                    continue  # a unit was read back or run here: plan again before waiting
+                pool.submit()
                 self.collect(pool)
         finally:
             pool.stop()
 
     def start_ready(self, pool, pending: list[UnitSpec]) -> bool:
-        """Start the pending units whose inputs are ready while workers are free; True when one
-        was found done in the store instead (its result is learnt at once)."""
-        ready = [u for u in pending if u.key not in pool.running and all(k in self.known.results for k in u.needs)]
+        """Start the pending units whose inputs are ready while the pool has room; True when one
+        was found done in the store, or was run here (it reads stored results and loads no
+        model), instead: its result is learnt at once."""
+        from tinystudent.experiments.executors.resources import IN_DRIVER
+
+        running = pool.running_keys()
+        ready = [u for u in pending if u.key not in running and all(k in self.known.results for k in u.needs)]
         for unit in ready:
             stored = self.units.stored(unit.kind, unit.name, unit.payload)
             if stored is not None:
                 learn(self.known, self.store, self.data, unit, stored)
+                return True
+            if unit.kind in IN_DRIVER:
+                self.run_unit(unit)
                 return True
             if pool.free:
                 pool.start(unit, self.known, self.units.begin(unit.kind, unit.name, unit.payload))
         return False
 
     def collect(self, pool) -> None:
-        """Wait for one worker; store and learn its result, start it again if it died, or fail."""
-        from tinystudent.experiments.executors import report_death
+        """Wait for one unit; record and learn its result (with the rows a worker elsewhere wrote),
+        start it again if its worker died, or fail."""
+        from tinystudent.experiments.executors import RETRIES
 
-        running, result, error = pool.next_finished()
-        unit = running.unit
-        if result is not None:
-            result = self.units.finish(unit.kind, unit.name, unit.payload, result, running.started)
+        done = pool.next_finished()
+        unit = done.unit
+        if done.result is not None:
+            result = self.record_rows(done) if done.rows is not None else done.result
+            result = self.units.finish(unit.kind, unit.name, unit.payload, result, done.started)
             learn(self.known, self.store, self.data, unit, result)
-        elif error is None and report_death(running):
-            pool.start(unit, self.known, running.started, running.attempt + 1)
-        else:
-            self.units.failed(unit.kind, unit.name, unit.payload, error or "the worker died\n")
-            last = (error or "the worker died").strip().splitlines()[-1]
-            raise RuntimeError(f"{unit.name} failed (see {self.context.log(unit)}): {last}")
+            return
+        again = done.died and done.attempt <= RETRIES
+        if done.died:
+            warn(
+                f"the worker of {unit.name} died ({done.death})"
+                + (f"; starting it again (attempt {done.attempt + 1})" if again else "; giving up")
+            )
+        if again:
+            pool.start(unit, self.known, done.started, done.attempt + 1)
+            return
+        self.units.failed(unit.kind, unit.name, unit.payload, done.error or "the worker died\n")
+        last = (done.error or "the worker died").strip().splitlines()[-1]
+        raise RuntimeError(f"{unit.name} failed (see {self.context.log(unit)}): {last}")
+
+    def record_rows(self, done) -> dict:
+        """Write what a worker elsewhere stored into the results database; returns its result
+        with the evaluation ids it names renumbered to theirs here."""
+        from tinystudent.experiments.executors.unit_store import import_rows, renumber
+
+        ids = import_rows(self.store, done.rows)
+        return renumber(done.result, ids, done.unit_db, str(self.store.path))  # type: ignore[return-value]
 
     def run_unit(self, unit: UnitSpec) -> None:
         """Run (or read back) one unit and keep what later units and the study need of it."""
@@ -163,10 +181,10 @@ def learn(known: Known, store: Store, data: StudyData, unit: UnitSpec, result: d
             known.answers[evaluation_id] = answers_of(store, evaluation_id)
 
 
-def run_experiment(experiment: Experiment, store: Store, out_dir: Path, jobs: int = 1) -> dict:
-    """Run (or resume) `experiment`, store every number, and return the study; `jobs` > 1 runs
-    units whose inputs are ready at the same time, each in its own process."""
-    return ExperimentRunner(experiment, store, out_dir, jobs).run()
+def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
+    """Run (or resume) `experiment`, store every number, and return the study. Its `executor`
+    says where units run: one after another here, or those whose inputs are ready at once."""
+    return ExperimentRunner(experiment, store, out_dir).run()
 
 
 __all__ = ["ExperimentRunner", "Splits", "learn", "load_splits", "run_experiment"]

@@ -186,6 +186,9 @@ def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
         summary = receive.recv()
     except EOFError:
         summary = None
+    except BaseException:  # stopped from outside (a preemption, Ctrl-C): the child goes too
+        child.kill()
+        raise
     finally:
         receive.close()
         child.join()

@@ -1,12 +1,11 @@
-"""Several units of a study at once on one machine (`tinystudent run --jobs N`).
+"""Several units of a study at once on this machine (`executor: local`, `run --jobs N`).
 
-Each unit whose inputs are ready (every unit it `needs` has run) is started in a fresh process
-(multiprocessing "spawn"), up to `jobs` at a time; on a machine with several GPUs each job gets
-one of them. The driver alone records units in the results database (running, done, failed) and
-plans again as each one finishes; a worker writes only what its work writes today (its log, its
-folder, its evaluations). A worker that dies without an answer (killed, out of memory) is
-started again, up to `RETRIES` times: its unit resumes from its checkpoint. An error raised by a
-unit's work stops the run, as it does with one job.
+Each unit whose inputs are ready is started in a fresh process (multiprocessing "spawn"), up to
+`jobs` at a time, each with its share of the CPU threads; on a machine with several GPUs each
+job gets one of them. A worker writes what its work writes (its log, its folder, its
+evaluations, into the results database like any process on this machine); the driver records
+the units. A worker that dies without an answer (killed, out of memory) is started again by the
+runner, up to `RETRIES` times: its unit resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -14,17 +13,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
+from tinystudent.experiments.executors import Finished, PoolSetup
 from tinystudent.experiments.plan import Known
 from tinystudent.experiments.units import UnitSpec, die_with_parent
-from tinystudent.log import warn
-
-RETRIES = 2  # restarts of a unit whose worker died without an answer
 
 
 @dataclass(frozen=True)
@@ -51,18 +48,28 @@ class Running:
     attempt: int = 1
 
 
-@dataclass
 class LocalPool:
     """Up to `jobs` units at once, each in its own spawned process."""
 
-    setup: WorkerSetup
-    jobs: int
-    gpus: int = 0
-    running: dict[str, Running] = field(default_factory=dict)
+    def __init__(self, study: PoolSetup):
+        jobs = study.experiment.executor.jobs
+        self.setup = WorkerSetup(
+            study.experiment,
+            study.data,
+            str(study.store.path),
+            str(study.out_dir),
+            str(study.log_dir),
+            worker_threads(jobs),
+        )
+        self.jobs, self.gpus = jobs, gpu_count(study.experiment.device)
+        self.running: dict[str, Running] = {}
 
     @property
     def free(self) -> int:
         return self.jobs - len(self.running)
+
+    def running_keys(self) -> set[str]:
+        return set(self.running)
 
     def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1) -> None:
         """Start `unit` in a new worker, on a GPU no other running unit holds when there are GPUs."""
@@ -75,9 +82,11 @@ class LocalPool:
         send.close()  # the worker holds the only sending end: its exit ends recv
         self.running[unit.key] = Running(unit, worker, receive, gpu, started, attempt)
 
-    def next_finished(self) -> tuple[Running, dict | None, str | None]:
-        """Wait for a worker to finish: (its unit, the result or None, the error or None). A
-        worker that died without an answer gives neither."""
+    def submit(self) -> None:
+        """Nothing to do: `start` started the worker."""
+
+    def next_finished(self) -> Finished:
+        """Wait for a worker to finish: its result or error, or neither when it died."""
         if not self.running:
             raise RuntimeError("no unit of the plan can start: each waits for a unit that has not run")
         ready = wait([r.answer for r in self.running.values()])  # type: ignore[misc]
@@ -89,9 +98,12 @@ class LocalPool:
         done.answer.close()  # type: ignore[attr-defined]
         done.process.join()
         del self.running[done.unit.key]
-        if tag == "died":
-            return done, None, None
-        return (done, value, None) if tag == "result" else (done, None, value)
+        finished = Finished(done.unit, done.started, done.attempt, death=f"exit code {done.process.exitcode}")
+        if tag == "result":
+            finished.result = value
+        elif tag == "error":
+            finished.error = value
+        return finished
 
     def stop(self) -> None:
         """End every running worker (their units resume from their checkpoints next time)."""
@@ -138,14 +150,3 @@ def worker_threads(jobs: int) -> int:
     from tinystudent.threads import configure_threads
 
     return max(1, configure_threads() // jobs)
-
-
-def report_death(running: Running) -> bool:
-    """Say a worker died; True when its unit gets another attempt."""
-    code = running.process.exitcode
-    again = running.attempt <= RETRIES
-    warn(
-        f"the worker of {running.unit.name} died (exit code {code})"
-        + (f"; starting it again (attempt {running.attempt + 1})" if again else "; giving up")
-    )
-    return again
