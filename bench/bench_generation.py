@@ -1,12 +1,14 @@
-"""Teacher generation throughput: local batched vs one prompt at a time, and over HTTP against
-`tinystudent serve` with concurrent vs sequential requests.
+"""Teacher generation throughput against transformers' `generate` on all prompts in one batch
+(the baseline): our local backend one prompt at a time and in batches, llama.cpp on the model's
+GGUF file (when llama-cpp-python is installed: `pip install 'tinystudent[llamacpp]'`), and over
+HTTP against `tinystudent serve` with concurrent vs sequential requests.
 
 Every configuration generates greedily for the same chain-of-thought prompts (ARC questions) in one
-process; the baseline is the local backend with one prompt at a time. Prints generated tokens per
-second, the ratio to the baseline, and how often each configuration wrote the same text as the
-baseline (batching changes float rounding, which can flip a near-tie between two tokens).
+process. Prints generated tokens per second, the ratio to the baseline, and how often each
+configuration wrote the same text as the baseline (batching changes float rounding, which can flip
+a near-tie between two tokens; llama.cpp computes in the file's quantised form).
 
-    .venv/bin/python bench/bench_generation.py --model HuggingFaceTB/SmolLM2-135M-Instruct --n 16
+    .venv/bin/python bench/bench_generation.py --n 64 --max-new-tokens 48 --skip-http
 """
 
 from __future__ import annotations
@@ -77,6 +79,48 @@ def run(teacher, prompts: list[str], settings: GenerationSettings) -> tuple[floa
     return time.perf_counter() - started, tokens, texts
 
 
+def hf_generate_one_batch(loaded, prompts: list[str], max_new_tokens: int) -> tuple[float, int, list[str]]:
+    """transformers' `generate`, greedy, on every prompt at once (left-padded): seconds, generated
+    tokens and texts. The prompts are wrapped as our local backend wraps them."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    texts = [LocalTeacher(loaded).full_prompt(p) for p in prompts]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(loaded.device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    seconds = time.perf_counter() - started
+    new = out[:, batch["input_ids"].shape[1] :]
+    ends = [tokenizer.eos_token_id, tokenizer.pad_token_id]
+    lengths = [next((i + 1 for i, t in enumerate(row.tolist()) if t in ends), len(row)) for row in new]
+    decoded = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(new, lengths)]
+    return seconds, sum(lengths), decoded
+
+
+def llama_cpp_teacher(model: str):
+    """Our llama.cpp backend on the model's GGUF file, or None when it cannot run here (said why)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama.cpp: skipped, llama-cpp-python is not installed (pip install 'tinystudent[llamacpp]')")
+        return None
+    from tinystudent.models.loading import gguf_file
+    from tinystudent.teachers.llamacpp import LlamaCppTeacher
+
+    try:
+        path, identity = gguf_file(model)
+    except FileNotFoundError as error:
+        print(f"llama.cpp: skipped, {error}")
+        return None
+    return LlamaCppTeacher(path, identity)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -100,14 +144,20 @@ def main() -> None:
     run(LocalTeacher(loaded, batch_size=2), prompts[:2], GenerationSettings(max_new_tokens=2))  # warm-up
 
     rows = []
-    baseline = run(LocalTeacher(loaded, batch_size=1), prompts, settings)
-    rows.append(("local, one prompt at a time (baseline)", baseline))
+    baseline = hf_generate_one_batch(loaded, prompts, args.max_new_tokens)
+    rows.append((f"transformers generate, one batch of {len(prompts)} (baseline)", baseline))
+    rows.append(("local, one prompt at a time", run(LocalTeacher(loaded, batch_size=1), prompts, settings)))
     rows.append(
         (
             f"local, batches of {args.batch_size}",
             run(LocalTeacher(loaded, batch_size=args.batch_size), prompts, settings),
         )
     )
+    llama = llama_cpp_teacher(args.model)
+    if llama is not None:
+        run(llama, prompts[:1], GenerationSettings(max_new_tokens=2))  # warm-up
+        rows.append((f"llama.cpp on {Path(llama.name).name}, one at a time", run(llama, prompts, settings)))
+        llama.close()
     if not args.skip_http:
         log = Path(tempfile.mkdtemp()) / "serve.log"
         device = str(loaded.device)

@@ -101,35 +101,27 @@ def same_as_reference(reference, result: dict, db: Path) -> None:
 
 
 @pytest.mark.slow
-def test_jobs_run_ready_units_at_once_with_the_same_verdict_and_predictions(reference):
-    folder = reference[0]
-    started = time.time()
-    result, _ = finish(run_study(folder, "jobs2", "--jobs", "2"))
-    two_s = time.time() - started
-    same_as_reference(reference, result, folder / "jobs2.sqlite")
-    spans = sorted(unit_spans(folder / "jobs2.sqlite"))
-    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two units ran at once"
-    print(f"--jobs 1: {reference[3]:.1f} s, --jobs 2: {two_s:.1f} s, ratio {reference[3] / two_s:.2f}x")
-
-
-@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the workers")
-def test_a_killed_worker_reruns_its_unit_and_nothing_is_lost_or_duplicated(reference):
+def test_jobs_run_units_at_once_and_a_killed_workers_unit_reruns_with_nothing_lost_or_duplicated(reference):
+    """`--jobs 2`: two units run at the same time; a worker killed in the middle of a unit (while
+    its evaluation runs) is replaced and the unit runs again; the study is the same as one job's."""
     folder = reference[0]
-    db = folder / "killed.sqlite"
-    run = run_study(folder, "killed", "--jobs", "2")
+    db = folder / "jobs2.sqlite"
+    run = run_study(folder, "jobs2", "--jobs", "2")
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and run.poll() is None:
         workers = [pid for pid, line in processes_with_parent(run.pid).items() if "multiprocessing" in line]
-        training = [pid for pid in workers if any(p for p in processes_with_parent(pid))] or workers
-        if workers and done_units(db):  # some units done: the workers now are in the middle of others
-            killed = training[0]
+        evaluating = [pid for pid in workers if processes_with_parent(pid)]  # in the middle of a unit
+        if evaluating and done_units(db):
+            killed = evaluating[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     result, stderr = finish(run)
     assert killed is not None and "died" in stderr and "starting it again" in stderr
     same_as_reference(reference, result, db)
+    spans = sorted(unit_spans(db))
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two units ran at once"
     with sqlite3.connect(db) as conn:
         twice = conn.execute(
             "SELECT run_key, COUNT(*) FROM evaluations WHERE run_key IS NOT NULL GROUP BY run_key HAVING COUNT(*) > 1"
@@ -226,7 +218,8 @@ def test_a_workers_rows_reach_the_results_database_once_with_their_ids_renumbere
         results.save_evaluation(an_evaluation("killed attempt", 0.0), "train:1")
         cache.save(results, an_output("k1", "cached before"), "prompt")
         cache.save(results, an_output("k2", "cleaned before"), "prompt")
-        seed = seed_rows(results, "toy")
+        seed = seed_rows(results, "toy", "teach")
+        assert seed_rows(results, "toy", "train")["teacher_outputs"] == []  # it asks no teacher
     assert [r["cache_key"] for r in seed["teacher_outputs"]] == ["k1", "k2"]
 
     unit_db = tmp_path / "unit" / "unit.sqlite"

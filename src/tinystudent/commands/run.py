@@ -86,9 +86,11 @@ def run_command(
         print_plan(spec, db, as_json)
         return
     if check:
+        from tinystudent.experiments.executors import check_engine
         from tinystudent.store import Store
 
         Store.check_path(db)
+        check_engine(spec.executor.kind)
         if as_json:
             emit_json({"experiment": spec.name, "valid": True, "training_runs": plan})
         return

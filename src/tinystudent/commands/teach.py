@@ -29,7 +29,18 @@ def _servers(base_url: Optional[list[str]]) -> str | list[str] | None:
 
 
 def _teacher_settings(
-    base_url, batch_size, device, dtype, chat, trust_remote_code, endpoint, concurrency, timeout, max_retries, identity
+    base_url,
+    batch_size,
+    device,
+    dtype,
+    chat,
+    trust_remote_code,
+    endpoint,
+    concurrency,
+    timeout,
+    max_retries,
+    identity,
+    engine="transformers",
 ) -> dict:
     if base_url:
         settings = {
@@ -46,6 +57,7 @@ def _teacher_settings(
             "batch_size": batch_size,
             "chat": chat,
             "trust_remote_code": trust_remote_code,
+            "engine": engine,
         }
     return settings
 
@@ -103,6 +115,10 @@ def teach_command(
     chat: Optional[bool] = typer.Option(
         None, "--chat/--no-chat", help="Use the chat template [default: when the tokenizer has one] (local teachers)."
     ),
+    engine: str = typer.Option(
+        "transformers",
+        help="transformers, or llamacpp for a GGUF teacher (pip install 'tinystudent[llamacpp]'; local teachers).",
+    ),
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
     split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
     db: Optional[Path] = typer.Option(
@@ -133,6 +149,7 @@ def teach_command(
         timeout,
         max_retries,
         identity,
+        engine,
     )
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
         backend = make_teacher(teacher, servers, api_key_env, **settings)

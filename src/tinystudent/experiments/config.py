@@ -156,6 +156,7 @@ class TeacherSpec(Strict):
     teach_limit: int | None = Field(None, ge=1)  # rationales for the first N training questions
     choice_limit: int | None = Field(None, ge=1)  # yes/no (choice) probabilities for the first N
     batch_size: int = Field(16, ge=1)  # prompts per generation batch of a local teacher
+    engine: Literal["transformers", "llamacpp"] = "transformers"  # llamacpp: a GGUF teacher's rationales
     rationales: ImportSpec | None = None
     reported_acc: float | None = Field(None, ge=0, le=1)
     reported_source: str | None = None

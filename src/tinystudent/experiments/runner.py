@@ -112,8 +112,9 @@ class ExperimentRunner:
             if unit.kind in IN_DRIVER:
                 self.run_unit(unit)
                 return True
-            if pool.free:
-                pool.start(unit, self.known, self.units.begin(unit.kind, unit.name, unit.payload))
+        for unit in ready[: pool.free]:
+            at_once = len(running) + min(len(ready), pool.free)
+            pool.start(unit, self.known, self.units.begin(unit.kind, unit.name, unit.payload), at_once=at_once)
         return False
 
     def collect(self, pool) -> None:
@@ -135,7 +136,7 @@ class ExperimentRunner:
                 + (f"; starting it again (attempt {done.attempt + 1})" if again else "; giving up")
             )
         if again:
-            pool.start(unit, self.known, done.started, done.attempt + 1)
+            pool.start(unit, self.known, done.started, done.attempt + 1, at_once=len(pool.running_keys()) + 1)
             return
         self.units.failed(unit.kind, unit.name, unit.payload, done.error or "the worker died\n")
         last = (done.error or "the worker died").strip().splitlines()[-1]

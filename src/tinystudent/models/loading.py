@@ -188,6 +188,20 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     )
 
 
+def gguf_file(name: str) -> tuple[Path, str]:
+    """The GGUF file a model name stands for, and its identity: the file itself, or the GGUF a
+    Hub id's offline copy ships (for engines that read GGUF, such as llama.cpp)."""
+    path = Path(name).expanduser()
+    copy = OFFLINE_MODELS.get(name)
+    if not path.is_file() and copy is not None and copy.gguf_file:
+        path = offline_package(copy.package, copy.version, copy.member) / copy.member / copy.gguf_file
+    if not path.is_file() or path.suffix.lower() != ".gguf":
+        raise FileNotFoundError(
+            f"{name}: not a .gguf file, nor a Hub id whose offline copy is one; give the .gguf file"
+        )
+    return path, f"gguf:sha256:{_file_digest(path)[:16]}"
+
+
 def model_kind(config) -> str:
     """The kind whose adapter recognises a transformers config (`ModelKind.recognises`);
     `encoder` when none does: a model with no language-model head is scored as a cross-encoder."""

@@ -49,6 +49,7 @@ class LocalSettings(BaseModel):
     dtype: str = "auto"
     batch_size: int = Field(8, ge=1)
     chat: Optional[bool] = None
+    engine: Literal["transformers", "llamacpp"] = "transformers"
     kind: Optional[str] = None
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -99,7 +100,8 @@ def make_teacher(
             that share the requests (see `HttpTeacher` for their cache identity); None loads the
             model locally.
         api_key_env: name of the environment variable holding the server's API key.
-        settings: local: device, dtype, batch_size, chat, kind, revision, trust_remote_code;
+        settings: local: device, dtype, batch_size, chat, kind, revision, trust_remote_code,
+            engine (`transformers`, or `llamacpp` for a GGUF file: `teachers.llamacpp`);
             HTTP: endpoint, concurrency (per server), timeout, max_retries, backoff, identity,
             echo_max_tokens, cooldown.
     """
@@ -110,6 +112,12 @@ def make_teacher(
     from tinystudent.models import load_model
 
     options = _validated(LocalSettings, settings, "local teacher")
+    if options["engine"] == "llamacpp":
+        from tinystudent.models.loading import gguf_file
+        from tinystudent.teachers.llamacpp import LlamaCppTeacher
+
+        path, identity = gguf_file(name)
+        return LlamaCppTeacher(path, identity, chat=options["chat"])
     loaded = load_model(
         name,
         device=options["device"],

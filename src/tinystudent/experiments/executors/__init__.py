@@ -45,14 +45,15 @@ class Finished:
 
 
 class Pool(Protocol):
-    """Runs units somewhere; see the module's documentation."""
+    """Runs units somewhere; see the module's documentation. `start`'s `at_once` is how many units
+    will run together, for a pool that shares this machine's threads among them."""
 
     @property
     def free(self) -> int: ...
 
     def running_keys(self) -> set[str]: ...
 
-    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1) -> None: ...
+    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1, at_once: int = 1) -> None: ...
 
     def submit(self) -> None: ...
 
@@ -86,6 +87,19 @@ def make_pool(study: PoolSetup) -> Pool:
     from tinystudent.experiments.executors.local_pool import LocalPool
 
     return LocalPool(study)
+
+
+ENGINES = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # executor: (module, extra)
+
+
+def check_engine(kind: str) -> None:
+    """Fail as the executor would when its engine is not installed (for `run --check`)."""
+    import importlib.util
+
+    if kind in ENGINES:
+        module, extra = ENGINES[kind]
+        if importlib.util.find_spec(module) is None:
+            raise missing_extra(module, extra)
 
 
 def missing_extra(engine: str, extra: str) -> RuntimeError:

@@ -1,11 +1,13 @@
 """Several units of a study at once on this machine (`executor: local`, `run --jobs N`).
 
-Each unit whose inputs are ready is started in a fresh process (multiprocessing "spawn"), up to
-`jobs` at a time, each with its share of the CPU threads; on a machine with several GPUs each
-job gets one of them. A worker writes what its work writes (its log, its folder, its
-evaluations, into the results database like any process on this machine); the driver records
-the units. A worker that dies without an answer (killed, out of memory) is started again by the
-runner, up to `RETRIES` times: its unit resumes from its checkpoint.
+Up to `jobs` worker processes (multiprocessing "spawn") each compute one unit after another, so
+the libraries are imported once per worker, not per unit. A unit gets the CPU threads shared
+among the units that run with it (all of them when it runs alone, as the last training run of a
+study often does); on a machine with several GPUs each worker has one of them. A worker writes
+what its work writes (its log, its folder, its evaluations, into the results database like any
+process on this machine); the driver records the units. When a worker dies without an answer
+(killed, out of memory), the runner gives its unit to a new one, up to `RETRIES` times: the unit
+resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.executors import Finished, PoolSetup
 from tinystudent.experiments.plan import Known
 from tinystudent.experiments.units import UnitSpec, die_with_parent
+from tinystudent.threads import configure_threads
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,6 @@ class WorkerSetup:
     db: str
     out_dir: str
     log_dir: str
-    threads: int
 
 
 @dataclass
@@ -41,99 +44,134 @@ class Running:
     """A unit being computed by a worker."""
 
     unit: UnitSpec
-    process: multiprocessing.process.BaseProcess
-    answer: object  # the receiving end of the worker's pipe
-    gpu: int | None
     started: float
     attempt: int = 1
 
 
+@dataclass
+class Worker:
+    """A spawned process that computes one unit after another (it imports the libraries once)."""
+
+    process: multiprocessing.process.BaseProcess
+    connection: Any  # our end of its duplex pipe
+    gpu: int | None
+    task: Running | None = None
+
+
 class LocalPool:
-    """Up to `jobs` units at once, each in its own spawned process."""
+    """Up to `jobs` units at once, each in one of `jobs` spawned worker processes."""
 
     def __init__(self, study: PoolSetup):
-        jobs = study.experiment.executor.jobs
         self.setup = WorkerSetup(
-            study.experiment,
-            study.data,
-            str(study.store.path),
-            str(study.out_dir),
-            str(study.log_dir),
-            worker_threads(jobs),
+            study.experiment, study.data, str(study.store.path), str(study.out_dir), str(study.log_dir)
         )
-        self.jobs, self.gpus = jobs, gpu_count(study.experiment.device)
-        self.running: dict[str, Running] = {}
+        self.jobs, self.gpus = study.experiment.executor.jobs, gpu_count(study.experiment.device)
+        self.threads = configure_threads()
+        self.workers: list[Worker] = []
 
     @property
     def free(self) -> int:
-        return self.jobs - len(self.running)
+        return self.jobs - sum(w.task is not None for w in self.workers)
 
     def running_keys(self) -> set[str]:
-        return set(self.running)
+        return {w.task.unit.key for w in self.workers if w.task is not None}
 
-    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1) -> None:
-        """Start `unit` in a new worker, on a GPU no other running unit holds when there are GPUs."""
-        busy = {r.gpu for r in self.running.values()}
-        gpu = next((g for g in range(self.gpus) if g not in busy), None) if self.gpus else None
+    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1, at_once: int = 1) -> None:
+        """Give `unit` to an idle worker (started when there is none), with the threads of this
+        machine shared among the `at_once` units that run together."""
+        threads = max(1, self.threads // max(1, min(at_once, self.jobs)))
+        for worker in [w for w in self.workers if w.task is None]:
+            try:
+                worker.connection.send((unit, known, threads))
+            except OSError:  # it died while idle: let it go
+                self.forget(worker)
+                continue
+            worker.task = Running(unit, started, attempt)
+            return
+        worker = self.new_worker()
+        worker.connection.send((unit, known, threads))
+        worker.task = Running(unit, started, attempt)
+
+    def forget(self, worker: Worker) -> None:
+        worker.connection.close()
+        worker.process.join()
+        self.workers.remove(worker)
+
+    def new_worker(self) -> Worker:
+        """A new worker process, on a GPU no other worker holds when there are GPUs."""
+        held = {w.gpu for w in self.workers}
+        gpu = next((g for g in range(self.gpus) if g not in held), None) if self.gpus else None
         context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        worker = context.Process(target=_worker, args=(self.setup, unit, known, gpu, os.getpid(), send))
-        worker.start()
-        send.close()  # the worker holds the only sending end: its exit ends recv
-        self.running[unit.key] = Running(unit, worker, receive, gpu, started, attempt)
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=_worker, args=(self.setup, gpu, os.getpid(), theirs))
+        process.start()
+        theirs.close()  # the worker holds the only other end: its exit ends recv
+        self.workers.append(Worker(process, ours, gpu))
+        return self.workers[-1]
 
     def submit(self) -> None:
-        """Nothing to do: `start` started the worker."""
+        """Nothing to do: `start` handed the unit to its worker."""
 
     def next_finished(self) -> Finished:
-        """Wait for a worker to finish: its result or error, or neither when it died."""
-        if not self.running:
+        """Wait for a worker to finish its unit: its result or error, or neither when it died
+        (then the worker is gone, and a new one takes the next unit)."""
+        busy = [w for w in self.workers if w.task is not None]
+        if not busy:
             raise RuntimeError("no unit of the plan can start: each waits for a unit that has not run")
-        ready = wait([r.answer for r in self.running.values()])  # type: ignore[misc]
-        done = next(r for r in self.running.values() if r.answer in ready)
+        ready = wait([w.connection for w in busy])
+        worker = next(w for w in busy if w.connection in ready)
+        task, worker.task = worker.task, None
+        assert task is not None
+        finished = Finished(task.unit, task.started, task.attempt)
         try:
-            tag, value = done.answer.recv()  # type: ignore[attr-defined]
+            tag, value = worker.connection.recv()
         except EOFError:
-            tag, value = "died", None
-        done.answer.close()  # type: ignore[attr-defined]
-        done.process.join()
-        del self.running[done.unit.key]
-        finished = Finished(done.unit, done.started, done.attempt, death=f"exit code {done.process.exitcode}")
+            self.forget(worker)
+            finished.death = f"exit code {worker.process.exitcode}"
+            return finished
         if tag == "result":
             finished.result = value
-        elif tag == "error":
+        else:
             finished.error = value
         return finished
 
     def stop(self) -> None:
-        """End every running worker (their units resume from their checkpoints next time)."""
-        for running in self.running.values():
-            running.process.kill()
-            running.process.join()
-        self.running.clear()
+        """End every worker (a unit under way resumes from its checkpoint next time)."""
+        for worker in self.workers:
+            worker.process.kill()
+            worker.process.join()
+            worker.connection.close()
+        self.workers.clear()
 
 
-def _worker(setup: WorkerSetup, unit: UnitSpec, known: Known, gpu: int | None, parent: int, send) -> None:
-    """A worker's entry: die with the driver, take its share of threads (and its GPU), run the
-    unit's work, send back ("result", dict) or ("error", traceback)."""
+def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection) -> None:
+    """A worker's entry: die with the driver, take its GPU, then compute each unit it is sent
+    with the threads it is given, answering ("result", dict) or ("error", traceback)."""
     die_with_parent(parent)
-    os.environ["OMP_NUM_THREADS"] = str(setup.threads)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from tinystudent.cli import quiet_libraries
+    from tinystudent.experiments.executors.remote_unit import use_threads
     from tinystudent.experiments.runner import WORK
-    from tinystudent.experiments.stages.common import StageContext
+    from tinystudent.experiments.stages.common import StageContext, release
     from tinystudent.store import Store
 
     quiet_libraries()
-    try:
-        with Store(setup.db) as store:
-            context = StageContext(setup.experiment, setup.data, store, Path(setup.out_dir), known, Path(setup.log_dir))
-            answer: tuple = ("result", WORK[unit.kind](context, unit))
-    except BaseException:
-        answer = ("error", traceback.format_exc())
-    send.send(answer)
-    send.close()
+    with Store(setup.db) as store:
+        while True:
+            try:
+                unit, known, threads = connection.recv()
+            except EOFError:  # the driver is done with us
+                return
+            use_threads(threads)
+            try:
+                out_dir, log_dir = Path(setup.out_dir), Path(setup.log_dir)
+                context = StageContext(setup.experiment, setup.data, store, out_dir, known, log_dir)
+                answer: tuple = ("result", WORK[unit.kind](context, unit))
+            except Exception:
+                answer = ("error", traceback.format_exc())
+            release()
+            connection.send(answer)
 
 
 def gpu_count(device: str) -> int:
@@ -143,10 +181,3 @@ def gpu_count(device: str) -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def worker_threads(jobs: int) -> int:
-    """Each worker's share of the threads this process was given."""
-    from tinystudent.threads import configure_threads
-
-    return max(1, configure_threads() // jobs)

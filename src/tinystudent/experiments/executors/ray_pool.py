@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinystudent.experiments.executors import RETRIES, Finished, PoolSetup, missing_extra
-from tinystudent.experiments.executors.remote_unit import RemoteUnit, compute, finished
+from tinystudent.experiments.executors.remote_unit import compute, finished, prepare
 from tinystudent.experiments.executors.resources import unit_resources
-from tinystudent.experiments.executors.unit_store import seed_rows
 from tinystudent.experiments.plan import Known
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.log import info
@@ -58,19 +57,10 @@ class RayPool:
     def running_keys(self) -> set[str]:
         return set(self.running)
 
-    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1) -> None:
+    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1, at_once: int = 1) -> None:
         study = self.study
         resources = unit_resources(unit, study.experiment)
-        job = RemoteUnit(
-            study.experiment,
-            study.data,
-            str(study.out_dir),
-            str(study.log_dir),
-            unit,
-            known,
-            seed_rows(study.store, study.data.splits.task),
-            resources.cpus,
-        )
+        job = prepare(study, unit, known)
         options: dict = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "name": unit.name}
         if resources.memory_bytes is not None:
             options["memory"] = resources.memory_bytes

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
-from tinystudent.experiments.executors import Finished
+from tinystudent.experiments.executors import Finished, PoolSetup
 from tinystudent.experiments.plan import Known
 from tinystudent.experiments.units import UnitSpec
 
@@ -43,6 +43,24 @@ class RemoteUnit:
     @property
     def folder(self) -> Path:
         return unit_folder(Path(self.out_dir), self.unit)
+
+
+def prepare(study: PoolSetup, unit: UnitSpec, known: Known) -> RemoteUnit:
+    """`unit` of `study` with all its work reads, seeded from the results database now, and the
+    CPUs it asks for as its threads."""
+    from tinystudent.experiments.executors.resources import unit_resources
+    from tinystudent.experiments.executors.unit_store import seed_rows
+
+    return RemoteUnit(
+        study.experiment,
+        study.data,
+        str(study.out_dir),
+        str(study.log_dir),
+        unit,
+        known,
+        seed_rows(study.store, study.data.splits.task, unit.kind),
+        unit_resources(unit, study.experiment).cpus,
+    )
 
 
 def unit_folder(out_dir: Path, unit: UnitSpec) -> Path:

@@ -25,12 +25,12 @@ from tinystudent.experiments.executors.remote_unit import (
     RemoteUnit,
     compute,
     finished,
+    prepare,
     read_outbox,
     unit_folder,
     write_outbox,
 )
 from tinystudent.experiments.executors.resources import Resources, unit_resources
-from tinystudent.experiments.executors.unit_store import seed_rows
 from tinystudent.experiments.plan import Known
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.log import info
@@ -94,7 +94,7 @@ class SlurmPool:
     def running_keys(self) -> set[str]:
         return set(self.running) | {q.unit.key for q in self.queued}
 
-    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1) -> None:
+    def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1, at_once: int = 1) -> None:
         """Queue `unit` for the next `submit`, unless a job left its result already."""
         study = self.study
         folder = unit_folder(study.out_dir, unit)
@@ -104,16 +104,7 @@ class SlurmPool:
             return
         (folder / OUTBOX).unlink(missing_ok=True)  # an earlier attempt's error
         resources = unit_resources(unit, study.experiment)
-        remote = RemoteUnit(
-            study.experiment,
-            study.data,
-            str(study.out_dir),
-            str(study.log_dir),
-            unit,
-            known,
-            seed_rows(study.store, study.data.splits.task),
-            resources.cpus,
-        )
+        remote = prepare(study, unit, known)
         self.queued.append(Queued(unit, remote, resources, started, attempt))
 
     def submit(self) -> None:

@@ -4,9 +4,9 @@ The results database is written by the driver alone: SQLite over a network file 
 safe, and Ray workers may share no file system at all. So a worker elsewhere computes its unit
 against a database of its own:
 
-1. The driver copies into a `seed` the cached rows the unit may read (the teacher cache of the
-   task and every stored bits-per-byte measurement), so a teacher output or a model loss computed
-   once is not computed again on a worker.
+1. The driver copies into a `seed` the cached rows the unit may read (every stored bits-per-byte
+   measurement and, for the units that ask teachers, the task's teacher cache), so a teacher
+   output or a model loss computed once is not computed again on a worker.
 2. The worker creates its database from the seed (`create_unit_store`), runs the unit's work
    against it, and hands back the rows the work wrote (`written_rows`): evaluations with their
    predictions, new or changed teacher outputs, new model losses.
@@ -40,13 +40,16 @@ def _rows(store: Store, sql: str, values: tuple = ()) -> list[dict]:
     return [dict(row) for row in store.db.execute(sql, values)]
 
 
-def seed_rows(store: Store, task: str) -> dict[str, list[dict]]:
-    """The cached rows a unit of a study on `task` may read: the task's teacher outputs and every
-    bits-per-byte measurement."""
+ASK_TEACHERS = ("teacher_eval", "teach")  # the unit kinds that read the teacher cache
+
+
+def seed_rows(store: Store, task: str, kind: str) -> dict[str, list[dict]]:
+    """The cached rows a unit of `kind` in a study on `task` may read: every bits-per-byte
+    measurement and, when it asks teachers, the task's teacher outputs."""
     from tinystudent.teachers.cache import rows_for
 
     return {
-        "teacher_outputs": rows_for(store, task=task),
+        "teacher_outputs": rows_for(store, task=task) if kind in ASK_TEACHERS else [],
         "model_losses": _rows(store, "SELECT * FROM model_losses ORDER BY id"),
     }
 

@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 def teacher_payload(plan: Plan, spec: TeacherSpec, scoring: bool = False) -> dict:
     """What a teacher's units depend on: which ways it is scored is left out, so adding one
     reuses what the others computed; its scores (`scoring`) depend only on the model and its
-    input budget, not on how it teaches."""
+    input budget, not on how it teaches. The engine counts only when it is not the default (keys
+    stored before it existed stay the same) and never for scores (always transformers')."""
     exclude = {"eval_modes", "batch_size"}
     if scoring:
         exclude |= {"strategy", "k_shots", "max_new_tokens", "teach_limit", "choice_limit", "rationales"}
+    if scoring or spec.engine == "transformers":
+        exclude.add("engine")
     return {**plan.base, "teacher": spec.model_dump(exclude=exclude)}
 
 
@@ -167,7 +170,7 @@ def make_teacher(context: StageContext, spec: TeacherSpec):
     from tinystudent.teachers import make_teacher as make
 
     if spec.backend == "local":
-        return make(spec.model_id, batch_size=spec.batch_size, device=context.experiment.device)
+        return make(spec.model_id, batch_size=spec.batch_size, device=context.experiment.device, engine=spec.engine)
     return make(spec.model_id, spec.base_url, spec.api_key_env)
 
 
