@@ -58,7 +58,8 @@ def test_llama_cpp_writes_greedy_answers_that_do_not_depend_on_their_neighbours(
     alone = dict(llama_teacher.generate(prompts[1:2], settings, [0]))
     assert together[1].text == alone[0].text and together[1].text.strip()
     assert all(0 < out.completion_tokens <= 12 for out in together.values())
-    assert "paris" in together[0].text.lower()
+    again = dict(llama_teacher.generate(prompts[:1], settings, [0]))
+    assert again[0].text == together[0].text  # greedy: the same text every time
     assert llama_teacher.cache_fields()["engine"] == "llamacpp"  # never mixed with transformers' outputs
 
 
