@@ -36,3 +36,26 @@ def test_a_bad_setting_is_a_warning_not_a_crash(monkeypatch, capsys):
     finally:
         torch.set_num_threads(before)
     assert "TINYSTUDENT_CONCURRENT must be a whole number" in capsys.readouterr().err
+
+
+def test_a_process_follows_the_thread_share_it_is_given(monkeypatch):
+    """A `--jobs` worker's training takes the threads of units that ended (`keep_share`)."""
+    import multiprocessing
+
+    import torch
+
+    from tinystudent import threads
+
+    before = torch.get_num_threads()
+    share = multiprocessing.get_context("spawn").Value("i", 0, lock=False)
+    monkeypatch.setattr(threads, "_share", None)
+    try:
+        threads.follow_share(share)
+        threads.keep_share()
+        assert torch.get_num_threads() == before  # 0: nothing said yet
+        for wanted in (1, 2, 1):
+            share.value = wanted
+            threads.keep_share()
+            assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

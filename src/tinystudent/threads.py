@@ -44,3 +44,25 @@ def configure_threads() -> int:
 
         torch.set_num_threads(threads)
     return threads
+
+
+_share = None  # a shared integer (multiprocessing.Value) another process sets: our threads now
+
+
+def follow_share(share) -> None:
+    """From now on, take this process's thread count from `share` (a `multiprocessing.Value`
+    the process that started us sets, as other work on the machine starts and ends); long loops
+    call `keep_share` to apply it."""
+    global _share
+    _share = share
+
+
+def keep_share() -> None:
+    """Use the thread count our share says, when it changed (cheap enough for every training step)."""
+    if _share is None or "torch" not in sys.modules:
+        return
+    wanted = int(_share.value)
+    import torch
+
+    if wanted > 0 and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)

@@ -28,6 +28,7 @@ from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.schema import Example
+from tinystudent.threads import keep_share
 
 
 class TrainingDiverged(RuntimeError):
@@ -353,6 +354,7 @@ class TrainingRun:
         ):
             self.validate()
         while self.shared["step"] < self.total_steps and not self.shared["stopped_early"]:
+            keep_share()  # a unit running beside others gets their threads when they end
             self.step()
             step = self.shared["step"]
             due_eval = self.valid and (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.teachers.base import (
@@ -118,7 +118,7 @@ class LlamaCppTeacher:
                 )
                 continue
             self.calls += 1
-            answer = self.llm.create_completion(
+            answer: Any = self.llm.create_completion(
                 ids,
                 max_tokens=settings.max_new_tokens,
                 temperature=settings.temperature,

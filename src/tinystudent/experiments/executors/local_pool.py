@@ -1,13 +1,13 @@
 """Several units of a study at once on this machine (`executor: local`, `run --jobs N`).
 
-Up to `jobs` worker processes (multiprocessing "spawn") each compute one unit after another, so
-the libraries are imported once per worker, not per unit. A unit gets the CPU threads shared
-among the units that run with it (all of them when it runs alone, as the last training run of a
-study often does); on a machine with several GPUs each worker has one of them. A worker writes
-what its work writes (its log, its folder, its evaluations, into the results database like any
-process on this machine); the driver records the units. When a worker dies without an answer
-(killed, out of memory), the runner gives its unit to a new one, up to `RETRIES` times: the unit
-resumes from its checkpoint.
+Up to `jobs` worker processes (multiprocessing "spawn") each compute one unit after another, so the
+libraries are imported once per worker, not per unit. A unit gets the CPU threads shared among the
+units that run with it, and a training run follows its share as units start and end (it takes them
+all when left alone, as the last training run of a study often is). On a machine with several GPUs
+each worker has one of them. A worker writes what its work writes (its log, its folder, its
+evaluations, into the results database like any process on this machine); the driver records the
+units. When a worker dies without an answer (killed, out of memory), the runner gives its unit to a
+new one, up to `RETRIES` times: the unit resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Worker:
 
     process: multiprocessing.process.BaseProcess
     connection: Any  # our end of its duplex pipe
+    share: Any  # a shared integer: the threads it should use now (`threads.keep_share`)
     gpu: int | None
     task: Running | None = None
 
@@ -79,7 +80,7 @@ class LocalPool:
     def start(self, unit: UnitSpec, known: Known, started: float, attempt: int = 1, at_once: int = 1) -> None:
         """Give `unit` to an idle worker (started when there is none), with the threads of this
         machine shared among the `at_once` units that run together."""
-        threads = max(1, self.threads // max(1, min(at_once, self.jobs)))
+        threads = self.share_of(at_once)
         for worker in [w for w in self.workers if w.task is None]:
             try:
                 worker.connection.send((unit, known, threads))
@@ -87,10 +88,22 @@ class LocalPool:
                 self.forget(worker)
                 continue
             worker.task = Running(unit, started, attempt)
+            self.rebalance(at_once)
             return
         worker = self.new_worker()
         worker.connection.send((unit, known, threads))
         worker.task = Running(unit, started, attempt)
+        self.rebalance(at_once)
+
+    def share_of(self, running: int) -> int:
+        """Each unit's threads when `running` units run together."""
+        return max(1, self.threads // max(1, min(running, self.jobs)))
+
+    def rebalance(self, running: int | None = None) -> None:
+        """Tell every busy worker its share of the threads: a unit left alone takes them all."""
+        busy = [w for w in self.workers if w.task is not None]
+        for worker in busy:
+            worker.share.value = self.share_of(max(running or 0, len(busy)))
 
     def forget(self, worker: Worker) -> None:
         worker.connection.close()
@@ -103,10 +116,11 @@ class LocalPool:
         gpu = next((g for g in range(self.gpus) if g not in held), None) if self.gpus else None
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe(duplex=True)
-        process = context.Process(target=_worker, args=(self.setup, gpu, os.getpid(), theirs))
+        share = context.Value("i", 0, lock=False)
+        process = context.Process(target=_worker, args=(self.setup, gpu, os.getpid(), theirs, share))
         process.start()
         theirs.close()  # the worker holds the only other end: its exit ends recv
-        self.workers.append(Worker(process, ours, gpu))
+        self.workers.append(Worker(process, ours, share, gpu))
         return self.workers[-1]
 
     def submit(self) -> None:
@@ -122,6 +136,7 @@ class LocalPool:
         worker = next(w for w in busy if w.connection in ready)
         task, worker.task = worker.task, None
         assert task is not None
+        self.rebalance()
         finished = Finished(task.unit, task.started, task.attempt)
         try:
             tag, value = worker.connection.recv()
@@ -144,10 +159,14 @@ class LocalPool:
         self.workers.clear()
 
 
-def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection) -> None:
+def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection, share) -> None:
     """A worker's entry: die with the driver, take its GPU, then compute each unit it is sent
-    with the threads it is given, answering ("result", dict) or ("error", traceback)."""
+    with the threads it is given (and, in training, those `share` says as other units start and
+    end), answering ("result", dict) or ("error", traceback)."""
     die_with_parent(parent)
+    from tinystudent.threads import follow_share
+
+    follow_share(share)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from tinystudent.cli import quiet_libraries
