@@ -38,12 +38,17 @@ def configure_threads() -> int:
         warn(f"TINYSTUDENT_CONCURRENT must be a whole number of processes, got {concurrent!r}; using 1")
         concurrent = "1"
     threads = thread_share(int(concurrent))
+    use_threads(threads)
+    return threads
+
+
+def use_threads(threads: int) -> None:
+    """Run torch (loaded already or not) and every child process with `threads` CPU threads."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:  # loaded already: tell it too
         import torch
 
         torch.set_num_threads(threads)
-    return threads
 
 
 _share = None  # a shared integer (multiprocessing.Value) another process sets: our threads now

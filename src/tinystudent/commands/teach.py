@@ -28,40 +28,6 @@ def _servers(base_url: Optional[list[str]]) -> str | list[str] | None:
     return urls[0] if urls else None
 
 
-def _teacher_settings(
-    base_url,
-    batch_size,
-    device,
-    dtype,
-    chat,
-    trust_remote_code,
-    endpoint,
-    concurrency,
-    timeout,
-    max_retries,
-    identity,
-    engine="transformers",
-) -> dict:
-    if base_url:
-        settings = {
-            "endpoint": endpoint,
-            "concurrency": concurrency,
-            "timeout": timeout,
-            "max_retries": max_retries,
-            "identity": identity,
-        }
-    else:
-        settings = {
-            "device": device,
-            "dtype": dtype,
-            "batch_size": batch_size,
-            "chat": chat,
-            "trust_remote_code": trust_remote_code,
-            "engine": engine,
-        }
-    return settings
-
-
 PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
 
 
@@ -137,20 +103,23 @@ def teach_command(
     _check_strategy(strategy)
     split, examples, pool = _questions(task, split, limit, columns, split_seed, strategy, k_shots)
     servers = _servers(base_url)
-    settings = _teacher_settings(
-        servers,
-        batch_size,
-        device,
-        dtype,
-        chat,
-        trust_remote_code,
-        endpoint,
-        concurrency,
-        timeout,
-        max_retries,
-        identity,
-        engine,
-    )
+    if servers:
+        settings: dict = {
+            "endpoint": endpoint,
+            "concurrency": concurrency,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "identity": identity,
+        }
+    else:
+        settings = {
+            "device": device,
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "chat": chat,
+            "trust_remote_code": trust_remote_code,
+            "engine": engine,
+        }
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
         backend = make_teacher(teacher, servers, api_key_env, **settings)
         _announce(backend, teacher, task, split, len(examples), strategy)

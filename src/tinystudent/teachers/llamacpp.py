@@ -57,7 +57,6 @@ class LlamaCppTeacher:
     """
 
     tokenizer = None  # no transformers tokenizer: long prompts fail alone instead of being cut
-    calls = 0
 
     def __init__(
         self,

@@ -170,10 +170,10 @@ def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection, share)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from tinystudent.cli import quiet_libraries
-    from tinystudent.experiments.executors.remote_unit import use_threads
     from tinystudent.experiments.runner import WORK
     from tinystudent.experiments.stages.common import StageContext, release
     from tinystudent.store import Store
+    from tinystudent.threads import use_threads
 
     quiet_libraries()
     with Store(setup.db) as store:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tinystudent.experiments.executors import RETRIES, Finished, PoolSetup, missing_extra
+from tinystudent.experiments.executors import ENGINES, RETRIES, Finished, PoolSetup, missing_extra
 from tinystudent.experiments.executors.remote_unit import compute, finished, prepare
 from tinystudent.experiments.executors.resources import unit_resources
 from tinystudent.experiments.plan import Known
@@ -35,7 +35,7 @@ class RayPool:
         try:
             import ray
         except ImportError:
-            raise missing_extra("ray", "ray") from None
+            raise missing_extra(*ENGINES["ray"]) from None
         self.ray, self.study = ray, study
         spec = study.experiment.executor.ray
         self.owns_cluster = not ray.is_initialized()

@@ -72,6 +72,8 @@ def compute(job: RemoteUnit) -> dict:
     """Compute the unit in its folder; returns its outbox: `{"result", "rows", "unit_db"}` or
     `{"error"}` (a traceback). Only an error of the unit's work is answered; an exit asked for
     from outside (a preemption signal) goes on up, so the job can be requeued."""
+    from tinystudent.threads import use_threads
+
     use_threads(job.threads)
     from tinystudent.cli import quiet_libraries
     from tinystudent.experiments.executors.unit_store import create_unit_store, written_rows
@@ -90,17 +92,6 @@ def compute(job: RemoteUnit) -> dict:
         return {"result": json.loads(json.dumps(result, default=str)), "rows": rows, "unit_db": str(unit_db)}
     except Exception:
         return {"error": traceback.format_exc()}
-
-
-def use_threads(threads: int) -> None:
-    """Run torch (loaded already or not) and every child process with `threads` CPU threads."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import sys
-
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def write_outbox(folder: Path, outbox: dict) -> None:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinystudent.experiments.executors import Finished, PoolSetup, missing_extra
+from tinystudent.experiments.executors import ENGINES, Finished, PoolSetup, missing_extra
 from tinystudent.experiments.executors.remote_unit import (
     OUTBOX,
     RemoteUnit,
@@ -73,7 +73,7 @@ class SlurmPool:
 
     def __init__(self, study: PoolSetup):
         if submitit is None:
-            raise missing_extra("submitit", "slurm")
+            raise missing_extra(*ENGINES["slurm"])
         self.study, self.spec = study, study.experiment.executor.slurm
         folder = Path(self.spec.folder) if self.spec.folder else study.out_dir / "slurm"
         requeues = self.spec.max_requeues
