@@ -39,6 +39,56 @@ def test_fast_scorer_matches_one_forward_per_choice(tiny_causal):
         assert row_fast == pytest.approx(row_slow, abs=1e-4)
 
 
+MIXED_REQUESTS = [ChoiceRequest("Question: Is it so?\nAnswer:", [" ", "!"])]  # one-token choices
+
+
+def test_choices_in_their_prompts_row_score_as_one_forward_per_choice(tiny_causal):
+    """One batch of prompts of different lengths (padded rows) with choices of several tokens and
+    of one token, and a batch of one-token choices only (no choice token in the row: the
+    mask-free path): every score equals the reference's."""
+    from tinystudent.models.kinds import kind_adapter
+
+    loaded = load_model(str(tiny_causal), device="cpu")
+    requests = requests_for(EXAMPLES[:3]) + MIXED_REQUESTS
+    encoded = [encode_request(loaded.tokenizer, r) for r in requests]
+    assert [len(c) for c in encoded[3][1]] == [1, 1] and len({len(ctx) for ctx, _ in encoded}) > 2
+    causal = kind_adapter("causal")
+    expected = score_choices_naive(loaded.model, loaded.tokenizer, requests)
+    in_rows = causal.score_encoded(loaded.model, loaded.tokenizer, encoded, torch.device("cpu"))
+    one_token = causal.score_encoded(loaded.model, loaded.tokenizer, encoded[3:], torch.device("cpu"))
+    for row, want in zip(in_rows + one_token, expected + expected[3:], strict=True):
+        assert row == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "qwen2-mixed"])
+def test_sliding_window_models_score_as_one_forward_per_choice(tiny_causal, architecture):
+    """Rows longer than the window: every layer slides (Mistral), or some do (Qwen2 with
+    `max_window_layers`, one mask per layer type)."""
+    from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+
+    from tinystudent.models.kinds import kind_adapter
+
+    tokenizer = load_model(str(tiny_causal), device="cpu").tokenizer
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    shape.update(num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    if architecture == "mistral":
+        config = MistralConfig(sliding_window=8, **shape)
+    else:
+        config = Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=1, **shape)
+        assert config.layer_types == ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    requests = requests_for(EXAMPLES[:3]) + MIXED_REQUESTS
+    encoded = [encode_request(tokenizer, r) for r in requests]
+    expected = score_choices_naive(model, tokenizer, requests)
+    got = kind_adapter("causal").score_encoded(model, tokenizer, encoded, torch.device("cpu"))
+    config.sliding_window = 4096
+    unwindowed = score_choices_naive(model, tokenizer, requests)
+    assert abs(unwindowed[2][0] - expected[2][0]) > 1e-3  # the window changes the scores here
+    for row, want in zip(got, expected, strict=True):
+        assert row == pytest.approx(want, abs=1e-4)
+
+
 def test_loglikelihood_is_the_sum_of_token_logprobs(tiny_causal):
     """Check one choice's score by hand: log-softmax of a full forward, summed over its tokens."""
     loaded = load_model(str(tiny_causal), device="cpu")

@@ -2,9 +2,10 @@
 cross-encoder, its share of a softmax over the question's (prompt, choice) pairs.
 
 `score_choices` tokenizes, batches and times; the model's kind (`models.kinds`) encodes a
-question and scores a batch. A causal model runs each question's prompt once: the prompt's
-key/value cache is computed for a batch of questions, then repeated for each of their choices,
-and only the choices' tokens are run on top of it. `score_choices_naive` is the plain
+question and scores a batch. A causal model runs each question's prompt once, with all of its
+choices in the same row behind a mask that keeps each choice to the prompt and itself, and its
+output layer only where a choice token is predicted. On the CPU the linear layers run on
+weights reordered once for oneDNN (`models.packed_linears`). `score_choices_naive` is the plain
 one-forward-per-choice approach, kept as the reference the fast path is checked and
 benchmarked against.
 
@@ -15,8 +16,6 @@ empty context is replaced by the end-of-text token.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +24,7 @@ import torch
 
 from tinystudent.evaluation.batching import token_batches
 from tinystudent.models.kinds import ModelKind, kind_adapter
+from tinystudent.models.packed_linears import packed_linears
 
 
 @dataclass
@@ -70,20 +70,6 @@ def pad_rows(rows: list[list[int]], pad: int, side: str = "right") -> tuple[torc
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = 1
     return ids, mask
-
-
-def cache_kwarg(model) -> str:
-    """The forward argument that takes a KV cache: `cache` in newer transformers releases,
-    `past_key_values` before them (still accepted, with a deprecation warning, for a while)."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it on
-    # Classes are hashable; mypy checks type[...] against Hashable wrongly (python/mypy#11470).
-    return _cache_kwarg_of(type(core))  # type: ignore[arg-type]
-
-
-@functools.cache
-def _cache_kwarg_of(model_class: type[torch.nn.Module]) -> str:
-    """Read once per model class, not once per scoring batch."""
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def scores_by_question(encoded, scores: list[float]) -> list[list[float]]:
@@ -136,16 +122,17 @@ def score_choices(
     device = device or next(model.parameters()).device
     encoded = [adapter.encode_choices(tokenizer, r, max_length) for r in requests]
     results: list[list[float]] = [[] for _ in requests]
-    for group in _batch_groups(adapter, encoded):
-        lengths = [adapter.encoded_length(encoded[i]) for i in group]
-        for batch in token_batches(lengths, batch_size, token_budget):
-            chosen = [group[k] for k in batch]
-            started = time.perf_counter()
-            scores = adapter.score_encoded(model, tokenizer, [encoded[i] for i in chosen], device)
-            for index, row in zip(chosen, scores):
-                results[index] = row
-            if on_batch:
-                on_batch(len(chosen), time.perf_counter() - started)
+    with packed_linears(model, device):
+        for group in _batch_groups(adapter, encoded):
+            lengths = [adapter.encoded_length(encoded[i]) for i in group]
+            for batch in token_batches(lengths, batch_size, token_budget):
+                chosen = [group[k] for k in batch]
+                started = time.perf_counter()
+                scores = adapter.score_encoded(model, tokenizer, [encoded[i] for i in chosen], device)
+                for index, row in zip(chosen, scores):
+                    results[index] = row
+                if on_batch:
+                    on_batch(len(chosen), time.perf_counter() - started)
     return results
 
 

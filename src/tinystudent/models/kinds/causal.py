@@ -1,14 +1,18 @@
 """The `causal` kind: decoder-only language models (Llama, SmolLM2, GPT-2, Qwen, ...).
 
 Prompt and continuation run through one stack, so:
-- a choice is scored on top of its prompt's key/value cache (`score_encoded`), tokenized as
-  lm-evaluation-harness does (`evaluation.scoring.encode_request`, no special tokens);
+- a question's choices are scored in its prompt's row, each behind a mask that lets it see the
+  prompt and itself only (`score_encoded`), tokenized as lm-evaluation-harness does
+  (`evaluation.scoring.encode_request`, no special tokens);
 - generation left-pads its prompts, and a prompt gets a BOS token unless it starts with one;
 - training rows are final hidden states at target positions, turned into logits a chunk at a
   time by the output layer (`distill.objectives.causal_head`), fused when it is a plain linear.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,8 +25,8 @@ from tinystudent.distill.data import (
     required,
 )
 from tinystudent.distill.losses import chunked_token_losses
-from tinystudent.distill.objectives import causal_head, check_head, choice_table, plain_linear_head
-from tinystudent.evaluation.scoring import cache_kwarg, encode_request, pad_rows, scores_by_question
+from tinystudent.distill.objectives import causal_head, check_head, choice_table, plain_linear_head, unwrap_peft
+from tinystudent.evaluation.scoring import encode_request, pad_rows, scores_by_question
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
 from tinystudent.models.kinds.encoder import is_encoder_type
 from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
@@ -67,9 +71,14 @@ class CausalKind(ModelKind):
     def encode_choices(self, tokenizer, request, max_length: int | None = None):
         return encode_request(tokenizer, request)
 
+    def encoded_length(self, encoded) -> int:
+        """A question's row: its prompt and every choice token but each choice's last."""
+        context, continuations = encoded
+        return len(context) + sum(len(tokens) - 1 for tokens in continuations)
+
     @torch.no_grad()
     def score_encoded(self, model, tokenizer, batch: list, device: torch.device) -> list[list[float]]:
-        return _score_on_prompt_cache(model, pad_token_id(tokenizer), batch, device)
+        return _score_in_prompt_rows(model, pad_token_id(tokenizer), batch, device)
 
     def generation_inputs(self, prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         ids, mask = pad_rows(prompt_ids, pad_id, "left")
@@ -124,50 +133,104 @@ class CausalKind(ModelKind):
             return model(input_ids=rows).logits[:, -keep:]
 
 
-def _score_on_prompt_cache(
+def _score_in_prompt_rows(
     model, pad_id: int, encoded: list[tuple[list[int], list[list[int]]]], device: torch.device
 ) -> list[list[float]]:
-    """Each question's prompt runs once; its key/value cache is repeated for each of its choices
-    and only the choices' tokens run on top of it."""
-    from transformers import DynamicCache
-
-    prompts = [ctx for ctx, _ in encoded]
-    # Right padding and no attention mask: in a causal model a real token never attends to the
-    # padding after it, so the prompt pass takes the fast, mask-free causal attention path.
-    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, "right")
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    lengths = prompt_mask.sum(-1)
-    last = lengths - 1
-    kept = torch.unique(last)  # logits only at each row's last prompt position (sorted batches: few)
-    cache = DynamicCache(config=model.config)
-    cache_arg = cache_kwarg(model)
-    out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=kept, **{cache_arg: cache})
-    row_logits = out.logits[torch.arange(len(prompts), device=device), torch.searchsorted(kept, last)]
-    first_logprobs = torch.log_softmax(row_logits.float(), dim=-1)  # predicts each 1st choice token
-
-    owner = [i for i, (_, conts) in enumerate(encoded) for _ in conts]
-    conts = [c for _, cs in encoded for c in cs]
-    scores = [first_logprobs[owner[n], tokens[0]].item() for n, tokens in enumerate(conts)]
-    longer = [n for n, tokens in enumerate(conts) if len(tokens) > 1]
-    if longer:  # one-token choices (yes/no) are scored by the prompt's pass alone
-        # Tokens 1.. of a choice are predicted by its tokens 0..-2 run on top of the prompt's cache;
-        # the choice's last token is never fed, its prediction is not needed.
-        index = torch.tensor([owner[n] for n in longer], device=device)
-        cache.batch_select_indices(index)  # filled in place by the prompt's forward
-        cont_ids, cont_mask = pad_rows([conts[n][:-1] for n in longer], pad_id)
-        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
-        start = lengths[index]
-        cont_positions = start[:, None] + torch.arange(cont_ids.shape[1], device=device)[None]
-        mask = torch.cat([prompt_mask[index], cont_mask], dim=-1)
-        logits = model(
-            input_ids=cont_ids, attention_mask=mask, position_ids=cont_positions, use_cache=True, **{cache_arg: cache}
-        ).logits.float()
-        logsumexp = torch.logsumexp(logits, dim=-1)
-        for row, n in enumerate(longer):
-            tail = torch.tensor(conts[n][1:], device=device)
-            steps = torch.arange(len(tail), device=device)
-            scores[n] += (logits[row, steps, tail] - logsumexp[row, steps]).sum().item()
+    """Each question is one row: its prompt, then the tokens of every choice that predict a later
+    token of that choice. A choice's tokens see the prompt and the earlier tokens of the same
+    choice only (a tree-shaped mask), and sit at the positions they would have right after the
+    prompt, so each choice is scored exactly as if it ran alone on top of the prompt. The prompt
+    runs once, nothing is padded per choice, and the output layer runs on scored positions only."""
+    rows = [_prompt_row(context, continuations) for context, continuations in encoded]
+    ids, real = pad_rows([row.ids for row in rows], pad_id)
+    # Padding continues the count: positions that only ever step by one tell transformers the
+    # row holds one sequence, so with no mask it takes the mask-free causal attention path.
+    positions = torch.arange(ids.shape[1]).repeat(len(rows), 1)
+    for i, row in enumerate(rows):
+        positions[i, : len(row.ids)] = torch.tensor(row.positions)
+    inputs = {"input_ids": ids.to(device), "position_ids": positions.to(device)}
+    if any(row.branches for row in rows):  # one-token choices (yes/no) need the plain causal mask only
+        inputs["attention_mask"] = _tree_masks(model.config, rows, real, positions, device)
+    core: Any = unwrap_peft(model)  # a transformers model: `base_model` is its decoder stack
+    hidden = core.base_model(**inputs, use_cache=False).last_hidden_state
+    picks = torch.tensor([(i, at, token) for i, row in enumerate(rows) for at, token in row.scored], device=device)
+    logprobs = torch.log_softmax(causal_head(core)(hidden[picks[:, 0], picks[:, 1]]).float(), dim=-1)
+    chosen = logprobs[torch.arange(len(picks), device=device), picks[:, 2]].tolist()
+    scores, k = [], 0
+    for _, continuations in encoded:
+        for tokens in continuations:
+            scores.append(sum(chosen[k : k + len(tokens)]))
+            k += len(tokens)
     return scores_by_question(encoded, scores)
+
+
+@dataclass
+class _PromptRow:
+    """One question laid out for `_score_in_prompt_rows`.
+
+    Attributes:
+        ids, positions: the row's tokens and their position ids.
+        branch_of: 0 for a prompt token, c for a token of choice c (1-based).
+        scored: (position in the row, token it predicts) for every choice token, in choice order.
+    """
+
+    ids: list[int]
+    positions: list[int]
+    branch_of: list[int]
+    scored: list[tuple[int, int]]
+
+    @property
+    def branches(self) -> bool:
+        """Whether any choice token sits in the row (not so when every choice is one token)."""
+        return any(self.branch_of)
+
+
+def _prompt_row(context: list[int], continuations: list[list[int]]) -> _PromptRow:
+    row = _PromptRow(list(context), list(range(len(context))), [0] * len(context), [])
+    for branch, tokens in enumerate(continuations, start=1):
+        predicted_at = len(context) - 1  # the prompt's last token predicts a choice's first
+        for j, token in enumerate(tokens):
+            row.scored.append((predicted_at, token))
+            if j < len(tokens) - 1:  # a choice's last token predicts nothing that is scored
+                predicted_at = len(row.ids)
+                row.ids.append(token)
+                row.positions.append(len(context) + j)
+                row.branch_of.append(branch)
+    return row
+
+
+def _tree_masks(config, rows: list[_PromptRow], real: torch.Tensor, positions: torch.Tensor, device: torch.device):
+    """(rows, 1, width, width) booleans, True where a query may attend to a key: earlier or same
+    place in the row, and either a prompt token or a token of the query's own choice. A padding
+    query attends to itself, so no softmax row is empty.
+
+    Layers that attend through a sliding window (Mistral; some layers of Gemma 2/3 and Qwen) also
+    drop keys a window or more positions back. When only some layers slide, the masks go by layer
+    type, as transformers' mixed-attention models take them."""
+    width = real.shape[1]
+    branch = torch.full((len(rows), width), -1)
+    for i, row in enumerate(rows):
+        branch[i, : len(row.branch_of)] = torch.tensor(row.branch_of)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_branch = (branch[:, :, None] == branch[:, None, :]) | (branch[:, None, :] == 0)
+    tree = (causal[None] & same_branch & real.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
+    window = _sliding_window(config)
+    if window is None:
+        return tree[:, None].to(device)
+    windowed = tree & ((positions[:, :, None] - positions[:, None, :]) < window)
+    layer_types = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    if layer_types == {"sliding_attention"}:
+        return windowed[:, None].to(device)
+    return {"full_attention": tree[:, None].to(device), "sliding_attention": windowed[:, None].to(device)}
+
+
+def _sliding_window(config) -> int | None:
+    """The window of the model's sliding-attention layers, or None when none slides."""
+    window = getattr(config, "sliding_window", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    return window if layer_types is None or "sliding_attention" in layer_types else None
 
 
 ADAPTER = CausalKind()

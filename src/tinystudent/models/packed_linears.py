@@ -1,0 +1,80 @@
+"""Linear layers run through oneDNN with their weights reordered once, for inference on the CPU.
+
+A float32 `nn.Linear` on the CPU calls MKL's sgemm, which reads the weight in its stored layout
+on every call. oneDNN reorders the weight once into the blocked layout its kernels read fastest;
+on this project's 2-core AMD EPYC machine that is 1.2-1.4x the matrix products per second at the
+shapes of a 135M model (`bench/bench_lm_eval.py` shows the effect on scoring). The numbers differ
+from MKL's only by the order of float32 additions (about 1e-5 on a choice's log-likelihood).
+
+`packed_linears(model)` swaps the weights for the duration of a `with` block: each dense weight
+is freed once its reordered copy exists and is restored from that copy, bit for bit, on the way
+out, so packing costs no memory. There is no autograd through the packed product: use it under
+`torch.no_grad()`, as scoring and generation do.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+# Rows the reordered layout is chosen for; any number of rows works.
+_ROWS_HINT = 4096
+
+
+def can_pack(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether `packed_linears` would change anything: a float32 model on a CPU with oneDNN,
+    not wrapped by PEFT (its layers read their base layer's weight)."""
+    return (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and not hasattr(model, "get_base_model")
+        and not any(type(m).__module__.startswith("peft.") for m in model.modules())
+        and next(model.parameters()).dtype == torch.float32
+    )
+
+
+def _packable(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """Plain linear layers whose weight no other parameter shares; the output layer is left
+    out (scoring runs it on a few positions only, and it is often tied to the embeddings)."""
+    output_layer = getattr(model, "get_output_embeddings", None)
+    head = output_layer() if callable(output_layer) else None
+    seen: dict[int, int] = {}
+    for parameter in model.parameters():
+        seen[parameter.data_ptr()] = seen.get(parameter.data_ptr(), 0) + 1
+    return [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear and m is not head and seen[m.weight.data_ptr()] == 1 and m.weight.numel()
+    ]
+
+
+def _packed_forward(weight: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    return forward
+
+
+@contextmanager
+def packed_linears(model: torch.nn.Module, device: torch.device | None = None) -> Iterator[int]:
+    """Run the model's linear layers on oneDNN-reordered weights inside the block; yields how
+    many layers were packed (0 where `can_pack` says no, and nothing changes)."""
+    device = device or next(model.parameters()).device
+    if not can_pack(model, device):
+        yield 0
+        return
+    packed: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    try:
+        for layer in _packable(model):
+            reordered = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), _ROWS_HINT)
+            layer.weight.data = torch.empty(0, dtype=layer.weight.dtype)
+            packed.append((layer, reordered))
+            layer.forward = _packed_forward(reordered, None if layer.bias is None else layer.bias.detach())  # type: ignore[method-assign]
+        yield len(packed)
+    finally:
+        for layer, reordered in packed:
+            layer.weight.data = reordered.to_dense()
+            del layer.forward  # back to the class's forward
