@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="prompts")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="local batch and server batch")
+    parser.add_argument(
+        "--local-batches", type=int, nargs="+", help="local backend batch sizes (default: 1, --batch-size, --n)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-http", action="store_true")
@@ -146,13 +149,9 @@ def main() -> None:
     rows = []
     baseline = hf_generate_one_batch(loaded, prompts, args.max_new_tokens)
     rows.append((f"transformers generate, one batch of {len(prompts)} (baseline)", baseline))
-    rows.append(("local, one prompt at a time", run(LocalTeacher(loaded, batch_size=1), prompts, settings)))
-    rows.append(
-        (
-            f"local, batches of {args.batch_size}",
-            run(LocalTeacher(loaded, batch_size=args.batch_size), prompts, settings),
-        )
-    )
+    for size in args.local_batches or [1, args.batch_size, len(prompts)]:
+        label = "local, one prompt at a time" if size == 1 else f"local, batches of {size}"
+        rows.append((label, run(LocalTeacher(loaded, batch_size=size), prompts, settings)))
     llama = llama_cpp_teacher(args.model)
     if llama is not None:
         run(llama, prompts[:1], GenerationSettings(max_new_tokens=2))  # warm-up

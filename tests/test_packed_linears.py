@@ -51,3 +51,26 @@ def test_models_it_would_not_help_are_left_alone(tiny_causal):
     half = load_model(str(tiny_causal), device="cpu", dtype="bfloat16").model
     with packed_linears(half) as count:
         assert count == 0
+
+
+def test_blocks_nest_across_threads_and_the_last_one_out_restores(tiny_causal):
+    """Two teachers may share one model in two threads: a block that ends while another is
+    still running leaves the layers packed for it."""
+    import threading
+
+    model = load_model(str(tiny_causal), device="cpu").model
+    before = _weights(model)
+    inner_done = threading.Event()
+
+    def inner() -> None:
+        with packed_linears(model) as count:
+            assert count == 14
+        inner_done.set()
+
+    with packed_linears(model) as outer:
+        thread = threading.Thread(target=inner)
+        thread.start()
+        thread.join()
+        assert inner_done.is_set() and outer == 14
+        assert model.model.layers[0].mlp.up_proj.weight.numel() == 0  # still packed for this block
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

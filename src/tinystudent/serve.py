@@ -37,6 +37,7 @@ from tinystudent.evaluation.generative import generate_in_batches
 from tinystudent.models.generation import RowParams, eos_ids, sample_token
 from tinystudent.models.kinds import ModelKind
 from tinystudent.models.loading import LoadedModel
+from tinystudent.models.packed_linears import packed_linears
 from tinystudent.teachers.engine import TokenLogprobs, token_logprobs
 
 
@@ -153,6 +154,10 @@ class Engine:
         return jobs
 
     def _loop(self) -> None:
+        with packed_linears(self.loaded.model, self.loaded.device):  # for the server's life, not per batch
+            self._serve()
+
+    def _serve(self) -> None:
         while (jobs := self._collect()) is not None:
             ready = []
             for job in jobs:

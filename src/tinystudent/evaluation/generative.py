@@ -14,6 +14,7 @@ from tinystudent.evaluation.batching import token_batches
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
 from tinystudent.models.generation import GeneratedText, RowParams, generate_rows, prompt_seed
 from tinystudent.models.kinds import ModelKind, kind_adapter
+from tinystudent.models.packed_linears import packed_linears
 from tinystudent.tasks.schema import Example
 
 ANSWER_INSTRUCTION = "Answer with the letter of the correct option."
@@ -76,12 +77,14 @@ def generate_in_batches(
     if not adapter.generates:
         raise adapter.unsupported("generate text")
     lengths = [len(ids) for ids in prompt_ids]
-    for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
-        began = time.perf_counter()
-        results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], [rows[i] for i in batch])
-        if on_batch:
-            on_batch(len(batch), time.perf_counter() - began)
-        yield from zip(batch, results)
+    with packed_linears(model):  # the CPU's linear layers on reordered weights, for every batch
+        for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
+            began = time.perf_counter()
+            rows_of_batch = [rows[i] for i in batch]
+            results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], rows_of_batch)
+            if on_batch:
+                on_batch(len(batch), time.perf_counter() - began)
+            yield from zip(batch, results)
 
 
 def generate_texts(

@@ -14,7 +14,9 @@ out, so packing costs no memory. There is no autograd through the packed product
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -58,23 +60,60 @@ def _packed_forward(weight: torch.Tensor, bias: torch.Tensor | None):
     return forward
 
 
+@dataclass
+class _Packing:
+    """A model's packed layers and how many `with` blocks (of any thread) are using them."""
+
+    users: int = 0
+    layers: list[tuple[torch.nn.Linear, torch.Tensor]] = field(default_factory=list)
+
+
+_LOCK = threading.Lock()
+_PACKINGS: dict[int, _Packing] = {}  # by id(model), while packed
+
+
 @contextmanager
 def packed_linears(model: torch.nn.Module, device: torch.device | None = None) -> Iterator[int]:
     """Run the model's linear layers on oneDNN-reordered weights inside the block; yields how
-    many layers were packed (0 where `can_pack` says no, and nothing changes)."""
+    many layers are packed (0 where `can_pack` says no, and nothing changes).
+
+    Blocks nest and may run in several threads on one model (two teachers sharing it): the
+    first block in packs, the last one out restores."""
     device = device or next(model.parameters()).device
     if not can_pack(model, device):
         yield 0
         return
+    with _LOCK:
+        packing = _PACKINGS.setdefault(id(model), _Packing())
+        if packing.users == 0:
+            packing.layers = _pack(model)
+        packing.users += 1
+    try:
+        yield len(packing.layers)
+    finally:
+        with _LOCK:
+            packing.users -= 1
+            if packing.users == 0:
+                _restore(packing.layers)
+                del _PACKINGS[id(model)]
+
+
+def _pack(model: torch.nn.Module) -> list[tuple[torch.nn.Linear, torch.Tensor]]:
     packed: list[tuple[torch.nn.Linear, torch.Tensor]] = []
     try:
         for layer in _packable(model):
             reordered = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), _ROWS_HINT)
             layer.weight.data = torch.empty(0, dtype=layer.weight.dtype)
             packed.append((layer, reordered))
-            layer.forward = _packed_forward(reordered, None if layer.bias is None else layer.bias.detach())  # type: ignore[method-assign]
-        yield len(packed)
-    finally:
-        for layer, reordered in packed:
-            layer.weight.data = reordered.to_dense()
-            del layer.forward  # back to the class's forward
+            bias = None if layer.bias is None else layer.bias.detach()
+            layer.forward = _packed_forward(reordered, bias)  # type: ignore[method-assign]
+    except BaseException:
+        _restore(packed)
+        raise
+    return packed
+
+
+def _restore(packed: list[tuple[torch.nn.Linear, torch.Tensor]]) -> None:
+    for layer, reordered in packed:
+        layer.weight.data = reordered.to_dense()
+        del layer.forward  # back to the class's forward

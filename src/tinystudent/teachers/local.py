@@ -8,6 +8,7 @@ from tinystudent.evaluation.generative import generate_in_batches, render_prompt
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.models.generation import RowParams
 from tinystudent.models.loading import LoadedModel
+from tinystudent.models.packed_linears import packed_linears
 from tinystudent.teachers.base import (
     Generation,
     GenerationResult,
@@ -106,12 +107,13 @@ class LocalTeacher:
         if not loaded.adapter.next_token:
             raise ScoringUnsupported(f"{self.name} cannot score choices")
         size = self.batch_size * 2
-        for start in range(0, len(requests), size):
-            batch = list(requests[start : start + size])
-            self.calls += len(batch)
-            scores = score_choices(loaded.model, loaded.tokenizer, loaded.adapter, batch, size, loaded.device)
-            for offset, row in enumerate(scores):
-                yield start + offset, row
+        with packed_linears(loaded.model, loaded.device):  # once, not once per chunk
+            for start in range(0, len(requests), size):
+                batch = list(requests[start : start + size])
+                self.calls += len(batch)
+                scores = score_choices(loaded.model, loaded.tokenizer, loaded.adapter, batch, size, loaded.device)
+                for offset, row in enumerate(scores):
+                    yield start + offset, row
 
     def close(self) -> None:
         self.loaded = None  # type: ignore[assignment]
