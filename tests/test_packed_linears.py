@@ -51,6 +51,9 @@ def test_models_it_would_not_help_are_left_alone(tiny_causal):
     half = load_model(str(tiny_causal), device="cpu", dtype="bfloat16").model
     with packed_linears(half) as count:
         assert count == 0
+    plain = load_model(str(tiny_causal), device="cpu").model
+    with torch.autocast("cpu", dtype=torch.bfloat16), packed_linears(plain) as count:
+        assert count == 0  # a bf16 run validating: its activations are not float32
 
 
 def test_blocks_nest_across_threads_and_the_last_one_out_restores(tiny_causal):

@@ -27,9 +27,11 @@ _ROWS_HINT = 4096
 
 def can_pack(model: torch.nn.Module, device: torch.device) -> bool:
     """Whether `packed_linears` would change anything: a float32 model on a CPU with oneDNN,
-    not wrapped by PEFT (its layers read their base layer's weight)."""
+    not wrapped by PEFT (its layers read their base layer's weight), outside CPU autocast (a
+    bf16 training run validating: the activations would not be float32)."""
     return (
         device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and not hasattr(model, "get_base_model")
