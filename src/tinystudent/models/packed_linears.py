@@ -34,15 +34,15 @@ def can_pack(model: torch.nn.Module, device: torch.device) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and not hasattr(model, "get_base_model")
-        and not any(type(m).__module__.startswith("peft.") for m in model.modules())
+        and not any(type(m).__module__.startswith("peft.") for m in model.modules())  # the model itself too
         and next(model.parameters()).dtype == torch.float32
     )
 
 
 def _packable(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """Plain linear layers whose weight no other parameter shares; the output layer is left
-    out (scoring runs it on a few positions only, and it is often tied to the embeddings)."""
+    """Plain linear layers whose weight no other parameter shares and is not packed already (by a
+    block on a model that contains this one); the output layer is left out (scoring runs it on a
+    few positions only, and it is often tied to the embeddings)."""
     output_layer = getattr(model, "get_output_embeddings", None)
     head = output_layer() if callable(output_layer) else None
     seen: dict[int, int] = {}
