@@ -236,3 +236,25 @@ def test_the_closest_is_judged_on_every_question_before_a_subset():
     assert alone["closest"]["subset"] == {"n": 20, "of": N, "teacher_acc": 0.5}
     sentence = verdict_sentence(alone, teacher)
     assert "on the 20 of 200 test questions it answered, where the teacher has 50.0%" in sentence
+
+
+def test_the_sentence_gives_the_winner_its_own_numbers_and_the_boundary_its_own():
+    """The quickstart's report once said the winner had the largest loser's accuracy and p."""
+    from tinystudent.report.verdict import verdict_sentence
+
+    entry = {
+        "teacher": "smollm2",
+        "teacher_acc": 0.658,
+        "by": "params",
+        "smallest_winner": "minilm-4L",
+        "winner_acc": 0.715,
+        "diff": 0.057,
+        "diff_ci95": [0.0, 0.122],
+        "p_value": 0.043,
+        "params": 19_200_000,
+        "largest_loser": {"label": "minilm-1L", "params": 13_800_000, "acc": 0.667, "diff": 0.008},
+    }
+    sentence = verdict_sentence(entry, {"params": 134_500_000})
+    winner, boundary = sentence.split("Below it")
+    assert "minilm-4L (acc 71.5%, +5.7 points" in winner and "p = 0.043" in winner and "66.7%" not in winner
+    assert "minilm-1L" in boundary and "acc 66.7%, +0.8 points" in boundary

@@ -110,12 +110,12 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
         )
         boundary = ""
         if loser:
-            evidence = _evidence(
+            loser_evidence = _evidence(
                 loser.get("acc"), loser.get("diff"), loser.get("diff_ci95"), loser.get("p_value"), loser.get("subset")
             )
             boundary = (
                 f" Below it, the largest student that does not beat it is {loser.get('label', '?')} "
-                f"({_size(loser, by)}, {evidence})."
+                f"({_size(loser, by)}, {loser_evidence})."
             )
         trivial = ""
         if (
