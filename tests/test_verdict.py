@@ -9,7 +9,7 @@ import pytest
 
 from tinystudent.evaluation.stats import pearson
 from tinystudent.experiments.config import ExperimentError, load_experiment
-from tinystudent.experiments.verdict import compare_to_fixed, smallest_winner, verdict
+from tinystudent.experiments.verdict import compare, compare_to_fixed, smallest_winner, verdict
 
 N = 200
 TEACHER = {"name": "big", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 for i in range(N)]}
@@ -258,3 +258,47 @@ def test_the_sentence_gives_the_winner_its_own_numbers_and_the_boundary_its_own(
     winner, boundary = sentence.split("Below it")
     assert "minilm-4L (acc 71.5%, +5.7 points" in winner and "p = 0.043" in winner and "66.7%" not in winner
     assert "minilm-1L" in boundary and "acc 66.7%, +0.8 points" in boundary
+
+
+# --- the majority baseline and seeds ---------------------------------------------------------
+
+MAJORITY = {"name": "always 'yes'", "acc": 0.6, "correct": [i % 5 < 3 for i in range(N)]}  # 60% of the questions
+
+
+def test_a_win_over_a_weak_teacher_that_does_not_beat_the_majority_is_no_win():
+    weak = {"name": "weak", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 for i in range(N)]}
+    prior = {**student("says-yes", 10, 1, 0), "correct": MAJORITY["correct"], "acc": 0.6}
+    assert compare(prior, weak)["p_value"] < 0.05  # it beats the teacher ...
+    entry = smallest_winner(weak, [prior], "params", majority=MAJORITY)
+    assert entry["smallest_winner"] is None  # ... but not the majority baseline, so it is no winner
+    assert entry["closest"]["label"] == "says-yes" and entry["closest"]["vs_majority"]["p_value"] >= 0.05
+    assert entry["teacher_below_majority"] is True and entry["majority_baseline"] == 0.6
+    learnt = {**student("learnt", 20, 2, 0), "correct": [c or i % 7 == 0 for i, c in enumerate(MAJORITY["correct"])]}
+    learnt["acc"] = sum(learnt["correct"]) / N  # right wherever "yes" is, and on some "no" questions too
+    winner = smallest_winner(weak, [prior, learnt], "params", majority=MAJORITY)
+    assert winner["smallest_winner"] == "learnt" and winner["vs_majority"]["p_value"] < 0.05
+    assert winner["largest_loser"]["label"] == "says-yes"
+    strong = smallest_winner(TEACHER | {"acc": 0.7}, [learnt], "params", majority=MAJORITY)
+    assert strong["teacher_below_majority"] is False
+
+
+def test_seeds_are_judged_by_their_mean_with_seed_variance_in_the_interval():
+    from tinystudent.experiments.verdict import recipe_interval
+
+    rng = __import__("random").Random(0)
+    stable = [[rng.random() < 0.75 for _ in range(N)]] * 3  # three seeds giving the same answers
+    spread = [[rng.random() < p for _ in range(N)] for p in (0.6, 0.75, 0.9)]
+    accs = [sum(row) / N for row in spread]
+    one = {"label": "one", "acc": sum(stable[0]) / N, "correct": stable[0], "params": 1}
+    same = {**one, "seeds_correct": stable}
+    varied = {"label": "varied", "acc": sum(accs) / 3, "correct": spread[0], "seeds_correct": spread, "params": 1}
+    alike, alone = compare(same, MAJORITY), compare(one, MAJORITY)  # identical seeds: the one-seed bootstrap
+    assert alike["p_value"] == alone["p_value"] and alike["ci95"] == pytest.approx(alone["ci95"])
+    assert compare(varied, MAJORITY)["diff"] == pytest.approx(sum(accs) / 3 - 0.6)
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    spread_only_questions = {**varied, "seeds_correct": [spread[1]] * 3}
+    assert width(recipe_interval(varied)) > width(recipe_interval(spread_only_questions))
+    low, high = recipe_interval(varied)
+    assert low < sum(accs) / 3 < high
+    fixed = compare(varied, {"name": "paper", "acc": 0.6, "correct": None})
+    assert fixed["diff"] == pytest.approx(sum(accs) / 3 - 0.6)

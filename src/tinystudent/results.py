@@ -67,7 +67,8 @@ def _known_and_additional(cls, data: dict) -> tuple[dict, dict]:
 @dataclass
 class TeacherResult:
     """A teacher as the study lists it: its test accuracy in its best way of being scored (chosen
-    on validation), or the accuracy a paper reported for it."""
+    on validation), or the accuracy a paper reported for it; None for a teacher that only gave
+    rationales (an import without a reported accuracy), which the verdict does not judge."""
 
     name: str
     acc: float | None
@@ -89,7 +90,7 @@ class TeacherResult:
     def from_dict(cls, data, where: str = "teacher") -> TeacherResult:
         _require_mapping(data, where)
         name = _require_text(data, "name", where)
-        _require_fraction(data, "acc", f"{where} '{name}'", required=True)
+        _require_fraction(data, "acc", f"{where} '{name}'", required=False)
         _require_interval(data, f"{where} '{name}'")
         known, additional = _known_and_additional(cls, data)
         return cls(**{**known, "validation": known.get("validation") or []}, additional=additional)
@@ -225,6 +226,9 @@ class Study:
     bpb_correlation: dict | None = None
     units: dict | None = None
     search: dict | None = None
+    contamination: dict | None = None  # training and validation questions compared with the test ones
+    recipes: list[dict] = field(default_factory=list)  # each recipe over its seeds (`study.recipes`)
+    baselines: dict | None = None  # majority, and the best student taught by gold answers alone
     additional: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -240,6 +244,9 @@ class Study:
             "bpb_correlation": self.bpb_correlation,
             "units": self.units,
             "search": self.search,
+            "contamination": self.contamination,
+            "recipes": self.recipes,
+            "baselines": self.baselines,
             **self.additional,
         }
 

@@ -33,8 +33,13 @@ def eval_command(
     max_input_tokens: Optional[int] = typer.Option(
         None,
         help="Fit every input to this many tokens by "
-        "cutting the end of its evidence, never its question "
+        "shortening its evidence (see --evidence), never its question "
         "[default: what the model takes].",
+    ),
+    evidence: str = typer.Option(
+        "cut",
+        help="How evidence longer than the budget is shortened: cut (its end is cut) or select (the "
+        "sentences most related to the question are kept, in their order, BM25).",
     ),
     num_fewshot: int = typer.Option(
         0, help="Solved examples from the train split before each question (loglikelihood mode)."
@@ -58,6 +63,7 @@ def eval_command(
 ) -> None:
     """Measure one model on one task: accuracy, 95% interval, majority baseline and cost."""
     quiet_libraries()
+    from tinystudent.evaluation.fit import check_strategy
     from tinystudent.evaluation.save import evaluate_and_save
     from tinystudent.tasks import load_task
 
@@ -82,6 +88,7 @@ def eval_command(
         batch_size=batch_size,
         max_input_tokens=max_input_tokens,
         num_fewshot=num_fewshot,
+        evidence=check_strategy(evidence),
         run_key=run_key,
         device=device,
         dtype=dtype,
@@ -101,7 +108,7 @@ def print_eval(summary: dict) -> None:
         ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
         ("majority baseline", f"{summary['majority_baseline']:.4f}"),
         ("unparsed answers", summary["unparsed"]),
-        ("inputs cut to fit", f"{summary['truncated']} (evidence cut, question kept)"),
+        ("inputs cut to fit", f"{summary['truncated']} (evidence shortened, question kept)"),
         ("parameters", f"{summary['params']:,}"),
         ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
         ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),

@@ -91,8 +91,9 @@ def run_command(
 
         Store.check_path(db)
         check_engine(spec.executor.kind)
+        checked = check_study(spec)
         if as_json:
-            emit_json({"experiment": spec.name, "valid": True, "training_runs": plan})
+            emit_json({"experiment": spec.name, "valid": True, "training_runs": plan, **checked})
         return
     from tinystudent.experiments.runner import run_experiment
     from tinystudent.report import render_report, verdict_text
@@ -116,6 +117,28 @@ def run_command(
         return
     stdout.print(verdict_text(study))
     stdout.print(f"report: {paths['markdown']} and {paths['html']}")
+
+
+def check_study(spec) -> dict:
+    """What `run --check` checks beyond the file: the task's questions load, none of the training
+    or validation questions is a test question, and the plan can be made from them."""
+    from collections import Counter
+
+    from tinystudent.experiments.data import load_study_data
+    from tinystudent.experiments.plan import plan
+
+    data = load_study_data(spec)
+    units = Counter(unit.kind for unit in plan(spec, data))
+    contamination = data.contamination
+    learnt = ", ".join(f"{n} {split}" for split, n in contamination["checked"].items())
+    dropped = sum(len(ids) for ids in (contamination.get("dropped") or {}).values())
+    stderr.print(
+        f"questions: train {len(data.splits.train)}, validation {len(data.splits.valid)}, test {len(data.splits.test)}; "
+        f"none of the {learnt} questions is a test question"
+        + (f" ({dropped} that were are left out of training)" if dropped else "")
+    )
+    stderr.print("units planned before any has run: " + ", ".join(f"{n} {kind}" for kind, n in units.items()))
+    return {"units": dict(units), "contamination": contamination}
 
 
 def print_plan(spec, db: Optional[Path], as_json: bool) -> None:

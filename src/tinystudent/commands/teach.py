@@ -71,6 +71,17 @@ def teach_command(
     template: Optional[Path] = typer.Option(None, help="A file replacing the strategy's prompt template."),
     shot_template: Optional[Path] = typer.Option(None, help="A file replacing the in-context example template."),
     max_rationale_tokens: Optional[int] = typer.Option(None, min=1, help="Trim rationales to this many tokens."),
+    max_input_tokens: Optional[int] = typer.Option(
+        None,
+        min=8,
+        help="Fit each prompt to this many tokens by shortening the evidence of the question and its in-context "
+        "examples (see --evidence), never their questions [default: what the teacher takes] (local teachers).",
+    ),
+    evidence: str = typer.Option(
+        "cut",
+        help="How evidence longer than the budget is shortened: cut (its end is cut) or select (the sentences "
+        "most related to the question are kept, in their order, BM25).",
+    ),
     keep: str = typer.Option(
         "all",
         help="all, or matching: only outputs whose stated answer is the gold one count as kept (all stay cached).",
@@ -97,10 +108,12 @@ def teach_command(
     model call, and a stopped run resumes where it stopped. A failed or empty output is not cached
     (a second run asks again); the exit code is 1 when every question failed, 3 when some did."""
     quiet_libraries()
+    from tinystudent.evaluation.fit import check_strategy
     from tinystudent.store import Store
     from tinystudent.teachers import make_teacher
 
     _check_strategy(strategy)
+    check_strategy(evidence)
     split, examples, pool = _questions(task, split, limit, columns, split_seed, strategy, k_shots)
     servers = _servers(base_url)
     if servers:
@@ -139,6 +152,8 @@ def teach_command(
             top_p=top_p,
             max_rationale_tokens=max_rationale_tokens,
             keep=keep,
+            max_input_tokens=max_input_tokens,
+            evidence=evidence,
         )
     result = _teach_result(summary, teacher, task, split, store.path)
     if as_json:

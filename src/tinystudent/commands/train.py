@@ -188,6 +188,12 @@ def train_command(
         "to this fraction of each feed-forward block's units "
         "(those of largest weight magnitude), e.g. 0.5.",
     ),
+    kind: Optional[str] = typer.Option(
+        None,
+        help="Save the student as this model kind first: classifier (one output per label, for a task whose "
+        "questions all offer the same choices: one pass per question instead of one per choice) or another "
+        "registered kind [default: read from the model's config].",
+    ),
     recover: Optional[int] = typer.Option(
         None,
         min=1,
@@ -228,6 +234,7 @@ def train_command(
     if strategy is not None and strategy not in rationale_strategies():
         raise ValueError(f"--strategy {strategy!r}: rationales come from one of {rationale_strategies()}")
     cut = keep_layers is not None or mlp_width is not None
+    made = kind is not None  # saved as that kind first
     if recover and not cut:
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
@@ -237,7 +244,8 @@ def train_command(
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
     valid = data.split("validation")
     test_examples = (data.split("test")[:test_limit] if test_limit else data.split("test")) if test else None
-    shape = "-".join(part for part in (keep_layers, f"ff{mlp_width:g}" if mlp_width else None) if part) or "all"
+    parts = (keep_layers, f"ff{mlp_width:g}" if mlp_width else None, kind)
+    shape = "-".join(part for part in parts if part) or "all"
     out = out or Path("tinystudent-runs") / _slug(
         f"{Path(student).name}-{shape}-{Path(task).name}-{objective}-{config.method}"
     )
@@ -248,22 +256,34 @@ def train_command(
         if config.weights.logit_kd or config.weights.hidden:
             teacher = teacher_model or (names[0] if names else None)
             info(f"token-level distillation from the teacher model {teacher}")
-        if cut:
+        if cut or made:
             from tinystudent.distill.train import main_process_first
             from tinystudent.models.students import scale_down
+            from tinystudent.tasks.schema import shared_choices
 
+            labels = shared_choices(train) if _made_for_task(kind) else None
             with main_process_first(config.device):  # built once under accelerate launch
-                student_path = str(scale_down(student, keep_layers, out / "student", mlp_width=mlp_width))
+                student_path = str(
+                    scale_down(student, keep_layers, out / "student", kind=kind, mlp_width=mlp_width, labels=labels)
+                )
                 if recover:
                     student_path = _recover(
-                        student_path, student, train, valid, rationales, recover, out / "recovery", config.device
+                        student_path,
+                        student,
+                        train,
+                        valid,
+                        data.splits.get("test", []),
+                        rationales,
+                        recover,
+                        out / "recovery",
+                        config.device,
                     )
         else:
             student_path = student
         result = _run(
             student_path, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart
         )
-        result.student = student if not cut else f"{student} ({shape})"
+        result.student = student if not (cut or made) else f"{student} ({shape})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
         if not _is_main():
             return
@@ -290,12 +310,15 @@ def _teacher_data(store, names, task, strategy, rationales_file, weights) -> tup
     return rationales or cached_rationales, scores
 
 
-def _recover(cut: str, parent: str, train, valid, rationales: dict, steps: int, out: Path, device: str) -> str:
-    """Recovery of the cut student from its parent (`distill.recover`); returns its folder."""
+def _recover(cut: str, parent: str, train, valid, test, rationales: dict, steps: int, out: Path, device: str) -> str:
+    """Recovery of the cut student from its parent (`distill.recover`), on passages none of which
+    holds a test question; returns its folder."""
     from tinystudent.distill import RecoveryConfig
     from tinystudent.distill.recover import heldout_text, recover, recovery_texts
+    from tinystudent.tasks.contamination import check_contamination
 
     texts = recovery_texts(train, rationales)
+    check_contamination(test or [], {}, passages=texts)
     result = recover(
         cut,
         parent,
@@ -310,6 +333,13 @@ def _recover(cut: str, parent: str, train, valid, rationales: dict, steps: int, 
         f"held-out validation text, {result.steps} steps, {result.seconds:.0f} s"
     )
     return result.path
+
+
+def _made_for_task(kind: Optional[str]) -> bool:
+    """Whether `--kind` names a kind made for the task's choices (a classifier), checking the name."""
+    from tinystudent.models.kinds import kind_adapter
+
+    return kind is not None and kind_adapter(kind).made_for_task
 
 
 def _is_main() -> bool:

@@ -157,8 +157,19 @@ class TrainConfig(_Strict):
         256,
         ge=8,
         description="Every input is fitted to this many tokens (the answer task's prompt and choice, a "
-        "cross-encoder's pair, a rationale task's prompt): the end of the evidence is cut first, the question "
-        "and choices are kept (evaluation.fit).",
+        "cross-encoder's pair, a rationale task's prompt): the evidence is shortened first (see evidence), the "
+        "question and choices are kept (evaluation.fit).",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch training questions of similar input length together (each epoch still a seeded "
+        "permutation of all of them), so less of each batch is padding: faster for encoders reading long inputs.",
+    )
+    evidence: Literal["cut", "select"] = Field(
+        "cut",
+        description="How evidence longer than max_input_tokens is shortened, in training and in the "
+        "validation and test passes: cut (its end is cut) or select (the sentences most related to the "
+        "question are kept, in their order; BM25).",
     )
     # The loss is the same either way (`tests/test_packing.py`).
     packing: bool = Field(

@@ -15,7 +15,7 @@ from typing import TypeVar
 import torch
 
 from tinystudent.distill.losses import PAD_SCORE
-from tinystudent.evaluation.fit import Fitted, InputTooLong, fit_example, fit_summary, token_counter
+from tinystudent.evaluation.fit import CUT, Fitted, InputTooLong, fit_example, fit_summary, token_counter
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
@@ -102,17 +102,20 @@ class Features:
     choice_texts: list[str]  # ... and each choice's text
     rationales: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     teacher_choice: dict[str, list[float]] = field(default_factory=dict)
+    length: int = 0  # the answer prompt's tokens as fitted (batches may be grouped by it)
 
 
-def fit_answer_prompt(ex: Example, tokenizer, kind: str | ModelKind, style: str, budget: int) -> Fitted:
+def fit_answer_prompt(
+    ex: Example, tokenizer, kind: str | ModelKind, style: str, budget: int, evidence: str = CUT
+) -> Fitted:
     """The answer task's prompt fitted exactly as evaluation fits it for this model kind: leaving
-    room for its longest choice (`ModelKind.choice_reserve`) and counting the prompt's tokens as
-    the model receives them."""
+    room for its longest choice (`ModelKind.choice_reserve`), counting the prompt's tokens as
+    the model receives them and shortening evidence by the same strategy (`evidence`)."""
     adapter = kind_adapter(kind)
     render = lambda e: choice_context(e, style)  # noqa: E731
     reserve = adapter.choice_reserve(tokenizer, choice_continuations(ex))
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
-    return fit_example(ex, render, count, tokenizer, budget - reserve)
+    return fit_example(ex, render, count, tokenizer, budget - reserve, evidence)
 
 
 def build_features(
@@ -126,31 +129,40 @@ def build_features(
     max_input: int,
     max_answer: int,
     max_rationale: int,
+    evidence: str = CUT,
 ) -> tuple[dict[str, Features], dict]:
     """Tokenize every question once: answer prompt, choices, and each teacher's rationale task.
 
-    Every input is fitted to `max_input` tokens by cutting its evidence, never its question
-    (`evaluation.fit`). Token ids (prompt, choices, rationale tasks) are made for kinds with a
-    next-token distribution; an encoder reads the prompt and choice texts as pairs. Returns the
-    features by question id and the fit summary of the answer prompts (how many were cut).
+    Every input is fitted to `max_input` tokens by shortening its evidence (`evidence`: cut its
+    end or select its sentences), never its question (`evaluation.fit`). Token ids (prompt,
+    choices, rationale tasks) are made for kinds with a next-token distribution; an encoder reads
+    the prompt and choice texts as pairs. Returns the features by question id and the fit summary
+    of the answer prompts (how many were cut).
     """
     adapter = kind_adapter(kind)
     eos = tokenizer.eos_token_id
     features, fitted, skipped = {}, [], 0
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
     for ex in examples:
-        answer_fit = fit_answer_prompt(ex, tokenizer, adapter, style, max_input)
+        answer_fit = fit_answer_prompt(ex, tokenizer, adapter, style, max_input, evidence)
         fitted.append(answer_fit)
         context = choice_context(answer_fit.example, style)
         prompt, choices = [], []
         if adapter.next_token:
             prompt, choices = adapter.encode_choices(tokenizer, ChoiceRequest(context, choice_continuations(ex)))
-        feats = Features(ex.answer, prompt, [c[:max_answer] for c in choices], context, [c.strip() for c in ex.choices])
+        feats = Features(
+            ex.answer,
+            prompt,
+            [c[:max_answer] for c in choices],
+            context,
+            [c.strip() for c in ex.choices],
+            length=answer_fit.tokens,
+        )
         for teacher, by_id in rationales.items():
             if ex.id in by_id and adapter.next_token:
                 render = lambda e, t=teacher: rationale_prompt.format(teacher=t, question=lettered_question(e))  # noqa: E731
                 try:
-                    question = render(fit_example(ex, render, count, tokenizer, max_input).example)
+                    question = render(fit_example(ex, render, count, tokenizer, max_input, evidence).example)
                 except InputTooLong:
                     skipped += 1  # its lettered choices alone exceed the budget: no rationale task
                     continue
@@ -164,7 +176,7 @@ def build_features(
         features[ex.id] = feats
     if skipped:
         warn(f"{skipped} rationale task(s) left out: the question's choices alone exceed max_input_tokens={max_input}")
-    return features, {**fit_summary(fitted, max_input), "rationale_tasks_left_out": skipped}
+    return features, {**fit_summary(fitted, max_input, evidence), "rationale_tasks_left_out": skipped}
 
 
 # --- batches ---------------------------------------------------------------------------------
@@ -372,24 +384,48 @@ def teacher_choice_table(items: list[Features], teacher: str, width: int) -> tup
 # --- data order ------------------------------------------------------------------------------
 
 
+GROUP_BATCHES = 32  # batches whose examples are sorted by length together when grouping by length
+
+
 class SampleStream:
     """An endless, seeded order over the examples: epoch e is a fixed permutation.
 
     Position k of the stream is example `perm_{k // n}[k % n]`, so a run that resumes at
     position k sees exactly what an uninterrupted run would.
+
+    With `lengths` (each example's input tokens) and `batch_size`, an epoch's permutation is
+    grouped by length: it is cut into spans of `GROUP_BATCHES` batches, each span sorted by length
+    and cut into batches, and the order of all the epoch's batches is shuffled again. Each batch
+    then holds examples of similar length, so little of it is padding, and the order is still a
+    seeded permutation of every example (transformers' `group_by_length` does the same).
     """
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
         if n < 1:
             raise ValueError("training needs at least one example")
-        self.n, self.seed = n, seed
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} examples")
+        self.n, self.seed, self.lengths, self.batch_size = n, seed, lengths, batch_size
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=generator).tolist()}
+            order = torch.randperm(self.n, generator=generator).tolist()
+            if self.lengths is not None and self.batch_size > 1:
+                order = self._grouped(order, generator)
+            self._perms = {epoch: order}
         return self._perms[epoch]
+
+    def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
+        lengths, size = self.lengths or [], self.batch_size
+        span = size * GROUP_BATCHES
+        batches = []
+        for start in range(0, len(order), span):
+            ranked = sorted(order[start : start + span], key=lambda i: -lengths[i])
+            batches += [ranked[b : b + size] for b in range(0, len(ranked), size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [i for b in shuffled for i in batches[b]]
 
     def take(self, start: int, count: int) -> list[int]:
         return [self._perm(k // self.n)[k % self.n] for k in range(start, start + count)]

@@ -27,6 +27,7 @@ from tinystudent.distill.objectives import teacher_states
 from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
+from tinystudent.tasks.contamination import check_contamination
 from tinystudent.tasks.schema import Example
 from tinystudent.threads import keep_share
 
@@ -35,11 +36,14 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
 
 
-def check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> None:
-    """Refuse training questions that are also validation or test questions (by id).
+def check_splits(train: list[Example], valid: list[Example], test: list[Example] | None) -> dict | None:
+    """Refuse training questions that are also validation or test questions (by id), and
+    training or validation questions whose text is a test question's (`tasks.contamination`).
+    Returns what the text check compared (None without test questions).
 
     Raises:
         ValueError: the splits overlap; the message names a few shared ids.
+        Contamination: a test question's text is in the training or validation questions.
     """
     train_ids = {ex.id for ex in train}
     for name, other in (("validation", valid), ("test", test or [])):
@@ -49,6 +53,7 @@ def check_splits(train: list[Example], valid: list[Example], test: list[Example]
                 f"{len(shared)} training question(s) are also in the {name} examples "
                 f"(ids like {sorted(shared)[:3]}); the splits must not overlap"
             )
+    return check_contamination(test, {"train": train, "validation": valid}) if test else None
 
 
 def check_objectives(config: TrainConfig, rationale_weights: dict, choice_weights: dict, teacher, mutual: bool) -> None:
@@ -137,7 +142,8 @@ class TrainingRun:
         self.accelerator, self.device, self.total_steps = accelerator, device, total_steps
         self.rationale_weights, self.choice_weights, self.mutual = rationale_weights, choice_weights, mutual
         self.on_step = on_step
-        self.stream = SampleStream(len(train), config.seed)
+        lengths = [trainees[0].features[ex.id].length for ex in train] if config.group_by_length else None
+        self.stream = SampleStream(len(train), config.seed, lengths, config.batch_size)
         self.autocast_dtype = resolve_precision(config.precision, device)
         self.shared: dict[str, Any] = {
             "step": 0,
@@ -208,6 +214,7 @@ class TrainingRun:
                     "loglikelihood",
                     self.config.eval_batch_size,
                     max_input_tokens=self.config.max_input_tokens,
+                    evidence=self.config.evidence,
                 )
             tr.loaded.model.train()
             payload = [result]

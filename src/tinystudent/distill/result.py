@@ -53,6 +53,7 @@ class TrainResult:
     valid_history: list[dict] = field(default_factory=list)
     test_eval: dict | None = None
     inputs_fit: dict | None = None  # how many training inputs were cut to max_input_tokens
+    contamination: dict | None = None  # training and validation questions compared with the test ones
 
     def to_dict(self) -> dict:
         return asdict(self)

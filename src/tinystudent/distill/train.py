@@ -80,8 +80,9 @@ def _train(
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
+    contamination = check_splits(train, valid, test)
     rationales, choice_logprobs, rationale_weights, choice_weights = _checked_inputs(
-        train, valid, test, rationales, choice_logprobs, config, teacher, mutual
+        train, rationales, choice_logprobs, config, teacher, mutual
     )
     valid = valid[: config.valid_limit] if config.valid_limit else list(valid)
     accelerator, device = _accelerator(config.device)
@@ -141,6 +142,8 @@ def _train(
     with memory.measure():
         run.run()
     results = [_finish(run, tr, test, memory, run_key) for tr in trainees]
+    for result in results:
+        result.contamination = contamination
     if accelerator.is_main_process:
         _write_results(done, run_key, results)
     accelerator.wait_for_everyone()
@@ -149,8 +152,6 @@ def _train(
 
 def _checked_inputs(
     train: list[Example],
-    valid: list[Example],
-    test: list[Example] | None,
     rationales,
     choice_logprobs,
     config: TrainConfig,
@@ -161,7 +162,6 @@ def _checked_inputs(
     and choice log-probabilities and the weight of each teacher's rationales and choices."""
     if not train:
         raise ValueError("no training examples")
-    check_splits(train, valid, test)
     rationales = check_rationales(rationales, train)
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
     rationale_weights = config.weights.per_teacher("rationale", list(rationales))

@@ -177,6 +177,7 @@ def setup_trainee(
     )
     core = loaded.model
     loaded.adapter.check_output_layer(core, name)
+    loaded.adapter.check_training_task(core, train)
     kd_dtype = resolve_precision(config.precision, device)
     teacher_info: FrozenTeacher | None = None
     kd_vocab: int | None = None
@@ -204,11 +205,12 @@ def setup_trainee(
         config.max_input_tokens,
         config.max_answer_tokens,
         config.max_rationale_tokens,
+        config.evidence,
     )
     if fitted["truncated"]:
         info(
             f"{fitted['truncated']} of {len(train)} training inputs were longer than "
-            f"{config.max_input_tokens} tokens: their evidence was cut, their question kept"
+            f"{config.max_input_tokens} tokens: their evidence was shortened ({config.evidence}), their question kept"
         )
     w = config.weights
     weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)

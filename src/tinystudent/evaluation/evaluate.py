@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
-from tinystudent.evaluation.fit import Fitted, fit_summary, fit_with_shots, token_counter
+from tinystudent.evaluation.fit import CUT, Fitted, check_strategy, fit_summary, fit_with_shots, token_counter
 from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
@@ -59,6 +59,8 @@ class EvalResult:
         row.update(self.cost)
         row["acc"], row["ci95"] = round(self.acc, 4), [round(x, 4) for x in self.ci95]
         row["acc_norm"] = None if self.acc_norm is None else round(self.acc_norm, 4)
+        fit = self.settings.get("fit") or {}
+        row["budget_tokens"], row["evidence"] = fit.get("budget_tokens"), fit.get("evidence")
         return row
 
 
@@ -69,20 +71,22 @@ def _argmax(values: list[float]) -> int:
 @dataclass
 class InputPlan:
     """How one evaluation turns examples into model inputs: the prompt style, the budget in
-    tokens, the in-context examples (few-shot) and what fitting cut."""
+    tokens and how evidence is made to fit it, the in-context examples (few-shot) and what
+    fitting cut."""
 
     style: str
     budget: int
     num_fewshot: int = 0
     shots_pool: list[Example] = field(default_factory=list)
     seed: int = 0
+    evidence: str = CUT
     fitted: list[Fitted] = field(default_factory=list)
 
     def settings(self) -> dict:
         return {
             "prompt_style": self.style,
             "num_fewshot": self.num_fewshot,
-            "fit": fit_summary(self.fitted, self.budget),
+            "fit": fit_summary(self.fitted, self.budget, self.evidence),
         }
 
 
@@ -101,7 +105,14 @@ def _fit_prompts(
     for ex in examples:
         shots = draw_shots(ex, plan.shots_pool, plan.num_fewshot, plan.seed) if plan.num_fewshot else []
         fitted, shots = fit_with_shots(
-            ex, shots, whole, lambda e: fewshot_block(e, plan.style), count, loaded.tokenizer, plan.budget - reserve(ex)
+            ex,
+            shots,
+            whole,
+            lambda e: fewshot_block(e, plan.style),
+            count,
+            loaded.tokenizer,
+            plan.budget - reserve(ex),
+            plan.evidence,
         )
         plan.fitted.append(fitted)
         prompts.append(whole(fitted.example, shots))
@@ -168,6 +179,7 @@ def evaluate_model(
     shots_pool: list[Example] | None = None,
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
+    evidence: str = CUT,
 ) -> EvalResult:
     """Score `examples` with `loaded` and measure its cost on the way.
 
@@ -175,10 +187,12 @@ def evaluate_model(
         mode: `loglikelihood` (each choice as a continuation), `generate` (answer with a letter)
             or `generate_cot` (think step by step, then answer); encoders support only the first.
         max_input_tokens: fit every input to this many tokens (default and at most: what the
-            model takes); evidence is cut first, the question and choices are kept (`fit`).
+            model takes); evidence is shortened first, the question and choices are kept (`fit`).
         num_fewshot: solved examples from `shots_pool` before each question (loglikelihood only),
             drawn per question from `seed`.
         on_progress: told the number of questions each batch answered.
+        evidence: how evidence is shortened to fit: `cut` its end, or `select` the sentences most
+            related to the question (`fit`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -190,7 +204,9 @@ def evaluate_model(
         )
     limit = loaded.input_limit
     budget = min(max_input_tokens, limit) if max_input_tokens else limit
-    plan = InputPlan(prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed)
+    plan = InputPlan(
+        prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed, check_strategy(evidence)
+    )
     memory, latency = MemoryMeter(loaded.device), LatencyMeter(on_questions=on_progress)
     with memory.measure():
         if mode == "loglikelihood":

@@ -21,6 +21,7 @@ def evaluate_and_save(
     batch_size: int,
     max_input_tokens: int | None,
     num_fewshot: int,
+    evidence: str = "cut",
     run_key: str | None,
     device: str = "auto",
     dtype: str = "auto",
@@ -61,6 +62,7 @@ def evaluate_and_save(
                 shots_pool=pool,
                 seed=seed,
                 on_progress=lambda n: bar.update(row, advance=n),
+                evidence=evidence,
             )
         result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
         evaluation_id = store.save_evaluation(result, run_key)

@@ -46,19 +46,22 @@ def paired_bootstrap(correct_a: list[bool], correct_b: list[bool], n_resamples: 
     }
 
 
-def majority_baseline(examples: list[Example]) -> dict:
-    """Accuracy of always giving the most frequent gold answer.
-
-    When every question has the same choices (yes/no, yes/no/maybe) the class is the answer's
-    text; otherwise it is the answer's position (always "A", say).
-    """
-    if not examples:
-        return {"acc": 0.0, "answer": None}
+def _labels(examples: list[Example]) -> list:
+    """Each gold answer as the majority baseline counts it: its text when every question has the
+    same choices (yes/no, yes/no/maybe), else its position (always "A", say)."""
     same_choices = len({ex.choices for ex in examples}) == 1
-    labels = [ex.answer_text if same_choices else ex.answer for ex in examples]
+    return [ex.answer_text if same_choices else ex.answer for ex in examples]
+
+
+def majority_baseline(examples: list[Example]) -> dict:
+    """Accuracy of always giving the most frequent gold answer, that answer (`answer`, as shown)
+    and which questions it gets right (`correct`)."""
+    if not examples:
+        return {"acc": 0.0, "answer": None, "correct": []}
+    labels = _labels(examples)
     label, count = Counter(labels).most_common(1)[0]
-    shown = label if same_choices else f"choice {label}"
-    return {"acc": count / len(examples), "answer": shown}
+    shown = label if isinstance(label, str) else f"choice {label}"
+    return {"acc": count / len(examples), "answer": shown, "correct": [gold == label for gold in labels]}
 
 
 def percentile(values: list[float], q: float) -> float:

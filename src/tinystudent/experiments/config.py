@@ -55,9 +55,12 @@ class TaskSpec(Strict):
     """Which benchmark and how much of each split to use (None = all of it).
 
     `max_input_tokens` fits every model's inputs, teachers' and students', in evaluation,
-    training and teaching, to that many tokens by cutting the end of the evidence (never the
-    question), so all are judged on the same text; None: each model's own limit when it is
-    evaluated or teaches, and the training config's `max_input_tokens` when it learns.
+    training and teaching, to that many tokens by shortening the evidence (never the question),
+    so all are judged on the same text; None: each model's own limit when it is evaluated or
+    teaches, and the training config's `max_input_tokens` when it learns. `evidence` says how:
+    `cut` its end, or `select` the sentences most related to the question (`evaluation.fit`).
+    A training or validation question that is a test question is an error, or with
+    `contamination: drop` is left out, the study saying which (`tasks.contamination`).
     """
 
     name: str
@@ -67,6 +70,15 @@ class TaskSpec(Strict):
     test_split: str = "test"
     seed: int = 0
     max_input_tokens: int | None = Field(None, ge=8)
+    evidence: Literal["cut", "select"] = "cut"
+    contamination: Literal["error", "drop"] = "error"  # training or validation questions that are test ones
+
+    def payload(self) -> dict:
+        """What every unit of the study depends on of the task; the evidence strategy and the
+        contamination rule only when they are not the default, so keys stored before they existed
+        stay the same."""
+        defaults = {"evidence": "cut", "contamination": "error"}
+        return self.model_dump(exclude={key for key, value in defaults.items() if getattr(self, key) == value})
 
     @field_validator("test_split")
     @classmethod
@@ -153,6 +165,7 @@ class TeacherSpec(Strict):
     max_new_tokens: int = Field(128, ge=1)
     eval_modes: list[str] = ["zero_shot"]
     max_input_tokens: int | None = Field(None, ge=8)  # this teacher's inputs; default: the task's
+    evidence: Literal["cut", "select"] | None = None  # how its evidence is shortened; default: the task's
     teach_limit: int | None = Field(None, ge=1)  # rationales for the first N training questions
     choice_limit: int | None = Field(None, ge=1)  # yes/no (choice) probabilities for the first N
     batch_size: int = Field(16, ge=1)  # prompts per generation batch of a local teacher
@@ -269,6 +282,13 @@ class StudentSpec(Strict):
     def is_cut(self) -> bool:
         """Scaled down from its model: fewer layers, narrower feed-forward blocks, or both."""
         return self.keep_layers is not None or self.mlp_width is not None
+
+    @property
+    def made_for_task(self) -> bool:
+        """Of a kind made for one task's choices (a classifier): saved as that kind first."""
+        from tinystudent.models.kinds import kind_adapter
+
+        return self.kind is not None and kind_adapter(self.kind).made_for_task
 
     def payload(self, include: set[str] | None = None) -> dict:
         """What this student's cached units depend on (`methods` aside: each run names its own).

@@ -7,6 +7,7 @@ from functools import cached_property
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.tasks import Example, data_hash, load_task
+from tinystudent.tasks.contamination import check_contamination, drop_contaminated
 
 HELDOUT_BYTES = 12000
 
@@ -43,6 +44,7 @@ class StudyData:
 
     splits: Splits
     extra_train: dict[str, list[Example]] = field(default_factory=dict)
+    contamination: dict = field(default_factory=dict)  # what was compared with the test questions
 
     @cached_property
     def hashes(self) -> dict:
@@ -62,9 +64,27 @@ class StudyData:
 
 
 def load_study_data(experiment: Experiment) -> StudyData:
-    """Read the experiment's task (and the tasks its students recover on); nothing is written."""
+    """Read the experiment's task (and the tasks its students recover on), and check that none of
+    their questions is a test question (`tasks.contamination`); nothing is written.
+
+    Raises:
+        Contamination: naming the training or validation questions that are test questions.
+    """
     extra_tasks = {name for s in experiment.students if s.recover for name in s.recover.extra_tasks}
-    return StudyData(load_splits(experiment), {name: load_task(name).split("train") for name in sorted(extra_tasks)})
+    splits = load_splits(experiment)
+    extra = {name: load_task(name).split("train") for name in sorted(extra_tasks)}
+    learnt: dict[str, list[Example]] = {
+        "train": splits.train,
+        "validation": splits.valid,
+        **{f"{name} train": rows for name, rows in extra.items()},
+    }
+    dropped: dict[str, list[str]] = {}
+    if experiment.task.contamination == "drop":
+        learnt, dropped = drop_contaminated(splits.test, learnt)
+        splits.train, splits.valid = learnt["train"], learnt["validation"]
+        extra = {name: learnt[f"{name} train"] for name in extra}
+    checked = check_contamination(splits.test, learnt)
+    return StudyData(splits, extra, {**checked, "dropped": dropped} if dropped else checked)
 
 
 __all__ = ["HELDOUT_BYTES", "Splits", "StudyData", "load_splits", "load_study_data"]

@@ -72,7 +72,7 @@ class Plan:
 
     def __init__(self, experiment: Experiment, data: StudyData, known: Known):
         self.experiment, self.data, self.known = experiment, data, known
-        self.base = {"task": experiment.task.model_dump(), "data": data.hashes}
+        self.base = {"task": experiment.task.payload(), "data": data.hashes}
         self.units: list[UnitSpec] = []
         self.keys: set[str] = set()
         self.students: dict[str, UnitSpec] = {}

@@ -8,13 +8,15 @@ import time
 from collections import defaultdict
 from typing import Callable
 
+import numpy as np
+
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline, pearson
 from tinystudent.experiments.plan import Answers, Plan
 from tinystudent.experiments.stages.collaboration import mutual_rows
 from tinystudent.experiments.stages.search import search_summary
 from tinystudent.experiments.stages.teachers import measurement
-from tinystudent.experiments.verdict import compare, verdict
+from tinystudent.experiments.verdict import compare, recipe_interval, verdict
 from tinystudent.hashing import stable_hash
 from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
 from tinystudent.store import Store, versions
@@ -178,6 +180,60 @@ def teacher_rows(plan: Plan) -> tuple[list[TeacherResult], list[dict]]:
     return rows, judged
 
 
+def recipe_key(run: dict) -> tuple:
+    """What a run is a seed of: its group, student, method, objective and members (a run without
+    a seed is a recipe of its own)."""
+    if run.get("seed") is None:
+        return ("run", run["label"])
+    members = tuple(run.get("members") or ())
+    return (run.get("group"), run.get("student"), run.get("method"), run.get("objective"), members)
+
+
+def recipes(candidates: list[dict]) -> list[dict]:
+    """The verdict's candidates: the runs of one recipe over its seeds as one, its accuracy the
+    mean over seeds, its answers one row per seed (`seeds_correct`), its interval from resampling
+    questions and seeds (`verdict.recipe_interval`); a recipe of one seed keeps its run's label."""
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for run in candidates:
+        grouped[recipe_key(run)].append(run)
+    out = []
+    for runs in grouped.values():
+        runs = sorted(runs, key=lambda r: r.get("seed") or 0)
+        first = runs[0]
+        if any(run["ids"] != first["ids"] for run in runs):
+            raise ValueError(f"the seeds of {first['label']} were measured on different test questions")
+        label = first["label"]
+        if len(runs) > 1:
+            label = f"{label.rsplit(' / seed ', 1)[0]} ({len(runs)} seeds)"
+        recipe = {
+            **first,
+            "label": label,
+            "acc": float(np.mean([run["acc"] for run in runs])),
+            "seeds": [{"seed": run.get("seed"), "label": run["label"], "acc": run["acc"]} for run in runs],
+            "seed_std": float(np.std([run["acc"] for run in runs], ddof=1)) if len(runs) > 1 else None,
+            "seeds_correct": [run["correct"] for run in runs],
+        }
+        recipe["ci95"] = recipe_interval(recipe) if len(runs) > 1 else first.get("ci95")
+        out.append(recipe)
+    return out
+
+
+def _public(recipe: dict) -> dict:
+    """A recipe as the study stores it: without its per-question answers."""
+    return {k: v for k, v in recipe.items() if k not in ("ids", "correct", "seeds_correct", "vs_teachers")}
+
+
+def baselines(recipes_: list[dict], majority: dict) -> dict:
+    """The rows a reader compares a winner with: always giving the most common answer, and the best
+    student taught by gold answers alone (so "taught by teachers" is measured against "not taught")."""
+    answer_only = [r for r in recipes_ if r.get("group") == "taught" and r.get("objective") == "answer"]
+    best = max(answer_only, key=lambda r: (r["acc"], -(r.get("params") or 0)), default=None)
+    return {
+        "majority": {"answer": majority["answer"], "acc": majority["acc"]},
+        "answer_only": None if best is None else _public(best),
+    }
+
+
 def run_results(plan: Plan, judged: list[dict]) -> tuple[list[RunResult], list[dict]]:
     """Every run as the study lists it, each against every teacher, and the candidates of the
     verdict (taught and collaborating runs, with their answers)."""
@@ -200,7 +256,15 @@ def build_study(plan: Plan, skipped: int = 0, computed: int = 0) -> Study:
     experiment, splits = plan.experiment, plan.data.splits
     teachers, judged = teacher_rows(plan)
     runs, candidates = run_results(plan, judged)
+    grouped = recipes(candidates)
     rows = [run.to_dict() for run in runs]
+    majority = majority_baseline(splits.test)
+    majority_judge = {
+        "name": f"always {majority['answer']!r}",
+        "acc": majority["acc"],
+        "ids": [ex.id for ex in splits.test],
+        "correct": majority["correct"],
+    }
     trained = [r for r in rows if r["group"] in ("taught", "collaboration")]
     log_params: list = [math.log10(r["params"]) if r["params"] else None for r in trained]  # None: size unknown
     return Study(
@@ -216,9 +280,9 @@ def build_study(plan: Plan, skipped: int = 0, computed: int = 0) -> Study:
         data_hash=plan.data.hashes["test"],
         data_origin=splits.origin,
         versions=versions(),
-        majority_baseline=majority_baseline(splits.test)["acc"],
+        majority_baseline=majority["acc"],
         students=student_rows(plan),
-        verdict=verdict(judged, candidates),
+        verdict=verdict(judged, grouped, majority=majority_judge),
         comparisons=comparisons(rows),
         bpb_correlation={
             "acc_vs_bpb_pearson": pearson([r["bits_per_byte"] for r in trained], [r["acc"] for r in trained]),
@@ -226,6 +290,9 @@ def build_study(plan: Plan, skipped: int = 0, computed: int = 0) -> Study:
         },
         units={"computed": computed, "skipped": skipped},
         search=search_summary(plan),
+        contamination=plan.data.contamination,
+        recipes=[_public(r) for r in grouped],
+        baselines=baselines(grouped, majority),
     )
 
 

@@ -165,6 +165,7 @@ class EvalRequest:
     num_fewshot: int = 0
     max_input_tokens: int | None = None
     run_key: str | None = None
+    evidence: str = "cut"
 
 
 def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
@@ -246,6 +247,7 @@ def evaluate_and_store(request: EvalRequest) -> dict:
         batch_size=request.batch_size,
         max_input_tokens=request.max_input_tokens,
         num_fewshot=request.num_fewshot,
+        evidence=request.evidence,
         run_key=request.run_key,
         device=request.device,
     )

@@ -1,47 +1,79 @@
 """The verdict: for each teacher, the smallest student that beats it, judged on the same questions.
 
-A student beats a teacher when its test accuracy is higher and a paired bootstrap over the same
-test questions gives a one-sided p-value below `alpha` (the share of resamples in which the
-student does not come out ahead). For a teacher known only by a reported accuracy there are no
-per-question answers to pair with, so the student's accuracy is bootstrapped against that fixed
-number instead, and the verdict says so.
+A candidate is a recipe (a student, a method and an objective), trained with one seed or several.
+It beats a teacher when it is more accurate than the teacher *and* than the majority baseline
+(always giving the most common answer), each by a one-sided paired bootstrap with p below `alpha`:
+the share of resamples in which the candidate does not come out ahead. Beating a teacher that is
+itself below the majority baseline shows little, so a win needs both.
+
+Each resample draws the test questions with replacement and, for a recipe with several seeds, its
+seeds too (a two-level bootstrap): the candidate's accuracy in a resample is the mean over the
+drawn seeds on the drawn questions, so the interval and p-value hold seed variance as well as the
+sampling of questions. With one seed this is the usual paired bootstrap. For a teacher known only
+by a reported accuracy there are no per-question answers to pair with, so the candidate is
+bootstrapped against that fixed number instead, and the verdict says so.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tinystudent.evaluation.stats import paired_bootstrap
-
 SIZE_MEASURES = ("params", "peak_memory_mb")
 
 
-def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int = 10000, seed: int = 0) -> dict:
-    """Student accuracy minus a reported accuracy: difference, 95% interval and one-sided p-value."""
-    values = np.asarray(correct, dtype=np.float64)
+def _seed_rows(candidate: dict) -> list[list[bool]]:
+    """Per seed, which questions the candidate answered right (one row without `seeds_correct`)."""
+    return candidate.get("seeds_correct") or [candidate["correct"]]
+
+
+def _bootstrap(rows: np.ndarray, reference, n_resamples: int, seed: int) -> dict:
+    """Mean accuracy of `rows` ([seeds, questions]) minus `reference` (per-question answers of
+    the same questions, or a fixed accuracy), resampling questions and then seeds."""
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
-    diffs = means - reference_acc
+    n_seeds, n = rows.shape
+    index = rng.integers(0, n, size=(n_resamples, n))
+    if n_seeds == 1:
+        mine = rows[0][index].mean(axis=1)
+    else:
+        drawn = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+        mine = np.stack([rows[drawn[:, s, None], index].mean(axis=1) for s in range(n_seeds)]).mean(axis=0)
+    if np.ndim(reference) == 0:
+        theirs = np.full(n_resamples, float(reference))
+        observed = float(reference)
+    else:
+        theirs = np.asarray(reference, dtype=np.float64)[index].mean(axis=1)
+        observed = float(np.mean(reference))
+    diffs = mine - theirs
     return {
-        "diff": float(values.mean() - reference_acc),
+        "diff": float(rows.mean() - observed),
         "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
         "p_value": float((diffs <= 0).mean()),
     }
 
 
-def _paired(candidate: dict, teacher: dict) -> tuple[list[bool], list[bool]]:
-    """Both answer lists over the questions both answered (matched by id when ids are given)."""
+def compare_to_fixed(correct: list[bool], reference_acc: float, n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Student accuracy minus a reported accuracy: difference, 95% interval and one-sided p-value."""
+    return _bootstrap(np.asarray([correct], dtype=np.float64), reference_acc, n_resamples, seed)
+
+
+def recipe_interval(candidate: dict, n_resamples: int = 10000, seed: int = 0) -> list[float]:
+    """95% interval of a candidate's mean accuracy over its seeds, resampling questions and seeds."""
+    result = _bootstrap(np.asarray(_seed_rows(candidate), dtype=np.float64), 0.0, n_resamples, seed)
+    return result["ci95"]
+
+
+def _paired(candidate: dict, teacher: dict) -> tuple[np.ndarray, list[bool]]:
+    """The candidate's [seeds, questions] answers and the teacher's, over the questions both
+    answered (matched by id when ids are given)."""
+    rows = _seed_rows(candidate)
     if candidate.get("ids") is None or teacher.get("ids") is None:
-        return candidate["correct"], teacher["correct"]
+        return np.asarray(rows, dtype=np.float64), list(teacher["correct"])
     position = {qid: k for k, qid in enumerate(teacher["ids"])}
-    pairs = [
-        (c, teacher["correct"][position[qid]])
-        for qid, c in zip(candidate["ids"], candidate["correct"])
-        if qid in position
-    ]
-    if not pairs:
+    shared = [(j, position[qid]) for j, qid in enumerate(candidate["ids"]) if qid in position]
+    if not shared:
         raise ValueError(f"{candidate.get('label')} and teacher {teacher['name']} share no test question")
-    return [a for a, _ in pairs], [b for _, b in pairs]
+    mine = np.asarray([[row[j] for j, _ in shared] for row in rows], dtype=np.float64)
+    return mine, [teacher["correct"][k] for _, k in shared]
 
 
 def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int = 0) -> dict:
@@ -51,18 +83,29 @@ def compare(candidate: dict, teacher: dict, n_resamples: int = 10000, seed: int 
     run on the first N, say): how many they share and the teacher's accuracy on those.
     """
     if teacher.get("correct") is None:
-        return compare_to_fixed(candidate["correct"], teacher["acc"], n_resamples, seed)
+        return _bootstrap(np.asarray(_seed_rows(candidate), dtype=np.float64), teacher["acc"], n_resamples, seed)
     mine, theirs = _paired(candidate, teacher)
-    result = paired_bootstrap(mine, theirs, n_resamples, seed)
-    if len(mine) < len(teacher["correct"]):
-        result["subset"] = {"n": len(mine), "of": len(teacher["correct"]), "teacher_acc": sum(theirs) / len(theirs)}
+    result = _bootstrap(mine, theirs, n_resamples, seed)
+    if len(theirs) < len(teacher["correct"]):
+        result["subset"] = {"n": len(theirs), "of": len(teacher["correct"]), "teacher_acc": sum(theirs) / len(theirs)}
     return result
 
 
+def _wins(result: dict, alpha: float) -> bool:
+    return result["diff"] > 0 and result["p_value"] < alpha
+
+
 def smallest_winner(
-    teacher: dict, candidates: list[dict], by: str, alpha: float = 0.05, n_resamples: int = 10000, seed: int = 0
+    teacher: dict,
+    candidates: list[dict],
+    by: str,
+    alpha: float = 0.05,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    majority: dict | None = None,
 ) -> dict:
-    """The smallest candidate (by `by`) that beats `teacher`, or the closest one when none does.
+    """The smallest candidate (by `by`) that beats `teacher` and the majority baseline, or the
+    closest one when none does.
 
     The closest is the one with the largest difference among candidates that answered every
     test question the teacher answered; only when there are none does a candidate judged on a
@@ -71,22 +114,29 @@ def smallest_winner(
     Args:
         teacher: `name`, `acc`, `measured`, and `correct` (per test question, same order as the
             candidates') or None for a reported teacher.
-        candidates: each with `label`, `acc`, `correct`, `params`, `peak_memory_mb`.
+        candidates: each with `label`, `acc`, `correct` (or `seeds_correct`, one list per seed),
+            `params`, `peak_memory_mb`.
         by: `params` or `peak_memory_mb`.
+        majority: the majority baseline as a teacher (`name`, `acc`, `correct`, `ids`); None: no
+            baseline to beat besides the teacher.
     """
     ranked = sorted((c for c in candidates if c.get(by) is not None), key=lambda c: c[by])
     entry = {
         "teacher": teacher["name"],
         "teacher_acc": teacher["acc"],
         "teacher_measured": teacher.get("measured", True),
+        "teacher_below_majority": bool(majority is not None and teacher["acc"] <= majority["acc"]),
+        "majority_baseline": None if majority is None else majority["acc"],
         "by": by,
         "smallest_winner": None,
         "winner_acc": None,
         "winner_params": None,
         "winner_peak_memory_mb": None,
+        "winner_seeds": None,
         "diff": None,
         "diff_ci95": None,
         "p_value": None,
+        "vs_majority": None,
         "closest": None,
         "largest_loser": None,
         "alpha": alpha,
@@ -95,15 +145,19 @@ def smallest_winner(
     losers: list[tuple[dict, dict]] = []
     for candidate in ranked:
         result = compare(candidate, teacher, n_resamples, seed)
-        if result["diff"] > 0 and result["p_value"] < alpha:
+        if majority is not None:
+            result["vs_majority"] = compare(candidate, majority, n_resamples, seed)
+        if _wins(result, alpha) and (majority is None or _wins(result["vs_majority"], alpha)):
             entry.update(
                 smallest_winner=candidate["label"],
                 winner_acc=candidate["acc"],
                 winner_params=candidate.get("params"),
                 winner_peak_memory_mb=candidate.get("peak_memory_mb"),
+                winner_seeds=len(_seed_rows(candidate)),
                 diff=result["diff"],
                 diff_ci95=result["ci95"],
                 p_value=result["p_value"],
+                vs_majority=result.get("vs_majority"),
                 subset=result.get("subset"),
             )
             below = [loser for loser in losers if loser[0][by] < candidate[by]]
@@ -126,9 +180,11 @@ def _described(candidate: dict, result: dict) -> dict:
         "acc": candidate["acc"],
         "params": candidate.get("params"),
         "peak_memory_mb": candidate.get("peak_memory_mb"),
+        "seeds": len(_seed_rows(candidate)),
         "diff": result["diff"],
         "diff_ci95": result["ci95"],
         "p_value": result["p_value"],
+        "vs_majority": result.get("vs_majority"),
         "subset": result.get("subset"),
     }
 
@@ -145,16 +201,23 @@ def _largest(losers: list[tuple[dict, dict]], by: str) -> dict | None:
 
 
 def verdict(
-    teachers: list[dict], candidates: list[dict], alpha: float = 0.05, n_resamples: int = 10000, seed: int = 0
+    teachers: list[dict],
+    candidates: list[dict],
+    alpha: float = 0.05,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    majority: dict | None = None,
 ) -> list[dict]:
-    """One entry per teacher and size measure; the most accurate teacher is marked `best_teacher`."""
-    if not teachers:
+    """One entry per teacher and size measure; the most accurate teacher is marked `best_teacher`.
+    A teacher without an accuracy (it only gave rationales) is not judged."""
+    judged = [t for t in teachers if t.get("acc") is not None]
+    if not judged:
         return []
-    best_name = max(teachers, key=lambda t: t["acc"])["name"]
+    best_name = max(judged, key=lambda t: t["acc"])["name"]
     entries = []
-    for teacher in teachers:
+    for teacher in judged:
         for by in SIZE_MEASURES:
-            entry = smallest_winner(teacher, candidates, by, alpha, n_resamples, seed)
+            entry = smallest_winner(teacher, candidates, by, alpha, n_resamples, seed, majority)
             entry["best_teacher"] = teacher["name"] == best_name
             entries.append(entry)
     return entries

@@ -177,6 +177,17 @@ def _copy_tokenizer(source: Path, out_dir: Path) -> None:
         shutil.copy(source / "generation_config.json", out_dir / "generation_config.json")
 
 
+def _set_labels(config, labels: list[str] | None) -> None:
+    """A classifier's labels in its config, so its head has one output per label."""
+    if not labels or len(set(labels)) != len(labels) or len(labels) < 2:
+        raise ValueError(
+            f"a classifier needs the task's choices as its labels (at least two, each once), got {labels!r}"
+        )
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+
+
 def _reuse_existing(out_dir: Path, manifest: dict) -> bool:
     """True when out_dir already holds exactly this student (nothing is built twice)."""
     path = out_dir / MANIFEST
@@ -187,7 +198,7 @@ def _reuse_existing(out_dir: Path, manifest: dict) -> bool:
             )
         return False
     found = json.loads(path.read_text())
-    fields = ("source_identity", "kept", "kind", "mlp_width")
+    fields = ("source_identity", "kept", "kind", "mlp_width", "labels")
     same = {k: found.get(k) for k in fields} == {k: manifest.get(k) for k in fields}
     if not same:
         raise FileExistsError(
@@ -269,9 +280,11 @@ def scale_down(
     out_dir: Path,
     kind: str | None = None,
     mlp_width: float | None = None,
+    labels: list[str] | None = None,
 ) -> Path:
     """Save a smaller copy of `source` that keeps only some of its layers, or a narrower
-    feed-forward block in each, or both; weights copied.
+    feed-forward block in each, or both; weights copied. With every layer kept it saves `source`
+    as another kind (an encoder as a `classifier`).
 
     Args:
         source: Hub id, local folder or GGUF file of a pretrained model.
@@ -282,6 +295,7 @@ def scale_down(
         kind: `causal`, `seq2seq` or `encoder`; detected from the config by default.
         mlp_width: the fraction (0 < f < 1) of each feed-forward block's hidden units to keep,
             those of largest weight magnitude; None keeps them all.
+        labels: a `classifier`'s labels (the task's choices, in order); its head is new.
 
     Returns:
         out_dir, a safetensors model folder with the source's tokenizer and a `student.json`.
@@ -292,9 +306,15 @@ def scale_down(
     resolved = resolve_model(source)
     config = AutoConfig.from_pretrained(resolved.path)
     kind = kind or model_kind(config)
+    if kind == "classifier":
+        _set_labels(config, labels)
     torch.manual_seed(0)  # heads the checkpoint lacks (a new classifier) start the same each time
     dtype = getattr(config, "dtype", None) or torch.float32
-    original = auto_class(kind).from_pretrained(resolved.path, dtype=dtype, use_safetensors=True)
+    # A classifier's head is new: one the source has for other outputs (a cross-encoder's) is left out.
+    new_head = {"ignore_mismatched_sizes": True} if kind == "classifier" else {}
+    original = auto_class(kind).from_pretrained(
+        resolved.path, config=config, dtype=dtype, use_safetensors=True, **new_head
+    )
     stacks = layer_stacks(original)
     if not stacks:
         raise ValueError(f"{source}: found no stack of layers to cut (a ModuleList of ...Layer/...Block)")
@@ -313,6 +333,7 @@ def scale_down(
         "source_layers": stacks,
         "how": "scale_down",
         "mlp_width": mlp_width,
+        **({"labels": list(labels or [])} if kind == "classifier" else {}),
     }
     if _reuse_existing(out_dir, manifest):
         return out_dir

@@ -23,6 +23,8 @@ from tinystudent.report.study import (
 )
 from tinystudent.report.verdict import verdict_section
 
+RATIONALES_ONLY = "rationales only, not scored"
+
 COMPARISON_TITLES = {
     "one_vs_several_teachers": (
         "One teacher vs several teachers",
@@ -77,11 +79,13 @@ def title_section(study: dict, runs: list[dict]) -> list[Block]:
 def teacher_row(teacher: dict) -> list[str]:
     """Name, accuracy, interval, cost and how the number is known ("reported, not measured")."""
     known = "measured" if is_measured(teacher) else fmt.REPORTED
+    if not fmt.is_number(teacher.get("acc")):
+        known = RATIONALES_ONLY
     if teacher.get("source"):
         known += f" ({teacher['source']})"
     return [
         teacher["name"],
-        fmt.pct(teacher["acc"]),
+        fmt.pct(teacher.get("acc")),
         fmt.pct_interval(teacher.get("ci95")),
         teacher.get("scoring") or fmt.MISSING,
         fmt.params(teacher.get("params")),
@@ -89,6 +93,11 @@ def teacher_row(teacher: dict) -> list[str]:
         fmt.milliseconds(teacher.get("latency_ms_p50")),
         known,
     ]
+
+
+def scored_teachers(study: dict) -> list[dict]:
+    """The teachers with an accuracy (a teacher that only gave rationales has none)."""
+    return [teacher for teacher in study["teachers"] if fmt.is_number(teacher.get("acc"))]
 
 
 def teacher_section(study: dict) -> list[Block]:
@@ -216,7 +225,7 @@ def comparison_table(study: dict, group: dict) -> Table:
             + [fmt.pct(row.get("acc")), fmt.pct_interval(row.get("ci95")), fmt.points(above)]
         )
     width = len(keys) + 3
-    for teacher in study["teachers"]:
+    for teacher in scored_teachers(study):
         marker = "" if is_measured(teacher) else f" ({fmt.REPORTED})"
         reference = [f"teacher {teacher['name']}{marker}"] + [""] * (width - 1)
         reference[len(keys)] = fmt.pct(teacher["acc"])
@@ -282,7 +291,7 @@ def learning_vs_working_section(study: dict) -> list[Block]:
         )
     if untrained:
         rows.append(_cost_row("best untrained student", untrained["label"], untrained))
-    for teacher in study["teachers"]:
+    for teacher in scored_teachers(study):
         marker = "" if is_measured(teacher) else f" ({fmt.REPORTED})"
         rows.append(_cost_row("teacher", teacher["name"] + marker, teacher))
     rows.append(_baseline_row(study, 8, acc_column=2))

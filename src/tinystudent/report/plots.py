@@ -193,6 +193,8 @@ def _reference_lines(ax, study: dict) -> None:
     """Teachers (solid when measured, dashed when reported) and the majority baseline, labelled at the right."""
     on_right = blended_transform_factory(ax.transAxes, ax.transData)
     for index, teacher in enumerate(study.get("teachers", [])):
+        if not fmt.is_number(teacher.get("acc")):
+            continue  # it only gave rationales: no accuracy to draw
         colour = TEACHER_COLOURS[index % len(TEACHER_COLOURS)]
         measured = is_measured(teacher)
         ax.axhline(teacher["acc"], color=colour, linestyle="-" if measured else "--", linewidth=1.6, zorder=1)

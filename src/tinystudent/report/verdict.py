@@ -32,7 +32,13 @@ def verdict_section(study: dict) -> list[Block]:
         best = any(entry.get("best_teacher") for entry in own)
         blocks.append(Heading(_teacher_title(own[0], teacher, best), 3))
         blocks.append(
-            Bullets([verdict_sentence(entry, teacher, study.get("majority_baseline")) for entry in own], callout=True)
+            Bullets(
+                [
+                    verdict_sentence(entry, teacher, study.get("majority_baseline"), _majority_answer(study))
+                    for entry in own
+                ],
+                callout=True,
+            )
         )
     n_test = study.get("n_test")
     questions = f"the same {n_test} test questions" if fmt.is_number(n_test) else "the same test questions"
@@ -40,11 +46,64 @@ def verdict_section(study: dict) -> list[Block]:
         Paragraph(
             f"Differences are student minus teacher in percentage points on {questions}, with a 95% "
             "interval from a paired bootstrap; p is the share of resamples in which the student does not "
-            "beat the teacher. A teacher whose accuracy was only reported elsewhere has no answers to pair "
+            "beat the teacher. A student wins only when it beats both the teacher and the majority baseline "
+            "(always giving the most common answer) with p below 0.05. A student trained with several seeds "
+            "is judged by its mean over them, and each resample also draws its seeds, so the interval holds "
+            "seed variance too. A teacher whose accuracy was only reported elsewhere has no answers to pair "
             "with, so comparisons with it are against its reported number."
         )
     )
     blocks.append(verdict_table(entries, teachers))
+    blocks.extend(baseline_section(study))
+    return blocks
+
+
+def _majority_answer(study: dict) -> str | None:
+    majority = (study.get("baselines") or {}).get("majority") or {}
+    return majority.get("answer")
+
+
+def baseline_section(study: dict) -> list[Block]:
+    """The rows a reader compares a winner with: the majority baseline and the best student taught
+    by gold answers alone, then each recipe's seeds."""
+    baselines = study.get("baselines")
+    if not baselines:
+        return []
+    rows = []
+    majority = baselines.get("majority") or {}
+    if fmt.is_number(majority.get("acc")):
+        rows.append([f"majority baseline (always {majority.get('answer')!r})", fmt.pct(majority["acc"]), "", ""])
+    answer_only = baselines.get("answer_only")
+    if answer_only:
+        rows.append(
+            [
+                f"best student on gold answers alone: {answer_only['label']}",
+                fmt.pct(answer_only.get("acc")),
+                fmt.pct_interval(answer_only.get("ci95")),
+                fmt.params(answer_only.get("params")),
+            ]
+        )
+    blocks: list[Block] = [Heading("Baselines", 3)]
+    blocks.append(Table(["baseline", "accuracy", "95% CI", "parameters"], rows, align=["l", "r", "r", "r"]))
+    seeded = [r for r in study.get("recipes") or [] if len(r.get("seeds") or []) > 1]
+    if seeded:
+        blocks.append(Heading("Seeds", 3))
+        blocks.append(
+            Table(
+                ["recipe", "each seed", "mean", "seed std (points)", "95% CI (questions and seeds)"],
+                [
+                    [
+                        r["label"],
+                        ", ".join(f"{s['seed']}: {fmt.pct(s['acc'])}" for s in r["seeds"]),
+                        fmt.pct(r.get("acc")),
+                        fmt.decimal(100 * r["seed_std"], 1) if fmt.is_number(r.get("seed_std")) else fmt.MISSING,
+                        fmt.pct_interval(r.get("ci95")),
+                    ]
+                    for r in seeded
+                ],
+                align=["l", "l", "r", "r", "r"],
+            )
+        )
     return blocks
 
 
@@ -62,10 +121,19 @@ def _teacher_order(entries: list[dict]) -> list[str]:
     return best + [name for name in names if name not in best]
 
 
-def teacher_mention(name: str, acc, measured: bool) -> str:
-    """ "X (acc 52.0%)" or "X (acc 73.8%, reported, not measured)"."""
+def teacher_mention(name: str, acc, measured: bool, below: str = "") -> str:
+    """ "X (acc 52.0%)", "X (acc 73.8%, reported, not measured)", or with `below` the majority
+    baseline: "X (acc 65.8%, below always-'yes' at 66.7%; beating it shows little)"."""
     marker = "" if measured else f", {fmt.REPORTED}"
-    return f"{name} (acc {fmt.pct(acc)}{marker})"
+    return f"{name} (acc {fmt.pct(acc)}{marker}{below})"
+
+
+def _below_majority(entry: dict, answer: str | None) -> str:
+    """The flag of a teacher no better than always giving the most common answer."""
+    if not entry.get("teacher_below_majority"):
+        return ""
+    always = f"always-'{answer}'" if answer else "the majority baseline"
+    return f", below {always} at {fmt.pct(entry.get('majority_baseline'))}; beating it shows little"
 
 
 def _entry_measured(entry: dict, teacher: dict) -> bool:
@@ -86,18 +154,20 @@ def _teacher_title(entry: dict, teacher: dict, best: bool) -> str:
     return f"Against {entry['teacher']}{', the best teacher' if best else ''} ({'; '.join(details)})"
 
 
-def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) -> str:
+def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None, answer: str | None = None) -> str:
     """The verdict for one teacher and one measure of size, as a sentence.
 
     With a winner: "By parameters, the smallest student that beats X (acc 52.0%) is Y (acc 55.0%,
     +3.0 points, 95% CI [-1.0, +7.0], p = 0.040), with 45.0M parameters against the teacher's 134.5M."
     Without: "By parameters, no student beats X (acc 52.0%); the closest is Y (acc 49.0%, ...)."
-    A winner no more accurate than the majority `baseline` is said to be so.
+    A winner also beats the majority baseline (always `answer`), by the difference said after its
+    own; a teacher below that baseline is flagged. A winner of an older study no more accurate than
+    the majority `baseline` is said to be so.
     """
     by = entry.get("by", "params")
     measure = MEASURES.get(by, by)
     acc = entry.get("teacher_acc", teacher.get("acc"))
-    who = teacher_mention(entry["teacher"], acc, _entry_measured(entry, teacher))
+    who = teacher_mention(entry["teacher"], acc, _entry_measured(entry, teacher), _below_majority(entry, answer))
     winner = entry.get("smallest_winner")
     loser = entry.get("largest_loser")
     if winner:
@@ -129,7 +199,7 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
             )
         return (
             f"By {measure}, the smallest student that beats {who} is {winner} ({evidence})"
-            f"{_cost_clause(entry, teacher, by)}.{trivial}{boundary}"
+            f"{_cost_clause(entry, teacher, by)}.{_versus_majority(entry.get('vs_majority'))}{trivial}{boundary}"
         )
     closest = entry.get("closest")
     if not closest:
@@ -142,7 +212,28 @@ def verdict_sentence(entry: dict, teacher: dict, baseline: float | None = None) 
         largest = (
             f" The largest student tried, {loser.get('label', '?')} ({_size(loser, by)}), does not beat it either."
         )
-    return f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence}).{largest}"
+    majority = closest.get("vs_majority")
+    short = ""
+    if majority and fmt.is_number(closest.get("p_value")) and closest["p_value"] < entry.get("alpha", 0.05):
+        short = (
+            f" It is ahead of the teacher but not of the majority baseline ({fmt.points(majority.get('diff'))} "
+            f"points, {fmt.p_clause(majority.get('p_value'))}), so it does not count as a win."
+        )
+    return (
+        f"By {measure}, no student beats {who}; the closest is {closest.get('label', '?')} ({evidence})."
+        f"{short}{largest}"
+    )
+
+
+def _versus_majority(result: dict | None) -> str:
+    """ " It also beats the majority baseline: +12.2 points, 95% CI [...], p = 0.004." """
+    if not result:
+        return ""
+    interval = fmt.points_interval(result.get("ci95"))
+    return (
+        f" It also beats the majority baseline: {fmt.points(result.get('diff'))} points, 95% CI {interval}, "
+        f"{fmt.p_clause(result.get('p_value'))}."
+    )
 
 
 def _size(record: dict, by: str) -> str:

@@ -101,6 +101,21 @@ def check_examples(examples: list[Example], path: str | Path) -> None:
         seen[ex.id] = where
 
 
+def shared_choices(examples: list[Example]) -> list[str]:
+    """The choices every question of a task offers, in order: a classifier's labels.
+
+    Raises:
+        ValueError: the questions do not all offer the same choices."""
+    offered = {tuple(str(c).strip() for c in ex.choices) for ex in examples}
+    if len(offered) != 1:
+        shown = sorted(offered)[:3]
+        raise ValueError(
+            f"a classifier needs every question to offer the same choices (yes/no, say); this task's differ, "
+            f"e.g. {shown}: use the encoder kind"
+        )
+    return list(next(iter(offered)))
+
+
 def data_hash(examples: list[Example]) -> str:
     """A short SHA-256 over the examples' content, in order, so any change to the data shows."""
     digest = hashlib.sha256()

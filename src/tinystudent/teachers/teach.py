@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from tinystudent.evaluation.fit import Fitted, fit_example, fit_with_shots
+from tinystudent.evaluation.fit import CUT, Fitted, fit_example, fit_with_shots
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
@@ -139,10 +139,11 @@ def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 
 
 
 def _fitted_prompt(
-    teacher: Teacher, spec, example: Example, shots: list[Example], budget: int | None
+    teacher: Teacher, spec, example: Example, shots: list[Example], budget: int | None, evidence: str = CUT
 ) -> tuple[str, str | None]:
-    """The question's prompt with its and its in-context examples' evidence cut to `budget`
-    (`fit.fit_with_shots`); returns (prompt, what was cut from the question's own input)."""
+    """The question's prompt with its and its in-context examples' evidence shortened to `budget`
+    by the strategy `evidence` (`fit.fit_with_shots`); returns (prompt, what was cut from the
+    question's own input)."""
     if budget is None:
         return build_prompt(spec, example, shots), None
     plain = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
@@ -155,6 +156,7 @@ def _fitted_prompt(
         whole,
         teacher.tokenizer,
         budget,
+        evidence,
     )
     return build_prompt(spec, fitted.example, fitted_shots), fitted.cut
 
@@ -177,6 +179,7 @@ def teach(
     keep: str = "all",
     on_output: OnOutput | None = None,
     max_input_tokens: int | None = None,
+    evidence: str = CUT,
 ) -> TeachSummary:
     """Get one output per question from `teacher`, using and filling the cache.
 
@@ -198,6 +201,8 @@ def teach(
         max_input_tokens: fit each prompt to this many tokens (default and at most: the teacher's
             limit, less `max_new_tokens`) by cutting the evidence of the question and its
             in-context examples, never their questions (a local teacher; a server gets prompts whole).
+        evidence: how that evidence is shortened: `cut` its end, or `select` the sentences most
+            related to the question (`evaluation.fit`).
 
     Raises:
         TeacherUnavailable: the teacher stopped answering; everything finished is cached.
@@ -205,14 +210,16 @@ def teach(
     if keep not in KEEP:
         raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
     if strategy == SCORING:
-        return _score(teacher, examples, task, store, on_output, max_input_tokens)
+        return _score(teacher, examples, task, store, on_output, max_input_tokens, evidence)
     spec = get_strategy(strategy, template, shot_template)
     settings = GenerationSettings(max_new_tokens, temperature, top_p, seed, spec.stop)
     pool = list(train_examples) if train_examples is not None else list(examples)
     task_name = cache.task_key(task)
     cleanup = {"version": CLEANUP_VERSION, "max_rationale_tokens": max_rationale_tokens}
     summary = TeachSummary(cache.teacher_key(teacher.name), task_name, strategy, n=len(examples))
-    lesson = _Lesson(teacher, store, examples, strategy, task_name, spec, settings, cleanup, summary, on_output)
+    lesson = _Lesson(
+        teacher, store, examples, strategy, task_name, spec, settings, cleanup, summary, on_output, evidence
+    )
     started, calls_before = time.perf_counter(), teacher.calls
 
     budget = input_budget(teacher, max_input_tokens, max_new_tokens)
@@ -237,6 +244,7 @@ class _Lesson:
     cleanup: dict
     summary: TeachSummary
     on_output: OnOutput | None
+    evidence: str = CUT
 
     def count(self, kind: str, output: TeacherOutput | None, error: str | None = None) -> None:
         self.summary._count(kind, output, error, on_output=self.on_output)
@@ -270,7 +278,7 @@ def _ask(lesson: _Lesson, example: Example, pool: list[Example], k_shots: int, s
     """Build one question's prompt (fitted to `budget`) and its cache key; counts a cut prompt."""
     teacher = lesson.teacher
     shots = draw_shots(example, pool, k_shots, seed) if lesson.spec.uses_shots else []
-    prompt, cut = _fitted_prompt(teacher, lesson.spec, example, shots, budget)
+    prompt, cut = _fitted_prompt(teacher, lesson.spec, example, shots, budget, lesson.evidence)
     lesson.summary.truncated += cut is not None
     full = teacher.full_prompt(prompt)
     key = cache.cache_key(
@@ -373,11 +381,12 @@ def _score(
     store: Store,
     on_output: OnOutput | None = None,
     max_input_tokens: int | None = None,
+    evidence: str = CUT,
 ) -> TeachSummary:
     """Choice log-likelihoods through the cache (lm-evaluation-harness prompts and choices)."""
     task_name = cache.task_key(task)
     style = prompt_style(task, list(examples))
-    fitted = _fitted_examples(teacher, examples, style, max_input_tokens)
+    fitted = _fitted_examples(teacher, examples, style, max_input_tokens, evidence)
     requests = [
         ChoiceRequest(choice_context(f.example, style), choice_continuations(ex)) for f, ex in zip(fitted, examples)
     ]
@@ -439,7 +448,7 @@ def _score(
 
 
 def _fitted_examples(
-    teacher: Teacher, examples: Sequence[Example], style: str, max_input_tokens: int | None
+    teacher: Teacher, examples: Sequence[Example], style: str, max_input_tokens: int | None, evidence: str = CUT
 ) -> list[Fitted]:
     """Examples whose scoring prompt, with room for the longest choice, fits the teacher."""
     budget = input_budget(teacher, max_input_tokens)
@@ -448,7 +457,9 @@ def _fitted_examples(
     count = lambda text: teacher.count_tokens(text) or 0  # noqa: E731
     render = lambda e: choice_context(e, style)  # noqa: E731
     return [
-        fit_example(ex, render, count, teacher.tokenizer, budget - max(count(c) for c in choice_continuations(ex)))
+        fit_example(
+            ex, render, count, teacher.tokenizer, budget - max(count(c) for c in choice_continuations(ex)), evidence
+        )
         for ex in examples
     ]
 
@@ -460,6 +471,7 @@ def teacher_choice_logprobs(
     store: Store,
     allow_generative: bool = True,
     max_input_tokens: int | None = None,
+    evidence: str = CUT,
 ) -> dict[str, list[float]]:
     """Log-likelihood of each choice per question id, cached (for choice-level distillation and
     for measuring a teacher).
@@ -470,13 +482,20 @@ def teacher_choice_logprobs(
     out). Mind the -inf when computing a KL divergence. Otherwise ScoringUnsupported is raised.
     """
     try:
-        summary = _score(teacher, examples, task, store, max_input_tokens=max_input_tokens)
+        summary = _score(teacher, examples, task, store, max_input_tokens=max_input_tokens, evidence=evidence)
     except ScoringUnsupported as err:
         if not allow_generative:
             raise
         warn(f"{err}; using the teacher's zero-shot answers as hard labels instead")
         answers = teach(
-            teacher, examples, task, "zero_shot", store, max_new_tokens=8, max_input_tokens=max_input_tokens
+            teacher,
+            examples,
+            task,
+            "zero_shot",
+            store,
+            max_new_tokens=8,
+            max_input_tokens=max_input_tokens,
+            evidence=evidence,
         )
         by_id = {ex.id: ex for ex in examples}
         return {

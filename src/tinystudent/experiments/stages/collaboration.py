@@ -184,11 +184,11 @@ def fit_for_debate(context: StageContext, examples: list[Example], tokenizer) ->
     from tinystudent.collab.debate import first_prompt
     from tinystudent.evaluation.fit import fit_example, token_counter
 
-    budget = context.experiment.task.max_input_tokens
+    budget, evidence = context.experiment.task.max_input_tokens, context.experiment.task.evidence
     if not budget:
         return examples
     count = token_counter(tokenizer)
-    return [fit_example(ex, first_prompt, count, tokenizer, budget).example for ex in examples]
+    return [fit_example(ex, first_prompt, count, tokenizer, budget, evidence).example for ex in examples]
 
 
 def ensemble(context: StageContext, unit: UnitSpec) -> dict:
@@ -217,6 +217,8 @@ def mutual(context: StageContext, unit: UnitSpec) -> dict:
     release()
     peers = []
     for name, result in zip(names, results):
-        summary = context.evaluate(str(result.checkpoint), unit, name, budget=config.max_input_tokens)
+        summary = context.evaluate(
+            str(result.checkpoint), unit, name, budget=config.max_input_tokens, evidence=config.evidence
+        )
         peers.append({**summary, "peer": name, "checkpoint": str(result.checkpoint)})
     return {"peers": peers}

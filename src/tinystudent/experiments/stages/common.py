@@ -58,10 +58,12 @@ class StageContext:
         limit: int | None = None,
         scoring: ScoringPass | None = None,
         budget: int | None = None,
+        evidence: str | None = None,
     ) -> dict:
         """`model` on the test split (or `split`, first `limit` questions), in its own process,
-        its inputs fitted to `budget` (default: the experiment's), logged to the unit's log and
-        filed under its key (`key:part` when the unit evaluates several models)."""
+        its inputs fitted to `budget` by the strategy `evidence` (default: the experiment's),
+        logged to the unit's log and filed under its key (`key:part` when the unit evaluates
+        several models)."""
         task = self.experiment.task
         scoring = scoring or parse_scoring_pass("zero_shot")
         request = EvalRequest(
@@ -77,16 +79,19 @@ class StageContext:
             scoring.num_fewshot,
             budget or task.max_input_tokens,
             f"{unit.key}:{part}" if part else unit.key,
+            evidence or task.evidence,
         )
         return evaluate_in_subprocess(request, self.log(unit))
 
     def train_config(self, student: StudentSpec | None = None, **options) -> TrainConfig:
         """The experiment's training block, the student's changes and `options` on top; inputs
-        fitted to the experiment's budget when it sets one."""
+        fitted to the experiment's budget and by its evidence strategy when it sets them."""
         from tinystudent.distill import TrainConfig
 
-        budget = self.experiment.task.max_input_tokens
-        fitted = {"max_input_tokens": budget} if budget else {}
+        task = self.experiment.task
+        fitted: dict[str, int | str] = {"max_input_tokens": task.max_input_tokens} if task.max_input_tokens else {}
+        if task.evidence != "cut":
+            fitted["evidence"] = task.evidence
         changes = student.training.as_written() if student else {}
         return TrainConfig(**{**self.experiment.training.as_written(), **fitted, **changes, **options})
 

@@ -11,6 +11,8 @@ from tinystudent.experiments.stages.common import StageContext, release, write_l
 from tinystudent.experiments.stages.teachers import rationale_unit
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.models.kinds import kind_adapter
+from tinystudent.tasks.contamination import check_contamination
+from tinystudent.tasks.schema import shared_choices
 
 if TYPE_CHECKING:
     from tinystudent.experiments.plan import Plan
@@ -30,8 +32,8 @@ def plan_students(plan: Plan) -> None:
 def plan_student(plan: Plan, spec: StudentSpec) -> UnitSpec | None:
     """Cut, recovery and the `student` unit (None until the recovery can be named)."""
     made = {}
-    if spec.is_cut:
-        made["cut"] = plan.add(cut_unit(spec)).key
+    if spec.is_cut or spec.made_for_task:
+        made["cut"] = plan.add(cut_unit(plan, spec)).key
         if spec.recover is not None:
             recovery = plan_recovery(plan, spec, made["cut"])
             if recovery is None:
@@ -46,9 +48,13 @@ def plan_student(plan: Plan, spec: StudentSpec) -> UnitSpec | None:
     return plan.add(UnitSpec("student", f"student {spec.name}", payload, tuple(made.values()), args))
 
 
-def cut_unit(spec: StudentSpec) -> UnitSpec:
-    payload = {"student": spec.payload(include={"model", "keep_layers", "kind", "mlp_width"})}
-    return UnitSpec("cut", f"cut of {spec.name}", payload, args={"student": spec.name})
+def cut_unit(plan: Plan, spec: StudentSpec) -> UnitSpec:
+    """The student scaled down, or saved as a kind made for the task (a classifier of its choices)."""
+    payload: dict = {"student": spec.payload(include={"model", "keep_layers", "kind", "mlp_width"})}
+    if spec.made_for_task:
+        payload["labels"] = shared_choices(plan.data.splits.train)
+    name = f"cut of {spec.name}" if spec.is_cut else f"{spec.name} as {spec.kind}"
+    return UnitSpec("cut", name, payload, args={"student": spec.name})
 
 
 def plan_recovery(plan: Plan, spec: StudentSpec, cut: str) -> UnitSpec | None:
@@ -105,7 +111,9 @@ def cut(context: StageContext, unit: UnitSpec) -> dict:
 
     spec = context.experiment.student(unit.args["student"])
     folder = context.out_dir / "students" / spec.name
-    return {"path": str(scale_down(spec.model, spec.keep_layers, folder, kind=spec.kind, mlp_width=spec.mlp_width))}
+    labels = shared_choices(context.data.splits.train) if spec.made_for_task else None
+    path = scale_down(spec.model, spec.keep_layers, folder, kind=spec.kind, mlp_width=spec.mlp_width, labels=labels)
+    return {"path": str(path)}
 
 
 def recover_student(context: StageContext, unit: UnitSpec) -> dict:
@@ -115,10 +123,12 @@ def recover_student(context: StageContext, unit: UnitSpec) -> dict:
     spec = context.experiment.student(unit.args["student"])
     assert spec.recover is not None  # a recover unit is planned for a student with `recover` only
     rationales = {name: context.known.rationales[key] for name, key in unit.args["rationales"].items()}
+    texts = recovery_texts(context.data, spec, rationales)
+    check_contamination(context.data.splits.test, {}, passages=texts)
     result = recover(
         context.needed(unit.args["cut"])["path"],
         spec.model,
-        recovery_texts(context.data, spec, rationales),
+        texts,
         context.data.heldout,
         spec.recover,
         context.out_dir / "students" / f"{spec.name}-recovery",

@@ -26,7 +26,7 @@ def teacher_payload(plan: Plan, spec: TeacherSpec, scoring: bool = False) -> dic
     reuses what the others computed; its scores (`scoring`) depend only on the model and its
     input budget, not on how it teaches. The engine counts only when it is not the default (keys
     stored before it existed stay the same) and never for scores (always transformers')."""
-    exclude = {"eval_modes", "batch_size"}
+    exclude = {"eval_modes", "batch_size"} | ({"evidence"} if spec.evidence is None else set())
     if scoring:
         exclude |= {"strategy", "k_shots", "max_new_tokens", "teach_limit", "choice_limit", "rationales"}
     if scoring or spec.engine == "transformers":
@@ -159,6 +159,11 @@ def teacher_budget(experiment: Experiment, spec: TeacherSpec) -> int | None:
     return spec.max_input_tokens or experiment.task.max_input_tokens
 
 
+def teacher_evidence(experiment: Experiment, spec: TeacherSpec) -> str:
+    """How a teacher's evidence is shortened to its budget: its own strategy, else the task's."""
+    return spec.evidence or experiment.task.evidence
+
+
 def teaching_examples(data: StudyData, limit: int | None):
     """The first `limit` training questions, those a teacher writes rationales (`teach_limit`)
     or choice probabilities (`choice_limit`) for; students train on all, the others without
@@ -189,6 +194,7 @@ def measure(context: StageContext, unit: UnitSpec) -> dict:
         limit,
         parse_scoring_pass(unit.args["scoring"]),
         teacher_budget(context.experiment, spec),
+        teacher_evidence(context.experiment, spec),
     )
     return {"name": spec.name, "measured": True, **summary}
 
@@ -201,8 +207,8 @@ def measure_server(context: StageContext, spec: TeacherSpec) -> dict:
 
     test, task = context.data.splits.test, context.data.splits.task
     teacher = make_teacher(context, spec)
-    budget = teacher_budget(context.experiment, spec)
-    scores = teacher_choice_logprobs(teacher, test, task, context.store, max_input_tokens=budget)
+    budget, evidence = teacher_budget(context.experiment, spec), teacher_evidence(context.experiment, spec)
+    scores = teacher_choice_logprobs(teacher, test, task, context.store, max_input_tokens=budget, evidence=evidence)
     correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in test]
     return {
         "name": spec.name,
@@ -234,6 +240,7 @@ def write_rationales(context: StageContext, unit: UnitSpec) -> dict:
         seed=context.experiment.task.seed,
         max_new_tokens=spec.max_new_tokens,
         max_input_tokens=teacher_budget(context.experiment, spec),
+        evidence=teacher_evidence(context.experiment, spec),
     )
     teacher.close()
     release()
@@ -278,6 +285,7 @@ def choice_scores(context: StageContext, spec: TeacherSpec) -> dict[str, list[fl
         context.data.splits.task,
         context.store,
         max_input_tokens=teacher_budget(context.experiment, spec),
+        evidence=teacher_evidence(context.experiment, spec),
     )
     teacher.close()
     release()

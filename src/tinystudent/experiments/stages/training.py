@@ -139,7 +139,7 @@ def train(context: StageContext, unit: UnitSpec) -> dict:
     release()
     trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
     write_loss_history(context.log(unit), trained.pop("loss_history", []))
-    summary = context.evaluate(str(result.checkpoint), unit, budget=config.max_input_tokens)
+    summary = context.evaluate(str(result.checkpoint), unit, budget=config.max_input_tokens, evidence=config.evidence)
     return {
         "train": trained,
         **summary,

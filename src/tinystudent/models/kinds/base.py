@@ -43,6 +43,8 @@ class ModelKind:
             bits per byte measures what the model was trained for.
         prompt_special_tokens: a scoring or training prompt carries the tokenizer's special tokens.
         peft_task_type: PEFT's `TaskType` name for LoRA, or None.
+        made_for_task: a model of this kind answers only the choices it was made with (a
+            classifier's labels), so a student of it is first saved as it with the task's choices.
     """
 
     name: str = ""
@@ -51,6 +53,7 @@ class ModelKind:
     decoder_only: bool = False
     prompt_special_tokens: bool = False
     peft_task_type: str | None = None
+    made_for_task: bool = False
 
     def __repr__(self) -> str:
         return f"<{self.name} model kind>"
@@ -157,6 +160,10 @@ class ModelKind:
         """([questions, max choices] scores, PAD_SCORE on padding; the gold continuations'
         token log-probabilities, or None)."""
         raise NotImplementedError
+
+    def check_training_task(self, model, examples: list) -> None:
+        """Refuse training questions this model cannot learn (a classifier's labels must be their
+        choices); every kind but the classifier learns any task."""
 
     def lora_modules_to_save(self, model) -> list[str] | None:
         """Modules LoRA trains in full and saves (a freshly initialised head)."""

@@ -40,7 +40,9 @@ class EncoderKind(ModelKind):
     name = "encoder"
 
     def recognises(self, config) -> bool:
-        return is_encoder_type(config)
+        from tinystudent.models.kinds.classifier import is_classifier_config
+
+        return is_encoder_type(config) and not is_classifier_config(config)
 
     def auto_class(self):
         from transformers import AutoModelForMultipleChoice
