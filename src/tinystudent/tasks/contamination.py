@@ -4,7 +4,10 @@ Splits are checked by id elsewhere; a question copied into another dataset under
 pasted into a training passage) is only found by its text. Texts are compared normalised: lower
 case, every run of characters other than letters and digits as one space. A question is its text
 and its choices (ARC repeats a question stem with other options, which is another question; a
-yes/no question is its text). A training or validation question equal to a test question, or a
+yes/no question is its text), and, when both have evidence, its evidence: the same question asked
+of mostly other evidence (at most `SAME_EVIDENCE` of their words in common) is another question
+(Qasper asks "Do they report results only on English data?" of many papers). A training or
+validation question equal to a test question, or a
 training passage (the text a cut student recovers on) that contains a test question's text, is
 contamination: an error that names the ids, so no verdict rests on questions the student has
 seen. Some published splits hold such repeats (TinyLLM's OpenBookQA: 14 training questions are
@@ -20,7 +23,11 @@ from tinystudent.tasks.schema import Example
 
 _NOT_WORD = re.compile(r"[^0-9a-z]+")
 MIN_PASSAGE_MATCH = 20  # characters: shorter test questions ("Is it?") are not looked for in passages
-COMPARED = "normalised question text and choices; passages: normalised question text"
+SAME_EVIDENCE = 0.5  # share of evidence words two questions must have in common to be one question
+COMPARED = (
+    "normalised question text and choices, and evidence when both have some (half its words in common); "
+    "passages: normalised question text"
+)
 
 
 def normalise(text: str) -> str:
@@ -37,10 +44,29 @@ class Contamination(ValueError):
     """Training or validation data holds test questions."""
 
 
+def _words(text: str | None) -> set[str]:
+    return set(normalise(text or "").split())
+
+
+def same_evidence(a: Example, b: Example) -> bool:
+    """Whether two questions of the same text read the same evidence (or either reads none)."""
+    if not a.context or not b.context:
+        return True
+    mine, theirs = _words(a.context), _words(b.context)
+    return len(mine & theirs) >= SAME_EVIDENCE * len(mine | theirs)
+
+
 def contaminated(test: Sequence[Example], examples: Sequence[Example]) -> dict[str, str]:
     """Id of each of `examples` that is a test question -> that test question's id."""
-    by_key = {question_key(ex): ex.id for ex in test}
-    return {ex.id: by_key[key] for ex in examples if (key := question_key(ex)) in by_key}
+    by_key: dict[str, list[Example]] = {}
+    for ex in test:
+        by_key.setdefault(question_key(ex), []).append(ex)
+    found = {}
+    for ex in examples:
+        same = [t for t in by_key.get(question_key(ex), []) if same_evidence(ex, t)]
+        if same:
+            found[ex.id] = same[0].id
+    return found
 
 
 def drop_contaminated(

