@@ -106,7 +106,7 @@ STUDY = {
          "training": {"epochs": 2}},
         {"name": "whole", "model": "tiny-causal"},
         {"name": "enc", "model": "tiny-enc",
-         "methods": {"finetune": ["full"], "objectives": ["answer", "rationale:local", "choice_kd:local"]}},
+         "methods": {"finetune": ["full"], "objectives": ["answer", "choice_kd:local"]}},
     ],
     "methods": {"finetune": ["full", "lora"],
                 "objectives": ["answer", "rationale:all", "rationale:local", "choice_kd:local"]},
@@ -162,7 +162,19 @@ def test_the_whole_run_on_paper():
         "ensemble vote of cut + whole + enc",
         "mutual learning of cut + whole + enc",
     ]
-    assert not [label for label in labels if label.startswith("enc / ") and "rationale" in label]
+
+
+def test_a_student_that_writes_no_text_is_trained_reading_the_rationales():
+    """An encoder's rationale objective is planned like a causal student's: it reads them."""
+    students = [{**STUDY["students"][2], "methods": {"finetune": ["full"], "objectives": ["rationale:local"]}}]
+    units, _ = simulate(study(students=students, collaboration=None), toy_data())
+    runs = [unit for unit in units if unit.kind == "train"]
+    assert [unit.name for unit in runs] == [
+        "enc / full / rationale:local / seed 0",
+        "enc / full / rationale:local / seed 1",
+    ]
+    names = {unit.key: unit.name for unit in units}
+    assert {names[key] for key in runs[0].needs} == {"student enc", "rationales of local"}
 
 
 def test_before_anything_runs_the_plan_names_what_it_can():
@@ -173,7 +185,7 @@ def test_before_anything_runs_the_plan_names_what_it_can():
         "import": 1,
         "teach": 1,
         "student": 2,  # the cut student waits for its recovery, keyed by the rationales
-        "train": 2 * 2 * 2 + 2 * 2,  # whole and enc: answer and choice_kd (rationales wait for the kind)
+        "train": 2 * 4 * 2 + 2 * 2,  # whole: every objective (cut waits for its recovery); enc: answer and choice_kd
     }
 
 

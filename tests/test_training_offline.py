@@ -167,6 +167,40 @@ def test_rationales_from_tinyllm_files_train_each_teacher(student, task, request
     assert result.valid_acc is not None
 
 
+def test_an_encoder_reads_the_rationales_at_training_time_only(bioasq, tiny_encoder, tmp_path):
+    """A student that writes no text learns from rationales by reading them: each question again,
+    its teacher's rationale after the question (evidence shortened, question kept), weighted per
+    teacher; evaluation reads the plain question."""
+    from tinystudent.distill.data import build_features
+
+    loaded = load_model(str(tiny_encoder), device="cpu")
+    example = bioasq["train"][0]
+    features, _ = build_features(
+        [example], loaded.tokenizer, "encoder", "context", bioasq["rationales"], {}, "{question}", 120, 8, 12
+    )
+    read = features[example.id].rationale_contexts[FLAN]
+    rationale = bioasq["rationales"][FLAN][example.id]
+    assert f"Question: {example.question}\nExplanation: " in read and read.endswith("\nAnswer:")
+    assert rationale.startswith(read.split("\nExplanation: ")[1].removesuffix("\nAnswer:"))  # its first tokens
+    result = train_student(
+        str(tiny_encoder),
+        bioasq["train"],
+        bioasq["valid"][:4],
+        config(weights={"rationale": {FLAN: 1.0, LLAMA: 0.5}}, max_input_tokens=160, steps=40, lr=3e-3),
+        tmp_path / "run",
+        rationales=bioasq["rationales"],
+        task="bioasq",
+        test_examples=bioasq["test"],
+    )
+    first = result.loss_history[0]
+    expected = first["answer"] + first[f"rationale_input:{FLAN}"] + 0.5 * first[f"rationale_input:{LLAMA}"]
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert falls(result.loss_history, f"rationale_input:{FLAN}"), [
+        h[f"rationale_input:{FLAN}"] for h in result.loss_history
+    ]
+    assert result.test_eval["n"] == len(bioasq["test"]) and result.contamination["overlap"] == 0
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_killed_run_resumes_on_the_same_trajectory(method, arc, tmp_path):
     cfg = config(

@@ -9,7 +9,7 @@ prefix in front of the question with lettered choices (TinyLLM, Tian et al. 2024
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
@@ -103,6 +103,7 @@ class Features:
     rationales: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
     teacher_choice: dict[str, list[float]] = field(default_factory=dict)
     length: int = 0  # the answer prompt's tokens as fitted (batches may be grouped by it)
+    rationale_contexts: dict[str, str] = field(default_factory=dict)  # no next-token kinds: the prompt with a rationale
 
 
 def fit_answer_prompt(
@@ -116,6 +117,19 @@ def fit_answer_prompt(
     reserve = adapter.choice_reserve(tokenizer, choice_continuations(ex))
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
     return fit_example(ex, render, count, tokenizer, budget - reserve, evidence)
+
+
+RATIONALE_INPUT = "{question}\nExplanation: {rationale}"
+
+
+def with_rationale(ex: Example, rationale: str, tokenizer, max_tokens: int) -> Example:
+    """`ex` whose question is followed by a teacher's rationale (its first `max_tokens` tokens), for a
+    student that reads rationales instead of writing them: fitting keeps a question whole, so the
+    rationale stays and the evidence is what shortens."""
+    spans = tokenizer(rationale, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    if len(spans) > max_tokens:
+        rationale = rationale[: spans[max_tokens - 1][1]]
+    return replace(ex, question=RATIONALE_INPUT.format(question=ex.question, rationale=rationale.strip()))
 
 
 def build_features(
@@ -159,6 +173,10 @@ def build_features(
             length=answer_fit.tokens,
         )
         for teacher, by_id in rationales.items():
+            if ex.id in by_id and not adapter.next_token:
+                read = with_rationale(ex, by_id[ex.id], tokenizer, max_rationale)
+                fitted_read = fit_answer_prompt(read, tokenizer, adapter, style, max_input, evidence)
+                feats.rationale_contexts[teacher] = choice_context(fitted_read.example, style)
             if ex.id in by_id and adapter.next_token:
                 render = lambda e, t=teacher: rationale_prompt.format(teacher=t, question=lettered_question(e))  # noqa: E731
                 try:

@@ -97,6 +97,9 @@ class StudentBatch:
     rationales: dict[str, TokenBatch] = field(default_factory=dict)
     choices: ChoiceBatch | None = None
     teacher_choice: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Kinds without a next-token distribution: the questions again, each teacher's rationale in the
+    # input (training only), and their gold answers.
+    rationale_inputs: dict[str, tuple[ChoiceBatch, torch.Tensor]] = field(default_factory=dict)
 
     def to(self, device) -> StudentBatch:
         return StudentBatch(
@@ -105,6 +108,7 @@ class StudentBatch:
             {k: v.to(device) for k, v in self.rationales.items()},
             self.choices.to(device) if self.choices else None,
             {k: (t.to(device), p.to(device)) for k, (t, p) in self.teacher_choice.items()},
+            {k: (cb.to(device), gold.to(device)) for k, (cb, gold) in self.rationale_inputs.items()},
         )
 
     def token_batches(self) -> dict[str, TokenBatch]:
@@ -115,6 +119,7 @@ class StudentBatch:
     @property
     def tokens(self) -> int:
         total = sum(tb.tokens for tb in self.token_batches().values())
+        total += sum(cb.n_tokens for cb, _ in self.rationale_inputs.values())
         return total + (self.choices.n_tokens if self.choices is not None else 0)
 
 
@@ -280,6 +285,12 @@ class StudentObjectives(torch.nn.Module):
                     term = choice_kd_loss(scores[present], table[present], self.temperature).mean()
                     parts[f"choice_kd:{teacher_name}"] = term.detach()
                     terms.append(w.choice_kd.get(teacher_name, 0.0) * term)
+        for teacher_name, (cb, gold) in batch.rationale_inputs.items():
+            # A student that writes no text learns from a rationale by reading it: the answer, with
+            # the teacher's explanation in its input (dropped at test).
+            term = F.cross_entropy(self._choice_scores(cb)[0], gold)
+            parts[f"rationale_input:{teacher_name}"] = term.detach()
+            terms.append(w.rationale.get(teacher_name, 0.0) * term)
         if not terms:  # nothing to learn from in this batch: a zero that still reaches every weight
             zero = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
             if not isinstance(zero, torch.Tensor):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -308,6 +308,13 @@ def make_batch(
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
             batch.rationales[teacher] = token_batch(pairs, adapter, pad, config.packing)
+        read = [replace(f, context=f.rationale_contexts[teacher]) for f in items if teacher in f.rationale_contexts]
+        if read:
+            answers = torch.tensor([f.gold for f in read])
+            batch.rationale_inputs[teacher] = (
+                choice_batch(read, adapter, pad, tokenizer, config.max_input_tokens),
+                answers,
+            )
     if need_choices:
         batch.choices = choice_batch(items, adapter, pad, tokenizer, config.max_input_tokens)
         width = batch.choices.choice_mask.shape[1]

@@ -2,7 +2,7 @@
 
 Unknown keys are errors, with the path of the key. `load_experiment` also checks the things a
 schema cannot: files that must exist, objectives that name a known teacher, combinations that
-cannot work (token-level logit distillation across vocabularies, rationales for an encoder).
+cannot work (token-level logit distillation across vocabularies).
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ class StudentSpec(Strict):
 
     `recover` (a cut causal student) first distils the model it was cut from into it on the
     task's text (`distill.recover`), before it learns the task. `methods` replaces the
-    experiment's methods for this student (an encoder cannot learn from rationales, say), and
+    experiment's methods for this student (an encoder learns from no teacher's logits, say), and
     `training` changes its training settings (a large student may take fewer steps).
     """
 

@@ -10,7 +10,6 @@ from tinystudent.experiments.config import Experiment, StudentSpec
 from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
 from tinystudent.experiments.stages.teachers import choice_scores, rationale_unit, teacher_payload
 from tinystudent.experiments.units import UnitSpec
-from tinystudent.models.kinds import kind_adapter
 
 if TYPE_CHECKING:
     from tinystudent.experiments.plan import Plan
@@ -43,18 +42,11 @@ def plan_student_training(plan: Plan, spec: StudentSpec) -> list[UnitSpec] | Non
 
 
 def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed: int) -> UnitSpec | Unknown | None:
-    """One training run and the rationale units it reads; None when it cannot be (an encoder
-    writes no rationales), UNKNOWN until the student is prepared when that matters."""
+    """One training run and the rationale units it reads (a student that writes no text reads
+    them instead, `distill.data.with_rationale`); UNKNOWN until the student is prepared."""
     student, parsed = plan.students.get(spec.name), plan.experiment.objective(objective)
     if student is None:
         return UNKNOWN
-    if parsed.term == "rationale":
-        prepared = plan.result(student)
-        if prepared is None:
-            return UNKNOWN
-        if not kind_adapter(prepared["kind"]).next_token:
-            plan.note(f"skipping {spec.name} / {objective}: an encoder student cannot write rationales")
-            return None
     named = taught_by(plan.experiment, parsed)
     part = {n: teacher_payload(plan, plan.experiment.teacher(n))["teacher"] for n in named}
     sources = {}
