@@ -14,7 +14,7 @@ def arc(shared_dir):
     from tinystudent.tasks import load_task
 
     data = load_task(str(shared_dir / "data" / "tinyllm" / "arc"))
-    return data.split("train")[:8], data.split("validation")[:6]
+    return data.split("train")[:8], data.split("validation")[:6], data.split("test")[:3]
 
 
 def config(**changes) -> TrainConfig:
@@ -34,7 +34,7 @@ def config(**changes) -> TrainConfig:
 def test_mutual_kl_is_zero_for_identical_peers(tiny_causal, arc, tmp_path):
     twin = tmp_path / "twin"
     shutil.copytree(tiny_causal, twin)
-    train, valid = arc
+    train, valid, _ = arc
     results = train_mutual([str(tiny_causal), str(twin)], train, valid, config(steps=3), tmp_path / "run", task="arc")
     for result in results:
         assert all(abs(h["mutual"]) < 1e-6 for h in result.loss_history)
@@ -43,7 +43,7 @@ def test_mutual_kl_is_zero_for_identical_peers(tiny_causal, arc, tmp_path):
 
 def test_mutual_learning_loss_falls_across_architectures(tiny_causal, tiny_encoder, arc, tmp_path):
     """A causal LM and a BERT cross-encoder teach each other through their choice distributions."""
-    train, valid = arc
+    train, valid, test = arc
     results = train_mutual(
         [str(tiny_causal), str(tiny_encoder)],
         train,
@@ -51,7 +51,7 @@ def test_mutual_learning_loss_falls_across_architectures(tiny_causal, tiny_encod
         config(weights={"answer": 1.0, "mutual": 2.0}),
         tmp_path / "run",
         task="arc",
-        test_examples=valid[:3],
+        test_examples=test,
     )
     for result in results:
         history = result.loss_history

@@ -161,7 +161,9 @@ def test_intervals_and_baselines_by_hand():
     low, high = bootstrap_ci([True, False] * 50)
     assert low < 0.5 < high and high - low < 0.25
     yes_no = [Example(str(i), "q", ("yes", "no"), int(i >= 82)) for i in range(123)]
-    assert majority_baseline(yes_no) == {"acc": 82 / 123, "answer": "yes"}
+    majority = majority_baseline(yes_no)
+    assert (majority["acc"], majority["answer"]) == (82 / 123, "yes")
+    assert majority["correct"] == [ex.answer_text == "yes" for ex in yes_no] and sum(majority["correct"]) == 82
     paired = paired_bootstrap([True, True, False, True], [False, True, False, False])
     assert paired["diff"] == pytest.approx(0.5) and paired["p_value"] < 0.2
     assert paired["ci95"][0] <= 0.5 <= paired["ci95"][1]

@@ -117,7 +117,7 @@ def test_run_kill_and_resume(tmp_path, tiny_causal, tiny_encoder, toy_task):
     assert int(counts[2]) >= 2 and int(counts[1]) >= 1
     objectives = {(r["student"], r["method"], r["objective"]) for r in result["runs"]}
     assert ("small", "lora", "rationale:teach") in objectives and ("enc", "full", "answer") in objectives
-    assert not any(r["student"] == "enc" and r["objective"].startswith("rationale") for r in result["runs"])
+    assert ("enc", "full", "rationale:teach") in objectives  # an encoder reads the rationales it cannot write
     groups = {r["objective"] for r in result["runs"] if r["group"] == "collaboration"}
     assert {"ensemble:avg", "ensemble:vote", "debate", "mutual"} <= groups
     for entry in result["verdict"]:

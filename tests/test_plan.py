@@ -307,13 +307,13 @@ SHIPPED = {
     "quickstart": {"teacher_eval": 2, "cut": 2, "student": 2, "train": 2, "ensemble": 2},
     "bioasq": {
         "teacher_eval": 3 + 1,  # zero_shot, fewshot:1, generate on validation; the best on test
-        "cut": 5,
+        "cut": 6,  # the SmolLM2 and MiniLM cuts, and MiniLM saved whole as a classifier
         "import": 2,
         "teach": 1,
         "recover": 2,
         "student": 7,
         "student_eval": 3,  # the three SmolLM2 students; MiniLM's head is random untrained
-        "train": 2 + 1 + 5 + 2 + 1 + 2 + 1,
+        "train": 2 + 1 + 5 + 2 * 3 + 3 + 2 + 3,  # the MiniLMs but the 2-layer one with three seeds
         "debate": 1,
         "ensemble": 2,
         "mutual": 1,

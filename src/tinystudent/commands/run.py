@@ -74,9 +74,9 @@ def run_command(
     chosen = [f"executor.kind={executor}"] if executor is not None else []
     chosen += [f"executor.jobs={jobs}"] if jobs is not None else []
     spec = load_experiment(experiment_path(experiment), [*(overrides or []), *chosen])
-    plan = sum(len(spec.methods_of(s).finetune) * len(spec.methods_of(s).objectives) for s in spec.students) * len(
-        spec.seeds
-    )
+    from tinystudent.experiments.preview import training_runs
+
+    plan = training_runs(spec)
     stderr.print(
         f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
         f"up to {plan} training run(s)"

@@ -238,7 +238,8 @@ class StudentSpec(Strict):
     `recover` (a cut causal student) first distils the model it was cut from into it on the
     task's text (`distill.recover`), before it learns the task. `methods` replaces the
     experiment's methods for this student (an encoder learns from no teacher's logits, say), and
-    `training` changes its training settings (a large student may take fewer steps).
+    `training` changes its training settings (a large student may take fewer steps), and `seeds`
+    replaces the experiment's seeds (a small, fast student may be trained with more).
     """
 
     name: SafeName
@@ -248,6 +249,7 @@ class StudentSpec(Strict):
     kind: str | None = None  # a registered model kind (models/kinds); None: read from the model's config
     recover: RecoveryConfig | None = None
     methods: MethodSpec | None = None
+    seeds: list[int] | None = Field(None, min_length=1)  # this student's training seeds; default: the experiment's
     training: TrainingChanges = Field(default_factory=TrainingChanges)  # this student's changes (steps, lr, ...)
 
     @field_validator("kind")
@@ -293,7 +295,7 @@ class StudentSpec(Strict):
     def payload(self, include: set[str] | None = None) -> dict:
         """What this student's cached units depend on (`methods` aside: each run names its own).
         Options left unset are left out, so adding an option keeps earlier results valid."""
-        dumped = self.model_dump(include=include, exclude=None if include else {"methods"})
+        dumped = self.model_dump(include=include, exclude=None if include else {"methods", "seeds"})
         return {k: v for k, v in dumped.items() if not (k == "mlp_width" and v is None)}
 
 
@@ -502,6 +504,10 @@ class Experiment(Strict):
     def methods_of(self, student: StudentSpec) -> MethodSpec:
         """The fine-tuning methods and objectives this student is trained with."""
         return student.methods or self.methods
+
+    def seeds_of(self, student: StudentSpec) -> list[int]:
+        """The seeds this student is trained with (each recipe once per seed)."""
+        return student.seeds or self.seeds
 
 
 class ExperimentError(ValueError):

@@ -99,10 +99,10 @@ def preview_plan(experiment: Experiment, data: StudyData, store: Store | None) -
 
 def training_runs(experiment: Experiment) -> int:
     """Students x fine-tuning methods x objectives x seeds."""
-    per_seed = sum(
-        len(experiment.methods_of(s).finetune) * len(experiment.methods_of(s).objectives) for s in experiment.students
+    return sum(
+        len(experiment.methods_of(s).finetune) * len(experiment.methods_of(s).objectives) * len(experiment.seeds_of(s))
+        for s in experiment.students
     )
-    return per_seed * len(experiment.seeds)
 
 
 def describe(preview: PlanPreview, experiment: Experiment) -> list[str]:

@@ -33,7 +33,7 @@ def plan_training(plan: Plan) -> None:
 def plan_student_training(plan: Plan, spec: StudentSpec) -> list[UnitSpec] | None:
     """The student's runs, or None while some cannot be named yet (those that can are planned)."""
     methods, units, settled = plan.experiment.methods_of(spec), [], True
-    for method, objective, seed in product(methods.finetune, methods.objectives, plan.experiment.seeds):
+    for method, objective, seed in product(methods.finetune, methods.objectives, plan.experiment.seeds_of(spec)):
         unit = plan_train(plan, spec, method, objective, seed)
         if isinstance(unit, UnitSpec):
             units.append(unit)
