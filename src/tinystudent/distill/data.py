@@ -88,6 +88,20 @@ def check_choice_logprobs(
     return kept
 
 
+def ensemble_choice_logprobs(by_teacher: dict[str, dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Several teachers' choice scores as one ensemble: per question, the log of the mean of their
+    distributions over the choices (each teacher's scores softmaxed first), over the teachers that
+    scored it (Hinton et al. 2015's ensemble of teachers)."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    for scores_by_id in by_teacher.values():
+        for example_id, scores in scores_by_id.items():
+            rows.setdefault(example_id, []).append(torch.log_softmax(torch.tensor(scores, dtype=torch.float64), -1))
+    return {
+        example_id: (torch.logsumexp(torch.stack(found), 0) - math.log(len(found))).tolist()
+        for example_id, found in rows.items()
+    }
+
+
 # --- tokenized examples ------------------------------------------------------------------------
 
 

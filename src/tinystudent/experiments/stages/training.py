@@ -58,11 +58,12 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
 
 def taught_by(experiment: Experiment, objective: ObjectiveSpec) -> list[str]:
     """The teachers an objective learns from (`all`: every teacher, for rationales every one that
-    writes them)."""
+    writes them, for choice probabilities every one measured here)."""
     if objective.teacher is None:
         return []
     if objective.every_teacher:
-        return [t.name for t in experiment.teachers if t.writes_rationales or objective.term != "rationale"]
+        gives = {"rationale": lambda t: t.writes_rationales, "choice_kd": lambda t: t.measured}
+        return [t.name for t in experiment.teachers if gives.get(objective.term, lambda t: True)(t)]
     return [objective.teacher]
 
 
@@ -161,8 +162,12 @@ def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict,
         rationales = {name: context.known.rationales[key] for name, key in unit.args["rationales"].items()}
         return {"answer": 1.0, "rationale": 1.0}, rationales, {}
     if objective.term == "choice_kd":
+        from tinystudent.distill.data import ensemble_choice_logprobs
+
         experiment = context.experiment
-        names = [t.name for t in experiment.teachers] if objective.every_teacher else [str(objective.teacher)]
+        names = taught_by(experiment, objective)
         scores = {name: choice_scores(context, experiment.teacher(name)) for name in names}
+        if len(scores) > 1:  # choice_kd:all: one target, the teachers' ensemble
+            scores = {"+".join(names): ensemble_choice_logprobs(scores)}
         return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
     raise ValueError(f"objective {unit.args['objective']!r} is not supported by the experiment runner yet")
