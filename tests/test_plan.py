@@ -313,7 +313,7 @@ SHIPPED = {
         "recover": 2,
         "student": 7,
         "student_eval": 3,  # the three SmolLM2 students; MiniLM's head is random untrained
-        "train": 2 + 1 + 5 + 2 * 3 + 3 + 2 + 3,  # the MiniLMs but the 2-layer one with three seeds
+        "train": 2 + 1 + 5 + 3 + 2 * 3 + 2 + 3,  # the MiniLMs but the 2-layer one with three seeds
         "debate": 1,
         "ensemble": 2,
         "mutual": 1,
