@@ -311,7 +311,8 @@ def test_best_checkpoint_is_kept_and_measured(tiny_encoder, arc, tmp_path):
     )
     accs = [v["acc"] for v in result.valid_history]
     assert result.valid_acc == max(accs) and result.valid_acc_before == accs[0]
-    assert result.best_step == result.valid_history[accs.index(max(accs))]["step"]
+    tied = [v for v in result.valid_history if v["acc"] == max(accs)]  # ties: the lower validation loss is kept
+    assert result.best_step == min(tied, key=lambda v: v["loss"])["step"]
     kept = load_model(result.checkpoint, device="cpu")
     assert evaluate_model(kept, valid, "arc", "validation").acc == result.valid_acc
     assert evaluate_model(kept, test, "arc", "test").acc == result.test_acc

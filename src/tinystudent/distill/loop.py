@@ -90,6 +90,16 @@ def check_objectives(config: TrainConfig, rationale_weights: dict, choice_weight
         raise ValueError("every objective has weight 0: nothing to train")
 
 
+def validation_loss(result: EvalResult) -> float | None:
+    """Mean negative log-probability of the gold choice under the student's distribution over the
+    choices (a softmax of its choice scores); None when the scores were not kept."""
+    rows = [p for p in result.predictions if p.choice_logprobs]
+    if not rows:
+        return None
+    losses = [-float(torch.log_softmax(torch.tensor(p.choice_logprobs, dtype=torch.float64), -1)[p.gold]) for p in rows]
+    return sum(losses) / len(losses)
+
+
 def claim_run_folder(out_dir: Path, run_key: str, resume: bool, description: dict) -> None:
     """Make out_dir this run's folder, writing `run.json` (run_key and description); refuse to mix
     two different runs in one folder. With resume False, a run already there is deleted first.
@@ -223,17 +233,27 @@ class TrainingRun:
         return payload[0]
 
     def validate(self) -> None:
-        """Evaluate every trainee on the validation examples; keep the best; count patience."""
+        """Evaluate every trainee on the validation examples; keep the best (by accuracy, ties
+        broken by the lower validation loss); count patience.
+
+        The tie-break matters on small, one-sided splits: a student that has learnt only to say
+        "yes" scores the majority rate, and a later checkpoint that has learnt more often scores
+        the same; accuracy alone would keep the first."""
         step = self.shared["step"]
         for tr in self.trainees:
-            acc = self.evaluate(tr, self.valid, "validation").acc
-            tr.state["valid_history"].append({"step": step, "acc": acc})
+            result = self.evaluate(tr, self.valid, "validation")
+            acc, loss = result.acc, validation_loss(result)
+            tr.state["valid_history"].append({"step": step, "acc": acc, "loss": loss})
             if step == 0:
                 tr.state["valid_acc_before"] = acc
-            best = tr.state["best_acc"]
-            if best is None or acc > best:
-                tr.state.update(best_acc=acc, best_step=step, bad_evals=0)
-                self.save_best(tr, {"step": step, "valid_acc": acc})
+            best, best_loss = tr.state["best_acc"], tr.state.get("best_loss")
+            if (
+                best is None
+                or acc > best
+                or (acc == best and loss is not None and (best_loss is None or loss < best_loss))
+            ):
+                tr.state.update(best_acc=acc, best_loss=loss, best_step=step, bad_evals=0)
+                self.save_best(tr, {"step": step, "valid_acc": acc, "valid_loss": loss})
             elif step > 0:
                 tr.state["bad_evals"] += 1
         patience = self.config.early_stopping_patience
