@@ -304,7 +304,7 @@ def test_a_search_without_any_teacher_accuracy_fails_before_anything_runs():
 
 
 SHIPPED = {
-    "quickstart": {"teacher_eval": 2, "cut": 2, "student": 2, "train": 2, "ensemble": 2},
+    "quickstart": {"teacher_eval": 2, "import": 2, "cut": 2, "student": 2, "train": 2, "ensemble": 2},
     "bioasq": {
         "teacher_eval": 3 + 1,  # zero_shot, fewshot:1, generate on validation; the best on test
         "cut": 6,  # the SmolLM2 and MiniLM cuts, and MiniLM saved whole as a classifier
