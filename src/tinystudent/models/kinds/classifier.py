@@ -105,9 +105,5 @@ class ClassifierKind(EncoderKind):
         logits = core(**required(batch.tokens, "tokens")).logits.float()[:, : batch.choice_mask.shape[1]]
         return logits.masked_fill(~batch.choice_mask, PAD_SCORE), None
 
-    def lora_modules_to_save(self, model) -> list[str] | None:
-        # The label head is freshly initialised: it trains in full.
-        return ["classifier"] if hasattr(model, "classifier") else None
-
 
 ADAPTER = ClassifierKind()
