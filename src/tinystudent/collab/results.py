@@ -80,7 +80,7 @@ def ensemble_eval_result(results: Sequence[EvalResult], method: str = "average",
         raise ValueError(f"ensemble method must be one of {sorted(ENSEMBLE_METHODS)}, got {method!r}")
     check_same_questions(results)
     template = results[0]
-    golds = [p.gold for p in template.predictions]
+    golds = [int(p.gold) for p in template.predictions]  # choice indices: choice scores exist
     member_logprobs: list[list[list[float]]] = []
     for result in results:
         rows = [p.choice_logprobs for p in result.predictions]

@@ -25,7 +25,8 @@ def eval_command(
     mode: str = typer.Option(
         "loglikelihood",
         help="loglikelihood (score each choice), generate "
-        "(answer with a letter) or generate_cot (think step by step first).",
+        "(answer with a letter, or a free-form task's answer at once) or generate_cot (think step by step "
+        "first; free-form tasks such as gsm8k are judged by exact match, strict and flexible).",
     ),
     batch_size: int = typer.Option(
         16, help="Most questions per forward pass (batches are also limited by tokens, longest questions first)."
@@ -42,7 +43,9 @@ def eval_command(
         "sentences most related to the question are kept, in their order, BM25).",
     ),
     num_fewshot: int = typer.Option(
-        0, help="Solved examples from the train split before each question (loglikelihood mode)."
+        0,
+        help="Solved examples before each question: from the train split (loglikelihood mode; any mode of "
+        "a free-form task), or for gsm8k lm-eval's chain-of-thought exemplars (up to 8).",
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
@@ -100,13 +103,24 @@ def eval_command(
         print_eval(summary)
 
 
-def print_eval(summary: dict) -> None:
-    rows = [
-        ("questions", summary["n"]),
+def _score_rows(summary: dict) -> list[tuple[str, str]]:
+    if summary.get("exact_match"):
+        return [
+            (f"exact_match ({how})", f"{em['score']:.4f} ({em['ci95'][0]:.4f} - {em['ci95'][1]:.4f})")
+            for how, em in summary["exact_match"].items()
+        ] + [("most common answer (baseline)", f"{summary['majority_baseline']:.4f}")]
+    return [
         ("acc", f"{summary['acc']:.4f}"),
         ("acc 95% interval", f"{summary['ci95'][0]:.4f} - {summary['ci95'][1]:.4f}"),
         ("acc_norm", "-" if summary["acc_norm"] is None else f"{summary['acc_norm']:.4f}"),
         ("majority baseline", f"{summary['majority_baseline']:.4f}"),
+    ]
+
+
+def print_eval(summary: dict) -> None:
+    rows = [
+        ("questions", summary["n"]),
+        *_score_rows(summary),
         ("unparsed answers", summary["unparsed"]),
         ("inputs cut to fit", f"{summary['truncated']} (evidence shortened, question kept)"),
         ("parameters", f"{summary['params']:,}"),

@@ -96,7 +96,9 @@ def validation_loss(result: EvalResult) -> float | None:
     rows = [p for p in result.predictions if p.choice_logprobs]
     if not rows:
         return None
-    losses = [-float(torch.log_softmax(torch.tensor(p.choice_logprobs, dtype=torch.float64), -1)[p.gold]) for p in rows]
+    losses = [
+        -float(torch.log_softmax(torch.tensor(p.choice_logprobs, dtype=torch.float64), -1)[int(p.gold)]) for p in rows
+    ]
     return sum(losses) / len(losses)
 
 

@@ -9,27 +9,46 @@ import numpy as np
 
 from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
 from tinystudent.evaluation.fit import CUT, Fitted, check_strategy, fit_summary, fit_with_shots, token_counter
+from tinystudent.evaluation.freeform import (
+    EXTRACTIONS,
+    INVALID,
+    STOPS,
+    Judged,
+    cut_at_stops,
+    free_form_prompt,
+    gsm8k_exemplars,
+    judge,
+    shot_block,
+)
 from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
 from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseline
 from tinystudent.models.loading import LoadedModel
-from tinystudent.tasks.schema import Example, data_hash
+from tinystudent.tasks.schema import Example, data_hash, is_free_form
 
 MODES = ("loglikelihood", "generate", "generate_cot")
+FREE_FORM_TOKENS = {True: 256, False: 32}  # new tokens: lm-eval's max_gen_toks with a chain of thought
+GSM8K_SHOTS = gsm8k_exemplars()
 
 
 @dataclass
 class Prediction:
+    """One question's answer. For a free-form question `gold` is the gold answer's text, `pred`
+    the answer extracted strictly and `pred_norm` flexibly (`freeform`), `judged` both verdicts."""
+
     example_id: str
-    gold: int
-    pred: int | None
-    pred_norm: int | None
+    gold: int | str
+    pred: int | str | None
+    pred_norm: int | str | None
     choice_logprobs: list[float] | None = None
     text: str | None = None
+    judged: Judged | None = None
 
     @property
     def correct(self) -> bool:
+        if self.judged is not None:
+            return self.judged.strict_correct
         return self.pred == self.gold
 
 
@@ -52,6 +71,7 @@ class EvalResult:
     predictions: list[Prediction] = field(default_factory=list)
     unparsed: int = 0
     truncated: int = 0  # inputs whose evidence (or question) was cut to fit (see `fit`)
+    exact_match: dict | None = None  # free-form: {"strict"|"flexible": {"score", "ci95"}}; acc is strict
 
     def summary(self) -> dict:
         """The flat JSON object `tinystudent eval --json` prints."""
@@ -61,6 +81,8 @@ class EvalResult:
         row["acc_norm"] = None if self.acc_norm is None else round(self.acc_norm, 4)
         fit = self.settings.get("fit") or {}
         row["budget_tokens"], row["evidence"] = fit.get("budget_tokens"), fit.get("evidence")
+        if self.exact_match is None:
+            del row["exact_match"]
         return row
 
 
@@ -167,6 +189,70 @@ def _generative_predictions(
     return predictions
 
 
+def _free_form_shots(task: str, example: Example, plan: InputPlan) -> list[Example]:
+    """GSM8K's few-shot exemplars are lm-eval's (the first `num_fewshot` of Wei et al.'s eight);
+    any other free-form task draws its solved examples from the pool, seeded per question."""
+    if not plan.num_fewshot:
+        return []
+    if task.split("/")[-1].removesuffix(".jsonl") == "gsm8k" and plan.num_fewshot <= len(GSM8K_SHOTS):
+        return GSM8K_SHOTS[: plan.num_fewshot]
+    return draw_shots(example, plan.shots_pool, plan.num_fewshot, plan.seed)
+
+
+def _free_form_predictions(
+    loaded: LoadedModel,
+    examples: list[Example],
+    task: str,
+    think: bool,
+    plan: InputPlan,
+    batch_size: int,
+    latency: LatencyMeter,
+) -> list[Prediction]:
+    """Generate greedily until lm-eval's stop sequences, extract and judge each answer
+    (`freeform`). Prompts are plain text, never a chat template, as lm-eval's defaults."""
+    max_new_tokens = FREE_FORM_TOKENS[think]
+    count = token_counter(loaded.tokenizer, loaded.adapter.prompt_special_tokens)
+    prompts = []
+    for ex in examples:
+        fitted, shots = fit_with_shots(
+            ex,
+            _free_form_shots(task, ex, plan),
+            lambda e, shots: free_form_prompt(e, shots, think),
+            lambda e: shot_block(e, think),
+            count,
+            loaded.tokenizer,
+            plan.budget - max_new_tokens,
+            plan.evidence,
+        )
+        plan.fitted.append(fitted)
+        prompts.append(free_form_prompt(fitted.example, shots, think))
+    texts = generate_texts(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.adapter,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        on_batch=latency.record,
+        stop=STOPS,
+    )
+    predictions = []
+    for ex, text in zip(examples, texts):
+        text = cut_at_stops(text)
+        verdict = judge(text, ex.answer_text)
+        predictions.append(Prediction(ex.id, ex.answer_text, verdict.strict, verdict.flexible, None, text, verdict))
+    return predictions
+
+
+def _exact_match(predictions: list[Prediction]) -> dict:
+    """Strict and flexible exact match with their 95% intervals."""
+    scores = {}
+    for how in EXTRACTIONS:
+        hits = [bool(getattr(p.judged, f"{how}_correct")) for p in predictions]
+        scores[how] = {"score": round(accuracy(hits), 4), "ci95": [round(x, 4) for x in bootstrap_ci(hits)]}
+    return scores
+
+
 def evaluate_model(
     loaded: LoadedModel,
     examples: list[Example],
@@ -196,9 +282,17 @@ def evaluate_model(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    free_form = is_free_form(examples)
+    if free_form and mode == "loglikelihood":
+        raise ValueError(
+            f"{task} has free-form answers (no choices to score): use mode generate_cot (think step by step, "
+            "then answer) or generate (answer at once)"
+        )
     if mode != "loglikelihood" and not loaded.adapter.generates:
         raise ValueError(f"{loaded.name} is an {loaded.kind} model: it can only score choices (mode loglikelihood)")
-    if num_fewshot and (mode != "loglikelihood" or not shots_pool):
+    if free_form and num_fewshot and not shots_pool and task != "gsm8k":
+        raise ValueError("few-shot prompts need a pool of solved examples (the task's train split)")
+    if not free_form and num_fewshot and (mode != "loglikelihood" or not shots_pool):
         raise ValueError(
             "few-shot scoring needs mode loglikelihood and a pool of solved examples (the task's train split)"
         )
@@ -209,11 +303,16 @@ def evaluate_model(
     )
     memory, latency = MemoryMeter(loaded.device), LatencyMeter(on_questions=on_progress)
     with memory.measure():
-        if mode == "loglikelihood":
+        if free_form:
+            predictions = _free_form_predictions(
+                loaded, examples, task, mode == "generate_cot", plan, batch_size, latency
+            )
+        elif mode == "loglikelihood":
             predictions = _loglikelihood_predictions(loaded, examples, plan, batch_size, latency)
         else:
             predictions = _generative_predictions(loaded, examples, mode == "generate_cot", plan, batch_size, latency)
     correct = [p.correct for p in predictions]
+    exact_match = _exact_match(predictions) if free_form else None
     # acc_norm divides a continuation's log-likelihood by its length: a cross-encoder's choice
     # scores are not summed over tokens.
     has_norm = mode == "loglikelihood" and loaded.adapter.next_token
@@ -235,8 +334,10 @@ def evaluate_model(
             "model_kind": loaded.kind,
             "model_identity": loaded.resolved.identity,
             "model_source": loaded.resolved.source,
+            **({"exact_match": exact_match, "stop": list(STOPS)} if free_form else {}),
         },
         predictions=predictions,
-        unparsed=sum(p.pred is None for p in predictions),
+        unparsed=sum(p.pred in (None, INVALID) for p in predictions),
         truncated=sum(f.cut is not None for f in plan.fitted),
+        exact_match=exact_match,
     )

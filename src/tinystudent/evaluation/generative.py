@@ -98,13 +98,17 @@ def generate_texts(
     temperature: float = 1.0,
     seed: int = 0,
     on_batch: Callable[[int, float], None] | None = None,
+    stop: tuple[str, ...] = (),
 ) -> list[str]:
-    """Texts for prompts written as evaluation fits them (`ModelKind.encode_input`), in the
-    prompts' order: greedy, or sampled at `temperature` with a seed per prompt derived from
-    `seed`. See `generate_in_batches`."""
+    """Texts for prompts written as evaluation fits them (`ModelKind.encode_input`),
+    in the prompts' order: greedy, or sampled at `temperature` with a seed per prompt derived from
+    `seed`, each ending at its first `stop` string. See `generate_in_batches`."""
     adapter = kind_adapter(kind)
     prompt_ids = [adapter.encode_input(tokenizer, p) for p in prompts]
-    rows = [RowParams(max_new_tokens, temperature if do_sample else 0.0, seed=prompt_seed(seed, p)) for p in prompts]
+    rows = [
+        RowParams(max_new_tokens, temperature if do_sample else 0.0, seed=prompt_seed(seed, p), stop=stop)
+        for p in prompts
+    ]
     texts = [""] * len(prompts)
     for index, generated in generate_in_batches(model, tokenizer, adapter, prompt_ids, rows, batch_size, on_batch):
         texts[index] = generated.text

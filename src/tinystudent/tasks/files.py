@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -110,9 +111,10 @@ def _convert_all(
                 raise TaskFormatError(
                     path,
                     where,
-                    "a record of a known format (ARC, OpenBookQA, BioASQ, PubMedQA, "
-                    f"SciQ, TinyLLM); its keys are {sorted(record) if isinstance(record, dict) else type(record).__name__}",
-                    "for your own columns pass a column mapping (--columns question=...,choices=...,answer=...)",
+                    "a record of a known format (ARC, OpenBookQA, BioASQ, PubMedQA, SciQ, TinyLLM, GSM8K, "
+                    f"SVAMP); its keys are {sorted(record) if isinstance(record, dict) else type(record).__name__}",
+                    "for your own columns pass a column mapping (--columns question=...,choices=...,answer=...; "
+                    "without choices=, free-form answers)",
                 )
             format_name, converter = found
         examples.append(_with_source(converter(record, where, str(path)), path, where, format_name))
@@ -162,15 +164,7 @@ def read_file(path: Path, columns: dict[str, str] | None = None) -> tuple[list[E
 
 def _with_source(ex: Example, path: Path, where: str, format_name: str | None) -> Example:
     """`ex` with where it was read from (file, record or line, format) as its source."""
-    return Example(
-        ex.id,
-        ex.question,
-        ex.choices,
-        ex.answer,
-        ex.context,
-        ex.rationale,
-        {"file": str(path), "where": where, "format": format_name},
-    )
+    return dataclasses.replace(ex, source={"file": str(path), "where": where, "format": format_name})
 
 
 def _read_bioasq(questions: list, path: Path) -> tuple[list[Example], str]:

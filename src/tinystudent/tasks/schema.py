@@ -16,18 +16,23 @@ def normalize_split(split: str) -> str:
     return SPLIT_ALIASES.get(split, split)
 
 
+FREE_FORM = -1  # the `answer` of a question with no choices: its gold answer is `target`
+
+
 @dataclass(frozen=True)
 class Example:
-    """One multiple-choice question.
+    """One question: multiple choice, or free-form (no choices, a gold answer to write).
 
     Attributes:
         id: unique within its task.
         question: the question text, without the choices.
-        choices: the answer options, in the source's order.
-        answer: index into `choices` of the correct option.
+        choices: the answer options, in the source's order; empty for a free-form question.
+        answer: index into `choices` of the correct option; `FREE_FORM` (-1) when there are none.
         context: optional evidence passages (BioASQ snippets, PubMedQA contexts, an OpenBookQA fact).
-        rationale: optional reference rationale shipped with the data (PubMedQA's long answer).
+        rationale: optional reference rationale shipped with the data (PubMedQA's long answer,
+            GSM8K's worked solution).
         source: where the example came from (file, line or record, format, original split).
+        target: the gold answer of a free-form question (a number or a short string).
     """
 
     id: str
@@ -37,14 +42,24 @@ class Example:
     context: str | None = None
     rationale: str | None = None
     source: dict = field(default_factory=dict, compare=False, hash=False)
+    target: str | None = None
+
+    @property
+    def free_form(self) -> bool:
+        """True for a question with no choices, answered by writing `target`."""
+        return not self.choices
 
     @property
     def answer_text(self) -> str:
+        if self.free_form:
+            return self.target or ""
         return self.choices[self.answer]
 
     def to_dict(self) -> dict:
         row = asdict(self)
         row["choices"] = list(self.choices)
+        if row["target"] is None:  # multiple choice: the same content, hence the same data hash, as before
+            del row["target"]
         return row
 
 
@@ -82,14 +97,16 @@ def check_examples(examples: list[Example], path: str | Path) -> None:
                 )
         if not ex.question.strip():
             raise TaskFormatError(path, where, "an empty question", "every record needs question text")
-        if len(ex.choices) < 2 or any(not str(c).strip() for c in ex.choices):
+        if ex.free_form:
+            _check_free_form(ex, path, where)
+        elif len(ex.choices) < 2 or any(not str(c).strip() for c in ex.choices):
             raise TaskFormatError(
                 path,
                 where,
                 f"at least two non-empty choices, got {list(ex.choices)!r}",
                 "fix or drop this record",
             )
-        if not 0 <= ex.answer < len(ex.choices):
+        if not ex.free_form and not 0 <= ex.answer < len(ex.choices):
             raise TaskFormatError(path, where, f"answer index {ex.answer} outside {len(ex.choices)} choices")
         if ex.id in seen:
             raise TaskFormatError(
@@ -99,6 +116,39 @@ def check_examples(examples: list[Example], path: str | Path) -> None:
                 "ids must be unique within a task",
             )
         seen[ex.id] = where
+    try:
+        is_free_form(examples)
+    except ValueError as err:
+        raise TaskFormatError(path, "the records", str(err), "split them into two tasks") from None
+
+
+def _check_free_form(ex: Example, path: str | Path, where: str) -> None:
+    """A question with no choices needs a gold answer to write, and no choice index."""
+    if ex.target is None or not ex.target.strip():
+        raise TaskFormatError(
+            path,
+            where,
+            "a gold answer: a question with no choices is free-form and needs its answer as text or a number",
+            "fix or drop this record (or give its choices)",
+        )
+    if len(ex.target) > MAX_FIELD_CHARS:
+        raise TaskFormatError(path, where, f"a gold answer of at most {MAX_FIELD_CHARS:,} characters")
+    if ex.answer != FREE_FORM:
+        raise TaskFormatError(path, where, f"no choice index for a free-form question, got {ex.answer}")
+
+
+def is_free_form(examples: list[Example]) -> bool:
+    """Whether a task's questions are free-form; a task mixing both kinds is refused.
+
+    Raises:
+        ValueError: some questions have choices and some do not."""
+    kinds = {ex.free_form for ex in examples}
+    if len(kinds) > 1:
+        first = next(ex for ex in examples if ex.free_form)
+        raise ValueError(
+            f"a task's questions must all have choices or all be free-form; {first.id!r} has none and others do"
+        )
+    return kinds == {True}
 
 
 def shared_choices(examples: list[Example]) -> list[str]:
