@@ -184,3 +184,83 @@ def test_smollm2_on_gsm8k_eight_shot(smollm2):
     strict = sum(p.judged.strict_correct for p in result.predictions) / 2
     assert result.acc == result.exact_match["strict"]["score"] == strict
     assert result.summary()["exact_match"] == result.exact_match
+
+
+def _increments(seed: int = 0) -> dict[str, list[Example]]:
+    """A synthetic arithmetic task, "What is N + 1?" for two-digit N (no carry), its splits
+    disjoint: a student must learn to add, not to recall."""
+    import random
+
+    numbers = random.Random(seed).sample([n for n in range(10, 100) if n % 10 != 9], 80)
+    make = lambda i, n: Example(  # noqa: E731
+        f"q{i}", f"What is {n} + 1?", (), FREE_FORM, rationale=f"{n} + 1 = {n + 1}.", target=str(n + 1)
+    )
+    rows = [make(i, n) for i, n in enumerate(numbers)]
+    return {"train": rows[:60], "validation": rows[60:70], "test": rows[70:]}
+
+
+def _train_config(**changes):
+    from tinystudent.distill import TrainConfig
+
+    base = dict(steps=600, batch_size=16, lr=3e-3, warmup_ratio=0.0, eval_before=False, device="cpu")
+    return TrainConfig(**{**base, "precision": "fp32", "eval_every": 600, **changes})
+
+
+@pytest.mark.slow
+def test_free_form_student_learns_to_add(tiny_causal, tmp_path):
+    """A tiny random Llama answers none of the held-out questions before training and nearly all
+    after, by exact match of what it writes; the run judges it as evaluation does."""
+    from tinystudent.distill.train import train_student
+    from tinystudent.evaluation.evaluate import evaluate_model
+    from tinystudent.models import load_model
+
+    task = _increments()
+    before = evaluate_model(load_model(str(tiny_causal)), task["test"], "increments", "test", mode="generate")
+    result = train_student(
+        str(tiny_causal), task["train"], task["validation"], _train_config(), tmp_path / "run",
+        task="increments", test_examples=task["test"],
+    )  # fmt: skip
+    after = evaluate_model(load_model(result.checkpoint), task["test"], "increments", "test", mode="generate")
+    assert before.exact_match["strict"]["score"] == 0.0
+    assert after.exact_match["strict"]["score"] >= 0.8 and result.test_acc == after.acc
+    assert after.predictions[0].text.startswith(" The answer is")
+
+
+@pytest.mark.slow
+def test_free_form_student_learns_worked_solutions(tiny_causal, tmp_path):
+    """Taught by the task's own worked solutions (`gold_solutions`), a student writes the steps and
+    then the answer when asked to think step by step, and is judged on that (generate_cot)."""
+    from tinystudent.distill.train import train_student
+    from tinystudent.teachers.gold import GOLD_SOLUTIONS, gold_solutions
+
+    task = _increments(1)
+    result = train_student(
+        str(tiny_causal), task["train"], task["validation"],
+        _train_config(weights={"answer": 0.0, "rationale": {GOLD_SOLUTIONS: 1.0}}), tmp_path / "run",
+        rationales={GOLD_SOLUTIONS: gold_solutions(task["train"])}, task="increments", test_examples=task["test"],
+    )  # fmt: skip
+    assert result.test_acc >= 0.8
+    from tinystudent.evaluation.evaluate import evaluate_model
+    from tinystudent.models import load_model
+
+    after = evaluate_model(load_model(result.checkpoint), task["test"][:3], "increments", "test", mode="generate_cot")
+    example = task["test"][0]
+    assert after.predictions[0].text.startswith(f" {example.rationale} The answer is")
+
+
+def test_free_form_training_refuses_choice_objectives(tiny_causal, tmp_path):
+    from tinystudent.distill.train import train_student
+
+    task = _increments()
+    with pytest.raises(ValueError, match="answer_loss: choices needs questions with choices"):
+        train_student(str(tiny_causal), task["train"], [], _train_config(answer_loss="choices"), tmp_path / "a")
+    with pytest.raises(ValueError, match="choice_kd learns a distribution over choices"):
+        train_student(
+            str(tiny_causal), task["train"], [], _train_config(), tmp_path / "b",
+            choice_logprobs={"t": {"q0": [0.0, -1.0]}},
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="the task's own worked solutions"):
+        gold_solutions_of_none = [Example("x", "1 + 1?", (), FREE_FORM, target="2")]
+        from tinystudent.teachers.gold import gold_solutions
+
+        gold_solutions(gold_solutions_of_none)

@@ -168,7 +168,8 @@ def train_command(
     teachers: Optional[str] = typer.Option(
         None,
         help="Teachers whose cached outputs to learn from, "
-        "comma-separated (as named to `tinystudent teach` or the import).",
+        "comma-separated (as named to `tinystudent teach` or the import); gold_solutions: the task's own "
+        "worked solutions (GSM8K's).",
     ),
     objective: str = typer.Option(
         "answer",
@@ -251,7 +252,7 @@ def train_command(
     )
     check_output_folder(out)
     with Store(db) as store:
-        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, config.weights)
+        rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, config.weights, train)
         teacher = None
         if config.weights.logit_kd or config.weights.hidden:
             teacher = teacher_model or (names[0] if names else None)
@@ -294,7 +295,11 @@ def train_command(
         print_result(summary)
 
 
-def _teacher_data(store, names, task, strategy, rationales_file, weights) -> tuple[dict, dict]:
+def _teacher_data(store, names, task, strategy, rationales_file, weights, train) -> tuple[dict, dict]:
+    from tinystudent.teachers.gold import GOLD_SOLUTIONS, gold_solutions
+
+    gold = {GOLD_SOLUTIONS: gold_solutions(train)} if GOLD_SOLUTIONS in names and weights.rationale else {}
+    names = [name for name in names if name != GOLD_SOLUTIONS]
     want_rationales = bool(weights.rationale)
     want_scores = bool(weights.choice_kd)
     rationales: dict = {}
@@ -304,10 +309,10 @@ def _teacher_data(store, names, task, strategy, rationales_file, weights) -> tup
         if names:
             rationales = {t: r for t, r in rationales.items() if t in names}
         want_rationales = False
-    if (want_rationales or want_scores) and not names:
+    if (want_rationales or want_scores) and not names and not gold:
         raise ValueError("the rationale and choice_kd objectives need --teachers (or --rationales FILE.jsonl)")
     cached_rationales, scores = _from_cache(store, names, task, strategy, want_rationales, want_scores)
-    return rationales or cached_rationales, scores
+    return {**(rationales or cached_rationales), **gold}, scores
 
 
 def _recover(cut: str, parent: str, train, valid, test, rationales: dict, steps: int, out: Path, device: str) -> str:

@@ -16,6 +16,7 @@ import torch
 
 from tinystudent.distill.losses import PAD_SCORE
 from tinystudent.evaluation.fit import CUT, Fitted, InputTooLong, fit_example, fit_summary, token_counter
+from tinystudent.evaluation.freeform import ANSWER_IS, free_form_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
@@ -120,6 +121,62 @@ class Features:
     rationale_contexts: dict[str, str] = field(default_factory=dict)  # no next-token kinds: the prompt with a rationale
 
 
+def check_free_form_objectives(config, choice_logprobs: dict | None, mutual: bool) -> None:
+    """A free-form task has no choices to score: its answer is learnt as tokens, and choice-level
+    distillation and mutual learning (both over choices) do not apply."""
+    if config.answer_loss == "choices":
+        raise ValueError(
+            "answer_loss: choices needs questions with choices; this task is free-form: use answer_loss: tokens"
+        )
+    if choice_logprobs or config.weights.per_teacher("choice_kd", []):
+        raise ValueError("choice_kd learns a distribution over choices; this task is free-form and has none")
+    if mutual:
+        raise ValueError("mutual learning compares distributions over choices; this task is free-form and has none")
+
+
+def free_form_answer(example: Example, rationale: str | None = None) -> str:
+    """What a free-form student learns to write after its prompt: " The answer is N." or, taught
+    by a rationale, " <rationale> The answer is N." (a rationale that already ends so is kept as
+    it is). Evaluation reads it back with `evaluation.freeform` (strict: "The answer is N.")."""
+    final = f"{ANSWER_IS} {example.target}."
+    if not rationale:
+        return f" {final}"
+    steps = " ".join(line.strip() for line in rationale.splitlines() if line.strip())
+    return f" {steps}" if steps.rstrip(".").endswith(f"{ANSWER_IS} {example.target}") else f" {steps} {final}"
+
+
+def _free_form_features(
+    ex: Example,
+    tokenizer,
+    adapter: ModelKind,
+    rationales: dict[str, dict[str, str]],
+    max_input: int,
+    max_answer: int,
+    max_rationale: int,
+    evidence: str,
+) -> tuple[Features, Fitted]:
+    """A free-form question for a student that writes text: the answer task is "Q: ...\\nA:" ->
+    " The answer is N."; each teacher's rationale task is the zero-shot chain-of-thought prompt
+    ("... A: Let's think step by step.") -> " <rationale> The answer is N.", so that evaluation's
+    `generate` and `generate_cot` modes ask exactly what each task taught."""
+    if not adapter.generates:
+        raise adapter.unsupported("learn a free-form task (it writes no text)")
+    count = token_counter(tokenizer, adapter.prompt_special_tokens)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    fitted = fit_example(ex, lambda e: free_form_prompt(e, [], False), count, tokenizer, max_input, evidence)
+    answer = tokenizer.encode(free_form_answer(ex), add_special_tokens=False)[:max_answer] + eos
+    prompt = adapter.encode_input(tokenizer, free_form_prompt(fitted.example, [], False))
+    feats = Features(0, prompt, [answer], free_form_prompt(fitted.example, [], False), [ex.answer_text])
+    feats.length = fitted.tokens
+    think = lambda e: free_form_prompt(e, [], True)  # noqa: E731
+    for teacher, by_id in rationales.items():
+        if ex.id in by_id:
+            question = think(fit_example(ex, think, count, tokenizer, max_input, evidence).example)
+            target = tokenizer.encode(free_form_answer(ex, by_id[ex.id]), add_special_tokens=False)
+            feats.rationales[teacher] = (adapter.encode_input(tokenizer, question), target[:max_rationale] + eos)
+    return feats, fitted
+
+
 def fit_answer_prompt(
     ex: Example, tokenizer, kind: str | ModelKind, style: str, budget: int, evidence: str = CUT
 ) -> Fitted:
@@ -172,6 +229,12 @@ def build_features(
     features, fitted, skipped = {}, [], 0
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
     for ex in examples:
+        if ex.free_form:
+            features[ex.id], answer_fit = _free_form_features(
+                ex, tokenizer, adapter, rationales, max_input, max_answer, max_rationale, evidence
+            )
+            fitted.append(answer_fit)
+            continue
         answer_fit = fit_answer_prompt(ex, tokenizer, adapter, style, max_input, evidence)
         fitted.append(answer_fit)
         context = choice_context(answer_fit.example, style)

@@ -28,7 +28,7 @@ from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.contamination import check_contamination
-from tinystudent.tasks.schema import Example
+from tinystudent.tasks.schema import Example, is_free_form
 from tinystudent.threads import keep_share
 
 
@@ -210,6 +210,13 @@ class TrainingRun:
 
     # --- evaluation -----------------------------------------------------------------------
 
+    def eval_mode(self, examples: list[Example]) -> str:
+        """How a student is judged: by its choices' scores, or, on a free-form task, by what it
+        writes: a chain of thought when it learns from rationales, else the answer at once."""
+        if not is_free_form(examples):
+            return "loglikelihood"
+        return "generate_cot" if any(w > 0 for w in self.rationale_weights.values()) else "generate"
+
     def evaluate(self, tr: Trainee, examples: list[Example], split: str):
         """Accuracy of the student as it stands, scored by the evaluation module (main process)."""
         from accelerate.utils import broadcast_object_list
@@ -223,7 +230,7 @@ class TrainingRun:
                     examples,
                     self.task or "task",
                     split,
-                    "loglikelihood",
+                    self.eval_mode(examples),
                     self.config.eval_batch_size,
                     max_input_tokens=self.config.max_input_tokens,
                     evidence=self.config.evidence,

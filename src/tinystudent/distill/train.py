@@ -12,7 +12,7 @@ import torch
 
 from tinystudent.distill.checkpoints import load_best
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.data import check_choice_logprobs, check_rationales
+from tinystudent.distill.data import check_choice_logprobs, check_free_form_objectives, check_rationales
 from tinystudent.distill.loop import TrainingDiverged, TrainingRun, check_objectives, check_splits, claim_run_folder
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
@@ -22,7 +22,7 @@ from tinystudent.evaluation.prompts import prompt_style
 from tinystudent.hashing import stable_hash
 from tinystudent.log import info
 from tinystudent.models.loading import LoadedModel, resolve_model
-from tinystudent.tasks.schema import Example, data_hash
+from tinystudent.tasks.schema import Example, data_hash, is_free_form
 
 __all__ = ["TrainingDiverged", "main_process_first", "train_mutual", "train_student"]
 
@@ -162,6 +162,8 @@ def _checked_inputs(
     and choice log-probabilities and the weight of each teacher's rationales and choices."""
     if not train:
         raise ValueError("no training examples")
+    if is_free_form(train):
+        check_free_form_objectives(config, choice_logprobs, mutual)
     rationales = check_rationales(rationales, train)
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
     rationale_weights = config.weights.per_teacher("rationale", list(rationales))

@@ -211,6 +211,12 @@ def _free_form_predictions(
     """Generate greedily until lm-eval's stop sequences, extract and judge each answer
     (`freeform`). Prompts are plain text, never a chat template, as lm-eval's defaults."""
     max_new_tokens = FREE_FORM_TOKENS[think]
+    # The prompt takes the input budget, less what the model's context must keep for the answer.
+    prompt_budget = min(plan.budget, loaded.input_limit - max_new_tokens)
+    if prompt_budget < 16:
+        raise ValueError(
+            f"{loaded.name} takes {loaded.input_limit} tokens: too few for a prompt and {max_new_tokens} new tokens"
+        )
     count = token_counter(loaded.tokenizer, loaded.adapter.prompt_special_tokens)
     prompts = []
     for ex in examples:
@@ -221,7 +227,7 @@ def _free_form_predictions(
             lambda e: shot_block(e, think),
             count,
             loaded.tokenizer,
-            plan.budget - max_new_tokens,
+            prompt_budget,
             plan.evidence,
         )
         plan.fitted.append(fitted)
