@@ -264,3 +264,42 @@ def test_free_form_training_refuses_choice_objectives(tiny_causal, tmp_path):
         from tinystudent.teachers.gold import gold_solutions
 
         gold_solutions(gold_solutions_of_none)
+
+
+def test_teacher_prompts_for_free_form_questions():
+    from tinystudent.teachers.prompts import build_prompt, get_strategy
+
+    task = _increments()
+    question, shot = task["train"][0], task["train"][1]
+    forced = build_prompt(get_strategy("teacher_forcing_cot"), question, [shot])
+    assert forced.startswith(f"Q: {shot.question}\nThe correct answer is {shot.target}.\nA: {shot.rationale} ")
+    assert f"Q: {question.question}\nThe correct answer is {question.target}.\n" in forced
+    assert forced.endswith("A: Let's think step by step.") and "Answer Choices" not in forced
+    assert build_prompt(get_strategy("cot"), question, []) == f"Q: {question.question}\nA: Let's think step by step."
+
+
+def test_teaching_a_free_form_task_judges_and_filters_rationales(tiny_causal, tmp_path):
+    """A teacher's free-form rationales are judged by their final answer; training keeps only
+    those that reach the gold answer, and says how many it left out."""
+    from tinystudent.models import load_model
+    from tinystudent.store import Store
+    from tinystudent.teachers import LocalTeacher, load_rationales, rationales_for_training, teach
+    from tinystudent.teachers.teach import free_form_answer
+
+    example = _increments()["train"][0]
+    assert free_form_answer(f"{example.rationale} The answer is {example.target}.", example) == (
+        FREE_FORM,
+        (True, example.target),
+    )
+    assert free_form_answer("so it is 12 or so", example)[1] == (False, "12")
+    assert free_form_answer("no idea", example) == (None, (False, INVALID))
+    questions = _increments()["train"][:4]
+    with Store(tmp_path / "r.sqlite") as store:
+        teacher = LocalTeacher(load_model(str(tiny_causal), device="cpu"), batch_size=4)
+        summary = teach(teacher, questions, "increments", "teacher_forcing_cot", store, max_new_tokens=12)
+        assert summary.generated == 4 and summary.matching == 0  # a random model reaches no gold answer
+        assert len(load_rationales(store, teacher.name, "increments")) == 4
+        assert rationales_for_training(store, teacher.name, "increments", free_form=True) == {}
+        assert len(rationales_for_training(store, teacher.name, "increments", free_form=False)) == 4
+        with pytest.raises(ValueError, match="free-form: its questions have no choices to score"):
+            teach(teacher, questions, "increments", "choice_logprobs", store)

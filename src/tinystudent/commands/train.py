@@ -80,17 +80,24 @@ def rationale_strategies() -> list[str]:
 
 
 def _from_cache(
-    store, teachers: list[str], task: str, strategy: Optional[str], want_rationales: bool, want_scores: bool
+    store,
+    teachers: list[str],
+    task: str,
+    strategy: Optional[str],
+    want_rationales: bool,
+    want_scores: bool,
+    free_form: bool = False,
 ) -> tuple[dict, dict]:
-    """Rationales and choice log-probabilities of each teacher from the teacher cache."""
-    from tinystudent.teachers import SCORING, load_rationales
+    """Rationales and choice log-probabilities of each teacher from the teacher cache (on a
+    free-form task, only rationales that reach the gold answer)."""
+    from tinystudent.teachers import SCORING, rationales_for_training
     from tinystudent.teachers.cache import rows_for
 
     rationales, scores = {}, {}
     shipped = _bundled_rationales() if task == "bioasq" else {}
     for teacher in teachers:
         if want_rationales:
-            rationales[teacher] = load_rationales(store, teacher, task, strategy)
+            rationales[teacher] = rationales_for_training(store, teacher, task, free_form, strategy)
             if not rationales[teacher] and teacher in shipped and strategy in (None, "imported"):
                 info(f"using the rationales of {teacher} shipped with tinystudent for bioasq")
                 rationales[teacher] = shipped[teacher]
@@ -311,7 +318,11 @@ def _teacher_data(store, names, task, strategy, rationales_file, weights, train)
         want_rationales = False
     if (want_rationales or want_scores) and not names and not gold:
         raise ValueError("the rationale and choice_kd objectives need --teachers (or --rationales FILE.jsonl)")
-    cached_rationales, scores = _from_cache(store, names, task, strategy, want_rationales, want_scores)
+    from tinystudent.tasks.schema import is_free_form
+
+    cached_rationales, scores = _from_cache(
+        store, names, task, strategy, want_rationales, want_scores, is_free_form(train)
+    )
     return {**(rationales or cached_rationales), **gold}, scores
 
 

@@ -38,7 +38,14 @@ from tinystudent.teachers.rationale_files import (
     read_tinyllm,
     store_rationales,
 )
-from tinystudent.teachers.teach import SCORING, TeachSummary, load_rationales, teach, teacher_choice_logprobs
+from tinystudent.teachers.teach import (
+    SCORING,
+    TeachSummary,
+    load_rationales,
+    rationales_for_training,
+    teach,
+    teacher_choice_logprobs,
+)
 
 
 class LocalSettings(BaseModel):
@@ -149,6 +156,7 @@ __all__ = [
     "get_strategy",
     "import_tinyllm_rationales",
     "load_rationales",
+    "rationales_for_training",
     "make_teacher",
     "read_bundled",
     "read_rationales_jsonl",

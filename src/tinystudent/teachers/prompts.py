@@ -28,7 +28,7 @@ from tinystudent.evaluation.prompts import LETTERS
 from tinystudent.tasks.schema import Example
 
 QUESTION_BLOCK = "{context_line}Q: {question}\nAnswer Choices:\n{choices}"
-FIELDS = {"question", "context", "choices", "question_block", "gold_letter", "gold_text", "letters"}
+FIELDS = {"question", "context", "context_line", "choices", "question_block", "gold_letter", "gold_text", "letters"}
 SHOT_FIELDS = FIELDS | {"rationale"}
 MAIN_FIELDS = FIELDS | {"shots"}
 
@@ -105,6 +105,25 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+# Free-form questions (no choices; GSM8K): the same strategies, asked as lm-eval's gsm8k_cot asks
+# ("Q: ...\nA:"), finishing with "The answer is N." so `evaluation.freeform` reads the answer.
+FREE_FORM_ANSWER_SHOT = "Q: {question}\nA: The answer is {gold_text}.\n\n"
+FREE_FORM_FORCED_SHOT = (
+    "Q: {question}\nThe correct answer is {gold_text}.\nA: {rationale}The answer is {gold_text}.\n\n"
+)
+FREE_FORM: dict[str, tuple[str, str]] = {
+    "zero_shot": ("{context_line}Q: {question}\nA: The answer is", ""),
+    "few_shot": ("{shots}{context_line}Q: {question}\nA: The answer is", FREE_FORM_ANSWER_SHOT),
+    "cot": ("{context_line}Q: {question}\nA: Let's think step by step.", ""),
+    "teacher_forcing_cot": (
+        "{shots}{context_line}Q: {question}\nThe correct answer is {gold_text}.\n"
+        'Explain step by step how to reach this answer, then finish with "The answer is {gold_text}."\n'
+        "A: Let's think step by step.",
+        FREE_FORM_FORCED_SHOT,
+    ),
+}
+
+
 def _check_template(template: str, allowed: set[str], what: str) -> None:
     try:
         used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
@@ -130,15 +149,29 @@ def get_strategy(name: str, template: str | None = None, shot_template: str | No
 
 
 def question_fields(example: Example) -> dict:
-    """The template fields describing one question."""
+    """The template fields describing one question (a free-form one has no choices and no
+    letters; its gold text is its answer)."""
+    context_line = f"Context: {example.context}\n" if example.context else ""
+    if example.free_form:
+        block = f"{context_line}Q: {example.question}"
+        return {
+            "question": example.question,
+            "context": example.context or "",
+            "context_line": context_line,
+            "choices": "",
+            "question_block": block,
+            "gold_letter": "",
+            "gold_text": example.answer_text,
+            "letters": "",
+        }
     letters = LETTERS[: len(example.choices)]
     choices = "\n".join(f"({letters[i]}) {c}" for i, c in enumerate(example.choices))
-    context_line = f"Context: {example.context}\n" if example.context else ""
     block = QUESTION_BLOCK.format(context_line=context_line, question=example.question, choices=choices)
     listed = ", ".join(letters[:-1]) + f" or {letters[-1]}" if len(letters) > 1 else letters
     return {
         "question": example.question,
         "context": example.context or "",
+        "context_line": context_line,
         "choices": choices,
         "question_block": block,
         "gold_letter": letters[example.answer],
@@ -147,12 +180,21 @@ def question_fields(example: Example) -> dict:
     }
 
 
+def for_question(strategy: Strategy, example: Example) -> Strategy:
+    """The strategy as it asks this question: its free-form templates for a question with no
+    choices (unless the user gave templates of their own)."""
+    if not example.free_form or strategy.name not in FREE_FORM or strategy != STRATEGIES.get(strategy.name):
+        return strategy
+    template, shot_template = FREE_FORM[strategy.name]
+    return replace(strategy, template=template, shot_template=shot_template)
+
+
 def render_shot(strategy: Strategy, shot: Example) -> str:
     rationale = (shot.rationale.strip() + " ") if shot.rationale else ""
-    return strategy.shot_template.format(**question_fields(shot), rationale=rationale)
+    return for_question(strategy, shot).shot_template.format(**question_fields(shot), rationale=rationale)
 
 
 def build_prompt(strategy: Strategy, example: Example, shots: list[Example]) -> str:
     """The prompt for one question (before any chat template)."""
     rendered = "".join(render_shot(strategy, shot) for shot in shots)
-    return strategy.template.format(**question_fields(example), shots=rendered)
+    return for_question(strategy, example).template.format(**question_fields(example), shots=rendered)

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tinystudent.evaluation.fit import CUT, Fitted, fit_example, fit_with_shots
+from tinystudent.evaluation.freeform import INVALID, judge
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
 from tinystudent.redact import redact
 from tinystudent.store import Store
-from tinystudent.tasks.schema import Example
+from tinystudent.tasks.schema import FREE_FORM, Example
 from tinystudent.teachers import cache
 from tinystudent.teachers.base import (
     Generation,
@@ -112,8 +113,14 @@ def _make_output(
     budget = cleanup.get("max_rationale_tokens") if writes_rationale else None
     truncated = (extra or {}).get("finish_reason") == "length"
     text = clean_text(raw, example.question, budget, teacher.count_tokens, truncated)
-    answer = stated_answer(text, example.choices)
     meta = {**(extra or {}), "raw": raw, "cleanup": cleanup, "identity": teacher.identity}
+    if example.free_form:
+        answer, matches = free_form_answer(text, example)
+        meta["stated_answer"] = None if answer is None else matches[1]
+        matches_gold = None if answer is None else matches[0]
+    else:
+        answer = stated_answer(text, example.choices)
+        matches_gold = None if answer is None else answer == example.answer
     return TeacherOutput(
         cache.teacher_key(teacher.name),
         example.id,
@@ -121,11 +128,22 @@ def _make_output(
         text,
         answer,
         None,
-        None if answer is None else answer == example.answer,
+        matches_gold,
         key,
         task,
         meta,
     )
+
+
+def free_form_answer(text: str, example: Example) -> tuple[int | None, tuple[bool, str]]:
+    """What a teacher's text states as a free-form question's answer: "The answer is N." (strict),
+    else its last number (flexible), as `evaluation.freeform` reads a student's. Returns
+    (`FREE_FORM` when it states one, else None; (whether it is the gold answer, the answer))."""
+    judged = judge(text, example.answer_text)
+    for stated, correct in ((judged.strict, judged.strict_correct), (judged.flexible, judged.flexible_correct)):
+        if stated != INVALID:
+            return FREE_FORM, (correct, stated)
+    return None, (False, INVALID)
 
 
 def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 0) -> int | None:
@@ -384,6 +402,8 @@ def _score(
     evidence: str = CUT,
 ) -> TeachSummary:
     """Choice log-likelihoods through the cache (lm-evaluation-harness prompts and choices)."""
+    if any(ex.free_form for ex in examples):
+        raise ValueError(f"{task} is free-form: its questions have no choices to score ({SCORING})")
     task_name = cache.task_key(task)
     style = prompt_style(task, list(examples))
     fitted = _fitted_examples(teacher, examples, style, max_input_tokens, evidence)
@@ -506,6 +526,23 @@ def teacher_choice_logprobs(
     if summary.failed:
         warn(f"{summary.failed} question(s) could not be scored: {summary.errors[:3]}")
     return {o.example_id: o.choice_logprobs for o in summary.outputs}  # type: ignore[misc]  # a scored output holds its scores
+
+
+def rationales_for_training(store: Store, teacher: str, task: str, free_form: bool, strategy: str | None = None):
+    """The rationales a student learns from: all of them on a multiple-choice task (TinyLLM keeps
+    them all), only those whose final answer is the gold one on a free-form task (a worked solution
+    that reaches another number teaches the wrong arithmetic); the ones left out are counted and
+    said."""
+    found = load_rationales(store, teacher, task, strategy)
+    if not free_form or not found:
+        return found
+    kept = load_rationales(store, teacher, task, strategy, only_matching=True)
+    if len(kept) < len(found):
+        warn(
+            f"teacher {teacher!r}: {len(found) - len(kept)} of {len(found)} rationales left out, their final answer "
+            "is not the gold one (free-form task)"
+        )
+    return kept
 
 
 def load_rationales(
