@@ -303,3 +303,35 @@ def test_teaching_a_free_form_task_judges_and_filters_rationales(tiny_causal, tm
         assert len(rationales_for_training(store, teacher.name, "increments", free_form=False)) == 4
         with pytest.raises(ValueError, match="free-form: its questions have no choices to score"):
             teach(teacher, questions, "increments", "choice_logprobs", store)
+
+
+def test_majority_vote_is_lm_evals_on_readable_answers():
+    pytest.importorskip("lm_eval", reason="lm_eval is a dev dependency (pip install -e .[dev])")
+    from lm_eval.filters.selection import MajorityVoteFilter
+
+    from tinystudent.evaluation.freeform import majority, vote
+
+    for answers in (["3", "5", "5", "3"], ["7", "8", "8"], ["1", "2", "3"]):
+        assert majority(answers) == next(iter(MajorityVoteFilter().apply([answers], [{}])))[0]
+    assert majority(["18", "18.0", "5"]) == "18"  # equal numbers vote together
+    assert majority([INVALID, INVALID, "4"]) == "4"  # an unreadable answer never outvotes a readable one
+    judged = [judge(t, "6") for t in ("The answer is 6.", "The answer is 5.", "It is 6. The answer is 6.")]
+    assert vote(judged, "6").strict == "6" and vote(judged, "6").strict_correct
+
+
+def test_self_consistency_samples_and_votes(tiny_causal):
+    from tinystudent.evaluation.evaluate import Sampling, evaluate_model
+    from tinystudent.models import load_model
+
+    loaded = load_model(str(tiny_causal))
+    questions = _increments()["test"][:3]
+    result = evaluate_model(loaded, questions, "increments", "test", "self_consistency", sampling=Sampling(3, 1.0))
+    assert result.cost["generations_per_question"] == 3 and result.settings["self_consistency"]["samples"] == 3
+    again = evaluate_model(loaded, questions, "increments", "test", "self_consistency", sampling=Sampling(3, 1.0))
+    assert [p.text for p in again.predictions] == [p.text for p in result.predictions]  # seeded samples
+    greedy = evaluate_model(loaded, questions, "increments", "test", "generate_cot")
+    assert greedy.cost["generations_per_question"] == 1
+    assert [p.text for p in greedy.predictions] != [p.text for p in result.predictions]
+    with pytest.raises(ValueError, match="self_consistency votes over free-form answers"):
+        choice = [Example("c", "Sky?", ("blue", "green"), 0)]
+        evaluate_model(loaded, choice, "sky", "test", "self_consistency")

@@ -26,7 +26,8 @@ def eval_command(
         "loglikelihood",
         help="loglikelihood (score each choice), generate "
         "(answer with a letter, or a free-form task's answer at once) or generate_cot (think step by step "
-        "first; free-form tasks such as gsm8k are judged by exact match, strict and flexible).",
+        "first; free-form tasks such as gsm8k are judged by exact match, strict and flexible) or "
+        "self_consistency (free-form: --samples chains of thought, their answers voted on).",
     ),
     batch_size: int = typer.Option(
         16, help="Most questions per forward pass (batches are also limited by tokens, longest questions first)."
@@ -47,6 +48,8 @@ def eval_command(
         help="Solved examples before each question: from the train split (loglikelihood mode; any mode of "
         "a free-form task), or for gsm8k lm-eval's chain-of-thought exemplars (up to 8).",
     ),
+    samples: int = typer.Option(8, help="self_consistency: chains of thought sampled per question, then voted on."),
+    temperature: float = typer.Option(0.7, help="self_consistency: the sampling temperature."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     columns: Optional[str] = typer.Option(
@@ -75,9 +78,13 @@ def eval_command(
         ("--batch-size", batch_size, 1),
         ("--max-input-tokens", max_input_tokens, 8),
         ("--num-fewshot", num_fewshot, 0),
+        ("--samples", samples, 1),
     ):
         if value is not None and value < least:
             raise ValueError(f"{name} must be at least {least}, got {value}")
+    from tinystudent.evaluation.evaluate import Sampling
+
+    sampling = Sampling(samples, temperature) if mode == "self_consistency" else None
     data = load_task(task, seed=seed, columns=parse_columns(columns))
     summary = evaluate_and_save(
         data,
@@ -92,6 +99,7 @@ def eval_command(
         max_input_tokens=max_input_tokens,
         num_fewshot=num_fewshot,
         evidence=check_strategy(evidence),
+        sampling=sampling,
         run_key=run_key,
         device=device,
         dtype=dtype,
@@ -127,6 +135,7 @@ def print_eval(summary: dict) -> None:
         ("peak memory (MB)", f"{summary['peak_memory_mb']} ({summary['peak_memory_scope']})"),
         ("latency p50 / p95 (ms/question)", f"{summary['latency_ms_p50']} / {summary['latency_ms_p95']}"),
         ("questions per second", summary["questions_per_s"]),
+        ("generations per question", summary.get("generations_per_question", 1)),
         ("stored as", f"evaluation {summary['evaluation_id']} in {summary['db']}"),
     ]
     print_measures(f"{summary['model']} on {summary['task']}/{summary['split']}", rows)

@@ -19,6 +19,7 @@ from tinystudent.evaluation.freeform import (
     gsm8k_exemplars,
     judge,
     shot_block,
+    vote,
 )
 from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
@@ -27,7 +28,7 @@ from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseli
 from tinystudent.models.loading import LoadedModel
 from tinystudent.tasks.schema import Example, data_hash, is_free_form
 
-MODES = ("loglikelihood", "generate", "generate_cot")
+MODES = ("loglikelihood", "generate", "generate_cot", "self_consistency")
 FREE_FORM_TOKENS = {True: 256, False: 32}  # new tokens: lm-eval's max_gen_toks with a chain of thought
 GSM8K_SHOTS = gsm8k_exemplars()
 
@@ -103,13 +104,28 @@ class InputPlan:
     seed: int = 0
     evidence: str = CUT
     fitted: list[Fitted] = field(default_factory=list)
+    sampling: Sampling | None = None  # self-consistency: several sampled answers, one vote
 
     def settings(self) -> dict:
         return {
             "prompt_style": self.style,
             "num_fewshot": self.num_fewshot,
             "fit": fit_summary(self.fitted, self.budget, self.evidence),
+            **({"self_consistency": asdict(self.sampling)} if self.sampling else {}),
         }
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Self-consistency (Wang et al. 2023): `samples` chains of thought sampled at `temperature`
+    per question, their answers put to a majority vote."""
+
+    samples: int = 8
+    temperature: float = 0.7
+
+    def __post_init__(self):
+        if self.samples < 1 or not 0 < self.temperature <= 2:
+            raise ValueError(f"self-consistency needs samples >= 1 and 0 < temperature <= 2, got {self}")
 
 
 def _fit_prompts(
@@ -232,22 +248,50 @@ def _free_form_predictions(
         )
         plan.fitted.append(fitted)
         prompts.append(free_form_prompt(fitted.example, shots, think))
-    texts = generate_texts(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.adapter,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        on_batch=latency.record,
-        stop=STOPS,
-    )
+    samples = _sampled_texts(loaded, prompts, max_new_tokens, batch_size, latency, plan.sampling)
     predictions = []
-    for ex, text in zip(examples, texts):
-        text = cut_at_stops(text)
-        verdict = judge(text, ex.answer_text)
-        predictions.append(Prediction(ex.id, ex.answer_text, verdict.strict, verdict.flexible, None, text, verdict))
+    for i, ex in enumerate(examples):
+        texts = [cut_at_stops(sample[i]) for sample in samples]
+        verdict = vote([judge(text, ex.answer_text) for text in texts], ex.answer_text)
+        predictions.append(Prediction(ex.id, ex.answer_text, verdict.strict, verdict.flexible, None, texts[0], verdict))
     return predictions
+
+
+def _sampled_texts(
+    loaded: LoadedModel,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    latency: LatencyMeter,
+    sampling: Sampling | None,
+) -> list[list[str]]:
+    """One greedy text per prompt, or `sampling.samples` sampled ones (self-consistency), each
+    sample seeded per prompt. The time of the samples after the first is spread evenly over the
+    questions, so each question's latency holds all of its samples."""
+    passes = [None] if sampling is None else list(range(sampling.samples))
+
+    def spread(_: int, seconds: float) -> None:
+        for question in range(len(prompts)):
+            latency.add(question, seconds / len(prompts))
+
+    texts = []
+    for n, seed in enumerate(passes):
+        texts.append(
+            generate_texts(
+                loaded.model,
+                loaded.tokenizer,
+                loaded.adapter,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                do_sample=seed is not None,
+                temperature=sampling.temperature if sampling else 1.0,
+                seed=seed or 0,
+                on_batch=latency.record if n == 0 else spread,
+                stop=STOPS,
+            )
+        )
+    return texts
 
 
 def _exact_match(predictions: list[Prediction]) -> dict:
@@ -272,6 +316,7 @@ def evaluate_model(
     seed: int = 0,
     on_progress: Callable[[int], None] | None = None,
     evidence: str = CUT,
+    sampling: Sampling | None = None,
 ) -> EvalResult:
     """Score `examples` with `loaded` and measure its cost on the way.
 
@@ -285,6 +330,8 @@ def evaluate_model(
         on_progress: told the number of questions each batch answered.
         evidence: how evidence is shortened to fit: `cut` its end, or `select` the sentences most
             related to the question (`fit`).
+        sampling: with mode `self_consistency`, how many chains of thought to sample per question
+            and at what temperature (default `Sampling()`: 8 at 0.7).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -292,8 +339,10 @@ def evaluate_model(
     if free_form and mode == "loglikelihood":
         raise ValueError(
             f"{task} has free-form answers (no choices to score): use mode generate_cot (think step by step, "
-            "then answer) or generate (answer at once)"
+            "then answer), generate (answer at once) or self_consistency"
         )
+    if mode == "self_consistency" and not free_form:
+        raise ValueError("self_consistency votes over free-form answers (gsm8k, say); this task has choices")
     if mode != "loglikelihood" and not loaded.adapter.generates:
         raise ValueError(f"{loaded.name} is an {loaded.kind} model: it can only score choices (mode loglikelihood)")
     if free_form and num_fewshot and not shots_pool and task != "gsm8k":
@@ -307,11 +356,13 @@ def evaluate_model(
     plan = InputPlan(
         prompt_style(task, examples), budget, num_fewshot, list(shots_pool or []), seed, check_strategy(evidence)
     )
+    if mode == "self_consistency":
+        plan.sampling = sampling or Sampling()
     memory, latency = MemoryMeter(loaded.device), LatencyMeter(on_questions=on_progress)
     with memory.measure():
         if free_form:
             predictions = _free_form_predictions(
-                loaded, examples, task, mode == "generate_cot", plan, batch_size, latency
+                loaded, examples, task, mode in ("generate_cot", "self_consistency"), plan, batch_size, latency
             )
         elif mode == "loglikelihood":
             predictions = _loglikelihood_predictions(loaded, examples, plan, batch_size, latency)
@@ -332,7 +383,10 @@ def evaluate_model(
         ci95=list(bootstrap_ci(correct)),
         majority_baseline=majority_baseline(examples)["acc"],
         mode=mode,
-        cost=model_cost(loaded.model, loaded.resolved.path, memory, latency, batch_size),
+        cost={
+            **model_cost(loaded.model, loaded.resolved.path, memory, latency, batch_size),
+            "generations_per_question": plan.sampling.samples if plan.sampling else 1,
+        },
         data_hash=data_hash(examples),
         settings={
             **plan.settings(),

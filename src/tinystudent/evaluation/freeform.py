@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -106,6 +107,25 @@ def judge(text: str, gold: str) -> Judged:
     """Extract `text`'s answer both ways and compare each with `gold`."""
     numeric = is_number(gold)
     strict, flexible = extract(text, "strict", numeric), extract(text, "flexible", numeric)
+    return Judged(strict, flexible, matches(strict, gold), matches(flexible, gold))
+
+
+def majority(answers: list[str]) -> str:
+    """The answer most of `answers` give, compared as exact match compares them (`normalise`),
+    ties going to the one given first (as lm-eval's `majority_vote`); answers that could not be
+    read (`INVALID`) vote only when no answer could (lm-eval counts them as a vote)."""
+    readable = [a for a in answers if a != INVALID] or [INVALID]
+    counts = Counter(normalise(a) for a in readable)
+    top = max(counts.values())
+    return next(a for a in readable if counts[normalise(a)] == top)
+
+
+def vote(judged: list[Judged], gold: str) -> Judged:
+    """One verdict from several outputs' (self-consistency): each extraction's majority answer,
+    compared with `gold`. A single output's verdict is its own."""
+    if len(judged) == 1:
+        return judged[0]
+    strict, flexible = majority([j.strict for j in judged]), majority([j.flexible for j in judged])
     return Judged(strict, flexible, matches(strict, gold), matches(flexible, gold))
 
 

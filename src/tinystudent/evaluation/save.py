@@ -22,6 +22,7 @@ def evaluate_and_save(
     max_input_tokens: int | None,
     num_fewshot: int,
     evidence: str = "cut",
+    sampling=None,
     run_key: str | None,
     device: str = "auto",
     dtype: str = "auto",
@@ -63,6 +64,7 @@ def evaluate_and_save(
                 seed=seed,
                 on_progress=lambda n: bar.update(row, advance=n),
                 evidence=evidence,
+                sampling=sampling,
             )
         result.settings.update({"task_origin": data.origin, "limit": limit, "seed": seed})
         evaluation_id = store.save_evaluation(result, run_key)
