@@ -110,6 +110,16 @@ def judge(text: str, gold: str) -> Judged:
     return Judged(strict, flexible, matches(strict, gold), matches(flexible, gold))
 
 
+def final_answer(text: str, gold: str) -> tuple[str, bool] | None:
+    """What a text (a teacher's rationale) states as its final answer, strictly ("The answer is
+    N.") or else flexibly (its last number), and whether that is `gold`; None when it states none."""
+    judged = judge(text, gold)
+    for stated, correct in ((judged.strict, judged.strict_correct), (judged.flexible, judged.flexible_correct)):
+        if stated != INVALID:
+            return stated, correct
+    return None
+
+
 def majority(answers: list[str]) -> str:
     """The answer most of `answers` give, compared as exact match compares them (`normalise`),
     ties going to the one given first (as lm-eval's `majority_vote`); answers that could not be

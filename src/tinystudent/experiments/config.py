@@ -91,36 +91,39 @@ class TaskSpec(Strict):
 
 
 class ImportSpec(Strict):
-    """Rationales written elsewhere: TinyLLM's files, a generic JSONL {id, teacher, rationale}, or
-    the ones shipped with tinystudent for the `bioasq` task (`bundled`: TinyLLM's, no path)."""
+    """Rationales written elsewhere: TinyLLM's files, a generic JSONL {id, teacher, rationale}, the
+    ones shipped with tinystudent for the `bioasq` task (`bundled`: TinyLLM's, no path), or the
+    task's own worked solutions (`gold`: GSM8K's, no path)."""
 
-    format: Literal["tinyllm", "jsonl", "bundled"]
+    format: Literal["tinyllm", "jsonl", "bundled", "gold"]
     path: str | None = None
     teacher: str | None = None  # the teacher's name inside the files (TinyLLM: flan-t5-xl, llama-2-chat-7b)
 
     @model_validator(mode="after")
     def _path_when_needed(self):
-        if self.format != "bundled" and not self.path:
+        if self.format not in ("bundled", "gold") and not self.path:
             raise ValueError(f"rationales of format {self.format} need a `path`")
-        if self.format == "bundled" and self.path:
-            raise ValueError("bundled rationales ship with tinystudent: give no `path`")
+        if self.format in ("bundled", "gold") and self.path:
+            raise ValueError(f"{self.format} rationales come with tinystudent or the task: give no `path`")
         return self
 
     @property
     def location(self) -> Path:
         """The file or folder the rationales are read from (bundled ones have none)."""
         if self.path is None:
-            raise ValueError("bundled rationales ship with tinystudent: they have no path")
+            raise ValueError(f"{self.format} rationales have no path")
         return Path(self.path)
 
 
 @dataclass(frozen=True)
 class ScoringPass:
-    """One way to run a teacher on a split: zero-shot or k-shot choice scoring, or generation."""
+    """One way to run a model on a split: zero-shot or k-shot choice scoring, or generation (with
+    k solved examples first, and for self-consistency several sampled answers voted on)."""
 
-    name: str  # as written in eval_modes: zero_shot, fewshot:K, generate, generate_cot
-    mode: str  # evaluation mode: loglikelihood, generate, generate_cot
+    name: str  # as written in eval_modes: zero_shot, fewshot:K, generate, generate_cot[:K], self_consistency:N[:K]
+    mode: str  # evaluation mode: loglikelihood, generate, generate_cot, self_consistency
     num_fewshot: int = 0
+    samples: int = 1  # self_consistency: answers sampled per question
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -129,22 +132,40 @@ class ScoringPass:
 
     def label(self, metric: str) -> str:
         """How the report names a pass and metric: "zero-shot acc_norm", "2-shot acc", "generative"."""
-        if self.mode != "loglikelihood":
-            return "generative" if self.mode == "generate" else "generative, step by step"
         shots = f"{self.num_fewshot}-shot" if self.num_fewshot else "zero-shot"
+        if self.mode == "self_consistency":
+            return f"{shots} self-consistency, {self.samples} samples"
+        if self.mode != "loglikelihood":
+            written = "generative" if self.mode == "generate" else "generative, step by step"
+            return f"{shots} {written}" if self.num_fewshot else written
         return f"{shots} {metric}"
 
 
+def _count(text: str, least: int) -> int | None:
+    return int(text) if text.isdigit() and int(text) >= least else None
+
+
 def parse_scoring_pass(text: str) -> ScoringPass:
-    """`zero_shot`, `fewshot:K`, `generate` or `generate_cot`."""
-    head, _, count = text.partition(":")
-    if head == "zero_shot" and not count:
-        return ScoringPass(text, "loglikelihood")
-    if head == "fewshot" and count.isdigit() and int(count) >= 1:
-        return ScoringPass(text, "loglikelihood", int(count))
-    if head in ("generate", "generate_cot") and not count:
-        return ScoringPass(text, head)
-    raise ValueError(f"unknown teacher scoring {text!r}: use zero_shot, fewshot:K (K >= 1), generate or generate_cot")
+    """`zero_shot`, `fewshot:K`, `generate`, `generate_cot`, `generate_cot:K` (K solved examples
+    first; for gsm8k lm-eval's exemplars) or `self_consistency:N` / `self_consistency:N:K` (N
+    sampled chains of thought, voted on; free-form tasks)."""
+    head, *counts = text.split(":")
+    numbers = [n for n in (_count(c, 1) for c in counts) if n is not None]
+    if len(numbers) == len(counts):
+        if head == "zero_shot" and not numbers:
+            return ScoringPass(text, "loglikelihood")
+        if head == "fewshot" and len(numbers) == 1:
+            return ScoringPass(text, "loglikelihood", numbers[0])
+        if head == "generate" and not numbers:
+            return ScoringPass(text, head)
+        if head == "generate_cot" and len(numbers) <= 1:
+            return ScoringPass(text, head, numbers[0] if numbers else 0)
+        if head == "self_consistency" and len(numbers) in (1, 2):
+            return ScoringPass(text, head, numbers[1] if len(numbers) == 2 else 0, numbers[0])
+    raise ValueError(
+        f"unknown scoring {text!r}: use zero_shot, fewshot:K, generate, generate_cot, generate_cot:K or "
+        "self_consistency:N[:K] (K, N >= 1)"
+    )
 
 
 class TeacherSpec(Strict):
@@ -477,6 +498,42 @@ class Experiment(Strict):
             if student.methods:
                 written += [(f"students.{student.name}.methods.objectives", o) for o in student.methods.objectives]
         return written + ([("search.objective", self.search.objective)] if self.search else [])
+
+    def check_free_form(self) -> None:
+        """A free-form task (no choices) refuses what only choices make sense of: choice scoring
+        of teachers, choice-level distillation, classifiers and encoders, and collaboration over
+        choice distributions.
+
+        Raises:
+            ValueError: naming every such part of the study."""
+        found = []
+        for teacher in self.teachers:
+            if teacher.backend == "local":  # a server teacher is asked to think step by step
+                found += [
+                    f"teachers.{teacher.name}.eval_modes: {mode!r} scores choices"
+                    for mode in teacher.eval_modes
+                    if parse_scoring_pass(mode).mode == "loglikelihood"
+                ]
+        found += [
+            f"{where}: {objective!r} learns a distribution over choices"
+            for where, objective in self._objectives()
+            if parse_experiment_objective(objective).term == "choice_kd"
+        ]
+        found += [
+            f"students.{s.name}: kind {s.kind!r} writes no text"
+            for s in self.students
+            if s.kind in ("encoder", "classifier")
+        ]
+        if self.collaboration and (self.collaboration.ensemble or self.collaboration.mutual_learning):
+            found.append("collaboration: ensembles and mutual learning combine distributions over choices")
+        if self.collaboration and self.collaboration.debate_rounds:
+            found.append("collaboration: debate argues over choices")
+        if found:
+            raise ValueError(
+                f"task {self.task.name!r} is free-form (its answers are written, not chosen); these parts of the "
+                "study need choices: " + "; ".join(found) + ". Free-form teachers are scored by generate, "
+                "generate_cot[:K] or self_consistency:N[:K]"
+            )
 
     def _check_teacher_of(self, where: str, objective: str) -> None:
         """The teacher an objective names exists and, for rationales, writes them."""

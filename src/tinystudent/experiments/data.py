@@ -8,6 +8,7 @@ from functools import cached_property
 from tinystudent.experiments.config import Experiment
 from tinystudent.tasks import Example, data_hash, load_task
 from tinystudent.tasks.contamination import check_contamination, drop_contaminated
+from tinystudent.tasks.schema import is_free_form
 
 HELDOUT_BYTES = 12000
 
@@ -72,6 +73,8 @@ def load_study_data(experiment: Experiment) -> StudyData:
     """
     extra_tasks = {name for s in experiment.students if s.recover for name in s.recover.extra_tasks}
     splits = load_splits(experiment)
+    if is_free_form(splits.train):
+        experiment.check_free_form()
     extra = {name: load_task(name).split("train") for name in sorted(extra_tasks)}
     learnt: dict[str, list[Example]] = {
         "train": splits.train,

@@ -166,6 +166,7 @@ class EvalRequest:
     max_input_tokens: int | None = None
     run_key: str | None = None
     evidence: str = "cut"
+    samples: int = 1  # self_consistency: answers sampled per question
 
 
 def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
@@ -231,6 +232,7 @@ def die_with_parent(parent: int) -> None:
 def evaluate_and_store(request: EvalRequest) -> dict:
     """Evaluate `request.model` on its split and store the result: what `tinystudent eval` does."""
     from tinystudent.cli import quiet_libraries
+    from tinystudent.evaluation.evaluate import Sampling
     from tinystudent.evaluation.save import evaluate_and_save
 
     quiet_libraries()
@@ -248,6 +250,7 @@ def evaluate_and_store(request: EvalRequest) -> dict:
         max_input_tokens=request.max_input_tokens,
         num_fewshot=request.num_fewshot,
         evidence=request.evidence,
+        sampling=Sampling(request.samples) if request.mode == "self_consistency" else None,
         run_key=request.run_key,
         device=request.device,
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from tinystudent.evaluation.freeform import final_answer
 from tinystudent.evaluation.prompts import LETTERS
 from tinystudent.store import Store
 from tinystudent.tasks.files import read_file
@@ -215,12 +216,17 @@ def store_rationales(
 ) -> int:
     """Put imported rationales in the teacher cache (strategy `imported`), one transaction each;
     importing again replaces them. `questions` gives gold answers for `matches_gold`."""
+    by_id = {q.id: q for q in questions or []}
     gold = {q.id: q.answer for q in questions or []}
     task_name = cache.task_key(task)
     count = 0
     for r in rationales:
         key = cache.cache_key(imported=True, teacher=r.teacher, task=task_name, example=r.example_id)
         matches = None if r.answer is None or r.example_id not in gold else r.answer == gold[r.example_id]
+        question = by_id.get(r.example_id)
+        if question is not None and question.free_form:  # judged by its final answer; a gold solution is gold
+            stated = final_answer(r.text, question.answer_text)
+            matches = True if r.source.get("gold") else stated is not None and stated[1]
         output = TeacherOutput(
             cache.teacher_key(r.teacher),
             r.example_id,

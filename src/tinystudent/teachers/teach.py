@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tinystudent.evaluation.fit import CUT, Fitted, fit_example, fit_with_shots
-from tinystudent.evaluation.freeform import INVALID, judge
+from tinystudent.evaluation.freeform import INVALID, final_answer
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, prompt_style
 from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
@@ -136,14 +136,10 @@ def _make_output(
 
 
 def free_form_answer(text: str, example: Example) -> tuple[int | None, tuple[bool, str]]:
-    """What a teacher's text states as a free-form question's answer: "The answer is N." (strict),
-    else its last number (flexible), as `evaluation.freeform` reads a student's. Returns
+    """What a teacher's text states as a free-form question's answer (`freeform.final_answer`):
     (`FREE_FORM` when it states one, else None; (whether it is the gold answer, the answer))."""
-    judged = judge(text, example.answer_text)
-    for stated, correct in ((judged.strict, judged.strict_correct), (judged.flexible, judged.flexible_correct)):
-        if stated != INVALID:
-            return FREE_FORM, (correct, stated)
-    return None, (False, INVALID)
+    found = final_answer(text, example.answer_text)
+    return (None, (False, INVALID)) if found is None else (FREE_FORM, (found[1], found[0]))
 
 
 def input_budget(teacher: Teacher, max_input_tokens: int | None, reserve: int = 0) -> int | None:

@@ -11,6 +11,7 @@ from tinystudent.experiments.config import Experiment, ScoringPass, StudentSpec,
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.units import EvalRequest, UnitSpec, evaluate_in_subprocess, unit_log
 from tinystudent.store import Store
+from tinystudent.tasks.schema import is_free_form
 
 if TYPE_CHECKING:
     from tinystudent.distill import TrainConfig
@@ -80,8 +81,17 @@ class StageContext:
             budget or task.max_input_tokens,
             f"{unit.key}:{part}" if part else unit.key,
             evidence or task.evidence,
+            scoring.samples,
         )
         return evaluate_in_subprocess(request, self.log(unit))
+
+    def student_scoring(self, taught_by_rationales: bool) -> ScoringPass:
+        """How a student is judged on test: by its choices' scores; on a free-form task by what it
+        writes, a chain of thought when rationales taught it (or nothing yet has), else the answer
+        at once (as training judged it, `distill.loop`)."""
+        if not is_free_form(self.data.splits.train):
+            return parse_scoring_pass("zero_shot")
+        return parse_scoring_pass("generate_cot" if taught_by_rationales else "generate")
 
     def train_config(self, student: StudentSpec | None = None, **options) -> TrainConfig:
         """The experiment's training block, the student's changes and `options` on top; inputs

@@ -169,4 +169,6 @@ def prepare(context: StageContext, unit: UnitSpec) -> dict:
 
 def evaluate_untrained(context: StageContext, unit: UnitSpec) -> dict:
     """A `student_eval` unit: the prepared student on the test split, in its own process."""
-    return context.evaluate(context.needed(unit.args["student_unit"])["path"], unit)
+    return context.evaluate(
+        context.needed(unit.args["student_unit"])["path"], unit, scoring=context.student_scoring(True)
+    )

@@ -13,6 +13,7 @@ from tinystudent.experiments.config import Experiment, ScoringPass, TeacherSpec,
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.stages.common import StageContext, release
 from tinystudent.experiments.units import UnitSpec
+from tinystudent.tasks.schema import is_free_form
 
 if TYPE_CHECKING:
     from tinystudent.experiments.plan import Plan
@@ -208,8 +209,11 @@ def measure_server(context: StageContext, spec: TeacherSpec) -> dict:
     test, task = context.data.splits.test, context.data.splits.task
     teacher = make_teacher(context, spec)
     budget, evidence = teacher_budget(context.experiment, spec), teacher_evidence(context.experiment, spec)
-    scores = teacher_choice_logprobs(teacher, test, task, context.store, max_input_tokens=budget, evidence=evidence)
-    correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in test]
+    if is_free_form(test):
+        correct = _server_free_form(context, teacher, test, budget, evidence)
+    else:
+        scores = teacher_choice_logprobs(teacher, test, task, context.store, max_input_tokens=budget, evidence=evidence)
+        correct = [bool(ex.id in scores and int(np.argmax(scores[ex.id])) == ex.answer) for ex in test]
     return {
         "name": spec.name,
         "measured": True,
@@ -221,6 +225,20 @@ def measure_server(context: StageContext, spec: TeacherSpec) -> dict:
         "peak_memory_mb": None,
         "latency_ms_p50": None,
     }
+
+
+def _server_free_form(context: StageContext, teacher, test, budget, evidence) -> list[bool]:
+    """A server teacher on a free-form test split: asked to think step by step (the `cot`
+    strategy, through the teacher cache, so it is asked once), judged by its final answer
+    (`evaluation.freeform`: "The answer is N.", else its last number)."""
+    from tinystudent.teachers import teach
+
+    summary = teach(
+        teacher, test, context.data.splits.task, "cot", context.store, max_new_tokens=256,
+        max_input_tokens=budget, evidence=evidence,
+    )  # fmt: skip
+    right = {o.example_id for o in summary.outputs if o.matches_gold}
+    return [ex.id in right for ex in test]
 
 
 def write_rationales(context: StageContext, unit: UnitSpec) -> dict:
@@ -250,14 +268,20 @@ def write_rationales(context: StageContext, unit: UnitSpec) -> dict:
 def import_rationales(context: StageContext, unit: UnitSpec) -> dict:
     """An `import` unit: rationales written elsewhere, stored for the training questions."""
     from tinystudent.teachers import read_bundled, read_rationales_jsonl, read_tinyllm, store_rationales
+    from tinystudent.teachers.gold import gold_solutions
+    from tinystudent.teachers.rationale_files import ImportedRationale
 
-    source, splits = teacher_of(context.experiment, unit.args).rationales, context.data.splits
+    spec = teacher_of(context.experiment, unit.args)
+    source, splits = spec.rationales, context.data.splits
     if source is None:
         raise ValueError(f"{unit.name}: the teacher names no rationales to import")
     if source.format == "tinyllm":
         imported = read_tinyllm(source.location, "train").rationales
     elif source.format == "bundled":
         imported = read_bundled("train")
+    elif source.format == "gold":
+        solutions = gold_solutions(splits.train)
+        imported = [ImportedRationale(spec.name, i, text, source={"gold": True}) for i, text in solutions.items()]
     else:
         imported = read_rationales_jsonl(source.location, splits.train)
     wanted = [r for r in imported if source.teacher in (None, r.teacher)]
