@@ -335,3 +335,23 @@ def test_self_consistency_samples_and_votes(tiny_causal):
     with pytest.raises(ValueError, match="self_consistency votes over free-form answers"):
         choice = [Example("c", "Sky?", ("blue", "green"), 0)]
         evaluate_model(loaded, choice, "sky", "test", "self_consistency")
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_shared_prefix_computed_once_gives_the_same_text(tiny_causal, monkeypatch, sample):
+    """Prompts that share a long prefix (few-shot exemplars) generate exactly what they generate
+    without the prefix cache, greedy or sampled with a seed per row."""
+    from tinystudent.models import generation, load_model
+    from tinystudent.models.generation import RowParams, generate_rows, shared_prefix
+
+    loaded = load_model(str(tiny_causal))
+    shots = "".join(f"Q: What is {n} + 1?\nA: The answer is {n + 1}.\n\n" for n in range(10, 20))
+    prompts = [f"{shots}Q: What is {n} + 1?\nA:" for n in (41, 7, 300)]
+    ids = [loaded.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    assert shared_prefix(ids) >= generation.PREFIX_MIN
+    rows = [RowParams(12, 1.0 if sample else 0.0, seed=i, stop=("Q:",)) for i in range(3)]
+    cached = generate_rows(loaded.model, loaded.tokenizer, "causal", ids, rows)
+    monkeypatch.setattr(generation, "PREFIX_MIN", 10**9)
+    plain = generate_rows(loaded.model, loaded.tokenizer, "causal", ids, rows)
+    assert [g.text for g in cached] == [g.text for g in plain]
+    assert [g.token_ids for g in cached] == [g.token_ids for g in plain]

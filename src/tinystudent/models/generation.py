@@ -11,6 +11,7 @@ out the batch (`ModelKind.generation_inputs`); the rest does not depend on it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -146,17 +147,64 @@ def _finish(
     return text, ids, reason
 
 
+PREFIX_MIN = 64  # tokens all of a batch's prompts must share before their prefix is computed once
+
+
+def shared_prefix(prompt_ids: Sequence[list[int]]) -> int:
+    """How many leading tokens every prompt shares (at most the shortest prompt less one, so each
+    row keeps a token of its own to start from)."""
+    shortest = min(len(ids) for ids in prompt_ids)
+    first = prompt_ids[0]
+    n = 0
+    while n < shortest - 1 and all(ids[n] == first[n] for ids in prompt_ids):
+        n += 1
+    return n
+
+
+def _cache_argument(model) -> str:
+    """The name this transformers release gives the KV cache argument (`cache` from 5.2x,
+    `past_key_values` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def prefix_inputs(model, prompt_ids: Sequence[list[int]], pad: int, n: int, device) -> tuple[dict, int]:
+    """Generation inputs whose first `n` tokens, shared by every row, are run through the model
+    once and cached (the few-shot exemplars of a GSM8K prompt, say): each row is the prefix, then
+    padding, then its own tokens, the padding masked out. Positions follow the mask, so every
+    row's tokens sit where they would without padding, and greedy outputs are the plain ones."""
+    from transformers import DynamicCache
+
+    rows, width = len(prompt_ids), max(len(ids) - n for ids in prompt_ids)
+    ids = torch.full((rows, n + width), pad, dtype=torch.long)
+    mask = torch.zeros((rows, n + width), dtype=torch.long)
+    for i, row in enumerate(prompt_ids):
+        own = row[n:]
+        ids[i, :n], mask[i, :n] = torch.tensor(row[:n]), 1
+        ids[i, n + width - len(own) :], mask[i, n + width - len(own) :] = torch.tensor(own), 1
+    name = _cache_argument(model)
+    cache = DynamicCache()
+    model(input_ids=ids[:1, :n].to(device), use_cache=True, **{name: cache})
+    cache.batch_repeat_interleave(rows)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), name: cache}, n + width
+
+
 @torch.no_grad()
 def generate_rows(
     model, tokenizer, kind: str | ModelKind, prompt_ids: list[list[int]], rows: Sequence[RowParams]
 ) -> list[GeneratedText]:
     """Generate for one batch of tokenised prompts, each row with its own settings (greedy with
-    the KV cache unless a row samples)."""
+    the KV cache unless a row samples). A causal model computes the prompts' shared prefix once
+    for the batch when it is at least `PREFIX_MIN` tokens long (`prefix_inputs`)."""
     adapter = kind_adapter(kind)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     stop_ids = eos_ids(model, tokenizer)
-    ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
+    n = shared_prefix(prompt_ids) if adapter.name == "causal" else 0
+    if n >= PREFIX_MIN:
+        inputs, start = prefix_inputs(model, prompt_ids, pad, n, device)
+    else:
+        ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     base = model.generation_config
     config = GenerationConfig(
         max_new_tokens=max(r.max_new_tokens for r in rows),
@@ -170,8 +218,7 @@ def generate_rows(
     processors = LogitsProcessorList([RowSampler(rows)] if any(r.temperature > 0 for r in rows) else [])
     stopper = RowStopper(tokenizer, rows, start)
     out = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
+        **inputs,
         generation_config=config,
         logits_processor=processors,
         stopping_criteria=[stopper],
