@@ -338,9 +338,11 @@ def test_self_consistency_samples_and_votes(tiny_causal):
 
 
 @pytest.mark.parametrize("sample", [False, True])
-def test_shared_prefix_computed_once_gives_the_same_text(tiny_causal, monkeypatch, sample):
-    """Prompts that share a long prefix (few-shot exemplars) generate exactly what they generate
-    without the prefix cache, greedy or sampled with a seed per row."""
+@pytest.mark.parametrize("prefix", [True, False])
+def test_own_decoding_gives_generates_text(tiny_causal, monkeypatch, sample, prefix):
+    """Our decoding loop (rows leave the batch when done; a long shared prefix, such as few-shot
+    exemplars, run once) writes exactly what Hugging Face `generate` writes for the same rows,
+    greedy or sampled with a seed per row."""
     from tinystudent.models import generation, load_model
     from tinystudent.models.generation import RowParams, generate_rows, shared_prefix
 
@@ -349,9 +351,12 @@ def test_shared_prefix_computed_once_gives_the_same_text(tiny_causal, monkeypatc
     prompts = [f"{shots}Q: What is {n} + 1?\nA:" for n in (41, 7, 300)]
     ids = [loaded.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     assert shared_prefix(ids) >= generation.PREFIX_MIN
-    rows = [RowParams(12, 1.0 if sample else 0.0, seed=i, stop=("Q:",)) for i in range(3)]
+    rows = [RowParams(limit, 1.0 if sample else 0.0, seed=i, stop=("Q:",)) for i, limit in enumerate((12, 3, 20))]
+    if not prefix:
+        monkeypatch.setattr(generation, "PREFIX_MIN", 10**9)
     cached = generate_rows(loaded.model, loaded.tokenizer, "causal", ids, rows)
     monkeypatch.setattr(generation, "PREFIX_MIN", 10**9)
+    monkeypatch.setattr(generation, "OWN_DECODING", False)
     plain = generate_rows(loaded.model, loaded.tokenizer, "causal", ids, rows)
     assert [g.text for g in cached] == [g.text for g in plain]
     assert [g.token_ids for g in cached] == [g.token_ids for g in plain]

@@ -5,7 +5,9 @@ Every generation in the package (teachers, evaluation, debate, `serve`) comes he
 and its own sampling seed. Sampling happens in a logits processor with one random generator per
 row, so a row's sample depends only on its seed, never on the rows it shares a batch with (a
 cached, resumed run then samples the same text as an uninterrupted one). The model's kind lays
-out the batch (`ModelKind.generation_inputs`); the rest does not depend on it.
+out the batch (`ModelKind.generation_inputs`). A causal model decodes in our own loop
+(`decode_causal`: a row that is done leaves the batch, and a prefix every prompt shares is run
+once, `prefix_inputs`); other kinds go through Hugging Face `generate`. Both give the same text.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def _finish(
     return text, ids, reason
 
 
+OWN_DECODING = True  # causal models: `decode_causal` (rows leave the batch when done), else `generate`
 PREFIX_MIN = 64  # tokens all of a batch's prompts must share before their prefix is computed once
 
 
@@ -188,6 +191,83 @@ def prefix_inputs(model, prompt_ids: Sequence[list[int]], pad: int, n: int, devi
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), name: cache}, n + width
 
 
+def _next_tokens(logits: torch.Tensor, rows: Sequence[RowParams], generators: list) -> torch.Tensor:
+    """Each active row's next token: greedy, or sampled with its own generator (`RowSampler`'s rule)."""
+    chosen = logits.argmax(-1)
+    for i, (row, generator) in enumerate(zip(rows, generators)):
+        if generator is not None:
+            chosen[i] = sample_token(logits[i], row.temperature, row.top_p, generator)
+    return chosen
+
+
+def decode_causal(
+    model, tokenizer, inputs: dict, rows: Sequence[RowParams], stop_ids: set[int]
+) -> tuple[list[list[int]], list[int | None]]:
+    """Greedy or per-row sampled decoding of a causal model with its KV cache, where a row that is
+    done (end of text, its token limit, one of its stop strings) leaves the batch at once, so
+    the rows still writing do not carry it (Hugging Face `generate` keeps every row to the end).
+    `inputs` are the prompts laid out as `generate` takes them (left-padded, or after a cached
+    shared prefix). Returns each row's new tokens and how many it had when it stopped."""
+    from transformers import DynamicCache
+
+    name = _cache_argument(model)
+    cache = inputs.get(name)
+    cache = DynamicCache() if cache is None else cache
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    device = ids.device
+    cached = cache.get_seq_length()
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = (
+        model(
+            input_ids=ids[:, cached:],
+            attention_mask=mask,
+            position_ids=positions[:, cached:],
+            use_cache=True,
+            **{name: cache},
+        )
+        .logits[:, -1, :]
+        .float()
+    )
+    generators = [
+        torch.Generator(device=device).manual_seed(r.seed % 2**63) if r.temperature > 0 else None for r in rows
+    ]
+    tail = max([len(stop) for r in rows for stop in r.stop] + [0]) + 8
+    new: list[list[int]] = [[] for _ in rows]
+    finished: list[int | None] = [None] * len(rows)
+    active = list(range(len(rows)))
+    while active:
+        chosen = _next_tokens(logits, [rows[i] for i in active], [generators[i] for i in active]).tolist()
+        keep = []
+        for slot, (i, token) in enumerate(zip(active, chosen)):
+            new[i].append(token)
+            row = rows[i]
+            done = token in stop_ids or len(new[i]) >= row.max_new_tokens
+            if not done and row.stop:
+                text = tokenizer.decode(new[i][-tail:], skip_special_tokens=True)
+                done = any(stop in text for stop in row.stop)
+            if done:
+                finished[i] = len(new[i])
+            else:
+                keep.append(slot)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask = mask.index_select(0, index)
+            active = [active[k] for k in keep]
+            chosen = [chosen[k] for k in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        step = torch.tensor(chosen, device=device).unsqueeze(1)
+        position = mask.long().sum(-1, keepdim=True) - 1
+        logits = (
+            model(input_ids=step, attention_mask=mask, position_ids=position, use_cache=True, **{name: cache})
+            .logits[:, -1, :]
+            .float()
+        )
+    return new, finished
+
+
 @torch.no_grad()
 def generate_rows(
     model, tokenizer, kind: str | ModelKind, prompt_ids: list[list[int]], rows: Sequence[RowParams]
@@ -205,6 +285,22 @@ def generate_rows(
     else:
         ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if adapter.name == "causal" and OWN_DECODING:
+        new, finished = decode_causal(model, tokenizer, inputs, rows, stop_ids)
+    else:
+        new, finished = _generate(model, tokenizer, inputs, start, rows, stop_ids, pad)
+    results = []
+    for i, row in enumerate(rows):
+        text, kept, reason = _finish(tokenizer, new[i], row, stop_ids, finished[i])
+        results.append(GeneratedText(text, kept, len(prompt_ids[i]), reason))
+    return results
+
+
+def _generate(
+    model, tokenizer, inputs: dict, start: int, rows: Sequence[RowParams], stop_ids: set[int], pad: int
+) -> tuple[list[list[int]], list[int | None]]:
+    """Hugging Face `generate` with per-row sampling and stopping: every row stays in the batch
+    until the last one is done. Returns each row's new tokens and where it stopped."""
     base = model.generation_config
     config = GenerationConfig(
         max_new_tokens=max(r.max_new_tokens for r in rows),
@@ -217,14 +313,5 @@ def generate_rows(
     )
     processors = LogitsProcessorList([RowSampler(rows)] if any(r.temperature > 0 for r in rows) else [])
     stopper = RowStopper(tokenizer, rows, start)
-    out = model.generate(
-        **inputs,
-        generation_config=config,
-        logits_processor=processors,
-        stopping_criteria=[stopper],
-    )
-    results = []
-    for i, row in enumerate(rows):
-        text, kept, reason = _finish(tokenizer, out[i, start:].tolist(), row, stop_ids, stopper.finished_at[i])
-        results.append(GeneratedText(text, kept, len(prompt_ids[i]), reason))
-    return results
+    out = model.generate(**inputs, generation_config=config, logits_processor=processors, stopping_criteria=[stopper])
+    return [out[i, start:].tolist() for i in range(len(rows))], stopper.finished_at
