@@ -18,7 +18,8 @@ def eval_command(
         ...,
         "--task",
         "-t",
-        help="arc_easy, arc_challenge, openbookqa, sciq, bioasq, pubmedqa, or a path to a benchmark file or folder.",
+        help="arc_easy, arc_challenge, openbookqa, sciq, bioasq, pubmedqa, qasper_yesno, gsm8k, arithmetic, "
+        "logical_reasoning, or a path to a benchmark file or folder.",
     ),
     split: str = typer.Option("test", help="train, validation (valid) or test."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N questions of the split."),
