@@ -352,6 +352,9 @@ class CollaborationSpec(Strict):
     ensemble: bool = False
     debate_rounds: int = Field(0, ge=0)
     debate_limit: int | None = Field(None, ge=1)
+    # free-form tasks: each member's best run also answers by self-consistency, this many sampled
+    # chains of thought per question voted on
+    self_consistency: int | None = Field(None, ge=2)
     training: TrainingChanges = Field(default_factory=TrainingChanges)  # mutual learning's changes
 
 
@@ -388,6 +391,7 @@ UNIT_KINDS = (
     "debate",
     "ensemble",
     "mutual",
+    "self_consistency",
 )
 
 

@@ -75,6 +75,11 @@ def load_study_data(experiment: Experiment) -> StudyData:
     splits = load_splits(experiment)
     if is_free_form(splits.train):
         experiment.check_free_form()
+    elif experiment.collaboration and experiment.collaboration.self_consistency:
+        raise ValueError(
+            f"collaboration.self_consistency votes over written answers; task {experiment.task.name!r} has choices "
+            "(use ensemble: true, whose vote is over the members' choices)"
+        )
     extra = {name: load_task(name).split("train") for name in sorted(extra_tasks)}
     learnt: dict[str, list[Example]] = {
         "train": splits.train,

@@ -32,6 +32,7 @@ DEFAULT_SECONDS = {
     "debate": 900.0,
     "ensemble": 5.0,
     "mutual": 3600.0,
+    "self_consistency": 1800.0,
 }
 
 

@@ -33,6 +33,7 @@ WORK = {
     "debate": collaboration.debate,
     "ensemble": collaboration.ensemble,
     "mutual": collaboration.mutual,
+    "self_consistency": collaboration.self_consistency,
 }
 
 

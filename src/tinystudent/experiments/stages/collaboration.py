@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tinystudent.experiments.config import CollaborationSpec
+from tinystudent.experiments.config import CollaborationSpec, ScoringPass
 from tinystudent.experiments.stages.common import StageContext, release
 from tinystudent.experiments.stages.teachers import peer_teacher, rationale_unit
 from tinystudent.experiments.stages.training import train_unit
@@ -30,6 +30,9 @@ def plan_collaboration(plan: Plan) -> None:
     if members is None:
         return
     names = [n for n in spec.members if n in members]
+    if spec.self_consistency:
+        for name in names:
+            plan.add(self_consistency_unit(plan, spec.self_consistency, name, members[name]))
     debaters = [n for n in (spec.debate_members or spec.members) if n in members]
     if spec.debate_rounds and len(debaters) >= 2:
         plan.add(debate_unit(plan, spec, debaters, members))
@@ -80,6 +83,23 @@ def debate_unit(plan: Plan, spec: CollaborationSpec, names: list[str], members: 
     subset = f" ({asked} test questions)" if asked < len(test) else ""
     keys = tuple(members[n]["run_key"] for n in names)
     return UnitSpec("debate", f"debate of {' + '.join(names)}{subset}", payload, keys, {"members": keys, "row": row})
+
+
+def self_consistency_unit(plan: Plan, samples: int, name: str, member: dict) -> UnitSpec:
+    """A member's best run answering each test question by `samples` sampled chains of thought,
+    their answers voted on (self-consistency, Wang et al. 2023)."""
+    payload = {**plan.base, "self_consistency": samples, "member": member["run_key"]}
+    row = {
+        **GROUP,
+        "objective": f"self_consistency@{samples}",
+        "members": [member["label"]],
+        "student": name,
+        "method": member.get("method", "-"),
+        "seed": member.get("seed", 0),
+    }
+    args = {"member": member["run_key"], "samples": samples, "row": row}
+    label = f"self-consistency ({samples} samples) of {member['label']}"
+    return UnitSpec("self_consistency", label, payload, (member["run_key"],), args)
 
 
 def ensemble_unit(plan: Plan, method: str, names: list[str], members: dict[str, dict]) -> UnitSpec:
@@ -189,6 +209,16 @@ def fit_for_debate(context: StageContext, examples: list[Example], tokenizer) ->
         return examples
     count = token_counter(tokenizer)
     return [fit_example(ex, first_prompt, count, tokenizer, budget, evidence).example for ex in examples]
+
+
+def self_consistency(context: StageContext, unit: UnitSpec) -> dict:
+    """A `self_consistency` unit: the member's kept checkpoint on test, `samples` chains of thought
+    sampled per question and voted on."""
+    samples = unit.args["samples"]
+    checkpoint = context.needed(unit.args["member"])["train"]["checkpoint"]
+    scoring = ScoringPass(f"self_consistency:{samples}", "self_consistency", 0, samples)
+    task = context.experiment.task
+    return context.evaluate(str(checkpoint), unit, scoring=scoring, budget=task.max_input_tokens)
 
 
 def ensemble(context: StageContext, unit: UnitSpec) -> dict:
