@@ -360,3 +360,51 @@ def test_own_decoding_gives_generates_text(tiny_causal, monkeypatch, sample, pre
     plain = generate_rows(loaded.model, loaded.tokenizer, "causal", ids, rows)
     assert [g.text for g in cached] == [g.text for g in plain]
     assert [g.token_ids for g in cached] == [g.token_ids for g in plain]
+
+
+@pytest.mark.slow
+def test_a_free_form_study_from_gold_solutions_to_verdict(tmp_path, tiny_causal):
+    """A whole study on a free-form task: the gold solutions imported as a teacher, a student
+    taught by answers and by those solutions, judged by exact match of what it writes, its best
+    run by self-consistency too, a reported teacher in the verdict; choice-only parts refused."""
+    import textwrap
+
+    from tinystudent.experiments.config import load_experiment
+    from tinystudent.experiments.data import load_study_data
+    from tinystudent.experiments.runner import run_experiment
+    from tinystudent.store import Store
+
+    rows = [
+        {"id": ex.id, "question": ex.question, "answer": f"{ex.rationale}\n#### {ex.target}"}
+        for split in _increments(2).values()
+        for ex in split
+    ]
+    task_file = tmp_path / "increments.jsonl"
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = f"""
+    name: tiny-math
+    task: {{name: {task_file}, valid_limit: 6, test_limit: 8}}
+    teachers:
+      - {{name: gold_solutions, backend: imported, rationales: {{format: gold}}}}
+      - {{name: big, backend: imported, reported_acc: 0.05, reported_source: "a made-up figure for this test"}}
+    students:
+      - {{name: tiny, model: {tiny_causal}}}
+    methods: {{finetune: [full], objectives: [answer, "rationale:gold_solutions"]}}
+    training: {{steps: 400, batch_size: 16, lr: 0.003, warmup_ratio: 0.0, eval_before: false, eval_every: 400}}
+    collaboration: {{members: [tiny], self_consistency: 2}}
+    measure_bits_per_byte: false
+    """
+    path = tmp_path / "math.yaml"
+    path.write_text(textwrap.dedent(text))
+    with Store(tmp_path / "r.sqlite") as store:
+        study = run_experiment(load_experiment(path), store, tmp_path / "out")
+        runs = {r["objective"]: r for r in study["runs"]}
+        assert {"answer", "rationale:gold_solutions", "self_consistency@2"} <= set(runs)
+        modes = {name: store.evaluation(runs[name]["evaluation_id"])["mode"] for name in runs if name != "untrained"}
+    assert modes["answer"] == "generate" and modes["rationale:gold_solutions"] == "generate_cot"
+    assert modes["self_consistency@2"] == "self_consistency"
+    assert all(0 <= r["acc"] <= 1 for r in runs.values())
+    assert {v["teacher"] for v in study["verdict"]} == {"big"}
+    path.write_text(path.read_text().replace("self_consistency: 2}", "ensemble: true}"))
+    with pytest.raises(ValueError, match="is free-form .* collaboration: ensembles"):
+        load_study_data(load_experiment(path))

@@ -128,7 +128,7 @@ def check_free_form_objectives(config, choice_logprobs: dict | None, mutual: boo
         raise ValueError(
             "answer_loss: choices needs questions with choices; this task is free-form: use answer_loss: tokens"
         )
-    if choice_logprobs or config.weights.per_teacher("choice_kd", []):
+    if choice_logprobs or config.weights.choice_kd:
         raise ValueError("choice_kd learns a distribution over choices; this task is free-form and has none")
     if mutual:
         raise ValueError("mutual learning compares distributions over choices; this task is free-form and has none")

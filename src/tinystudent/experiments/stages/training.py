@@ -132,7 +132,7 @@ def train(context: StageContext, unit: UnitSpec) -> dict:
     release()
     trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
     write_loss_history(context.log(unit), trained.pop("loss_history", []))
-    scoring = context.student_scoring(any(w > 0 for w in config.weights.per_teacher("rationale", list(rationales))))
+    scoring = context.student_scoring(bool(config.weights.per_teacher("rationale", list(rationales))))
     summary = context.evaluate(
         str(result.checkpoint), unit, scoring=scoring, budget=config.max_input_tokens, evidence=config.evidence
     )
