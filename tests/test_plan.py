@@ -327,6 +327,25 @@ SHIPPED = {
         "debate": 1,
         "ensemble": 2,
     },
+    "math": {
+        "teacher_eval": 3,  # two ways on validation, the better on test
+        "student": 2,
+        "student_eval": 2,
+        "cut": 1,
+        "teach": 1,
+        "import": 1,
+        "recover": 1,
+        "train": 3 + 1,
+        "self_consistency": 1,
+    },
+    "gsm8k_ladder": {
+        "teacher_eval": 1,
+        "student": 4,
+        "student_eval": 4,
+        "train": 4 * 2 * 4 * 3,
+        "import": 1,
+        "teach": 1,
+    },
     **{
         name: {"import": 2, "student": 3, "student_eval": 3, "train": 3 * 2 * 4}
         for name in ("tinyllm_arc", "tinyllm_bioasq", "tinyllm_obqa")

@@ -290,13 +290,13 @@ def import_rationales(context: StageContext, unit: UnitSpec) -> dict:
 
 def stored_rationales(store: Store, data: StudyData, unit: UnitSpec) -> dict[str, str]:
     """What a teach or import unit left in the store: its rationales for the training questions."""
-    from tinystudent.tasks.schema import is_free_form
-    from tinystudent.teachers import rationales_for_training
+    from tinystudent.teachers import load_rationales, rationales_for_training
 
-    free_form = is_free_form(data.splits.train)
-    found = rationales_for_training(
-        store, unit.args["rationales_of"], data.splits.task, free_form, unit.args["strategy"]
-    )
+    name, task, strategy = unit.args["rationales_of"], data.splits.task, unit.args["strategy"]
+    if is_free_form(data.splits.train):  # only the rationales that reach the gold answer
+        found = rationales_for_training(store, name, task, True, strategy)
+    else:
+        found = load_rationales(store, name, task, strategy)
     return {k: v for k, v in found.items() if k in data.train_ids}
 
 
