@@ -165,8 +165,8 @@ def _free_form_features(
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     fitted = fit_example(ex, lambda e: free_form_prompt(e, [], False), count, tokenizer, max_input, evidence)
     answer = tokenizer.encode(free_form_answer(ex), add_special_tokens=False)[:max_answer] + eos
-    prompt = adapter.encode_input(tokenizer, free_form_prompt(fitted.example, [], False))
-    feats = Features(0, prompt, [answer], free_form_prompt(fitted.example, [], False), [ex.answer_text])
+    context = free_form_prompt(fitted.example, [], False)
+    feats = Features(0, adapter.encode_input(tokenizer, context), [answer], context, [ex.answer_text])
     feats.length = fitted.tokens
     think = lambda e: free_form_prompt(e, [], True)  # noqa: E731
     for teacher, by_id in rationales.items():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 
+from tinystudent.tasks.formats import plain_decimal
 from tinystudent.tasks.schema import FREE_FORM, Example
 
 STRICT = r"The answer is (\-?[0-9\.\,]+)."  # lm-eval gsm8k_cot, filter "strict-match"
@@ -81,11 +82,7 @@ def normalise(answer: str) -> str:
         answer = re.sub(pattern, "", answer)
     answer = answer.strip().lower()
     number = _decimal(answer)
-    if number is None:
-        return answer
-    if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
+    return answer if number is None else plain_decimal(number)
 
 
 def matches(answer: str, gold: str) -> bool:

@@ -241,6 +241,11 @@ def number_text(value: Any, where: str, path: str) -> str:
         ) from None
     if not number.is_finite():
         raise TaskFormatError(path, where, f"a finite numeric answer, got {value!r}")
+    return plain_decimal(number)
+
+
+def plain_decimal(number: Decimal) -> str:
+    """A finite number in its plain decimal form: "3" for 3.0, "1050.5" for 1050.50."""
     if number == number.to_integral_value():
         return str(int(number))
     return format(number.normalize(), "f")
