@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--task", default="arc_easy")
     args = parser.parse_args()
 
-    from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation.evaluate import evaluate_model
+    from tinystudent.log import quiet_libraries
     from tinystudent.models.loading import load_model
     from tinystudent.models.students import scale_down
     from tinystudent.tasks import load_task

@@ -11,7 +11,8 @@ import pytest
 from tinystudent.commands.run import EXAMPLES
 from tinystudent.experiments.config import Experiment, load_experiment
 from tinystudent.experiments.data import Splits, StudyData
-from tinystudent.experiments.plan import Answers, Known, make_plan, plan
+from tinystudent.experiments.plan import make_plan, plan
+from tinystudent.experiments.plan_model import Answers, Known
 from tinystudent.experiments.stages.teachers import measurement
 from tinystudent.hashing import stable_hash
 from tinystudent.tasks.schema import Example
@@ -369,15 +370,15 @@ def test_the_runner_stores_each_planned_unit_under_its_key(tmp_path, monkeypatch
     import sqlite3
 
     import tinystudent.teachers
-    from tinystudent.experiments import runner
+    from tinystudent.experiments import runner, work
     from tinystudent.results import Study
     from tinystudent.store import Store
 
     monkeypatch.setattr(runner, "load_study_data", lambda experiment: toy_data())
-    monkeypatch.setattr(runner, "answers_of", lambda store, evaluation_id: answers(evaluation_id))
+    monkeypatch.setattr(work, "answers_of", lambda store, evaluation_id: answers(evaluation_id))
     monkeypatch.setattr(tinystudent.teachers, "load_rationales", lambda store, name, *rest: {"tr0": f"{name}: because"})
-    for kind in runner.WORK:
-        monkeypatch.setitem(runner.WORK, kind, lambda context, unit: fake_result(unit))
+    for kind in work.WORK:
+        monkeypatch.setitem(work.WORK, kind, lambda context, unit: fake_result(unit))
     planned, _ = simulate(study(), toy_data())
     with Store(tmp_path / "r.sqlite") as store:
         first = runner.run_experiment(study(), store, tmp_path / "out")
@@ -395,7 +396,7 @@ def test_the_plan_preview_counts_what_is_left_and_its_critical_path(tmp_path, mo
     and the critical path is a chain through `needs`; after a run the database holds them all,
     read back so that the units named only later are listed as done too."""
     import tinystudent.teachers
-    from tinystudent.experiments import runner
+    from tinystudent.experiments import runner, work
     from tinystudent.experiments.preview import DEFAULT_SECONDS, describe, preview_plan
     from tinystudent.store import Store
 
@@ -410,10 +411,10 @@ def test_the_plan_preview_counts_what_is_left_and_its_critical_path(tmp_path, mo
     assert any(line.startswith("train") and line.endswith("1 CPU, 0 GPU") for line in lines)
 
     monkeypatch.setattr(runner, "load_study_data", lambda experiment: toy_data())
-    monkeypatch.setattr(runner, "answers_of", lambda store, evaluation_id: answers(evaluation_id))
+    monkeypatch.setattr(work, "answers_of", lambda store, evaluation_id: answers(evaluation_id))
     monkeypatch.setattr(tinystudent.teachers, "load_rationales", lambda store, name, *rest: {"tr0": f"{name}: because"})
-    for kind in runner.WORK:
-        monkeypatch.setitem(runner.WORK, kind, lambda context, unit: fake_result(unit))
+    for kind in work.WORK:
+        monkeypatch.setitem(work.WORK, kind, lambda context, unit: fake_result(unit))
     planned, _ = simulate(study(), toy_data())
     with Store(tmp_path / "r.sqlite") as store:
         runner.run_experiment(study(), store, tmp_path / "out")

@@ -1,1 +1,2 @@
-"""Subcommands of `tinystudent`: each module registers its own on `tinystudent.cli.app`."""
+"""Subcommands of `tinystudent`: each module registers its own on `tinystudent.commands.app.app`
+(`tinystudent.cli` imports them all)."""

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, print_measures, quiet_libraries
-from tinystudent.log import info, progress
+from tinystudent.commands.app import app, emit_json, friendly_errors, parse_columns, print_measures
+from tinystudent.log import info, progress, quiet_libraries
 
 
 @app.command("loss")

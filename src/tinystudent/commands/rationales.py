@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors
+from tinystudent.commands.app import app, emit_json, friendly_errors
 from tinystudent.log import stderr
 
 rationales_app = typer.Typer(

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors
+from tinystudent.commands.app import app, emit_json, friendly_errors
 
 
 @app.command("report")

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, quiet_libraries
+from tinystudent.commands.app import app, emit_json, friendly_errors
 from tinystudent.folders import check_output_folder
-from tinystudent.log import stderr, stdout
+from tinystudent.log import quiet_libraries, stderr, stdout
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "experiments" / "examples"
 

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, friendly_errors, quiet_libraries
+from tinystudent.commands.app import app, friendly_errors
+from tinystudent.log import quiet_libraries
 
 
 @app.command("serve")

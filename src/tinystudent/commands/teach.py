@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, print_measures, quiet_libraries
-from tinystudent.log import progress, stderr, warn
+from tinystudent.commands.app import app, emit_json, friendly_errors, parse_columns, print_measures
+from tinystudent.log import progress, quiet_libraries, stderr, warn
 
 
 def _read_template(path: Optional[Path]) -> Optional[str]:

@@ -10,12 +10,12 @@ from typing import Optional, Sequence
 
 import typer
 
-from tinystudent.cli import app, emit_json, friendly_errors, parse_columns, quiet_libraries
+from tinystudent.commands.app import app, emit_json, friendly_errors, parse_columns
 from tinystudent.commands.options import config_options
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.objective_spec import ONE_STUDENT_TERMS, parse_objective
 from tinystudent.folders import check_output_folder
-from tinystudent.log import info, progress, stdout
+from tinystudent.log import info, progress, quiet_libraries, stdout
 
 OBJECTIVES = ONE_STUDENT_TERMS
 

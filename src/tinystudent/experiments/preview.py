@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
-from tinystudent.experiments.plan import Known, make_plan
+from tinystudent.experiments.plan import make_plan
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec
+from tinystudent.experiments.work import learn
 from tinystudent.store import Store
 
 # Seconds a unit of each kind takes when the database has measured none: a small model on one
@@ -81,8 +83,6 @@ class PlanPreview:
 
 def preview_plan(experiment: Experiment, data: StudyData, store: Store | None) -> PlanPreview:
     """The plan replayed against `store` (None: nothing has run)."""
-    from tinystudent.experiments.runner import learn
-
     known = Known()
     while store is not None:
         current = make_plan(experiment, data, known)

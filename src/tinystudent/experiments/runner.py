@@ -13,28 +13,17 @@ from pathlib import Path
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import Splits, StudyData, load_splits, load_study_data
-from tinystudent.experiments.plan import Known, Plan, make_plan
-from tinystudent.experiments.stages import collaboration, students, teachers, training
+from tinystudent.experiments.executors import RETRIES, PoolSetup, make_pool
+from tinystudent.experiments.executors.resources import IN_DRIVER
+from tinystudent.experiments.executors.unit_store import import_rows, renumber
+from tinystudent.experiments.plan import make_plan
+from tinystudent.experiments.plan_model import Known, Plan
 from tinystudent.experiments.stages.common import StageContext
-from tinystudent.experiments.study import answers_of, build_study
+from tinystudent.experiments.study import build_study
 from tinystudent.experiments.units import UnitRunner, UnitSpec
+from tinystudent.experiments.work import WORK, learn
 from tinystudent.log import info, warn
 from tinystudent.store import Store
-
-WORK = {
-    "teacher_eval": teachers.measure,
-    "teach": teachers.write_rationales,
-    "import": teachers.import_rationales,
-    "cut": students.cut,
-    "recover": students.recover_student,
-    "student": students.prepare,
-    "student_eval": students.evaluate_untrained,
-    "train": training.train,
-    "debate": collaboration.debate,
-    "ensemble": collaboration.ensemble,
-    "mutual": collaboration.mutual,
-    "self_consistency": collaboration.self_consistency,
-}
 
 
 class ExperimentRunner:
@@ -80,8 +69,6 @@ class ExperimentRunner:
     def run_plan_in_pool(self) -> Plan:
         """Run every unit whose inputs are ready at once, in the executor's pool (`executors`);
         plan again as each finishes."""
-        from tinystudent.experiments.executors import PoolSetup, make_pool
-
         pool = make_pool(PoolSetup(self.experiment, self.data, self.store, self.out_dir, self.units.log_dir))
         try:
             while True:
@@ -101,8 +88,6 @@ class ExperimentRunner:
         """Start the pending units whose inputs are ready while the pool has room; True when one
         was found done in the store, or was run here (it reads stored results and loads no
         model), instead: its result is learnt at once."""
-        from tinystudent.experiments.executors.resources import IN_DRIVER
-
         running = pool.running_keys()
         ready = [u for u in pending if u.key not in running and all(k in self.known.results for k in u.needs)]
         for unit in ready:
@@ -121,8 +106,6 @@ class ExperimentRunner:
     def collect(self, pool) -> None:
         """Wait for one unit; record and learn its result (with the rows a worker elsewhere wrote),
         start it again if its worker died, or fail."""
-        from tinystudent.experiments.executors import RETRIES
-
         done = pool.next_finished()
         unit = done.unit
         if done.result is not None:
@@ -146,8 +129,6 @@ class ExperimentRunner:
     def record_rows(self, done) -> dict:
         """Write what a worker elsewhere stored into the results database; returns its result
         with the evaluation ids it names renumbered to theirs here."""
-        from tinystudent.experiments.executors.unit_store import import_rows, renumber
-
         ids = import_rows(self.store, done.rows)
         return renumber(done.result, ids, done.unit_db, str(self.store.path))  # type: ignore[return-value]
 
@@ -171,22 +152,10 @@ class ExperimentRunner:
             info(f"MLflow: logged {log_study(study, self.experiment.name, uri)} new run(s) to {uri}")
 
 
-def learn(known: Known, store: Store, data: StudyData, unit: UnitSpec, result: dict) -> None:
-    """Keep what later units and the study need of a unit's result: the result itself, the
-    rationales a teach or import unit stored, and which questions its evaluations answered right."""
-    known.results[unit.key] = result
-    if unit.kind in ("teach", "import"):
-        known.rationales[unit.key] = teachers.stored_rationales(store, data, unit)
-    peers = result.get("peers") or []
-    for evaluation_id in [result.get("evaluation_id"), *(p.get("evaluation_id") for p in peers)]:
-        if evaluation_id is not None:
-            known.answers[evaluation_id] = answers_of(store, evaluation_id)
-
-
 def run_experiment(experiment: Experiment, store: Store, out_dir: Path) -> dict:
     """Run (or resume) `experiment`, store every number, and return the study. Its `executor`
     says where units run: one after another here, or those whose inputs are ready at once."""
     return ExperimentRunner(experiment, store, out_dir).run()
 
 
-__all__ = ["ExperimentRunner", "Splits", "learn", "load_splits", "run_experiment"]
+__all__ = ["ExperimentRunner", "Splits", "load_splits", "run_experiment"]

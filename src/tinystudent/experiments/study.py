@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -10,9 +9,8 @@ from typing import Callable
 
 import numpy as np
 
-from tinystudent.evaluation.evaluate import EvalResult, Prediction
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline, pearson
-from tinystudent.experiments.plan import Answers, Plan
+from tinystudent.experiments.plan_model import Plan
 from tinystudent.experiments.stages.collaboration import mutual_rows
 from tinystudent.experiments.stages.search import search_summary
 from tinystudent.experiments.stages.teachers import measurement
@@ -20,46 +18,6 @@ from tinystudent.experiments.verdict import compare, recipe_interval, verdict
 from tinystudent.hashing import stable_hash
 from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
 from tinystudent.store import Store, versions
-
-
-def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
-    """An evaluation read back from the store, with its predictions."""
-    row = store.evaluation(evaluation_id)
-    predictions = [
-        Prediction(
-            p["example_id"],
-            p["gold"],
-            p["pred"],
-            p["pred_norm"],
-            json.loads(p["choice_logprobs"]) if p["choice_logprobs"] else None,
-            p["text"],
-        )
-        for p in store.predictions(evaluation_id)
-    ]
-    return EvalResult(
-        row["model"],
-        row["task"],
-        row["split"],
-        row["n"],
-        row["acc"],
-        row["acc_norm"],
-        [row["ci_low"], row["ci_high"]],
-        row["majority_baseline"],
-        row["mode"],
-        row["cost"],
-        row["data_hash"],
-        row["settings"],
-        predictions,
-    )
-
-
-def answers_of(store: Store, evaluation_id: int) -> Answers:
-    """Which questions a stored evaluation answered right, by `acc` (the highest score) and by
-    `acc_norm` (the highest score per character)."""
-    rows = store.predictions(evaluation_id)
-    return Answers(
-        [r["example_id"] for r in rows], [bool(r["correct"]) for r in rows], [r["pred_norm"] == r["gold"] for r in rows]
-    )
 
 
 def run_rows(plan: Plan) -> list[dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from tinystudent.hashing import stable_hash
-from tinystudent.log import info
+from tinystudent.log import info, quiet_libraries
 from tinystudent.store import Store
 from tinystudent.tasks import load_task
 
@@ -231,7 +231,6 @@ def die_with_parent(parent: int) -> None:
 
 def evaluate_and_store(request: EvalRequest) -> dict:
     """Evaluate `request.model` on its split and store the result: what `tinystudent eval` does."""
-    from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation.evaluate import Sampling
     from tinystudent.evaluation.save import evaluate_and_save
 

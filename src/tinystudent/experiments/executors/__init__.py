@@ -17,7 +17,7 @@ from typing import Protocol
 
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
-from tinystudent.experiments.plan import Known
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.store import Store
 

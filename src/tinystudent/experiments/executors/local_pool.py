@@ -23,8 +23,9 @@ from typing import Any
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.executors import Finished, PoolSetup
-from tinystudent.experiments.plan import Known
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec, die_with_parent
+from tinystudent.log import quiet_libraries
 from tinystudent.threads import configure_threads
 
 
@@ -169,9 +170,8 @@ def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection, share)
     follow_share(share)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from tinystudent.cli import quiet_libraries
-    from tinystudent.experiments.runner import WORK
     from tinystudent.experiments.stages.common import StageContext, release
+    from tinystudent.experiments.work import WORK
     from tinystudent.store import Store
     from tinystudent.threads import use_threads
 

@@ -15,7 +15,7 @@ from typing import Any
 from tinystudent.experiments.executors import ENGINES, RETRIES, Finished, PoolSetup, missing_extra
 from tinystudent.experiments.executors.remote_unit import compute, finished, prepare
 from tinystudent.experiments.executors.resources import unit_resources
-from tinystudent.experiments.plan import Known
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.log import info
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from tinystudent.experiments.config import Experiment
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.executors import Finished, PoolSetup
-from tinystudent.experiments.plan import Known
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec
+from tinystudent.log import quiet_libraries
 
 OUTBOX = "outbox.json"
 UNIT_DB = "unit.sqlite"
@@ -75,10 +76,9 @@ def compute(job: RemoteUnit) -> dict:
     from tinystudent.threads import use_threads
 
     use_threads(job.threads)
-    from tinystudent.cli import quiet_libraries
     from tinystudent.experiments.executors.unit_store import create_unit_store, written_rows
-    from tinystudent.experiments.runner import WORK
     from tinystudent.experiments.stages.common import StageContext
+    from tinystudent.experiments.work import WORK
     from tinystudent.store import Store
 
     quiet_libraries()

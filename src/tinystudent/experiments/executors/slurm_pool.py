@@ -31,7 +31,7 @@ from tinystudent.experiments.executors.remote_unit import (
     write_outbox,
 )
 from tinystudent.experiments.executors.resources import Resources, unit_resources
-from tinystudent.experiments.plan import Known
+from tinystudent.experiments.plan_model import Known
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.log import info
 

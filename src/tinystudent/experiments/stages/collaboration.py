@@ -9,11 +9,12 @@ from tinystudent.experiments.config import CollaborationSpec, ScoringPass
 from tinystudent.experiments.stages.common import StageContext, release
 from tinystudent.experiments.stages.teachers import peer_teacher, rationale_unit
 from tinystudent.experiments.stages.training import train_unit
+from tinystudent.experiments.stored import stored_eval_result
 from tinystudent.experiments.units import UnitSpec
 from tinystudent.models.kinds import kind_adapter
 
 if TYPE_CHECKING:
-    from tinystudent.experiments.plan import Plan
+    from tinystudent.experiments.plan_model import Plan
     from tinystudent.tasks import Example
 
 GROUP = {"group": "collaboration"}
@@ -224,7 +225,6 @@ def self_consistency(context: StageContext, unit: UnitSpec) -> dict:
 def ensemble(context: StageContext, unit: UnitSpec) -> dict:
     """An `ensemble` unit: the members' test answers combined (`average` or `vote`)."""
     from tinystudent.collab.results import ensemble_eval_result
-    from tinystudent.experiments.study import stored_eval_result
 
     method, names = unit.args["method"], unit.args["names"]
     results = [stored_eval_result(context.store, context.needed(key)["evaluation_id"]) for key in unit.args["members"]]

@@ -15,7 +15,7 @@ from tinystudent.tasks.schema import is_free_form
 
 if TYPE_CHECKING:
     from tinystudent.distill import TrainConfig
-    from tinystudent.experiments.plan import Known
+    from tinystudent.experiments.plan_model import Known
 
 
 @dataclass

@@ -11,7 +11,7 @@ from tinystudent.experiments.stages.training import plan_train
 from tinystudent.experiments.units import UnitSpec
 
 if TYPE_CHECKING:
-    from tinystudent.experiments.plan import Plan
+    from tinystudent.experiments.plan_model import Plan
 
 
 class _NotYet(Exception):

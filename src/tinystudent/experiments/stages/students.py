@@ -15,7 +15,7 @@ from tinystudent.tasks.contamination import check_contamination
 from tinystudent.tasks.schema import shared_choices
 
 if TYPE_CHECKING:
-    from tinystudent.experiments.plan import Plan
+    from tinystudent.experiments.plan_model import Plan
 
 # --- planning -------------------------------------------------------------------------------
 

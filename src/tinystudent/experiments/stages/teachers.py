@@ -16,7 +16,7 @@ from tinystudent.experiments.units import UnitSpec
 from tinystudent.tasks.schema import is_free_form
 
 if TYPE_CHECKING:
-    from tinystudent.experiments.plan import Plan
+    from tinystudent.experiments.plan_model import Plan
     from tinystudent.store import Store
 
 # --- planning -------------------------------------------------------------------------------

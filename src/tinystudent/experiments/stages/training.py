@@ -12,7 +12,7 @@ from tinystudent.experiments.stages.teachers import choice_scores, rationale_uni
 from tinystudent.experiments.units import UnitSpec
 
 if TYPE_CHECKING:
-    from tinystudent.experiments.plan import Plan
+    from tinystudent.experiments.plan_model import Plan
 
 
 class Unknown:
