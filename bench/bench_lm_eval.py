@@ -36,8 +36,9 @@ def main() -> None:
 
     from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
-    from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+    from tinystudent.evaluation.scoring import score_choices
     from tinystudent.models import load_model
+    from tinystudent.models.requests import ChoiceRequest
     from tinystudent.tasks import load_task
 
     quiet_libraries()

@@ -49,10 +49,11 @@ def one_step(mode: str, args) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tinystudent.distill.data import TokenBatch
     from tinystudent.distill.losses import forward_kl
-    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, causal_head, teacher_states
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, teacher_states
     from tinystudent.evaluation.cost import MemoryMeter
+    from tinystudent.models.batches import TokenBatch
+    from tinystudent.models.heads import causal_head
     from tinystudent.models.loading import resolve_device
 
     device = resolve_device(args.device)

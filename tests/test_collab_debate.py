@@ -65,7 +65,8 @@ def test_rounds_show_each_member_the_others_answers(members):
 
 def test_a_text_naming_no_option_votes_for_the_option_its_writer_finds_most_likely(members):
     from tinystudent.evaluation.generative import render_prompt
-    from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+    from tinystudent.evaluation.scoring import score_choices
+    from tinystudent.models.requests import ChoiceRequest
 
     first, second = members
     texts = {first.name: ["The answer is (B)", "The answer is (A)"], second.name: ["hmm", "I am not sure."]}

@@ -18,7 +18,7 @@ from tinystudent.distill import (
     reverse_kl,
     token_divergence,
 )
-from tinystudent.distill.losses import PAD_SCORE
+from tinystudent.models.heads import PAD_SCORE
 
 
 def _softmax64(logits: np.ndarray, t: float) -> np.ndarray:

@@ -16,9 +16,10 @@ import torch
 from pydantic import ValidationError
 
 from tinystudent.distill import TrainConfig, TrainingDiverged, train_student
-from tinystudent.evaluation import ChoiceRequest, evaluate_model, score_choices
+from tinystudent.evaluation import evaluate_model, score_choices
 from tinystudent.evaluation.prompts import choice_context, choice_continuations
 from tinystudent.models import load_model
+from tinystudent.models.requests import ChoiceRequest
 
 FIXTURE_ARC = Path(__file__).resolve().parent / "fixtures" / "arc"
 

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from tinystudent.evaluation import ChoiceRequest, evaluate_model, paired_bootstrap, score_choices, score_choices_naive
+from tinystudent.evaluation import evaluate_model, paired_bootstrap, score_choices, score_choices_naive
 from tinystudent.evaluation.generative import extract_choice
-from tinystudent.evaluation.scoring import encode_request
 from tinystudent.evaluation.stats import bootstrap_ci, majority_baseline
 from tinystudent.models import load_model
+from tinystudent.models.requests import ChoiceRequest, encode_request
 from tinystudent.store import Store
 from tinystudent.tasks import Example
 

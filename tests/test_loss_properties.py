@@ -23,7 +23,6 @@ from hypothesis.extra import numpy as hnp
 
 from tinystudent.distill.fused import fused_head_loss
 from tinystudent.distill.losses import (
-    PAD_SCORE,
     choice_kd_loss,
     chunked_token_losses,
     forward_kl,
@@ -33,6 +32,7 @@ from tinystudent.distill.losses import (
     reverse_kl,
     token_divergence,
 )
+from tinystudent.models.heads import PAD_SCORE
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd"]

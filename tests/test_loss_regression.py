@@ -27,7 +27,6 @@ import torch
 
 from tinystudent.distill import TrainConfig, train_student
 from tinystudent.distill.losses import (
-    PAD_SCORE,
     choice_kd_loss,
     chunked_token_losses,
     forward_kl,
@@ -36,6 +35,7 @@ from tinystudent.distill.losses import (
     mutual_kl,
     reverse_kl,
 )
+from tinystudent.models.heads import PAD_SCORE
 from tinystudent.tasks import load_task
 from tinystudent.teachers import import_tinyllm_rationales
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from tinystudent.evaluation.generative import generate_in_batches, generate_texts
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices, score_choices_encoder
+from tinystudent.evaluation.scoring import score_choices, score_choices_encoder
 from tinystudent.models import ModelKind, kind_adapter, load_model, register_kind
 from tinystudent.models.generation import RowParams
 from tinystudent.models.kinds import KIND_NAMES, known_kinds
 from tinystudent.models.kinds.causal import CausalKind
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.teachers.base import GenerationSettings
 from tinystudent.teachers.local import LocalTeacher
 

@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinystudent.distill.data import SampleStream, pack_rows, token_batch
+from tinystudent.distill.data import SampleStream, token_batch
 from tinystudent.evaluation.batching import padding_share, token_batches
 from tinystudent.models import load_model
+from tinystudent.models.batches import pack_rows
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+from tinystudent.evaluation.scoring import score_choices
 from tinystudent.models import load_model
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.store import Store
 from tinystudent.tasks import Example
 from tinystudent.teachers import (

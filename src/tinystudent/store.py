@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+import tinystudent
+from tinystudent.folders import check_output_folder
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,7 +116,6 @@ def default_db_path() -> Path:
 
 def versions() -> dict:
     """Versions of the packages that shape a result."""
-    import tinystudent
 
     found = {"tinystudent": tinystudent.__version__, "python": platform.python_version()}
     for name in ("torch", "transformers", "peft", "accelerate"):
@@ -174,7 +176,6 @@ class Store:
     @staticmethod
     def check_path(path: str | Path | None = None) -> Path:
         """Refuse a database path `Store` would refuse, without creating or changing anything."""
-        from tinystudent.folders import check_output_folder
 
         path = Path(path) if path else default_db_path()
         if path.is_dir():

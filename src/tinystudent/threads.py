@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from tinystudent.log import warn
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, which containers and SLURM set)."""
@@ -33,8 +35,6 @@ def configure_threads() -> int:
         return int(given)
     concurrent = os.environ.get("TINYSTUDENT_CONCURRENT", "1").strip() or "1"
     if not concurrent.isdigit() or int(concurrent) < 1:
-        from tinystudent.log import warn
-
         warn(f"TINYSTUDENT_CONCURRENT must be a whole number of processes, got {concurrent!r}; using 1")
         concurrent = "1"
     threads = thread_share(int(concurrent))

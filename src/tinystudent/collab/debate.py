@@ -31,12 +31,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tinystudent.collab.ensemble import sum_costs
+from tinystudent.collab.results import group_eval_result
 from tinystudent.evaluation.cost import LatencyMeter, MemoryMeter, model_cost
 from tinystudent.evaluation.evaluate import EvalResult, Prediction
 from tinystudent.evaluation.generative import extract_choice, generate_texts, render_prompt
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+from tinystudent.evaluation.scoring import score_choices
+from tinystudent.evaluation.stats import majority_baseline
 from tinystudent.models.loading import LoadedModel
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.tasks.schema import Example, data_hash
 
 FIRST_INSTRUCTION = "Explain your reasoning briefly, step by step, then finish with 'The answer is (X)'."
@@ -298,8 +301,6 @@ def debate_eval_result(
     result: DebateResult, examples: Sequence[Example], task: str, split: str, name: str | None = None
 ) -> EvalResult:
     """The debate's final answers as an `EvalResult` (texts: the last round's, member by member)."""
-    from tinystudent.collab.results import group_eval_result
-    from tinystudent.evaluation.stats import majority_baseline
 
     name = name or f"debate-{result.settings['rounds']}r({'+'.join(result.members)})"
     last = result.texts[-1]

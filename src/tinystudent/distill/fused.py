@@ -17,11 +17,6 @@ import torch.nn.functional as F
 from tinystudent.distill.losses import token_divergence
 
 
-def can_fuse(head) -> bool:
-    """Only a plain linear output layer (no adapter on it, no logit scaling) is fused."""
-    return type(head) is torch.nn.Linear
-
-
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(

@@ -11,11 +11,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+
+from tinystudent.models.heads import in_chunks, token_logprobs
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
-# Score of a padded (absent) choice: finite, so gradients stay finite, and exp() of it is 0.
-PAD_SCORE = -1e9
 
 
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -125,7 +124,7 @@ def _row_losses(
     beta: float,
 ):
     logits = head(hidden).float()
-    target_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    target_logprobs = token_logprobs(logits, targets)
     if teacher_hidden is None:
         return target_logprobs, torch.zeros_like(target_logprobs)
     if teacher_head is None:
@@ -149,12 +148,10 @@ def chunked_token_losses(
     beta: float = 0.5,
     chunk_tokens: int | None = 256,
 ):
-    """Log-probability of each target token and, with a teacher, its token-level divergence.
-
-    The [tokens, vocabulary] logits are the memory peak of language-model training; here they
-    exist for `chunk_tokens` rows at a time only. Each chunk runs under activation checkpointing,
-    so backward recomputes its logits instead of keeping them: peak memory is set by the chunk,
-    not by batch x tokens x vocabulary (the chunked cross-entropy of Liger-Kernel/torchtune).
+    """Log-probability of each target token and, with a teacher, its token-level divergence, the
+    output layers run `chunk_tokens` rows at a time (`models.heads.in_chunks`: the logits exist for
+    one chunk at a time, recomputed in backward). Without a teacher this is
+    `models.heads.target_logprobs`, with zeros for the divergence.
 
     Args:
         hidden: [rows, width] final hidden states at the positions that predict `targets`.
@@ -169,17 +166,4 @@ def chunked_token_losses(
         (target_logprobs [rows], divergence [rows], zeros without a teacher).
     """
     args = (head, teacher_head, kd_vocab, divergence, temperature, beta)
-    rows = hidden.shape[0]
-    if chunk_tokens is None or rows <= chunk_tokens:
-        return _row_losses(hidden, targets, teacher_hidden, *args)
-    logprobs, kds = [], []
-    for start in range(0, rows, chunk_tokens):
-        piece = slice(start, start + chunk_tokens)
-        teacher_piece = teacher_hidden[piece] if teacher_hidden is not None else None
-        if torch.is_grad_enabled() and hidden.requires_grad:
-            lp, kd = checkpoint(_row_losses, hidden[piece], targets[piece], teacher_piece, *args, use_reentrant=False)
-        else:
-            lp, kd = _row_losses(hidden[piece], targets[piece], teacher_piece, *args)
-        logprobs.append(lp)
-        kds.append(kd)
-    return torch.cat(logprobs), torch.cat(kds)
+    return in_chunks(_row_losses, [hidden, targets, teacher_hidden], args, chunk_tokens)

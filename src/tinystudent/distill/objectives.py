@@ -23,55 +23,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tinystudent.distill.data import ChoiceBatch, TokenBatch, required
-from tinystudent.distill.fused import can_fuse, fused_head_loss
-from tinystudent.distill.losses import PAD_SCORE, choice_kd_loss, chunked_token_losses, hidden_state_loss
+from tinystudent.distill.fused import fused_head_loss
+from tinystudent.distill.losses import choice_kd_loss, chunked_token_losses, hidden_state_loss
+from tinystudent.models.batches import ChoiceBatch, TokenBatch
+from tinystudent.models.heads import unwrap_peft
 from tinystudent.models.kinds import ModelKind, kind_adapter
-
-
-def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
-    # PEFT's method, which Module.__getattr__ types as Tensor | Module.
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-
-
-def causal_head(core) -> Callable[[torch.Tensor], torch.Tensor]:
-    """hidden states -> logits, including the logit scalings some architectures apply."""
-    head = core.get_output_embeddings()
-    config = core.config
-    multiply = getattr(config, "logit_scale", None)  # Cohere
-    divide = getattr(config, "logits_scaling", None)  # Granite
-    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
-
-    def logits_of(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden)
-        if multiply:
-            logits = logits * multiply
-        if divide:
-            logits = logits / divide
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
-
-    return logits_of
-
-
-@torch.no_grad()
-def check_head(core, name: str) -> None:
-    """Refuse architectures whose logits are not `causal_head(core)` of the body's output."""
-    was_training = core.training
-    core.eval()
-    device = next(core.parameters()).device
-    vocab = core.get_output_embeddings().weight.shape[0]
-    ids = (torch.arange(6, device=device)[None] * 7 + 3) % vocab
-    full = core(input_ids=ids, use_cache=False).logits.float()
-    split = causal_head(core)(core.base_model(input_ids=ids, use_cache=False).last_hidden_state).float()
-    core.train(was_training)
-    if not torch.allclose(full, split, atol=1e-3 * max(1.0, full.abs().max().item()), rtol=1e-3):
-        raise ValueError(
-            f"{name} ({type(core).__name__}): its logits are not its output layer applied "
-            "to its final hidden states, so the chunked losses cannot train it"
-        )
 
 
 @dataclass
@@ -138,14 +94,6 @@ class TermWeights:
         if name == "answer":
             return self.answer
         return self.rationale.get(name.partition(":")[2], 0.0)
-
-
-def plain_linear_head(core) -> torch.nn.Linear | None:
-    """The output layer when logits are exactly `head(hidden)`, so it can be fused."""
-    head = core.get_output_embeddings()
-    config = core.config
-    scaled = any(getattr(config, k, None) for k in ("logit_scale", "logits_scaling", "final_logit_softcapping"))
-    return head if can_fuse(head) and not scaled else None
 
 
 class StudentObjectives(torch.nn.Module):
@@ -298,25 +246,6 @@ class StudentObjectives(torch.nn.Module):
             terms = [zero]
         parts["loss"] = torch.stack([t.float() for t in terms]).sum()
         return parts
-
-
-def choice_table(
-    cb: ChoiceBatch, logprobs: torch.Tensor, sequence_of_row: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Continuation token log-probabilities summed into the [questions, max choices] score table
-    (PAD_SCORE on padding), and the gold continuations' token log-probabilities.
-
-    Args:
-        logprobs: [rows] log-probability of each continuation token.
-        sequence_of_row: [rows] the (question, choice) sequence each token belongs to.
-    """
-    question, choice = required(cb.question, "question"), required(cb.choice, "choice")
-    gold_sequence = required(cb.gold_sequence, "gold_sequence")
-    per_sequence = torch.zeros(question.shape[0], device=logprobs.device).index_add(0, sequence_of_row, logprobs)
-    scores = torch.full(cb.choice_mask.shape, PAD_SCORE, device=logprobs.device)
-    scores = scores.index_put((question, choice), per_sequence)
-    gold_rows = logprobs[gold_sequence[sequence_of_row]]
-    return scores, gold_rows
 
 
 @torch.no_grad()

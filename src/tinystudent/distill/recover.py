@@ -28,20 +28,14 @@ import torch
 
 from tinystudent.distill.checkpoints import LATEST, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from tinystudent.distill.config import RecoveryConfig
-from tinystudent.distill.data import TokenBatch
-from tinystudent.distill.objectives import (
-    StudentBatch,
-    StudentObjectives,
-    TermWeights,
-    causal_head,
-    check_head,
-    teacher_states,
-)
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, teacher_states
 from tinystudent.distill.trainee import warmup_cosine
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.evaluation.bits_per_byte import bits_per_byte, truncate_utf8
 from tinystudent.folders import remove_made
 from tinystudent.log import info
+from tinystudent.models.batches import TokenBatch
+from tinystudent.models.heads import causal_head, check_head
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.students import MANIFEST
 from tinystudent.tasks.schema import Example

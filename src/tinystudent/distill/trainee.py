@@ -11,11 +11,12 @@ from typing import Callable
 import torch
 
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.data import Features, build_features, choice_batch, teacher_choice_table, token_batch
+from tinystudent.distill.data import build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
 from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
+from tinystudent.models.batches import Features
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters

@@ -23,9 +23,10 @@ from tinystudent.evaluation.freeform import (
 )
 from tinystudent.evaluation.generative import extract_choice, generate_texts, generative_prompt, render_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, fewshot_block, prompt_style
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+from tinystudent.evaluation.scoring import score_choices
 from tinystudent.evaluation.stats import accuracy, bootstrap_ci, majority_baseline
 from tinystudent.models.loading import LoadedModel
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.tasks.schema import Example, data_hash, is_free_form
 
 MODES = ("loglikelihood", "generate", "generate_cot", "self_consistency")

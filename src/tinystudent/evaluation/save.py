@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tinystudent.evaluation.evaluate import evaluate_model
+from tinystudent.log import progress, stderr
+from tinystudent.models import load_model
+from tinystudent.store import Store
+from tinystudent.tasks import normalize_split
 from tinystudent.tasks.schema import TaskData
 
 
@@ -34,11 +39,6 @@ def evaluate_and_save(
     `task` names the task as given (it picks the prompt style); in-context examples come from the
     train split when `num_fewshot` is set. Returns the summary `tinystudent eval --json` prints.
     """
-    from tinystudent.evaluation.evaluate import evaluate_model
-    from tinystudent.log import progress, stderr
-    from tinystudent.models import load_model
-    from tinystudent.store import Store
-    from tinystudent.tasks import normalize_split
 
     examples = data.split(split)
     examples = examples[:limit] if limit else examples

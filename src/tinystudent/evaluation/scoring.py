@@ -17,7 +17,6 @@ empty context is replaced by the end-of-text token.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -25,61 +24,7 @@ import torch
 from tinystudent.evaluation.batching import token_batches
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.packed_linears import packed_linears
-
-
-@dataclass
-class ChoiceRequest:
-    """One question to score: the prompt and the continuations (choices with their leading space)."""
-
-    context: str
-    continuations: list[str]
-
-
-def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    trailing = len(context) - len(context.rstrip())
-    if trailing:
-        continuation = context[-trailing:] + continuation
-        context = context[:-trailing]
-    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
-    context_ids = tokenizer.encode(context, add_special_tokens=False)
-    if not context_ids:
-        context_ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id]
-        return context_ids, tokenizer.encode(continuation, add_special_tokens=False)
-    return context_ids, whole[len(context_ids) :]
-
-
-def encode_request(tokenizer, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
-    """Token ids of the prompt (shared by all choices) and of each continuation."""
-    pairs = [_encode_pair(tokenizer, request.context, c) for c in request.continuations]
-    context_ids = pairs[0][0]
-    continuations = []
-    for ctx, cont in pairs:
-        if ctx != context_ids:  # cannot happen: the context is encoded alone each time
-            raise AssertionError("context tokens differ between choices")
-        continuations.append(cont)
-    return context_ids, continuations
-
-
-def pad_rows(rows: list[list[int]], pad: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows padded to one width on the `left` or `right`, with their attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-def scores_by_question(encoded, scores: list[float]) -> list[list[float]]:
-    """Flat per-continuation scores back into one list per question."""
-    grouped, k = [], 0
-    for _, conts in encoded:
-        grouped.append(scores[k : k + len(conts)])
-        k += len(conts)
-    return grouped
-
+from tinystudent.models.requests import ChoiceRequest, encode_request
 
 # Padded tokens per scoring forward pass by default: enough to keep a CPU's cores busy, small
 # enough that a batch of long prompts does not hold gigabytes of activations.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from tinystudent.evaluation.stats import pearson as numeric_pearson
 from tinystudent.report.format import is_number
 from tinystudent.results import DONE, Study, StudyError
 
@@ -83,7 +84,6 @@ def pareto_frontier(runs: list[dict], cost_key: str = "params") -> list[dict]:
 
 def pearson(xs: list, ys: list) -> Optional[float]:
     """Pearson correlation over the pairs where both values are numbers (see `evaluation.stats`)."""
-    from tinystudent.evaluation.stats import pearson as numeric_pearson
 
     pairs = [(x, y) for x, y in zip(xs, ys) if is_number(x) and is_number(y)]
     return numeric_pearson([x for x, _ in pairs], [y for _, y in pairs])

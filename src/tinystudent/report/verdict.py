@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tinystudent.report import format as fmt
 from tinystudent.report.blocks import Block, Bullets, Heading, Paragraph, Table
+from tinystudent.report.markdown import render_markdown
 from tinystudent.report.study import is_measured, teachers_by_name
 
 MEASURES = {"params": "parameters", "peak_memory_mb": "peak memory"}
@@ -109,7 +110,6 @@ def baseline_section(study: dict) -> list[Block]:
 
 def verdict_text(study: dict) -> str:
     """The verdict section as plain text (the same words as the report), for a terminal."""
-    from tinystudent.report.markdown import render_markdown
 
     return render_markdown(verdict_section(study))
 

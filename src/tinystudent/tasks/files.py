@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tinystudent.tasks.formats import Converter, detect_format, from_bioasq, from_pubmedqa_original, mapped_converter
-from tinystudent.tasks.schema import SPLITS, Example, TaskData, TaskFormatError, check_examples
+from tinystudent.tasks.schema import MAX_FIELD_CHARS, SPLITS, Example, TaskData, TaskFormatError, check_examples
 
 # Default fractions for sources that ship no split of their own.
 SEEDED_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -80,7 +80,6 @@ def read_records(path: Path) -> tuple[Any, list[str] | None]:
 
 
 def read_csv(path: Path) -> tuple[list[dict], list[str]]:
-    from tinystudent.tasks.schema import MAX_FIELD_CHARS
 
     text = _read_text(path)
     csv.field_size_limit(MAX_FIELD_CHARS)

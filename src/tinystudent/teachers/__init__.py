@@ -14,6 +14,9 @@ from typing import Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tinystudent.models import load_model
+from tinystudent.models.kinds import kind_adapter, known_kinds
+from tinystudent.models.loading import gguf_file
 from tinystudent.teachers.base import (
     Generation,
     GenerationSettings,
@@ -25,6 +28,7 @@ from tinystudent.teachers.base import (
 )
 from tinystudent.teachers.cache import task_key, teacher_key
 from tinystudent.teachers.http import HttpTeacher
+from tinystudent.teachers.llamacpp import LlamaCppTeacher
 from tinystudent.teachers.local import LocalTeacher
 from tinystudent.teachers.prompts import STRATEGIES, get_strategy
 from tinystudent.teachers.rationale_files import (
@@ -66,7 +70,6 @@ class LocalSettings(BaseModel):
     def _a_kind_that_generates(cls, kind: Optional[str]) -> Optional[str]:
         if kind is None:
             return None
-        from tinystudent.models.kinds import kind_adapter, known_kinds
 
         writers = [name for name in known_kinds() if kind_adapter(name).generates]
         if kind not in writers:
@@ -116,13 +119,9 @@ def make_teacher(
         return HttpTeacher(name, base_url, api_key_env, **_validated(HttpSettings, settings, "HTTP teacher"))
     if api_key_env:
         raise ValueError("api_key_env is for a teacher behind a server: give base_url too")
-    from tinystudent.models import load_model
 
     options = _validated(LocalSettings, settings, "local teacher")
     if options["engine"] == "llamacpp":
-        from tinystudent.models.loading import gguf_file
-        from tinystudent.teachers.llamacpp import LlamaCppTeacher
-
         path, identity = gguf_file(name)
         return LlamaCppTeacher(path, identity, chat=options["chat"])
     loaded = load_model(

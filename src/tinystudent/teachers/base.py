@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Protocol, Sequence, Union, runtime_checkable
 
-from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.redact import redact
 
 

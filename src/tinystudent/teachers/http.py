@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.redact import redact, remember_secret
 from tinystudent.teachers.base import (
     Generation,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.teachers.base import (
     Generation,
     GenerationResult,
@@ -24,6 +24,7 @@ from tinystudent.teachers.base import (
     ScoringUnsupported,
     TeacherError,
 )
+from tinystudent.threads import configure_threads
 
 
 def render_chat(template: str, prompt: str, bos: str, eos: str) -> str:
@@ -73,7 +74,6 @@ class LlamaCppTeacher:
                 "the llama.cpp engine needs llama-cpp-python: pip install 'tinystudent[llamacpp]' "
                 "(it builds llama.cpp, which takes a C++ compiler and some minutes), or use engine: transformers"
             ) from None
-        from tinystudent.threads import configure_threads
 
         path = Path(path)
         if path.suffix.lower() != ".gguf" or not path.is_file():

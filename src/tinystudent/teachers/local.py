@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from tinystudent.evaluation.generative import generate_in_batches, render_prompt
-from tinystudent.evaluation.scoring import ChoiceRequest, score_choices
+from tinystudent.evaluation.scoring import score_choices
 from tinystudent.models.generation import RowParams
 from tinystudent.models.loading import LoadedModel
 from tinystudent.models.packed_linears import packed_linears
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.teachers.base import (
     Generation,
     GenerationResult,

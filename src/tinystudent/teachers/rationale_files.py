@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 from tinystudent.evaluation.freeform import final_answer
 from tinystudent.evaluation.prompts import LETTERS
 from tinystudent.store import Store
+from tinystudent.tasks.bundled import BIOASQ_FILE, bundled_rationales
 from tinystudent.tasks.files import read_file
 from tinystudent.tasks.schema import Example, TaskFormatError, normalize_split
 from tinystudent.teachers import cache
@@ -194,7 +195,6 @@ def read_tinyllm(folder: Path, split: str) -> TinyLLMImport:
 def read_bundled(split: str = "train") -> list[ImportedRationale]:
     """The rationales shipped with tinystudent for the `bioasq` task (TinyLLM's two teachers,
     train and validation splits; see `tasks.bundled`)."""
-    from tinystudent.tasks.bundled import BIOASQ_FILE, bundled_rationales
 
     found = []
     for teacher, by_id in bundled_rationales(normalize_split(split)).items():

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 from tinystudent.evaluation.fit import CUT, Fitted, fit_example, fit_with_shots
 from tinystudent.evaluation.freeform import INVALID, final_answer
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, draw_shots, prompt_style
-from tinystudent.evaluation.scoring import ChoiceRequest
 from tinystudent.log import warn
+from tinystudent.models.requests import ChoiceRequest
 from tinystudent.redact import redact
 from tinystudent.store import Store
 from tinystudent.tasks.schema import FREE_FORM, Example

@@ -12,13 +12,12 @@ capability first when they want a clearer message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
-if TYPE_CHECKING:
-    from tinystudent.distill.data import ChoiceBatch, Features, TokenBatch
-    from tinystudent.evaluation.scoring import ChoiceRequest
+from tinystudent.models.batches import ChoiceBatch, Features, TokenBatch
+from tinystudent.models.requests import ChoiceRequest
 
 
 def pad_token_id(tokenizer) -> int:

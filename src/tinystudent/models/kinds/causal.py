@@ -3,10 +3,10 @@
 Prompt and continuation run through one stack, so:
 - a question's choices are scored in its prompt's row, each behind a mask that lets it see the
   prompt and itself only (`score_encoded`), tokenized as lm-evaluation-harness does
-  (`evaluation.scoring.encode_request`, no special tokens);
+  (`models.requests.encode_request`, no special tokens);
 - generation left-pads its prompts, and a prompt gets a BOS token unless it starts with one;
 - training rows are final hidden states at target positions, turned into logits a chunk at a
-  time by the output layer (`distill.objectives.causal_head`), fused when it is a plain linear.
+  time by the output layer (`models.heads.causal_head`), fused when it is a plain linear.
 """
 
 from __future__ import annotations
@@ -16,20 +16,27 @@ from typing import Any
 
 import torch
 
-from tinystudent.distill.data import (
+from tinystudent.models.batches import (
     ChoiceBatch,
     TokenBatch,
     continuation_pairs,
     packed_token_batch,
     pad_right,
+    pad_rows,
     required,
 )
-from tinystudent.distill.losses import chunked_token_losses
-from tinystudent.distill.objectives import causal_head, check_head, choice_table, plain_linear_head, unwrap_peft
-from tinystudent.evaluation.scoring import encode_request, pad_rows, scores_by_question
+from tinystudent.models.heads import (
+    causal_head,
+    check_head,
+    choice_table,
+    plain_linear_head,
+    target_logprobs,
+    unwrap_peft,
+)
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
 from tinystudent.models.kinds.encoder import is_encoder_type
-from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
+from tinystudent.models.limits import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
+from tinystudent.models.requests import encode_request, scores_by_question
 
 
 class CausalKind(ModelKind):
@@ -123,7 +130,7 @@ class CausalKind(ModelKind):
     def choice_scores(self, core, batch: ChoiceBatch, chunk_tokens: int):
         sequences = required(batch.sequences, "sequences")
         rows, targets, _ = self.token_rows(core, sequences, [])
-        logprobs, _ = chunked_token_losses(rows, targets, causal_head(core), chunk_tokens=chunk_tokens)
+        logprobs = target_logprobs(rows, targets, causal_head(core), chunk_tokens=chunk_tokens)
         return choice_table(batch, logprobs, required(sequences.target_mask, "target_mask").nonzero()[:, 0])
 
     def text_logits(self, model, tokenizer, rows: torch.Tensor, keep: int) -> torch.Tensor:

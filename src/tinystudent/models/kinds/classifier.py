@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from tinystudent.distill.data import ChoiceBatch, required
-from tinystudent.distill.losses import PAD_SCORE
-from tinystudent.models.kinds.encoder import EncoderKind, is_encoder_type
-
-
-def is_classifier_config(config) -> bool:
-    """An encoder saved with a sequence-classification head (BertForSequenceClassification, ...)."""
-    architectures = getattr(config, "architectures", None) or []
-    return is_encoder_type(config) and any(a.endswith("ForSequenceClassification") for a in architectures)
+from tinystudent.models.batches import ChoiceBatch, required
+from tinystudent.models.heads import PAD_SCORE
+from tinystudent.models.kinds.encoder import EncoderKind, is_classifier_config
 
 
 def label_ids(config, continuations: list[str]) -> list[int]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from tinystudent.distill.data import ChoiceBatch, required
-from tinystudent.distill.losses import PAD_SCORE
+from tinystudent.models.batches import ChoiceBatch, required
+from tinystudent.models.heads import PAD_SCORE
 from tinystudent.models.kinds.base import ModelKind
-from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
+from tinystudent.models.limits import DEFAULT_INPUT_LIMIT, context_length, tokenizer_limit
 
 ENCODER_TYPES = {
     "bert",
@@ -40,7 +40,6 @@ class EncoderKind(ModelKind):
     name = "encoder"
 
     def recognises(self, config) -> bool:
-        from tinystudent.models.kinds.classifier import is_classifier_config
 
         return is_encoder_type(config) and not is_classifier_config(config)
 
@@ -109,3 +108,9 @@ class EncoderKind(ModelKind):
 
 
 ADAPTER = EncoderKind()
+
+
+def is_classifier_config(config) -> bool:
+    """An encoder saved with a sequence-classification head (BertForSequenceClassification, ...)."""
+    architectures = getattr(config, "architectures", None) or []
+    return is_encoder_type(config) and any(a.endswith("ForSequenceClassification") for a in architectures)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinystudent.distill.data import ChoiceBatch, TokenBatch, continuation_pairs, pad_right, required
-from tinystudent.distill.objectives import choice_table
-from tinystudent.evaluation.scoring import pad_rows, scores_by_question
+from tinystudent.models.batches import ChoiceBatch, TokenBatch, continuation_pairs, pad_right, pad_rows, required
+from tinystudent.models.heads import choice_table
 from tinystudent.models.kinds.base import ModelKind, pad_token_id
-from tinystudent.models.loading import DEFAULT_INPUT_LIMIT, tokenizer_limit
+from tinystudent.models.limits import DEFAULT_INPUT_LIMIT, tokenizer_limit
+from tinystudent.models.requests import scores_by_question
 
 
 def identity(rows: torch.Tensor) -> torch.Tensor:
