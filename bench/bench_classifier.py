@@ -59,8 +59,33 @@ def time_training(path: str, train, budget: int, steps: int, grouped: bool, out:
         eval_before=False,
     )
     accelerator, device = _accelerator("cpu")
-    trainee = setup_trainee(path, out, config, train, "context", {}, {}, None, device, steps, {}, {})
-    run = TrainingRun([trainee], train, [], config, "bioasq", accelerator, device, steps, {}, {}, False, None)
+    weights = config.weights.resolve({})
+    trainee = setup_trainee(
+        name=path,
+        out_dir=out,
+        config=config,
+        train=train,
+        style="context",
+        rationales={},
+        choice_logprobs={},
+        teacher=None,
+        device=device,
+        total_steps=steps,
+        weights=weights,
+    )
+    run = TrainingRun(
+        trainees=[trainee],
+        train=train,
+        valid=[],
+        config=config,
+        task="bioasq",
+        accelerator=accelerator,
+        device=device,
+        total_steps=steps,
+        weights=weights,
+        mutual=False,
+        on_step=None,
+    )
     run.step()  # warm-up
     started = time.perf_counter()
     for _ in range(steps):

@@ -50,7 +50,8 @@ def one_step(mode: str, args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tinystudent.distill.losses import forward_kl
-    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, teacher_states
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, teacher_states
+    from tinystudent.distill.terms import TermWeights
     from tinystudent.evaluation.cost import MemoryMeter
     from tinystudent.models.batches import TokenBatch
     from tinystudent.models.heads import causal_head
@@ -95,8 +96,8 @@ def one_step(mode: str, args) -> dict:
                 objective = StudentObjectives(
                     student,
                     "causal",
-                    TermWeights(answer=1.0, logit_kd=1.0),
-                    args.temperature,
+                    weights=TermWeights({"answer": 1.0, "logit_kd": 1.0}),
+                    temperature=args.temperature,
                     chunk_tokens=args.chunk,
                     fuse_head=mode == "fused",
                 )

@@ -13,11 +13,10 @@ import typer
 from tinystudent.commands.app import app, emit_json, friendly_errors, parse_columns
 from tinystudent.commands.options import config_options
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.objective_spec import ONE_STUDENT_TERMS, parse_objective
+from tinystudent.distill.objective_spec import parse_objective, term_names
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, terms
 from tinystudent.folders import check_output_folder
 from tinystudent.log import info, progress, quiet_libraries, stdout
-
-OBJECTIVES = ONE_STUDENT_TERMS
 
 
 def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[str] = ()) -> dict:
@@ -30,7 +29,7 @@ def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[
     def bare_term(text: str) -> str | None:
         """The term `text` names, or None: `--objective` takes terms, their teachers come from --teachers."""
         try:
-            objective = parse_objective(text, OBJECTIVES)
+            objective = parse_objective(text, term_names("one_student"))
         except ValueError:
             return None
         return objective.term if objective.teacher is None else None
@@ -38,7 +37,9 @@ def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[
     chosen = [o.strip() for o in objectives.split(",") if o.strip()]
     unknown = [o for o in chosen if bare_term(o) is None]
     if unknown:
-        raise ValueError(f"--objective: unknown {unknown}; choose from {', '.join(OBJECTIVES)} (comma-separated)")
+        raise ValueError(
+            f"--objective: unknown {unknown}; choose from {', '.join(term_names('one_student'))} (comma-separated)"
+        )
     weights: dict = {"answer": 1.0, **{o: 1.0 for o in chosen if o != "answer"}}
     for item in overrides:
         name, sep, value = item.partition("=")
@@ -47,7 +48,7 @@ def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[
                 f"--weight expects name=value (answer=1, rationale=0.5, rationale.flan-t5-xl=2), got {item!r}"
             )
         try:
-            objective = parse_objective(name, OBJECTIVES + ("mutual",), separator=".")
+            objective = parse_objective(name, term_names(), separator=".")
         except ValueError as err:
             raise ValueError(f"--weight {item!r}: {err}") from None
         head, teacher = objective.term, objective.teacher
@@ -180,7 +181,9 @@ def train_command(
     ),
     objective: str = typer.Option(
         "answer",
-        help="answer, rationale, choice_kd, logit_kd, hidden; several comma-separated (the answer term is always on).",
+        help=f"{', '.join(term_names('one_student'))}; several comma-separated (the answer term is always on). "
+        + "; ".join(f"{t.name}: {t.summary}" for t in terms() if not t.with_peers)
+        + ".",
     ),
     weight: list[str] = typer.Option(
         [], help="Objective weight, repeatable: rationale=0.5, rationale.flan-t5-xl=2, answer=0."
@@ -261,7 +264,7 @@ def train_command(
     with Store(db) as store:
         rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, config.weights, train)
         teacher = None
-        if config.weights.logit_kd or config.weights.hidden:
+        if any(t.teacher_model and config.weights.configured(t.name) for t in terms()):
             teacher = teacher_model or (names[0] if names else None)
             info(f"token-level distillation from the teacher model {teacher}")
         if cut or made:
@@ -305,10 +308,10 @@ def train_command(
 def _teacher_data(store, names, task, strategy, rationales_file, weights, train) -> tuple[dict, dict]:
     from tinystudent.teachers.gold import GOLD_SOLUTIONS, gold_solutions
 
-    gold = {GOLD_SOLUTIONS: gold_solutions(train)} if GOLD_SOLUTIONS in names and weights.rationale else {}
+    wanted = {t.teacher_data for t in terms() if t.teacher_data and weights.configured(t.name)}
+    want_rationales, want_scores = RATIONALES in wanted, CHOICE_LOGPROBS in wanted
+    gold = {GOLD_SOLUTIONS: gold_solutions(train)} if GOLD_SOLUTIONS in names and want_rationales else {}
     names = [name for name in names if name != GOLD_SOLUTIONS]
-    want_rationales = bool(weights.rationale)
-    want_scores = bool(weights.choice_kd)
     rationales: dict = {}
     scores: dict = {}
     if rationales_file is not None:

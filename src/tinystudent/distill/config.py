@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tinystudent.distill import terms as registry
+from tinystudent.distill.terms import TermWeights
 from tinystudent.hashing import stable_hash
 
 
@@ -14,49 +16,89 @@ class _Strict(BaseModel):
 
 
 class ObjectiveWeights(_Strict):
-    """Weights of the loss terms; a term with weight 0 is not computed.
+    """Weights of the objective's terms (`distill.terms`); a term with weight 0 is not computed.
 
     `L = answer * L_answer + sum_m rationale_m * L_rationale_m + sum_m choice_kd_m * L_choice_m
-    + logit_kd * L_logit + hidden * L_hidden (+ mutual * L_mutual in mutual learning)`.
+    + logit_kd * L_logit + hidden * L_hidden (+ mutual * L_mutual in mutual learning)`, and any
+    registered term beside them. Every registered term has a weight, its default unless given
+    (answer 1.0, mutual 1.0, the others 0.0); a term learnt per teacher takes one weight for every
+    teacher or teacher name -> weight. Unknown names are errors naming the terms. A term that is not
+    built in is stored (and so keys a run) only when given, so adding one changes no stored key.
 
-    Attributes:
-        answer: cross-entropy on the gold answer, in exactly the format evaluation scores (1.0).
-        rationale: per-teacher rationale cross-entropy (TinyLLM; distilling step-by-step with one
-            teacher): one weight for every teacher, or teacher name -> weight (0.0).
-        choice_kd: per-teacher KL between the teacher's and the student's distributions over the
-            choices (Hinton et al. 2015 applied to choices): one weight or teacher -> weight (0.0).
-        logit_kd: token-level distillation from the `teacher` model's next-token distribution (0.0).
-        hidden: hidden-state matching between chosen layers (patient KD, Sun et al. 2019) (0.0).
-        mutual: KL towards the peers' choice distributions, used by `train_mutual` (1.0).
+    The built-in terms: answer (cross-entropy on the gold answer, in exactly the format evaluation
+    scores), rationale (per-teacher rationale cross-entropy: TinyLLM; distilling step by step),
+    choice_kd (per-teacher KL between the teacher's and the student's distributions over the
+    choices), logit_kd (token-level distillation from the `teacher` model's next-token
+    distribution), hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
+    towards the peers' choice distributions, in `train_mutual`).
     """
 
-    answer: float = Field(1.0, ge=0)
-    rationale: float | dict[str, float] = 0.0
-    choice_kd: float | dict[str, float] = 0.0
-    logit_kd: float = Field(0.0, ge=0)
-    hidden: float = Field(0.0, ge=0)
-    mutual: float = Field(1.0, ge=0)
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
-    @model_validator(mode="after")
-    def _non_negative(self):
-        for name in ("rationale", "choice_kd"):
-            value = getattr(self, name)
-            values = value.values() if isinstance(value, dict) else [value]
-            if any(v < 0 for v in values):
-                raise ValueError(f"weights.{name} must not be negative, got {value}")
-        return self
+    if TYPE_CHECKING:  # each registered term is an attribute: float, or teacher -> float
 
-    def per_teacher(self, name: str, teachers: list[str]) -> dict[str, float]:
-        """Teacher -> weight for `rationale` or `choice_kd`, zero weights left out."""
-        value = getattr(self, name)
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(teachers))
-            if unknown:
-                raise ValueError(
-                    f"weights.{name} names teacher(s) {unknown} with no data; teachers with data: {sorted(teachers)}"
-                )
-            return {t: w for t, w in value.items() if w > 0}
-        return {t: float(value) for t in teachers} if value > 0 else {}
+        def __getattr__(self, name: str) -> Any: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_terms(cls, data):
+        if isinstance(data, ObjectiveWeights):
+            data = data.model_dump()
+        if not isinstance(data, dict):
+            raise ValueError(f"weights must map objective terms to weights, got {data!r}")
+        known = {found.name: found for found in registry.terms()}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown objective term(s) {unknown} in weights: the terms are {', '.join(known)}")
+        weights: dict = {}
+        for name, found in known.items():
+            if name not in data and not registry.built_in(name):
+                continue  # at its default: a new term changes no stored key until it is used
+            value = data.get(name, found.default_weight)
+            found.check_weight(value)
+            weights[name] = {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
+        return weights
+
+    def of(self, name: str) -> float | dict[str, float]:
+        """The weight of term `name` as configured (one number, or teacher -> number)."""
+        found = registry.term(name)
+        return (self.model_extra or {}).get(found.name, found.default_weight)
+
+    def configured(self, name: str) -> bool:
+        """Whether term `name` is on: a weight above 0, or a non-empty per-teacher table."""
+        value = self.of(name)
+        return bool(value) if isinstance(value, dict) else value > 0
+
+    def resolve(self, with_data: dict[str, list[str]], mutual: bool = False) -> TermWeights:
+        """The run's weights: per-teacher terms spread over the teachers with data (a table naming
+        a teacher without data is an error), zero weights and peers' terms outside mutual learning
+        left out.
+
+        Args:
+            with_data: `Term.teacher_data` (rationales, choice_logprobs) -> the teachers that have it.
+        """
+        values: dict[str, float | dict[str, float]] = {}
+        for found in registry.terms():
+            value = self.of(found.name)
+            if found.with_peers and not mutual:
+                continue
+            if found.per_teacher:
+                teachers = with_data.get(found.teacher_data or "", [])
+                if isinstance(value, dict):
+                    unknown = sorted(set(value) - set(teachers))
+                    if unknown:
+                        raise ValueError(
+                            f"weights.{found.name} names teacher(s) {unknown} with no data; "
+                            f"teachers with data: {sorted(teachers)}"
+                        )
+                    table = {t: w for t, w in value.items() if w > 0}
+                else:
+                    table = {t: float(value) for t in teachers} if value > 0 else {}
+                if table:
+                    values[found.name] = table
+            elif value > 0:
+                values[found.name] = float(value)
+        return TermWeights(values)
 
 
 class LoraSettings(_Strict):

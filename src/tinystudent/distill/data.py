@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from tinystudent.distill.terms import terms
 from tinystudent.evaluation.fit import CUT, Fitted, InputTooLong, fit_example, fit_summary, token_counter
 from tinystudent.evaluation.freeform import ANSWER_IS, free_form_prompt
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
@@ -113,8 +114,13 @@ def check_free_form_objectives(config, choice_logprobs: dict | None, mutual: boo
         raise ValueError(
             "answer_loss: choices needs questions with choices; this task is free-form: use answer_loss: tokens"
         )
-    if choice_logprobs or config.weights.choice_kd:
+    if choice_logprobs:
         raise ValueError("choice_kd learns a distribution over choices; this task is free-form and has none")
+    writer = kind_adapter("causal")  # a student of a free-form task writes its answer
+    for found in terms():
+        over_choices = found.needs(writer, "tokens")
+        if not found.with_peers and config.weights.configured(found.name) and over_choices.choices:
+            raise ValueError(f"{found.name} learns a distribution over choices; this task is free-form and has none")
     if mutual:
         raise ValueError("mutual learning compares distributions over choices; this task is free-form and has none")
 

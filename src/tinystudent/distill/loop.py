@@ -24,6 +24,7 @@ from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
 from tinystudent.distill.objectives import teacher_states
+from tinystudent.distill.terms import TermWeights, terms
 from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
@@ -56,36 +57,26 @@ def check_splits(train: list[Example], valid: list[Example], test: list[Example]
     return check_contamination(test, {"train": train, "validation": valid}) if test else None
 
 
-def check_objectives(config: TrainConfig, rationale_weights: dict, choice_weights: dict, teacher, mutual: bool) -> None:
-    """Check that every weighted objective has its data before any work.
+def check_objectives(config: TrainConfig, weights: TermWeights, teacher, mutual: bool) -> None:
+    """Check that every weighted objective has its data before any work (each term's `check`).
 
     Args:
         config: the run's config; its `weights` say which objectives are on.
-        rationale_weights, choice_weights: teacher -> weight of the teachers with data
-            (`ObjectiveWeights.per_teacher`).
-        teacher: the teacher model of logit_kd / hidden, or None.
-        mutual: deep mutual learning, where `weights.mutual` is an objective too.
+        weights: the run's resolved weights (`ObjectiveWeights.resolve`: per-teacher terms only
+            over the teachers with data).
+        teacher: the teacher model of token-level terms (logit_kd, hidden), or None.
+        mutual: deep mutual learning, where the peers' terms are objectives too.
 
     Raises:
         ValueError: an objective with weight above 0 has no data or teacher, or every weight is 0.
     """
-    weights = config.weights
-    if weights.rationale and not rationale_weights:
-        raise ValueError("weights.rationale > 0 but no rationales were given")
-    if weights.choice_kd and not choice_weights:
-        raise ValueError("weights.choice_kd > 0 but no teacher choice log-probabilities were given")
-    if (weights.logit_kd > 0 or weights.hidden > 0) and teacher is None:
-        raise ValueError("weights.logit_kd / weights.hidden > 0 need a teacher model")
-    if teacher is not None and not (weights.logit_kd > 0 or weights.hidden > 0):
-        warn("a teacher model was given but weights.logit_kd and weights.hidden are 0: it is not used")
-    active = (
-        weights.answer > 0
-        or rationale_weights
-        or choice_weights
-        or weights.logit_kd > 0
-        or weights.hidden > 0
-        or (mutual and weights.mutual > 0)
-    )
+    active = [t for t in terms() if weights.active(t.name)]
+    for found in terms():
+        if config.weights.configured(found.name) and not (found.with_peers and not mutual):
+            found.check(weights.values.get(found.name, 0.0), teacher is not None)
+    if teacher is not None and not any(t.teacher_model for t in active):
+        names = ", ".join(f"weights.{t.name}" for t in terms() if t.teacher_model)
+        warn(f"a teacher model was given but {names} are 0: it is not used")
     if not active:
         raise ValueError("every objective has weight 0: nothing to train")
 
@@ -137,6 +128,7 @@ class TrainingRun:
 
     def __init__(
         self,
+        *,
         trainees: list[Trainee],
         train: list[Example],
         valid: list[Example],
@@ -145,14 +137,13 @@ class TrainingRun:
         accelerator,
         device,
         total_steps: int,
-        rationale_weights: dict,
-        choice_weights: dict,
+        weights: TermWeights,
         mutual: bool,
         on_step,
     ):
         self.trainees, self.train, self.valid, self.config, self.task = trainees, train, valid, config, task
         self.accelerator, self.device, self.total_steps = accelerator, device, total_steps
-        self.rationale_weights, self.choice_weights, self.mutual = rationale_weights, choice_weights, mutual
+        self.weights, self.mutual = weights, mutual
         self.on_step = on_step
         lengths = [trainees[0].features[ex.id].length for ex in train] if config.group_by_length else None
         self.stream = SampleStream(len(train), config.seed, lengths, config.batch_size)
@@ -215,7 +206,7 @@ class TrainingRun:
         writes: a chain of thought when it learns from rationales, else the answer at once."""
         if not is_free_form(examples):
             return "loglikelihood"
-        return "generate_cot" if any(w > 0 for w in self.rationale_weights.values()) else "generate"
+        return "generate_cot" if self.weights.active("rationale") else "generate"
 
     def evaluate(self, tr: Trainee, examples: list[Example], split: str):
         """Accuracy of the student as it stands, scored by the evaluation module (main process)."""
@@ -289,9 +280,7 @@ class TrainingRun:
         self.shared["consumed"] += config.batch_size * world
         outputs, tokens = [], 0
         for tr in self.trainees:
-            batch = make_batch(tr, examples, config, self.rationale_weights, self.choice_weights, self.mutual).to(
-                self.device
-            )
+            batch = make_batch(tr, examples, config, self.weights).to(self.device)
             tokens += batch.tokens
             with self.autocast():
                 teacher, want_hidden = None, False
@@ -312,7 +301,7 @@ class TrainingRun:
                 peers = [o["choice_scores"] for j, o in enumerate(outputs) if j != k]
                 mutual = mutual_kl(parts["choice_scores"], peers, self.config.temperature).mean()
                 parts["mutual"] = mutual.detach()
-                loss = loss + self.config.weights.mutual * mutual
+                loss = loss + self.weights.scalar("mutual") * mutual
             losses.append(loss)
         return losses
 

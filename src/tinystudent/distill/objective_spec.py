@@ -10,9 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TERMS = ("answer", "rationale", "choice_kd", "logit_kd", "hidden", "mutual")
-FROM_TEACHERS = ("rationale", "choice_kd", "logit_kd")  # the terms that can name a teacher
+from tinystudent.distill import terms as registry
+
 EVERY_TEACHER = "all"
+
+
+def term_names(where: str = "any") -> tuple[str, ...]:
+    """The registered terms an objective may name: `any`; `one_student` (not the peers' terms of
+    mutual learning, which `train --mutual` adds); `experiment` (what the study runner trains)."""
+    found = registry.terms()
+    if where == "one_student":
+        found = tuple(t for t in found if not t.with_peers)
+    elif where == "experiment":
+        found = tuple(t for t in found if t.in_experiments)
+    return tuple(t.name for t in found)
+
+
+def names_teacher(name: str) -> bool:
+    """Whether an objective string may name a teacher after term `name` (`rationale:flan-t5-xl`)."""
+    return registry.term(name).names_teacher
 
 
 @dataclass(frozen=True)
@@ -20,7 +36,7 @@ class ObjectiveSpec:
     """One objective.
 
     Attributes:
-        term: the loss term: answer, rationale, choice_kd, logit_kd, hidden or mutual.
+        term: the loss term (a registered `distill.terms` name: answer, rationale, choice_kd, ...).
         teacher: the teacher it learns from, `all` for every teacher, or None when none is named.
     """
 
@@ -35,62 +51,68 @@ class ObjectiveSpec:
         return self.term if self.teacher is None else f"{self.term}:{self.teacher}"
 
 
-def parse_objective(text: str, terms: tuple[str, ...] = TERMS, separator: str = ":") -> ObjectiveSpec:
+def parse_objective(text: str, terms: tuple[str, ...] | None = None, separator: str = ":") -> ObjectiveSpec:
     """Parse `term`, or `term<separator>teacher` for a term learnt from teachers.
 
     Args:
         text: the objective as written.
-        terms: the terms allowed where it was written [all of them].
+        terms: the terms allowed where it was written [every registered term].
         separator: what separates the term from the teacher [":"; "." in `--weight` names].
     Raises:
         ValueError: naming `text`, when the term is unknown, the teacher is empty, or a term that
             learns from no teacher names one.
     """
-    term, found, teacher = text.strip().partition(separator)
-    if term not in terms:
-        raise ValueError(f"unknown objective {text!r}: the terms are {', '.join(terms)}")
+    allowed = terms if terms is not None else term_names()
+    name, found, teacher = text.strip().partition(separator)
+    if name not in allowed:
+        raise ValueError(f"unknown objective {text!r}: the terms are {', '.join(allowed)}")
     if found and not teacher:
         raise ValueError(f"objective {text!r}: name the teacher after {separator!r}, or leave the {separator!r} out")
-    if teacher and term not in FROM_TEACHERS:
-        raise ValueError(f"objective {text!r}: {term} learns from no teacher; write {term!r} alone")
-    return ObjectiveSpec(term, teacher or None)
+    if teacher and not names_teacher(name):
+        raise ValueError(f"objective {text!r}: {name} learns from no teacher; write {name!r} alone")
+    return ObjectiveSpec(name, teacher or None)
 
 
-ONE_STUDENT_TERMS = tuple(term for term in TERMS if term != "mutual")  # mutual: peers learning together
-EXPERIMENT_TERMS = ("answer", "rationale", "choice_kd")
-EXPERIMENT_FORMS = "answer, rationale:<teacher>, rationale:all, choice_kd:<teacher> or choice_kd:all"
+def experiment_forms() -> str:
+    """The objective strings a study takes, for its error messages."""
+    forms = []
+    for found in registry.terms():
+        if found.in_experiments:
+            forms += [f"{found.name}:<teacher>", f"{found.name}:all"] if found.per_teacher else [found.name]
+    return ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
 
 
 def parse_experiment_objective(text: str) -> ObjectiveSpec:
-    """An objective of an experiment: `answer`, or a teacher's term with its teacher (or `all`).
+    """An objective of an experiment: a term the study runner trains (`Term.in_experiments`), a
+    per-teacher one with its teacher (or `all`).
 
-    `logit_kd` is refused here, before anything runs: the experiment runner does not train it yet
-    (`tinystudent train --objective logit_kd` does).
+    A teacher's term it does not train yet (`logit_kd`, which needs a teacher model) is refused
+    here with that said, before anything runs (`tinystudent train` trains it).
     """
     head = text.strip().partition(":")[0]
-    if head == "logit_kd":
+    allowed = term_names("experiment")
+    if head in term_names("one_student") and head not in allowed and names_teacher(head):
         raise ValueError(
-            f"objective {text!r}: the experiment runner does not train logit_kd yet; "
-            "use tinystudent train --objective logit_kd, or one of " + EXPERIMENT_FORMS
+            f"objective {text!r}: the experiment runner does not train {head} yet; "
+            f"use tinystudent train --objective {head}, or one of " + experiment_forms()
         )
     try:
-        objective = parse_objective(text, EXPERIMENT_TERMS)
+        objective = parse_objective(text, allowed)
     except ValueError as err:
-        if head in EXPERIMENT_TERMS:
+        if head in allowed:
             raise
-        raise ValueError(f"unknown objective {text!r}: use {EXPERIMENT_FORMS}") from err
-    if objective.term in FROM_TEACHERS and objective.teacher is None:
+        raise ValueError(f"unknown objective {text!r}: use {experiment_forms()}") from err
+    if registry.term(objective.term).per_teacher and objective.teacher is None:
         raise ValueError(f"objective {text!r} needs a teacher: {objective.term}:<teacher name>")
     return objective
 
 
 __all__ = [
     "EVERY_TEACHER",
-    "EXPERIMENT_FORMS",
-    "FROM_TEACHERS",
-    "ONE_STUDENT_TERMS",
-    "TERMS",
     "ObjectiveSpec",
+    "experiment_forms",
+    "names_teacher",
     "parse_experiment_objective",
     "parse_objective",
+    "term_names",
 ]

@@ -2,10 +2,10 @@
 
 Everything a training step computes with the student's weights happens in `StudentObjectives.
 forward`, so the module can be wrapped by DDP (`accelerate launch`) as a whole and gradients are
-synchronised however many terms a run combines. It returns the weighted objective
-`L = w_answer L_answer + sum_m w_m L_rationale_m + sum_m c_m L_choice_m + w_logit L_logit
-+ w_hidden L_hidden` and each term's value for the log; only mutual learning's term, which needs
-the peers, is added by the loop.
+synchronised however many terms a run combines. It returns the weighted objective, the sum over
+the active terms of `distill.terms` (`L = w_answer L_answer + sum_m w_m L_rationale_m + sum_m c_m
+L_choice_m + w_logit L_logit + w_hidden L_hidden + ...`), and each term's value for the log; only
+mutual learning's term, which needs the peers, is added by the loop.
 
 The model's kind (`models.kinds`) runs the kind-specific forward: the rows at target positions
 (`ModelKind.token_rows`), what turns them into logits (`output_head`) and the scores of the
@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from tinystudent.distill.fused import fused_head_loss
-from tinystudent.distill.losses import choice_kd_loss, chunked_token_losses, hidden_state_loss
+from tinystudent.distill.losses import chunked_token_losses
+from tinystudent.distill.terms import TermContext, TermWeights, terms
+from tinystudent.distill.terms.base import TokenPass
 from tinystudent.models.batches import ChoiceBatch, TokenBatch
 from tinystudent.models.heads import unwrap_peft
 from tinystudent.models.kinds import ModelKind, kind_adapter
@@ -79,23 +80,6 @@ class StudentBatch:
         return total + (self.choices.n_tokens if self.choices is not None else 0)
 
 
-@dataclass
-class TermWeights:
-    """Plain weights of the objective's terms (zero: not computed)."""
-
-    answer: float = 1.0
-    rationale: dict[str, float] = field(default_factory=dict)
-    choice_kd: dict[str, float] = field(default_factory=dict)
-    logit_kd: float = 0.0
-    hidden: float = 0.0
-
-    def token_weight(self, name: str) -> float:
-        """Cross-entropy weight of a token batch (`answer` or `rationale:<teacher>`)."""
-        if name == "answer":
-            return self.answer
-        return self.rationale.get(name.partition(":")[2], 0.0)
-
-
 class StudentObjectives(torch.nn.Module):
     """Computes one student's weighted objective on one batch, and each term for the log.
 
@@ -118,6 +102,7 @@ class StudentObjectives(torch.nn.Module):
         self,
         model: torch.nn.Module,
         kind: str | ModelKind,
+        *,
         weights: TermWeights | None = None,
         temperature: float = 2.0,
         divergence: str = "forward_kl",
@@ -134,6 +119,7 @@ class StudentObjectives(torch.nn.Module):
         self.model = model
         self.adapter = kind_adapter(kind)
         self.weights = weights or TermWeights()
+        self.terms = [term for term in terms() if not term.with_peers and self.weights.active(term.name)]
         self.temperature, self.divergence, self.jsd_beta = temperature, divergence, jsd_beta
         self.chunk_tokens, self.kd_vocab = chunk_tokens, kd_vocab
         self.hidden_layers = hidden_layers or []
@@ -174,9 +160,7 @@ class StudentObjectives(torch.nn.Module):
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
         return loss, logprobs, kd, layers
 
-    # --- choice-level pass ----------------------------------------------------------------
-
-    def _choice_scores(self, cb: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choice_scores(self, cb: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[questions, max choices] student scores (PAD_SCORE on padding) and the gold
         continuations' token log-probabilities (kinds with a next-token distribution)."""
         return self.adapter.choice_scores(self.core, cb, self.chunk_tokens)
@@ -187,65 +171,54 @@ class StudentObjectives(torch.nn.Module):
         self, batch: StudentBatch, teacher: dict[str, TeacherStates] | None = None, want_hidden: bool = False
     ) -> dict[str, torch.Tensor]:
         """`loss` (the weighted objective), each term's value (detached, means over tokens or
-        questions) and, when choices were scored, `choice_scores` (differentiable)."""
-        teacher, w = teacher or {}, self.weights
-        parts: dict[str, torch.Tensor] = {}
-        terms: list[torch.Tensor] = []
+        questions) and, when choices were scored, `choice_scores` (differentiable).
+
+        The passes the terms share run once: every token batch through the student (its output
+        layer fused with the cross-entropy weight the terms put on it and the token-level KD), the
+        choices' scores; then each active term adds its loss (`terms.Term.add_loss`).
+        """
+        teacher = teacher or {}
         batches = batch.token_batches()
-        kd_rows = sum(
-            tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None
-        )
-        kd_scale = w.logit_kd / kd_rows if kd_rows else 0.0
-        kd_values, hidden_terms = [], []
         # The answer term comes from the choices' scores when asked, or when no answer tokens ran.
         choice_answer = batch.choices is not None and (self.answer_loss == "choices" or "answer" not in batches)
-        for name, tb in batches.items():
-            states = teacher.get(name)
-            as_choices = name == "answer" and choice_answer
-            loss, logprobs, kd, layers = self._token_pass(
-                tb, states, 0.0 if as_choices else w.token_weight(name), kd_scale, want_hidden and states is not None
-            )
-            terms.append(loss)
-            if logprobs.numel():
-                parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
-            if states is not None and states.rows is not None:
-                kd_values.append(kd.detach())
-            if layers and states is not None and states.layers:
-                hidden_terms.append(hidden_state_loss(layers, states.layers))
-        if kd_values:
-            parts["logit_kd"] = torch.cat(kd_values).mean()
-        if hidden_terms:
-            hidden = torch.stack(hidden_terms).mean()
-            parts["hidden"] = hidden.detach()
-            terms.append(w.hidden * hidden)
+        context = TermContext(self, batch, self.weights, choice_answer)
+        self._token_passes(context, batches, teacher, want_hidden)
         if batch.choices is not None:
-            scores, gold_rows = self._choice_scores(batch.choices)
-            parts["choice_scores"] = scores
-            if choice_answer and w.answer > 0:
-                if gold_rows is None or self.answer_loss == "choices":
-                    answer = F.cross_entropy(scores, batch.gold)
-                else:
-                    answer = -gold_rows.mean()
-                parts["answer"] = answer.detach()
-                terms.append(w.answer * answer)
-            for teacher_name, (table, present) in batch.teacher_choice.items():
-                if present.any():
-                    term = choice_kd_loss(scores[present], table[present], self.temperature).mean()
-                    parts[f"choice_kd:{teacher_name}"] = term.detach()
-                    terms.append(w.choice_kd.get(teacher_name, 0.0) * term)
-        for teacher_name, (cb, gold) in batch.rationale_inputs.items():
-            # A student that writes no text learns from a rationale by reading it: the answer, with
-            # the teacher's explanation in its input (dropped at test).
-            term = F.cross_entropy(self._choice_scores(cb)[0], gold)
-            parts[f"rationale_input:{teacher_name}"] = term.detach()
-            terms.append(w.rationale.get(teacher_name, 0.0) * term)
-        if not terms:  # nothing to learn from in this batch: a zero that still reaches every weight
+            context.scores, context.gold_rows = self.choice_scores(batch.choices)
+            context.parts["choice_scores"] = context.scores
+        for term in self.terms:
+            term.add_loss(context)
+        losses = context.losses
+        if not losses:  # nothing to learn from in this batch: a zero that still reaches every weight
             zero = sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad) * 0.0
             if not isinstance(zero, torch.Tensor):
                 raise ValueError("the student has no trainable parameters")
-            terms = [zero]
-        parts["loss"] = torch.stack([t.float() for t in terms]).sum()
-        return parts
+            losses = [zero]
+        context.parts["loss"] = torch.stack([t.float() for t in losses]).sum()
+        return context.parts
+
+    def _token_passes(
+        self, context: TermContext, batches: dict[str, TokenBatch], teacher: dict[str, TeacherStates], want_hidden: bool
+    ) -> None:
+        """Each token batch through the student once, weighted as the terms ask (`token_weight`,
+        `kd_weight`); its loss joins the objective and its rows are kept for the terms."""
+        kd_rows = sum(
+            tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None
+        )
+        kd_weight = sum(term.kd_weight(self.weights) for term in self.terms)
+        kd_scale = kd_weight / kd_rows if kd_rows else 0.0
+        for name, tb in batches.items():
+            states = teacher.get(name)
+            ce_weight = sum(term.token_weight(context, name) for term in self.terms)
+            loss, logprobs, kd, layers = self._token_pass(
+                tb, states, ce_weight, kd_scale, want_hidden and states is not None
+            )
+            context.losses.append(loss)
+            if logprobs.numel():
+                as_choices = name == "answer" and context.choice_answer
+                context.parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
+            teacher_ran = states is not None and states.rows is not None
+            context.passes[name] = TokenPass(logprobs, kd.detach() if teacher_ran else None, layers, states)
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ import torch
 
 from tinystudent.distill.checkpoints import LATEST, latest_checkpoint, load_checkpoint, save_best, save_checkpoint
 from tinystudent.distill.config import RecoveryConfig
-from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights, teacher_states
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives, teacher_states
+from tinystudent.distill.terms import TermWeights
 from tinystudent.distill.trainee import warmup_cosine
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.evaluation.bits_per_byte import bits_per_byte, truncate_utf8
@@ -228,9 +229,9 @@ def _learner(core: torch.nn.Module, config: RecoveryConfig, checkpoints: Path) -
     objective = StudentObjectives(
         core,
         "causal",
-        TermWeights(answer=config.ce_weight, logit_kd=config.kd_weight),
-        config.temperature,
-        "forward_kl",
+        weights=TermWeights({"answer": config.ce_weight, "logit_kd": config.kd_weight}),
+        temperature=config.temperature,
+        divergence="forward_kl",
         chunk_tokens=config.chunk_tokens,
     )
     optimizer = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)

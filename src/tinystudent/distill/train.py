@@ -16,6 +16,7 @@ from tinystudent.distill.data import check_choice_logprobs, check_free_form_obje
 from tinystudent.distill.loop import TrainingDiverged, TrainingRun, check_objectives, check_splits, claim_run_folder
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TermWeights
 from tinystudent.distill.trainee import Trainee, setup_trainee
 from tinystudent.evaluation.cost import MemoryMeter
 from tinystudent.evaluation.prompts import prompt_style
@@ -81,9 +82,7 @@ def _train(
 
     out_dir = Path(out_dir)
     contamination = check_splits(train, valid, test)
-    rationales, choice_logprobs, rationale_weights, choice_weights = _checked_inputs(
-        train, rationales, choice_logprobs, config, teacher, mutual
-    )
+    rationales, choice_logprobs, weights = _checked_inputs(train, rationales, choice_logprobs, config, teacher, mutual)
     valid = valid[: config.valid_limit] if config.valid_limit else list(valid)
     accelerator, device = _accelerator(config.device)
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
@@ -107,34 +106,32 @@ def _train(
     for index, name in enumerate(students):
         folder = out_dir / f"peer{index}-{_slug(name)}" if mutual else out_dir
         trainee = setup_trainee(
-            name,
-            folder,
-            config,
-            train,
-            style,
-            rationales,
-            choice_logprobs,
-            teacher,
-            device,
-            total_steps,
-            rationale_weights,
-            choice_weights,
+            name=name,
+            out_dir=folder,
+            config=config,
+            train=train,
+            style=style,
+            rationales=rationales,
+            choice_logprobs=choice_logprobs,
+            teacher=teacher,
+            device=device,
+            total_steps=total_steps,
+            weights=weights,
         )
         trainee.objective = accelerator.prepare(trainee.objective)
         trainees.append(trainee)
     run = TrainingRun(
-        trainees,
-        train,
-        valid,
-        config,
-        task,
-        accelerator,
-        device,
-        total_steps,
-        rationale_weights,
-        choice_weights,
-        mutual,
-        on_step,
+        trainees=trainees,
+        train=train,
+        valid=valid,
+        config=config,
+        task=task,
+        accelerator=accelerator,
+        device=device,
+        total_steps=total_steps,
+        weights=weights,
+        mutual=mutual,
+        on_step=on_step,
     )
     if resume:
         run.resume()
@@ -157,19 +154,19 @@ def _checked_inputs(
     config: TrainConfig,
     teacher,
     mutual: bool,
-) -> tuple[dict, dict, dict, dict]:
+) -> tuple[dict, dict, TermWeights]:
     """Fail early on data and objectives that do not fit together; returns the checked rationales
-    and choice log-probabilities and the weight of each teacher's rationales and choices."""
+    and choice log-probabilities and the run's resolved weights (each teacher's, for the terms
+    learnt per teacher)."""
     if not train:
         raise ValueError("no training examples")
     if is_free_form(train):
         check_free_form_objectives(config, choice_logprobs, mutual)
     rationales = check_rationales(rationales, train)
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
-    rationale_weights = config.weights.per_teacher("rationale", list(rationales))
-    choice_weights = config.weights.per_teacher("choice_kd", list(choice_logprobs))
-    check_objectives(config, rationale_weights, choice_weights, teacher, mutual)
-    return rationales, choice_logprobs, rationale_weights, choice_weights
+    weights = config.weights.resolve({RATIONALES: list(rationales), CHOICE_LOGPROBS: list(choice_logprobs)}, mutual)
+    check_objectives(config, weights, teacher, mutual)
+    return rationales, choice_logprobs, weights
 
 
 def _describe_run(

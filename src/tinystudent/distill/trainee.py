@@ -13,7 +13,8 @@ import torch
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
-from tinystudent.distill.objectives import StudentBatch, StudentObjectives, TermWeights
+from tinystudent.distill.objectives import StudentBatch, StudentObjectives
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, BatchNeeds, TermWeights, teachers_of, terms
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
 from tinystudent.models.batches import Features
@@ -123,7 +124,12 @@ def hidden_pairs(
 
 
 def load_teacher(
-    teacher, student: LoadedModel, config: TrainConfig, device: torch.device, kd_dtype: torch.dtype | None
+    teacher,
+    student: LoadedModel,
+    config: TrainConfig,
+    weights: TermWeights,
+    device: torch.device,
+    kd_dtype: torch.dtype | None,
 ) -> tuple[FrozenTeacher, int | None, list[int]]:
     """Load and freeze the teacher, check vocabularies and pick the layers to match."""
     if isinstance(teacher, str):
@@ -144,18 +150,19 @@ def load_teacher(
     adapter.check_output_layer(teacher.model, teacher.name)
     head = adapter.output_head(teacher.model)
     pairs = []
-    if config.weights.hidden > 0:
+    if any(t.wants_layers(weights) for t in terms()):
         pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, adapter, config.hidden_layers)
         info(f"hidden-state matching (student, teacher): {pairs}")
     kd_vocab = alignment.size if alignment.trimmed else None
     return (
-        FrozenTeacher(teacher, head, [t for _, t in pairs], config.weights.logit_kd > 0),
+        FrozenTeacher(teacher, head, [t for _, t in pairs], any(t.kd_weight(weights) > 0 for t in terms())),
         kd_vocab,
         [s for s, _ in pairs],
     )
 
 
 def setup_trainee(
+    *,
     name: str,
     out_dir: Path,
     config: TrainConfig,
@@ -166,8 +173,7 @@ def setup_trainee(
     teacher,
     device: torch.device,
     total_steps: int,
-    rationale_weights: dict[str, float],
-    choice_weights: dict[str, float],
+    weights: TermWeights,
 ) -> Trainee:
     """Load a student, report its size, add LoRA if asked, and build its objectives."""
     loaded = load_model(name, device=device, dtype="float32")
@@ -184,7 +190,7 @@ def setup_trainee(
     kd_vocab: int | None = None
     student_layers: list[int] = []
     if teacher is not None:
-        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, device, kd_dtype)
+        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, weights, device, kd_dtype)
     model = core
     if config.method == "lora":
         lora = config.lora
@@ -213,18 +219,16 @@ def setup_trainee(
             f"{fitted['truncated']} of {len(train)} training inputs were longer than "
             f"{config.max_input_tokens} tokens: their evidence was shortened ({config.evidence}), their question kept"
         )
-    w = config.weights
-    weights = TermWeights(w.answer, rationale_weights, choice_weights, w.logit_kd, w.hidden)
     objective = StudentObjectives(
         model,
         loaded.kind,
-        weights,
-        config.temperature,
-        config.logit_kd_divergence,
-        config.jsd_beta,
-        config.kd_chunk_tokens,
-        kd_vocab,
-        student_layers,
+        weights=weights,
+        temperature=config.temperature,
+        divergence=config.logit_kd_divergence,
+        jsd_beta=config.jsd_beta,
+        chunk_tokens=config.kd_chunk_tokens,
+        kd_vocab=kd_vocab,
+        hidden_layers=student_layers,
         answer_loss=config.answer_loss,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -280,32 +284,34 @@ def enable_activation_checkpointing(core) -> None:
         core.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def make_batch(
-    trainee: Trainee,
-    examples: list[Example],
-    config: TrainConfig,
-    rationale_weights: dict[str, float],
-    choice_weights: dict[str, float],
-    mutual: bool,
-) -> StudentBatch:
-    """The micro-batch of `examples` in this student's tokens, with what its objectives need."""
+def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> BatchNeeds:
+    """What a batch carries for the active terms (`Term.needs`). A student without a next-token
+    distribution (an encoder) learns from its choices only; one with it reads its answer off the
+    choices' pass when the batch scores the choices anyway and no teacher model needs the answer
+    tokens."""
+    needs = BatchNeeds(choices=not adapter.next_token)
+    for found in terms():
+        if weights.active(found.name):
+            needs = needs | found.needs(adapter, answer_loss)
+    answer_tokens = (
+        adapter.next_token
+        and (needs.answer_tokens or needs.teacher_states)
+        and not (needs.choices and not needs.teacher_states)
+    )
+    return replace(needs, answer_tokens=answer_tokens)
+
+
+def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights) -> StudentBatch:
+    """The micro-batch of `examples` in this student's tokens, with what its terms need."""
     adapter = trainee.loaded.adapter
     tokenizer = trainee.loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items = [trainee.features[ex.id] for ex in examples]
-    gold = torch.tensor([f.gold for f in items])
-    teacher_tokens = trainee.teacher is not None
-    choice_answer = config.answer_loss == "choices" and config.weights.answer > 0
-    # Without a next-token distribution (an encoder) a student learns from its choices only.
-    need_choices = not adapter.next_token or bool(choice_weights) or mutual or choice_answer
-    batch = StudentBatch(gold)
-    if (
-        adapter.next_token
-        and (config.weights.answer > 0 or teacher_tokens)
-        and not (need_choices and not teacher_tokens)
-    ):
+    batch = StudentBatch(torch.tensor([f.gold for f in items]))
+    needs = batch_needs(weights, adapter, config.answer_loss)
+    if needs.answer_tokens:
         batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
-    for teacher in rationale_weights:
+    for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
             batch.rationales[teacher] = token_batch(pairs, adapter, pad, config.packing)
@@ -316,9 +322,9 @@ def make_batch(
                 choice_batch(read, adapter, pad, tokenizer, config.max_input_tokens),
                 answers,
             )
-    if need_choices:
+    if needs.choices:
         batch.choices = choice_batch(items, adapter, pad, tokenizer, config.max_input_tokens)
         width = batch.choices.choice_mask.shape[1]
-        for teacher in choice_weights:
+        for teacher in teachers_of(weights, CHOICE_LOGPROBS) if needs.teacher_choice else []:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
     return batch

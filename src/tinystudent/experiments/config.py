@@ -25,6 +25,7 @@ from pydantic import (
 
 from tinystudent.distill.config import RecoveryConfig, TrainConfig
 from tinystudent.distill.objective_spec import ObjectiveSpec, parse_experiment_objective
+from tinystudent.distill.terms import RATIONALES, term
 from tinystudent.experiments.training_changes import TrainingChanges
 
 FINETUNE_METHODS = ("full", "lora")
@@ -510,6 +511,8 @@ class Experiment(Strict):
 
         Raises:
             ValueError: naming every such part of the study."""
+        from tinystudent.models.kinds import kind_adapter  # torch: not at import (run --check, --help)
+
         found = []
         for teacher in self.teachers:
             if teacher.backend == "local":  # a server teacher is asked to think step by step
@@ -521,7 +524,7 @@ class Experiment(Strict):
         found += [
             f"{where}: {objective!r} learns a distribution over choices"
             for where, objective in self._objectives()
-            if parse_experiment_objective(objective).term == "choice_kd"
+            if term(parse_experiment_objective(objective).term).needs(kind_adapter("causal"), "tokens").choices
         ]
         found += [
             f"students.{s.name}: kind {s.kind!r} writes no text"
@@ -546,7 +549,8 @@ class Experiment(Strict):
         if spec.teacher is not None and spec.teacher not in (*teacher_names, "all"):
             raise ValueError(f"{where}: {objective!r} names no teacher; teachers are {teacher_names}")
         named = spec.teacher if spec.teacher is not None and not spec.every_teacher else None
-        if spec.term == "rationale" and named is not None and not self.teacher(named).writes_rationales:
+        learns = term(spec.term).teacher_data
+        if learns == RATIONALES and named is not None and not self.teacher(named).writes_rationales:
             raise ValueError(
                 f"{where}: {objective!r}: teacher {spec.teacher!r} has no rationales "
                 "(import them with `rationales`, or give it a cot strategy)"

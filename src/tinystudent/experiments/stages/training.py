@@ -6,6 +6,7 @@ from itertools import product
 from typing import TYPE_CHECKING
 
 from tinystudent.distill.objective_spec import ObjectiveSpec, parse_objective
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, term
 from tinystudent.experiments.config import Experiment, StudentSpec
 from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
 from tinystudent.experiments.stages.teachers import choice_scores, rationale_unit, teacher_payload
@@ -50,7 +51,7 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
     named = taught_by(plan.experiment, parsed)
     part = {n: teacher_payload(plan, plan.experiment.teacher(n))["teacher"] for n in named}
     sources = {}
-    if parsed.term == "rationale":
+    if term(parsed.term).teacher_data == RATIONALES:
         writers = [plan.experiment.teacher(n) for n in named if plan.experiment.teacher(n).writes_rationales]
         sources = {t.name: plan.add(rationale_unit(plan, t)).key for t in writers}
     return plan.add(train_unit(plan, spec, student, (method, objective, seed), part, sources))
@@ -62,8 +63,9 @@ def taught_by(experiment: Experiment, objective: ObjectiveSpec) -> list[str]:
     if objective.teacher is None:
         return []
     if objective.every_teacher:
-        gives = {"rationale": lambda t: t.writes_rationales, "choice_kd": lambda t: t.measured}
-        return [t.name for t in experiment.teachers if gives.get(objective.term, lambda t: True)(t)]
+        gives = {RATIONALES: lambda t: t.writes_rationales, CHOICE_LOGPROBS: lambda t: t.measured}
+        data = term(objective.term).teacher_data
+        return [t.name for t in experiment.teachers if gives.get(data or "", lambda t: True)(t)]
     return [objective.teacher]
 
 
@@ -132,7 +134,7 @@ def train(context: StageContext, unit: UnitSpec) -> dict:
     release()
     trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
     write_loss_history(context.log(unit), trained.pop("loss_history", []))
-    scoring = context.student_scoring(bool(config.weights.per_teacher("rationale", list(rationales))))
+    scoring = context.student_scoring(config.weights.resolve({RATIONALES: list(rationales)}).active("rationale"))
     summary = context.evaluate(
         str(result.checkpoint), unit, scoring=scoring, budget=config.max_input_tokens, evidence=config.evidence
     )
@@ -157,14 +159,15 @@ def training_config(context: StageContext, spec: StudentSpec, method: str, seed:
 
 
 def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict, dict]:
-    """The objective's weights, and the rationales or choice scores it learns from."""
+    """The objective's weights (the answer, and its term at 1), and the rationales or choice
+    scores it learns from (`Term.teacher_data`)."""
     objective = parse_objective(unit.args["objective"])
-    if objective.term == "answer":
-        return {"answer": 1.0}, {}, {}
-    if objective.term == "rationale":
+    found = term(objective.term)
+    weights = {"answer": 1.0, found.name: 1.0}
+    if found.teacher_data == RATIONALES:
         rationales = {name: context.known.rationales[key] for name, key in unit.args["rationales"].items()}
-        return {"answer": 1.0, "rationale": 1.0}, rationales, {}
-    if objective.term == "choice_kd":
+        return weights, rationales, {}
+    if found.teacher_data == CHOICE_LOGPROBS:
         from tinystudent.distill.data import ensemble_choice_logprobs
 
         experiment = context.experiment
@@ -172,5 +175,7 @@ def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict,
         scores = {name: choice_scores(context, experiment.teacher(name)) for name in names}
         if len(scores) > 1:  # choice_kd:all: one target, the teachers' ensemble
             scores = {"+".join(names): ensemble_choice_logprobs(scores)}
-        return {"answer": 1.0, "choice_kd": 1.0}, {}, scores
+        return weights, {}, scores
+    if found.in_experiments and not found.teacher_model:
+        return weights, {}, {}
     raise ValueError(f"objective {unit.args['objective']!r} is not supported by the experiment runner yet")

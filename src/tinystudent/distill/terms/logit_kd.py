@@ -1,0 +1,38 @@
+"""`logit_kd`: token-level distillation from a frozen teacher model's next-token distribution on
+the student's token batches (forward KL, reverse KL or generalised JSD: `logit_kd_divergence`).
+
+The divergence is computed in the shared token pass, fused with the cross-entropy of the same
+rows, so the [tokens, vocabulary] logits exist for one chunk at a time; this term only logs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tinystudent.distill.terms.base import BatchNeeds, Term, TermContext, TermWeights
+
+if TYPE_CHECKING:
+    from tinystudent.models.kinds import ModelKind
+
+
+class LogitKD(Term):
+    name = "logit_kd"
+    summary = "token-level KD from a teacher model's next-token distribution (--teacher-model)"
+    names_teacher = True
+    teacher_model = True
+
+    def needs(self, adapter: ModelKind, answer_loss: str) -> BatchNeeds:
+        return BatchNeeds(answer_tokens=True, teacher_states=True)
+
+    def kd_weight(self, weights: TermWeights) -> float:
+        return weights.scalar(self.name)
+
+    def add_loss(self, context: TermContext) -> None:
+        import torch
+
+        values = [p.kd for p in context.passes.values() if p.kd is not None]
+        if values:
+            context.parts[self.name] = torch.cat(values).mean()
+
+
+TERM = LogitKD()
