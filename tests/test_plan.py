@@ -133,6 +133,7 @@ def test_the_whole_run_on_paper():
         "cut": 1,
         "import": 1,  # paper's rationales
         "teach": 1,  # local's (the server scores zero-shot: it writes none)
+        "choice_scores": 1,  # local's choices, scored once for every choice_kd run
         "recover": 1,
         "student": 3,
         "student_eval": 2,  # untrained, but not the encoder
@@ -185,6 +186,7 @@ def test_before_anything_runs_the_plan_names_what_it_can():
         "cut": 1,
         "import": 1,
         "teach": 1,
+        "choice_scores": 1,  # the teacher's choices scored once, for every choice_kd run
         "student": 2,  # the cut student waits for its recovery, keyed by the rationales
         "train": 2 * 4 * 2 + 2 * 2,  # whole: every objective (cut waits for its recovery); enc: answer and choice_kd
     }
@@ -202,7 +204,7 @@ def test_every_unit_needs_only_units_planned_before_it():
     assert need("student cut") == {"cut of cut", "recovery of cut"}
     assert need("cut / full / rationale:all / seed 0") == {"student cut", "rationales of paper", "rationales of local"}
     assert need("whole / lora / rationale:local / seed 1") == {"student whole", "rationales of local"}
-    assert need("whole / full / choice_kd:local / seed 0") == {"student whole"}
+    assert need("whole / full / choice_kd:local / seed 0") == {"student whole", "choice scores of local"}
     assert need("mutual learning of cut + whole + enc") == {"student cut", "student whole", "student enc"}
     members = need("ensemble vote of cut + whole + enc")  # each member's best run
     assert sorted(name.split(" / ")[0] for name in members) == ["cut", "enc", "whole"]
@@ -248,9 +250,11 @@ def test_keys_are_those_the_runner_stored_before_the_plan():
     units, _ = simulate(study(), toy_data())
     keys = {unit.name: unit.key for unit in units}
     assert {name: keys[name] for name in EARLIER_KEYS} == EARLIER_KEYS
-    assert stable_hash([unit.key for unit in units]) == EARLIER_DIGESTS["study"]
+    # every unit planned before keeps its key; a teacher's choice scores became a unit of their own
+    earlier = [unit.key for unit in units if unit.kind != "choice_scores"]
+    assert stable_hash(earlier) == EARLIER_DIGESTS["study"]
     searched, _ = simulate(study(collaboration=None, search=SEARCH), toy_data())
-    assert stable_hash([unit.key for unit in searched]) == EARLIER_DIGESTS["search"]
+    assert stable_hash([unit.key for unit in searched if unit.kind != "choice_scores"]) == EARLIER_DIGESTS["search"]
 
 
 def test_keys_change_with_their_inputs_only():
@@ -311,6 +315,7 @@ SHIPPED = {
         "cut": 6,  # the SmolLM2 and MiniLM cuts, and MiniLM saved whole as a classifier
         "import": 2,
         "teach": 1,
+        "choice_scores": 1,  # SmolLM2's, for the 2-layer MiniLM's choice_kd run
         "recover": 2,
         "student": 7,
         "student_eval": 3,  # the three SmolLM2 students; MiniLM's head is random untrained
@@ -322,6 +327,7 @@ SHIPPED = {
     "modern_ladder": {
         "teacher_eval": 1,
         "teach": 1,
+        "choice_scores": 1,
         "student": 5,
         "student_eval": 5,
         "train": 5 * 2 * 3 * 2,

@@ -384,6 +384,7 @@ UNIT_KINDS = (
     "teacher_eval",
     "teach",
     "import",
+    "choice_scores",
     "cut",
     "recover",
     "student",

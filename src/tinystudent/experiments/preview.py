@@ -26,6 +26,7 @@ DEFAULT_SECONDS = {
     "teacher_eval": 600.0,
     "teach": 1800.0,
     "import": 10.0,
+    "choice_scores": 300.0,
     "cut": 30.0,
     "recover": 1800.0,
     "student": 60.0,

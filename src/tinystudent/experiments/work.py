@@ -19,6 +19,7 @@ WORK = {
     "teacher_eval": teachers.measure,
     "teach": teachers.write_rationales,
     "import": teachers.import_rationales,
+    "choice_scores": teachers.score_choices,
     "cut": students.cut,
     "recover": students.recover_student,
     "student": students.prepare,

@@ -40,7 +40,7 @@ def _rows(store: Store, sql: str, values: tuple = ()) -> list[dict]:
     return [dict(row) for row in store.db.execute(sql, values)]
 
 
-ASK_TEACHERS = ("teacher_eval", "teach")  # the unit kinds that read the teacher cache
+ASK_TEACHERS = ("teacher_eval", "teach", "choice_scores")  # the unit kinds that read the teacher cache
 
 
 def seed_rows(store: Store, task: str, kind: str) -> dict[str, list[dict]]:

@@ -152,6 +152,14 @@ def rationale_unit(plan: Plan, spec: TeacherSpec, peer: str | None = None) -> Un
     return UnitSpec("import" if imported else "teach", f"rationales of {spec.name}", payload, args=args)
 
 
+def choice_scores_unit(plan: Plan, spec: TeacherSpec) -> UnitSpec:
+    """The unit that scores a teacher's choices on the training questions (`choice_limit` of
+    them) for choice-level distillation: run once, read by every training run that learns from
+    them."""
+    payload = {**teacher_payload(plan, spec), "what": "choice_scores"}
+    return UnitSpec("choice_scores", f"choice scores of {spec.name}", payload, args={"teacher": spec.name})
+
+
 # --- work -----------------------------------------------------------------------------------
 
 
@@ -300,10 +308,12 @@ def stored_rationales(store: Store, data: StudyData, unit: UnitSpec) -> dict[str
     return {k: v for k, v in found.items() if k in data.train_ids}
 
 
-def choice_scores(context: StageContext, spec: TeacherSpec) -> dict[str, list[float]]:
-    """The teacher's log-likelihood of each choice on the training questions (cached)."""
+def score_choices(context: StageContext, unit: UnitSpec) -> dict:
+    """A `choice_scores` unit: the teacher's log-likelihood of each choice on the training
+    questions (through the teacher cache), kept whole in its result for the training runs."""
     from tinystudent.teachers import teacher_choice_logprobs
 
+    spec = context.experiment.teacher(unit.args["teacher"])
     if not spec.measured:
         raise ValueError(f"choice_kd:{spec.name}: an imported teacher has no choice probabilities")
     teacher = make_teacher(context, spec)
@@ -317,4 +327,4 @@ def choice_scores(context: StageContext, spec: TeacherSpec) -> dict[str, list[fl
     )
     teacher.close()
     release()
-    return scores
+    return {"teacher": spec.name, "questions": len(scores), "scores": scores}

@@ -9,7 +9,7 @@ from tinystudent.distill.objective_spec import ObjectiveSpec, parse_objective
 from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, term
 from tinystudent.experiments.config import Experiment, StudentSpec
 from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
-from tinystudent.experiments.stages.teachers import choice_scores, rationale_unit, teacher_payload
+from tinystudent.experiments.stages.teachers import choice_scores_unit, rationale_unit, teacher_payload
 from tinystudent.experiments.units import UnitSpec
 
 if TYPE_CHECKING:
@@ -50,11 +50,14 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
         return UNKNOWN
     named = taught_by(plan.experiment, parsed)
     part = {n: teacher_payload(plan, plan.experiment.teacher(n))["teacher"] for n in named}
-    sources = {}
-    if term(parsed.term).teacher_data == RATIONALES:
+    sources, scored = {}, {}
+    learns = term(parsed.term).teacher_data
+    if learns == RATIONALES:
         writers = [plan.experiment.teacher(n) for n in named if plan.experiment.teacher(n).writes_rationales]
         sources = {t.name: plan.add(rationale_unit(plan, t)).key for t in writers}
-    return plan.add(train_unit(plan, spec, student, (method, objective, seed), part, sources))
+    elif learns == CHOICE_LOGPROBS:
+        scored = {n: plan.add(choice_scores_unit(plan, plan.experiment.teacher(n))).key for n in named}
+    return plan.add(train_unit(plan, spec, student, (method, objective, seed), part, sources, scores=scored))
 
 
 def taught_by(experiment: Experiment, objective: ObjectiveSpec) -> list[str]:
@@ -77,6 +80,7 @@ def train_unit(
     teachers: dict,
     rationales: dict[str, str],
     row: dict | None = None,
+    scores: dict[str, str] | None = None,
 ) -> UnitSpec:
     """A `train` unit.
 
@@ -85,6 +89,7 @@ def train_unit(
         teachers: what the run depends on of each teacher it learns from.
         rationales: teacher name -> key of the unit whose rationales it learns from.
         row: what its row in the study adds to its result (nothing: a taught run).
+        scores: teacher name -> key of the unit that scored its choices (choice-level KD).
     """
     method, objective, seed = run
     payload = {
@@ -103,10 +108,11 @@ def train_unit(
         "objective": objective,
         "seed": seed,
         "rationales": rationales,
+        "choice_scores": scores or {},
         "row": row or {},
     }
     label = f"{spec.name} / {method} / {objective} / seed {seed}"
-    return UnitSpec("train", label, payload, (student.key, *rationales.values()), args)
+    return UnitSpec("train", label, payload, (student.key, *rationales.values(), *(scores or {}).values()), args)
 
 
 # --- work -----------------------------------------------------------------------------------
@@ -170,9 +176,8 @@ def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict,
     if found.teacher_data == CHOICE_LOGPROBS:
         from tinystudent.distill.data import ensemble_choice_logprobs
 
-        experiment = context.experiment
-        names = taught_by(experiment, objective)
-        scores = {name: choice_scores(context, experiment.teacher(name)) for name in names}
+        names = list(unit.args["choice_scores"])
+        scores = {name: context.needed(key)["scores"] for name, key in unit.args["choice_scores"].items()}
         if len(scores) > 1:  # choice_kd:all: one target, the teachers' ensemble
             scores = {"+".join(names): ensemble_choice_logprobs(scores)}
         return weights, {}, scores
