@@ -47,13 +47,17 @@ def main() -> None:
     shots = freeform.gsm8k_exemplars()[:8]
     # lm-eval's gsm8k_cot context, built from its template: doc_to_text "Q: {{question}}\nA:",
     # target_delimiter " ", fewshot_delimiter "\n\n", the exemplars' targets as they are written.
-    exemplars = "".join(f"Q: {s.question}\nA: {freeform.solution_text(s, True)}\n\n" for s in shots)
+    exemplars = "".join(f"Q: {s.question}\nA: {freeform.solution_text(s.target, s.rationale)}\n\n" for s in shots)
     contexts = [f"{exemplars}Q: {ex.question}\nA:" for ex in examples]
     assert contexts == [freeform.free_form_prompt(ex, shots, True) for ex in examples], "the prompts differ"
 
-    evaluate_model(loaded, examples[:2], "gsm8k", "test", "generate_cot", args.batch_size, num_fewshot=8)  # warm-up
+    evaluate_model(
+        loaded, examples[:2], "gsm8k", "test", mode="generate_cot", batch_size=args.batch_size, num_fewshot=8
+    )  # warm-up
     started = time.perf_counter()
-    ours = evaluate_model(loaded, examples, "gsm8k", "test", "generate_cot", args.batch_size, num_fewshot=8)
+    ours = evaluate_model(
+        loaded, examples, "gsm8k", "test", mode="generate_cot", batch_size=args.batch_size, num_fewshot=8
+    )
     ours_s = time.perf_counter() - started
     texts = [p.text or "" for p in ours.predictions]
 

@@ -284,15 +284,15 @@ def test_teaching_a_free_form_task_judges_and_filters_rationales(tiny_causal, tm
     from tinystudent.models import load_model
     from tinystudent.store import Store
     from tinystudent.teachers import LocalTeacher, load_rationales, rationales_for_training, teach
-    from tinystudent.teachers.teach import free_form_answer
+    from tinystudent.teachers.teach import judged_free_form_answer
 
     example = _increments()["train"][0]
-    assert free_form_answer(f"{example.rationale} The answer is {example.target}.", example) == (
+    assert judged_free_form_answer(f"{example.rationale} The answer is {example.target}.", example) == (
         FREE_FORM,
         (True, example.target),
     )
-    assert free_form_answer("so it is 12 or so", example)[1] == (False, "12")
-    assert free_form_answer("no idea", example) == (None, (False, INVALID))
+    assert judged_free_form_answer("so it is 12 or so", example)[1] == (False, "12")
+    assert judged_free_form_answer("no idea", example) == (None, (False, INVALID))
     questions = _increments()["train"][:4]
     with Store(tmp_path / "r.sqlite") as store:
         teacher = LocalTeacher(load_model(str(tiny_causal), device="cpu"), batch_size=4)
@@ -325,16 +325,16 @@ def test_self_consistency_samples_and_votes(tiny_causal):
 
     loaded = load_model(str(tiny_causal))
     questions = _increments()["test"][:3]
-    result = evaluate_model(loaded, questions, "increments", "test", "self_consistency", sampling=Sampling(3, 1.0))
+    result = evaluate_model(loaded, questions, "increments", "test", mode="self_consistency", sampling=Sampling(3, 1.0))
     assert result.cost["generations_per_question"] == 3 and result.settings["self_consistency"]["samples"] == 3
-    again = evaluate_model(loaded, questions, "increments", "test", "self_consistency", sampling=Sampling(3, 1.0))
+    again = evaluate_model(loaded, questions, "increments", "test", mode="self_consistency", sampling=Sampling(3, 1.0))
     assert [p.text for p in again.predictions] == [p.text for p in result.predictions]  # seeded samples
-    greedy = evaluate_model(loaded, questions, "increments", "test", "generate_cot")
+    greedy = evaluate_model(loaded, questions, "increments", "test", mode="generate_cot")
     assert greedy.cost["generations_per_question"] == 1
     assert [p.text for p in greedy.predictions] != [p.text for p in result.predictions]
     with pytest.raises(ValueError, match="self_consistency votes over free-form answers"):
         choice = [Example("c", "Sky?", ("blue", "green"), 0)]
-        evaluate_model(loaded, choice, "sky", "test", "self_consistency")
+        evaluate_model(loaded, choice, "sky", "test", mode="self_consistency")
 
 
 @pytest.mark.parametrize("sample", [False, True])

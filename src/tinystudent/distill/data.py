@@ -15,7 +15,7 @@ import torch
 
 from tinystudent.distill.terms import terms
 from tinystudent.evaluation.fit import CUT, Fitted, InputTooLong, fit_example, fit_summary, token_counter
-from tinystudent.evaluation.freeform import ANSWER_IS, free_form_prompt
+from tinystudent.evaluation.freeform import free_form_prompt, solution_text
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
 from tinystudent.log import warn
 from tinystudent.models.batches import ChoiceBatch, Features, TokenBatch
@@ -125,17 +125,6 @@ def check_free_form_objectives(config, choice_logprobs: dict | None, mutual: boo
         raise ValueError("mutual learning compares distributions over choices; this task is free-form and has none")
 
 
-def free_form_answer(example: Example, rationale: str | None = None) -> str:
-    """What a free-form student learns to write after its prompt: " The answer is N." or, taught
-    by a rationale, " <rationale> The answer is N." (a rationale that already ends so is kept as
-    it is). Evaluation reads it back with `evaluation.freeform` (strict: "The answer is N.")."""
-    final = f"{ANSWER_IS} {example.target}."
-    if not rationale:
-        return f" {final}"
-    steps = " ".join(line.strip() for line in rationale.splitlines() if line.strip())
-    return f" {steps}" if steps.rstrip(".").endswith(f"{ANSWER_IS} {example.target}") else f" {steps} {final}"
-
-
 def _free_form_features(
     ex: Example,
     tokenizer,
@@ -155,7 +144,7 @@ def _free_form_features(
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     fitted = fit_example(ex, lambda e: free_form_prompt(e, [], False), count, tokenizer, max_input, evidence)
-    answer = tokenizer.encode(free_form_answer(ex), add_special_tokens=False)[:max_answer] + eos
+    answer = tokenizer.encode(f" {solution_text(ex.target)}", add_special_tokens=False)[:max_answer] + eos
     context = free_form_prompt(fitted.example, [], False)
     feats = Features(0, adapter.encode_input(tokenizer, context), [answer], context, [ex.answer_text])
     feats.length = fitted.tokens
@@ -163,7 +152,7 @@ def _free_form_features(
     for teacher, by_id in rationales.items():
         if ex.id in by_id:
             question = think(fit_example(ex, think, count, tokenizer, max_input, evidence).example)
-            target = tokenizer.encode(free_form_answer(ex, by_id[ex.id]), add_special_tokens=False)
+            target = tokenizer.encode(f" {solution_text(ex.target, by_id[ex.id])}", add_special_tokens=False)
             feats.rationales[teacher] = (adapter.encode_input(tokenizer, question), target[:max_rationale] + eos)
     return feats, fitted
 
@@ -197,6 +186,7 @@ def with_rationale(ex: Example, rationale: str, tokenizer, max_tokens: int) -> E
 def build_features(
     examples: list[Example],
     tokenizer,
+    *,
     kind: str | ModelKind,
     style: str,
     rationales: dict[str, dict[str, str]],

@@ -171,18 +171,19 @@ def gsm8k_exemplars() -> list[Example]:
     return shots
 
 
-def solution_text(example: Example, think: bool) -> str:
-    """A solved question's answer as an in-context example shows it: its worked solution (when it
-    has one and `think`), then "The answer is X."."""
-    final = f"{ANSWER_IS} {example.target}."
-    if think and example.rationale:
-        steps = " ".join(line.strip() for line in example.rationale.splitlines() if line.strip())
-        return f"{steps} {final}"
-    return final
+def solution_text(target: str, rationale: str | None = None) -> str:
+    """A solved question's answer as an in-context example shows it and a student learns to write
+    it: its worked solution on one line (when there is one), then "The answer is X." (unless the
+    solution already ends so)."""
+    final = f"{ANSWER_IS} {target}."
+    if not rationale:
+        return final
+    steps = " ".join(line.strip() for line in rationale.splitlines() if line.strip())
+    return steps if steps.rstrip(".").endswith(f"{ANSWER_IS} {target}") else f"{steps} {final}"
 
 
 def shot_block(shot: Example, think: bool) -> str:
-    return f"Q: {shot.question}\nA: {solution_text(shot, think)}\n\n"
+    return f"Q: {shot.question}\nA: {solution_text(shot.target, shot.rationale if think else None)}\n\n"
 
 
 def free_form_prompt(example: Example, shots: list[Example], think: bool) -> str:

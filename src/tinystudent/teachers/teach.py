@@ -43,7 +43,7 @@ CLEANUP_VERSION = 2
 OnOutput = Callable[[str, "TeacherOutput | None"], None]  # ("cached" | "generated" | "failed", output)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TeachSummary:
     """What one `teach` run did.
 
@@ -115,27 +115,27 @@ def _make_output(
     text = clean_text(raw, example.question, budget, teacher.count_tokens, truncated)
     meta = {**(extra or {}), "raw": raw, "cleanup": cleanup, "identity": teacher.identity}
     if example.free_form:
-        answer, matches = free_form_answer(text, example)
+        answer, matches = judged_free_form_answer(text, example)
         meta["stated_answer"] = None if answer is None else matches[1]
         matches_gold = None if answer is None else matches[0]
     else:
         answer = stated_answer(text, example.choices)
         matches_gold = None if answer is None else answer == example.answer
     return TeacherOutput(
-        cache.teacher_key(teacher.name),
-        example.id,
-        strategy,
-        text,
-        answer,
-        None,
-        matches_gold,
-        key,
-        task,
-        meta,
+        teacher=cache.teacher_key(teacher.name),
+        example_id=example.id,
+        strategy=strategy,
+        text=text,
+        answer=answer,
+        choice_logprobs=None,
+        matches_gold=matches_gold,
+        cache_key=key,
+        task=task,
+        meta=meta,
     )
 
 
-def free_form_answer(text: str, example: Example) -> tuple[int | None, tuple[bool, str]]:
+def judged_free_form_answer(text: str, example: Example) -> tuple[int | None, tuple[bool, str]]:
     """What a teacher's text states as a free-form question's answer (`freeform.final_answer`):
     (`FREE_FORM` when it states one, else None; (whether it is the gold answer, the answer))."""
     found = final_answer(text, example.answer_text)
@@ -181,6 +181,7 @@ def teach(
     task: str,
     strategy: str,
     store: Store,
+    *,
     train_examples: Sequence[Example] | None = None,
     k_shots: int = 2,
     seed: int = 0,
@@ -230,9 +231,19 @@ def teach(
     pool = list(train_examples) if train_examples is not None else list(examples)
     task_name = cache.task_key(task)
     cleanup = {"version": CLEANUP_VERSION, "max_rationale_tokens": max_rationale_tokens}
-    summary = TeachSummary(cache.teacher_key(teacher.name), task_name, strategy, n=len(examples))
+    summary = TeachSummary(teacher=cache.teacher_key(teacher.name), task=task_name, strategy=strategy, n=len(examples))
     lesson = _Lesson(
-        teacher, store, examples, strategy, task_name, spec, settings, cleanup, summary, on_output, evidence
+        teacher=teacher,
+        store=store,
+        examples=examples,
+        strategy=strategy,
+        task_name=task_name,
+        spec=spec,
+        settings=settings,
+        cleanup=cleanup,
+        summary=summary,
+        on_output=on_output,
+        evidence=evidence,
     )
     started, calls_before = time.perf_counter(), teacher.calls
 
@@ -244,7 +255,7 @@ def teach(
     return _finish(summary, kept, teacher, calls_before, started)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Lesson:
     """What every question of one generating `teach` run shares."""
 
@@ -419,9 +430,9 @@ def _score(
         for ex, r in zip(examples, requests)
     ]
     summary = TeachSummary(
-        cache.teacher_key(teacher.name),
-        task_name,
-        SCORING,
+        teacher=cache.teacher_key(teacher.name),
+        task=task_name,
+        strategy=SCORING,
         n=len(examples),
         truncated=sum(f.cut is not None for f in fitted),
     )
@@ -441,16 +452,16 @@ def _score(
                 continue
             best = max(range(len(result)), key=lambda c: result[c])
             output = TeacherOutput(
-                summary.teacher,
-                examples[i].id,
-                SCORING,
-                None,
-                best,
-                list(result),
-                best == examples[i].answer,
-                keys[i],
-                task_name,
-                {"style": style, "identity": teacher.identity},
+                teacher=summary.teacher,
+                example_id=examples[i].id,
+                strategy=SCORING,
+                text=None,
+                answer=best,
+                choice_logprobs=list(result),
+                matches_gold=best == examples[i].answer,
+                cache_key=keys[i],
+                task=task_name,
+                meta={"style": style, "identity": teacher.identity},
             )
             cache.save(store, output, requests[i].context)
             outputs[i] = output
