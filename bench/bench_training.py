@@ -261,14 +261,14 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
     features, _ = build_features(
         examples,
         tokenizer,
-        "causal",
-        style,
-        rationales,
-        {},
-        config.rationale_prompt,
-        config.max_input_tokens,
-        config.max_answer_tokens,
-        config.max_rationale_tokens,
+        kind="causal",
+        style=style,
+        rationales=rationales,
+        choice_logprobs={},
+        rationale_prompt=config.rationale_prompt,
+        max_input=config.max_input_tokens,
+        max_answer=config.max_answer_tokens,
+        max_rationale=config.max_rationale_tokens,
     )
     rows = []
     for ex in examples:

@@ -41,7 +41,7 @@ def main() -> None:
             ids = student.tokenizer(text, return_tensors="pt").input_ids[:, :512]
             with torch.no_grad():
                 nll = student.model(input_ids=ids, labels=ids).loss.item()
-            acc = evaluate_model(student, valid, args.task, "validation", "loglikelihood", 16).acc
+            acc = evaluate_model(student, valid, args.task, "validation", mode="loglikelihood", batch_size=16).acc
             layers = student.model.config.num_hidden_layers
             print(f"{keep:40s} {layers:2d} layers  {nll:6.2f} nats/token  validation acc {acc:.3f}", flush=True)
 

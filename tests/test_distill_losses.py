@@ -127,8 +127,8 @@ def test_chunked_equals_unchunked_values_and_gradients(divergence):
             hidden,
             targets,
             head,
-            teacher_hidden,
-            teacher_head,
+            teacher_hidden=teacher_hidden,
+            teacher_head=teacher_head,
             divergence=divergence,
             temperature=2.0,
             chunk_tokens=chunk,
@@ -147,7 +147,13 @@ def test_chunked_kd_compares_only_aligned_rows():
     head, teacher_head = torch.nn.Linear(8, 20), torch.nn.Linear(8, 24)
     hidden, teacher_hidden = torch.randn(4, 8), torch.randn(4, 8)
     _, kd = chunked_token_losses(
-        hidden, torch.zeros(4, dtype=torch.long), head, teacher_hidden, teacher_head, kd_vocab=20, chunk_tokens=2
+        hidden,
+        torch.zeros(4, dtype=torch.long),
+        head,
+        teacher_hidden=teacher_hidden,
+        teacher_head=teacher_head,
+        kd_vocab=20,
+        chunk_tokens=2,
     )
     expected = forward_kl(head(hidden)[:, :20], teacher_head(teacher_hidden)[:, :20], 1.0)
     torch.testing.assert_close(kd, expected.detach())
@@ -214,10 +220,10 @@ def test_fused_head_loss_equals_the_per_token_path(divergence):
                 hidden,
                 head,
                 targets,
-                0.3,
-                teacher_hidden,
-                teacher_head,
-                0.7,
+                ce_scale=0.3,
+                teacher_hidden=teacher_hidden,
+                teacher_head=teacher_head,
+                kd_scale=0.7,
                 kd_vocab=97,
                 divergence=divergence,
                 temperature=2.0,
@@ -228,8 +234,8 @@ def test_fused_head_loss_equals_the_per_token_path(divergence):
                 hidden,
                 targets,
                 head,
-                teacher_hidden,
-                teacher_head,
+                teacher_hidden=teacher_hidden,
+                teacher_head=teacher_head,
                 kd_vocab=97,
                 divergence=divergence,
                 temperature=2.0,
@@ -259,7 +265,7 @@ def test_fused_head_loss_with_a_frozen_output_layer():
     head = torch.nn.Linear(8, 40, bias=False).requires_grad_(False)
     hidden = torch.randn(11, 8, requires_grad=True)
     targets = torch.randint(0, 40, (11,))
-    loss, _, _ = fused_head_loss(hidden, head, targets, 1 / 11, chunk_tokens=4)
+    loss, _, _ = fused_head_loss(hidden, head, targets, ce_scale=1 / 11, chunk_tokens=4)
     loss.backward()
     expected = torch.autograd.grad(-torch.log_softmax(head(hidden), -1).gather(-1, targets[:, None]).mean(), hidden)[0]
     torch.testing.assert_close(hidden.grad, expected)

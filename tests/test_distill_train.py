@@ -152,7 +152,16 @@ def test_answer_loss_is_the_evaluation_score_of_the_gold_choice(fixture, arc, re
     loaded = load_model(str(request.getfixturevalue(fixture)), device="cpu")
     examples = arc["train"][:4]
     features, _ = build_features(
-        examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000
+        examples,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        style="arc",
+        rationales={},
+        choice_logprobs={},
+        rationale_prompt="{question}",
+        max_input=10_000,
+        max_answer=10_000,
+        max_rationale=10_000,
     )
     items = [features[ex.id] for ex in examples]
     batch = StudentBatch(
@@ -181,7 +190,16 @@ def test_choice_answer_loss_is_cross_entropy_over_the_evaluation_scores(fixture,
     loaded = load_model(str(student), device="cpu")
     examples = arc["train"][:4]
     features, _ = build_features(
-        examples, loaded.tokenizer, loaded.kind, "arc", {}, {}, "{question}", 10_000, 10_000, 10_000
+        examples,
+        loaded.tokenizer,
+        kind=loaded.kind,
+        style="arc",
+        rationales={},
+        choice_logprobs={},
+        rationale_prompt="{question}",
+        max_input=10_000,
+        max_answer=10_000,
+        max_rationale=10_000,
     )
     items = [features[ex.id] for ex in examples]
     batch = StudentBatch(

@@ -95,7 +95,17 @@ def test_every_kind_reads_the_selected_sentence_in_scoring_and_training(kind, re
     fitted = fit_answer_prompt(ITEM, loaded.tokenizer, kind, "context", BUDGET, SELECT)
     assert fitted.cut == EVIDENCE and ANSWER in fitted.example.context and fitted.example.question == ITEM.question
     features, summary = build_features(
-        [ITEM], loaded.tokenizer, kind, "context", {}, {}, "{question}", BUDGET, 8, 8, evidence=SELECT
+        [ITEM],
+        loaded.tokenizer,
+        kind=kind,
+        style="context",
+        rationales={},
+        choice_logprobs={},
+        rationale_prompt="{question}",
+        max_input=BUDGET,
+        max_answer=8,
+        max_rationale=8,
+        evidence=SELECT,
     )
     assert summary["evidence"] == SELECT and summary["evidence_cut"] == 1
     assert ANSWER in features[ITEM.id].context and features[ITEM.id].context.endswith(

@@ -204,12 +204,36 @@ def test_an_executor_whose_engine_is_missing_says_what_to_install(reference, tmp
 
 def an_evaluation(model: str, acc: float) -> EvalResult:
     predictions = [Prediction("q1", 0, 0, 0, [-0.1, -2.0]), Prediction("q2", 1, 0, 1, [-0.5, -0.7])]
-    return EvalResult(model, "toy", "test", 2, acc, acc, [0.0, 1.0], 0.5, "loglikelihood", {"seconds": 1.0}, "abc",
-                      {"model_identity": model}, predictions)  # fmt: skip
+    return EvalResult(
+        model=model,
+        task="toy",
+        split="test",
+        n=2,
+        acc=acc,
+        acc_norm=acc,
+        ci95=[0.0, 1.0],
+        majority_baseline=0.5,
+        mode="loglikelihood",
+        cost={"seconds": 1.0},
+        data_hash="abc",
+        settings={"model_identity": model},
+        predictions=predictions,
+    )
 
 
 def an_output(key: str, text: str) -> TeacherOutput:
-    return TeacherOutput("teacher", key, "cot", text, 0, None, True, key, "toy", {})
+    return TeacherOutput(
+        teacher="teacher",
+        example_id=key,
+        strategy="cot",
+        text=text,
+        answer=0,
+        choice_logprobs=None,
+        matches_gold=True,
+        cache_key=key,
+        task="toy",
+        meta={},
+    )
 
 
 def test_a_workers_rows_reach_the_results_database_once_with_their_ids_renumbered(tmp_path):

@@ -375,7 +375,17 @@ def test_ten_random_kills_leave_no_orphan_no_duplicate_and_the_same_verdict(tmp_
 def eval_request(model, task, db, limit=6):
     from tinystudent.experiments.units import EvalRequest
 
-    return EvalRequest(str(model), str(task), "test", limit, 0, str(db), batch_size=4, device="cpu", run_key="unit:1")
+    return EvalRequest(
+        model=str(model),
+        task=str(task),
+        split="test",
+        limit=limit,
+        seed=0,
+        db=str(db),
+        batch_size=4,
+        device="cpu",
+        run_key="unit:1",
+    )
 
 
 def test_an_evaluation_runs_in_a_fresh_process_filed_under_its_unit(tmp_path, tiny_causal, toy_task):

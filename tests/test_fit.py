@@ -57,14 +57,14 @@ def test_training_inputs_keep_the_question(kind, longest, request):
     features, fit = build_features(
         [longest],
         loaded.tokenizer,
-        kind,
-        "context",
-        rationales,
-        {},
-        "Rationale ({teacher}):\n{question}\nExplanation:",
-        BUDGET,
-        8,
-        16,
+        kind=kind,
+        style="context",
+        rationales=rationales,
+        choice_logprobs={},
+        rationale_prompt="Rationale ({teacher}):\n{question}\nExplanation:",
+        max_input=BUDGET,
+        max_answer=8,
+        max_rationale=16,
     )
     assert fit["evidence_cut"] == 1
     feats = features[longest.id]

@@ -220,16 +220,22 @@ def _reference(problem: dict, chunk: int | None, fused: bool):
             hidden,
             head,
             problem["targets"],
-            problem["ce_scale"],
-            teacher_hidden,
-            teacher_head,
-            kd_scale,
+            ce_scale=problem["ce_scale"],
+            teacher_hidden=teacher_hidden,
+            teacher_head=teacher_head,
+            kd_scale=kd_scale,
             chunk_tokens=chunk,
             **settings_,
         )
     else:
         logprobs, kd = chunked_token_losses(
-            hidden, problem["targets"], head, teacher_hidden, teacher_head, chunk_tokens=chunk, **settings_
+            hidden,
+            problem["targets"],
+            head,
+            teacher_hidden=teacher_hidden,
+            teacher_head=teacher_head,
+            chunk_tokens=chunk,
+            **settings_,
         )
         loss = -problem["ce_scale"] * logprobs.sum() + kd_scale * kd.sum()
     (1.7 * loss).backward()

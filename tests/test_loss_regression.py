@@ -96,7 +96,14 @@ def test_loss_functions_on_fixed_tensors_match_the_stored_values():
         teacher_head.weight.copy_(teacher_weight)
     hidden.requires_grad_(True)
     logprobs, kd = chunked_token_losses(
-        hidden, targets, head, teacher_hidden, teacher_head, divergence="jsd", temperature=2.0, chunk_tokens=4
+        hidden,
+        targets,
+        head,
+        teacher_hidden=teacher_hidden,
+        teacher_head=teacher_head,
+        divergence="jsd",
+        temperature=2.0,
+        chunk_tokens=4,
     )
     (-logprobs.sum() + 0.5 * kd.sum()).backward()
     check_or_store(

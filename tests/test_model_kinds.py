@@ -70,7 +70,7 @@ def test_teachers_and_evaluation_generate_through_one_path(causal, seq2seq):
     """The same prompt gives the same greedy text to a teacher and to evaluation."""
     prompts = ["Question: Which gas do plants take in?", "The sun is"]
     for loaded in (causal, seq2seq):
-        evaluated = generate_texts(loaded.model, loaded.tokenizer, loaded.kind, prompts, 6, batch_size=2)
+        evaluated = generate_texts(loaded.model, loaded.tokenizer, loaded.kind, prompts, max_new_tokens=6, batch_size=2)
         teacher = LocalTeacher(loaded, batch_size=1, chat=False)
         taught = dict(teacher.generate(prompts, GenerationSettings(max_new_tokens=6), [0, 0]))
         assert [taught[i].text for i in range(2)] == evaluated
@@ -127,7 +127,7 @@ def test_a_new_kind_is_one_class_and_a_registration(causal, monkeypatch):
     expected = score_choices(causal.model, causal.tokenizer, "causal", REQUESTS)
     assert score_choices(causal.model, causal.tokenizer, "shy-causal", REQUESTS) == expected
     with pytest.raises(ValueError, match="shy-causal model cannot generate"):
-        generate_texts(causal.model, causal.tokenizer, "shy-causal", ["The sun"], 2)
+        generate_texts(causal.model, causal.tokenizer, "shy-causal", ["The sun"], max_new_tokens=2)
 
 
 def test_token_distillation_pairs_kinds_by_what_they_compute(causal, seq2seq, monkeypatch):

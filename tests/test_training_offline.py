@@ -176,7 +176,16 @@ def test_an_encoder_reads_the_rationales_at_training_time_only(bioasq, tiny_enco
     loaded = load_model(str(tiny_encoder), device="cpu")
     example = bioasq["train"][0]
     features, _ = build_features(
-        [example], loaded.tokenizer, "encoder", "context", bioasq["rationales"], {}, "{question}", 120, 8, 12
+        [example],
+        loaded.tokenizer,
+        kind="encoder",
+        style="context",
+        rationales=bioasq["rationales"],
+        choice_logprobs={},
+        rationale_prompt="{question}",
+        max_input=120,
+        max_answer=8,
+        max_rationale=12,
     )
     read = features[example.id].rationale_contexts[FLAN]
     rationale = bioasq["rationales"][FLAN][example.id]

@@ -64,7 +64,7 @@ def _known_and_additional(cls, data: dict) -> tuple[dict, dict]:
     return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TeacherResult:
     """A teacher as the study lists it: its test accuracy in its best way of being scored (chosen
     on validation), or the accuracy a paper reported for it; None for a teacher that only gave
@@ -155,7 +155,7 @@ class RunResult:
         return cls(**values, additional=additional)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudentResult:
     """A student as prepared: how it was cut, its size, bits per byte on held-out text, and its
     recovery (the cut model's bits per byte before and after distillation from its parent)."""
@@ -200,7 +200,7 @@ STUDY_KEYS = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Study:
     """The whole study: teachers, students, every run, the verdict and what it was made from.
 

@@ -520,6 +520,7 @@ def create_app(
 
 def run_server(
     model: str,
+    *,
     host: str = "127.0.0.1",
     port: int = 8000,
     device: str = "auto",

@@ -52,7 +52,7 @@ DEBATE_INSTRUCTION = (
 GenerateFn = Callable[[LoadedModel, list[str]], list[str]]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DebateResult:
     """What a debate produced.
 
@@ -129,7 +129,7 @@ def greedy_generate(
             member.tokenizer,
             member.adapter,
             rendered,
-            max_new_tokens,
+            max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             on_batch=latency.record,
         )
@@ -224,15 +224,15 @@ def debate(
         "picked_by_likelihood_per_round": picked_by_likelihood,
     }
     return DebateResult(
-        [m.name for m in members],
-        final,
-        correct,
-        sum(correct) / len(correct),
-        answers,
-        texts,
-        round_votes,
-        _group_cost(members, latencies, memory, batch_size),
-        settings,
+        members=[m.name for m in members],
+        predictions=final,
+        correct=correct,
+        acc=sum(correct) / len(correct),
+        answers=answers,
+        texts=texts,
+        round_votes=round_votes,
+        cost=_group_cost(members, latencies, memory, batch_size),
+        settings=settings,
     )
 
 

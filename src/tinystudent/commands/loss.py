@@ -72,7 +72,15 @@ def loss_command(
             bar.update(windows, completed=done, total=total)
 
         result = cached_bits_per_byte(
-            loaded, text, name, store, window, stride, batch_size, recompute, on_progress=advance
+            loaded,
+            text,
+            name,
+            store,
+            window=window,
+            stride=stride,
+            batch_size=batch_size,
+            recompute=recompute,
+            on_progress=advance,
         )
     result.update({"corpus_origin": origin, "corpus_bytes_before_truncation": full_bytes, "db": str(store.path)})
     if as_json:

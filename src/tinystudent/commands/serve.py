@@ -35,13 +35,13 @@ def serve_command(
 
     run_server(
         model,
-        host,
-        port,
-        device,
-        dtype,
-        served_model_name,
-        max_batch_size,
-        batch_wait_ms,
-        api_key_env,
-        trust_remote_code,
+        host=host,
+        port=port,
+        device=device,
+        dtype=dtype,
+        served_name=served_model_name,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        api_key_env=api_key_env,
+        trust_remote_code=trust_remote_code,
     )

@@ -130,13 +130,13 @@ def _bundled_rationales() -> dict[str, dict[str, str]]:
 
 def _config(config_file: Optional[Path], options: dict) -> TrainConfig:
     """The config file's fields, overridden by the options given on the command line."""
-    import yaml
+    from tinystudent.experiments.config import read_yaml  # no key twice, bounded nesting and size
 
     base: dict = {}
     if config_file is not None:
         if not config_file.is_file():
             raise FileNotFoundError(f"{config_file}: no such config file")
-        base = yaml.safe_load(config_file.read_text()) or {}
+        base = read_yaml(config_file, "training config") or {}
         if not isinstance(base, dict):
             raise ValueError(f"{config_file}: a training config must be a mapping of TrainConfig fields")
     merged = {**base, **options}
@@ -292,7 +292,17 @@ def train_command(
         else:
             student_path = student
         result = _run(
-            student_path, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart
+            student_path,
+            train,
+            valid,
+            config,
+            out,
+            rationales=rationales,
+            scores=scores,
+            teacher=teacher,
+            task=task,
+            test_examples=test_examples,
+            restart=restart,
         )
         result.student = student if not (cut or made) else f"{student} ({shape})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
@@ -366,7 +376,7 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _run(student, train, valid, config, out, rationales, scores, teacher, task, test_examples, restart):
+def _run(student, train, valid, config, out, *, rationales, scores, teacher, task, test_examples, restart):
     from tinystudent.distill import train_student
 
     def run(**progress_kwargs):

@@ -75,6 +75,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def save_checkpoint(
     root: Path,
     step: int,
+    *,
     model: torch.nn.Module,
     optimizer,
     scheduler,

@@ -85,6 +85,7 @@ def fused_head_loss(
     hidden: torch.Tensor,
     head: torch.nn.Linear,
     targets: torch.Tensor,
+    *,
     ce_scale: float,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.nn.Linear | None = None,

@@ -189,14 +189,14 @@ class TrainingRun:
             save_checkpoint(
                 tr.out_dir / "checkpoints",
                 self.shared["step"],
-                tr.model,
-                tr.optimizer,
-                tr.scheduler,
-                tr.scaler,
-                {"shared": self.shared, "trainee": tr.state},
-                self.config.keep_checkpoints,
-                self.accelerator.process_index,
-                self.accelerator.is_main_process,
+                model=tr.model,
+                optimizer=tr.optimizer,
+                scheduler=tr.scheduler,
+                scaler=tr.scaler,
+                loop_state={"shared": self.shared, "trainee": tr.state},
+                keep=self.config.keep_checkpoints,
+                rank=self.accelerator.process_index,
+                is_main=self.accelerator.is_main_process,
             )
 
     # --- evaluation -----------------------------------------------------------------------
@@ -221,8 +221,8 @@ class TrainingRun:
                     examples,
                     self.task or "task",
                     split,
-                    self.eval_mode(examples),
-                    self.config.eval_batch_size,
+                    mode=self.eval_mode(examples),
+                    batch_size=self.config.eval_batch_size,
                     max_input_tokens=self.config.max_input_tokens,
                     evidence=self.config.evidence,
                 )

@@ -140,6 +140,7 @@ def chunked_token_losses(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     head: Callable,
+    *,
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: Callable | None = None,
     kd_vocab: int | None = None,

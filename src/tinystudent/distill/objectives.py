@@ -151,12 +151,21 @@ class StudentObjectives(torch.nn.Module):
         teacher_linear = states.linear if states is not None else None
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
             loss, logprobs, kd = fused_head_loss(
-                rows, head, targets, ce_scale, teacher_rows, teacher_linear, kd_scale, **self._kd_args()
+                rows,
+                head,
+                targets,
+                ce_scale=ce_scale,
+                teacher_hidden=teacher_rows,
+                teacher_head=teacher_linear,
+                kd_scale=kd_scale,
+                **self._kd_args(),
             )
             return loss, logprobs, kd, layers
         student_head = self.adapter.output_head(core)
         teacher_head = states.head if states is not None and teacher_rows is not None else None
-        logprobs, kd = chunked_token_losses(rows, targets, student_head, teacher_rows, teacher_head, **self._kd_args())
+        logprobs, kd = chunked_token_losses(
+            rows, targets, student_head, teacher_hidden=teacher_rows, teacher_head=teacher_head, **self._kd_args()
+        )
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
         return loss, logprobs, kd, layers
 

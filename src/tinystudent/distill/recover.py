@@ -219,7 +219,14 @@ class _Learner:
 
     def checkpoint(self) -> None:
         save_checkpoint(
-            self.checkpoints, self.state["step"], self.model, self.optimizer, self.scheduler, None, self.state, keep=1
+            self.checkpoints,
+            self.state["step"],
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=None,
+            loop_state=self.state,
+            keep=1,
         )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """The numbers of one trained student.
 

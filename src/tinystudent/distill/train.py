@@ -69,6 +69,7 @@ def _train(
     valid: list[Example],
     config: TrainConfig,
     out_dir: Path,
+    *,
     rationales,
     choice_logprobs,
     teacher,
@@ -88,7 +89,17 @@ def _train(
     per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(train) / per_step))
     description = _describe_run(
-        students, config, task, mutual, train, valid, test, rationales, choice_logprobs, teacher, accelerator
+        students,
+        config,
+        task=task,
+        mutual=mutual,
+        train=train,
+        valid=valid,
+        test=test,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        teacher=teacher,
+        accelerator=accelerator,
     )
     run_key = stable_hash(description)
     if accelerator.is_main_process:
@@ -172,6 +183,7 @@ def _checked_inputs(
 def _describe_run(
     students: list[str],
     config: TrainConfig,
+    *,
     task: str,
     mutual: bool,
     train: list[Example],
@@ -270,12 +282,12 @@ def train_student(
     valid_examples: list[Example],
     config: TrainConfig,
     out_dir: Path,
+    *,
     rationales: dict[str, dict[str, str]] | None = None,
     choice_logprobs: dict[str, dict[str, list[float]]] | None = None,
     teacher: LoadedModel | str | None = None,
     task: str = "",
     test_examples: list[Example] | None = None,
-    *,
     resume: bool = True,
     on_step: Callable[[dict], None] | None = None,
 ) -> TrainResult:
@@ -307,14 +319,14 @@ def train_student(
         valid_examples,
         config,
         out_dir,
-        rationales,
-        choice_logprobs,
-        teacher,
-        task,
-        test_examples,
-        False,
-        resume,
-        on_step,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        teacher=teacher,
+        task=task,
+        test=test_examples,
+        mutual=False,
+        resume=resume,
+        on_step=on_step,
     )[0]
 
 
@@ -348,12 +360,12 @@ def train_mutual(
         valid_examples,
         config,
         out_dir,
-        rationales,
-        choice_logprobs,
-        None,
-        task,
-        test_examples,
-        True,
-        resume,
-        on_step,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        teacher=None,
+        task=task,
+        test=test_examples,
+        mutual=True,
+        resume=resume,
+        on_step=on_step,
     )

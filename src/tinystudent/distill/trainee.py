@@ -36,7 +36,7 @@ class FrozenTeacher:
     want_rows: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trainee:
     """One student being trained and everything that belongs to it."""
 
@@ -204,15 +204,15 @@ def setup_trainee(
     features, fitted = build_features(
         train,
         loaded.tokenizer,
-        loaded.kind,
-        style,
-        rationales,
-        choice_logprobs,
-        config.rationale_prompt,
-        config.max_input_tokens,
-        config.max_answer_tokens,
-        config.max_rationale_tokens,
-        config.evidence,
+        kind=loaded.kind,
+        style=style,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        rationale_prompt=config.rationale_prompt,
+        max_input=config.max_input_tokens,
+        max_answer=config.max_answer_tokens,
+        max_rationale=config.max_rationale_tokens,
+        evidence=config.evidence,
     )
     if fitted["truncated"]:
         info(
@@ -240,18 +240,18 @@ def setup_trainee(
     scaler = torch.amp.GradScaler(device.type) if kd_dtype == torch.float16 else None
     student = LoadedModel(core, loaded.tokenizer, loaded.kind, loaded.resolved, device)
     return Trainee(
-        name,
-        out_dir,
-        student,
-        model,
-        objective,
-        features,
-        optimizer,
-        scheduler,
-        scaler,
-        counts,
-        trainable,
-        teacher_info,
+        name=name,
+        out_dir=out_dir,
+        loaded=student,
+        model=model,
+        objective=objective,
+        features=features,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        counts=counts,
+        trainable=trainable,
+        teacher=teacher_info,
         fit=fitted,
     )
 

@@ -249,6 +249,7 @@ def cached_bits_per_byte(
     text: str,
     corpus: str,
     store,
+    *,
     window: int = 1024,
     stride: int | None = None,
     batch_size: int = 2,

@@ -54,7 +54,7 @@ class Prediction:
         return self.pred == self.gold
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalResult:
     """What one evaluation measured."""
 
@@ -309,6 +309,7 @@ def evaluate_model(
     examples: list[Example],
     task: str,
     split: str,
+    *,
     mode: str = "loglikelihood",
     batch_size: int = 16,
     max_input_tokens: int | None = None,

@@ -92,6 +92,7 @@ def generate_texts(
     tokenizer,
     kind: str | ModelKind,
     prompts: list[str],
+    *,
     max_new_tokens: int,
     batch_size: int = 8,
     do_sample: bool = False,

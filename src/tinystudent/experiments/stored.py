@@ -25,19 +25,19 @@ def stored_eval_result(store: Store, evaluation_id: int) -> EvalResult:
         for p in store.predictions(evaluation_id)
     ]
     return EvalResult(
-        row["model"],
-        row["task"],
-        row["split"],
-        row["n"],
-        row["acc"],
-        row["acc_norm"],
-        [row["ci_low"], row["ci_high"]],
-        row["majority_baseline"],
-        row["mode"],
-        row["cost"],
-        row["data_hash"],
-        row["settings"],
-        predictions,
+        model=row["model"],
+        task=row["task"],
+        split=row["split"],
+        n=row["n"],
+        acc=row["acc"],
+        acc_norm=row["acc_norm"],
+        ci95=[row["ci_low"], row["ci_high"]],
+        majority_baseline=row["majority_baseline"],
+        mode=row["mode"],
+        cost=row["cost"],
+        data_hash=row["data_hash"],
+        settings=row["settings"],
+        predictions=predictions,
     )
 
 

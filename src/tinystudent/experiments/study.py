@@ -88,17 +88,17 @@ def student_rows(plan: Plan) -> list[StudentResult]:
         recovery = student.get("recovery") or {}
         rows.append(
             StudentResult(
-                name,
-                how_cut(plan.experiment.student(name)),
-                student.get("kind"),
-                student.get("params"),
-                student.get("bits_per_byte"),
-                bool(recovery),
-                recovery.get("bits_per_byte_before"),
-                recovery.get("bits_per_byte_after"),
-                recovery.get("steps"),
-                recovery.get("tokens"),
-                recovery.get("seconds"),
+                name=name,
+                cut=how_cut(plan.experiment.student(name)),
+                kind=student.get("kind"),
+                params=student.get("params"),
+                bits_per_byte=student.get("bits_per_byte"),
+                recovered=bool(recovery),
+                bits_per_byte_before_recovery=recovery.get("bits_per_byte_before"),
+                bits_per_byte_after_recovery=recovery.get("bits_per_byte_after"),
+                recovery_steps=recovery.get("steps"),
+                recovery_tokens=recovery.get("tokens"),
+                recovery_seconds=recovery.get("seconds"),
             )
         )
     return rows
@@ -120,16 +120,16 @@ def teacher_rows(plan: Plan) -> tuple[list[TeacherResult], list[dict]]:
         ci95 = t.get("ci95") if metric == "acc" or correct is None else list(bootstrap_ci(correct))
         rows.append(
             TeacherResult(
-                t["name"],
-                t["acc"],
-                ci95,
-                t.get("scoring"),
-                t.get("validation") or [],
-                t.get("params"),
-                t.get("peak_memory_mb"),
-                t.get("latency_ms_p50"),
-                t.get("measured", True),
-                t.get("source"),
+                name=t["name"],
+                acc=t["acc"],
+                ci95=ci95,
+                scoring=t.get("scoring"),
+                validation=t.get("validation") or [],
+                params=t.get("params"),
+                peak_memory_mb=t.get("peak_memory_mb"),
+                latency_ms_p50=t.get("latency_ms_p50"),
+                measured=t.get("measured", True),
+                source=t.get("source"),
             )
         )
         if t["acc"] is not None:
@@ -226,8 +226,8 @@ def build_study(plan: Plan, skipped: int = 0, computed: int = 0) -> Study:
     trained = [r for r in rows if r["group"] in ("taught", "collaboration")]
     log_params: list = [math.log10(r["params"]) if r["params"] else None for r in trained]  # None: size unknown
     return Study(
-        teachers,
-        runs,
+        teachers=teachers,
+        runs=runs,
         experiment=experiment.name,
         task=experiment.task.name,
         split=experiment.task.test_split,

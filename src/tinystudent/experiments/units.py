@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tinystudent.folders import refuse_links
 from tinystudent.hashing import stable_hash
 from tinystudent.log import info, quiet_libraries
+from tinystudent.redact import redact
 from tinystudent.store import Store
 from tinystudent.tasks import load_task
 
@@ -31,8 +33,9 @@ def unit_key(kind: str, payload: dict) -> str:
 
 
 def unit_log(log_dir: Path, key: str) -> Path:
-    """The log file of the unit stored under `key` (`kind-hash.log`)."""
-    return log_dir / f"{key.replace(':', '-', 1)}.log"
+    """The log file of the unit stored under `key` (`kind-hash.log`): refused (`LinkedPathError`)
+    when it or the log folder is a symbolic link, which would have the log written elsewhere."""
+    return refuse_links(log_dir / f"{key.replace(':', '-', 1)}.log", log_dir.parent)
 
 
 @dataclass(frozen=True)
@@ -116,14 +119,14 @@ class UnitRunner:
         info(f"[bold]{kind}[/bold] {label} (log: {log_path})")
         with log_path.open("a") as log:
             log.write(f"== {label} ({key}) started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            log.write(json.dumps(payload, indent=1, default=str) + "\n")
+            log.write(redact(json.dumps(payload, indent=1, default=str)) + "\n")  # a password in a URL, say
         return time.time()
 
     def failed(self, kind: str, label: str, payload: dict, error: str) -> None:
         """Record the unit as failed, `error` (a traceback) in its log."""
         key = self.key(kind, payload)
         with unit_log(self.log_dir, key).open("a") as log:
-            log.write(error)
+            log.write(redact(error))
         self.store.save_run(key, kind, "failed", {"label": label, **payload}, None, self.experiment)
 
     def finish(self, kind: str, label: str, payload: dict, result: dict, started: float) -> dict:
@@ -138,7 +141,7 @@ class UnitRunner:
             "log": str(log_path),
         }
         with log_path.open("a") as log:
-            log.write(json.dumps(result, indent=1, default=str) + "\n== done\n")
+            log.write(redact(json.dumps(result, indent=1, default=str)) + "\n== done\n")
         self.store.save_run(key, kind, "done", {"label": label, **payload}, result, self.experiment)
         self.done.append(label)
         self.computed_keys.add(key)
@@ -149,7 +152,7 @@ class UnitRunner:
         return result
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalRequest:
     """One evaluation of a model on a split (what `tinystudent eval` takes), filed under `run_key`."""
 
@@ -180,7 +183,7 @@ def evaluate_in_subprocess(request: EvalRequest, log_path: Path) -> dict:
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     with log_path.open("a") as log:
-        log.write(f"$ evaluate {request}\n")
+        log.write(redact(f"$ evaluate {request}") + "\n")
     child = context.Process(target=_evaluation_child, args=(request, str(log_path), os.getpid(), send))
     child.start()
     send.close()  # the child holds the only sending end: it closing (exit, crash) ends recv

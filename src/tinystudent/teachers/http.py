@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 import httpx
 
 from tinystudent.models.requests import ChoiceRequest
-from tinystudent.redact import redact, remember_secret
+from tinystudent.redact import redact, redact_url, remember_secret
 from tinystudent.teachers.base import (
     Generation,
     GenerationResult,
@@ -114,14 +114,15 @@ class HttpTeacher:
         max_retries: retries on one server after a connection error, timeout, 429 or 5xx (default 4).
         backoff: first retry delay in seconds, doubled each retry (default 0.5).
         identity: what the cache knows this teacher by. Default for one URL given as a string:
-            `http:{base URL}#{model}`, as it has always been. Default for a list (even of one URL):
-            `http-servers:{model}#{weights}`, where `weights` is what every server reports for the
-            model in `GET /v1/models`: `tinystudent serve`'s weights hash, else vLLM's `root` (the
-            weights it loaded), else the model's id. It names no server, so outputs cached through
-            one server are reused through two, and servers reporting different weights are an
-            error (servers down when the teacher is made are not asked). Set `identity` to keep
-            the cache of one URL given as a string when adding servers (pass its old identity), or
-            when the servers name the same weights differently (e.g. different local paths).
+            `http:{base URL}#{model}`, as it has always been (a password in the URL masked). Default
+            for a list (even of one URL): `http-servers:{model}#{weights}`, where `weights` is what
+            every server reports for the model in `GET /v1/models`: `tinystudent serve`'s weights
+            hash, else vLLM's `root` (the weights it loaded), else the model's id. It names no
+            server, so outputs cached through one server are reused through two, and servers
+            reporting different weights are an error (servers down when the teacher is made are
+            not asked). Set `identity` to keep the cache of one URL given as a string when adding
+            servers (pass its old identity), or when the servers name the same weights differently
+            (e.g. different local paths).
         echo_max_tokens: `max_tokens` sent with scoring requests (default 1, which every server
             with echo accepts; the token it generates is ignored).
         cooldown: seconds a failing server stays out of rotation (default 30).
@@ -131,6 +132,7 @@ class HttpTeacher:
         self,
         model: str,
         base_url: str | Sequence[str],
+        *,
         api_key_env: str | None = None,
         endpoint: str = "chat",
         concurrency: int = 8,
@@ -152,7 +154,9 @@ class HttpTeacher:
             raise ValueError(f"base_url must list one or more distinct servers, got {list(base_url)}")
         self.name = model
         self.base_urls = tuple(urls)
-        self.base_url = ", ".join(urls)  # how errors name the server(s)
+        for url in urls:  # a password in a URL is a secret like a key: masked wherever it shows
+            remember_secret(urlparse(url).password)
+        self.base_url = ", ".join(redact_url(url) for url in urls)  # how errors name the server(s)
         self.endpoint, self.concurrency = endpoint, concurrency
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
         self.echo_max_tokens = echo_max_tokens

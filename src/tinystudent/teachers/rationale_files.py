@@ -228,16 +228,16 @@ def store_rationales(
             stated = final_answer(r.text, question.answer_text)
             matches = True if r.source.get("gold") else stated is not None and stated[1]
         output = TeacherOutput(
-            cache.teacher_key(r.teacher),
-            r.example_id,
-            "imported",
-            r.text,
-            r.answer,
-            None,
-            matches,
-            key,
-            task_name,
-            {"raw": r.raw, "source": r.source},
+            teacher=cache.teacher_key(r.teacher),
+            example_id=r.example_id,
+            strategy="imported",
+            text=r.text,
+            answer=r.answer,
+            choice_logprobs=None,
+            matches_gold=matches,
+            cache_key=key,
+            task=task_name,
+            meta={"raw": r.raw, "source": r.source},
         )
         cache.save(store, output, None, replace=True)
         count += 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from tinystudent.experiments.config import Experiment, ScoringPass, StudentSpec, parse_scoring_pass
 from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.units import EvalRequest, UnitSpec, evaluate_in_subprocess, unit_log
+from tinystudent.folders import refuse_links
 from tinystudent.store import Store
 from tinystudent.tasks.schema import is_free_form
 
@@ -43,8 +44,9 @@ class StageContext:
         return unit_log(self.log_dir, unit.key)
 
     def run_dir(self, unit: UnitSpec) -> Path:
-        """The folder a training unit keeps its checkpoints in, named like its log."""
-        return self.out_dir / "runs" / self.log(unit).stem
+        """The folder a training unit keeps its checkpoints in, named like its log (refused when a
+        part of it inside the results folder is a symbolic link)."""
+        return refuse_links(self.out_dir / "runs" / self.log(unit).stem, self.out_dir)
 
     def needed(self, key: str) -> dict:
         """The result of a unit this one needs (it ran first)."""
@@ -68,20 +70,20 @@ class StageContext:
         task = self.experiment.task
         scoring = scoring or parse_scoring_pass("zero_shot")
         request = EvalRequest(
-            model,
-            self.data.splits.task,
-            split or task.test_split,
-            limit if split else task.test_limit,
-            task.seed,
-            str(self.store.path),
-            self.experiment.eval_batch_size,
-            self.experiment.device,
-            scoring.mode,
-            scoring.num_fewshot,
-            budget or task.max_input_tokens,
-            f"{unit.key}:{part}" if part else unit.key,
-            evidence or task.evidence,
-            scoring.samples,
+            model=model,
+            task=self.data.splits.task,
+            split=split or task.test_split,
+            limit=limit if split else task.test_limit,
+            seed=task.seed,
+            db=str(self.store.path),
+            batch_size=self.experiment.eval_batch_size,
+            device=self.experiment.device,
+            mode=scoring.mode,
+            num_fewshot=scoring.num_fewshot,
+            max_input_tokens=budget or task.max_input_tokens,
+            run_key=f"{unit.key}:{part}" if part else unit.key,
+            evidence=evidence or task.evidence,
+            samples=scoring.samples,
         )
         return evaluate_in_subprocess(request, self.log(unit))
 
