@@ -10,20 +10,23 @@ import sys
 import types
 
 import pytest
-from test_report_study import LLAMA, SMOL, realistic_study
+from test_report_study import LLAMA, SMOL, realistic, realistic_study
 from typer.testing import CliRunner
 
 from tinystudent.cli import app
-from tinystudent.report import StudyError, pareto_frontier, render_report, verdict_text
+from tinystudent.report import StudyError, pareto_frontier, render_report, validate_study, verdict_text
 from tinystudent.report.blocks import Table
 from tinystudent.report.markdown import markdown_table
+from tinystudent.results import RunResult, Study
+
+WINNER = "smollm2-first16 / full / rationale:all / seed 0"
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     study = realistic_study()
-    return study, render_report(study, out)
+    return study, render_report(Study.from_dict(study), out)
 
 
 @pytest.fixture(scope="module")
@@ -62,30 +65,81 @@ def test_verdict_comes_first_and_says_who_beats_whom(markdown):
         < headings.index("Reproducibility")
     )
     verdict = " ".join(section(markdown, "Verdict").split())  # undo the line wrapping
+    # One verdict per teacher, said once for both measures of size, with the size on each.
     assert (
-        f"By parameters, the smallest student that beats {SMOL} (acc 52.0%) is "
-        "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, +3.5 points, 95% CI [-0.5, +7.5], "
-        "p = 0.040), with 76.5M parameters against the teacher's 134.5M (1.8x smaller)."
+        f"By parameters and peak memory, the smallest student that beats {SMOL} (acc 52.0%) is "
+        f"{WINNER} (acc 55.5%, +3.5 points, 95% CI [-0.5, +7.5], p = 0.040), with 76.5M parameters "
+        "against the teacher's 134.5M (1.8x smaller) and 880 MB peak memory against the teacher's 1.9 GB "
+        "(2.2x smaller)."
     ) in verdict
-    assert "By peak memory, the smallest student that beats" in verdict
-    assert "with 880 MB peak memory against the teacher's 1.9 GB" in verdict
     # The unsettled verdict: nobody beats the reported LLaMA, the closest run is named with its gap.
     assert (
-        f"By parameters, no student beats {LLAMA} (acc 73.8%, reported, not measured); the closest is "
-        "smollm2-first16 / full / rationale:all / seed 0 (acc 55.5%, -18.2 points, 95% CI [-25.2, -11.2], "
-        "p = 1.000)."
+        f"By parameters and peak memory, no student beats {LLAMA} (acc 73.8%, reported, not measured); "
+        f"the closest is {WINNER} (acc 55.5%, -18.2 points, 95% CI [-25.2, -11.2], p = 1.000)."
     ) in verdict
-    assert "-18.2 points, no paired interval)" in verdict
+    assert verdict.count("the smallest student that beats") == 1 and verdict.count("no student beats") == 1
+    assert "By parameters," not in verdict and "By peak memory," not in verdict
     # The best teacher is named first.
     assert verdict.index(f"Against {LLAMA}, the best teacher") < verdict.index(f"Against {SMOL}")
+
+
+def test_the_verdict_table_has_a_row_per_teacher_and_a_column_per_measure(markdown):
+    table = tables_of(section(markdown, "Verdict"))[0]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    header, rows = cells[0], cells[2:]
+    assert header == [
+        "teacher",
+        "teacher acc",
+        "smallest student that beats it",
+        "student acc",
+        "difference (points)",
+        "95% CI (points)",
+        "p",
+        "parameters",
+        "peak memory",
+        "largest student below that does not",
+    ]
+    assert rows == [
+        [SMOL, "52.0%", WINNER, "55.5%", "+3.5", "[-0.5, +7.5]", "0.040", "76.5M (1.8x smaller)"]
+        + ["880 MB (2.2x smaller)", "–"],
+        [f"{LLAMA} (reported, not measured) [best]", "73.8%", f"none (closest: {WINNER})", "55.5%", "-18.2"]
+        + ["[-25.2, -11.2]", "1.000", "76.5M (88.1x smaller)", "880 MB", "–"],
+    ]
+
+
+def test_a_verdict_that_differs_between_measures_is_said_for_each(tmp_path):
+    """Another winner by peak memory is another verdict: each measure keeps its sentence and row."""
+    study = realistic_study()
+    by_memory = study["verdict"][1]
+    assert by_memory["teacher"] == SMOL and by_memory["by"] == "peak_memory_mb"
+    small = study["runs"][6]  # smollm2-first8 / full / rationale:all, at 560 MB
+    by_memory.update(smallest_winner=small["label"], winner_acc=small["acc"], winner_params=small["params"])
+    by_memory.update(winner_peak_memory_mb=small["peak_memory_mb"], diff=0.005, p_value=0.049)
+    markdown = render_report(Study.from_dict(study), tmp_path)["markdown"].read_text(encoding="utf-8")
+    verdict = " ".join(section(markdown, "Verdict").split())
+    assert (
+        f"By parameters, the smallest student that beats {SMOL} (acc 52.0%) is {WINNER} (acc 55.5%, "
+        "+3.5 points, 95% CI [-0.5, +7.5], p = 0.040), with 76.5M parameters against the teacher's 134.5M "
+        "(1.8x smaller)."
+    ) in verdict
+    assert (
+        f"By peak memory, the smallest student that beats {SMOL} (acc 52.0%) is {small['label']} (acc 47.0%, "
+        "+0.5 points, 95% CI [-0.5, +7.5], p = 0.049), with 560 MB peak memory against the teacher's 1.9 GB "
+        "(3.4x smaller)."
+    ) in verdict
+    assert f"By parameters and peak memory, no student beats {LLAMA}" in verdict  # still one verdict
+    table = tables_of(section(markdown, "Verdict"))[0]
+    assert "| judged by " in table[0]
+    judged = [line.split("|")[3].strip() for line in table[2:]]
+    assert judged == ["parameters", "peak memory", "parameters and peak memory"]
 
 
 def test_a_winner_at_the_majority_baseline_is_called_so():
     from tinystudent.report import verdict_sentence
 
-    study = realistic_study()
-    entry, teacher = study["verdict"][0], study["teachers"][0]
-    assert "majority baseline" not in verdict_sentence(entry, teacher, study["majority_baseline"])
+    study = realistic()
+    entry, teacher = study.verdict[0], study.teachers[0]
+    assert "majority baseline" not in verdict_sentence(entry, teacher, study.majority_baseline)
     said = verdict_sentence({**entry, "winner_acc": 0.5556}, teacher, baseline=5 / 9)  # stored rounded
     assert said.endswith(
         "It does no better than always giving the most common answer (the majority baseline, "
@@ -94,7 +148,7 @@ def test_a_winner_at_the_majority_baseline_is_called_so():
 
 
 def test_verdict_text_for_the_terminal_matches_the_report(markdown):
-    text = verdict_text(realistic_study())
+    text = verdict_text(realistic())
     assert text.startswith("## Verdict\n") and text.strip() in markdown
 
 
@@ -194,7 +248,9 @@ def test_csv_and_json_hold_every_run(rendered):
     failed = next(row for row in rows if row["status"] == "failed")
     assert failed["acc"] == "" and failed["ci95_low"] == ""
     exported = json.loads(paths["runs_json"].read_text(encoding="utf-8"))
-    assert exported["runs"] == study["runs"] and exported["teachers"] == study["teachers"]
+    stored = Study.from_dict(study).to_dict()  # what the store would hold: every field of a run
+    assert exported["runs"] == stored["runs"] and exported["teachers"] == stored["teachers"]
+    assert all(given.items() <= run.items() for given, run in zip(study["runs"], exported["runs"]))
     assert exported["config_hash"] == "ab12cd34ef56" and exported["experiment"] == "quickstart"
 
 
@@ -216,7 +272,7 @@ def test_minimal_study_renders_with_only_teachers_and_runs(tmp_path):
         "teachers": [{"name": "t", "acc": 0.5}],
         "runs": [{"label": "s / full / answer / seed 0", "acc": 0.4, "params": 1000}],
     }
-    paths = render_report(study, tmp_path)
+    paths = render_report(Study.from_dict(study), tmp_path)
     text = paths["markdown"].read_text(encoding="utf-8")
     assert "This study has no verdict yet" in " ".join(text.split())
     assert "This study has no runs to compare here." in text
@@ -233,13 +289,19 @@ def test_bad_study_is_an_error_naming_the_record(tmp_path):
         match=r"study: runs\[1\] 'smollm2-first4 / full / answer / seed 0': "
         r"'acc' must be a fraction between 0 and 1",
     ):
-        render_report(study, tmp_path)
+        validate_study(study)
     with pytest.raises(StudyError, match="'teachers' must be a list"):
-        render_report({"runs": []}, tmp_path)
+        validate_study({"runs": []})
     study = realistic_study()
     study["comparisons"]["full_vs_lora"][2]["rows"] = {"method": "full"}
     with pytest.raises(StudyError, match=r"comparisons.full_vs_lora\[2\]: 'rows' must be a list"):
-        render_report(study, tmp_path)
+        validate_study(study)
+    typed = realistic()  # a Study built in code is checked the same way before it is rendered
+    typed.runs[1].acc = 33
+    with pytest.raises(StudyError, match=r"runs\[1\] 'smollm2-first4 / full / answer / seed 0'"):
+        render_report(typed, tmp_path)
+    with pytest.raises(TypeError, match="render_report takes a Study, got dict"):
+        render_report(realistic_study(), tmp_path)
 
 
 def test_correlations_are_computed_when_the_study_leaves_them_out(tmp_path):
@@ -247,7 +309,7 @@ def test_correlations_are_computed_when_the_study_leaves_them_out(tmp_path):
 
     study = realistic_study()
     del study["bpb_correlation"]
-    text = " ".join(render_report(study, tmp_path)["markdown"].read_text(encoding="utf-8").split())
+    text = " ".join(render_report(Study.from_dict(study), tmp_path)["markdown"].read_text(encoding="utf-8").split())
     runs = [run for run in study["runs"] if run["status"] == "done" and run["bits_per_byte"] is not None]
     accs = [run["acc"] for run in runs]
     by_bpb = np.corrcoef([run["bits_per_byte"] for run in runs], accs)[0, 1]
@@ -258,7 +320,7 @@ def test_correlations_are_computed_when_the_study_leaves_them_out(tmp_path):
 
 def test_pareto_frontier_keeps_runs_no_other_beats_on_size_and_accuracy():
     runs = [
-        {"label": name, "params": params, "acc": acc}
+        RunResult(label=name, params=params, acc=acc)
         for name, params, acc in [
             ("a", 10, 0.30),
             ("b", 20, 0.25),
@@ -268,7 +330,7 @@ def test_pareto_frontier_keeps_runs_no_other_beats_on_size_and_accuracy():
             ("f", 5, 0.10),
         ]
     ]
-    assert [run["label"] for run in pareto_frontier(runs)] == ["f", "a", "c", "e"]
+    assert [run.label for run in pareto_frontier(runs)] == ["f", "a", "c", "e"]
 
 
 def test_markdown_table_escapes_pipes_and_right_aligns_numbers():
@@ -349,7 +411,7 @@ def test_hostile_names_are_shown_as_text_never_as_html(tmp_path):
     for run in study["runs"]:
         run["label"] = run["label"].replace("smollm2", f"s{image}&amp;")
         run["student"] = run["student"].replace("smollm2", f"s{image}&amp;")
-    paths = render_report(study, tmp_path)
+    paths = render_report(Study.from_dict(study), tmp_path)
     text = paths["markdown"].read_text(encoding="utf-8")
     assert image.replace("<", "\\<") in text
     assert re.search(r"(?<!\\)<(script|img)", text) is None

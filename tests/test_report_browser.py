@@ -15,7 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_report_study import realistic_study
+from test_report_study import realistic
 
 from tinystudent.report import render_report
 
@@ -33,7 +33,7 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory):
-    return render_report(realistic_study(), tmp_path_factory.mktemp("report"))["html"]
+    return render_report(realistic(), tmp_path_factory.mktemp("report"))["html"]
 
 
 TEACHER_RED = (0xB2, 0x18, 0x2B)  # plots.TEACHER_COLOURS[0]

@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+from tinystudent.results import Study
+
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 LLAMA = "llama-2-chat-7b"
 
@@ -94,7 +96,15 @@ def realistic_study() -> dict:
         {**_run("smollm2-first16", "lora", "rationale:all", 0.0), "acc": None, "ci95": None, "status": "failed"},
     ]
     winner = runs[10]
-    closest = {"label": winner["label"], "acc": 0.555, "diff": -0.1825, "diff_ci95": [-0.2525, -0.1125], "p_value": 1.0}
+    closest = {
+        "label": winner["label"],
+        "acc": 0.555,
+        "params": winner["params"],
+        "peak_memory_mb": winner["peak_memory_mb"],
+        "diff": -0.1825,
+        "diff_ci95": [-0.2525, -0.1125],
+        "p_value": 1.0,
+    }
     return {
         "experiment": "quickstart",
         "task": "arc_easy",
@@ -186,7 +196,7 @@ def realistic_study() -> dict:
                 "diff": None,
                 "diff_ci95": None,
                 "p_value": None,
-                "closest": {**closest, "diff_ci95": None, "p_value": None},
+                "closest": closest,
                 "best_teacher": True,
             },
         ],
@@ -258,6 +268,11 @@ def realistic_study() -> dict:
     }
 
 
+def realistic() -> Study:
+    """`realistic_study()` read as the report reads a stored study."""
+    return Study.from_dict(realistic_study())
+
+
 @pytest.mark.slow
 def test_the_runners_study_reads_back_as_its_records_and_the_sample_has_its_shape(tmp_path, tiny_causal, tiny_encoder):
     """The real runner on a tiny experiment: its study reads back as a `Study` (and writes out
@@ -268,7 +283,7 @@ def test_the_runners_study_reads_back_as_its_records_and_the_sample_has_its_shap
     from tinystudent.experiments.runner import run_experiment
     from tinystudent.experiments.study import load_study
     from tinystudent.report import validate_study
-    from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
+    from tinystudent.results import RunResult, StudentResult, TeacherResult
     from tinystudent.store import Store
 
     collaboration = "collaboration: {members: [small, full], ensemble: true}\n"
@@ -280,7 +295,7 @@ def test_the_runners_study_reads_back_as_its_records_and_the_sample_has_its_shap
         stored = load_study(store, "tiny")
     assert stored == json.loads(json.dumps(study))  # what the store holds is the study
     typed = Study.from_dict(stored)
-    assert typed.to_dict() == stored and validate_study(stored) is stored
+    assert typed.to_dict() == stored and validate_study(stored) == typed
     assert {run.group for run in typed.runs} == {"taught", "collaboration", "untrained"}
     assert [(t.name, t.measured) for t in typed.teachers] == [("teach", True)]
     assert [(s.name, s.cut) for s in typed.students] == [("small", "layers first:1"), ("full", "-"), ("enc", "-")]
@@ -296,8 +311,9 @@ def test_the_runners_study_reads_back_as_its_records_and_the_sample_has_its_shap
 
 def test_best_run_compares_only_runs_measured_on_the_same_questions():
     from tinystudent.report.study import best_run
+    from tinystudent.results import RunResult
 
-    debate = {"label": "debate (20 test questions)", "acc": 0.40, "n": 20, "params": 2}
-    ensemble = {"label": "ensemble", "acc": 0.29, "n": 100, "params": 2}
-    assert best_run([debate, ensemble])["label"] == "ensemble"
-    assert best_run([debate])["label"] == debate["label"]
+    debate = RunResult(label="debate (20 test questions)", acc=0.40, n=20, params=2)
+    ensemble = RunResult(label="ensemble", acc=0.29, n=100, params=2)
+    assert best_run([debate, ensemble]) is ensemble
+    assert best_run([debate]) is debate

@@ -62,7 +62,7 @@ def majority() -> dict:
     return {"name": "always 'yes'", "acc": sum(YES) / N, "ids": IDS, "correct": YES}
 
 
-def study_dict() -> dict:
+def rigour_study() -> Study:
     """Three students over two seeds each, a measured teacher below the majority, a reported
     teacher, and one that only gave rationales."""
     runs = [
@@ -96,12 +96,12 @@ def study_dict() -> dict:
             "baselines": baselines(grouped, {"answer": "yes", "acc": sum(YES) / N}),
             "contamination": {"test_questions": N, "checked": {"train": 50}, "overlap": 0},
         }
-    ).to_dict()
+    )
 
 
 def test_a_teacher_below_the_majority_is_flagged_and_the_winner_beats_both():
-    study = study_dict()
-    weak = [e for e in study["verdict"] if e["teacher"] == "weak" and e["by"] == "params"][0]
+    study = rigour_study()
+    weak = [e for e in study.verdict if e["teacher"] == "weak" and e["by"] == "params"][0]
     assert weak["teacher_below_majority"] is True
     assert weak["smallest_winner"] == "large / full / rationale:all (2 seeds)"  # not "tiny": it only says yes
     assert weak["largest_loser"]["label"] in ("small / full / answer (2 seeds)", "tiny / full / answer (2 seeds)")
@@ -112,7 +112,7 @@ def test_a_teacher_below_the_majority_is_flagged_and_the_winner_beats_both():
 
 
 def test_the_report_states_the_baselines_the_seeds_and_a_rationales_only_teacher(tmp_path):
-    study = study_dict()
+    study = rigour_study()
     markdown = render_report(study, tmp_path)["markdown"].read_text(encoding="utf-8")
     text = " ".join(markdown.split())
     assert "majority baseline (always 'yes') | 66.0%" in text

@@ -10,6 +10,7 @@ import pytest
 from tinystudent.evaluation.stats import pearson
 from tinystudent.experiments.config import ExperimentError, load_experiment
 from tinystudent.experiments.verdict import compare, compare_to_fixed, smallest_winner, verdict
+from tinystudent.results import TeacherResult
 
 N = 200
 TEACHER = {"name": "big", "acc": 0.5, "measured": True, "correct": [i % 2 == 0 for i in range(N)]}
@@ -234,7 +235,7 @@ def test_the_closest_is_judged_on_every_question_before_a_subset():
     assert entry["closest"]["label"] == "student" and entry["closest"]["subset"] is None
     alone = smallest_winner(teacher, [tie_on_subset], "params")
     assert alone["closest"]["subset"] == {"n": 20, "of": N, "teacher_acc": 0.5}
-    sentence = verdict_sentence(alone, teacher)
+    sentence = verdict_sentence(alone, TeacherResult(name="big", acc=0.5, measured=True))
     assert "on the 20 of 200 test questions it answered, where the teacher has 50.0%" in sentence
 
 
@@ -254,7 +255,7 @@ def test_the_sentence_gives_the_winner_its_own_numbers_and_the_boundary_its_own(
         "params": 19_200_000,
         "largest_loser": {"label": "minilm-1L", "params": 13_800_000, "acc": 0.667, "diff": 0.008},
     }
-    sentence = verdict_sentence(entry, {"params": 134_500_000})
+    sentence = verdict_sentence(entry, TeacherResult(name="smollm2", acc=0.658, params=134_500_000))
     winner, boundary = sentence.split("Below it")
     assert "minilm-4L (acc 71.5%, +5.7 points" in winner and "p = 0.043" in winner and "66.7%" not in winner
     assert "minilm-1L" in boundary and "acc 66.7%, +0.8 points" in boundary

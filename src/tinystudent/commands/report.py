@@ -35,7 +35,7 @@ def report_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the paths written."),
 ) -> None:
     """Write the report of a study: verdict first, then plots, comparisons and every run."""
-    from tinystudent.report import render_report
+    from tinystudent.report import render_report, validate_study
 
     if study is not None and experiment is None:
         data, origin, called = read_study_file(study), str(study), study.stem
@@ -44,9 +44,9 @@ def report_command(
         called = experiment
     else:
         raise ValueError("give exactly one of --study STUDY.json or --experiment NAME (with --db DB)")
-    name = data.get("experiment") if isinstance(data, dict) else None
-    out = out or Path("tinystudent-results") / "reports" / str(name or called)
-    paths = render_report(data, out, origin=origin)
+    typed = validate_study(data, origin)
+    out = out or Path("tinystudent-results") / "reports" / str(typed.experiment or called)
+    paths = render_report(typed, out, origin=origin)
     if as_json:
         emit_json({key: str(path) for key, path in paths.items()})
         return

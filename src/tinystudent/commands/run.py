@@ -96,12 +96,13 @@ def run_command(
             emit_json({"experiment": spec.name, "valid": True, "training_runs": plan, **checked})
         return
     from tinystudent.experiments.runner import run_experiment
-    from tinystudent.report import render_report, verdict_text
+    from tinystudent.report import render_report, validate_study, verdict_text
     from tinystudent.store import Store
 
     with Store(db) as store:
         study = run_experiment(spec, store, out)
-    paths = render_report(study, out / "report")
+    typed = validate_study(study)  # the stored study, read back as a Study
+    paths = render_report(typed, out / "report")
     stderr.print(f"units computed {study['units']['computed']}, read back {study['units']['skipped']}")
     if as_json:
         emit_json(
@@ -115,7 +116,7 @@ def run_command(
             }
         )
         return
-    stdout.print(verdict_text(study))
+    stdout.print(verdict_text(typed))
     stdout.print(f"report: {paths['markdown']} and {paths['html']}")
 
 

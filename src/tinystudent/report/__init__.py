@@ -1,8 +1,8 @@
 """The study's report: verdict first, then plots, comparisons and every run.
 
 `render_report(study, out_dir)` writes report.md (reads as plain text), report.html (one
-self-contained page), runs.csv and runs.json from the plain study dict the experiment runner
-produces. Nothing here touches models or the database.
+self-contained page), runs.csv and runs.json from a `tinystudent.results.Study`; a study stored as
+JSON is read back with `validate_study`. Nothing here touches models or the database.
 """
 
 from tinystudent.report.content import build_report

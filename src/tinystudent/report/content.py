@@ -17,11 +17,13 @@ from tinystudent.report.study import (
     best_run,
     bpb_correlations,
     finished_runs,
+    group_of,
     is_measured,
     pareto_frontier,
     runs_in_group,
 )
 from tinystudent.report.verdict import verdict_section
+from tinystudent.results import RunResult, StudentResult, Study, TeacherResult
 
 RATIONALES_ONLY = "rationales only, not scored"
 
@@ -35,7 +37,7 @@ COMPARISON_TITLES = {
 }
 
 
-def build_report(study: dict) -> list[Block]:
+def build_report(study: Study) -> list[Block]:
     """Every block of the report, in reading order, from a validated study."""
     runs = finished_runs(study)
     return [
@@ -53,21 +55,21 @@ def build_report(study: dict) -> list[Block]:
     ]
 
 
-def title_section(study: dict, runs: list[dict]) -> list[Block]:
-    experiment = study.get("experiment") or "experiment"
+def title_section(study: Study, runs: list[RunResult]) -> list[Block]:
+    experiment = study.experiment or "experiment"
     where = ", ".join(
         part
         for part in (
-            f"Task {study['task']}" if study.get("task") else "",
-            f"{study['split']} split" if study.get("split") else "",
-            f"{study['n_test']} questions" if fmt.is_number(study.get("n_test")) else "",
+            f"Task {study.task}" if study.task else "",
+            f"{study.split} split" if study.split else "",
+            f"{study.n_test} questions" if fmt.is_number(study.n_test) else "",
         )
         if part
     )
-    counts = f"{len(study['teachers'])} teacher(s), {len(runs)} finished student run(s)" + (
-        f" of {len(study['runs'])}" if len(runs) != len(study["runs"]) else ""
+    counts = f"{len(study.teachers)} teacher(s), {len(runs)} finished student run(s)" + (
+        f" of {len(study.runs)}" if len(runs) != len(study.runs) else ""
     )
-    created = f"; created {study['created']}" if study.get("created") else ""
+    created = f"; created {study.created}" if study.created else ""
     return [
         Heading(f"tinystudent report: {experiment}", 1),
         Paragraph(
@@ -76,32 +78,32 @@ def title_section(study: dict, runs: list[dict]) -> list[Block]:
     ]
 
 
-def teacher_row(teacher: dict) -> list[str]:
+def teacher_row(teacher: TeacherResult) -> list[str]:
     """Name, accuracy, interval, cost and how the number is known ("reported, not measured")."""
     known = "measured" if is_measured(teacher) else fmt.REPORTED
-    if not fmt.is_number(teacher.get("acc")):
+    if not fmt.is_number(teacher.acc):
         known = RATIONALES_ONLY
-    if teacher.get("source"):
-        known += f" ({teacher['source']})"
+    if teacher.source:
+        known += f" ({teacher.source})"
     return [
-        teacher["name"],
-        fmt.pct(teacher.get("acc")),
-        fmt.pct_interval(teacher.get("ci95")),
-        teacher.get("scoring") or fmt.MISSING,
-        fmt.params(teacher.get("params")),
-        fmt.memory_mb(teacher.get("peak_memory_mb")),
-        fmt.milliseconds(teacher.get("latency_ms_p50")),
+        teacher.name,
+        fmt.pct(teacher.acc),
+        fmt.pct_interval(teacher.ci95),
+        teacher.scoring or fmt.MISSING,
+        fmt.params(teacher.params),
+        fmt.memory_mb(teacher.peak_memory_mb),
+        fmt.milliseconds(teacher.latency_ms_p50),
         known,
     ]
 
 
-def scored_teachers(study: dict) -> list[dict]:
+def scored_teachers(study: Study) -> list[TeacherResult]:
     """The teachers with an accuracy (a teacher that only gave rationales has none)."""
-    return [teacher for teacher in study["teachers"] if fmt.is_number(teacher.get("acc"))]
+    return [teacher for teacher in study.teachers if fmt.is_number(teacher.acc)]
 
 
-def teacher_section(study: dict) -> list[Block]:
-    rows = [teacher_row(teacher) for teacher in study["teachers"]]
+def teacher_section(study: Study) -> list[Block]:
+    rows = [teacher_row(teacher) for teacher in study.teachers]
     rows.append(_baseline_row(study, 8))
     blocks: list[Block] = [
         Heading("Teachers"),
@@ -111,7 +113,7 @@ def teacher_section(study: dict) -> list[Block]:
             align=["l", "r", "r", "l", "r", "r", "r", "l"],
         ),
     ]
-    chosen = [t for t in study["teachers"] if t.get("validation")]
+    chosen = [t for t in study.teachers if t.validation]
     if chosen:
         blocks.append(
             Paragraph(
@@ -124,13 +126,13 @@ def teacher_section(study: dict) -> list[Block]:
                 ["teacher", "scored as", "validation accuracy", "chosen"],
                 [
                     [
-                        t["name"],
+                        t.name,
                         row["scoring"],
                         fmt.pct(row["acc"]),
-                        "yes" if row["scoring"] == t.get("scoring") else "",
+                        "yes" if row["scoring"] == t.scoring else "",
                     ]
                     for t in chosen
-                    for row in t["validation"]
+                    for row in t.validation
                 ],
                 align=["l", "l", "r", "l"],
             )
@@ -138,13 +140,13 @@ def teacher_section(study: dict) -> list[Block]:
     return blocks
 
 
-def _baseline_row(study: dict, width: int, acc_column: int = 1) -> list[str]:
+def _baseline_row(study: Study, width: int, acc_column: int = 1) -> list[str]:
     row = ["majority baseline"] + [""] * (width - 1)
-    row[acc_column] = fmt.pct(study.get("majority_baseline"))
+    row[acc_column] = fmt.pct(study.majority_baseline)
     return row
 
 
-def size_section(study: dict, runs: list[dict]) -> list[Block]:
+def size_section(study: Study, runs: list[RunResult]) -> list[Block]:
     """Accuracy against parameters (with the Pareto frontier) and against peak memory."""
     blocks: list[Block] = [Heading("Accuracy against size")]
     if not runs:
@@ -167,7 +169,7 @@ def size_section(study: dict, runs: list[dict]) -> list[Block]:
             )
         )
     by_memory = plots.accuracy_vs_cost(study, runs, "peak_memory_mb", "peak inference memory")
-    missing = sum(not fmt.is_number(run.get("peak_memory_mb")) for run in runs)
+    missing = sum(not fmt.is_number(run.peak_memory_mb) for run in runs)
     if by_memory:
         note = f" {missing} run(s) without a measured peak memory are not shown." if missing else ""
         blocks.append(Figure("accuracy_vs_peak_memory", "Accuracy against peak memory", by_memory, how + note))
@@ -179,11 +181,11 @@ def size_section(study: dict, runs: list[dict]) -> list[Block]:
                 ["run", "parameters", "accuracy", "95% CI", "peak memory"],
                 [
                     [
-                        run["label"],
-                        fmt.params(run.get("params")),
-                        fmt.pct(run["acc"]),
-                        fmt.pct_interval(run.get("ci95")),
-                        fmt.memory_mb(run.get("peak_memory_mb")),
+                        run.label,
+                        fmt.params(run.params),
+                        fmt.pct(run.acc),
+                        fmt.pct_interval(run.ci95),
+                        fmt.memory_mb(run.peak_memory_mb),
                     ]
                     for run in frontier
                 ],
@@ -194,9 +196,9 @@ def size_section(study: dict, runs: list[dict]) -> list[Block]:
     return blocks
 
 
-def comparison_section(study: dict) -> list[Block]:
+def comparison_section(study: Study) -> list[Block]:
     """One table per compared group, each with the teachers and the majority baseline beneath."""
-    comparisons = study.get("comparisons") or {}
+    comparisons = study.comparisons or {}
     blocks: list[Block] = [Heading("Side-by-side comparisons")]
     names = list(COMPARISON_TITLES) + [name for name in comparisons if name not in COMPARISON_TITLES]
     for name in names:
@@ -212,11 +214,11 @@ def comparison_section(study: dict) -> list[Block]:
     return blocks
 
 
-def comparison_table(study: dict, group: dict) -> Table:
+def comparison_table(study: Study, group: dict) -> Table:
     """Rows of one compared group (the keys that vary, accuracy, interval, points above baseline)."""
     rows_in = group.get("rows") or []
     keys = list(dict.fromkeys(key for row in rows_in for key in row if key not in ("acc", "ci95")))
-    baseline = study.get("majority_baseline")
+    baseline = study.majority_baseline
     rows = []
     for row in rows_in:
         above = row.get("acc") - baseline if fmt.is_number(row.get("acc")) and fmt.is_number(baseline) else None
@@ -227,9 +229,9 @@ def comparison_table(study: dict, group: dict) -> Table:
     width = len(keys) + 3
     for teacher in scored_teachers(study):
         marker = "" if is_measured(teacher) else f" ({fmt.REPORTED})"
-        reference = [f"teacher {teacher['name']}{marker}"] + [""] * (width - 1)
-        reference[len(keys)] = fmt.pct(teacher["acc"])
-        reference[len(keys) + 1] = fmt.pct_interval(teacher.get("ci95"))
+        reference = [f"teacher {teacher.name}{marker}"] + [""] * (width - 1)
+        reference[len(keys)] = fmt.pct(teacher.acc)
+        reference[len(keys) + 1] = fmt.pct_interval(teacher.ci95)
         rows.append(reference)
     rows.append(_baseline_row(study, width, acc_column=len(keys)))
     caption = ", ".join(f"{key} {_cell(key, value)}" for key, value in group.items() if key != "rows")
@@ -255,20 +257,20 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-def _cost_row(role: str, name: str, record: dict, members: str = "") -> list[str]:
+def _cost_row(role: str, name: str, record: RunResult | TeacherResult, members: str = "") -> list[str]:
     return [
         role,
         name,
-        fmt.pct(record.get("acc")),
-        fmt.pct_interval(record.get("ci95")),
-        fmt.params(record.get("params")),
-        fmt.memory_mb(record.get("peak_memory_mb")),
-        fmt.milliseconds(record.get("latency_ms_p50")),
+        fmt.pct(record.acc),
+        fmt.pct_interval(record.ci95),
+        fmt.params(record.params),
+        fmt.memory_mb(record.peak_memory_mb),
+        fmt.milliseconds(record.latency_ms_p50),
         members,
     ]
 
 
-def learning_vs_working_section(study: dict) -> list[Block]:
+def learning_vs_working_section(study: Study) -> list[Block]:
     """The best taught student, the best collaborating group and each teacher, in accuracy and cost."""
     taught = best_run(runs_in_group(study, TAUGHT))
     together = best_run(runs_in_group(study, COLLABORATION))
@@ -284,16 +286,14 @@ def learning_vs_working_section(study: dict) -> list[Block]:
         )
     rows = []
     if taught:
-        rows.append(_cost_row("best taught student", taught["label"], taught))
+        rows.append(_cost_row("best taught student", taught.label, taught))
     if together:
-        rows.append(
-            _cost_row("best collaborating group", together["label"], together, ", ".join(together.get("members") or []))
-        )
+        rows.append(_cost_row("best collaborating group", together.label, together, ", ".join(together.members or [])))
     if untrained:
-        rows.append(_cost_row("best untrained student", untrained["label"], untrained))
+        rows.append(_cost_row("best untrained student", untrained.label, untrained))
     for teacher in scored_teachers(study):
         marker = "" if is_measured(teacher) else f" ({fmt.REPORTED})"
-        rows.append(_cost_row("teacher", teacher["name"] + marker, teacher))
+        rows.append(_cost_row("teacher", teacher.name + marker, teacher))
     rows.append(_baseline_row(study, 8, acc_column=2))
     if taught and together:
         blocks.append(Paragraph(_learning_sentence(taught, together)))
@@ -308,23 +308,23 @@ def learning_vs_working_section(study: dict) -> list[Block]:
     return blocks
 
 
-def _learning_sentence(taught: dict, together: dict) -> str:
-    gap = together["acc"] - taught["acc"]
+def _learning_sentence(taught: RunResult, together: RunResult) -> str:
+    gap = (together.acc or 0.0) - (taught.acc or 0.0)  # both finished: they have an accuracy
     side = "above" if gap > 0 else "below" if gap < 0 else "level with"
     sentence = (
-        f"The best collaborating group ({together['label']}, {fmt.pct(together['acc'])}) is "
+        f"The best collaborating group ({together.label}, {fmt.pct(together.acc)}) is "
         f"{f'{100 * abs(gap):.1f} points ' if gap else ''}{side} the best taught student "
-        f"({taught['label']}, {fmt.pct(taught['acc'])})"
+        f"({taught.label}, {fmt.pct(taught.acc)})"
     )
-    mine, theirs = together.get("params"), taught.get("params")
+    mine, theirs = together.params, taught.params
     if fmt.is_number(mine) and fmt.is_number(theirs) and theirs > 0:
         sentence += f" and costs {mine / theirs:.1f}x its parameters ({fmt.params(mine)} vs {fmt.params(theirs)})"
     return sentence + "."
 
 
-def loss_section(study: dict, runs: list[dict]) -> list[Block]:
+def loss_section(study: Study, runs: list[RunResult]) -> list[Block]:
     """Accuracy against bits per byte beside accuracy against parameters, with both correlations."""
-    measured = [run for run in runs if fmt.is_number(run.get("bits_per_byte"))]
+    measured = [run for run in runs if fmt.is_number(run.bits_per_byte)]
     if not measured:
         return []
     correlations = bpb_correlations(study)
@@ -350,14 +350,14 @@ def loss_section(study: dict, runs: list[dict]) -> list[Block]:
                 "same runs against parameters.",
             )
         )
-    by_student: dict[str, dict] = {}
+    by_student: dict[str, RunResult] = {}
     for run in measured:
-        name = run.get("student") or run["label"]
-        if name not in by_student or run["acc"] > by_student[name]["acc"]:
+        name = run.student or run.label
+        if name not in by_student or _accuracy(run) > _accuracy(by_student[name]):
             by_student[name] = run
     rows = [
-        [name, fmt.params(run.get("params")), fmt.decimal(run["bits_per_byte"]), fmt.pct(run["acc"])]
-        for name, run in sorted(by_student.items(), key=lambda item: item[1]["bits_per_byte"])
+        [name, fmt.params(run.params), fmt.decimal(run.bits_per_byte), fmt.pct(run.acc)]
+        for name, run in sorted(by_student.items(), key=lambda item: item[1].bits_per_byte or 0.0)
     ]
     blocks.append(
         Table(
@@ -370,24 +370,12 @@ def loss_section(study: dict, runs: list[dict]) -> list[Block]:
     return blocks
 
 
-def recovery_section(study: dict) -> list[Block]:
+def recovery_section(study: Study) -> list[Block]:
     """Bits per byte of each cut student before and after recovery from its parent."""
-    recovered = [s for s in study.get("students") or [] if s.get("recovered")]
+    recovered = [s for s in study.students if s.recovered]
     if not recovered:
         return []
-    rows = [
-        [
-            s["name"],
-            s.get("cut") or fmt.MISSING,
-            fmt.params(s.get("params")),
-            fmt.decimal(s.get("bits_per_byte_before_recovery")),
-            fmt.decimal(s.get("bits_per_byte_after_recovery")),
-            str(s.get("recovery_steps") or fmt.MISSING),
-            f"{s['recovery_tokens']:,}" if isinstance(s.get("recovery_tokens"), int) else fmt.MISSING,
-            fmt.seconds(s.get("recovery_seconds")),
-        ]
-        for s in recovered
-    ]
+    rows = [_recovery_row(s) for s in recovered]
     return [
         Heading("Recovery of cut students"),
         Paragraph(
@@ -403,8 +391,21 @@ def recovery_section(study: dict) -> list[Block]:
     ]
 
 
-def search_section(study: dict) -> list[Block]:
-    search = study.get("search")
+def _recovery_row(s: StudentResult) -> list[str]:
+    return [
+        s.name,
+        s.cut or fmt.MISSING,
+        fmt.params(s.params),
+        fmt.decimal(s.bits_per_byte_before_recovery),
+        fmt.decimal(s.bits_per_byte_after_recovery),
+        str(s.recovery_steps or fmt.MISSING),
+        f"{s.recovery_tokens:,}" if isinstance(s.recovery_tokens, int) else fmt.MISSING,
+        fmt.seconds(s.recovery_seconds),
+    ]
+
+
+def search_section(study: Study) -> list[Block]:
+    search = study.search
     if not search:
         return []
     trained, ladder, saved = search.get("trained"), search.get("ladder"), search.get("saved")
@@ -423,32 +424,29 @@ def search_section(study: dict) -> list[Block]:
     return blocks + ([Bullets(others)] if others else [])
 
 
-def runs_section(study: dict) -> list[Block]:
+def runs_section(study: Study) -> list[Block]:
     """Every run, smallest first, failed and pending ones included."""
     ordered = sorted(
-        study["runs"],
-        key=lambda run: (
-            run.get("params") if fmt.is_number(run.get("params")) else float("inf"),
-            -(run.get("acc") or 0),
-        ),
+        study.runs,
+        key=lambda run: (run.params if fmt.is_number(run.params) else float("inf"), -(run.acc or 0)),
     )
-    judged = [t for t in study["teachers"] if fmt.is_number(t.get("acc"))]
-    teachers = [t["name"] for t in judged]
-    headers = [f"p vs {t['name']}" + ("" if is_measured(t) else f" ({fmt.REPORTED})") for t in judged]
+    judged = scored_teachers(study)
+    teachers = [t.name for t in judged]
+    headers = [f"p vs {t.name}" + ("" if is_measured(t) else f" ({fmt.REPORTED})") for t in judged]
     rows = [
         [
-            run["label"],
-            run.get("group", TAUGHT),
-            fmt.params(run.get("params")),
-            fmt.pct(run.get("acc")),
-            fmt.pct_interval(run.get("ci95")),
-            fmt.memory_mb(run.get("peak_memory_mb")),
-            fmt.milliseconds(run.get("latency_ms_p50")),
-            fmt.decimal(run.get("bits_per_byte")),
-            fmt.seconds(run.get("train_seconds")),
-            _count(run.get("truncated")),
-            *[fmt.p_value(((run.get("vs_teachers") or {}).get(name) or {}).get("p_value")) for name in teachers],
-            str(run.get("status", "done")),
+            run.label,
+            group_of(run),
+            fmt.params(run.params),
+            fmt.pct(run.acc),
+            fmt.pct_interval(run.ci95),
+            fmt.memory_mb(run.peak_memory_mb),
+            fmt.milliseconds(run.latency_ms_p50),
+            fmt.decimal(run.bits_per_byte),
+            fmt.seconds(run.train_seconds),
+            _count(run.truncated),
+            *[fmt.p_value(((run.vs_teachers or {}).get(name) or {}).get("p_value")) for name in teachers],
+            str(run.status),
         ]
         for run in ordered
     ]
@@ -485,9 +483,13 @@ def _count(value) -> str:
     return str(value) if isinstance(value, int) else fmt.MISSING
 
 
-def reproducibility_section(study: dict) -> list[Block]:
+def _accuracy(run: RunResult) -> float:
+    return run.acc if fmt.is_number(run.acc) else float("-inf")
+
+
+def reproducibility_section(study: Study) -> list[Block]:
     facts = [
-        f"{name}: {study[key]}"
+        f"{name}: {getattr(study, key)}"
         for name, key in (
             ("experiment", "experiment"),
             ("task", "task"),
@@ -497,10 +499,10 @@ def reproducibility_section(study: dict) -> list[Block]:
             ("config hash", "config_hash"),
             ("data hash", "data_hash"),
         )
-        if study.get(key)
+        if getattr(study, key)
     ]
     blocks: list[Block] = [Heading("Reproducibility"), Bullets(facts or ["no identifying fields in this study"])]
-    versions = study.get("versions") or {}
+    versions = study.versions or {}
     if versions:
         blocks.append(Table(["package", "version"], [[name, str(version)] for name, version in versions.items()]))
     return blocks

@@ -8,6 +8,9 @@ import json
 import os
 from pathlib import Path
 
+from tinystudent.folders import refuse_links
+from tinystudent.results import Study
+
 RUN_COLUMNS = [
     "run_key",
     "label",
@@ -41,7 +44,8 @@ STUDY_FIELDS = [
 
 
 def runs_csv(runs: list[dict]) -> str:
-    """CSV text: the standard columns, then any other key a run carries (nested values as JSON)."""
+    """CSV text of runs as the study stores them (`RunResult.to_dict()`): the standard columns,
+    then any other key a run carries (nested values as JSON)."""
     extra = sorted({key for run in runs for key in run} - set(RUN_COLUMNS) - {"ci95"})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=RUN_COLUMNS + extra, lineterminator="\n")
@@ -62,10 +66,11 @@ def _csv_value(value):
     return value
 
 
-def runs_json(study: dict) -> str:
-    """The study's identity, its teachers and every run, exactly as the study holds them."""
-    payload = {key: study.get(key) for key in STUDY_FIELDS}
-    payload.update(teachers=study["teachers"], runs=study["runs"])
+def runs_json(study: Study) -> str:
+    """The study's identity, its teachers and every run, exactly as the stored study holds them."""
+    stored = study.to_dict()
+    payload = {key: stored.get(key) for key in STUDY_FIELDS}
+    payload.update(teachers=stored["teachers"], runs=stored["runs"])
     return json.dumps(payload, indent=2, default=str) + "\n"
 
 
@@ -75,8 +80,12 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `data` to `path` through a temporary file and rename; refused (`LinkedPathError`) when
+    the file, its temporary file or their folder is a symbolic link, which would write elsewhere."""
     partial = path.with_name(path.name + ".partial")
+    for written in (path, partial):
+        refuse_links(written, path.parent.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(data)
     os.replace(partial, path)
     return path

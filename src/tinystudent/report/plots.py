@@ -19,24 +19,37 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentF
 from matplotlib.transforms import blended_transform_factory
 
 from tinystudent.report import format as fmt
-from tinystudent.report.study import COLLABORATION, TAUGHT, UNTRAINED, is_measured, pareto_frontier
+from tinystudent.report.study import COLLABORATION, TAUGHT, UNTRAINED, cost, group_of, is_measured, pareto_frontier
+from tinystudent.results import RunResult, Study
 
 TEACHER_COLOURS = ["#b2182b", "#2166ac", "#5aae61", "#9970ab", "#e08214"]
 GROUP_MARKERS = {TAUGHT: "o", COLLABORATION: "D", UNTRAINED: "X"}
 DPI = 100
 
 
-def objective_colours(runs: list[dict]) -> dict[str, str]:
+def value_of(run: RunResult, key: str) -> float:
+    """A run's number under `key` (acc, params, peak_memory_mb, bits_per_byte); NaN when it has
+    none (the plots draw only runs that have it)."""
+    value = getattr(run, key)
+    return float(value) if fmt.is_number(value) else math.nan
+
+
+def objective_of(run: RunResult) -> str:
+    """The run's objective as the plots name it ("?" when it has none)."""
+    return "?" if run.objective is None else str(run.objective)
+
+
+def objective_colours(runs: list[RunResult]) -> dict[str, str]:
     """One colour per objective, in the order objectives first appear (stable across plots)."""
     from matplotlib import colormaps
 
-    objectives = list(dict.fromkeys(str(run.get("objective", "?")) for run in runs))
+    objectives = list(dict.fromkeys(objective_of(run) for run in runs))
     palette = colormaps["tab10" if len(objectives) <= 10 else "tab20"].colors  # type: ignore[attr-defined]
     return {objective: palette[i % len(palette)] for i, objective in enumerate(objectives)}
 
 
 def accuracy_vs_cost(
-    study: dict, runs: list[dict], cost_key: str, xlabel: str, frontier: bool = False
+    study: Study, runs: list[RunResult], cost_key: str, xlabel: str, frontier: bool = False
 ) -> Optional[bytes]:
     """Accuracy of every finished run against one cost (params or peak_memory_mb).
 
@@ -49,7 +62,7 @@ def accuracy_vs_cost(
     Returns:
         PNG bytes, or None when no run has that cost.
     """
-    shown = [run for run in runs if fmt.is_number(run.get(cost_key)) and run[cost_key] > 0]
+    shown = [run for run in runs if fmt.is_number(cost(run, cost_key)) and cost(run, cost_key) > 0]
     if not shown:
         return None
     figure = Figure(figsize=(9.5, 5.2))
@@ -60,7 +73,7 @@ def accuracy_vs_cost(
     if frontier:
         _draw_frontier(ax, pareto_frontier(shown, cost_key), positions)
     _reference_lines(ax, study)
-    costs = [run[cost_key] for run in shown]
+    costs = [value_of(run, cost_key) for run in shown]
     formatter = fmt.params if cost_key == "params" else fmt.memory_mb
     if max(costs) / min(costs) > 8 or cost_key == "params":
         _log_axis(ax, costs, formatter)
@@ -78,13 +91,13 @@ def accuracy_vs_cost(
     return _png(figure)
 
 
-def accuracy_vs_bpb_and_params(runs: list[dict], correlations: dict) -> Optional[bytes]:
+def accuracy_vs_bpb_and_params(runs: list[RunResult], correlations: dict) -> Optional[bytes]:
     """Two panels side by side: accuracy against bits per byte and against parameters.
 
     Only runs with a bits-per-byte measurement appear in either panel, so the two correlations
     are computed over the same runs.
     """
-    shown = [run for run in runs if fmt.is_number(run.get("bits_per_byte"))]
+    shown = [run for run in runs if fmt.is_number(run.bits_per_byte)]
     if len(shown) < 2:
         return None
     figure = Figure(figsize=(10.5, 4.4))
@@ -94,10 +107,10 @@ def accuracy_vs_bpb_and_params(runs: list[dict], correlations: dict) -> Optional
     left.set_xlabel("bits per byte before training (lower is better)")
     r = correlations.get("acc_vs_bpb_pearson")
     left.set_title(f"accuracy vs bits per byte (Pearson r = {fmt.decimal(r, 2)})", fontsize=10)
-    with_params = [run for run in shown if fmt.is_number(run.get("params")) and run["params"] > 0]
+    with_params = [run for run in shown if fmt.is_number(run.params) and run.params > 0]
     if with_params:
         _scatter_runs(right, with_params, dodged_positions(with_params, "params"), colours)
-        _log_axis(right, [run["params"] for run in with_params], fmt.params)
+        _log_axis(right, [value_of(run, "params") for run in with_params], fmt.params)
     right.set_xlabel("parameters (log scale)")
     r = correlations.get("acc_vs_log_params_pearson")
     right.set_title(f"accuracy vs log parameters (Pearson r = {fmt.decimal(r, 2)})", fontsize=10)
@@ -114,31 +127,31 @@ def accuracy_vs_bpb_and_params(runs: list[dict], correlations: dict) -> Optional
     return _png(figure)
 
 
-def dodged_positions(runs: list[dict], key: str, step: float = 0.012) -> dict[int, float]:
+def dodged_positions(runs: list[RunResult], key: str, step: float = 0.012) -> dict[int, float]:
     """x of each run (by id), runs sharing one x spread `step` decades apart so none hides another.
 
     A student trained six ways has six runs at the same size; without the spread their points and
     interval bars would be drawn on top of each other.
     """
-    by_value: dict[float, list[dict]] = {}
+    by_value: dict[float, list[RunResult]] = {}
     for run in runs:
-        by_value.setdefault(run[key], []).append(run)
+        by_value.setdefault(value_of(run, key), []).append(run)
     positions = {}
     for value, same in by_value.items():
-        same.sort(key=lambda run: (str(run.get("group")), str(run.get("objective")), str(run.get("method"))))
+        same.sort(key=lambda run: (str(run.group), str(run.objective), str(run.method)))
         for index, run in enumerate(same):
             positions[id(run)] = value * 10 ** ((index - (len(same) - 1) / 2) * step)
     return positions
 
 
-def _scatter_runs(ax, runs: list[dict], positions: dict[int, float], colours: dict[str, str]) -> None:
+def _scatter_runs(ax, runs: list[RunResult], positions: dict[int, float], colours: dict[str, str]) -> None:
     """One point per run: colour = objective, shape = group, hollow = LoRA; 95% interval as a bar."""
     for run in runs:
-        x, y = positions[id(run)], run["acc"]
-        colour = colours.get(str(run.get("objective", "?")), "#444444")
-        marker = GROUP_MARKERS.get(run.get("group", TAUGHT), "o")
-        hollow = run.get("method") == "lora"
-        interval = run.get("ci95")
+        x, y = positions[id(run)], value_of(run, "acc")
+        colour = colours.get(objective_of(run), "#444444")
+        marker = GROUP_MARKERS.get(group_of(run), "o")
+        hollow = run.method == "lora"
+        interval = run.ci95
         if interval is not None and fmt.points_interval(interval) != fmt.MISSING:
             below, above = max(0.0, y - interval[0]), max(0.0, interval[1] - y)
             ax.errorbar(
@@ -164,12 +177,12 @@ def _scatter_runs(ax, runs: list[dict], positions: dict[int, float], colours: di
         )
 
 
-def _draw_frontier(ax, frontier: list[dict], positions: dict[int, float]) -> None:
+def _draw_frontier(ax, frontier: list[RunResult], positions: dict[int, float]) -> None:
     """The Pareto frontier as a thick staircase, with each run on it ringed and named."""
     if not frontier:
         return
     xs = [positions[id(run)] for run in frontier]
-    ys = [run["acc"] for run in frontier]
+    ys = [value_of(run, "acc") for run in frontier]
     ax.plot(xs, ys, drawstyle="steps-post", color="#f4a300", linewidth=5, alpha=0.35, zorder=1)
     ax.scatter(xs, ys, s=190, facecolors="none", edgecolors="#f4a300", linewidths=2.2, zorder=4)
     for run, x, y in zip(frontier, xs, ys):
@@ -184,32 +197,32 @@ def _draw_frontier(ax, frontier: list[dict], positions: dict[int, float]) -> Non
         )
 
 
-def _short_label(run: dict) -> str:
-    label = run.get("label", "")
+def _short_label(run: RunResult) -> str:
+    label = run.label
     return label if len(label) <= 50 else label[:48] + "..."
 
 
-def _reference_lines(ax, study: dict) -> None:
+def _reference_lines(ax, study: Study) -> None:
     """Teachers (solid when measured, dashed when reported) and the majority baseline, labelled at the right."""
     on_right = blended_transform_factory(ax.transAxes, ax.transData)
-    for index, teacher in enumerate(study.get("teachers", [])):
-        if not fmt.is_number(teacher.get("acc")):
+    for index, teacher in enumerate(study.teachers):
+        if not fmt.is_number(teacher.acc):
             continue  # it only gave rationales: no accuracy to draw
         colour = TEACHER_COLOURS[index % len(TEACHER_COLOURS)]
         measured = is_measured(teacher)
-        ax.axhline(teacher["acc"], color=colour, linestyle="-" if measured else "--", linewidth=1.6, zorder=1)
+        ax.axhline(teacher.acc, color=colour, linestyle="-" if measured else "--", linewidth=1.6, zorder=1)
         note = "" if measured else " (reported)"
         ax.text(
             0.995,
-            teacher["acc"],
-            f"{teacher['name']} {fmt.pct(teacher['acc'])}{note}",
+            teacher.acc,
+            f"{teacher.name} {fmt.pct(teacher.acc)}{note}",
             transform=on_right,
             ha="right",
             va="bottom",
             fontsize=7.5,
             color=colour,
         )
-    baseline = study.get("majority_baseline")
+    baseline = study.majority_baseline
     if fmt.is_number(baseline):
         ax.axhline(baseline, color="#777777", linestyle=":", linewidth=1.4, zorder=1)
         ax.text(
@@ -224,15 +237,15 @@ def _reference_lines(ax, study: dict) -> None:
         )
 
 
-def _legend_handles(runs: list[dict], colours: dict[str, str], study: Optional[dict], frontier: bool) -> list:
-    present = list(dict.fromkeys(str(run.get("objective", "?")) for run in runs))
+def _legend_handles(runs: list[RunResult], colours: dict[str, str], study: Optional[Study], frontier: bool) -> list:
+    present = list(dict.fromkeys(objective_of(run) for run in runs))
     handles = [Line2D([], [], marker="o", linestyle="", color=colours[o], label=o) for o in present]
-    groups = list(dict.fromkeys(run.get("group", TAUGHT) for run in runs))
+    groups = list(dict.fromkeys(group_of(run) for run in runs))
     handles += [
         Line2D([], [], marker=GROUP_MARKERS.get(g, "o"), linestyle="", color="#444444", label=f"{g} run")
         for g in groups
     ]
-    if any(run.get("method") == "lora" for run in runs):
+    if any(run.method == "lora" for run in runs):
         handles.append(
             Line2D(
                 [],
@@ -246,11 +259,11 @@ def _legend_handles(runs: list[dict], colours: dict[str, str], study: Optional[d
             )
         )
     if study is not None:
-        if any(is_measured(t) for t in study.get("teachers", [])):
+        if any(is_measured(t) for t in study.teachers):
             handles.append(Line2D([], [], color="#444444", label="teacher (measured)"))
-        if any(not is_measured(t) for t in study.get("teachers", [])):
+        if any(not is_measured(t) for t in study.teachers):
             handles.append(Line2D([], [], color="#444444", linestyle="--", label="teacher (reported, not measured)"))
-        if fmt.is_number(study.get("majority_baseline")):
+        if fmt.is_number(study.majority_baseline):
             handles.append(Line2D([], [], color="#777777", linestyle=":", label="majority baseline"))
     if frontier:
         handles.append(Line2D([], [], color="#f4a300", linewidth=5, alpha=0.5, label="Pareto frontier"))
