@@ -47,7 +47,7 @@ def main() -> None:
     shots = freeform.gsm8k_exemplars()[:8]
     # lm-eval's gsm8k_cot context, built from its template: doc_to_text "Q: {{question}}\nA:",
     # target_delimiter " ", fewshot_delimiter "\n\n", the exemplars' targets as they are written.
-    exemplars = "".join(f"Q: {s.question}\nA: {freeform.solution_text(s.target, s.rationale)}\n\n" for s in shots)
+    exemplars = "".join(f"Q: {s.question}\nA: {freeform.solution_text(s.answer_text, s.rationale)}\n\n" for s in shots)
     contexts = [f"{exemplars}Q: {ex.question}\nA:" for ex in examples]
     assert contexts == [freeform.free_form_prompt(ex, shots, True) for ex in examples], "the prompts differ"
 

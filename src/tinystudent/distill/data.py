@@ -144,7 +144,7 @@ def _free_form_features(
     count = token_counter(tokenizer, adapter.prompt_special_tokens)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     fitted = fit_example(ex, lambda e: free_form_prompt(e, [], False), count, tokenizer, max_input, evidence)
-    answer = tokenizer.encode(f" {solution_text(ex.target)}", add_special_tokens=False)[:max_answer] + eos
+    answer = tokenizer.encode(f" {solution_text(ex.answer_text)}", add_special_tokens=False)[:max_answer] + eos
     context = free_form_prompt(fitted.example, [], False)
     feats = Features(0, adapter.encode_input(tokenizer, context), [answer], context, [ex.answer_text])
     feats.length = fitted.tokens
@@ -152,7 +152,7 @@ def _free_form_features(
     for teacher, by_id in rationales.items():
         if ex.id in by_id:
             question = think(fit_example(ex, think, count, tokenizer, max_input, evidence).example)
-            target = tokenizer.encode(f" {solution_text(ex.target, by_id[ex.id])}", add_special_tokens=False)
+            target = tokenizer.encode(f" {solution_text(ex.answer_text, by_id[ex.id])}", add_special_tokens=False)
             feats.rationales[teacher] = (adapter.encode_input(tokenizer, question), target[:max_rationale] + eos)
     return feats, fitted
 

@@ -183,7 +183,7 @@ def solution_text(target: str, rationale: str | None = None) -> str:
 
 
 def shot_block(shot: Example, think: bool) -> str:
-    return f"Q: {shot.question}\nA: {solution_text(shot.target, shot.rationale if think else None)}\n\n"
+    return f"Q: {shot.question}\nA: {solution_text(shot.answer_text, shot.rationale if think else None)}\n\n"
 
 
 def free_form_prompt(example: Example, shots: list[Example], think: bool) -> str:
