@@ -43,6 +43,35 @@ def remove_made(path: Path, *known_files: str) -> None:
     shutil.rmtree(path)
 
 
+class LinkedPathError(ValueError):
+    """A path tinystudent would write to passes through a symbolic link inside its results folder."""
+
+
+def refuse_links(path: Path, root: Path) -> Path:
+    """`path` when no part of it below `root` (`root` itself not included: the user named it) is a
+    symbolic link; a link planted there (`out/report -> elsewhere`, `out/logs/x.log -> a file`) would
+    have tinystudent write into files that are not its own.
+
+    Raises:
+        LinkedPathError: naming the link and where it points."""
+    path, root = Path(path), Path(root)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = path.parts[-1:]  # not below root: at least the path itself is checked
+        root = path.parent
+    here = root
+    for part in parts:
+        here = here / part
+        if here.is_symlink():
+            raise LinkedPathError(
+                f"{here}: is a symbolic link (to {os.readlink(here)}) inside the results folder {root}; "
+                "tinystudent does not write through links there, as it would change files elsewhere: "
+                "remove the link, or choose another output folder"
+            )
+    return path
+
+
 def check_output_folder(path: Path, option: str = "--out") -> Path:
     """Refuse an output folder that cannot be one (a file is in the way, or no parent folder can be
     written), before any work is done for it."""

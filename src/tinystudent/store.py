@@ -23,6 +23,7 @@ from typing import Literal
 
 import tinystudent
 from tinystudent.folders import check_output_folder
+from tinystudent.redact import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -306,6 +307,8 @@ class Store:
         result: dict | None = None,
         experiment: str | None = None,
     ) -> None:
+        """Record a unit's row; its config and result pass through `redact` first, so no key or
+        password (a teacher's `http://user:password@host` URL) is written to the database."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs (run_key, created, experiment, kind, status, config, result)"
@@ -317,8 +320,8 @@ class Store:
                     experiment,
                     kind,
                     status,
-                    json.dumps(config, default=str),
-                    json.dumps(result, default=str) if result is not None else None,
+                    redact(json.dumps(config, default=str)),  # a password in a teacher's URL, say
+                    redact(json.dumps(result, default=str)) if result is not None else None,
                 ),
             )
 

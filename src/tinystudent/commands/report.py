@@ -70,6 +70,11 @@ def read_study_file(path: Path) -> dict:
         ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text; a study file is one JSON object") from None
+    except RecursionError:  # Python's own words would name neither the file nor the limit
+        raise ValueError(
+            f"{path}: JSON nested deeper than about 1,000 levels, the most Python reads; "
+            "a study file is one JSON object a few levels deep"
+        ) from None
 
 
 def study_from_database(db: Optional[Path], experiment: str) -> dict:

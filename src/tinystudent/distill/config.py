@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,6 +13,15 @@ from tinystudent.hashing import stable_hash
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Bounds no study means to cross: a seed numpy and torch both take, and ceilings on how long a run
+# trains, far above any study (the shipped ones: at most 3 epochs or 16 steps), so that a typo
+# (`epochs: 1000000`) is an error at --check, not weeks of training.
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10_000_000
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class ObjectiveWeights(_Strict):
@@ -142,7 +151,10 @@ class TrainConfig(_Strict):
         "always use choices.",
     )
     lr: float | None = Field(
-        None, gt=0, description="Peak learning rate; unset: 5e-5 for full fine-tuning, 2e-4 for LoRA."
+        None,
+        gt=0,
+        lt=1,
+        description="Peak learning rate, between 0 and 1; unset: 5e-5 for full fine-tuning, 2e-4 for LoRA.",
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -150,8 +162,15 @@ class TrainConfig(_Strict):
         0.05, ge=0, lt=1, description="Share of the steps spent warming the learning rate up linearly."
     )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="The cosine decay ends at lr * min_lr_ratio.")
-    steps: int | None = Field(None, ge=1, description="Optimizer steps; unset: epochs decides.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training questions when steps is unset.")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description=f"Optimizer steps, at most {MAX_STEPS:,}; unset: epochs decides."
+    )
+    epochs: float = Field(
+        1.0,
+        gt=0,
+        le=MAX_EPOCHS,
+        description=f"Passes over the training questions when steps is unset, at most {MAX_EPOCHS:,}.",
+    )
     batch_size: int = Field(8, ge=1, description="Questions per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
@@ -169,7 +188,9 @@ class TrainConfig(_Strict):
         description="Dropout on the attention probabilities while training; unset keeps the model's own "
         "(BERT/MiniLM: 0.1). 0 lets the fused attention kernels run, which trains faster on a CPU.",
     )
-    seed: int = Field(0, description="Seed of initialisation, data order and dropout.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description=f"Seed of initialisation, data order and dropout, 0 to {MAX_SEED:,}."
+    )
     temperature: float = Field(
         2.0, gt=0, description="Softening temperature of choice-level and token-level KD and of mutual learning."
     )
@@ -273,10 +294,10 @@ class RecoveryConfig(_Strict):
     (`distill.recover`).
 
     Attributes:
-        steps: optimizer steps (40).
+        steps: optimizer steps (40; at most MAX_STEPS).
         batch_size: text chunks per step (4).
         seq_len: tokens per chunk (128).
-        lr: peak learning rate of AdamW, warm-up then cosine decay to a tenth (3e-4).
+        lr: peak learning rate of AdamW, warm-up then cosine decay to a tenth (3e-4; below 1).
         warmup_ratio: share of the steps spent warming up (0.1).
         kd_weight: weight of the forward KL from the parent's next-token distribution (1.0).
         ce_weight: weight of the plain next-token cross-entropy on the text (0.0).
@@ -286,13 +307,13 @@ class RecoveryConfig(_Strict):
         heldout_bytes: bytes of held-out text (the validation split's evidence) that bits per byte
             is measured on before and after (8000).
         extra_tasks: named tasks whose training split is added to the text, e.g. `sciq` (none).
-        seed: seed of the chunk order (0).
+        seed: seed of the chunk order (0; 0 to MAX_SEED).
     """
 
-    steps: int = Field(40, ge=1)
+    steps: int = Field(40, ge=1, le=MAX_STEPS)
     batch_size: int = Field(4, ge=1)
     seq_len: int = Field(128, ge=8)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(3e-4, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     kd_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(0.0, ge=0)
@@ -301,7 +322,7 @@ class RecoveryConfig(_Strict):
     checkpoint_every: int = Field(10, ge=1)
     heldout_bytes: int = Field(8000, ge=100)
     extra_tasks: list[str] = []
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _something_to_learn(self):

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from tinystudent.distill.config import RecoveryConfig, TrainConfig
+from tinystudent.distill.config import RecoveryConfig, Seed, TrainConfig
 from tinystudent.distill.objective_spec import ObjectiveSpec, parse_experiment_objective
 from tinystudent.distill.terms import RATIONALES, term
 from tinystudent.experiments.training_changes import TrainingChanges
@@ -69,7 +69,7 @@ class TaskSpec(Strict):
     valid_limit: int | None = Field(None, ge=1)
     test_limit: int | None = Field(None, ge=1)
     test_split: str = "test"
-    seed: int = 0
+    seed: Seed = 0
     max_input_tokens: int | None = Field(None, ge=8)
     evidence: Literal["cut", "select"] = "cut"
     contamination: Literal["error", "drop"] = "error"  # training or validation questions that are test ones
@@ -271,7 +271,7 @@ class StudentSpec(Strict):
     kind: str | None = None  # a registered model kind (models/kinds); None: read from the model's config
     recover: RecoveryConfig | None = None
     methods: MethodSpec | None = None
-    seeds: list[int] | None = Field(None, min_length=1)  # this student's training seeds; default: the experiment's
+    seeds: list[Seed] | None = Field(None, min_length=1)  # this student's training seeds; default: the experiment's
     training: TrainingChanges = Field(default_factory=TrainingChanges)  # this student's changes (steps, lr, ...)
 
     @field_validator("kind")
@@ -463,7 +463,7 @@ class Experiment(Strict):
     teachers: list[TeacherSpec] = Field(min_length=1)
     students: list[StudentSpec] = Field(min_length=1)
     methods: MethodSpec = MethodSpec()
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)  # each 0 to 2**32 - 1
     training: TrainingChanges = Field(default_factory=TrainingChanges)
     collaboration: CollaborationSpec | None = None
     search: SearchSpec | None = None
@@ -580,6 +580,152 @@ class ExperimentError(ValueError):
     """A config that cannot run, with the key's path."""
 
 
+# Limits on a study file, far above any study (the largest shipped one: 4 kB, 6 levels, ~200
+# values) and far below what would exhaust Python (its recursion limit; the memory of a few
+# aliases expanded a billion times).
+MAX_STUDY_BYTES = 1_000_000
+MAX_STUDY_NESTING = 50  # levels of mappings and lists
+MAX_STUDY_VALUES = 100_000  # values, every alias (*name) counted each time it is used
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a study file may not be (a key given twice, too deep, too many values)."""
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses what it would otherwise take silently or die of: a key
+    given twice in one mapping (the later would replace the earlier unseen), nesting deeper than
+    MAX_STUDY_NESTING (Python's recursion limit), and aliases expanding to more than
+    MAX_STUDY_VALUES values. Each refusal is a `yaml.MarkedYAMLError` with its line."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_STUDY_NESTING:
+                raise _Refused(
+                    None,
+                    None,
+                    f"nested more than {MAX_STUDY_NESTING} levels deep (mappings and lists); a study is a few "
+                    "levels deep, so this is probably not a study file",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_values(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                own = node.start_mark.index <= key_node.start_mark.index <= node.end_mark.index
+                if not own or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # merged in from an anchor (`<<: *base`): overriding those is the point
+                key = self.construct_object(key_node)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: PyYAML's own error names it
+                if first is not key_node.start_mark:
+                    raise _Refused(
+                        None,
+                        None,
+                        f"key {key!r} is given twice in one mapping, first at {_place(first)}; the second "
+                        "would silently replace the first: keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _place(mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _count_values(node, sizes: dict, open_nodes: set) -> int:
+    """How many values `node` holds with every alias expanded; refuses more than MAX_STUDY_VALUES
+    and an alias inside the very list or mapping it names (a structure that never ends)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise _Refused(
+            None, None, "an alias refers to a list or mapping it is inside of, so it never ends", node.start_mark
+        )
+    total = 1
+    if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        open_nodes.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        for child in children:
+            total += _count_values(child, sizes, open_nodes)
+            if total > MAX_STUDY_VALUES:
+                raise _Refused(
+                    None,
+                    None,
+                    f"more than {MAX_STUDY_VALUES:,} values once its aliases (*name) are expanded; "
+                    "a study holds a few hundred",
+                    node.start_mark,
+                )
+        open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what, without PyYAML's snippet."""
+    mark = getattr(err, "problem_mark", None)
+    if not isinstance(err, yaml.MarkedYAMLError) or mark is None:
+        return " ".join(str(err).split())
+    if isinstance(err, _Refused):
+        return f"{_place(mark)}: {err.problem}"
+    what = "; ".join(part for part in (err.context, err.problem) if part)
+    return f"{_place(mark)}: not valid YAML ({what})"
+
+
+def parse_yaml(text: str, source: str) -> object:
+    """YAML text as `_StudyLoader` reads it (no duplicate keys, bounded nesting and size).
+
+    Raises:
+        yaml.YAMLError: with the line of what is wrong (`source` names the text in it)."""
+    loader = _StudyLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, what: str = "experiment config") -> object:
+    """A YAML file the command line was given (a study, a training config): a regular file of at
+    most MAX_STUDY_BYTES, read as `parse_yaml` reads it.
+
+    Raises:
+        ExperimentError: naming the file, and the line of a syntax error, a key given twice or
+            nesting too deep."""
+    if not path.exists():
+        raise ExperimentError(f"{path}: no such {what} file")
+    if not path.is_file():
+        raise ExperimentError(f"{path}: is not a regular file; the {what} is a YAML file")
+    size = path.stat().st_size
+    if size > MAX_STUDY_BYTES:
+        raise ExperimentError(
+            f"{path}: {size:,} bytes; the {what} is a YAML file of at most {MAX_STUDY_BYTES:,} bytes "
+            "(a study is a few kB): is this the right file?"
+        )
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as err:
+        raise ExperimentError(f"{path}: byte {err.start}: not UTF-8 text; the {what} is a YAML file") from None
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{path}: {yaml_problem(err)}") from None
+
+
 def _format_validation(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: the experiment config is not valid:"]
     for problem in err.errors():
@@ -592,12 +738,7 @@ def _format_validation(path: Path, err: ValidationError) -> str:
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Read, override (`key.sub=value`) and validate an experiment YAML; check files it names."""
     path = Path(path)
-    if not path.exists():
-        raise ExperimentError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ExperimentError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ExperimentError(f"{path}: the experiment must be a mapping with name, task, teachers, students")
     for override in overrides or []:
@@ -649,9 +790,10 @@ def _apply_override(raw: dict, override: str) -> None:
         raise ExperimentError(f"override {override!r}: expected key.path=value")
     key, value = override.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
+        parsed = parse_yaml(value, f"override {key}")
     except yaml.YAMLError as err:
-        raise ExperimentError(f"override {override!r}: the value is not valid YAML ({err.problem or err})") from None
+        shown = override if len(override) <= 80 else override[:77] + "..."
+        raise ExperimentError(f"override {shown!r}: the value, {yaml_problem(err)}") from None
     node, parts = raw, key.split(".")
     for depth, part in enumerate(parts):
         where = ".".join(parts[: depth + 1])

@@ -22,8 +22,13 @@ from tinystudent.experiments.stages.common import StageContext
 from tinystudent.experiments.study import build_study
 from tinystudent.experiments.units import UnitRunner, UnitSpec
 from tinystudent.experiments.work import WORK, learn
+from tinystudent.folders import refuse_links
 from tinystudent.log import info, warn
 from tinystudent.store import Store
+
+# What a study writes in its results folder: none may be a symbolic link (checked before any unit
+# runs; each write checks its own path again, `folders.refuse_links`).
+RESULT_FOLDERS = ("logs", "runs", "students", "units", "slurm", "mlruns", "report", "report/figures")
 
 
 class ExperimentRunner:
@@ -31,6 +36,8 @@ class ExperimentRunner:
 
     def __init__(self, experiment: Experiment, store: Store, out_dir: Path):
         self.experiment, self.store, self.out_dir = experiment, store, Path(out_dir)
+        for folder in RESULT_FOLDERS:
+            refuse_links(self.out_dir / folder, self.out_dir)
         self.units = UnitRunner(store, experiment.name, self.out_dir / "logs")
         self.data: StudyData = load_study_data(experiment)
         self.known = Known()

@@ -103,6 +103,10 @@ def _read_chunks(files: list[Path]) -> list[tuple[Path, int, str]]:
     for number, path in enumerate(files):
         try:
             chunk = json.loads(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise TaskFormatError(
+                path, "the file", "a JSON array of strings, nested at most about 1,000 levels deep"
+            ) from None
         except json.JSONDecodeError as err:
             raise TaskFormatError(
                 path,
@@ -276,6 +280,10 @@ def read_rationales_jsonl(path: Path, questions: Sequence[Example] | None = None
         where = f"line {number}"
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise TaskFormatError(
+                path, where, "one JSON object per line, nested at most about 1,000 levels deep"
+            ) from None
         except json.JSONDecodeError as err:
             raise TaskFormatError(path, where, f"one JSON object per line ({err.msg})") from None
         if not isinstance(record, dict):

@@ -10,6 +10,7 @@ from tinystudent.experiments.data import StudyData
 from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
 from tinystudent.experiments.stages.teachers import rationale_unit
 from tinystudent.experiments.units import UnitSpec
+from tinystudent.folders import refuse_links
 from tinystudent.models.kinds import kind_adapter
 from tinystudent.tasks.contamination import check_contamination
 from tinystudent.tasks.schema import shared_choices
@@ -110,7 +111,7 @@ def cut(context: StageContext, unit: UnitSpec) -> dict:
     from tinystudent.models.students import scale_down
 
     spec = context.experiment.student(unit.args["student"])
-    folder = context.out_dir / "students" / spec.name
+    folder = refuse_links(context.out_dir / "students" / spec.name, context.out_dir)
     labels = shared_choices(context.data.splits.train) if spec.made_for_task else None
     path = scale_down(spec.model, spec.keep_layers, folder, kind=spec.kind, mlp_width=spec.mlp_width, labels=labels)
     return {"path": str(path)}
@@ -131,7 +132,7 @@ def recover_student(context: StageContext, unit: UnitSpec) -> dict:
         texts,
         context.data.heldout,
         spec.recover,
-        context.out_dir / "students" / f"{spec.name}-recovery",
+        refuse_links(context.out_dir / "students" / f"{spec.name}-recovery", context.out_dir),
         device=context.experiment.device,
         measure=context.bits_per_byte,
     )
