@@ -287,6 +287,42 @@ def test_make_teacher_checks_its_settings(tiny_causal):
         make_teacher(str(tiny_causal), chat=True)
 
 
+def test_teach_options_are_the_teacher_settings_fields(tmp_path, monkeypatch):
+    """Each local and server teacher setting with a command-line form is a `teach` option, its
+    default and description as help; make_teacher gets only the options given, of its kind."""
+    import typer
+    from typer.testing import CliRunner
+
+    import tinystudent.teachers
+    from tinystudent.cli import app
+    from tinystudent.commands.options import config_fields
+    from tinystudent.commands.teach import LOCAL_SETTINGS_IN_FILES_ONLY, SERVER_SETTINGS_IN_FILES_ONLY
+    from tinystudent.teachers import HttpSettings, LocalSettings
+
+    options = {p.name: p for p in typer.main.get_command(app).commands["teach"].params}
+    fields = config_fields(LocalSettings, LOCAL_SETTINGS_IN_FILES_ONLY)
+    fields += config_fields(HttpSettings, SERVER_SETTINGS_IN_FILES_ONLY)
+    local = {"batch_size", "device", "dtype", "chat", "engine", "trust_remote_code"}
+    assert {f.name for f in fields} == local | {"endpoint", "concurrency", "timeout", "max_retries", "identity"}
+    for field in fields:
+        option = options[field.name]
+        assert option.default == field.field.default and option.help == field.field.description, field.name
+
+    asked = []
+
+    def stop(name, servers, api_key_env, **settings):
+        asked.append((servers, settings))
+        raise ValueError("stopped before loading the teacher")
+
+    monkeypatch.setattr(tinystudent.teachers, "make_teacher", stop)
+    task = write_task(tmp_path / "toy.jsonl", 4)
+    args = ["teach", "--teacher", "m", "--task", str(task), "--db", str(tmp_path / "r.sqlite")]
+    for server in ([], ["--base-url", "http://127.0.0.1:9/v1"]):
+        result = CliRunner().invoke(app, [*args, "--batch-size", "2", "--concurrency", "3", *server])
+        assert result.exit_code != 0 and "stopped before loading the teacher" in result.output
+    assert asked == [(None, {"batch_size": 2}), ("http://127.0.0.1:9/v1", {"concurrency": 3})]
+
+
 def write_task(path: Path, n: int) -> Path:
     rows = [
         {"id": q.id, "question": q.question, "choices": list(q.choices), "answer": q.choices[q.answer]}

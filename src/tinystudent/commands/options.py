@@ -41,9 +41,10 @@ class ConfigOption:
             return [part.strip() for part in typed.split(",") if part.strip()]
         return typed
 
-    def parameter(self, alias: str | None) -> inspect.Parameter:
+    def parameter(self, alias: str | None, ranges: bool = False) -> inspect.Parameter:
         """The typer parameter: the field's type, default and description; `alias` is an older option
-        name that keeps working (`--patience` for `--early-stopping-patience`)."""
+        name that keeps working (`--patience` for `--early-stopping-patience`); with `ranges`, a
+        number's closed bounds (ge, le) are typer's too, so its help shows them (`x>=1`)."""
         cli_type = _cli_type(self.field.annotation)
         names = ["--" + self.name.replace("_", "-")] + ([alias] if alias else [])
         if cli_type is bool:
@@ -54,9 +55,22 @@ class ConfigOption:
         shown: bool | str = True
         if isinstance(default, str) and "\n" in default:  # shown escaped: a newline would break the layout
             shown = default.encode("unicode_escape").decode()
-        option = typer.Option(default, *names, help=self.field.description, show_default=shown, callback=self._check())
+        bounds = self._bounds() if ranges else {}
+        option = typer.Option(
+            default, *names, help=self.field.description, show_default=shown, callback=self._check(), **bounds
+        )
         annotation = cli_type if default is not None else Optional[cli_type]
         return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+    def _bounds(self) -> dict[str, Any]:
+        """The field's closed bounds (ge, le) as typer.Option's min and max; an open one (gt, lt),
+        which typer cannot show, is left to the check."""
+        bounds: dict[str, Any] = {}
+        for constraint in self.field.metadata:
+            for name, key in (("ge", "min"), ("le", "max")):
+                if getattr(constraint, name, None) is not None:
+                    bounds[key] = getattr(constraint, name)
+        return bounds
 
     def _check(self) -> Callable[[Any], Any]:
         """A typer callback that checks a value against the field's own constraints (ge, lt, ...),
@@ -122,7 +136,11 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_options(
-    model: type[BaseModel], into: str, skip: tuple[str, ...] = (), aliases: dict[str, str] | None = None
+    model: type[BaseModel],
+    into: str,
+    skip: tuple[str, ...] = (),
+    aliases: dict[str, str] | None = None,
+    ranges: bool = False,
 ):
     """Decorate a typer command so that every field of `model` with a command-line form is one of
     its options, in place of its parameter `into`.
@@ -137,11 +155,15 @@ def config_options(
     field values (`{"batch_size": 2, "lora": {"rank": 4}}`), so that options left at their
     default do not override a config file.
 
+    Several configs make options of one command when it is decorated once per config (the
+    `teach` command: a local teacher's settings and a server teacher's).
+
     Args:
         model: the config class.
         into: the command's parameter that receives the options given.
         skip: dotted field paths that get no option (the command has its own for them).
         aliases: dotted field path -> an older option name that keeps working.
+        ranges: show each number's closed bounds in its help (`[x>=1]`), checked by typer as well.
     """
     aliases = aliases or {}
     fields = config_fields(model, skip)
@@ -154,9 +176,10 @@ def config_options(
             raise TypeError(f"{command.__name__}: needs a parameter {into!r}, and none named like a field {clash}")
         # keyword-only: typer passes every value by name, and the options may then sit anywhere
         parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()]
-        options = [o.parameter(aliases.get(o.path)) for o in fields]
+        options = [o.parameter(aliases.get(o.path), ranges) for o in fields]
         at = names.index(into)
         parameters[at : at + 1] = options  # the options are listed where `into` was
+        stacked = "click_context" in names  # under another config_options: it takes the context too
         context = inspect.Parameter("click_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
         @functools.wraps(command)
@@ -166,9 +189,11 @@ def config_options(
                 value = kwargs.pop(option.name)
                 if _on_command_line(click_context, option.name):
                     chosen[option.path] = option.value(value)
+            if stacked:
+                kwargs["click_context"] = click_context
             return command(**kwargs, **{into: _nested(chosen)})
 
-        new_signature = signature.replace(parameters=[*parameters, context])
+        new_signature = signature.replace(parameters=parameters if stacked else [*parameters, context])
         wrapper.__signature__ = new_signature  # type: ignore[attr-defined]  # typer reads the options from it
         wrapper.__annotations__ = {p.name: p.annotation for p in new_signature.parameters.values()}
         return wrapper

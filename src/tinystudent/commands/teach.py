@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from tinystudent.commands.app import app, emit_json, friendly_errors, parse_columns, print_measures
+from tinystudent.commands.options import config_options
 from tinystudent.log import progress, quiet_libraries, stderr, warn
+from tinystudent.teachers.settings import HttpSettings, LocalSettings
 
 
 def _read_template(path: Optional[Path]) -> Optional[str]:
@@ -29,10 +31,15 @@ def _servers(base_url: Optional[list[str]]) -> str | list[str] | None:
 
 
 PARTIAL_FAILURE = 3  # exit code: some questions have outputs, some failed
+# Settings that make_teacher (and a study's teacher entry) takes and `teach` has no option for.
+SERVER_SETTINGS_IN_FILES_ONLY = ("backoff", "echo_max_tokens", "cooldown")
+LOCAL_SETTINGS_IN_FILES_ONLY = ("kind", "revision")
 
 
 @app.command("teach")
 @friendly_errors
+@config_options(HttpSettings, into="server_settings", skip=SERVER_SETTINGS_IN_FILES_ONLY, ranges=True)
+@config_options(LocalSettings, into="local_settings", skip=LOCAL_SETTINGS_IN_FILES_ONLY, ranges=True)
 def teach_command(
     teacher: str = typer.Option(
         ...,
@@ -54,15 +61,7 @@ def teach_command(
     api_key_env: Optional[str] = typer.Option(
         None, help="Environment variable holding the server's API key (its name, not the key)."
     ),
-    endpoint: str = typer.Option("chat", help="Server endpoint for generation: chat or completions."),
-    concurrency: int = typer.Option(8, min=1, help="Requests in flight at once per server (server teachers)."),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for one server answer."),
-    max_retries: int = typer.Option(4, min=0, help="Retries after connection errors, timeouts, 429, 5xx."),
-    identity: Optional[str] = typer.Option(
-        None,
-        help="Cache identity of a server teacher [default: base URL and model name; with several servers: "
-        "model name and the weights they report].",
-    ),
+    server_settings: Optional[dict] = None,  # replaced by HttpSettings' options; holds those given
     k_shots: int = typer.Option(2, min=0, help="In-context examples drawn from the train split."),
     seed: int = typer.Option(0, help="Seed for drawing in-context examples and for sampling."),
     max_new_tokens: int = typer.Option(128, min=1, help="Most tokens the teacher writes per question."),
@@ -86,22 +85,12 @@ def teach_command(
         "all",
         help="all, or matching: only outputs whose stated answer is the gold one count as kept (all stay cached).",
     ),
-    batch_size: int = typer.Option(8, min=1, help="Prompts per batch (local teachers)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps (local teachers)."),
-    dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16 (local teachers)."),
-    chat: Optional[bool] = typer.Option(
-        None, "--chat/--no-chat", help="Use the chat template [default: when the tokenizer has one] (local teachers)."
-    ),
-    engine: str = typer.Option(
-        "transformers",
-        help="transformers, or llamacpp for a GGUF teacher (pip install 'tinystudent[llamacpp]'; local teachers).",
-    ),
+    local_settings: Optional[dict] = None,  # replaced by LocalSettings' options; holds those given
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
     split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
     db: Optional[Path] = typer.Option(
         None, help="SQLite results database [default: $TINYSTUDENT_DB or tinystudent-results/results.sqlite]."
     ),
-    trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Ask a teacher about every question of a split and cache each output: a second run costs no
@@ -116,23 +105,7 @@ def teach_command(
     check_strategy(evidence)
     split, examples, pool = _questions(task, split, limit, columns, split_seed, strategy, k_shots)
     servers = _servers(base_url)
-    if servers:
-        settings: dict = {
-            "endpoint": endpoint,
-            "concurrency": concurrency,
-            "timeout": timeout,
-            "max_retries": max_retries,
-            "identity": identity,
-        }
-    else:
-        settings = {
-            "device": device,
-            "dtype": dtype,
-            "batch_size": batch_size,
-            "chat": chat,
-            "trust_remote_code": trust_remote_code,
-            "engine": engine,
-        }
+    settings = (server_settings if servers else local_settings) or {}  # the others do not apply
     with Store(db) as store:  # opened first: a bad --db fails before the teacher is loaded
         backend = make_teacher(teacher, servers, api_key_env, **settings)
         _announce(backend, teacher, task, split, len(examples), strategy)

@@ -8,163 +8,75 @@ servers, each computed once (cached in SQLite), plus rationales imported from el
     rationales = load_rationales(store, teacher.name, "arc_easy")
 """
 
-from __future__ import annotations
+import sys
+from importlib import import_module
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from typing import Literal, Optional, Sequence
+from tinystudent.teachers.settings import HttpSettings as HttpSettings
+from tinystudent.teachers.settings import LocalSettings as LocalSettings
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+if TYPE_CHECKING:  # else a type checker takes `teach` for the submodule of that name
+    from tinystudent.teachers.teach import teach as teach
 
-from tinystudent.models import load_model
-from tinystudent.models.kinds import kind_adapter, known_kinds
-from tinystudent.models.loading import gguf_file
-from tinystudent.teachers.base import (
-    Generation,
-    GenerationSettings,
-    ScoringUnsupported,
-    Teacher,
-    TeacherError,
-    TeacherOutput,
-    TeacherUnavailable,
-)
-from tinystudent.teachers.cache import task_key, teacher_key
-from tinystudent.teachers.http import HttpTeacher
-from tinystudent.teachers.llamacpp import LlamaCppTeacher
-from tinystudent.teachers.local import LocalTeacher
-from tinystudent.teachers.prompts import STRATEGIES, get_strategy
-from tinystudent.teachers.rationale_files import (
-    FLAN,
-    LLAMA,
-    ImportedRationale,
-    export_rationales_jsonl,
-    import_tinyllm_rationales,
-    read_bundled,
-    read_rationales_jsonl,
-    read_tinyllm,
-    store_rationales,
-)
-from tinystudent.teachers.teach import (
-    SCORING,
-    TeachSummary,
-    load_rationales,
-    rationales_for_training,
-    teach,
-    teacher_choice_logprobs,
-)
-
-
-class LocalSettings(BaseModel):
-    """Settings of a local teacher (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = Field(8, ge=1)
-    chat: Optional[bool] = None
-    engine: Literal["transformers", "llamacpp"] = "transformers"
-    kind: Optional[str] = None
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-
-    @field_validator("kind")
-    @classmethod
-    def _a_kind_that_generates(cls, kind: Optional[str]) -> Optional[str]:
-        if kind is None:
-            return None
-
-        writers = [name for name in known_kinds() if kind_adapter(name).generates]
-        if kind not in writers:
-            raise ValueError(f"a teacher writes text: its kind must be one of {writers}, got {kind!r}")
-        return kind
+# The rest imports torch, so it loads on first use: the command line reads the settings models to
+# build `tinystudent teach`'s options, and every command would otherwise wait seconds for torch.
+_LAZY_NAMES = {
+    "base": [
+        "Generation",
+        "GenerationSettings",
+        "ScoringUnsupported",
+        "Teacher",
+        "TeacherError",
+        "TeacherOutput",
+        "TeacherUnavailable",
+    ],
+    "cache": ["task_key", "teacher_key"],
+    "http": ["HttpTeacher"],
+    "llamacpp": ["LlamaCppTeacher"],
+    "local": ["LocalTeacher"],
+    "make": ["make_teacher"],
+    "prompts": ["STRATEGIES", "get_strategy"],
+    "rationale_files": [
+        "FLAN",
+        "LLAMA",
+        "ImportedRationale",
+        "export_rationales_jsonl",
+        "import_tinyllm_rationales",
+        "read_bundled",
+        "read_rationales_jsonl",
+        "read_tinyllm",
+        "store_rationales",
+    ],
+    "teach": [
+        "SCORING",
+        "TeachSummary",
+        "load_rationales",
+        "rationales_for_training",
+        "teach",
+        "teacher_choice_logprobs",
+    ],
+}
+_MODULE_OF = {name: module for module, names in _LAZY_NAMES.items() for name in names}
 
 
-class HttpSettings(BaseModel):
-    """Settings of a teacher behind an OpenAI-compatible server (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
-    endpoint: Literal["chat", "completions"] = "chat"
-    concurrency: int = Field(8, ge=1)
-    timeout: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
-    backoff: float = Field(0.5, ge=0)
-    identity: Optional[str] = None
-    echo_max_tokens: int = Field(1, ge=0)
-    cooldown: float = Field(30.0, gt=0)
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
 
 
-def _validated(schema: type[BaseModel], settings: dict, where: str) -> dict:
-    try:
-        return schema(**settings).model_dump()
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"{where} settings: {problems} (allowed: {sorted(schema.model_fields)})") from None
+class _Teachers(ModuleType):
+    """This package. Python sets a submodule, once imported, as an attribute of its package: that
+    must not hide the lazy name it shares (`teach` the function, not `teachers/teach.py`)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (name in _MODULE_OF and isinstance(value, ModuleType)):
+            super().__setattr__(name, value)
 
 
-def make_teacher(
-    name: str, base_url: str | Sequence[str] | None = None, api_key_env: str | None = None, **settings
-) -> Teacher:
-    """A teacher by model name: served at `base_url` (OpenAI-compatible) or loaded here.
-
-    Args:
-        name: local: a Hub id, folder or GGUF file; HTTP: the model name the server knows.
-        base_url: the server's URL (`http://host:port/v1`), or a list of servers of the same model
-            that share the requests (see `HttpTeacher` for their cache identity); None loads the
-            model locally.
-        api_key_env: name of the environment variable holding the server's API key.
-        settings: local: device, dtype, batch_size, chat, kind, revision, trust_remote_code,
-            engine (`transformers`, or `llamacpp` for a GGUF file: `teachers.llamacpp`);
-            HTTP: endpoint, concurrency (per server), timeout, max_retries, backoff, identity,
-            echo_max_tokens, cooldown.
-    """
-    if base_url is not None and (base_url or not isinstance(base_url, str)):  # HttpTeacher refuses []
-        return HttpTeacher(
-            name, base_url, api_key_env=api_key_env, **_validated(HttpSettings, settings, "HTTP teacher")
-        )
-    if api_key_env:
-        raise ValueError("api_key_env is for a teacher behind a server: give base_url too")
-
-    options = _validated(LocalSettings, settings, "local teacher")
-    if options["engine"] == "llamacpp":
-        path, identity = gguf_file(name)
-        return LlamaCppTeacher(path, identity, chat=options["chat"])
-    loaded = load_model(
-        name,
-        device=options["device"],
-        dtype=options["dtype"],
-        kind=options["kind"],
-        trust_remote_code=options["trust_remote_code"],
-        revision=options["revision"],
-    )
-    return LocalTeacher(loaded, batch_size=options["batch_size"], chat=options["chat"])
+sys.modules[__name__].__class__ = _Teachers
 
 
-__all__ = [
-    "FLAN",
-    "LLAMA",
-    "SCORING",
-    "STRATEGIES",
-    "Generation",
-    "GenerationSettings",
-    "HttpTeacher",
-    "ImportedRationale",
-    "LocalTeacher",
-    "ScoringUnsupported",
-    "TeachSummary",
-    "Teacher",
-    "TeacherError",
-    "TeacherOutput",
-    "TeacherUnavailable",
-    "export_rationales_jsonl",
-    "get_strategy",
-    "import_tinyllm_rationales",
-    "load_rationales",
-    "rationales_for_training",
-    "make_teacher",
-    "read_bundled",
-    "read_rationales_jsonl",
-    "read_tinyllm",
-    "store_rationales",
-    "task_key",
-    "teach",
-    "teacher_choice_logprobs",
-    "teacher_key",
-]
+# One list of names: the ones loaded above and the lazy ones.
+__all__ = sorted(["HttpSettings", "LocalSettings", *_MODULE_OF])
