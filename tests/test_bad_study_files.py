@@ -220,6 +220,34 @@ def test_bounds_change_no_stored_key():
     assert (dumped["steps"], dumped["lr"], dumped["seed"]) == (10, 0.5, 2**32 - 1)
 
 
+def test_a_budget_above_the_students_context_is_a_clear_error_before_training(workspace, tiny_causal):
+    """The tiny student takes 512 tokens; inputs fitted to 4,096 would train positions it never learnt."""
+    long = [{**row, "context": " ".join(["the evidence goes on"] * 400)} for row in GOOD]
+    (workspace / "long.jsonl").write_text("".join(json.dumps(row) + "\n" for row in long))
+    argv = [
+        "train",
+        "--student",
+        str(tiny_causal),
+        "--task",
+        str(workspace / "long.jsonl"),
+        "--columns",
+        "question=question,choices=choices,answer=answer,context=context",
+        "--out",
+        str(workspace / "new"),
+        "--db",
+        str(workspace / "r.sqlite"),
+        "--max-input-tokens",
+        "4096",
+        "--steps",
+        "1",
+    ]
+    result = invoke(argv)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "more than the 512 it takes" in flat and "max_input_tokens=4096" in flat, flat
+    assert not (workspace / "new").exists() or not any((workspace / "new").rglob("*.safetensors"))
+
+
 # --- 6: a TinyLLM rationale file nested too deep ------------------------------------------
 
 

@@ -161,6 +161,22 @@ def load_teacher(
     )
 
 
+def check_context(features: dict[str, Features], limit: int, budget: int, name: str) -> None:
+    """Refuse inputs longer than the student takes (its context), before a step is taken: a budget
+    (`max_input_tokens`) above the model's context fits nothing, and the first long input would
+    end the run in the model's own error, or train positions it never learnt.
+
+    Raises:
+        ValueError: naming the student, its limit and the budget to lower."""
+    longest = max((f.length for f in features.values()), default=0)
+    if longest > limit:
+        raise ValueError(
+            f"student {name}: a training input is {longest} tokens, more than the {limit} it takes; "
+            f"max_input_tokens={budget} is above its context: set training.max_input_tokens (or "
+            f"task.max_input_tokens, or train --max-input-tokens) to at most {limit}"
+        )
+
+
 def setup_trainee(
     *,
     name: str,
@@ -219,6 +235,7 @@ def setup_trainee(
             f"{fitted['truncated']} of {len(train)} training inputs were longer than "
             f"{config.max_input_tokens} tokens: their evidence was shortened ({config.evidence}), their question kept"
         )
+    check_context(features, loaded.input_limit, config.max_input_tokens, name)
     objective = StudentObjectives(
         model,
         loaded.kind,
