@@ -76,25 +76,36 @@ def run_command(
     spec = load_experiment(experiment_path(experiment), [*(overrides or []), *chosen])
     from tinystudent.experiments.preview import training_runs
 
-    plan = training_runs(spec)
+    most_training_runs = training_runs(spec)  # every student x method x objective x seed
     stderr.print(
         f"experiment {spec.name}: {len(spec.teachers)} teacher(s), {len(spec.students)} student(s), "
-        f"up to {plan} training run(s)"
+        f"up to {most_training_runs} training run(s)"
     )
     out = check_output_folder(out or Path("tinystudent-results") / spec.name)
     if show_plan:
         print_plan(spec, db, as_json)
-        return
-    if check:
-        from tinystudent.experiments.executors import check_engine
-        from tinystudent.store import Store
+    elif check:
+        check_experiment(spec, db, as_json, most_training_runs)
+    else:
+        run_study(spec, db, out, as_json)
 
-        Store.check_path(db)
-        check_engine(spec.executor.kind)
-        checked = check_study(spec)
-        if as_json:
-            emit_json({"experiment": spec.name, "valid": True, "training_runs": plan, **checked})
-        return
+
+def check_experiment(spec, db: Optional[Path], as_json: bool, most_training_runs: int) -> None:
+    """`run --check`: the database path, the executor's engine and the study (`check_study`), and
+    nothing run; with `as_json`, what was checked as one JSON object."""
+    from tinystudent.experiments.executors import check_engine
+    from tinystudent.store import Store
+
+    Store.check_path(db)
+    check_engine(spec.executor.kind)
+    checked = check_study(spec)
+    if as_json:
+        emit_json({"experiment": spec.name, "valid": True, "training_runs": most_training_runs, **checked})
+
+
+def run_study(spec, db: Optional[Path], out: Path, as_json: bool) -> None:
+    """Run the study (resuming what the database holds), write its report into `out` and print the
+    verdict, or with `as_json` one JSON object of the verdict, runs, teachers and report paths."""
     from tinystudent.experiments.runner import run_experiment
     from tinystudent.report import render_report, validate_study, verdict_text
     from tinystudent.store import Store
