@@ -8,14 +8,23 @@ reference text, keyed by the model's identity and the text's SHA-256; `stride` -
 `model_loss_progress` holds the running sum of a measurement still under way, so a killed one
 resumes). WAL mode lets several processes write at once;
 each write is one transaction, so a killed process loses at most the row it was writing.
+
+Every open checks the file first and refuses, with the file, what is wrong and the way out, one
+that is not a regular file, damaged (`PRAGMA quick_check`), another program's SQLite database
+(tinystudent's own carry `APPLICATION_ID`, or its tables from before the mark), or read-only when
+results are to be written. A read (`Store(path, read_only=True)`) changes nothing: it opens the
+file read-only and refuses one that does not exist; only a write creates the schema and the WAL.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import re
 import sqlite3
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +119,10 @@ CREATE TABLE IF NOT EXISTS model_loss_progress (
 """
 
 
+APPLICATION_ID = 0x74537475  # "tStu" in the SQLite header: a results database tinystudent made
+OWN_TABLES = {"evaluations", "predictions", "teacher_outputs", "runs"}  # since the first version
+
+
 def default_db_path() -> Path:
     """`$TINYSTUDENT_DB`, else `tinystudent-results/results.sqlite` in the working folder."""
     return Path(os.environ.get("TINYSTUDENT_DB", "tinystudent-results/results.sqlite"))
@@ -143,6 +156,8 @@ def _prepare(db: sqlite3.Connection, journal: str = "wal") -> None:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(SCHEMA)
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
@@ -155,42 +170,60 @@ class Store:
 
     `journal="delete"` is for a database on a network file system, which has none of the shared
     memory WAL mode needs; such a file must be opened by one process at a time
-    (`experiments.executors.unit_store`)."""
+    (`experiments.executors.unit_store`). `read_only=True` is for a command that only reads: the
+    file must exist and is opened read-only. `check=False` skips the `quick_check` of every page
+    (about a second a GB once cached) where this process's parent has just checked the file."""
 
-    def __init__(self, path: str | Path | None = None, journal: Literal["wal", "delete"] = "wal"):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        journal: Literal["wal", "delete"] = "wal",
+        *,
+        read_only: bool = False,
+        check: bool = True,
+    ):
         self.path = Path(path) if path else default_db_path()
-        if self.path.is_dir():
-            raise ValueError(f"{self.path}: is a folder; the results database is a file (--db results.sqlite)")
+        exists = _check_file(self.path, writing=not read_only)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            _prepare(self.db, journal)
-        except sqlite3.DatabaseError as err:  # also OperationalError: cannot open, read-only
-            raise ValueError(
-                f"{self.path}: cannot be used as the results database ({err}); give --db a "
-                "new file or an SQLite database tinystudent wrote, in a folder you can write to"
-            ) from None
+            if exists:
+                _inspect(self.path, writing=not read_only, integrity=check)
+            if read_only:
+                self.db = _connect(self.path, read_only=True)
+                self.db.execute("PRAGMA foreign_keys=ON")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = _connect(self.path)
+                _prepare(self.db, journal)
+        except sqlite3.DatabaseError as err:  # also OperationalError: cannot open, read-only, full
+            raise ValueError(_explain(self.path, err)) from None
+        except FileNotFoundError:
+            raise  # an empty file for a read: `_look`'s message
         except OSError as err:
             raise ValueError(f"{self.path}: cannot create the results database there ({err.strerror})") from None
 
     @staticmethod
     def check_path(path: str | Path | None = None) -> Path:
-        """Refuse a database path `Store` would refuse, without creating or changing anything."""
+        """Refuse a database path `Store` would refuse for writing, without creating or changing
+        anything (a database that is there is read, and checked, read-only)."""
 
         path = Path(path) if path else default_db_path()
-        if path.is_dir():
-            raise ValueError(f"{path}: is a folder; the results database is a file (--db results.sqlite)")
-        if not path.exists():
-            check_output_folder(path.parent, "--db's folder")
-            return path
-        with path.open("rb") as handle:
-            header = handle.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise ValueError(
-                f"{path}: is not an SQLite database; give --db a new file or an SQLite database tinystudent wrote"
-            )
+        if _check_file(path, writing=True):
+            try:
+                _inspect(path, writing=False, integrity=True)
+            except sqlite3.DatabaseError as err:
+                raise ValueError(_explain(path, err)) from None
         return path
+
+    @staticmethod
+    def existing(path: str | Path | None = None) -> Store | None:
+        """The database at `path` opened read-only and checked, or None when there is none yet
+        (no file, or an empty one); nothing is created or changed."""
+
+        path = Path(path) if path else default_db_path()
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            Store.check_path(path)  # a folder a database can be made in later
+            return None
+        return Store(path, read_only=True)
 
     def close(self) -> None:
         self.db.close()
@@ -203,13 +236,48 @@ class Store:
 
     @contextmanager
     def transaction(self):
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # SQLite has rolled back already on a full disk
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if not _writing_refused(err):
+                raise
+            raise ValueError(_explain(self.path, err)) from None
+
+    @contextmanager
+    def study_lock(self, study: str):
+        """Hold the lock of `study` on this database while the block runs: a second `run` of it
+        here is refused with the pid holding it. The lock is an `fcntl.flock` on a file beside the
+        database, so it goes with its process, however that ends (kill -9 too)."""
+
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", study)
+        lock = self.path.with_name(f"{self.path.name}.{name}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            raise ValueError(f"{lock}: cannot open the lock of study {study} ({err.strerror})") from None
+        with os.fdopen(fd, "r+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = handle.read().strip() or "?"
+                raise RuntimeError(
+                    f"study {study} is already running on {self.path} (pid {pid}); wait for it to "
+                    "end or stop it, then run again (it resumes where the other left off)"
+                ) from None
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- evaluations -----------------------------------------------------------------------
 
@@ -394,3 +462,142 @@ def _decode(row: dict) -> dict:
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     return row
+
+
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to `path`; `read_only`: one that writes nothing to it. While a WAL file is
+    beside the database (another process has it open, or one was killed) that is SQLite's
+    read-only mode, which never checkpoints; else a connection that may not write (`query_only`),
+    so that closing it removes the `-wal` and `-shm` files its reads made, as a read-only one
+    would not, and there is nothing in them to checkpoint."""
+    if read_only and Path(f"{path}-wal").exists():
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S)
+    else:
+        db = sqlite3.connect(path, timeout=LOCK_TIMEOUT_S, isolation_level=None)
+        if read_only:
+            db.execute("PRAGMA query_only=ON")
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _check_file(path: Path, writing: bool) -> bool:
+    """Whether a database is at `path`, after refusing what cannot be one: a folder, a FIFO or
+    other file that is not a regular one (never opened: reading a FIFO waits for a writer), a file
+    that is not SQLite, a missing file for a read, or what cannot be written for a write."""
+
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; the results database is a file (--db results.sqlite)")
+    if not path.exists():
+        if not writing:
+            raise FileNotFoundError(
+                f"{path}: no results database here; run `tinystudent run` first, or give --db the database it wrote"
+            )
+        check_output_folder(path.parent, "--db's folder")
+        return False
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ValueError(f"{path}: is {kind}, not a regular file; the results database is a file (--db results.sqlite)")
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(16)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror}); give --db a database you can read") from None
+    if header and header != b"SQLite format 3\x00":
+        raise ValueError(
+            f"{path}: cannot be used as the results database (file is not a database); give --db a new "
+            "file or an SQLite database tinystudent wrote"
+        )
+    if writing:
+        folder = path.parent
+        if not os.access(path, os.W_OK):
+            raise ValueError(
+                f"{path}: cannot be written to (the file is read-only), so results cannot be stored in it; "
+                f"make it writable (chmod u+w {path}) or give --db another file"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"{folder}: cannot be written to, so the results database {path} in it cannot be written "
+                "(SQLite keeps its journal beside it); make the folder writable or give --db a file elsewhere"
+            )
+    return True
+
+
+def _inspect(path: Path, writing: bool, integrity: bool) -> None:
+    """Refuse the database at `path` when it is damaged (`integrity`: `PRAGMA quick_check` reads
+    every page), another program's, or (for a read) empty. It is looked at read-only, so nothing is
+    written, not even a WAL checkpoint; only when SQLite cannot read it so (a journal a killed
+    writer left, which only a writer may roll back) does a writer look, and write nothing before."""
+
+    try:
+        _look(_connect(path, read_only=True), path, writing, integrity)
+    except sqlite3.OperationalError:
+        if not writing:
+            raise
+        _look(_connect(path), path, writing, integrity)
+
+
+def _look(db: sqlite3.Connection, path: Path, writing: bool, integrity: bool) -> None:
+    try:
+        try:
+            if integrity:
+                found = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+                if found != ["ok"]:
+                    raise ValueError(_damaged(path, "; ".join(found)))
+            mark = db.execute("PRAGMA application_id").fetchone()[0]
+            objects = db.execute("SELECT type, name FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as err:
+            if type(err) is sqlite3.OperationalError:
+                raise  # could not read it (locked, a journal to roll back): not a verdict on the file
+            raise ValueError(_damaged(path, str(err))) from None  # malformed, not a database
+    finally:
+        db.close()
+    tables = {name for kind, name in objects if kind == "table" and not name.startswith("sqlite_")}
+    if mark == APPLICATION_ID or OWN_TABLES <= tables:
+        return
+    if mark == 0 and not objects:
+        if writing:
+            return  # an empty SQLite file: the schema goes into it
+        raise FileNotFoundError(
+            f"{path}: no results database here (the file is empty); run `tinystudent run` first, "
+            "or give --db the database it wrote"
+        )
+    shown = ", ".join(sorted(tables)[:6]) + (", ..." if len(tables) > 6 else "")
+    raise ValueError(
+        f"{path}: is another program's SQLite database (tables: {shown or 'none'}), not a tinystudent "
+        "results database, so it is left as it is; give --db a new file or one tinystudent wrote"
+    )
+
+
+def _damaged(path: Path, problem: str) -> str:
+    return (
+        f"{path}: the results database is damaged ({problem}); nothing was written to it. Recover "
+        f'what it holds with `sqlite3 {path} ".recover" | sqlite3 recovered.sqlite` and give '
+        "--db recovered.sqlite, or give --db a new file"
+    )
+
+
+def _writing_refused(err: sqlite3.Error) -> bool:
+    text = str(err).lower()
+    return "disk is full" in text or "readonly" in text or "read-only" in text
+
+
+def _explain(path: Path, err: sqlite3.Error) -> str:
+    """One line for an SQLite error on `path`, naming the fix."""
+    text = str(err).lower()
+    if "disk is full" in text:
+        folder = path.resolve().parent
+        return (
+            f"{path}: the disk is full, so results could not be saved (SQLite: {err}); free space on "
+            f"the disk that holds {folder} and run again (what was saved before is kept), or give "
+            "--db a file on another disk"
+        )
+    if "readonly" in text or "read-only" in text:
+        return (
+            f"{path}: cannot be written to (SQLite: {err}); make the file and its folder writable, "
+            "or give --db another file"
+        )
+    return (
+        f"{path}: cannot be used as the results database ({err}); give --db a new file or an "
+        "SQLite database tinystudent wrote, in a folder you can write to"
+    )

@@ -112,13 +112,24 @@ def export_jsonl(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Only this task."),
     strategy: Optional[str] = typer.Option(None, help="Only this strategy (e.g. imported, teacher_forcing_cot)."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Write an empty file when no cached rationale matches (else an error)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Export cached rationales as JSONL (`tinystudent rationales import` reads it back)."""
+    """Export cached rationales as JSONL (`tinystudent rationales import` reads it back). Finding
+    none is an error, and writes nothing, unless --allow-empty."""
     from tinystudent.store import Store
     from tinystudent.teachers import export_rationales_jsonl
+    from tinystudent.teachers.cache import rows_for
 
-    with Store(db) as store:
+    with Store(db, read_only=True) as store:
+        if not allow_empty and not any(row["text"] for row in rows_for(store, teacher, task, strategy)):
+            chosen = [f"{k} {v}" for k, v in (("teacher", teacher), ("task", task), ("strategy", strategy)) if v]
+            raise ValueError(
+                f"{store.path}: no cached rationales{' of ' + ', '.join(chosen) if chosen else ''}, so nothing "
+                f"was exported and {file} was not written (--allow-empty writes an empty file)"
+            )
         count = export_rationales_jsonl(store, file, teacher, task, strategy)
     if as_json:
         emit_json({"file": str(file), "exported": count, "db": str(store.path)})

@@ -82,14 +82,8 @@ def study_from_database(db: Optional[Path], experiment: str) -> dict:
     from tinystudent.store import Store, default_db_path
 
     path = Path(db) if db else default_db_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no results database here; run `tinystudent run EXPERIMENT.yaml` "
-            "first, or point --db at the database it wrote"
-        )
-    load_study = _load_study_function()
-    with Store(path) as store:
-        return load_study(store, experiment)
+    with Store(path, read_only=True) as store:  # refuses a missing, damaged or foreign file
+        return _load_study_function()(store, experiment)
 
 
 def _load_study_function():

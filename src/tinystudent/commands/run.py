@@ -110,7 +110,7 @@ def run_study(spec, db: Optional[Path], out: Path, as_json: bool) -> None:
     from tinystudent.report import render_report, validate_study, verdict_text
     from tinystudent.store import Store
 
-    with Store(db) as store:
+    with Store(db) as store, store.study_lock(spec.name):  # a second run of the study here is refused
         study = run_experiment(spec, store, out)
     typed = validate_study(study)  # the stored study, read back as a Study
     paths = render_report(typed, out / "report")
@@ -162,8 +162,7 @@ def print_plan(spec, db: Optional[Path], as_json: bool) -> None:
     from tinystudent.experiments.preview import describe, preview_plan
     from tinystudent.store import Store
 
-    path = Store.check_path(db)
-    store = Store(path) if path.exists() else None
+    store = Store.existing(db)  # read-only: nothing is created or changed
     try:
         preview = preview_plan(spec, load_study_data(spec), store)
     finally:

@@ -176,7 +176,7 @@ def _worker(setup: WorkerSetup, gpu: int | None, parent: int, connection, share)
     from tinystudent.threads import use_threads
 
     quiet_libraries()
-    with Store(setup.db) as store:
+    with Store(setup.db, check=False) as store:  # the driver checked it on open
         while True:
             try:
                 unit, known, threads = connection.recv()
