@@ -127,11 +127,14 @@ def load_teacher(
     teacher,
     student: LoadedModel,
     config: TrainConfig,
-    weights: TermWeights,
     device: torch.device,
     kd_dtype: torch.dtype | None,
+    *,
+    weights: TermWeights | None = None,
 ) -> tuple[FrozenTeacher, int | None, list[int]]:
-    """Load and freeze the teacher, check vocabularies and pick the layers to match."""
+    """Load and freeze the teacher, check vocabularies and pick the layers to match (`weights`:
+    the run's resolved weights, by default the config's with no teacher data)."""
+    weights = weights if weights is not None else config.weights.resolve({})
     if isinstance(teacher, str):
         teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
     adapter = student.adapter  # its token rows and output head are read off the teacher too
@@ -206,7 +209,7 @@ def setup_trainee(
     kd_vocab: int | None = None
     student_layers: list[int] = []
     if teacher is not None:
-        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, weights, device, kd_dtype)
+        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, device, kd_dtype, weights=weights)
     model = core
     if config.method == "lora":
         lora = config.lora
