@@ -409,3 +409,26 @@ def _runs(db: Path) -> list[tuple[str, str]]:
         return []
     with sqlite3.connect(db) as connection:
         return connection.execute("SELECT config, result FROM runs").fetchall()
+
+
+# --- 5: --check says how much the study will do ---------------------------------------------
+
+
+def test_check_prints_the_size_of_the_study(workspace, tiny_causal):
+    text = study(more="training: {epochs: 3000}\n").replace(
+        "objectives: [answer]", 'objectives: [answer, "rationale:teach"]'
+    )
+    path = workspace / "size.yaml"
+    path.write_text(text.replace("{w}", str(workspace)).replace("{model}", str(tiny_causal)), encoding="utf-8")
+    result = invoke(["run", str(path), "--check", "--db", str(workspace / "r.sqlite")])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "units planned before any has run:" in flat
+    assert (
+        "training: 2 run(s), 60,000 training examples in all (small (full): 2 run(s) of 10 questions x 3000 epochs)"
+        in flat
+    )
+    assert "teachers generate at most 1,280 tokens of rationales" in flat, flat  # 10 questions x 128 new tokens
+    result = invoke(["run", str(path), "--check", "--json", "--db", str(workspace / "r.sqlite")])
+    size = json.loads(result.stdout.strip().splitlines()[-1])["size"]
+    assert (size["training_runs"], size["training_examples"], size["generated_tokens"]) == (2, 60_000, 1280)

@@ -133,14 +133,18 @@ def run_study(spec, db: Optional[Path], out: Path, as_json: bool) -> None:
 
 def check_study(spec) -> dict:
     """What `run --check` checks beyond the file: the task's questions load, none of the training
-    or validation questions is a test question, and the plan can be made from them."""
+    or validation questions is a test question, and the plan can be made from them; and what it
+    will do (`preview.study_size`), so a typo shows before hours are spent."""
     from collections import Counter
+    from dataclasses import asdict
 
     from tinystudent.experiments.data import load_study_data
     from tinystudent.experiments.plan import plan
+    from tinystudent.experiments.preview import study_size
 
     data = load_study_data(spec)
-    units = Counter(unit.kind for unit in plan(spec, data))
+    planned = plan(spec, data)
+    units = Counter(unit.kind for unit in planned)
     contamination = data.contamination
     learnt = ", ".join(f"{n} {split}" for split, n in contamination["checked"].items())
     dropped = sum(len(ids) for ids in (contamination.get("dropped") or {}).values())
@@ -150,7 +154,10 @@ def check_study(spec) -> dict:
         + (f" ({dropped} that were are left out of training)" if dropped else "")
     )
     stderr.print("units planned before any has run: " + ", ".join(f"{n} {kind}" for kind, n in units.items()))
-    return {"units": dict(units), "contamination": contamination}
+    size = study_size(spec, data, planned)
+    for line in size.lines():
+        stderr.print(line)
+    return {"units": dict(units), "contamination": contamination, "size": asdict(size)}
 
 
 def print_plan(spec, db: Optional[Path], as_json: bool) -> None:

@@ -107,6 +107,63 @@ def training_runs(experiment: Experiment) -> int:
     )
 
 
+@dataclass
+class StudySize:
+    """How much a study will do, in numbers a typo shows in (`run --check` prints them).
+
+    Attributes:
+        training_runs: student x method x objective x seed.
+        training_examples: training questions seen over every run: questions x epochs, or
+            steps x batch size x accumulation where steps are set.
+        generated_tokens: at most what the teachers planned to write rationales here generate
+            (questions x max_new_tokens).
+        per_run: (student, questions seen by one of its runs), a line each.
+    """
+
+    training_runs: int
+    training_examples: int
+    generated_tokens: int
+    per_run: list[tuple[str, str]]
+
+    def lines(self) -> list[str]:
+        runs = "; ".join(f"{name}: {each}" for name, each in self.per_run)
+        tokens = self.generated_tokens
+        return [
+            f"training: {self.training_runs} run(s), {self.training_examples:,} training examples in all ({runs})",
+            f"teachers generate at most {tokens:,} tokens of rationales" if tokens else "no teacher generates here",
+        ]
+
+
+def study_size(experiment: Experiment, data: StudyData, units: list[UnitSpec]) -> StudySize:
+    """The size of `experiment`: its training runs from the config, its generation from the
+    `teach` units planned (`units`)."""
+    from tinystudent.distill.config import TrainConfig
+    from tinystudent.experiments.stages.teachers import teacher_of, teaching_examples
+
+    questions = len(data.splits.train)
+    runs = examples = 0
+    per_run = []
+    for student in experiment.students:
+        methods = experiment.methods_of(student)
+        for method in methods.finetune:
+            changes = {**experiment.training.as_written(), **student.training.as_written(), "method": method}
+            config = TrainConfig(**changes)
+            if config.steps:
+                batch = config.batch_size * config.grad_accum
+                each, how = config.steps * batch, f"{config.steps:,} steps x {batch} questions"
+            else:
+                each, how = round(questions * config.epochs), f"{questions:,} questions x {config.epochs:g} epochs"
+            count = len(methods.objectives) * len(experiment.seeds_of(student))
+            runs, examples = runs + count, examples + count * each
+            per_run.append((f"{student.name} ({method})", f"{count} run(s) of {how}"))
+    tokens = 0
+    for unit in units:
+        if unit.kind == "teach":
+            teacher = teacher_of(experiment, unit.args)
+            tokens += len(teaching_examples(data, teacher.teach_limit)) * teacher.max_new_tokens
+    return StudySize(runs, examples, tokens, per_run)
+
+
 def describe(preview: PlanPreview, experiment: Experiment) -> list[str]:
     """The preview as lines of text: counts per kind (with what each unit asks its executor for),
     the critical path, the estimated hours."""
