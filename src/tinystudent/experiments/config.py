@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -688,7 +688,7 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return f"{_place(mark)}: not valid YAML ({what})"
 
 
-def parse_yaml(text: str, source: str) -> object:
+def parse_yaml(text: str, source: str) -> Any:
     """YAML text as `_StudyLoader` reads it (no duplicate keys, bounded nesting and size).
 
     Raises:
@@ -701,7 +701,7 @@ def parse_yaml(text: str, source: str) -> object:
         loader.dispose()
 
 
-def read_yaml(path: Path, what: str = "experiment config") -> object:
+def read_yaml(path: Path, what: str = "experiment config") -> Any:
     """A YAML file the command line was given (a study, a training config): a regular file of at
     most MAX_STUDY_BYTES, read as `parse_yaml` reads it.
 
