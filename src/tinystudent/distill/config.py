@@ -105,7 +105,7 @@ class ObjectiveWeights(_Strict):
                     table = {t: float(value) for t in teachers} if value > 0 else {}
                 if table:
                     values[found.name] = table
-            elif value > 0:
+            elif not isinstance(value, dict) and value > 0:
                 values[found.name] = float(value)
         return TermWeights(values)
 
