@@ -15,7 +15,7 @@ from tinystudent.log import quiet_libraries
 def serve_command(
     model: str = typer.Argument(..., help="Hub id, local model folder (a trained student) or GGUF file."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on (1 to 65535)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     served_model_name: Optional[str] = typer.Option(None, help="The name clients use [default: MODEL]."),
@@ -26,10 +26,17 @@ def serve_command(
     api_key_env: Optional[str] = typer.Option(
         None, help="Require the API key held by this environment variable (its name, not the key)."
     ),
+    max_body_mb: float = typer.Option(
+        8.0,
+        min=0.001,
+        help="Largest request body accepted, in MiB; a larger one is answered 413 without being read.",
+    ),
     trust_remote_code: bool = typer.Option(False, help="Run the model repository's own code."),
 ) -> None:
     """Serve a model over HTTP as OpenAI does: /v1/models, /v1/completions (with echo + logprobs for
-    choice scoring) and /v1/chat/completions. Concurrent requests are batched."""
+    choice scoring) and /v1/chat/completions. Concurrent requests are batched. Bad requests are
+    refused one by one (400, or 413 for a body over --max-body-mb) and never stop the server;
+    /health answers 503 if its engine has stopped."""
     quiet_libraries()
     from tinystudent.serve import run_server
 
@@ -44,4 +51,5 @@ def serve_command(
         batch_wait_ms=batch_wait_ms,
         api_key_env=api_key_env,
         trust_remote_code=trust_remote_code,
+        max_body_bytes=max(int(max_body_mb * 2**20), 1),
     )
