@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the report's headless-browser test (tests/test_report_browser.py),
+# Install Debian's chromium for the report's headless-browser test (tests/report/test_report_browser.py),
 # unless a chromium is already on PATH. Needs root (apt-get); safe to run again.
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then

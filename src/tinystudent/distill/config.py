@@ -234,7 +234,7 @@ class TrainConfig(_Strict):
         "validation and test passes: cut (its end is cut) or select (the sentences most related to the "
         "question are kept, in their order; BM25).",
     )
-    # The loss is the same either way (`tests/test_packing.py`).
+    # The loss is the same either way (`tests/distill/test_packing.py`).
     packing: bool = Field(
         True,
         description="A causal student's answer and rationale sequences share rows, positions restarting per "

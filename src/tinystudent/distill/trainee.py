@@ -209,7 +209,9 @@ def setup_trainee(
     kd_vocab: int | None = None
     student_layers: list[int] = []
     if teacher is not None:
-        teacher_info, kd_vocab, student_layers = load_teacher(teacher, loaded, config, device, kd_dtype, weights=weights)
+        teacher_info, kd_vocab, student_layers = load_teacher(
+            teacher, loaded, config, device, kd_dtype, weights=weights
+        )
     model = core
     if config.method == "lora":
         lora = config.lora

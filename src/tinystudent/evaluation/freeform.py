@@ -8,7 +8,7 @@ as lm-eval's `gsm8k_cot` task does:
 - `flexible`: the last number anywhere in the output.
 
 Both extractions and the comparison (`regexes_to_ignore`, case folded) repeat lm-eval's filters
-and `exact_match` metric; `tests/test_freeform.py` runs lm-eval's own functions on the same
+and `exact_match` metric; `tests/evaluation/test_freeform.py` runs lm-eval's own functions on the same
 outputs. One addition, which the numbers of GSM8K need and lm-eval lacks: two numbers that are
 equal as decimals ("18.0", "18.00" and "18") match. A gold answer that is not a number is matched
 by its text: strictly after "The answer is", flexibly as the output's last line.

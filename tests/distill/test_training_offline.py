@@ -26,7 +26,7 @@ from tinystudent.models import load_model
 from tinystudent.tasks import load_task
 from tinystudent.teachers import import_tinyllm_rationales
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY_LLAMA = FIXTURES / "tiny-llama"
 FLAN, LLAMA = "flan-t5-xl", "llama-2-chat-7b"
 

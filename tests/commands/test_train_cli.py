@@ -31,7 +31,7 @@ REQUIRED = {
 @pytest.fixture(scope="module")
 def arc_task():
     """The generated ARC fixture task (AI2 ARC JSON Lines in TinyLLM's layout)."""
-    return str(Path(__file__).resolve().parent / "fixtures" / "arc")
+    return str(Path(__file__).resolve().parents[1] / "fixtures" / "arc")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tinystudent.cli import app
 from tinystudent.tasks import Example, load_task
 from tinystudent.tasks.contamination import Contamination, check_contamination, drop_contaminated
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "bioasq"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bioasq"
 
 
 def yes_no(qid: str, question: str, context: str = "Some evidence.") -> Example:

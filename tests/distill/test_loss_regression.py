@@ -10,7 +10,7 @@ prompt the answer loss is taken on, the learning-rate schedule) changes these nu
 
 When a change is meant to change the numbers, regenerate them and commit the file with it:
 
-    TINYSTUDENT_REGENERATE_LOSSES=1 .venv/bin/python -m pytest -q tests/test_loss_regression.py
+    TINYSTUDENT_REGENERATE_LOSSES=1 .venv/bin/python -m pytest -q tests/distill/test_loss_regression.py
 
 (the tests then write the file and skip). Review the diff of the JSON: the first step's terms
 should move only where the change says they should.
@@ -39,7 +39,7 @@ from tinystudent.models.heads import PAD_SCORE
 from tinystudent.tasks import load_task
 from tinystudent.teachers import import_tinyllm_rationales
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY_LLAMA = FIXTURES / "tiny-llama"
 STORED = FIXTURES / "loss_regression.json"
 REGENERATE = os.environ.get("TINYSTUDENT_REGENERATE_LOSSES") == "1"

@@ -57,7 +57,9 @@ def test_bundled_rationales_cover_train_and_validation_not_test():
 
 def test_bundled_file_is_what_the_vendoring_script_builds_from_tinyllms_files(shared_dir):
     folder = shared_dir / "data" / "tinyllm" / "bioasq"
-    spec = importlib.util.spec_from_file_location("vendor", Path(__file__).parents[1] / "scripts" / "vendor_bioasq.py")
+    spec = importlib.util.spec_from_file_location(
+        "vendor", Path(__file__).resolve().parents[2] / "scripts" / "vendor_bioasq.py"
+    )
     vendor = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vendor)
     rebuilt = json.loads(json.dumps(vendor.build(folder)))

@@ -23,7 +23,7 @@ from tinystudent.distill.terms import term_names as registered
 from tinystudent.distill.terms import unregister_term
 from tinystudent.tasks import load_task
 
-TOY = Path(__file__).resolve().parent / "fixtures" / "toy_objective.py"
+TOY = Path(__file__).resolve().parents[1] / "fixtures" / "toy_objective.py"
 
 
 @pytest.fixture()

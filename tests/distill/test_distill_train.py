@@ -21,7 +21,7 @@ from tinystudent.evaluation.prompts import choice_context, choice_continuations
 from tinystudent.models import load_model
 from tinystudent.models.requests import ChoiceRequest
 
-FIXTURE_ARC = Path(__file__).resolve().parent / "fixtures" / "arc"
+FIXTURE_ARC = Path(__file__).resolve().parents[1] / "fixtures" / "arc"
 
 
 def arc_questions(folder: Path) -> dict:
