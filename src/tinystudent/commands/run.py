@@ -127,7 +127,7 @@ def run_study(spec, db: Optional[Path], out: Path, as_json: bool) -> None:
             }
         )
         return
-    stdout.print(verdict_text(typed))
+    stdout.print(verdict_text(typed), markup=False)  # "[best]" is text, not a style
     stdout.print(f"report: {paths['markdown']} and {paths['html']}")
 
 
