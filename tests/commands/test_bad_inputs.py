@@ -314,3 +314,50 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(workspace, tiny_causal
     for word in words:
         assert word in flat, f"{case}: {word!r} not in the message:\n{output}"
     assert snapshot(workspace) == before, f"{case} changed the workspace"
+
+
+@pytest.mark.parametrize(
+    "error,words",
+    [
+        (
+            OSError(28, "No space left on device", "/data/out/model.safetensors"),
+            "the disk is full (/data/out/model.safetensors)",
+        ),
+        (RuntimeError("Error while serializing: IoError(No space left on device)"), "the disk is full"),
+        (
+            type("SafetensorError", (Exception,), {})("Error while serializing: No space left on device"),
+            "the disk is full",
+        ),
+        (
+            PermissionError(13, "Permission denied", "/home/u/.cache/tinystudent"),
+            "cannot write (/home/u/.cache/tinystudent)",
+        ),
+    ],
+)
+def test_a_full_disk_or_an_unwritable_folder_is_one_line_naming_the_path(error, words, capsys):
+    """Issue 27, item 15: a full disk while saving (SQLite's, safetensors') and an unwritable cache
+    folder are one line with the path and the way out, not a traceback."""
+    import typer
+
+    from tinystudent.commands.app import friendly_errors
+
+    @friendly_errors
+    def command():
+        raise error
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert words in said and "Traceback" not in said
+
+
+def test_another_os_error_is_not_hidden():
+    from tinystudent.commands.app import friendly_errors
+
+    @friendly_errors
+    def command():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        command()

@@ -6,6 +6,7 @@ to `app`; this module imports none of them.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -46,14 +47,47 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except (click.exceptions.Exit, typer.Exit):
             raise  # a command's own exit code (a RuntimeError to click), not an error to report
-        except (TaskFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        except (TaskFormatError, FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+                found = disk_error(err)
+                if found is None:
+                    raise
+                message = found
+            elif disk_full(message):  # safetensors says it in a RuntimeError of its own
+                message = f"the disk is full ({message}); free space and run again: what was saved before is kept"
             from rich.markup import escape
 
             stderr.print(f"[red]error:[/red] {escape(redact(message))}")  # brackets in it are text
             raise typer.Exit(2) from None
+        except Exception as err:  # safetensors' own error class says a full disk in words
+            if not disk_full(str(err)):
+                raise
+            stderr.print(
+                f"[red]error:[/red] the disk is full ({escape(redact(str(err)))}); free space and run again: "
+                "what was saved before is kept"
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def disk_full(message: str) -> bool:
+    return "No space left" in message or "disk is full" in message
+
+
+def disk_error(err: OSError) -> str | None:
+    """One line for a full disk or a folder we may not write (the path and the way out); None for
+    any other OS error, which is a bug to report whole."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC or disk_full(str(err)):
+        return f"the disk is full{where}: free space and run again (what was saved before is kept)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"cannot write{where}: {err.strerror or 'permission denied'}; make it writable, or point "
+            "TINYSTUDENT_CACHE (offline copies, converted models) or --out/--db (results) elsewhere"
+        )
+    return None
 
 
 def parse_columns(spec: Optional[str]) -> Optional[dict[str, str]]:
