@@ -41,6 +41,8 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from rich.markup import escape  # brackets in a message are text
+
         from tinystudent.tasks.schema import TaskFormatError
 
         try:
@@ -56,8 +58,6 @@ def friendly_errors(fn):
                 message = found
             elif disk_full(message):  # safetensors says it in a RuntimeError of its own
                 message = f"the disk is full ({message}); free space and run again: what was saved before is kept"
-            from rich.markup import escape
-
             stderr.print(f"[red]error:[/red] {escape(redact(message))}")  # brackets in it are text
             raise typer.Exit(2) from None
         except Exception as err:  # safetensors' own error class says a full disk in words
