@@ -155,9 +155,11 @@ def _prepare(db: sqlite3.Connection, journal: str = "wal") -> None:
                 db.execute(f"PRAGMA journal_mode={journal.upper()}")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(SCHEMA)
+            # The mark first: another connection opening the file while the tables are being made
+            # then sees a tinystudent database, not another program's tables.
             if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.executescript(SCHEMA)
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:

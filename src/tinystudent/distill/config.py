@@ -58,7 +58,10 @@ class ObjectiveWeights(_Strict):
         known = {found.name: found for found in registry.terms()}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown objective term(s) {unknown} in weights: the terms are {', '.join(known)}")
+            raise ValueError(
+                f"unknown objective term(s) {unknown} in weights (extra inputs are not permitted): "
+                f"the terms are {', '.join(known)}"
+            )
         weights: dict = {}
         for name, found in known.items():
             if name not in data and not registry.built_in(name):

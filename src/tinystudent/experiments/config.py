@@ -677,15 +677,16 @@ def _count_values(node, sizes: dict, open_nodes: set) -> int:
     return total
 
 
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML error on one line: where (line, column) and what, without PyYAML's snippet."""
+def yaml_problem(err: yaml.YAMLError, said: bool = False) -> str:
+    """A YAML error on one line: where (line, column) and what, without PyYAML's snippet
+    (`said`: the caller already says it is not valid YAML)."""
     mark = getattr(err, "problem_mark", None)
     if not isinstance(err, yaml.MarkedYAMLError) or mark is None:
         return " ".join(str(err).split())
     if isinstance(err, _Refused):
         return f"{_place(mark)}: {err.problem}"
     what = "; ".join(part for part in (err.context, err.problem) if part)
-    return f"{_place(mark)}: not valid YAML ({what})"
+    return f"{_place(mark)}: {what}" if said else f"{_place(mark)}: not valid YAML ({what})"
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -709,7 +710,7 @@ def read_yaml(path: Path, what: str = "experiment config") -> Any:
         ExperimentError: naming the file, and the line of a syntax error, a key given twice or
             nesting too deep."""
     if not path.exists():
-        raise ExperimentError(f"{path}: no such {what} file")
+        raise ExperimentError(f"{path}: no such {what.removesuffix(' config')} file")
     if not path.is_file():
         raise ExperimentError(f"{path}: is not a regular file; the {what} is a YAML file")
     size = path.stat().st_size
@@ -793,7 +794,11 @@ def _apply_override(raw: dict, override: str) -> None:
         parsed = parse_yaml(value, f"override {key}")
     except yaml.YAMLError as err:
         shown = override if len(override) <= 80 else override[:77] + "..."
-        raise ExperimentError(f"override {shown!r}: the value, {yaml_problem(err)}") from None
+        if isinstance(err, _Refused):
+            raise ExperimentError(f"override {shown!r}: the value, {yaml_problem(err)}") from None
+        raise ExperimentError(
+            f"override {shown!r}: the value is not valid YAML ({yaml_problem(err, said=True)})"
+        ) from None
     node, parts = raw, key.split(".")
     for depth, part in enumerate(parts):
         where = ".".join(parts[: depth + 1])

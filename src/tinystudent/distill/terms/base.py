@@ -157,7 +157,7 @@ class Term:
         if self.teacher_data is not None and not weight:
             raise ValueError(f"weights.{self.name} > 0 but no {DATA_WORDS[self.teacher_data]} were given")
         if self.teacher_model and not teacher_model:
-            raise ValueError(f"weights.{self.name} > 0 needs a teacher model")
+            raise ValueError(f"weights.{self.name} > 0: token-level terms need a teacher model (--teacher-model)")
 
     def needs(self, adapter: ModelKind, answer_loss: str) -> BatchNeeds:
         """What a batch must carry for this term, for a student of this kind."""
