@@ -119,6 +119,7 @@ HOSTILE_IDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path, body, message", HOSTILE, ids=HOSTILE_IDS)
 def test_a_hostile_request_gets_a_400_and_the_server_keeps_serving(server, path, body, message):
     _, base, _ = server
@@ -192,6 +193,7 @@ def test_models_shows_the_name_not_the_path(server, chat_folder):
     assert post(base, "completions", {**VALID_COMPLETION, "model": str(chat_folder)}).status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_server_within_seconds_after_hostile_requests(tiny_causal, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -223,6 +225,7 @@ serve.run_server(sys.argv[1], port=int(sys.argv[2]))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_server_within_seconds_while_the_engine_is_stuck(tiny_causal, tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -245,6 +245,7 @@ def test_tinystudent_knows_its_own_files(workspace, no_computing):
 # --- item 15: not a regular file ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, args", [*READ_COMMANDS, COMMANDS[5]], ids=[c[0] for c in [*READ_COMMANDS, COMMANDS[5]]])
 def test_a_fifo_is_refused_without_waiting_on_it(workspace, tiny_causal, case, args):
     fifo = workspace / "fifo.sqlite"
@@ -395,6 +396,7 @@ def as_user(tiny_causal):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_read_only_database_is_refused_for_writing_and_read_for_reading(as_user):
     """The database is in WAL mode (as tinystudent leaves it) and holds a rationale; its folder is
     writable. A command that would write is refused on open, before any unit is read back; one

@@ -378,6 +378,7 @@ def test_a_password_in_base_url_is_not_printed_by_teach(workspace):
     assert PASSWORD not in result.output and "[REDACTED]@127.0.0.1:9" in result.output, result.output
 
 
+@pytest.mark.slow
 def test_a_password_in_base_url_is_in_no_message_log_or_database_row(workspace, tiny_causal):
     text = study(name="secret").replace(
         "- {name: teach, model: {model}}",

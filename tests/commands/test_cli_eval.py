@@ -33,6 +33,7 @@ def toy_task(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
     db = tmp_path / "results.sqlite"
     done = run_cli(
@@ -72,6 +73,7 @@ def test_eval_json_prints_one_object(tiny_causal, toy_task, tmp_path):
         assert len(store.predictions(summary["evaluation_id"])) == 12
 
 
+@pytest.mark.slow
 def test_progress_goes_to_a_log_file_as_plain_lines(tiny_causal, toy_task, tmp_path):
     """With stderr redirected (not a terminal) eval still says how far it is, in plain lines."""
     import os
@@ -100,6 +102,7 @@ def test_progress_goes_to_a_log_file_as_plain_lines(tiny_causal, toy_task, tmp_p
     assert "/s" in lines[0] and "left" in lines[0] and "\x1b[" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_folder_is_evaluated_and_scored_on_its_base(tiny_causal, toy_task, tmp_path):
     """`eval` and `loss` take the `best/` adapter folder of a LoRA run: the adapter's answers, not
     the base model's and not an error asking for a config.json."""
@@ -142,6 +145,7 @@ def test_a_lora_adapter_folder_is_evaluated_and_scored_on_its_base(tiny_causal, 
     assert loss.returncode == 0 and "config.json" not in loss.stderr, loss.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command,in_table,message",
     [
@@ -188,6 +192,7 @@ def test_result_table_goes_to_stdout_and_progress_to_stderr(
     assert message in done.stderr and message not in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -204,6 +209,7 @@ def test_eval_bad_arguments_fail_clearly(tiny_causal, toy_task, args, message):
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_db_that_is_not_a_database_fails_before_any_model_work(tiny_causal, toy_task, tmp_path):
     (tmp_path / "notes.sqlite").write_text("my notes, not a database")
     (tmp_path / "folder").mkdir()

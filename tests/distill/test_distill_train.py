@@ -357,6 +357,7 @@ def test_rationales_that_match_no_question_are_refused(tiny_causal, arc, tmp_pat
         )
 
 
+@pytest.mark.slow
 def test_same_code_runs_under_distributed_data_parallel(tiny_causal, tmp_path):
     """Two processes (torchrun, gloo on the CPU) of batch 2 follow one process of batch 4."""
     import os

@@ -92,6 +92,7 @@ def test_a_toy_objective_from_one_file_trains_a_student(gold_choice, tiny_causal
     assert sum(history[-3:]) / 3 < sum(history[:3]) / 3  # the toy term is what it learns
 
 
+@pytest.mark.slow
 def test_train_and_a_study_take_the_toy_objective(gold_choice, tiny_causal, tmp_path):
     task = toy_questions(tmp_path)
     cli = CliRunner().invoke(

@@ -167,6 +167,7 @@ def test_rationales_from_tinyllm_files_train_each_teacher(student, task, request
     assert result.valid_acc is not None
 
 
+@pytest.mark.slow
 def test_an_encoder_reads_the_rationales_at_training_time_only(bioasq, tiny_encoder, tmp_path):
     """A student that writes no text learns from rationales by reading them: each question again,
     its teacher's rationale after the question (evidence shortened, question kept), weighted per

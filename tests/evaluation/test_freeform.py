@@ -319,6 +319,7 @@ def test_majority_vote_is_lm_evals_on_readable_answers():
     assert vote(judged, "6").strict == "6" and vote(judged, "6").strict_correct
 
 
+@pytest.mark.slow
 def test_self_consistency_samples_and_votes(tiny_causal):
     from tinystudent.evaluation.evaluate import Sampling, evaluate_model
     from tinystudent.models import load_model

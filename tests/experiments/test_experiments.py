@@ -388,6 +388,7 @@ def eval_request(model, task, db, limit=6):
     )
 
 
+@pytest.mark.slow
 def test_an_evaluation_runs_in_a_fresh_process_filed_under_its_unit(tmp_path, tiny_causal, toy_task):
     from tinystudent.experiments.units import evaluate_in_subprocess
     from tinystudent.store import Store

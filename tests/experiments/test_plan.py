@@ -370,6 +370,7 @@ def test_units_of_each_shipped_experiment(name, shared_dir, monkeypatch):
     assert kinds(units) == SHIPPED[name]
 
 
+@pytest.mark.slow
 def test_the_runner_stores_each_planned_unit_under_its_key(tmp_path, monkeypatch):
     """The runner executes the plan: with each unit's work faked, the store holds exactly the
     planned keys, and a second run reads every one back."""

@@ -105,6 +105,7 @@ def test_a_folder_tinystudent_did_not_make_is_never_deleted(tiny_causal, tmp_pat
     assert (out / MARK).exists() and not theirs.exists()
 
 
+@pytest.mark.slow
 def test_smollm2_yields_a_ladder_with_copied_weights(smollm2, tmp_path):
     source = smollm2.resolved.path
     paths = student_ladder(str(source), ["first:2", "every:10"], tmp_path)

@@ -42,6 +42,7 @@ def two_servers(tiny_causal, tmp_path_factory):
         stop_serve(server.process)
 
 
+@pytest.mark.slow
 def test_two_servers_share_the_work_and_the_cache_of_one(two_servers, tiny_causal, tmp_path):
     first, second = two_servers
     model = str(tiny_causal)

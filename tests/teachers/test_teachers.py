@@ -342,6 +342,7 @@ def _cached_rows(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_teach_killed_with_sigkill_resumes_without_recomputing(tiny_causal, tmp_path):
     """`kill -9` in the middle of `tinystudent teach`; the next run finishes the rest."""
     task = write_task(tmp_path / "toy.jsonl", 16)

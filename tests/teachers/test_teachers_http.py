@@ -46,6 +46,7 @@ def http_teacher(base_url: str, model, **settings) -> HttpTeacher:
 # --- against tinystudent serve ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generation_through_serve_equals_local_generation(served_tiny_causal, tiny_causal, tmp_path):
     remote = http_teacher(served_tiny_causal.base_url, tiny_causal, concurrency=4)
     local = LocalTeacher(load_model(str(tiny_causal), device="cpu"), batch_size=4)
@@ -89,6 +90,7 @@ def test_concurrent_requests_are_batched_and_a_rerun_sends_none(served_tiny_caus
     assert [o.text for o in fast.outputs] == [o.text for o in slow.outputs]
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_run_resumes_from_the_cache(served_tiny_causal, tiny_causal, tmp_path):
     teacher = http_teacher(
         served_tiny_causal.base_url, tiny_causal, concurrency=1, max_retries=2, backoff=0.05, timeout=20
