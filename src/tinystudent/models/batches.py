@@ -87,12 +87,8 @@ class TokenBatch:
 
 
 def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Token rows right-padded with `value` to the longest row's width."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+    """Token rows right-padded with `value` to the longest row's width (`pad_rows` without the mask)."""
+    return pad_rows(rows, value)[0]
 
 
 def pack_rows(lengths: list[int], width: int) -> list[list[int]]:
