@@ -6,7 +6,8 @@ hash), `predictions` (every per-question answer and choice log-likelihoods), `te
 experiment runs, keyed by their config hash) and `model_losses` (bits per byte of a model on a
 reference text, keyed by the model's identity and the text's SHA-256; `stride` -1 = the default;
 `model_loss_progress` holds the running sum of a measurement still under way, so a killed one
-resumes). WAL mode lets several processes write at once;
+resumes) and `teacher_logits` (a teacher's top-k log-probabilities of one training sequence, a
+compressed blob: `distill.stored_logits`). WAL mode lets several processes write at once;
 each write is one transaction, so a killed process loses at most the row it was writing.
 
 Every open checks the file first and refuses, with the file, what is wrong and the way out, one
@@ -115,6 +116,16 @@ CREATE TABLE IF NOT EXISTS model_loss_progress (
     windows_done INTEGER NOT NULL,
     windows_total INTEGER NOT NULL,
     nll_nats REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS teacher_logits (
+    logits_key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    teacher TEXT NOT NULL,
+    top_k INTEGER NOT NULL,
+    kd_vocab INTEGER,
+    dtype TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    blob BLOB NOT NULL
 );
 """
 
@@ -490,6 +501,49 @@ class Store:
             f"SELECT * FROM model_losses WHERE {clause} ORDER BY id", tuple(where.values())
         ).fetchall()
         return [_decode(dict(r)) for r in rows]
+
+    # --- stored teacher logits (distill.stored_logits) ---------------------------------------
+
+    def save_teacher_logits(self, rows: list[tuple]) -> None:
+        """Store rows of (logits_key, teacher, top_k, kd_vocab, dtype, tokens, blob) in one
+        transaction; a key already stored keeps its row."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO teacher_logits (logits_key, created, teacher, top_k, kd_vocab, dtype,"
+                " tokens, blob) VALUES (?,?,?,?,?,?,?,?)",
+                [(key, now, *rest) for key, *rest in rows],
+            )
+
+    def teacher_logit_keys(self, keys: list[str]) -> set[str]:
+        """Which of `keys` have stored teacher logits."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                r[0]
+                for r in self.db.execute(f"SELECT logits_key FROM teacher_logits WHERE logits_key IN ({marks})", part)
+            )
+        return found
+
+    def teacher_logits(self, keys: list[str]) -> dict[str, dict]:
+        """The stored rows of `keys` (those stored), by key."""
+        found: dict[str, dict] = {}
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT * FROM teacher_logits WHERE logits_key IN ({marks})", part):
+                found[row["logits_key"]] = dict(row)
+        return found
+
+    def teacher_logits_size(self, teacher: str | None = None) -> tuple[int, int]:
+        """(stored blob bytes, target tokens) over the teacher_logits rows (of one teacher identity)."""
+        clause, args = ("WHERE teacher = ?", (teacher,)) if teacher is not None else ("", ())
+        row = self.db.execute(
+            f"SELECT COALESCE(SUM(LENGTH(blob)), 0), COALESCE(SUM(tokens), 0) FROM teacher_logits {clause}", args
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
 
 def _decode(row: dict) -> dict:

@@ -232,7 +232,9 @@ def train_command(
     restart: bool = typer.Option(False, help="Start over instead of resuming the run in --out."),
     columns: Optional[str] = typer.Option(None, help="Column mapping for your own JSONL/CSV (see eval)."),
     split_seed: int = typer.Option(0, help="Seed of the split for sources that ship no split."),
-    db: Optional[Path] = typer.Option(None, help="SQLite results database (teacher cache, runs)."),
+    db: Optional[Path] = typer.Option(
+        None, help="SQLite results database (teacher cache, stored teacher logits, runs)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Train a student on a task from answers, teachers' rationales, choice probabilities or
@@ -303,6 +305,7 @@ def train_command(
             task=task,
             test_examples=test_examples,
             restart=restart,
+            db=store.path,
         )
         result.student = student if not (cut or made) else f"{student} ({shape})"
         summary = {**result.summary(), "student_path": student_path, "teachers": names}
@@ -376,7 +379,7 @@ def _is_main() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _run(student, train, valid, config, out, *, rationales, scores, teacher, task, test_examples, restart):
+def _run(student, train, valid, config, out, *, rationales, scores, teacher, task, test_examples, restart, db):
     from tinystudent.distill import train_student
 
     def run(**progress_kwargs):
@@ -392,6 +395,7 @@ def _run(student, train, valid, config, out, *, rationales, scores, teacher, tas
             task=task,
             test_examples=test_examples,
             resume=not restart,
+            teacher_logits_db=db,
             **progress_kwargs,
         )
 

@@ -19,6 +19,7 @@ class _Strict(BaseModel):
 # trains, far above any study (the shipped ones: at most 3 epochs or 16 steps), so that a typo
 # (`epochs: 1000000`) is an error at --check, not weeks of training.
 MAX_SEED = 2**32 - 1
+STORED_LOGITS_FIELDS = ("teacher_logits_top_k", "teacher_logits_dtype")
 MAX_EPOCHS = 10_000
 MAX_STEPS = 10_000_000
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -209,6 +210,16 @@ class TrainConfig(_Strict):
         description="Token-level losses are computed this many target tokens at a time, so peak memory does "
         "not grow with batch x tokens x vocabulary.",
     )
+    teacher_logits_top_k: int | None = Field(
+        None,
+        ge=1,
+        description="logit_kd from the teacher's top-k log-probabilities per target token (and the rest as one "
+        "tail), computed once per training sequence before training and stored in the results database (--db): a "
+        "second student or a resumed run reads them instead of running the teacher; unset: the live teacher.",
+    )
+    teacher_logits_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="How stored teacher log-probabilities are kept (teacher_logits_top_k)."
+    )
     hidden_layers: list[tuple[int, int]] | None = Field(
         None,
         description="(student layer, teacher layer) pairs for hidden-state matching; unset: a scaled-down "
@@ -285,11 +296,16 @@ class TrainConfig(_Strict):
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (5e-5 if self.method == "full" else 2e-4)
 
+    def keyed(self) -> dict:
+        """The config as it keys a run: everything but the device (it changes no number a user
+        compares, only where it was computed); the stored-logits fields only when they are on, so
+        that a run without them keeps the key it had before they existed."""
+        unkeyed = {"device"} | (set(STORED_LOGITS_FIELDS) if self.teacher_logits_top_k is None else set())
+        return self.model_dump(mode="json", exclude=unkeyed)
+
     def fingerprint(self) -> str:
-        """A short hash of everything in the config (the device excluded: it changes no number
-        a user compares, only where it was computed)."""
-        payload = self.model_dump(mode="json", exclude={"device"})
-        return stable_hash(payload)
+        """A short hash of everything in the config that keys a run (`keyed`)."""
+        return stable_hash(self.keyed())
 
 
 class RecoveryConfig(_Strict):

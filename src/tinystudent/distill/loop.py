@@ -25,7 +25,7 @@ from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
 from tinystudent.distill.objectives import teacher_states
 from tinystudent.distill.terms import TermWeights, terms
-from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
+from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, token_pairs
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.contamination import check_contamination
@@ -288,6 +288,9 @@ class TrainingRun:
                     t = tr.teacher
                     teacher = teacher_states(t.loaded.model, t.loaded.kind, t.head, batch, t.want_rows, t.layers)
                     want_hidden = bool(t.layers)
+                if tr.stored_logits is not None:  # the teacher's stored top-k logits (distill.stored_logits)
+                    pairs = token_pairs(tr, examples, config, self.weights)
+                    teacher = tr.stored_logits.states(pairs, teacher, self.device)
                 outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden))
         return outputs, tokens
 

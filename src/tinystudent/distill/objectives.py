@@ -24,6 +24,7 @@ import torch
 
 from tinystudent.distill.fused import fused_head_loss
 from tinystudent.distill.losses import chunked_token_losses
+from tinystudent.distill.sparse_kd import SparseTeacher, sparse_head_loss
 from tinystudent.distill.terms import TermContext, TermWeights, terms
 from tinystudent.distill.terms.base import TokenPass
 from tinystudent.models.batches import ChoiceBatch, TokenBatch
@@ -37,12 +38,19 @@ class TeacherStates:
 
     `rows` are what its kind's `token_rows` gives (final hidden states for causal models, logits
     for seq2seq ones) and `head` turns them into logits. `layers` are hidden states for patient KD.
+    `sparse`: its stored top-k log-probabilities at the target rows instead (`stored_logits`).
     """
 
     rows: torch.Tensor | None
     head: Callable | None
     layers: list[torch.Tensor] = field(default_factory=list)
     linear: torch.nn.Linear | None = None  # the teacher's plain output layer, when it has one
+    sparse: SparseTeacher | None = None
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether token-level KD has the teacher's distribution here (live or stored)."""
+        return self.rows is not None or self.sparse is not None
 
 
 @dataclass
@@ -148,6 +156,19 @@ class StudentObjectives(torch.nn.Module):
         rows, targets, layers = self.adapter.token_rows(core, tb, self.hidden_layers if want_layers else [])
         ce_scale = ce_weight / max(rows.shape[0], 1)
         head = self.adapter.linear_head(core) if self.fuse_head else None
+        if states is not None and states.sparse is not None:  # stored top-k teacher logits
+            student_head = self.adapter.output_head(core)
+            loss, logprobs, kd = sparse_head_loss(
+                rows,
+                targets,
+                states.sparse,
+                head=student_head,
+                linear=head,
+                ce_scale=ce_scale,
+                kd_scale=kd_scale,
+                **self._kd_args(),
+            )
+            return loss, logprobs, kd, layers
         teacher_linear = states.linear if states is not None else None
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
             loss, logprobs, kd = fused_head_loss(
@@ -211,9 +232,7 @@ class StudentObjectives(torch.nn.Module):
     ) -> None:
         """Each token batch through the student once, weighted as the terms ask (`token_weight`,
         `kd_weight`); its loss joins the objective and its rows are kept for the terms."""
-        kd_rows = sum(
-            tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None
-        )
+        kd_rows = sum(tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].has_logits)
         kd_weight = sum(term.kd_weight(self.weights) for term in self.terms)
         kd_scale = kd_weight / kd_rows if kd_rows else 0.0
         for name, tb in batches.items():
@@ -226,7 +245,7 @@ class StudentObjectives(torch.nn.Module):
             if logprobs.numel():
                 as_choices = name == "answer" and context.choice_answer
                 context.parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
-            teacher_ran = states is not None and states.rows is not None
+            teacher_ran = states is not None and states.has_logits
             context.passes[name] = TokenPass(logprobs, kd.detach() if teacher_ran else None, layers, states)
 
 

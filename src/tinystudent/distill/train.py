@@ -16,7 +16,7 @@ from tinystudent.distill.data import check_choice_logprobs, check_free_form_obje
 from tinystudent.distill.loop import TrainingDiverged, TrainingRun, check_objectives, check_splits, claim_run_folder
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
-from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TermWeights
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TermWeights, terms
 from tinystudent.distill.trainee import Trainee, setup_trainee
 from tinystudent.evaluation.cost import MemoryMeter
 from tinystudent.evaluation.prompts import prompt_style
@@ -78,6 +78,7 @@ def _train(
     mutual: bool,
     resume: bool,
     on_step: Callable[[dict], None] | None,
+    teacher_logits_db: Path | None = None,
 ) -> list[TrainResult]:
     from accelerate.utils import set_seed
 
@@ -144,6 +145,20 @@ def _train(
         mutual=mutual,
         on_step=on_step,
     )
+    if config.teacher_logits_top_k is not None:  # computed once, before training (distill.stored_logits)
+        from tinystudent.distill.stored_logits import prepare_stored_logits
+
+        with accelerator.main_process_first():  # the others find every row stored
+            for trainee in trainees:
+                prepare_stored_logits(
+                    trainee,
+                    train,
+                    config,
+                    weights,
+                    teacher_identity=description["teacher"],
+                    db=teacher_logits_db,
+                    autocast_dtype=run.autocast_dtype,
+                )
     if resume:
         run.resume()
     memory = MemoryMeter(device)
@@ -177,6 +192,11 @@ def _checked_inputs(
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
     weights = config.weights.resolve({RATIONALES: list(rationales), CHOICE_LOGPROBS: list(choice_logprobs)}, mutual)
     check_objectives(config, weights, teacher, mutual)
+    if config.teacher_logits_top_k is not None and (teacher is None or not any(t.kd_weight(weights) for t in terms())):
+        raise ValueError(
+            "teacher_logits_top_k stores a teacher model's logits for logit_kd: it needs weights.logit_kd > 0 "
+            "and a teacher model (--teacher-model)"
+        )
     return rationales, choice_logprobs, weights
 
 
@@ -202,7 +222,7 @@ def _describe_run(
     return {
         "students": students,
         "student_identities": identities,
-        "config": config.model_dump(mode="json", exclude={"device"}),
+        "config": config.keyed(),
         "task": task,
         "mutual": mutual,
         "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},
@@ -290,6 +310,7 @@ def train_student(
     test_examples: list[Example] | None = None,
     resume: bool = True,
     on_step: Callable[[dict], None] | None = None,
+    teacher_logits_db: Path | None = None,
 ) -> TrainResult:
     """Train one student on a task, from any mix of answers, teachers' rationales, teachers'
     choice distributions and a teacher model's logits.
@@ -308,6 +329,8 @@ def train_student(
             finished identical run (True); False starts over, deleting out_dir's content.
         on_step: called after every optimizer step with a progress dict (step, total_steps,
             loss, lr, tokens_per_s, valid_acc).
+        teacher_logits_db: the results database that keeps the teacher's logits with
+            `config.teacher_logits_top_k` (`distill.stored_logits`); None: the default one.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (the last good checkpoint is kept).
@@ -327,6 +350,7 @@ def train_student(
         mutual=False,
         resume=resume,
         on_step=on_step,
+        teacher_logits_db=teacher_logits_db,
     )[0]
 
 

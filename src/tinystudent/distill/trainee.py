@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -23,6 +23,9 @@ from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
 from tinystudent.models.students import MANIFEST
 from tinystudent.tasks.schema import Example
+
+if TYPE_CHECKING:
+    from tinystudent.distill.stored_logits import TeacherLogits
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Trainee:
     counts: dict[str, int]
     trainable: int
     teacher: FrozenTeacher | None = None
+    stored_logits: TeacherLogits | None = None  # the teacher's stored top-k logits (`stored_logits`)
     state: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)  # how many training inputs were cut to fit (evaluation.fit)
 
@@ -150,7 +154,8 @@ def load_teacher(
     alignment = check_vocab(
         student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
     )
-    adapter.check_output_layer(teacher.model, teacher.name)
+    if config.teacher_logits_top_k is None:  # stored logits: checked only if the teacher has to run
+        adapter.check_output_layer(teacher.model, teacher.name)
     head = adapter.output_head(teacher.model)
     pairs = []
     if any(t.wants_layers(weights) for t in terms()):
@@ -323,6 +328,21 @@ def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> B
     return replace(needs, answer_tokens=answer_tokens)
 
 
+def token_pairs(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights
+) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """The (prompt, target) token pairs of each token batch (`answer`, `rationale:<teacher>`) of
+    `examples`, as `make_batch` lays them out."""
+    items = [trainee.features[ex.id] for ex in examples]
+    needs = batch_needs(weights, trainee.loaded.adapter, config.answer_loss)
+    found = {"answer": [(f.prompt, f.choices[f.gold]) for f in items]} if needs.answer_tokens else {}
+    for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
+        pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
+        if pairs:
+            found[f"rationale:{teacher}"] = pairs
+    return found
+
+
 def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights) -> StudentBatch:
     """The micro-batch of `examples` in this student's tokens, with what its terms need."""
     adapter = trainee.loaded.adapter
@@ -331,12 +351,12 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
     items = [trainee.features[ex.id] for ex in examples]
     batch = StudentBatch(torch.tensor([f.gold for f in items]))
     needs = batch_needs(weights, adapter, config.answer_loss)
-    if needs.answer_tokens:
-        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
+    pairs = token_pairs(trainee, examples, config, weights)
+    if "answer" in pairs:
+        batch.answer = token_batch(pairs["answer"], adapter, pad, config.packing)
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
-        pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
-        if pairs:
-            batch.rationales[teacher] = token_batch(pairs, adapter, pad, config.packing)
+        if f"rationale:{teacher}" in pairs:
+            batch.rationales[teacher] = token_batch(pairs[f"rationale:{teacher}"], adapter, pad, config.packing)
         read = [replace(f, context=f.rationale_contexts[teacher]) for f in items if teacher in f.rationale_contexts]
         if read:
             answers = torch.tensor([f.gold for f in read])
