@@ -201,6 +201,6 @@ def sparse_head_loss(
             float(beta),
             int(chunk_tokens),
         )
-    rows = [hidden, targets, teacher.indices, teacher.logprobs, teacher.tail]
+    rows: list[torch.Tensor | None] = [hidden, targets, teacher.indices, teacher.logprobs, teacher.tail]
     logprobs, kd = in_chunks(_sparse_row_losses, rows, (head, kd_vocab, divergence, temperature, beta), chunk_tokens)
     return -ce_scale * logprobs.sum() + kd_scale * kd.sum(), logprobs, kd

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinystudent.distill.objectives import TeacherStates
+from tinystudent.distill.objectives import StudentObjectives, TeacherStates
 from tinystudent.distill.sparse_kd import SparseTeacher
 from tinystudent.distill.trainee import FrozenTeacher, Trainee, token_pairs
 from tinystudent.distill.vocab import output_rows
@@ -309,6 +309,9 @@ def prepare_stored_logits(
     if teacher is None or config.teacher_logits_top_k is None:
         raise ValueError("stored teacher logits need a teacher model and teacher_logits_top_k")
     objective = getattr(trainee.objective, "module", trainee.objective)  # under DDP, the wrapped one
+    if not isinstance(objective, StudentObjectives):
+        raise TypeError(f"stored teacher logits train a StudentObjectives, not {type(objective).__name__}")
+    kd_vocab = objective.kd_vocab
     device = torch.device(teacher.loaded.device)
 
     def autocast():
@@ -322,8 +325,8 @@ def prepare_stored_logits(
         store=Store(db),
         teacher=teacher_identity,
         top_k=config.teacher_logits_top_k,
-        kd_vocab=objective.kd_vocab,
-        vocab=objective.kd_vocab or output_rows(teacher.loaded.model),
+        kd_vocab=kd_vocab,
+        vocab=kd_vocab or output_rows(teacher.loaded.model),
         dtype=config.teacher_logits_dtype,
         ran_in=ran_in,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
