@@ -146,9 +146,12 @@ def test_bytes_per_token_is_the_stored_blobs_over_their_tokens(tmp_path):
 @pytest.fixture(scope="module")
 def arc():
     from tinystudent.tasks import load_task
+    from tinystudent.teachers import import_tinyllm_rationales
 
     data = load_task(str(FIXTURE_ARC))
-    return {"train": data.split("train")[:8], "valid": data.split("validation")[:2]}
+    rationales = import_tinyllm_rationales(FIXTURE_ARC, "train")
+    train = [ex for ex in data.split("train") if all(ex.id in r for r in rationales.values())][:8]
+    return {"train": train, "valid": data.split("validation")[:2], "rationales": rationales}
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +159,13 @@ def teacher_path(tmp_path_factory) -> Path:
     from conftest import build_tiny
 
     return build_tiny("causal", tmp_path_factory.mktemp("teacher") / "teacher", seed=7)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_teacher_path(tmp_path_factory) -> Path:
+    from conftest import build_tiny
+
+    return build_tiny("seq2seq", tmp_path_factory.mktemp("teacher") / "teacher", seed=7)
 
 
 def teacher_model(path: Path):
@@ -210,6 +220,7 @@ def train(student, arc, out: Path, teacher, db: Path, **changes):
         arc["valid"],
         config(**changes),
         out,
+        rationales=arc["rationales"],
         teacher=teacher,
         task="arc",
         teacher_logits_db=db,
@@ -225,23 +236,55 @@ def losses(result) -> list[float]:
     return [h["logit_kd"] for h in result.loss_history]
 
 
-def test_training_from_stored_logits_at_k_vocabulary_follows_the_live_teacher_and_a_second_run_never_runs_it(
-    tiny_causal, arc, teacher_path, tmp_path
+FULL = dict(teacher_logits_top_k=100_000, teacher_logits_dtype="float32")
+EQUALITY = [
+    ("tiny_causal", "teacher_path", {}),
+    ("tiny_causal", "teacher_path", {"weights": {"answer": 0.0, "logit_kd": 1.0, "rationale": 0.5}}),
+    ("tiny_seq2seq", "seq2seq_teacher_path", {}),
+]
+
+
+@pytest.mark.parametrize("student,teacher,changes", EQUALITY, ids=["causal", "causal-rationales", "seq2seq"])
+def test_training_from_stored_logits_at_k_vocabulary_follows_the_live_teacher(
+    student, teacher, changes, arc, request, tmp_path
 ):
+    """Packed causal rows (the rows reordered by length), rationale batches beside the answer's,
+    and a seq2seq student (its output layer not fused) train as with the live teacher."""
+    student, teacher = request.getfixturevalue(student), request.getfixturevalue(teacher)
+    changes = {"max_input_tokens": 320, **changes} if "weights" in changes else changes
     db = tmp_path / "results.sqlite"
-    live = train(tiny_causal, arc, tmp_path / "live", str(teacher_path), db)
-    stored_args = dict(teacher_logits_top_k=100_000, teacher_logits_dtype="float32")
+    live = train(student, arc, tmp_path / "live", str(teacher), db, **changes)
+    stored = train(student, arc, tmp_path / "stored", str(teacher), db, **FULL, **changes)
+    for name in ("logit_kd", "loss"):
+        got, want = ([h[name] for h in r.loss_history] for r in (stored, live))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert rows_in(db) == (24 if "weights" in changes else 8)  # answers (and both teachers' rationales), once each
+
+
+def test_a_second_run_reads_the_stored_logits_and_never_runs_the_teacher(tiny_causal, arc, teacher_path, tmp_path):
+    db = tmp_path / "results.sqlite"
     teacher = teacher_model(teacher_path)
     calls = count_forwards(teacher)
-    first = train(tiny_causal, arc, tmp_path / "first", teacher, db, **stored_args)
+    first = train(tiny_causal, arc, tmp_path / "first", teacher, db, **FULL)
     assert calls["batches"] == 2  # 8 answer sequences, 4 a batch, each once
     assert rows_in(db) == 8
-    np.testing.assert_allclose(losses(first), losses(live), rtol=1e-5, atol=1e-5)
     calls.update(any=0, batches=0)
-    second = train(tiny_causal, arc, tmp_path / "second", teacher, db, **stored_args)
+    second = train(tiny_causal, arc, tmp_path / "second", teacher, db, **FULL)
     assert calls["any"] == 0 and rows_in(db) == 8  # read, never recomputed
     assert losses(second) == losses(first)
-    assert first.run_key != live.run_key
+
+
+def test_hidden_state_matching_beside_stored_logits_still_runs_the_teacher_for_its_layers(
+    tiny_causal, arc, teacher_path, tmp_path
+):
+    teacher = teacher_model(teacher_path)
+    calls = count_forwards(teacher)
+    weights = {"answer": 0.0, "logit_kd": 1.0, "hidden": 1.0}
+    result = train(
+        tiny_causal, arc, tmp_path / "run", teacher, tmp_path / "db.sqlite", weights=weights, teacher_logits_top_k=8
+    )
+    assert calls["batches"] == 2 + 2  # the precompute's two batches, then one per step for the layers
+    assert all(np.isfinite([h["hidden"] for h in result.loss_history] + losses(result)))
 
 
 def test_a_killed_precompute_resumes_without_recomputing_stored_rows_and_top_k_trains(
@@ -288,10 +331,18 @@ def test_stored_logits_need_logit_kd_and_a_teacher(tiny_causal, arc, tmp_path):
     assert TrainConfig(teacher_logits_top_k=8).keyed()["teacher_logits_top_k"] == 8
 
 
-def test_train_offers_the_stored_logits_options():
+def test_train_stores_the_teacher_logits_in_the_database_given_by_db(tiny_causal, teacher_path, tmp_path):
     from typer.testing import CliRunner
 
     from tinystudent.cli import app
 
+    db = tmp_path / "mine.sqlite"
+    args = ["train", "--student", str(tiny_causal), "--task", str(FIXTURE_ARC), "--objective", "logit_kd"]
+    args += ["--teacher-model", str(teacher_path), "--teacher-logits-top-k", "8", "--steps", "1"]
+    args += ["--batch-size", "2", "--train-limit", "4", "--valid-limit", "2", "--no-test", "--device", "cpu"]
+    args += ["--db", str(db), "--out", str(tmp_path / "run"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert rows_in(db) == 4
     shown = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "--teacher-logits-top-k" in shown and "--teacher-logits-dtype" in shown

@@ -186,7 +186,9 @@ class TeacherLogits:
             try:
                 if row["tokens"] != len(target):
                     raise StoredLogitsError(f"{where}: {row['tokens']} tokens stored, the sequence has {len(target)}")
-                ids, logprobs, tail = decode_logits(row["blob"], row["tokens"], row["top_k"], row["dtype"], None, where)
+                ids, logprobs, tail = decode_logits(
+                    row["blob"], row["tokens"], row["top_k"], row["dtype"], self.vocab, where
+                )
             except StoredLogitsError as err:
                 raise StoredLogitsError(
                     f'{err}; the row is damaged: delete it (sqlite3 {self.store.path} "DELETE FROM teacher_logits '
