@@ -140,6 +140,9 @@ class TeacherLogits:
     packing: bool
     layout: Callable[[list[Pair], int, bool], TokenBatch]
 
+    def close(self) -> None:
+        self.store.close()
+
     @property
     def k(self) -> int:
         """The k stored: top_k, or the whole compared vocabulary when it is smaller."""
