@@ -37,8 +37,9 @@ class ObjectiveWeights(_Strict):
     The built-in terms: answer (cross-entropy on the gold answer, in exactly the format evaluation
     scores), rationale (per-teacher rationale cross-entropy: TinyLLM; distilling step by step),
     choice_kd (per-teacher KL between the teacher's and the student's distributions over the
-    choices), logit_kd (token-level distillation from the `teacher` model's next-token
-    distribution), hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
+    choices), logit_kd (token-level distillation from the teacher models' next-token
+    distribution, several averaged; one weight, or teacher model -> weight),
+    hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
     towards the peers' choice distributions, in `train_mutual`).
     """
 
@@ -87,7 +88,8 @@ class ObjectiveWeights(_Strict):
         left out.
 
         Args:
-            with_data: `Term.teacher_data` (rationales, choice_logprobs) -> the teachers that have it.
+            with_data: `Term.teacher_data` (rationales, choice_logprobs, teacher_models) -> the
+                teachers that have it.
         """
         values: dict[str, float | dict[str, float]] = {}
         for found in registry.terms():
@@ -98,6 +100,11 @@ class ObjectiveWeights(_Strict):
                 teachers = with_data.get(found.teacher_data or "", [])
                 if isinstance(value, dict):
                     unknown = sorted(set(value) - set(teachers))
+                    if unknown and found.teacher_data == registry.TEACHER_MODELS:
+                        raise ValueError(
+                            f"weights.{found.name} names teacher model(s) {unknown} that were not given; the "
+                            f"teacher models are {sorted(teachers)} (give each as --teacher-model NAME=PATH)"
+                        )
                     if unknown:
                         raise ValueError(
                             f"weights.{found.name} names teacher(s) {unknown} with no data; "

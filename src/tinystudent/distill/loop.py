@@ -23,9 +23,8 @@ from tinystudent.distill.checkpoints import latest_checkpoint, load_checkpoint, 
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
-from tinystudent.distill.objectives import teacher_states
 from tinystudent.distill.terms import TermWeights, terms
-from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
+from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, teacher_passes
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.contamination import check_contamination
@@ -283,12 +282,8 @@ class TrainingRun:
             batch = make_batch(tr, examples, config, self.weights).to(self.device)
             tokens += batch.tokens
             with self.autocast():
-                teacher, want_hidden = None, False
-                if tr.teacher is not None:
-                    t = tr.teacher
-                    teacher = teacher_states(t.loaded.model, t.loaded.kind, t.head, batch, t.want_rows, t.layers)
-                    want_hidden = bool(t.layers)
-                outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden))
+                teacher, own, want_hidden = teacher_passes(tr, batch, self.weights, config.temperature)
+                outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden, own_tokens=own))
         return outputs, tokens
 
     def _losses(self, outputs: list[dict]) -> list[torch.Tensor]:

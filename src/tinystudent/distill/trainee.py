@@ -11,10 +11,26 @@ from typing import Callable
 import torch
 
 from tinystudent.distill.config import TrainConfig
-from tinystudent.distill.data import build_features, choice_batch, teacher_choice_table, token_batch
+from tinystudent.distill.data import align_targets, build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
-from tinystudent.distill.objectives import StudentBatch, StudentObjectives
-from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, BatchNeeds, TermWeights, teachers_of, terms
+from tinystudent.distill.objectives import (
+    StudentBatch,
+    StudentObjectives,
+    TeacherStates,
+    TeacherTokens,
+    mixed_states,
+    teacher_states,
+)
+from tinystudent.distill.terms import (
+    CHOICE_LOGPROBS,
+    RATIONALES,
+    TEACHER_MODELS,
+    BatchNeeds,
+    Term,
+    TermWeights,
+    teachers_of,
+    terms,
+)
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
 from tinystudent.models.batches import Features
@@ -28,12 +44,23 @@ from tinystudent.tasks.schema import Example
 @dataclass
 class FrozenTeacher:
     """A loaded teacher model for token-level distillation, frozen in eval mode (not a
-    `teachers.base.Teacher`, which writes rationales and answers)."""
+    `teachers.base.Teacher`, which writes rationales and answers).
+
+    Attributes:
+        want_rows: its rows on the student's tokens feed a divergence (logit_kd).
+        name: its name in weights and objective strings (`logit_kd:<name>`).
+        student_tokens: it runs on the student's token batches (logit_kd, hidden: one vocabulary).
+        own_tokens: it reads the same texts in its own tokens (uld_kd); `features` holds them.
+    """
 
     loaded: LoadedModel
     head: Callable[[torch.Tensor], torch.Tensor]
     layers: list[int]
     want_rows: bool
+    name: str = "teacher"
+    student_tokens: bool = True
+    own_tokens: bool = False
+    features: dict[str, Features] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -51,13 +78,19 @@ class Trainee:
     scaler: torch.amp.GradScaler | None
     counts: dict[str, int]
     trainable: int
-    teacher: FrozenTeacher | None = None
+    teachers: dict[str, FrozenTeacher] = field(default_factory=dict)
+    kd_vocab: int | None = None  # logit entries every model of logit_kd shares (None: all)
     state: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)  # how many training inputs were cut to fit (evaluation.fit)
 
     @property
     def is_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    @property
+    def teacher(self) -> FrozenTeacher | None:
+        """The first teacher model, or None."""
+        return next(iter(self.teachers.values()), None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -123,6 +156,22 @@ def hidden_pairs(
     return pairs
 
 
+def named_teachers(teacher) -> dict:
+    """Teacher models by name: a dict as given; one model (a name or path, or a `LoadedModel`)
+    is named by itself; None is none."""
+    if teacher is None:
+        return {}
+    if isinstance(teacher, dict):
+        return dict(teacher)
+    return {teacher.name if isinstance(teacher, LoadedModel) else str(teacher): teacher}
+
+
+def _learns_from(found: Term, weights: TermWeights, name: str) -> bool:
+    """Whether active term `found` learns from teacher model `name` (a term with one weight: from
+    the teacher there is)."""
+    return name in weights.per_teacher(found.name) if found.per_teacher else weights.scalar(found.name) > 0
+
+
 def load_teacher(
     teacher,
     student: LoadedModel,
@@ -131,10 +180,19 @@ def load_teacher(
     kd_dtype: torch.dtype | None,
     *,
     weights: TermWeights | None = None,
+    name: str | None = None,
 ) -> tuple[FrozenTeacher, int | None, list[int]]:
     """Load and freeze the teacher, check vocabularies and pick the layers to match (`weights`:
-    the run's resolved weights, by default the config's with no teacher data)."""
-    weights = weights if weights is not None else config.weights.resolve({})
+    the run's resolved weights, by default the config's with this one teacher model).
+
+    The vocabularies are checked only when a term compares the teacher's logits with the
+    student's on the student's tokens (logit_kd, hidden); a cross-tokenizer term (uld_kd) reads
+    the texts in the teacher's own tokens."""
+    name = name if name is not None else next(iter(named_teachers(teacher)))
+    weights = weights if weights is not None else config.weights.resolve({TEACHER_MODELS: [name]})
+    used = [t for t in terms() if t.teacher_model and _learns_from(t, weights, name)]
+    student_tokens = any(not t.teacher_tokens for t in used) or not used
+    own_tokens = any(t.teacher_tokens for t in used)
     if isinstance(teacher, str):
         teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
     adapter = student.adapter  # its token rows and output head are read off the teacher too
@@ -147,21 +205,49 @@ def load_teacher(
             f"{'' if adapter.next_token else no_tokens}"
         )
     teacher.model.eval().requires_grad_(False)
-    alignment = check_vocab(
-        student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
-    )
+    kd_vocab = None
+    if student_tokens:
+        alignment = check_vocab(
+            student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
+        )
+        kd_vocab = alignment.size if alignment.trimmed else None
     adapter.check_output_layer(teacher.model, teacher.name)
     head = adapter.output_head(teacher.model)
     pairs = []
-    if any(t.wants_layers(weights) for t in terms()):
+    if student_tokens and any(t.wants_layers(weights) for t in terms()):
         pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, adapter, config.hidden_layers)
         info(f"hidden-state matching (student, teacher): {pairs}")
-    kd_vocab = alignment.size if alignment.trimmed else None
-    return (
-        FrozenTeacher(teacher, head, [t for _, t in pairs], any(t.kd_weight(weights) > 0 for t in terms())),
-        kd_vocab,
-        [s for s, _ in pairs],
-    )
+    want_rows = any(t.kd_weight(weights) > 0 and not t.teacher_tokens for t in used)
+    frozen = FrozenTeacher(teacher, head, [t for _, t in pairs], want_rows, name, student_tokens, own_tokens)
+    return frozen, kd_vocab, [s for s, _ in pairs]
+
+
+def load_teachers(
+    teachers: dict,
+    student: LoadedModel,
+    config: TrainConfig,
+    device: torch.device,
+    kd_dtype: torch.dtype | None,
+    weights: TermWeights,
+) -> tuple[dict[str, FrozenTeacher], int | None, list[int]]:
+    """Each named teacher model loaded once (`load_teacher`), the logit entries all of them share
+    with the student, and the student's layers to match (hidden-state matching: one teacher)."""
+    if len(teachers) > 1 and any(t.wants_layers(weights) for t in terms()):
+        raise ValueError(
+            f"hidden-state matching pairs the student's layers with one teacher's, but {len(teachers)} teacher "
+            f"models were given ({', '.join(teachers)}); give one --teacher-model, or set weights.hidden to 0"
+        )
+    loaded: dict[str, FrozenTeacher] = {}
+    sizes: list[int] = []
+    layers: list[int] = []
+    for name, model in teachers.items():
+        loaded[name], size, found_layers = load_teacher(
+            model, student, config, device, kd_dtype, weights=weights, name=name
+        )
+        layers = layers or found_layers
+        if size is not None:
+            sizes.append(size)
+    return loaded, min(sizes) if sizes else None, layers
 
 
 def check_context(features: dict[str, Features], limit: int, budget: int, name: str) -> None:
@@ -205,13 +291,23 @@ def setup_trainee(
     loaded.adapter.check_output_layer(core, name)
     loaded.adapter.check_training_task(core, train)
     kd_dtype = resolve_precision(config.precision, device)
-    teacher_info: FrozenTeacher | None = None
-    kd_vocab: int | None = None
-    student_layers: list[int] = []
-    if teacher is not None:
-        teacher_info, kd_vocab, student_layers = load_teacher(
-            teacher, loaded, config, device, kd_dtype, weights=weights
-        )
+    teacher_info, kd_vocab, student_layers = load_teachers(
+        named_teachers(teacher), loaded, config, device, kd_dtype, weights
+    )
+    feature_args = dict(
+        style=style,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        rationale_prompt=config.rationale_prompt,
+        max_input=config.max_input_tokens,
+        max_answer=config.max_answer_tokens,
+        max_rationale=config.max_rationale_tokens,
+        evidence=config.evidence,
+    )
+    for frozen in teacher_info.values():  # the same texts in a cross-tokenizer teacher's own tokens
+        if frozen.own_tokens:
+            t = frozen.loaded
+            frozen.features = build_features(train, t.tokenizer, kind=t.kind, **feature_args)[0]  # type: ignore[arg-type]
     model = core
     if config.method == "lora":
         lora = config.lora
@@ -222,19 +318,7 @@ def setup_trainee(
         enable_activation_checkpointing(core)
     core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
     core.train()
-    features, fitted = build_features(
-        train,
-        loaded.tokenizer,
-        kind=loaded.kind,
-        style=style,
-        rationales=rationales,
-        choice_logprobs=choice_logprobs,
-        rationale_prompt=config.rationale_prompt,
-        max_input=config.max_input_tokens,
-        max_answer=config.max_answer_tokens,
-        max_rationale=config.max_rationale_tokens,
-        evidence=config.evidence,
-    )
+    features, fitted = build_features(train, loaded.tokenizer, kind=loaded.kind, **feature_args)  # type: ignore[arg-type]
     if fitted["truncated"]:
         info(
             f"{fitted['truncated']} of {len(train)} training inputs were longer than "
@@ -273,7 +357,8 @@ def setup_trainee(
         scaler=scaler,
         counts=counts,
         trainable=trainable,
-        teacher=teacher_info,
+        teachers=teacher_info,
+        kd_vocab=kd_vocab,
         fit=fitted,
     )
 
@@ -315,10 +400,9 @@ def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> B
     for found in terms():
         if weights.active(found.name):
             needs = needs | found.needs(adapter, answer_loss)
+    teacher_run = needs.teacher_states or needs.teacher_tokens
     answer_tokens = (
-        adapter.next_token
-        and (needs.answer_tokens or needs.teacher_states)
-        and not (needs.choices and not needs.teacher_states)
+        adapter.next_token and (needs.answer_tokens or teacher_run) and not (needs.choices and not teacher_run)
     )
     return replace(needs, answer_tokens=answer_tokens)
 
@@ -331,12 +415,15 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
     items = [trainee.features[ex.id] for ex in examples]
     batch = StudentBatch(torch.tensor([f.gold for f in items]))
     needs = batch_needs(weights, adapter, config.answer_loss)
+    texts: dict[str, list[str]] = {}  # token batch -> the questions of its pairs, in order
     if needs.answer_tokens:
         batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
+        texts["answer"] = [ex.id for ex in examples]
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
             batch.rationales[teacher] = token_batch(pairs, adapter, pad, config.packing)
+            texts[f"rationale:{teacher}"] = [ex.id for ex in examples if teacher in trainee.features[ex.id].rationales]
         read = [replace(f, context=f.rationale_contexts[teacher]) for f in items if teacher in f.rationale_contexts]
         if read:
             answers = torch.tensor([f.gold for f in read])
@@ -349,4 +436,64 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
         width = batch.choices.choice_mask.shape[1]
         for teacher in teachers_of(weights, CHOICE_LOGPROBS) if needs.teacher_choice else []:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
+    if needs.teacher_tokens:
+        batch.teacher_tokens = teacher_tokens(trainee, texts, config.packing)
     return batch
+
+
+def _pair(features: Features | None, batch_name: str) -> tuple[list[int], list[int]] | None:
+    """The (prompt, target) pair of token batch `batch_name` in these features (None: none)."""
+    if features is None:
+        return None
+    if batch_name == "answer":
+        return features.prompt, features.choices[features.gold]
+    return features.rationales.get(batch_name.partition(":")[2])
+
+
+def teacher_tokens(trainee: Trainee, texts: dict[str, list[str]], pack: bool) -> dict[str, dict[str, TeacherTokens]]:
+    """Each cross-tokenizer teacher's own tokens of every token batch's texts (`texts`: batch ->
+    question ids of its pairs), the target rows aligned with the student's (`data.align_targets`)."""
+    own = {name: t for name, t in trainee.teachers.items() if t.own_tokens}
+    found: dict[str, dict[str, TeacherTokens]] = {name: {} for name in own}
+    for batch_name, ids in texts.items():
+        student_pairs = [_pair(trainee.features[i], batch_name) for i in ids]
+        their = {name: [_pair(t.features.get(i), batch_name) for i in ids] for name, t in own.items()}
+        student_rows, rows, present = align_targets(
+            student_pairs,  # type: ignore[arg-type]  # every id of `texts` has its pair
+            their,
+            trainee.loaded.adapter,
+            pack,
+        )
+        for name, t in own.items():
+            if not present[name]:
+                continue
+            tokenizer = t.loaded.tokenizer
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            pairs = [their[name][i] for i in present[name]]
+            tb = token_batch(pairs, t.loaded.adapter, pad, pack)  # type: ignore[arg-type]
+            found[name][batch_name] = TeacherTokens(tb, student_rows, rows[name])
+    return found
+
+
+def teacher_passes(
+    trainee: Trainee, batch: StudentBatch, weights: TermWeights, temperature: float
+) -> tuple[dict[str, TeacherStates], dict[str, dict[str, TeacherStates]], bool]:
+    """Every teacher model run once on what it reads: (the states on the student's tokens by
+    token batch, several teachers mixed into one (`objectives.mixed_states`); each cross-tokenizer
+    teacher's states on its own tokens; whether the student must keep hidden states)."""
+    on_student: dict[str, dict[str, TeacherStates]] = {}
+    own: dict[str, dict[str, TeacherStates]] = {}
+    for name, t in trainee.teachers.items():
+        core, kind = t.loaded.model, t.loaded.kind
+        if t.student_tokens:
+            on_student[name] = teacher_states(core, kind, t.head, batch, t.want_rows, t.layers)
+        if t.own_tokens and batch.teacher_tokens.get(name):
+            theirs = {b: tt.batch for b, tt in batch.teacher_tokens[name].items()}
+            own[name] = teacher_states(core, kind, t.head, batch, True, [], theirs)
+    proportions = {
+        name: sum(weights.per_teacher(f.name).get(name, 0.0) for f in terms() if f.teacher_model and f.per_teacher)
+        for name in on_student
+    }
+    mixed = mixed_states(on_student, proportions, temperature, trainee.kd_vocab) if on_student else {}
+    want_hidden = any(t.layers for t in trainee.teachers.values())
+    return mixed, own, want_hidden

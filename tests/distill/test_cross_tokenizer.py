@@ -1,0 +1,232 @@
+"""Cross-tokenizer and several-teacher token-level KD: `uld_kd` (Universal Logit Distillation,
+Boizard et al. 2024) and `logit_kd:A+B` / `uld_kd:A+B`.
+
+The loss is checked by hand on tiny probability vectors, the target rows' alignment on hand-made
+pairs, the teachers' mixture against its definition; then a tiny Llama student learns from a
+tiny Llama teacher whose byte-level BPE tokenizer has another vocabulary (290 tokens instead of
+320), which plain logit_kd refuses, naming uld_kd.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinystudent.distill import TrainConfig, train_student
+from tinystudent.distill.data import align_targets, target_places
+from tinystudent.distill.losses import (
+    chunked_uld_distances,
+    forward_kl,
+    mean_sorted_target,
+    mixture_logits,
+    uld_distance,
+)
+from tinystudent.distill.objectives import TeacherStates, mixed_states
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training_offline import falls, load_fixture_task  # noqa: E402
+
+
+def tiny_llama(path: Path, vocab_size: int, seed: int, width: int = 32) -> Path:
+    """A 2-layer random Llama with a byte-level BPE tokenizer of `vocab_size` tokens."""
+    from conftest import byte_level_tokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    tokenizer = byte_level_tokenizer(vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def arc() -> dict:
+    return load_fixture_task("arc")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("crosstok")
+    return {
+        "student": tiny_llama(root / "student", 320, seed=0),
+        "same": tiny_llama(root / "same", 320, seed=5),  # the student's tokenizer
+        "other": tiny_llama(root / "other", 290, seed=3),  # another vocabulary
+    }
+
+
+def config(**changes) -> TrainConfig:
+    base = dict(steps=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, eval_before=False, device="cpu", precision="fp32")
+    return TrainConfig(**{**base, "log_every": 1, **changes})
+
+
+# --- the loss ------------------------------------------------------------------------------------
+
+
+def test_uld_distance_by_hand():
+    """Student (0.2, 0.5, 0.3) sorts to (0.5, 0.3, 0.2); teacher (0.1, 0.9) to (0.9, 0.1), padded
+    with a zero: |0.5 - 0.9| + |0.3 - 0.1| + |0.2 - 0| = 0.8."""
+    student = torch.tensor([[0.2, 0.5, 0.3]]).log()
+    teacher = torch.tensor([[0.1, 0.9]]).log()
+    target = mean_sorted_target([teacher], [1.0], 1.0)
+    assert torch.allclose(target, torch.tensor([[0.9, 0.1]]))
+    assert uld_distance(student, target).item() == pytest.approx(0.8, abs=1e-6)
+    # The same distribution under another token order is at distance 0: only shapes are compared.
+    assert uld_distance(torch.tensor([[0.9, 0.1, 0.0]]).clamp_min(1e-30).log(), target).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    # Temperature 2 softens both before sorting.
+    soft = F.softmax(student / 2, -1).sort(-1, descending=True).values
+    expected = (soft - F.pad(F.softmax(teacher / 2, -1).sort(-1, descending=True).values, (0, 1))).abs().sum()
+    assert uld_distance(student, mean_sorted_target([teacher], [1.0], 2.0), 2.0).item() == pytest.approx(
+        float(expected)
+    )
+
+
+def test_several_ulds_teachers_average_their_sorted_vectors():
+    a, b = torch.tensor([[0.7, 0.3]]).log(), torch.tensor([[0.2, 0.2, 0.6]]).log()
+    target = mean_sorted_target([a, b], [0.75, 0.25], 1.0)
+    assert torch.allclose(target, torch.tensor([[0.75 * 0.7 + 0.25 * 0.6, 0.75 * 0.3 + 0.25 * 0.2, 0.25 * 0.2]]))
+
+
+def test_chunked_uld_distances_equal_the_unchunked_ones_and_their_gradients():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(9, 8, generator=g, requires_grad=True)
+    head, teacher_head = torch.nn.Linear(8, 13), torch.nn.Linear(6, 11)
+    teacher_hidden = torch.randn(9, 6, generator=g)
+    chunked = chunked_uld_distances(
+        hidden, head, [teacher_hidden], [teacher_head], [1.0], temperature=2.0, chunk_tokens=4
+    )
+    (grad,) = torch.autograd.grad(chunked.sum(), hidden)
+    target = mean_sorted_target([teacher_head(teacher_hidden).detach()], [1.0], 2.0)
+    whole = uld_distance(head(hidden), target, 2.0)
+    (grad_whole,) = torch.autograd.grad(whole.sum(), hidden)
+    assert torch.allclose(chunked, whole, atol=1e-6) and torch.allclose(grad, grad_whole, atol=1e-6)
+
+
+def test_the_teachers_mixture_is_the_weighted_mean_of_their_distributions():
+    """Softmax of the mixture's logits at T is `sum_k w_k softmax(z_k / T)`, checked on a small
+    tensor; its forward KL has the gradient of the weighted sum of the teachers' KLs."""
+    za, zb = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 3.0]])
+    mixed = mixture_logits([za, zb], [0.25, 0.75], 2.0)
+    expected = 0.25 * F.softmax(za / 2, -1) + 0.75 * F.softmax(zb / 2, -1)
+    assert torch.allclose(F.softmax(mixed / 2, -1), expected, atol=1e-6)
+    assert torch.allclose(mixture_logits([za], [1.0], 2.0).softmax(-1), (za).softmax(-1), atol=1e-6)
+    student = torch.tensor([[0.5, 0.5, 0.1]], requires_grad=True)
+    (g_mix,) = torch.autograd.grad(forward_kl(student, mixed, 2.0).sum(), student)
+    both = 0.25 * forward_kl(student, za, 2.0) + 0.75 * forward_kl(student, zb, 2.0)
+    (g_sum,) = torch.autograd.grad(both.sum(), student)
+    assert torch.allclose(g_mix, g_sum, atol=1e-6)
+
+
+def test_mixed_states_put_the_teachers_side_by_side():
+    head_a, head_b = torch.nn.Linear(4, 5), torch.nn.Linear(6, 7)
+    rows_a, rows_b = torch.randn(3, 4), torch.randn(3, 6)
+    states = {"a": {"answer": TeacherStates(rows_a, head_a)}, "b": {"answer": TeacherStates(rows_b, head_b)}}
+    mixed = mixed_states(states, {"a": 1.0, "b": 3.0}, 1.0, 5)["answer"]
+    assert mixed.linear is None and mixed.rows.shape == (3, 10)
+    expected = 0.25 * head_a(rows_a).softmax(-1) + 0.75 * head_b(rows_b)[:, :5].softmax(-1)
+    assert torch.allclose(mixed.head(mixed.rows).softmax(-1), expected, atol=1e-6)
+    assert mixed_states({"a": states["a"]}, {"a": 2.0}, 1.0, None) is states["a"]  # one teacher: itself
+
+
+# --- aligning the target rows ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,pack", [("causal", False), ("causal", True), ("seq2seq", False)])
+def test_target_rows_are_aligned_by_position_along_each_target(kind, pack):
+    student = [([1, 2], [3, 4, 5]), ([6], [7]), ([8, 9, 9], [10, 11])]
+    teacher = [([1], [3, 4]), None, ([8, 9], [10, 11, 12, 13])]
+    places = target_places(student, kind, pack)
+    assert sorted(places.tolist()) == [0, 1, 2, 1 << 20, 2 << 20, (2 << 20) + 1]
+    student_rows, rows, present = align_targets(student, {"t": teacher}, kind, pack)
+    assert present == {"t": [0, 2]}
+    # Pair 0: its first 2 targets; pair 1: none (no teacher pair); pair 2: its 2 targets.
+    assert sorted(places[student_rows].tolist()) == [0, 1, 2 << 20, (2 << 20) + 1]
+    theirs = target_places([teacher[0], teacher[2]], kind, pack)  # type: ignore[list-item]
+    matched = theirs[rows["t"]]
+    pair = torch.tensor([0, 2])[matched >> 20]
+    assert (pair * (1 << 20) + (matched & ((1 << 20) - 1))).tolist() == places[student_rows].tolist()
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def test_uld_kd_trains_a_student_from_a_teacher_with_another_tokenizer(models, arc, tmp_path):
+    result = train_student(
+        str(models["student"]),
+        arc["train"],
+        [],
+        config(weights={"answer": 0.0, "uld_kd": 1.0}),
+        tmp_path / "run",
+        teacher=str(models["other"]),
+        task="arc",
+    )
+    assert falls(result.loss_history, "uld_kd"), [h["uld_kd"] for h in result.loss_history]
+
+
+def test_logit_kd_across_tokenizers_is_refused_naming_uld_kd(models, arc, tmp_path):
+    with pytest.raises(ValueError, match="uld_kd"):
+        train_student(
+            str(models["student"]),
+            arc["train"],
+            [],
+            config(weights={"logit_kd": 1.0}),
+            tmp_path / "run",
+            teacher=str(models["other"]),
+        )
+
+
+def test_logit_kd_from_two_named_teachers_trains_and_unknown_names_are_refused(models, arc, tmp_path):
+    teachers = {"a": str(models["same"]), "b": str(models["student"])}
+    result = train_student(
+        str(models["student"]),
+        arc["train"],
+        [],
+        config(weights={"answer": 0.0, "logit_kd": {"a": 1.0, "b": 3.0}}),
+        tmp_path / "run",
+        teacher=teachers,
+    )
+    assert falls(result.loss_history, "logit_kd"), [h["logit_kd"] for h in result.loss_history]
+    with pytest.raises(ValueError, match=r"teacher model\(s\) \['c'\] that were not given.*\['a', 'b'\]"):
+        train_student(
+            str(models["student"]),
+            arc["train"],
+            [],
+            config(weights={"logit_kd": {"c": 1.0}}),
+            tmp_path / "run2",
+            teacher=teachers,
+        )
+
+
+def test_uld_kd_from_two_teachers_of_different_tokenizers_trains_beside_the_answer(models, arc, tmp_path):
+    """Beside the answer's cross-entropy (which it does not replace) and from two teachers of
+    different vocabularies at once."""
+    result = train_student(
+        str(models["student"]),
+        arc["train"],
+        [],
+        config(weights={"answer": 1.0, "uld_kd": {"same": 1.0, "other": 1.0}}),
+        tmp_path / "run",
+        teacher={"same": str(models["same"]), "other": str(models["other"])},
+    )
+    assert falls(result.loss_history, "answer")
+    assert all(math.isfinite(h["uld_kd"]) and h["uld_kd"] > 0 for h in result.loss_history)
