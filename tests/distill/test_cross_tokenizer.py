@@ -230,3 +230,46 @@ def test_uld_kd_from_two_teachers_of_different_tokenizers_trains_beside_the_answ
     )
     assert falls(result.loss_history, "answer")
     assert all(math.isfinite(h["uld_kd"]) and h["uld_kd"] > 0 for h in result.loss_history)
+
+
+# --- tinystudent train ---------------------------------------------------------------------------------
+
+
+def test_train_options_name_several_teacher_models():
+    from tinystudent.commands.train import objective_weights, teacher_models
+
+    assert teacher_models(["a=/m/a", "b = /m/b"]) == {"a": "/m/a", "b": "/m/b"}
+    assert teacher_models(["Qwen/Qwen2.5-7B"]) == {"Qwen/Qwen2.5-7B": "Qwen/Qwen2.5-7B"}
+    with pytest.raises(ValueError, match="teacher name 'a' is given twice"):
+        teacher_models(["a=/m/a", "a=/m/b"])
+    with pytest.raises(ValueError, match="PATH or NAME=PATH"):
+        teacher_models(["a="])
+    weights = objective_weights("logit_kd:a+b,uld_kd", ["logit_kd.b=3"], [], ["a", "b"])
+    assert weights == {"answer": 1.0, "logit_kd": {"a": 1.0, "b": 3.0}, "uld_kd": 1.0}
+    assert objective_weights("answer", ["uld_kd.b=2"], ["flan"], ["a", "b"])["uld_kd"] == {"a": 0.0, "b": 2.0}
+    with pytest.raises(ValueError, match=r"unknown \['rationale:flan'\].*logit_kd:A\+B"):
+        objective_weights("rationale:flan", [])
+
+
+def test_tinystudent_train_distils_two_named_teacher_models(models, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    def train(objective: str, out: str):
+        fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+        args = ["train", "--student", str(models["student"]), "--task", str(fixtures / "arc"), "--objective"]
+        args += [objective, "--teacher-model", f"same={models['same']}", "--teacher-model"]
+        args += [f"other={models['other']}", "--weight", "uld_kd.other=2", "--steps", "2", "--train-limit", "8"]
+        args += ["--batch-size", "4", "--no-test", "--valid-limit", "2", "--device", "cpu", "--out"]
+        return CliRunner().invoke(app, [*args, str(tmp_path / out), "--db", str(tmp_path / "db.sqlite"), "--json"])
+
+    result = train("uld_kd:same+other", "run")
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert stored["config"]["weights"]["uld_kd"] == {"same": 1.0, "other": 2.0}
+    assert set(stored["teacher"]) == {"same", "other"}
+    refused = train("logit_kd:c", "refused")
+    assert refused.exit_code != 0 and "teacher model(s) ['c'] that were not given" in " ".join(refused.output.split())
