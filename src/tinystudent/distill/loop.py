@@ -23,8 +23,9 @@ from tinystudent.distill.checkpoints import latest_checkpoint, load_checkpoint, 
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
+from tinystudent.distill.teacher_models import teacher_passes
 from tinystudent.distill.terms import TermWeights, terms
-from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, teacher_passes
+from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
 from tinystudent.log import info, warn
 from tinystudent.tasks.contamination import check_contamination
@@ -282,7 +283,9 @@ class TrainingRun:
             batch = make_batch(tr, examples, config, self.weights).to(self.device)
             tokens += batch.tokens
             with self.autocast():
-                teacher, own, want_hidden = teacher_passes(tr, batch, self.weights, config.temperature)
+                teacher, own, want_hidden = teacher_passes(
+                    tr.teachers, tr.kd_vocab, batch, self.weights, config.temperature
+                )
                 outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden, own_tokens=own))
         return outputs, tokens
 
