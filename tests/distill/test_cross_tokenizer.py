@@ -148,6 +148,34 @@ def test_mixed_states_put_the_teachers_side_by_side():
     assert mixed_states({"a": states["a"]}, {"a": 2.0}, 1.0, None) is states["a"]  # one teacher: itself
 
 
+def test_the_fused_output_layer_takes_the_mixture_as_the_per_token_path_does():
+    from tinystudent.distill.fused import fused_head_loss
+    from tinystudent.distill.losses import chunked_token_losses
+    from tinystudent.distill.objectives import MixedHead
+
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(8, 11)
+    mixed = MixedHead([torch.nn.Linear(4, 11), torch.nn.Linear(6, 12)], [4, 6], [0.3, 0.7], 2.0, 11)
+    teacher_rows, targets = torch.randn(13, 10, generator=g), torch.randint(0, 11, (13,), generator=g)
+    found = []
+    for fused in (True, False):
+        hidden = torch.randn(13, 8, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        if fused:
+            loss, _, kd = fused_head_loss(
+                hidden, head, targets, ce_scale=0.5, teacher_hidden=teacher_rows, teacher_head=mixed,
+                kd_scale=0.25, temperature=2.0, chunk_tokens=4,
+            )  # fmt: skip
+        else:
+            logprobs, kd = chunked_token_losses(
+                hidden, targets, head, teacher_hidden=teacher_rows, teacher_head=mixed, temperature=2.0, chunk_tokens=4
+            )
+            loss = -0.5 * logprobs.sum() + 0.25 * kd.sum()
+        (grad,) = torch.autograd.grad(loss, hidden)
+        found.append((loss.detach(), kd.detach(), grad))
+    for a, b in zip(*found):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 # --- aligning the target rows ----------------------------------------------------------------------
 
 

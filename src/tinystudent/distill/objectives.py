@@ -77,8 +77,8 @@ def mixed_states(
     by_teacher: dict[str, dict[str, TeacherStates]], proportions: dict[str, float], temperature: float, vocab
 ) -> dict[str, TeacherStates]:
     """One teacher's states per token batch from several teachers' (same vocabulary): one teacher
-    is itself; several become one `MixedHead` over their rows side by side (the per-token path:
-    a mixture is not one linear layer to fuse). `vocab`: logit entries all models share (None: all)."""
+    is itself; several become one `MixedHead` over their rows side by side (the fused output
+    layer calls it chunk by chunk). `vocab`: logit entries all models share (None: all)."""
     if len(by_teacher) == 1:
         return next(iter(by_teacher.values()))
     names = list(by_teacher)
@@ -208,7 +208,9 @@ class StudentObjectives(torch.nn.Module):
         rows, targets, layers = self.adapter.token_rows(core, tb, self.hidden_layers if want_layers else [])
         ce_scale = ce_weight / max(rows.shape[0], 1)
         head = self.adapter.linear_head(core) if self.fuse_head else None
-        teacher_linear = states.linear if states is not None else None
+        teacher_linear: Callable | None = states.linear if states is not None else None
+        if states is not None and isinstance(states.head, MixedHead):  # made of heads that need no gradient
+            teacher_linear = states.head
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
             loss, logprobs, kd = fused_head_loss(
                 rows,
