@@ -234,9 +234,9 @@ def teacher_passes(
         if t.own_tokens and batch.teacher_tokens.get(name):
             theirs = {b: tt.batch for b, tt in batch.teacher_tokens[name].items()}
             own[name] = teacher_states(core, kind, t.head, batch, True, [], theirs)
+    on_student_terms = [f for f in terms() if f.teacher_model and f.per_teacher and not f.teacher_tokens]
     proportions = {
-        name: sum(weights.per_teacher(f.name).get(name, 0.0) for f in terms() if f.teacher_model and f.per_teacher)
-        for name in on_student
+        name: sum(weights.per_teacher(f.name).get(name, 0.0) for f in on_student_terms) for name in on_student
     }
     mixed = mixed_states(on_student, proportions, temperature, kd_vocab) if on_student else {}
     want_hidden = any(t.layers for t in teachers.values())
