@@ -280,9 +280,9 @@ class TrainingRun:
         self.shared["consumed"] += config.batch_size * world
         outputs, tokens = [], 0
         for tr in self.trainees:
-            batch = make_batch(tr, examples, config, self.weights).to(self.device)
-            tokens += batch.tokens
-            with self.autocast():
+            with self.autocast():  # under it too: on-policy KD has the student write some answers
+                batch = make_batch(tr, examples, config, self.weights, position=start).to(self.device)
+                tokens += batch.tokens
                 teacher, want_hidden = None, False
                 if tr.teacher is not None:
                     t = tr.teacher
