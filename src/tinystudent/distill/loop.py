@@ -64,7 +64,7 @@ def check_objectives(config: TrainConfig, weights: TermWeights, teacher, mutual:
         config: the run's config; its `weights` say which objectives are on.
         weights: the run's resolved weights (`ObjectiveWeights.resolve`: per-teacher terms only
             over the teachers with data).
-        teacher: the teacher model of token-level terms (logit_kd, hidden), or None.
+        teacher: the teacher model of token-level terms (logit_kd, hidden, onpolicy_kd), or None.
         mutual: deep mutual learning, where the peers' terms are objectives too.
 
     Raises:
