@@ -220,3 +220,22 @@ def test_train_takes_the_term_and_its_settings():
     help_text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output.split())
     for option in ("--onpolicy-lambda", "--onpolicy-max-new-tokens", "--onpolicy-temperature", "onpolicy_kd"):
         assert option in help_text, option
+
+
+def test_train_runs_onpolicy_kd_from_the_command_line(tiny_causal, tiny_teacher, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tinystudent.cli import app
+
+    args = ["train", "--student", str(tiny_causal), "--task", str(FIXTURE_ARC), "--objective", "onpolicy_kd"]
+    args += ["--teacher-model", str(tiny_teacher), "--onpolicy-lambda", "1", "--onpolicy-max-new-tokens", "4"]
+    args += ["--divergence", "jsd", "--steps", "2", "--batch-size", "2", "--train-limit", "4", "--no-test"]
+    args += ["--valid-limit", "2", "--no-eval-before", "--out", str(tmp_path / "run"), "--device", "cpu", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 2
+    row = json.loads((tmp_path / "run" / "result.json").read_text())["results"][0]
+    assert row["config"]["onpolicy_lambda"] == 1.0 and row["config"]["logit_kd_divergence"] == "jsd"
+    assert all("onpolicy_kd" in h for h in row["loss_history"])
