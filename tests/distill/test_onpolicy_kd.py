@@ -239,3 +239,43 @@ def test_train_runs_onpolicy_kd_from_the_command_line(tiny_causal, tiny_teacher,
     row = json.loads((tmp_path / "run" / "result.json").read_text())["results"][0]
     assert row["config"]["onpolicy_lambda"] == 1.0 and row["config"]["logit_kd_divergence"] == "jsd"
     assert all("onpolicy_kd" in h for h in row["loss_history"])
+
+
+def test_each_terms_divergence_is_a_mean_over_the_batches_it_covers():
+    from tinystudent.distill.objectives import StudentObjectives, TeacherStates
+    from tinystudent.models.batches import TokenBatch
+
+    def batch(targets: int) -> TokenBatch:
+        mask = torch.zeros(1, 10, dtype=torch.bool)
+        mask[0, :targets] = True
+        return TokenBatch(torch.zeros(1, 10, dtype=torch.long), torch.ones(1, 10, dtype=torch.long), mask)
+
+    model = torch.nn.Linear(2, 2)
+    objective = StudentObjectives(model, "causal", weights=TermWeights({"logit_kd": 1.0, "onpolicy_kd": 2.0}))
+    batches = {"answer": batch(3), "rationale:t": batch(2), STUDENT_SAMPLES: batch(5)}
+    ran = TeacherStates(torch.zeros(1), None)
+    scales = objective._kd_scales(batches, dict.fromkeys(batches, ran))
+    assert scales["answer"] == pytest.approx(1 / 5 + 2 / 8)  # logit_kd: answer + rationale; onpolicy: + samples
+    assert scales["rationale:t"] == pytest.approx(1 / 5)
+    assert scales[STUDENT_SAMPLES] == pytest.approx(2 / 8)
+
+
+def test_no_cross_entropy_on_the_students_own_tokens(tiny_causal):
+    """With itself as the teacher, the student's own samples give a zero loss and zero gradients:
+    they carry the divergence alone, no cross-entropy."""
+    from tinystudent.distill.data import token_batch
+    from tinystudent.distill.objectives import StudentBatch, StudentObjectives, teacher_states
+    from tinystudent.models import load_model
+
+    student = load_model(str(tiny_causal), device="cpu")
+    prompts = [student.tokenizer.encode("The sun is"), student.tokenizer.encode("Water boils")]
+    written = student_continuations(
+        student.model, student.tokenizer, student.kind, prompts, max_new_tokens=4, temperature=1.0, seeds=[0, 1]
+    )
+    samples = token_batch(list(zip(prompts, written)), student.kind, student.tokenizer.pad_token_id)
+    batch = StudentBatch(torch.zeros(2, dtype=torch.long), samples=samples)
+    objective = StudentObjectives(student.model, student.kind, weights=TermWeights({"answer": 1.0, "onpolicy_kd": 1.0}))
+    parts = objective(batch, teacher_states(student.model, student.kind, None, batch, True, []))
+    parts["loss"].backward()
+    assert float(parts["loss"].detach()) == pytest.approx(0.0, abs=1e-6) and STUDENT_SAMPLES not in parts
+    assert all(float(p.grad.abs().max()) < 1e-5 for p in student.model.parameters() if p.grad is not None)
