@@ -219,7 +219,9 @@ def train_command(
         None, help="Only cached rationales of this strategy (cot, teacher_forcing_cot, imported) [default: any]."
     ),
     teacher_model: Optional[str] = typer.Option(
-        None, help="Teacher model for logit_kd/hidden [default: the first of --teachers]."
+        None,
+        help=f"Teacher model for {'/'.join(t.name for t in terms() if t.teacher_model)} "
+        "[default: the first of --teachers].",
     ),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="YAML file of TrainConfig fields; the options below override it."

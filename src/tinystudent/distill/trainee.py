@@ -15,9 +15,11 @@ from tinystudent.distill.data import build_features, choice_batch, teacher_choic
 from tinystudent.distill.lora import apply_lora
 from tinystudent.distill.objectives import StudentBatch, StudentObjectives
 from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, BatchNeeds, TermWeights, teachers_of, terms
+from tinystudent.distill.terms.onpolicy_kd import sampled_rows, student_continuations
 from tinystudent.distill.vocab import check_vocab
 from tinystudent.log import info
-from tinystudent.models.batches import Features
+from tinystudent.models.batches import Features, TokenBatch
+from tinystudent.models.generation import prompt_seed
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
@@ -323,8 +325,15 @@ def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> B
     return replace(needs, answer_tokens=answer_tokens)
 
 
-def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights) -> StudentBatch:
-    """The micro-batch of `examples` in this student's tokens, with what its terms need."""
+def make_batch(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights, position: int = 0
+) -> StudentBatch:
+    """The micro-batch of `examples` in this student's tokens, with what its terms need.
+
+    Args:
+        position: where the batch starts in the run's sample stream; it seeds the draw of the rows
+            the student answers itself (on-policy KD) and their samples.
+    """
     adapter = trainee.loaded.adapter
     tokenizer = trainee.loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -332,7 +341,12 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
     batch = StudentBatch(torch.tensor([f.gold for f in items]))
     needs = batch_needs(weights, adapter, config.answer_loss)
     if needs.answer_tokens:
-        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
+        own = sampled_rows(len(items), config.onpolicy_lambda, config.seed, position) if needs.student_samples else []
+        gold = [f for i, f in enumerate(items) if i not in own]
+        if gold:
+            batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in gold], adapter, pad, config.packing)
+        if own:
+            batch.samples = student_samples(trainee, [items[i] for i in own], config, position, own)
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
@@ -350,3 +364,26 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
         for teacher in teachers_of(weights, CHOICE_LOGPROBS) if needs.teacher_choice else []:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
     return batch
+
+
+def student_samples(
+    trainee: Trainee, items: list[Features], config: TrainConfig, position: int, rows: list[int]
+) -> TokenBatch:
+    """The answer prompts of `items`, each followed by a continuation the student samples itself
+    (`terms.onpolicy_kd`), as a token batch whose targets are the continuations; each row's seed
+    comes from the run's seed, the batch's position and the row."""
+    loaded = trainee.loaded
+    prompts = [f.prompt for f in items]
+    seeds = [prompt_seed(config.seed, f"onpolicy sample:{position}:{row}") for row in rows]
+    written = student_continuations(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.adapter,
+        prompts,
+        max_new_tokens=config.onpolicy_max_new_tokens,
+        temperature=config.onpolicy_temperature,
+        seeds=seeds,
+        context=loaded.input_limit,
+    )
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    return token_batch(list(zip(prompts, written)), loaded.adapter, pad, config.packing)

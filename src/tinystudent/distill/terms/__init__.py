@@ -11,7 +11,8 @@ study's objective inputs. Adding an objective is adding one module here (or call
 with a `Term` from anywhere); CONTRIBUTING.md walks through it.
 
 The built-in terms, in the order the loss adds them: `answer`, `rationale`, `choice_kd`,
-`logit_kd`, `hidden`, `mutual`.
+`logit_kd`, `hidden`, `mutual`; then this package's other modules: `onpolicy_kd` (on-policy
+distillation, stored with a run's weights only when given, like any term added later).
 """
 
 from __future__ import annotations

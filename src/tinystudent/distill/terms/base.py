@@ -23,6 +23,10 @@ RATIONALES = "rationales"
 CHOICE_LOGPROBS = "choice_logprobs"
 DATA_WORDS = {RATIONALES: "rationales", CHOICE_LOGPROBS: "teacher choice log-probabilities"}
 
+# The token batch of the student's own continuations of its answer prompts (on-policy KD): not data,
+# so no term puts a cross-entropy on it, and only the terms that ask for it (`Term.kd_on`) a divergence.
+STUDENT_SAMPLES = "student_samples"
+
 
 @dataclass(frozen=True)
 class BatchNeeds:
@@ -36,6 +40,8 @@ class BatchNeeds:
         choices: every choice of every question, for the student's distribution over them.
         teacher_choice: each weighted teacher's scores of the choices, beside `choices`.
         teacher_states: a frozen teacher model run on the token batches (token-level KD).
+        student_samples: some rows' answers replaced by continuations the student writes itself
+            from their prompts (`STUDENT_SAMPLES`, on-policy KD).
     """
 
     answer_tokens: bool = False
@@ -43,12 +49,20 @@ class BatchNeeds:
     choices: bool = False
     teacher_choice: bool = False
     teacher_states: bool = False
+    student_samples: bool = False
 
     def __or__(self, other: BatchNeeds) -> BatchNeeds:
         return BatchNeeds(*(a or b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
     def as_tuple(self) -> tuple[bool, ...]:
-        return (self.answer_tokens, self.rationales, self.choices, self.teacher_choice, self.teacher_states)
+        return (
+            self.answer_tokens,
+            self.rationales,
+            self.choices,
+            self.teacher_choice,
+            self.teacher_states,
+            self.student_samples,
+        )
 
 
 @dataclass
@@ -173,6 +187,12 @@ class Term:
     def kd_weight(self, weights: TermWeights) -> float:
         """Weight of the token-level divergence from the teacher, computed in the token pass."""
         return 0.0
+
+    def kd_on(self, batch_name: str) -> bool:
+        """Whether this term's divergence (`kd_weight`) covers token batch `batch_name`; its
+        weight is spread over the target tokens of the batches it covers. By default the data's
+        batches (answer, rationales), not the student's own samples."""
+        return batch_name != STUDENT_SAMPLES
 
     def wants_layers(self, weights: TermWeights) -> bool:
         """Whether the token pass must keep hidden states at the matched layers."""

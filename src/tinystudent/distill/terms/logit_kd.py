@@ -30,7 +30,7 @@ class LogitKD(Term):
     def add_loss(self, context: TermContext) -> None:
         import torch
 
-        values = [p.kd for p in context.passes.values() if p.kd is not None]
+        values = [p.kd for name, p in context.passes.items() if p.kd is not None and self.kd_on(name)]
         if values:
             context.parts[self.name] = torch.cat(values).mean()
 
