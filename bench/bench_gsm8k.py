@@ -5,7 +5,7 @@ exemplars, "Q: ...\\nA:", a blank line between them), until the same stop sequen
 "</s>", "<|im_end|>") or 256 new tokens, with the same weights loaded once in float32:
 lm-evaluation-harness through `HFLM.generate_until` (as `lm_eval --model hf --batch_size N`
 runs it; its baseline), tinystudent through `evaluate_model(mode="generate_cot", num_fewshot=8)`
-(shared exemplar prefix computed once per batch, length-sorted batches, each row stopped at its
+(shared exemplar prefix computed once for all batches, length-sorted batches, each row stopped at its
 own stop sequence). Prints the wall time of each, questions per second and their ratio, both
 exact matches (strict and flexible), and on how many questions lm-eval's own filters
 (`RegexFilter`, `exact_match`) extract from our generations exactly what our extraction does.

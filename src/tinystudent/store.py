@@ -59,9 +59,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS evaluations_one_per_unit ON evaluations(run_ke
 CREATE TABLE IF NOT EXISTS predictions (
     evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
     example_id TEXT NOT NULL,
-    gold INTEGER NOT NULL,
-    pred INTEGER,
-    pred_norm INTEGER,
+    gold NOT NULL,
+    pred,
+    pred_norm,
     correct INTEGER NOT NULL,
     choice_logprobs TEXT,
     text TEXT,
@@ -160,11 +160,44 @@ def _prepare(db: sqlite3.Connection, journal: str = "wal") -> None:
             if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.executescript(SCHEMA)
+            _untyped_answers(db)
             return
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+# Answers are a choice's index (an integer) or a free-form answer's text ("18", "1.5"): the
+# columns that hold them have no declared type, so SQLite keeps each value as it was given.
+# Databases from before free-form tasks declared them INTEGER, whose affinity turns the text
+# "18" into the number 18; they are rebuilt once, their rows kept.
+ANSWER_COLUMNS = ("gold", "pred", "pred_norm")
+
+
+def _untyped_answers(db: sqlite3.Connection) -> None:
+    """Rebuild an older `predictions` table whose answer columns are typed INTEGER (one
+    transaction: a killed rebuild leaves the old table as it was)."""
+    if not _typed_answers(db):
+        return
+    created = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS predictions") :].split(";")[0]
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if _typed_answers(db):  # another process may have rebuilt it while we waited
+            db.execute(created.replace("IF NOT EXISTS predictions", "predictions_untyped"))
+            db.execute("INSERT INTO predictions_untyped SELECT * FROM predictions")
+            db.execute("DROP TABLE predictions")
+            db.execute("ALTER TABLE predictions_untyped RENAME TO predictions")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _typed_answers(db: sqlite3.Connection) -> bool:
+    declared = {row[1]: row[2] for row in db.execute("PRAGMA table_info(predictions)")}
+    return any(declared.get(column, "") != "" for column in ANSWER_COLUMNS)
 
 
 class Store:

@@ -301,3 +301,87 @@ def test_tinystudent_train_distils_two_named_teacher_models(models, tmp_path):
     assert set(stored["teacher"]) == {"same", "other"}
     refused = train("logit_kd:c", "refused")
     assert refused.exit_code != 0 and "teacher model(s) ['c'] that were not given" in " ".join(refused.output.split())
+
+
+# --- with on-policy KD ---------------------------------------------------------------------------------
+
+
+def test_each_teachers_share_of_a_batch_comes_from_the_terms_that_cover_it():
+    """logit_kd:a covers the answer and the rationales, onpolicy_kd:b the answer and the student's
+    own samples: a alone on the rationales, b alone on the samples, both on the answer, each at its
+    term's weight per token; per batch they sum to the token pass's divergence weight."""
+    from tinystudent.distill.objectives import StudentObjectives
+    from tinystudent.distill.teacher_models import kd_shares
+    from tinystudent.distill.terms import TermWeights
+    from tinystudent.distill.terms.base import STUDENT_SAMPLES
+    from tinystudent.models.batches import TokenBatch
+
+    rows = {"answer": 3, "rationale:t": 2, STUDENT_SAMPLES: 5}
+    weights = TermWeights({"logit_kd": {"a": 1.0}, "onpolicy_kd": {"b": 2.0, "c": 0.0}})
+    shares = kd_shares(weights, rows)
+    assert shares == {
+        "answer": pytest.approx({"a": 1 / 5, "b": 2 / 8}),
+        "rationale:t": pytest.approx({"a": 1 / 5}),
+        STUDENT_SAMPLES: pytest.approx({"b": 2 / 8}),
+    }
+
+    def batch(targets: int) -> TokenBatch:
+        mask = torch.zeros(1, 10, dtype=torch.bool)
+        mask[0, :targets] = True
+        return TokenBatch(torch.zeros(1, 10, dtype=torch.long), torch.ones(1, 10, dtype=torch.long), mask)
+
+    batches = {name: batch(n) for name, n in rows.items()}
+    scales = StudentObjectives(torch.nn.Linear(2, 2), "causal", weights=weights)._kd_scales(
+        batches, dict.fromkeys(batches, TeacherStates(torch.zeros(1), None))
+    )
+    assert scales == pytest.approx({name: sum(found.values()) for name, found in shares.items()})
+    # One number (not resolved per teacher, as recovery gives it) still weights the divergence.
+    assert term_weight("logit_kd", TermWeights({"logit_kd": 2.0})) == 2.0
+
+
+def term_weight(name: str, weights) -> float:
+    from tinystudent.distill.terms import term
+
+    return term(name).kd_weight(weights)
+
+
+def test_onpolicy_kd_learns_from_named_teachers_beside_logit_kd(models, arc, tmp_path):
+    onpolicy = dict(onpolicy_max_new_tokens=4, max_input_tokens=160, steps=2, batch_size=4)
+    teachers = {"a": str(models["same"]), "b": str(models["student"])}
+    mixed = train_student(
+        str(models["student"]),
+        arc["train"][:8],
+        [],
+        config(weights={"answer": 0.0, "onpolicy_kd": {"a": 1.0, "b": 3.0}}, onpolicy_lambda=1.0, **onpolicy),
+        tmp_path / "mixed",
+        teacher=teachers,
+    )
+    assert all(math.isfinite(h["onpolicy_kd"]) and h["onpolicy_kd"] >= 0 for h in mixed.loss_history)
+    beside = train_student(
+        str(models["student"]),
+        arc["train"][:8],
+        [],
+        config(weights={"logit_kd": {"a": 1.0}, "onpolicy_kd": {"b": 1.0}}, onpolicy_lambda=0.5, **onpolicy),
+        tmp_path / "beside",
+        teacher=teachers,
+    )
+    assert all(math.isfinite(h["logit_kd"]) for h in beside.loss_history)
+    with pytest.raises(ValueError, match="uld_kd"):  # the student's own tokens: one vocabulary
+        train_student(
+            str(models["student"]),
+            arc["train"][:8],
+            [],
+            config(weights={"onpolicy_kd": 1.0}, **onpolicy),
+            tmp_path / "other",
+            teacher=str(models["other"]),
+        )
+
+
+def test_train_names_onpolicy_kds_teacher_models_as_logit_kds():
+    from tinystudent.commands.train import objective_weights
+
+    assert objective_weights("onpolicy_kd:a+b", ["onpolicy_kd.b=2"], [], ["a", "b"]) == {
+        "answer": 1.0,
+        "onpolicy_kd": {"a": 1.0, "b": 2.0},
+    }
+    assert objective_weights("onpolicy_kd", [], [], ["a"]) == {"answer": 1.0, "onpolicy_kd": 1.0}  # as before

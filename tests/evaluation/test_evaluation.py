@@ -239,3 +239,55 @@ def test_real_smollm2_is_clearly_above_chance_on_arc_easy(smollm2):
     result = evaluate_model(smollm2, examples, "arc_easy", "validation", batch_size=16)
     chance = sum(1 / len(ex.choices) for ex in examples) / len(examples)
     assert result.ci95[0] > chance, (result.acc, result.ci95, chance)
+
+
+def _free_form_result(golds: list[str], preds: list[str | None]):
+    from tinystudent.evaluation.evaluate import EvalResult, Prediction
+
+    predictions = [Prediction(f"q{i}", g, p, p) for i, (g, p) in enumerate(zip(golds, preds))]
+    right = sum(p.correct for p in predictions) / len(predictions)
+    return EvalResult(
+        model="m", task="gsm8k", split="test", n=len(golds), acc=right, acc_norm=right, ci95=[0.0, 1.0],
+        majority_baseline=0.0, mode="generate_cot", cost={}, data_hash="h", predictions=predictions,
+    )  # fmt: skip
+
+
+def test_free_form_answers_come_back_as_text(tmp_path):
+    """A free-form answer is stored as the text it is ("18", "1.50", "007"), never turned into a
+    number by the column's type; a choice index stays an integer."""
+    from tinystudent.experiments.stored import stored_eval_result
+
+    golds, preds = ["18", "1.50", "007", "yes"], ["18", "1.5", "7", None]
+    with Store(tmp_path / "r.sqlite") as store:
+        back = stored_eval_result(store, store.save_evaluation(_free_form_result(golds, preds)))
+    assert [p.gold for p in back.predictions] == golds and [p.pred for p in back.predictions] == preds
+    assert [p.correct for p in back.predictions] == [True, False, False, False]
+
+
+def test_an_older_database_is_rebuilt_with_untyped_answers(tmp_path):
+    """A database made when the answer columns were INTEGER keeps its rows through the rebuild,
+    and answers written after it keep their text."""
+    import sqlite3
+
+    from tinystudent import store as store_module
+
+    path = tmp_path / "old.sqlite"
+    typed = store_module.SCHEMA.replace("gold NOT NULL,", "gold INTEGER NOT NULL,")
+    typed = typed.replace("pred,\n", "pred INTEGER,\n").replace("pred_norm,\n", "pred_norm INTEGER,\n")
+    assert typed != store_module.SCHEMA
+    old = sqlite3.connect(path)
+    old.execute(f"PRAGMA application_id={store_module.APPLICATION_ID}")
+    old.executescript(typed)
+    old.execute(
+        "INSERT INTO evaluations (created, model, task, split, mode, n, acc, data_hash, cost, settings, versions)"
+        " VALUES (0, 'm', 'arc_easy', 'test', 'loglikelihood', 1, 1.0, 'h', '{}', '{}', '{}')"
+    )
+    old.execute("INSERT INTO predictions VALUES (1, 'a', 2, 2, 2, 1, NULL, NULL)")
+    old.commit()
+    old.close()
+    with Store(path) as store:
+        assert [(p["example_id"], p["gold"], p["pred"]) for p in store.predictions(1)] == [("a", 2, 2)]
+        eid = store.save_evaluation(_free_form_result(["18"], ["18"]))
+        assert store.predictions(eid)[0]["gold"] == "18"
+        declared = {row[1]: row[2] for row in store.db.execute("PRAGMA table_info(predictions)")}
+    assert (declared["gold"], declared["pred"], declared["pred_norm"]) == ("", "", "")

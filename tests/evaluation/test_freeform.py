@@ -363,6 +363,39 @@ def test_own_decoding_gives_generates_text(tiny_causal, monkeypatch, sample, pre
     assert [g.token_ids for g in cached] == [g.token_ids for g in plain]
 
 
+def test_a_shared_prefix_is_run_once_for_every_batch(tiny_causal, monkeypatch):
+    """Batches that start with the same exemplars reuse the prefix's KV cache (run through the
+    model once for the whole call, the rest of a longer shared part run on top of it) and write
+    exactly what each batch computed alone writes."""
+    import functools
+
+    from tinystudent.evaluation.generative import generate_in_batches
+    from tinystudent.models import generation, load_model
+    from tinystudent.models.generation import RowParams
+
+    loaded = load_model(str(tiny_causal))
+    shots = "".join(f"Q: What is {n} + 1?\nA: The answer is {n + 1}.\n\n" for n in range(10, 20))
+    prompts = [f"{shots}Q: What is {n} + 1?\nA:" for n in (41, 7, 300, 12, 5, 999)]
+    ids = [loaded.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    rows = [RowParams(6, 0.0, seed=i, stop=("Q:",)) for i in range(len(prompts))]
+    long_runs = []  # one-row forward passes over at least the exemplars
+    forward = loaded.model.forward
+
+    @functools.wraps(forward)  # the same signature: the cache argument and logits_to_keep are found
+    def counted(*args, **kwargs):
+        shape = kwargs["input_ids"].shape
+        if shape[0] == 1 and shape[1] >= generation.PREFIX_MIN:
+            long_runs.append(shape[1])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(loaded.model, "forward", counted)
+    kept = dict(generate_in_batches(loaded.model, loaded.tokenizer, "causal", ids, rows, batch_size=2))
+    assert len(long_runs) == 1 and long_runs[0] >= len(loaded.tokenizer.encode(shots)) - 2
+    monkeypatch.setattr(generation, "PREFIX_MIN", 10**9)
+    alone = dict(generate_in_batches(loaded.model, loaded.tokenizer, "causal", ids, rows, batch_size=2))
+    assert [kept[i].token_ids for i in range(len(prompts))] == [alone[i].token_ids for i in range(len(prompts))]
+
+
 @pytest.mark.slow
 def test_a_free_form_study_from_gold_solutions_to_verdict(tmp_path, tiny_causal):
     """A whole study on a free-form task: the gold solutions imported as a teacher, a student

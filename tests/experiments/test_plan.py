@@ -336,14 +336,13 @@ SHIPPED = {
     },
     "math": {
         "teacher_eval": 3,  # two ways on validation, the better on test
-        "student": 2,
-        "student_eval": 2,
+        "student": 1,
+        "student_eval": 1,
         "cut": 1,
         "teach": 1,
         "import": 1,
         "recover": 1,
-        "train": 3 + 1,
-        "self_consistency": 1,
+        "train": 3,
     },
     "gsm8k_ladder": {
         "teacher_eval": 1,
@@ -352,6 +351,7 @@ SHIPPED = {
         "train": 4 * 2 * 4 * 3,
         "import": 1,
         "teach": 1,
+        "self_consistency": 1,
     },
     **{
         name: {"import": 2, "student": 3, "student_eval": 3, "train": 3 * 2 * 4}

@@ -261,9 +261,10 @@ def train_command(
     ),
     teacher_model: list[str] = typer.Option(
         [],
-        help="Teacher model for logit_kd/uld_kd/hidden [default: the first of --teachers]; repeatable as "
-        "NAME=PATH for several, which --objective logit_kd:A+B (or uld_kd:A+B) and --weight logit_kd.A=2 "
-        "name; a model given alone is named by itself.",
+        help=f"Teacher model for {'/'.join(t.name for t in terms() if t.teacher_model)} "
+        "[default: the first of --teachers]; repeatable as NAME=PATH for several, which --objective "
+        "logit_kd:A+B (or uld_kd:A+B, onpolicy_kd:A+B) and --weight logit_kd.A=2 name; a model given "
+        "alone is named by itself.",
     ),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="YAML file of TrainConfig fields; the options below override it."

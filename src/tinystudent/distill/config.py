@@ -40,7 +40,9 @@ class ObjectiveWeights(_Strict):
     choices), logit_kd (token-level distillation from the teacher models' next-token
     distribution, several averaged; one weight, or teacher model -> weight),
     hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
-    towards the peers' choice distributions, in `train_mutual`).
+    towards the peers' choice distributions, in `train_mutual`). `onpolicy_kd` (the divergence on
+    the student's own answers, GKD; weighted like logit_kd) and `uld_kd` (cross-tokenizer) are
+    registered beside them.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
@@ -205,9 +207,28 @@ class TrainConfig(_Strict):
         2.0, gt=0, description="Softening temperature of choice-level and token-level KD and of mutual learning."
     )
     logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
-        "forward_kl", description="Divergence of logit_kd; jsd is the generalized Jensen-Shannon divergence."
+        "forward_kl",
+        description="Divergence of logit_kd and onpolicy_kd; jsd is the generalized Jensen-Shannon divergence "
+        "(GKD); on-policy KD is usually run with reverse_kl (MiniLLM) or jsd.",
     )
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="The JSD's mixing weight beta.")
+    onpolicy_lambda: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="onpolicy_kd: the share of training rows whose answer the student writes itself (each row "
+        "drawn with this probability); the others keep their gold answer. 0 is KD on the gold answers only, "
+        "1 fully on-policy (GKD's lambda).",
+    )
+    onpolicy_max_new_tokens: int = Field(
+        64, ge=1, description="onpolicy_kd: most tokens the student writes per sampled row."
+    )
+    onpolicy_temperature: float = Field(
+        1.0,
+        ge=0,
+        description="onpolicy_kd: sampling temperature of the student's own answers (0: greedy); the "
+        "divergence is softened by temperature.",
+    )
     # On an H100 with a Qwen2.5-0.5B-shaped student, 256 trains at 0.81x the tokens/s of 4096 and
     # 1024 at 0.95x, for 0.67x and 0.73x of its peak memory.
     kd_chunk_tokens: int = Field(
@@ -292,11 +313,19 @@ class TrainConfig(_Strict):
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (5e-5 if self.method == "full" else 2e-4)
 
+    def keyed(self) -> dict:
+        """The config as it keys a run: everything but the device (it changes no number a user
+        compares, only where it was computed), and the on-policy settings only when onpolicy_kd is
+        on, so adding them changed no stored key of the runs that do not use them."""
+        unused = set() if self.weights.configured("onpolicy_kd") else set(ONPOLICY_FIELDS)
+        return self.model_dump(mode="json", exclude={"device", *unused})
+
     def fingerprint(self) -> str:
-        """A short hash of everything in the config (the device excluded: it changes no number
-        a user compares, only where it was computed)."""
-        payload = self.model_dump(mode="json", exclude={"device"})
-        return stable_hash(payload)
+        """A short hash of everything in the config that keys a run (`keyed`)."""
+        return stable_hash(self.keyed())
+
+
+ONPOLICY_FIELDS = ("onpolicy_lambda", "onpolicy_max_new_tokens", "onpolicy_temperature")
 
 
 class RecoveryConfig(_Strict):

@@ -64,7 +64,7 @@ def check_objectives(config: TrainConfig, weights: TermWeights, teacher, mutual:
         config: the run's config; its `weights` say which objectives are on.
         weights: the run's resolved weights (`ObjectiveWeights.resolve`: per-teacher terms only
             over the teachers with data).
-        teacher: the teacher model of token-level terms (logit_kd, hidden), or None.
+        teacher: the teacher model of token-level terms (logit_kd, hidden, onpolicy_kd), or None.
         mutual: deep mutual learning, where the peers' terms are objectives too.
 
     Raises:
@@ -280,9 +280,9 @@ class TrainingRun:
         self.shared["consumed"] += config.batch_size * world
         outputs, tokens = [], 0
         for tr in self.trainees:
-            batch = make_batch(tr, examples, config, self.weights).to(self.device)
-            tokens += batch.tokens
-            with self.autocast():
+            with self.autocast():  # under it too: on-policy KD has the student write some answers
+                batch = make_batch(tr, examples, config, self.weights, position=start).to(self.device)
+                tokens += batch.tokens
                 teacher, own, want_hidden = teacher_passes(
                     tr.teachers, tr.kd_vocab, batch, self.weights, config.temperature
                 )

@@ -25,7 +25,7 @@ import torch
 from tinystudent.distill.fused import fused_head_loss
 from tinystudent.distill.losses import chunked_token_losses, mixture_logits
 from tinystudent.distill.terms import TermContext, TermWeights, terms
-from tinystudent.distill.terms.base import TokenPass
+from tinystudent.distill.terms.base import STUDENT_SAMPLES, TokenPass
 from tinystudent.models.batches import ChoiceBatch, TokenBatch
 from tinystudent.models.heads import unwrap_peft
 from tinystudent.models.kinds import ModelKind, kind_adapter
@@ -115,6 +115,8 @@ class StudentBatch:
     rationale_inputs: dict[str, tuple[ChoiceBatch, torch.Tensor]] = field(default_factory=dict)
     # Cross-tokenizer terms: teacher -> token batch name -> that batch in the teacher's tokens.
     teacher_tokens: dict[str, dict[str, TeacherTokens]] = field(default_factory=dict)
+    # On-policy KD: the prompts of the rows not in `answer`, each followed by what the student wrote.
+    samples: TokenBatch | None = None
 
     def to(self, device) -> StudentBatch:
         return StudentBatch(
@@ -125,11 +127,14 @@ class StudentBatch:
             {k: (t.to(device), p.to(device)) for k, (t, p) in self.teacher_choice.items()},
             {k: (cb.to(device), gold.to(device)) for k, (cb, gold) in self.rationale_inputs.items()},
             {k: {name: tt.to(device) for name, tt in by_batch.items()} for k, by_batch in self.teacher_tokens.items()},
+            self.samples.to(device) if self.samples else None,
         )
 
     def token_batches(self) -> dict[str, TokenBatch]:
         found = {"answer": self.answer} if self.answer is not None else {}
         found.update({f"rationale:{m}": tb for m, tb in self.rationales.items()})
+        if self.samples is not None:
+            found[STUDENT_SAMPLES] = self.samples
         return found
 
     @property
@@ -279,24 +284,37 @@ class StudentObjectives(torch.nn.Module):
         self, context: TermContext, batches: dict[str, TokenBatch], teacher: dict[str, TeacherStates], want_hidden: bool
     ) -> None:
         """Each token batch through the student once, weighted as the terms ask (`token_weight`,
-        `kd_weight`); its loss joins the objective and its rows are kept for the terms."""
-        kd_rows = sum(
-            tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None
-        )
-        kd_weight = sum(term.kd_weight(self.weights) for term in self.terms)
-        kd_scale = kd_weight / kd_rows if kd_rows else 0.0
+        `kd_weight`); its loss joins the objective and its rows are kept for the terms. The
+        student's own samples carry no cross-entropy and no hidden-state matching: only the
+        divergences of the terms that cover them (`kd_on`)."""
+        kd_scales = self._kd_scales(batches, teacher)
         for name, tb in batches.items():
             states = teacher.get(name)
             ce_weight = sum(term.token_weight(context, name) for term in self.terms)
+            own = name == STUDENT_SAMPLES
             loss, logprobs, kd, layers, rows = self._token_pass(
-                tb, states, ce_weight, kd_scale, want_hidden and states is not None
+                tb, states, 0.0 if own else ce_weight, kd_scales[name], want_hidden and states is not None and not own
             )
             context.losses.append(loss)
-            if logprobs.numel():
+            if logprobs.numel() and not own:
                 as_choices = name == "answer" and context.choice_answer
                 context.parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
             teacher_ran = states is not None and states.rows is not None
             context.passes[name] = TokenPass(logprobs, kd.detach() if teacher_ran else None, layers, states, rows)
+
+    def _kd_scales(self, batches: dict[str, TokenBatch], teacher: dict[str, TeacherStates]) -> dict[str, float]:
+        """Per token batch, the weight of each of its tokens' divergence: every term's `kd_weight`
+        spread evenly over the target tokens of the batches it covers (`kd_on`) where the teacher
+        ran, so each term is a mean over its tokens."""
+        ran = {name: tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].rows is not None}
+        scales = dict.fromkeys(batches, 0.0)
+        for term in self.terms:
+            weight = term.kd_weight(self.weights)
+            covered = [name for name in ran if term.kd_on(name)]
+            rows = sum(ran[name] for name in covered)
+            for name in covered if weight and rows else []:
+                scales[name] += weight / rows
+        return scales
 
 
 @torch.no_grad()

@@ -2,10 +2,12 @@
 what each one reads (the student's tokens, or its own: cross-tokenizer terms), and running them on
 a batch.
 
-A teacher used by `logit_kd` or `hidden` runs on the student's token batches and must share its
-vocabulary (`vocab.check_vocab`); one used by `uld_kd` reads the same texts in its own tokens, its
-target rows paired with the student's by position (`data.align_targets`). Several teachers of
-`logit_kd` are one target, their distributions averaged (`objectives.mixed_states`).
+A teacher used by `logit_kd`, `onpolicy_kd` or `hidden` runs on the student's token batches and
+must share its vocabulary (`vocab.check_vocab`); one used by `uld_kd` reads the same texts in its
+own tokens, its target rows paired with the student's by position (`data.align_targets`). Several
+teachers of `logit_kd` or `onpolicy_kd` are one target, their distributions averaged
+(`objectives.mixed_states`), on each token batch with the shares of the terms whose divergence
+covers it (`kd_shares`).
 """
 
 from __future__ import annotations
@@ -214,6 +216,27 @@ def teacher_tokens(
     return found
 
 
+def kd_shares(weights: TermWeights, rows: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per token batch, each teacher model's weight per target token of the divergence there: the
+    sum, over the terms learnt per teacher on the student's tokens (logit_kd, onpolicy_kd) whose
+    divergence covers the batch (`Term.kd_on`), of that teacher's weight spread over the target
+    tokens of every batch the term covers (`rows`: batch -> target tokens), as the token pass
+    spreads the term's weight (`StudentObjectives._kd_scales`). Their sum on a batch is its
+    divergence's weight per token; their proportions are the teachers' shares of its mixture.
+    A term given one number (not resolved per teacher) has no teacher named: it adds nothing."""
+    shares: dict[str, dict[str, float]] = {name: {} for name in rows}
+    for found in terms():
+        if not (found.teacher_model and found.per_teacher and not found.teacher_tokens):
+            continue
+        per_teacher = {t: w for t, w in weights.per_teacher(found.name).items() if w > 0}
+        covered = [name for name in rows if found.kd_on(name)]
+        total = sum(rows[name] for name in covered)
+        for name in covered if per_teacher and total else []:
+            for teacher, weight in per_teacher.items():
+                shares[name][teacher] = shares[name].get(teacher, 0.0) + weight / total
+    return shares
+
+
 def teacher_passes(
     teachers: dict[str, FrozenTeacher],
     kd_vocab: int | None,
@@ -222,9 +245,10 @@ def teacher_passes(
     temperature: float,
 ) -> tuple[dict[str, TeacherStates], dict[str, dict[str, TeacherStates]], bool]:
     """Every teacher model run once on what it reads: (the states on the student's tokens by
-    token batch, several teachers mixed into one (`objectives.mixed_states`, over the first
-    `kd_vocab` logits); each cross-tokenizer teacher's states on its own tokens; whether the
-    student must keep hidden states)."""
+    token batch, several teachers mixed into one per batch (`objectives.mixed_states`, over the
+    first `kd_vocab` logits) with the shares of the terms that cover it (`kd_shares`); each
+    cross-tokenizer teacher's states on its own tokens; whether the student must keep hidden
+    states). One teacher on the student's tokens is its states as they are, on every batch."""
     on_student: dict[str, dict[str, TeacherStates]] = {}
     own: dict[str, dict[str, TeacherStates]] = {}
     for name, t in teachers.items():
@@ -234,10 +258,15 @@ def teacher_passes(
         if t.own_tokens and batch.teacher_tokens.get(name):
             theirs = {b: tt.batch for b, tt in batch.teacher_tokens[name].items()}
             own[name] = teacher_states(core, kind, t.head, batch, True, [], theirs)
-    on_student_terms = [f for f in terms() if f.teacher_model and f.per_teacher and not f.teacher_tokens]
-    proportions = {
-        name: sum(weights.per_teacher(f.name).get(name, 0.0) for f in on_student_terms) for name in on_student
-    }
-    mixed = mixed_states(on_student, proportions, temperature, kd_vocab) if on_student else {}
+    mixed: dict[str, TeacherStates] = {}
+    if len(on_student) == 1:
+        mixed = next(iter(on_student.values()))
+    elif on_student:
+        shares = kd_shares(weights, {name: tb.n_targets for name, tb in batch.token_batches().items()})
+        for batch_name, by_teacher in shares.items():
+            # Only the teachers a covering term learns from there (one: itself, its plain output layer).
+            chosen = {n: {batch_name: on_student[n][batch_name]} for n in on_student if by_teacher.get(n, 0.0) > 0}
+            found = mixed_states(chosen, by_teacher, temperature, kd_vocab) if chosen else {}
+            mixed[batch_name] = found.get(batch_name, TeacherStates(None, None))
     want_hidden = any(t.layers for t in teachers.values())
     return mixed, own, want_hidden

@@ -209,7 +209,7 @@ def _describe_run(
     return {
         "students": students,
         "student_identities": identities,
-        "config": config.model_dump(mode="json", exclude={"device"}),
+        "config": config.keyed(),
         "task": task,
         "mutual": mutual,
         "data": {"train": data_hash(train), "valid": data_hash(valid), "test": data_hash(test or [])},

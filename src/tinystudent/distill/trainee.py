@@ -17,8 +17,10 @@ from tinystudent.distill.teacher_models import FrozenTeacher, load_teachers, nam
 from tinystudent.distill.teacher_models import hidden_pairs as hidden_pairs  # where callers found them first
 from tinystudent.distill.teacher_models import load_teacher as load_teacher
 from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, BatchNeeds, TermWeights, teachers_of, terms
+from tinystudent.distill.terms.onpolicy_kd import sampled_rows, student_continuations
 from tinystudent.log import info
-from tinystudent.models.batches import Features
+from tinystudent.models.batches import Features, TokenBatch
+from tinystudent.models.generation import prompt_seed
 from tinystudent.models.kinds import ModelKind
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
@@ -247,8 +249,15 @@ def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> B
     return replace(needs, answer_tokens=answer_tokens)
 
 
-def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights) -> StudentBatch:
-    """The micro-batch of `examples` in this student's tokens, with what its terms need."""
+def make_batch(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights, position: int = 0
+) -> StudentBatch:
+    """The micro-batch of `examples` in this student's tokens, with what its terms need.
+
+    Args:
+        position: where the batch starts in the run's sample stream; it seeds the draw of the rows
+            the student answers itself (on-policy KD) and their samples.
+    """
     adapter = trainee.loaded.adapter
     tokenizer = trainee.loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -257,8 +266,14 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
     needs = batch_needs(weights, adapter, config.answer_loss)
     texts: dict[str, list[str]] = {}  # token batch -> the questions of its pairs, in order
     if needs.answer_tokens:
-        batch.answer = token_batch([(f.prompt, f.choices[f.gold]) for f in items], adapter, pad, config.packing)
-        texts["answer"] = [ex.id for ex in examples]
+        own = sampled_rows(len(items), config.onpolicy_lambda, config.seed, position) if needs.student_samples else []
+        gold = [i for i in range(len(items)) if i not in own]
+        if gold:
+            pairs = [(items[i].prompt, items[i].choices[items[i].gold]) for i in gold]
+            batch.answer = token_batch(pairs, adapter, pad, config.packing)
+            texts["answer"] = [examples[i].id for i in gold]  # the rows that keep their gold answer
+        if own:  # the student's own tokens: a teacher of another tokenizer has no reading of them
+            batch.samples = student_samples(trainee, [items[i] for i in own], config, position, own)
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
         pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
         if pairs:
@@ -279,3 +294,26 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
     if needs.teacher_tokens:
         batch.teacher_tokens = teacher_tokens(trainee.teachers, trainee.features, adapter, texts, config.packing)
     return batch
+
+
+def student_samples(
+    trainee: Trainee, items: list[Features], config: TrainConfig, position: int, rows: list[int]
+) -> TokenBatch:
+    """The answer prompts of `items`, each followed by a continuation the student samples itself
+    (`terms.onpolicy_kd`), as a token batch whose targets are the continuations; each row's seed
+    comes from the run's seed, the batch's position and the row."""
+    loaded = trainee.loaded
+    prompts = [f.prompt for f in items]
+    seeds = [prompt_seed(config.seed, f"onpolicy sample:{position}:{row}") for row in rows]
+    written = student_continuations(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.adapter,
+        prompts,
+        max_new_tokens=config.onpolicy_max_new_tokens,
+        temperature=config.onpolicy_temperature,
+        seeds=seeds,
+        context=loaded.input_limit,
+    )
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    return token_batch(list(zip(prompts, written)), loaded.adapter, pad, config.packing)

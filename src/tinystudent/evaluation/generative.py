@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 
 from tinystudent.evaluation.batching import token_batches
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
-from tinystudent.models.generation import GeneratedText, RowParams, generate_rows, prompt_seed
+from tinystudent.models.generation import GeneratedText, PrefixCache, RowParams, generate_rows, prompt_seed
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.packed_linears import packed_linears
 from tinystudent.tasks.schema import Example
@@ -77,11 +77,12 @@ def generate_in_batches(
     if not adapter.generates:
         raise adapter.unsupported("generate text")
     lengths = [len(ids) for ids in prompt_ids]
+    prefixes = PrefixCache()  # few-shot exemplars every batch starts with: run once for all
     with packed_linears(model):  # the CPU's linear layers on reordered weights, for every batch
         for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
             began = time.perf_counter()
             rows_of_batch = [rows[i] for i in batch]
-            results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], rows_of_batch)
+            results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], rows_of_batch, prefixes)
             if on_batch:
                 on_batch(len(batch), time.perf_counter() - began)
             yield from zip(batch, results)

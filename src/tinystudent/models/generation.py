@@ -7,7 +7,8 @@ row, so a row's sample depends only on its seed, never on the rows it shares a b
 cached, resumed run then samples the same text as an uninterrupted one). The model's kind lays
 out the batch (`ModelKind.generation_inputs`). A causal model decodes in our own loop
 (`decode_causal`: a row that is done leaves the batch, and a prefix every prompt shares is run
-once, `prefix_inputs`); other kinds go through Hugging Face `generate`. Both give the same text.
+once, `prefix_inputs`, and kept for the next batch, `PrefixCache`); other kinds go through
+Hugging Face `generate`. Both give the same text.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
@@ -170,13 +171,53 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def prefix_inputs(model, prompt_ids: Sequence[list[int]], pad: int, n: int, device) -> tuple[dict, int]:
+class PrefixCache:
+    """The KV cache of the last shared prefix run, kept across the batches of one generation call
+    (`generate_in_batches`): every batch of a few-shot evaluation starts with the same exemplars,
+    so they are run through the model once for the whole call, not once per batch. A batch whose
+    shared prefix is longer or shorter reuses the part both share (`DynamicCache.crop`), and runs
+    only the rest."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.cache: Any = None  # a transformers DynamicCache, once a prefix has run
+
+    def one_row(self, model, ids: list[int], device):
+        """A one-row KV cache of `ids` (the caller's to extend), computed from what is kept."""
+        import copy
+
+        from transformers import DynamicCache
+
+        reuse = 0
+        while reuse < min(len(ids), len(self.ids)) and ids[reuse] == self.ids[reuse]:
+            reuse += 1
+        if self.cache is not None and reuse >= PREFIX_MIN:
+            cache = copy.deepcopy(self.cache)
+            if reuse < len(self.ids):
+                cache.crop(reuse)
+        else:
+            cache, reuse = DynamicCache(), 0
+        if reuse < len(ids):
+            rest = torch.tensor([ids[reuse:]], device=device)
+            model(input_ids=rest, use_cache=True, **{_cache_argument(model): cache}, **_last_logits_only(model))
+        self.ids, self.cache = list(ids), copy.deepcopy(cache)
+        return cache
+
+
+def _last_logits_only(model) -> dict:
+    """Ask for the last position's logits only, where the model can (`logits_to_keep`): a
+    prompt's other positions would cost a [tokens, vocabulary] output layer nobody reads."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def prefix_inputs(
+    model, prompt_ids: Sequence[list[int]], pad: int, n: int, device, prefixes: PrefixCache | None = None
+) -> tuple[dict, int]:
     """Generation inputs whose first `n` tokens, shared by every row, are run through the model
     once and cached (the few-shot exemplars of a GSM8K prompt, say): each row is the prefix, then
     padding, then its own tokens, the padding masked out. Positions follow the mask, so every
-    row's tokens sit where they would without padding, and greedy outputs are the plain ones."""
-    from transformers import DynamicCache
-
+    row's tokens sit where they would without padding, and greedy outputs are the plain ones.
+    `prefixes` keeps the prefix's cache for the next batch."""
     rows, width = len(prompt_ids), max(len(ids) - n for ids in prompt_ids)
     ids = torch.full((rows, n + width), pad, dtype=torch.long)
     mask = torch.zeros((rows, n + width), dtype=torch.long)
@@ -184,11 +225,9 @@ def prefix_inputs(model, prompt_ids: Sequence[list[int]], pad: int, n: int, devi
         own = row[n:]
         ids[i, :n], mask[i, :n] = torch.tensor(row[:n]), 1
         ids[i, n + width - len(own) :], mask[i, n + width - len(own) :] = torch.tensor(own), 1
-    name = _cache_argument(model)
-    cache = DynamicCache()
-    model(input_ids=ids[:1, :n].to(device), use_cache=True, **{name: cache})
+    cache = (prefixes or PrefixCache()).one_row(model, list(prompt_ids[0][:n]), device)
     cache.batch_repeat_interleave(rows)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), name: cache}, n + width
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), _cache_argument(model): cache}, n + width
 
 
 def _next_tokens(logits: torch.Tensor, rows: Sequence[RowParams], generators: list) -> torch.Tensor:
@@ -224,6 +263,7 @@ def decode_causal(
             position_ids=positions[:, cached:],
             use_cache=True,
             **{name: cache},
+            **_last_logits_only(model),
         )
         .logits[:, -1, :]
         .float()
@@ -270,18 +310,24 @@ def decode_causal(
 
 @torch.no_grad()
 def generate_rows(
-    model, tokenizer, kind: str | ModelKind, prompt_ids: list[list[int]], rows: Sequence[RowParams]
+    model,
+    tokenizer,
+    kind: str | ModelKind,
+    prompt_ids: list[list[int]],
+    rows: Sequence[RowParams],
+    prefixes: PrefixCache | None = None,
 ) -> list[GeneratedText]:
     """Generate for one batch of tokenised prompts, each row with its own settings (greedy with
     the KV cache unless a row samples). A causal model computes the prompts' shared prefix once
-    for the batch when it is at least `PREFIX_MIN` tokens long (`prefix_inputs`)."""
+    for the batch when it is at least `PREFIX_MIN` tokens long (`prefix_inputs`), and once for
+    every batch that shares it when the caller keeps `prefixes`."""
     adapter = kind_adapter(kind)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     stop_ids = eos_ids(model, tokenizer)
     n = shared_prefix(prompt_ids) if adapter.name == "causal" else 0
     if n >= PREFIX_MIN:
-        inputs, start = prefix_inputs(model, prompt_ids, pad, n, device)
+        inputs, start = prefix_inputs(model, prompt_ids, pad, n, device, prefixes)
     else:
         ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
         inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

@@ -29,6 +29,10 @@ DATA_WORDS = {
     TEACHER_MODELS: "teacher models (--teacher-model NAME=PATH)",
 }
 
+# The token batch of the student's own continuations of its answer prompts (on-policy KD): not data,
+# so no term puts a cross-entropy on it, and only the terms that ask for it (`Term.kd_on`) a divergence.
+STUDENT_SAMPLES = "student_samples"
+
 
 @dataclass(frozen=True)
 class BatchNeeds:
@@ -44,6 +48,8 @@ class BatchNeeds:
         teacher_states: a frozen teacher model run on the token batches (token-level KD).
         teacher_tokens: each cross-tokenizer teacher's own tokenization of the token batches'
             texts, with the target rows aligned by position (ULD).
+        student_samples: some rows' answers replaced by continuations the student writes itself
+            from their prompts (`STUDENT_SAMPLES`, on-policy KD).
     """
 
     answer_tokens: bool = False
@@ -52,6 +58,7 @@ class BatchNeeds:
     teacher_choice: bool = False
     teacher_states: bool = False
     teacher_tokens: bool = False
+    student_samples: bool = False
 
     def __or__(self, other: BatchNeeds) -> BatchNeeds:
         return BatchNeeds(*(a or b for a, b in zip(self.as_tuple(), other.as_tuple())))
@@ -64,6 +71,7 @@ class BatchNeeds:
             self.teacher_choice,
             self.teacher_states,
             self.teacher_tokens,
+            self.student_samples,
         )
 
 
@@ -81,6 +89,12 @@ class TermWeights:
     def per_teacher(self, name: str) -> dict[str, float]:
         value = self.values.get(name, {})
         return dict(value) if isinstance(value, dict) else {}
+
+    def total(self, name: str) -> float:
+        """A term's whole weight: its one number, or the sum over its teachers (a per-teacher term
+        given one number outside `ObjectiveWeights.resolve`, as recovery does: its one teacher)."""
+        value = self.values.get(name, 0.0)
+        return sum(value.values()) if isinstance(value, dict) else float(value)
 
     def active(self, name: str) -> bool:
         value = self.values.get(name, 0.0)
@@ -195,6 +209,12 @@ class Term:
     def kd_weight(self, weights: TermWeights) -> float:
         """Weight of the token-level divergence from the teacher, computed in the token pass."""
         return 0.0
+
+    def kd_on(self, batch_name: str) -> bool:
+        """Whether this term's divergence (`kd_weight`) covers token batch `batch_name`; its
+        weight is spread over the target tokens of the batches it covers. By default the data's
+        batches (answer, rationales), not the student's own samples."""
+        return batch_name != STUDENT_SAMPLES
 
     def wants_layers(self, weights: TermWeights) -> bool:
         """Whether the token pass must keep hidden states at the matched layers."""

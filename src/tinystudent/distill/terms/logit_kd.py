@@ -32,12 +32,12 @@ class LogitKD(Term):
         return BatchNeeds(answer_tokens=True, teacher_states=True)
 
     def kd_weight(self, weights: TermWeights) -> float:
-        return sum(weights.per_teacher(self.name).values())
+        return weights.total(self.name)
 
     def add_loss(self, context: TermContext) -> None:
         import torch
 
-        values = [p.kd for p in context.passes.values() if p.kd is not None]
+        values = [p.kd for name, p in context.passes.items() if p.kd is not None and self.kd_on(name)]
         if values:
             context.parts[self.name] = torch.cat(values).mean()
 

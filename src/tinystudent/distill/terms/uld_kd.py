@@ -46,6 +46,8 @@ class UniversalLogitKD(Term):
         total = sum(weights[t] for t in teachers)
         distances = []
         for batch_name, student_pass in context.passes.items():
+            if not self.kd_on(batch_name):  # the student's own samples: no reading in the teachers' tokens
+                continue
             aligned = [context.batch.teacher_tokens[t].get(batch_name) for t in teachers]
             if student_pass.rows is None or any(a is None for a in aligned):
                 continue
