@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinystudent.cli import quiet_libraries
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.loop import TrainingRun
 from tinystudent.distill.train import _accelerator
 from tinystudent.distill.trainee import setup_trainee
 from tinystudent.evaluation import evaluate_model
+from tinystudent.log import quiet_libraries
 from tinystudent.models import load_model
 from tinystudent.models.students import scale_down
 from tinystudent.tasks import load_task

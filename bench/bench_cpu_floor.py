@@ -68,8 +68,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4096, help="rows per matrix product when measuring rates")
     args = parser.parse_args()
 
-    from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation.prompts import choice_context, prompt_style
+    from tinystudent.log import quiet_libraries
     from tinystudent.models import count_parameters, load_model
     from tinystudent.tasks import load_task
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tinystudent.cli import quiet_libraries
+from tinystudent.log import quiet_libraries
 from tinystudent.models import load_model
 from tinystudent.tasks import load_task
 from tinystudent.teachers import GenerationSettings, HttpTeacher, LocalTeacher, get_strategy

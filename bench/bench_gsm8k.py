@@ -35,9 +35,9 @@ def main() -> None:
     from lm_eval.filters.extraction import RegexFilter
     from lm_eval.models.huggingface import HFLM
 
-    from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation import freeform
     from tinystudent.evaluation.evaluate import evaluate_model
+    from tinystudent.log import quiet_libraries
     from tinystudent.models import load_model
     from tinystudent.tasks import load_task
 

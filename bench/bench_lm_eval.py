@@ -34,9 +34,9 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from tinystudent.cli import quiet_libraries
     from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
     from tinystudent.evaluation.scoring import score_choices
+    from tinystudent.log import quiet_libraries
     from tinystudent.models import load_model
     from tinystudent.models.requests import ChoiceRequest
     from tinystudent.tasks import load_task

@@ -127,7 +127,7 @@ def one_step(mode: str, args) -> dict:
 
 
 def _child(mode: str, args, queue) -> None:
-    from tinystudent.cli import quiet_libraries
+    from tinystudent.log import quiet_libraries
 
     quiet_libraries()
     queue.put(one_step(mode, args))

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from tinystudent.cli import quiet_libraries
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, prompt_style
 from tinystudent.evaluation.scoring import score_choices, score_choices_naive
+from tinystudent.log import quiet_libraries
 from tinystudent.models import load_model
 from tinystudent.models.requests import ChoiceRequest
 from tinystudent.tasks import load_task

@@ -336,7 +336,7 @@ def run_trainer(args, folder: Path, work: Path) -> dict:
 
 def _child(kind: str, args, folder: str, queue) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tinystudent.cli import quiet_libraries
+    from tinystudent.log import quiet_libraries
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as work:
@@ -381,7 +381,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-    from tinystudent.cli import quiet_libraries
+    from tinystudent.log import quiet_libraries
     from tinystudent.models import count_parameters, load_model
 
     quiet_libraries()

@@ -331,6 +331,41 @@ def test_stored_logits_need_logit_kd_and_a_teacher(tiny_causal, arc, tmp_path):
     assert TrainConfig(teacher_logits_top_k=8).keyed()["teacher_logits_top_k"] == 8
 
 
+@pytest.mark.parametrize(
+    "teachers,weights,message",
+    [
+        (["a", "b"], {"logit_kd": {"a": 1.0, "b": 1.0}}, "one teacher model's top-k.*mixes their whole distributions"),
+        (["a"], {"logit_kd": 1.0, "onpolicy_kd": 1.0}, "cannot serve onpolicy_kd.*only the live teacher"),
+        (["a"], {"onpolicy_kd": 1.0}, "cannot serve onpolicy_kd"),
+        (["a"], {"logit_kd": 1.0, "uld_kd": 1.0}, "cannot serve uld_kd.*its own tokens"),
+    ],
+    ids=["several-teachers", "onpolicy-beside", "onpolicy-alone", "uld"],
+)
+def test_stored_logits_refuse_what_needs_the_live_teachers(
+    tiny_causal, arc, teacher_path, tmp_path, teachers, weights, message
+):
+    """Several teachers' mixture, the student's own samples and a teacher's own tokens cannot come
+    from one teacher's stored top-k: refused before any model loads or any row is stored."""
+    db = tmp_path / "db.sqlite"
+    named = {name: str(teacher_path) for name in teachers}
+    with pytest.raises(ValueError, match=message):
+        train(tiny_causal, arc, tmp_path / "run", named, db, weights={"answer": 1.0, **weights}, teacher_logits_top_k=8)
+    assert not (tmp_path / "run").exists() and not db.exists()
+
+
+def test_one_named_teacher_model_trains_from_stored_logits(tiny_causal, arc, teacher_path, tmp_path):
+    """`--teacher-model t=PATH --objective logit_kd:t`: one teacher by name stores and reads its rows,
+    with the same rows as the teacher given by its path (the key is its weights' identity)."""
+    db = tmp_path / "results.sqlite"
+    weights = {"answer": 0.0, "logit_kd": {"t": 1.0}}
+    first = train(tiny_causal, arc, tmp_path / "named", {"t": str(teacher_path)}, db, weights=weights, **FULL)
+    stored = rows_in(db)
+    assert stored == 8
+    by_path = train(tiny_causal, arc, tmp_path / "path", str(teacher_path), db, **FULL)
+    assert rows_in(db) == stored
+    assert losses(first) == pytest.approx(losses(by_path), rel=1e-5)
+
+
 def test_train_stores_the_teacher_logits_in_the_database_given_by_db(tiny_causal, teacher_path, tmp_path):
     from typer.testing import CliRunner
 

@@ -14,33 +14,47 @@ from tinystudent.commands.app import app, emit_json, friendly_errors, parse_colu
 from tinystudent.commands.options import config_options
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.objective_spec import parse_objective, term_names
-from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, terms
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TEACHER_MODELS, term, terms
 from tinystudent.folders import check_output_folder
 from tinystudent.log import info, progress, quiet_libraries, stdout
 
 
-def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[str] = ()) -> dict:
-    """`answer,rationale` plus `--weight rationale=0.5` -> the config's weights block.
+def _objective_weight(text: str) -> tuple[str, float | dict[str, float]] | None:
+    """(term, weight) of one `--objective` entry, or None when it is not one: a term alone, or a
+    term learnt from teacher models with the models it learns from (`logit_kd:A+B`, at 1 each);
+    the teachers of the other terms come from --teachers."""
+    try:
+        objective = parse_objective(text, term_names("one_student"))
+    except ValueError:
+        return None
+    if objective.teacher is None or objective.every_teacher:
+        return objective.term, 1.0
+    if term(objective.term).teacher_data != TEACHER_MODELS or "" in objective.teacher.split("+"):
+        return None
+    return objective.term, dict.fromkeys(objective.teacher.split("+"), 1.0)
+
+
+def objective_weights(
+    objectives: str, overrides: list[str], teachers: Sequence[str] = (), teacher_models: Sequence[str] = ()
+) -> dict:
+    """`answer,rationale,logit_kd:A+B` plus `--weight rationale=0.5` -> the config's weights block.
 
     The answer term is always on (weight 1) unless a `--weight answer=0` turns it off. A
-    per-teacher weight (`rationale.flan-t5-xl=2`) leaves the other `teachers` at the shared weight.
+    per-teacher weight (`rationale.flan-t5-xl=2`) leaves the other `teachers` (of terms learnt from
+    teacher models: the `teacher_models`) at the shared weight.
     """
-
-    def bare_term(text: str) -> str | None:
-        """The term `text` names, or None: `--objective` takes terms, their teachers come from --teachers."""
-        try:
-            objective = parse_objective(text, term_names("one_student"))
-        except ValueError:
-            return None
-        return objective.term if objective.teacher is None else None
-
     chosen = [o.strip() for o in objectives.split(",") if o.strip()]
-    unknown = [o for o in chosen if bare_term(o) is None]
+    unknown = [o for o in chosen if _objective_weight(o) is None]
     if unknown:
         raise ValueError(
-            f"--objective: unknown {unknown}; choose from {', '.join(term_names('one_student'))} (comma-separated)"
+            f"--objective: unknown {unknown}; choose from {', '.join(term_names('one_student'))} (comma-separated; "
+            "a term learnt from teacher models may name them: logit_kd:A+B)"
         )
-    weights: dict = {"answer": 1.0, **{o: 1.0 for o in chosen if o != "answer"}}
+    weights: dict = {"answer": 1.0}
+    for text in chosen:
+        name, value = _objective_weight(text)  # type: ignore[misc]  # checked above
+        if name != "answer":
+            weights[name] = value
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep:
@@ -54,12 +68,39 @@ def objective_weights(objectives: str, overrides: list[str], teachers: Sequence[
         head, teacher = objective.term, objective.teacher
         if teacher:
             current = weights.get(head, 0.0)
-            table = current if isinstance(current, dict) else {t: current for t in teachers}
+            spread = teacher_models if term(head).teacher_data == TEACHER_MODELS else teachers
+            table = current if isinstance(current, dict) else {t: current for t in spread}
             table[teacher] = float(value)
             weights[head] = table
         else:
             weights[head] = float(value)
     return weights
+
+
+def teacher_models(items: list[str]) -> dict[str, str]:
+    """`--teacher-model` values (`PATH`, or `NAME=PATH` for several) -> teacher name -> model;
+    a model given without a name is named by itself.
+
+    Raises:
+        ValueError: a name given twice, or an empty name or path."""
+    found: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name.strip(), path.strip()) if sep else (item.strip(), item.strip())
+        if not name or not path:
+            raise ValueError(f"--teacher-model expects PATH or NAME=PATH (qwen=Qwen/Qwen2.5-7B), got {item!r}")
+        if name in found:
+            raise ValueError(f"--teacher-model: teacher name {name!r} is given twice; give each model its own name")
+        found[name] = path
+    return found
+
+
+def _teacher_argument(models: dict[str, str], names: list[str]) -> str | dict[str, str] | None:
+    """What `train_student` gets as its teacher: the named models; one model named by itself as
+    given (so its runs keep their key); none given: the first of --teachers."""
+    if len(models) == 1 and next(iter(models)) == next(iter(models.values())):
+        return next(iter(models))
+    return models or (names[0] if names else None)
 
 
 def _rationales_from_file(path: Path) -> dict[str, dict[str, str]]:
@@ -218,8 +259,12 @@ def train_command(
     strategy: Optional[str] = typer.Option(
         None, help="Only cached rationales of this strategy (cot, teacher_forcing_cot, imported) [default: any]."
     ),
-    teacher_model: Optional[str] = typer.Option(
-        None, help="Teacher model for logit_kd/hidden [default: the first of --teachers]."
+    teacher_model: list[str] = typer.Option(
+        [],
+        help=f"Teacher model for {'/'.join(t.name for t in terms() if t.teacher_model)} "
+        "[default: the first of --teachers]; repeatable as NAME=PATH for several, which --objective "
+        "logit_kd:A+B (or uld_kd:A+B, onpolicy_kd:A+B) and --weight logit_kd.A=2 name; a model given "
+        "alone is named by itself.",
     ),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="YAML file of TrainConfig fields; the options below override it."
@@ -251,7 +296,8 @@ def train_command(
     if recover and not cut:
         raise ValueError("--recover needs --keep-layers or --mlp-width: it repairs a cut student from the full model")
     names = [t.strip() for t in (teachers or "").split(",") if t.strip()]
-    weights = objective_weights(objective, weight, names)
+    models = teacher_models(teacher_model)
+    weights = objective_weights(objective, weight, names, list(models or {}))
     config = _config(config_file, {**(config_overrides or {}), "weights": weights})
     data = load_task(task, seed=split_seed, columns=parse_columns(columns))
     train = data.split("train")[:train_limit] if train_limit else data.split("train")
@@ -267,8 +313,8 @@ def train_command(
         rationales, scores = _teacher_data(store, names, task, strategy, rationales_file, config.weights, train)
         teacher = None
         if any(t.teacher_model and config.weights.configured(t.name) for t in terms()):
-            teacher = teacher_model or (names[0] if names else None)
-            info(f"token-level distillation from the teacher model {teacher}")
+            teacher = _teacher_argument(models, names)
+            info(f"token-level distillation from the teacher model(s) {teacher}")
         if cut or made:
             from tinystudent.distill.train import main_process_first
             from tinystudent.models.students import scale_down

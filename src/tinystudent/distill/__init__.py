@@ -9,7 +9,8 @@ Public API:
     TrainResult, TrainingDiverged.
     RecoveryConfig and distill.recover.recover: a layer-cut student distilled from its parent on text.
     Losses: forward_kl, reverse_kl, generalized_jsd, token_divergence, choice_kd_loss, mutual_kl,
-    hidden_state_loss, chunked_token_losses; check_vocab / VocabAlignment.
+    hidden_state_loss, chunked_token_losses, uld_distance (cross-tokenizer), mixture_logits
+    (several teachers); check_vocab / VocabAlignment.
 """
 
 from importlib import import_module
@@ -30,9 +31,11 @@ _LAZY_NAMES = {
         "forward_kl",
         "generalized_jsd",
         "hidden_state_loss",
+        "mixture_logits",
         "mutual_kl",
         "reverse_kl",
         "token_divergence",
+        "uld_distance",
     ],
     "result": ["TrainResult"],
     "train": ["train_mutual", "train_student"],

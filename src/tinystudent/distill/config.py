@@ -19,7 +19,6 @@ class _Strict(BaseModel):
 # trains, far above any study (the shipped ones: at most 3 epochs or 16 steps), so that a typo
 # (`epochs: 1000000`) is an error at --check, not weeks of training.
 MAX_SEED = 2**32 - 1
-STORED_LOGITS_FIELDS = ("teacher_logits_top_k", "teacher_logits_dtype")
 MAX_EPOCHS = 10_000
 MAX_STEPS = 10_000_000
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -38,9 +37,12 @@ class ObjectiveWeights(_Strict):
     The built-in terms: answer (cross-entropy on the gold answer, in exactly the format evaluation
     scores), rationale (per-teacher rationale cross-entropy: TinyLLM; distilling step by step),
     choice_kd (per-teacher KL between the teacher's and the student's distributions over the
-    choices), logit_kd (token-level distillation from the `teacher` model's next-token
-    distribution), hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
-    towards the peers' choice distributions, in `train_mutual`).
+    choices), logit_kd (token-level distillation from the teacher models' next-token
+    distribution, several averaged; one weight, or teacher model -> weight),
+    hidden (hidden-state matching between chosen layers: patient KD), mutual (KL
+    towards the peers' choice distributions, in `train_mutual`). `onpolicy_kd` (the divergence on
+    the student's own answers, GKD; weighted like logit_kd) and `uld_kd` (cross-tokenizer) are
+    registered beside them.
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
@@ -88,7 +90,8 @@ class ObjectiveWeights(_Strict):
         left out.
 
         Args:
-            with_data: `Term.teacher_data` (rationales, choice_logprobs) -> the teachers that have it.
+            with_data: `Term.teacher_data` (rationales, choice_logprobs, teacher_models) -> the
+                teachers that have it.
         """
         values: dict[str, float | dict[str, float]] = {}
         for found in registry.terms():
@@ -99,6 +102,11 @@ class ObjectiveWeights(_Strict):
                 teachers = with_data.get(found.teacher_data or "", [])
                 if isinstance(value, dict):
                     unknown = sorted(set(value) - set(teachers))
+                    if unknown and found.teacher_data == registry.TEACHER_MODELS:
+                        raise ValueError(
+                            f"weights.{found.name} names teacher model(s) {unknown} that were not given; the "
+                            f"teacher models are {sorted(teachers)} (give each as --teacher-model NAME=PATH)"
+                        )
                     if unknown:
                         raise ValueError(
                             f"weights.{found.name} names teacher(s) {unknown} with no data; "
@@ -199,9 +207,28 @@ class TrainConfig(_Strict):
         2.0, gt=0, description="Softening temperature of choice-level and token-level KD and of mutual learning."
     )
     logit_kd_divergence: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
-        "forward_kl", description="Divergence of logit_kd; jsd is the generalized Jensen-Shannon divergence."
+        "forward_kl",
+        description="Divergence of logit_kd and onpolicy_kd; jsd is the generalized Jensen-Shannon divergence "
+        "(GKD); on-policy KD is usually run with reverse_kl (MiniLLM) or jsd.",
     )
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="The JSD's mixing weight beta.")
+    onpolicy_lambda: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="onpolicy_kd: the share of training rows whose answer the student writes itself (each row "
+        "drawn with this probability); the others keep their gold answer. 0 is KD on the gold answers only, "
+        "1 fully on-policy (GKD's lambda).",
+    )
+    onpolicy_max_new_tokens: int = Field(
+        64, ge=1, description="onpolicy_kd: most tokens the student writes per sampled row."
+    )
+    onpolicy_temperature: float = Field(
+        1.0,
+        ge=0,
+        description="onpolicy_kd: sampling temperature of the student's own answers (0: greedy); the "
+        "divergence is softened by temperature.",
+    )
     # On an H100 with a Qwen2.5-0.5B-shaped student, 256 trains at 0.81x the tokens/s of 4096 and
     # 1024 at 0.95x, for 0.67x and 0.73x of its peak memory.
     kd_chunk_tokens: int = Field(
@@ -215,7 +242,9 @@ class TrainConfig(_Strict):
         ge=1,
         description="logit_kd from the teacher's top-k log-probabilities per target token (and the rest as one "
         "tail), computed once per training sequence before training and stored in the results database (--db): a "
-        "second student or a resumed run reads them instead of running the teacher; unset: the live teacher.",
+        "second student or a resumed run reads them instead of running the teacher; unset: the live teacher. One "
+        "teacher model, for logit_kd (hidden still runs it): several teachers' mixture needs their whole "
+        "distributions, and onpolicy_kd and uld_kd need the live teacher (refused).",
     )
     teacher_logits_dtype: Literal["float16", "float32"] = Field(
         "float16", description="How stored teacher log-probabilities are kept (teacher_logits_top_k)."
@@ -298,14 +327,21 @@ class TrainConfig(_Strict):
 
     def keyed(self) -> dict:
         """The config as it keys a run: everything but the device (it changes no number a user
-        compares, only where it was computed); the stored-logits fields only when they are on, so
-        that a run without them keeps the key it had before they existed."""
-        unkeyed = {"device"} | (set(STORED_LOGITS_FIELDS) if self.teacher_logits_top_k is None else set())
-        return self.model_dump(mode="json", exclude=unkeyed)
+        compares, only where it was computed); the on-policy settings only when onpolicy_kd is on
+        and the stored-logits fields only when they are on, so that adding them changed no stored
+        key of the runs that do not use them."""
+        unused = set() if self.weights.configured("onpolicy_kd") else set(ONPOLICY_FIELDS)
+        if self.teacher_logits_top_k is None:
+            unused |= set(STORED_LOGITS_FIELDS)
+        return self.model_dump(mode="json", exclude={"device", *unused})
 
     def fingerprint(self) -> str:
         """A short hash of everything in the config that keys a run (`keyed`)."""
         return stable_hash(self.keyed())
+
+
+ONPOLICY_FIELDS = ("onpolicy_lambda", "onpolicy_max_new_tokens", "onpolicy_temperature")
+STORED_LOGITS_FIELDS = ("teacher_logits_top_k", "teacher_logits_dtype")
 
 
 class RecoveryConfig(_Strict):

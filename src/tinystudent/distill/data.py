@@ -18,7 +18,7 @@ from tinystudent.evaluation.fit import CUT, Fitted, InputTooLong, fit_example, f
 from tinystudent.evaluation.freeform import free_form_prompt, solution_text
 from tinystudent.evaluation.prompts import choice_context, choice_continuations, lettered_question
 from tinystudent.log import warn
-from tinystudent.models.batches import ChoiceBatch, Features, TokenBatch
+from tinystudent.models.batches import ChoiceBatch, Features, TokenBatch, required
 from tinystudent.models.heads import PAD_SCORE
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.requests import ChoiceRequest
@@ -337,3 +337,58 @@ class SampleStream:
 
     def take(self, start: int, count: int) -> list[int]:
         return [self._perm(k // self.n)[k % self.n] for k in range(start, start + count)]
+
+
+_PLACE = 1 << 20  # a tag's pair index is tag // _PLACE, its target position tag % _PLACE
+
+
+def target_places(pairs: list[tuple[list[int], list[int]]], kind: str | ModelKind, pack: bool) -> torch.Tensor:
+    """[target rows] the (pair, position in its target) of each target row of `token_batch(pairs)`,
+    as `pair * 2**20 + position`: the pairs are laid out with tags in place of their target ids,
+    and the rows read back in the order the kind's `token_rows` gives them, however it lays them
+    out (padded, packed, decoder labels)."""
+    tagged = [(prompt, [i * _PLACE + j for j in range(len(target))]) for i, (prompt, target) in enumerate(pairs)]
+    tb = token_batch(tagged, kind, -1, pack)
+    if tb.labels is not None:
+        return tb.labels[tb.labels != -100]
+    return required(tb.next_ids, "next_ids")[required(tb.target_mask, "target_mask")]
+
+
+def align_targets(
+    student_pairs: list[tuple[list[int], list[int]]],
+    teacher_pairs: dict[str, list[tuple[list[int], list[int]] | None]],
+    kind: str | ModelKind,
+    pack: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Pair the student's target rows with each teacher's, by position along each target: the
+    first min(n_student, n_teacher) tokens of every target, over every teacher at once, so all
+    teachers are compared at the same student rows (ULD, Boizard et al. 2024).
+
+    Args:
+        student_pairs: the (prompt, target) pairs of one student token batch.
+        teacher_pairs: teacher -> the same texts in its tokens, pair by pair (None: it has none).
+        kind, pack: how the batches are laid out (`token_batch`).
+
+    Returns:
+        (the student's aligned target rows, teacher -> its aligned target rows in a batch of its
+        present pairs, teacher -> which pairs are present), each teacher's rows in the student's order.
+    """
+    present = {t: [i for i, p in enumerate(pairs) if p is not None] for t, pairs in teacher_pairs.items()}
+    lengths = [len(target) for _, target in student_pairs]
+    for pairs in teacher_pairs.values():
+        lengths = [min(n, len(p[1])) if p is not None else 0 for n, p in zip(lengths, pairs)]
+    student = target_places(student_pairs, kind, pack)
+    keep = student % _PLACE < torch.tensor(lengths, dtype=torch.long)[student // _PLACE]
+    student_rows = keep.nonzero()[:, 0]
+    wanted = student[student_rows]
+    teacher_rows = {}
+    for t, indices in present.items():
+        if not indices:  # no pair in its tokens: nothing of this batch is aligned (lengths are 0)
+            teacher_rows[t] = torch.zeros(0, dtype=torch.long)
+            continue
+        places = target_places([teacher_pairs[t][i] for i in indices], kind, pack)  # type: ignore[misc]
+        # Back to the student's pair numbering, then each wanted place's row, found by sorting.
+        original = torch.tensor(indices, dtype=torch.long)[places // _PLACE] * _PLACE + places % _PLACE
+        order = original.argsort()
+        teacher_rows[t] = order[torch.searchsorted(original[order], wanted)]
+    return student_rows, teacher_rows, present

@@ -11,6 +11,8 @@ match; a test checks that it does.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         teacher_hidden,
         teacher_weight,
         teacher_bias,
+        teacher_fn,
         ce_scale,
         kd_scale,
         kd_vocab,
@@ -54,7 +57,11 @@ class _FusedHeadLoss(torch.autograd.Function):
                 kd = None
                 if teacher_hidden is not None:
                     with torch.no_grad():
-                        teacher_logits = F.linear(teacher_hidden[piece], teacher_weight, teacher_bias).float()
+                        rows = teacher_hidden[piece]
+                        if teacher_fn is not None:  # several teachers' mixture (`objectives.MixedHead`)
+                            teacher_logits = teacher_fn(rows).float()
+                        else:
+                            teacher_logits = F.linear(rows, teacher_weight, teacher_bias).float()
                     vocab = kd_vocab or logits.shape[-1]
                     kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence, temperature, beta)
                     loss = loss + kd_scale * kd.sum()
@@ -78,7 +85,7 @@ class _FusedHeadLoss(torch.autograd.Function):
         out_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
         out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
         out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None else None
-        return (out_hidden, out_weight, out_bias) + (None,) * 11
+        return (out_hidden, out_weight, out_bias) + (None,) * 12
 
 
 def fused_head_loss(
@@ -88,7 +95,7 @@ def fused_head_loss(
     *,
     ce_scale: float,
     teacher_hidden: torch.Tensor | None = None,
-    teacher_head: torch.nn.Linear | None = None,
+    teacher_head: torch.nn.Linear | Callable[[torch.Tensor], torch.Tensor] | None = None,
     kd_scale: float = 0.0,
     kd_vocab: int | None = None,
     divergence: str = "forward_kl",
@@ -99,12 +106,17 @@ def fused_head_loss(
     """`ce_scale * sum(-log p(target)) + kd_scale * sum(divergence)` over the rows, with its
     gradient computed in forward, chunk by chunk.
 
+    `teacher_head` is the teacher's plain output layer, or any function of its rows run under
+    no_grad (several teachers' mixture, whose rows are theirs side by side).
+
     Returns:
         (loss, target log-probabilities per row, divergence per row); the last two detached,
         for reporting.
     """
-    teacher_weight = teacher_head.weight if teacher_head is not None else None
-    teacher_bias = teacher_head.bias if teacher_head is not None else None
+    linear = isinstance(teacher_head, torch.nn.Linear)
+    teacher_weight = teacher_head.weight if linear else None  # type: ignore[union-attr]
+    teacher_bias = teacher_head.bias if linear else None  # type: ignore[union-attr]
+    teacher_fn = teacher_head if teacher_head is not None and not linear else None
     return _FusedHeadLoss.apply(
         hidden,
         head.weight,
@@ -113,6 +125,7 @@ def fused_head_loss(
         teacher_hidden,
         teacher_weight,
         teacher_bias,
+        teacher_fn,
         float(ce_scale),
         float(kd_scale),
         kd_vocab,

@@ -23,7 +23,7 @@ from tinystudent.distill.checkpoints import latest_checkpoint, load_checkpoint, 
 from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import SampleStream
 from tinystudent.distill.losses import mutual_kl
-from tinystudent.distill.objectives import teacher_states
+from tinystudent.distill.teacher_models import teacher_passes
 from tinystudent.distill.terms import TermWeights, terms
 from tinystudent.distill.trainee import Trainee, make_batch, resolve_precision, token_pairs
 from tinystudent.evaluation.evaluate import EvalResult, evaluate_model
@@ -64,7 +64,7 @@ def check_objectives(config: TrainConfig, weights: TermWeights, teacher, mutual:
         config: the run's config; its `weights` say which objectives are on.
         weights: the run's resolved weights (`ObjectiveWeights.resolve`: per-teacher terms only
             over the teachers with data).
-        teacher: the teacher model of token-level terms (logit_kd, hidden), or None.
+        teacher: the teacher model of token-level terms (logit_kd, hidden, onpolicy_kd), or None.
         mutual: deep mutual learning, where the peers' terms are objectives too.
 
     Raises:
@@ -280,18 +280,16 @@ class TrainingRun:
         self.shared["consumed"] += config.batch_size * world
         outputs, tokens = [], 0
         for tr in self.trainees:
-            batch = make_batch(tr, examples, config, self.weights).to(self.device)
-            tokens += batch.tokens
-            with self.autocast():
-                teacher, want_hidden = None, False
-                if tr.teacher is not None:
-                    t = tr.teacher
-                    teacher = teacher_states(t.loaded.model, t.loaded.kind, t.head, batch, t.want_rows, t.layers)
-                    want_hidden = bool(t.layers)
+            with self.autocast():  # under it too: on-policy KD has the student write some answers
+                batch = make_batch(tr, examples, config, self.weights, position=start).to(self.device)
+                tokens += batch.tokens
+                teacher, own, want_hidden = teacher_passes(
+                    tr.teachers, tr.kd_vocab, batch, self.weights, config.temperature
+                )
                 if tr.stored_logits is not None:  # the teacher's stored top-k logits (distill.stored_logits)
-                    pairs = token_pairs(tr, examples, config, self.weights)
+                    pairs = token_pairs(tr, examples, config, self.weights, position=start)
                     teacher = tr.stored_logits.states(pairs, teacher, self.device)
-                outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden))
+                outputs.append(tr.objective(batch, teacher, want_hidden=want_hidden, own_tokens=own))
         return outputs, tokens
 
     def _losses(self, outputs: list[dict]) -> list[torch.Tensor]:

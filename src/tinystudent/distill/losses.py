@@ -74,6 +74,47 @@ def token_divergence(
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
 
 
+def sorted_probabilities(logits: torch.Tensor, temperature: float, width: int) -> torch.Tensor:
+    """Each row's softmax at `temperature`, sorted in descending order and padded with zeros to
+    `width` entries: what ULD compares, since it ignores which token holds which probability."""
+    probs = F.softmax(logits.float() / float(temperature), dim=-1).sort(dim=-1, descending=True).values
+    return F.pad(probs, (0, width - probs.shape[-1]))
+
+
+def uld_distance(student_logits: torch.Tensor, target_sorted: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Universal Logit Distillation (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation:
+    the Universal Logit Distillation Loss for LLMs"), per row: the L1 distance between the
+    student's sorted probability vector and the teacher's (`target_sorted`, from
+    `sorted_probabilities`), the shorter vocabulary padded with zeros. This is the closed form of
+    the Wasserstein-1 distance the paper derives with unit transport costs, and it needs no shared
+    vocabulary: only the shapes of the two distributions are compared."""
+    width = max(student_logits.shape[-1], target_sorted.shape[-1])
+    student = sorted_probabilities(student_logits, temperature, width)
+    return (student - F.pad(target_sorted, (0, width - target_sorted.shape[-1]))).abs().sum(-1)
+
+
+def mean_sorted_target(
+    teacher_logits: list[torch.Tensor], proportions: list[float], temperature: float
+) -> torch.Tensor:
+    """Several teachers' sorted probability vectors averaged with `proportions` (summing to 1):
+    the target ULD compares the student with. Teachers of different tokenizers have no token-by-
+    token average; their sorted vectors line up rank by rank, and one teacher is itself."""
+    width = max(t.shape[-1] for t in teacher_logits)
+    parts = [w * sorted_probabilities(t, temperature, width) for t, w in zip(teacher_logits, proportions)]
+    return torch.stack(parts).sum(0)
+
+
+def mixture_logits(teacher_logits: list[torch.Tensor], proportions: list[float], temperature: float) -> torch.Tensor:
+    """Logits whose softmax at `temperature` is the teachers' mixture `sum_k w_k softmax(z_k / T)`
+    (`proportions` w_k summing to 1): `T log sum_k w_k softmax(z_k / T)`, computed in log space.
+    Every divergence of `token_divergence` then compares the student with the mixture; for
+    forward KL the gradient equals that of `sum_k w_k KL(p_k || q)` (both are `q - sum_k w_k p_k`),
+    so one mixture costs one divergence, not one per teacher."""
+    t = float(temperature)
+    logs = [F.log_softmax(z.float() / t, dim=-1) + math.log(w) for z, w in zip(teacher_logits, proportions) if w > 0]
+    return t * torch.logsumexp(torch.stack(logs), dim=0)
+
+
 def choice_kd_loss(
     student_scores: torch.Tensor, teacher_logprobs: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -168,3 +209,39 @@ def chunked_token_losses(
     """
     args = (head, teacher_head, kd_vocab, divergence, temperature, beta)
     return in_chunks(_row_losses, [hidden, targets, teacher_hidden], args, chunk_tokens)
+
+
+def _uld_rows(student_hidden: torch.Tensor, *rest):
+    *teacher_hidden, head, teacher_heads, proportions, temperature = rest
+    logits = head(student_hidden)
+    with torch.no_grad():
+        teacher_logits = [h(rows).float() for h, rows in zip(teacher_heads, teacher_hidden)]
+        target = mean_sorted_target(teacher_logits, proportions, temperature)
+    return (uld_distance(logits, target, temperature),)
+
+
+def chunked_uld_distances(
+    hidden: torch.Tensor,
+    head: Callable,
+    teacher_hidden: list[torch.Tensor],
+    teacher_heads: list[Callable],
+    proportions: list[float],
+    *,
+    temperature: float = 1.0,
+    chunk_tokens: int | None = 256,
+) -> torch.Tensor:
+    """[rows] ULD distance of each aligned target row (`uld_distance` from the teachers'
+    `mean_sorted_target`), the output layers run `chunk_tokens` rows at a time under activation
+    checkpointing (`models.heads.in_chunks`), so no [tokens, vocabulary] tensor outlives its chunk.
+
+    Args:
+        hidden: [rows, width] student rows (its kind's `token_rows`) at the aligned positions.
+        head: the student's rows -> logits.
+        teacher_hidden, teacher_heads: each teacher's rows at the same aligned positions (in its
+            own tokens) and its output layer; run under no_grad.
+        proportions: each teacher's share of the target, summing to 1.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    args = (head, teacher_heads, proportions, temperature)
+    return in_chunks(_uld_rows, [hidden, *teacher_hidden], args, chunk_tokens)[0]

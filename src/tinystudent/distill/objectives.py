@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 
 from tinystudent.distill.fused import fused_head_loss
-from tinystudent.distill.losses import chunked_token_losses
+from tinystudent.distill.losses import chunked_token_losses, mixture_logits
 from tinystudent.distill.sparse_kd import SparseTeacher, sparse_head_loss
 from tinystudent.distill.terms import TermContext, TermWeights, terms
-from tinystudent.distill.terms.base import TokenPass
+from tinystudent.distill.terms.base import STUDENT_SAMPLES, TokenPass
 from tinystudent.models.batches import ChoiceBatch, TokenBatch
 from tinystudent.models.heads import unwrap_peft
 from tinystudent.models.kinds import ModelKind, kind_adapter
@@ -54,6 +54,62 @@ class TeacherStates:
 
 
 @dataclass
+class TeacherTokens:
+    """One token batch in a teacher's own tokens (cross-tokenizer KD), and which target rows of
+    the student's batch and of this one hold the same target position (`data.align_targets`)."""
+
+    batch: TokenBatch
+    student_rows: torch.Tensor  # [aligned] indices into the student's target rows
+    teacher_rows: torch.Tensor  # [aligned] indices into this batch's target rows
+
+    def to(self, device) -> TeacherTokens:
+        return TeacherTokens(self.batch.to(device), self.student_rows.to(device), self.teacher_rows.to(device))
+
+
+class MixedHead:
+    """Several teachers' output layers as one: rows are the teachers' rows side by side, and the
+    logits are `losses.mixture_logits` of theirs (their next-token distributions averaged in
+    probability space at `temperature`), over the first `vocab` entries every model has."""
+
+    def __init__(self, heads: list[Callable], widths: list[int], proportions: list[float], temperature: float, vocab):
+        self.heads, self.widths, self.proportions = heads, widths, proportions
+        self.temperature, self.vocab = temperature, vocab
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        parts = rows.split(self.widths, dim=-1)
+        logits = [head(part).float()[:, : self.vocab] for head, part in zip(self.heads, parts)]
+        return mixture_logits(logits, self.proportions, self.temperature)
+
+
+def mixed_states(
+    by_teacher: dict[str, dict[str, TeacherStates]], proportions: dict[str, float], temperature: float, vocab
+) -> dict[str, TeacherStates]:
+    """One teacher's states per token batch from several teachers' (same vocabulary): one teacher
+    is itself; several become one `MixedHead` over their rows side by side (the fused output
+    layer calls it chunk by chunk). `vocab`: logit entries all models share (None: all)."""
+    if len(by_teacher) == 1:
+        return next(iter(by_teacher.values()))
+    names = list(by_teacher)
+    total = sum(proportions[n] for n in names)
+    found = {}
+    for batch_name in by_teacher[names[0]]:
+        states = [by_teacher[n][batch_name] for n in names]
+        rows = [s.rows for s in states]
+        if any(r is None for r in rows):
+            found[batch_name] = TeacherStates(None, None)
+            continue
+        head = MixedHead(
+            [s.head for s in states],  # type: ignore[misc]  # rows present: each has its head
+            [r.shape[-1] for r in rows],  # type: ignore[union-attr]
+            [proportions[n] / total for n in names],
+            temperature,
+            vocab,
+        )
+        found[batch_name] = TeacherStates(torch.cat(rows, dim=-1), head)  # type: ignore[arg-type]
+    return found
+
+
+@dataclass
 class StudentBatch:
     """One micro-batch of questions, in the student's tokens."""
 
@@ -65,6 +121,10 @@ class StudentBatch:
     # Kinds without a next-token distribution: the questions again, each teacher's rationale in the
     # input (training only), and their gold answers.
     rationale_inputs: dict[str, tuple[ChoiceBatch, torch.Tensor]] = field(default_factory=dict)
+    # Cross-tokenizer terms: teacher -> token batch name -> that batch in the teacher's tokens.
+    teacher_tokens: dict[str, dict[str, TeacherTokens]] = field(default_factory=dict)
+    # On-policy KD: the prompts of the rows not in `answer`, each followed by what the student wrote.
+    samples: TokenBatch | None = None
 
     def to(self, device) -> StudentBatch:
         return StudentBatch(
@@ -74,11 +134,15 @@ class StudentBatch:
             self.choices.to(device) if self.choices else None,
             {k: (t.to(device), p.to(device)) for k, (t, p) in self.teacher_choice.items()},
             {k: (cb.to(device), gold.to(device)) for k, (cb, gold) in self.rationale_inputs.items()},
+            {k: {name: tt.to(device) for name, tt in by_batch.items()} for k, by_batch in self.teacher_tokens.items()},
+            self.samples.to(device) if self.samples else None,
         )
 
     def token_batches(self) -> dict[str, TokenBatch]:
         found = {"answer": self.answer} if self.answer is not None else {}
         found.update({f"rationale:{m}": tb for m, tb in self.rationales.items()})
+        if self.samples is not None:
+            found[STUDENT_SAMPLES] = self.samples
         return found
 
     @property
@@ -150,7 +214,8 @@ class StudentObjectives(torch.nn.Module):
     def _token_pass(
         self, tb: TokenBatch, states: TeacherStates | None, ce_weight: float, kd_scale: float, want_layers: bool
     ):
-        """(weighted loss, target log-probabilities, divergences, hidden states) of a token batch."""
+        """(weighted loss, target log-probabilities, divergences, hidden states, the student's target
+        rows) of a token batch."""
         core = self.core
         teacher_rows = states.rows if states is not None else None
         rows, targets, layers = self.adapter.token_rows(core, tb, self.hidden_layers if want_layers else [])
@@ -168,8 +233,10 @@ class StudentObjectives(torch.nn.Module):
                 kd_scale=kd_scale,
                 **self._kd_args(),
             )
-            return loss, logprobs, kd, layers
-        teacher_linear = states.linear if states is not None else None
+            return loss, logprobs, kd, layers, rows
+        teacher_linear: Callable | None = states.linear if states is not None else None
+        if states is not None and isinstance(states.head, MixedHead):  # made of heads that need no gradient
+            teacher_linear = states.head
         if head is not None and torch.is_grad_enabled() and (teacher_rows is None or teacher_linear is not None):
             loss, logprobs, kd = fused_head_loss(
                 rows,
@@ -181,14 +248,14 @@ class StudentObjectives(torch.nn.Module):
                 kd_scale=kd_scale,
                 **self._kd_args(),
             )
-            return loss, logprobs, kd, layers
+            return loss, logprobs, kd, layers, rows
         student_head = self.adapter.output_head(core)
         teacher_head = states.head if states is not None and teacher_rows is not None else None
         logprobs, kd = chunked_token_losses(
             rows, targets, student_head, teacher_hidden=teacher_rows, teacher_head=teacher_head, **self._kd_args()
         )
         loss = -ce_scale * logprobs.sum() + kd_scale * kd.sum()
-        return loss, logprobs, kd, layers
+        return loss, logprobs, kd, layers, rows
 
     def choice_scores(self, cb: ChoiceBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[questions, max choices] student scores (PAD_SCORE on padding) and the gold
@@ -198,10 +265,17 @@ class StudentObjectives(torch.nn.Module):
     # --- all terms ------------------------------------------------------------------------
 
     def forward(
-        self, batch: StudentBatch, teacher: dict[str, TeacherStates] | None = None, want_hidden: bool = False
+        self,
+        batch: StudentBatch,
+        teacher: dict[str, TeacherStates] | None = None,
+        want_hidden: bool = False,
+        own_tokens: dict[str, dict[str, TeacherStates]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """`loss` (the weighted objective), each term's value (detached, means over tokens or
         questions) and, when choices were scored, `choice_scores` (differentiable).
+
+        `teacher` holds the teacher's states on the student's token batches, by batch name;
+        `own_tokens` each cross-tokenizer teacher's on its own tokens (`batch.teacher_tokens`).
 
         The passes the terms share run once: every token batch through the student (its output
         layer fused with the cross-entropy weight the terms put on it and the token-level KD), the
@@ -211,7 +285,7 @@ class StudentObjectives(torch.nn.Module):
         batches = batch.token_batches()
         # The answer term comes from the choices' scores when asked, or when no answer tokens ran.
         choice_answer = batch.choices is not None and (self.answer_loss == "choices" or "answer" not in batches)
-        context = TermContext(self, batch, self.weights, choice_answer)
+        context = TermContext(self, batch, self.weights, choice_answer, own_tokens=own_tokens or {})
         self._token_passes(context, batches, teacher, want_hidden)
         if batch.choices is not None:
             context.scores, context.gold_rows = self.choice_scores(batch.choices)
@@ -231,38 +305,60 @@ class StudentObjectives(torch.nn.Module):
         self, context: TermContext, batches: dict[str, TokenBatch], teacher: dict[str, TeacherStates], want_hidden: bool
     ) -> None:
         """Each token batch through the student once, weighted as the terms ask (`token_weight`,
-        `kd_weight`); its loss joins the objective and its rows are kept for the terms."""
-        kd_rows = sum(tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].has_logits)
-        kd_weight = sum(term.kd_weight(self.weights) for term in self.terms)
-        kd_scale = kd_weight / kd_rows if kd_rows else 0.0
+        `kd_weight`); its loss joins the objective and its rows are kept for the terms. The
+        student's own samples carry no cross-entropy and no hidden-state matching: only the
+        divergences of the terms that cover them (`kd_on`)."""
+        kd_scales = self._kd_scales(batches, teacher)
         for name, tb in batches.items():
             states = teacher.get(name)
             ce_weight = sum(term.token_weight(context, name) for term in self.terms)
-            loss, logprobs, kd, layers = self._token_pass(
-                tb, states, ce_weight, kd_scale, want_hidden and states is not None
+            own = name == STUDENT_SAMPLES
+            loss, logprobs, kd, layers, rows = self._token_pass(
+                tb, states, 0.0 if own else ce_weight, kd_scales[name], want_hidden and states is not None and not own
             )
             context.losses.append(loss)
-            if logprobs.numel():
+            if logprobs.numel() and not own:
                 as_choices = name == "answer" and context.choice_answer
                 context.parts["answer_tokens" if as_choices else name] = -logprobs.detach().mean()
             teacher_ran = states is not None and states.has_logits
-            context.passes[name] = TokenPass(logprobs, kd.detach() if teacher_ran else None, layers, states)
+            context.passes[name] = TokenPass(logprobs, kd.detach() if teacher_ran else None, layers, states, rows)
+
+    def _kd_scales(self, batches: dict[str, TokenBatch], teacher: dict[str, TeacherStates]) -> dict[str, float]:
+        """Per token batch, the weight of each of its tokens' divergence: every term's `kd_weight`
+        spread evenly over the target tokens of the batches it covers (`kd_on`) where the teacher
+        ran (or its stored logits were read), so each term is a mean over its tokens."""
+        ran = {name: tb.n_targets for name, tb in batches.items() if name in teacher and teacher[name].has_logits}
+        scales = dict.fromkeys(batches, 0.0)
+        for term in self.terms:
+            weight = term.kd_weight(self.weights)
+            covered = [name for name in ran if term.kd_on(name)]
+            rows = sum(ran[name] for name in covered)
+            for name in covered if weight and rows else []:
+                scales[name] += weight / rows
+        return scales
 
 
 @torch.no_grad()
 def teacher_states(
-    core, kind: str | ModelKind, head: Callable | None, batch: StudentBatch, want_rows: bool, layers: list[int]
+    core,
+    kind: str | ModelKind,
+    head: Callable | None,
+    batch: StudentBatch,
+    want_rows: bool,
+    layers: list[int],
+    batches: dict[str, TokenBatch] | None = None,
 ) -> dict[str, TeacherStates]:
     """Run the teacher (in eval mode, without gradients) on the student's token batches.
 
     Args:
         head: what turns the teacher's rows into logits; None: its kind's `output_head`.
+        batches: other token batches to run it on instead (its own tokens of the same texts).
     """
     adapter = kind_adapter(kind)
     head = head if head is not None else adapter.output_head(core)
     linear = adapter.linear_head(core)
     found = {}
-    for name, tb in batch.token_batches().items():
+    for name, tb in (batches if batches is not None else batch.token_batches()).items():
         rows, _, states = adapter.token_rows(core, tb, layers)
         found[name] = TeacherStates(rows if want_rows else None, head, states, linear)
     return found

@@ -9,6 +9,11 @@ killed precompute keeps what it wrote and the next run computes only the rest. T
 each micro-batch's rows (`TeacherLogits.states`) and the loss compares the student with them
 (`sparse_kd`); the teacher model is freed unless hidden-state matching still needs it.
 
+They serve one teacher model's `logit_kd` on the data's sequences (`check_stored_logits`): several
+teachers' mixture (`logit_kd:A+B`), `onpolicy_kd` (the student's own samples) and `uld_kd` (the
+teacher's own tokens) need the live teachers, and a run asking for them with stored logits is
+refused before any work.
+
 A row (table `teacher_logits`) is keyed by the teacher's identity (the hash of its weights), the
 sequence's tokens (prompt and target, in the student's tokenizer, which logit KD shares with the
 teacher), k, the compared vocabulary, the stored dtype and the dtypes the teacher ran in. Its
@@ -32,7 +37,10 @@ import torch.nn.functional as F
 
 from tinystudent.distill.objectives import StudentObjectives, TeacherStates
 from tinystudent.distill.sparse_kd import SparseTeacher
-from tinystudent.distill.trainee import FrozenTeacher, Trainee, token_pairs
+from tinystudent.distill.teacher_models import FrozenTeacher
+from tinystudent.distill.terms import terms
+from tinystudent.distill.terms.base import STUDENT_SAMPLES
+from tinystudent.distill.trainee import Trainee, token_pairs
 from tinystudent.distill.vocab import output_rows
 from tinystudent.hashing import stable_hash
 from tinystudent.log import info
@@ -287,6 +295,68 @@ def _row_owners(layout: TokenBatch) -> torch.Tensor:
 # --- the step before training ----------------------------------------------------------------------
 
 
+def check_stored_logits(weights: TermWeights, teachers: dict) -> None:
+    """Refuse, before any work, a run whose token-level terms stored logits cannot serve.
+
+    Stored logits are one teacher model's top-k on the training data's own token sequences, for
+    the divergence the token pass computes on them (logit_kd); hidden-state matching still runs
+    the teacher. What they cannot stand in for:
+
+    * several teacher models (`logit_kd:A+B`): their mixture averages the whole distributions
+      (`losses.mixture_logits`), and one teacher's top-k says nothing of its probabilities of the
+      other's top-k tokens, so a mixture of stored rows would not be the live mixture;
+    * a divergence on the student's own samples (onpolicy_kd): they change every step, so only
+      the live teacher can read them;
+    * a teacher reading the texts in its own tokens (uld_kd): its rows are not the student's
+      sequences, and it compares sorted distributions, not the top-k.
+
+    Args:
+        weights: the run's resolved weights.
+        teachers: the teacher models by name (`teacher_models.named_teachers`).
+
+    Raises:
+        ValueError: what does not fit, and the way out.
+    """
+    active = [t for t in terms() if weights.active(t.name)]
+    if not teachers:
+        raise ValueError("teacher_logits_top_k stores a teacher model's logits: give one (--teacher-model)")
+    if len(teachers) > 1:
+        raise ValueError(
+            f"teacher_logits_top_k stores one teacher model's top-k logits, but {len(teachers)} teacher models were "
+            f"given ({', '.join(teachers)}): several teachers' logit_kd mixes their whole distributions "
+            "(losses.mixture_logits), which top-k rows cannot give; give one --teacher-model, or unset "
+            "teacher_logits_top_k to run the teachers live"
+        )
+    on_samples = [t.name for t in active if t.teacher_model and t.kd_on(STUDENT_SAMPLES)]
+    if on_samples:
+        raise ValueError(
+            f"teacher_logits_top_k cannot serve {', '.join(on_samples)}: its divergence is on answers the student "
+            "samples afresh every step, which only the live teacher can read; unset teacher_logits_top_k (the "
+            f"live teacher serves logit_kd too), or set weights.{on_samples[0]} to 0"
+        )
+    own_tokens = [t.name for t in active if t.teacher_tokens]
+    if own_tokens:
+        raise ValueError(
+            f"teacher_logits_top_k cannot serve {', '.join(own_tokens)}: its teacher reads the texts in its own "
+            "tokens, not the student's sequences the logits are stored for; unset teacher_logits_top_k, or set "
+            f"weights.{own_tokens[0]} to 0"
+        )
+    if not any(t.teacher_model and t.kd_weight(weights) > 0 for t in active):
+        raise ValueError(
+            "teacher_logits_top_k stores a teacher model's logits for logit_kd: it needs weights.logit_kd > 0 "
+            "and a teacher model (--teacher-model)"
+        )
+
+
+def stored_identity(identity: str | dict | None) -> str:
+    """The one teacher model's identity, from a run description's (one model's, or by name)."""
+    if isinstance(identity, dict) and len(identity) == 1:
+        identity = next(iter(identity.values()))
+    if not isinstance(identity, str):
+        raise ValueError(f"stored teacher logits need exactly one teacher model, got {identity!r}")
+    return identity
+
+
 def prepare_stored_logits(
     trainee: Trainee,
     train: list[Example],
@@ -356,8 +426,8 @@ def prepare_stored_logits(
         f"{raw_bytes_per_token(source.k, source.dtype)} uncompressed)"
     )
     trainee.stored_logits = source
-    trainee.teacher = replace(teacher, want_rows=False) if teacher.layers else None
-    if trainee.teacher is None:  # the teacher's weights go, unless the caller holds them
+    trainee.teachers = {teacher.name: replace(teacher, want_rows=False)} if teacher.layers else {}
+    if not trainee.teachers:  # the teacher's weights go, unless the caller holds them
         del teacher
         gc.collect()
         if torch.cuda.is_available():

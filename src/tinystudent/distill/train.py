@@ -16,8 +16,8 @@ from tinystudent.distill.data import check_choice_logprobs, check_free_form_obje
 from tinystudent.distill.loop import TrainingDiverged, TrainingRun, check_objectives, check_splits, claim_run_folder
 from tinystudent.distill.lora import save_merged
 from tinystudent.distill.result import TrainResult
-from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TermWeights, terms
-from tinystudent.distill.trainee import Trainee, setup_trainee
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TEACHER_MODELS, TermWeights
+from tinystudent.distill.trainee import Trainee, named_teachers, setup_trainee
 from tinystudent.evaluation.cost import MemoryMeter
 from tinystudent.evaluation.prompts import prompt_style
 from tinystudent.hashing import stable_hash
@@ -28,9 +28,11 @@ from tinystudent.tasks.schema import Example, data_hash, is_free_form
 __all__ = ["TrainingDiverged", "main_process_first", "train_mutual", "train_student"]
 
 
-def _teacher_identity(teacher) -> str | None:
+def _teacher_identity(teacher) -> str | dict | None:
     if teacher is None:
         return None
+    if isinstance(teacher, dict):  # named teacher models: each one's identity by its name
+        return {name: _teacher_identity(model) for name, model in teacher.items()}
     if isinstance(teacher, LoadedModel):
         return teacher.resolved.identity
     return resolve_model(teacher).identity
@@ -146,7 +148,7 @@ def _train(
         on_step=on_step,
     )
     if config.teacher_logits_top_k is not None:  # computed once, before training (distill.stored_logits)
-        from tinystudent.distill.stored_logits import prepare_stored_logits
+        from tinystudent.distill.stored_logits import prepare_stored_logits, stored_identity
 
         with accelerator.main_process_first():  # the others find every row stored
             for trainee in trainees:
@@ -155,7 +157,7 @@ def _train(
                     train,
                     config,
                     weights,
-                    teacher_identity=description["teacher"],
+                    teacher_identity=stored_identity(description["teacher"]),
                     db=teacher_logits_db,
                     autocast_dtype=run.autocast_dtype,
                 )
@@ -190,13 +192,17 @@ def _checked_inputs(
         check_free_form_objectives(config, choice_logprobs, mutual)
     rationales = check_rationales(rationales, train)
     choice_logprobs = check_choice_logprobs(choice_logprobs, train)
-    weights = config.weights.resolve({RATIONALES: list(rationales), CHOICE_LOGPROBS: list(choice_logprobs)}, mutual)
+    with_data = {
+        RATIONALES: list(rationales),
+        CHOICE_LOGPROBS: list(choice_logprobs),
+        TEACHER_MODELS: list(named_teachers(teacher)),
+    }
+    weights = config.weights.resolve(with_data, mutual)
     check_objectives(config, weights, teacher, mutual)
-    if config.teacher_logits_top_k is not None and (teacher is None or not any(t.kd_weight(weights) for t in terms())):
-        raise ValueError(
-            "teacher_logits_top_k stores a teacher model's logits for logit_kd: it needs weights.logit_kd > 0 "
-            "and a teacher model (--teacher-model)"
-        )
+    if config.teacher_logits_top_k is not None:  # one teacher, logit_kd (distill.stored_logits)
+        from tinystudent.distill.stored_logits import check_stored_logits
+
+        check_stored_logits(weights, named_teachers(teacher))
     return rationales, choice_logprobs, weights
 
 
@@ -305,7 +311,7 @@ def train_student(
     *,
     rationales: dict[str, dict[str, str]] | None = None,
     choice_logprobs: dict[str, dict[str, list[float]]] | None = None,
-    teacher: LoadedModel | str | None = None,
+    teacher: LoadedModel | str | dict[str, LoadedModel | str] | None = None,
     task: str = "",
     test_examples: list[Example] | None = None,
     resume: bool = True,
@@ -322,7 +328,10 @@ def train_student(
         out_dir: the run's folder: `best/` (the kept model), `checkpoints/`, `result.json`.
         rationales: teacher name -> example id -> rationale text.
         choice_logprobs: teacher name -> example id -> log-probability of each choice.
-        teacher: a teacher model (LoadedModel or name) for token-level logit or hidden-state KD.
+        teacher: a teacher model (LoadedModel or name) for token-level KD (logit_kd, uld_kd,
+            hidden), or several by name (name -> model): `weights.logit_kd` / `weights.uld_kd` take
+            one weight or name -> weight, their distributions averaged; a model alone is named by
+            itself (its `LoadedModel.name`).
         task: the task's name; it picks the prompt style, as in evaluation.
         test_examples: measured once, with the kept checkpoint, at the end.
         resume: continue from the last checkpoint in out_dir, or return the stored result of a

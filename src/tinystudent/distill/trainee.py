@@ -1,12 +1,12 @@
-"""Setting up one student for training: model, LoRA, teacher, objectives, optimizer, schedule."""
+"""Setting up one student for training: model, LoRA, teachers (`teacher_models`), objectives,
+optimizer, schedule."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,29 +14,21 @@ from tinystudent.distill.config import TrainConfig
 from tinystudent.distill.data import build_features, choice_batch, teacher_choice_table, token_batch
 from tinystudent.distill.lora import apply_lora
 from tinystudent.distill.objectives import StudentBatch, StudentObjectives
+from tinystudent.distill.teacher_models import FrozenTeacher, load_teachers, named_teachers, teacher_tokens
+from tinystudent.distill.teacher_models import hidden_pairs as hidden_pairs  # where callers found them first
+from tinystudent.distill.teacher_models import load_teacher as load_teacher
 from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, BatchNeeds, TermWeights, teachers_of, terms
-from tinystudent.distill.vocab import check_vocab
+from tinystudent.distill.terms.onpolicy_kd import sampled_rows, student_continuations
 from tinystudent.log import info
-from tinystudent.models.batches import Features
-from tinystudent.models.kinds import ModelKind, kind_adapter
+from tinystudent.models.batches import Features, TokenBatch
+from tinystudent.models.generation import prompt_seed
+from tinystudent.models.kinds import ModelKind
 from tinystudent.models.loading import LoadedModel, load_model
 from tinystudent.models.params import count_parameters
-from tinystudent.models.students import MANIFEST
 from tinystudent.tasks.schema import Example
 
 if TYPE_CHECKING:
     from tinystudent.distill.stored_logits import TeacherLogits
-
-
-@dataclass
-class FrozenTeacher:
-    """A loaded teacher model for token-level distillation, frozen in eval mode (not a
-    `teachers.base.Teacher`, which writes rationales and answers)."""
-
-    loaded: LoadedModel
-    head: Callable[[torch.Tensor], torch.Tensor]
-    layers: list[int]
-    want_rows: bool
 
 
 @dataclass(kw_only=True)
@@ -54,7 +46,8 @@ class Trainee:
     scaler: torch.amp.GradScaler | None
     counts: dict[str, int]
     trainable: int
-    teacher: FrozenTeacher | None = None
+    teachers: dict[str, FrozenTeacher] = field(default_factory=dict)
+    kd_vocab: int | None = None  # logit entries every model of logit_kd shares (None: all)
     stored_logits: TeacherLogits | None = None  # the teacher's stored top-k logits (`stored_logits`)
     state: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)  # how many training inputs were cut to fit (evaluation.fit)
@@ -62,6 +55,11 @@ class Trainee:
     @property
     def is_lora(self) -> bool:
         return hasattr(self.model, "peft_config")
+
+    @property
+    def teacher(self) -> FrozenTeacher | None:
+        """The first teacher model, or None."""
+        return next(iter(self.teachers.values()), None)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -97,76 +95,6 @@ def make_optimizer(module: torch.nn.Module, config: TrainConfig) -> torch.optim.
             (decay if p.ndim >= 2 else plain).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas)
-
-
-def hidden_pairs(
-    student_path: Path, student_core, teacher_core, kind: str | ModelKind, configured: list[tuple[int, int]] | None
-) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices for patient KD (0 = embeddings, i = after layer i,
-    the last = the final normalised output). A scaled-down student's layers pair with the layers
-    they were copied from; otherwise layers pair evenly by depth (PKD-skip)."""
-    adapter = kind_adapter(kind)
-    n_student, n_teacher = adapter.depth(student_core.config), adapter.depth(teacher_core.config)
-    pairs: list[tuple[int, int]]
-    if configured:
-        pairs = [(s, t) for s, t in configured]
-    else:
-        manifest = student_path / MANIFEST
-        kept = json.loads(manifest.read_text()).get("kept", {}) if manifest.exists() else {}
-        if adapter.decoder_only and len(kept) == 1:  # one stack, cut from the teacher's
-            layers = next(iter(kept.values()))
-            pairs = [(i + 1, layers[i] + 1) for i in range(len(layers) - 1)] + [(n_student, n_teacher)]
-        else:
-            pairs = [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
-    for s, t in pairs:
-        if not (0 <= s <= n_student and 0 <= t <= n_teacher):
-            raise ValueError(
-                f"hidden_layers pair ({s}, {t}) is outside the student's 0..{n_student} "
-                f"or the teacher's 0..{n_teacher} hidden states"
-            )
-    return pairs
-
-
-def load_teacher(
-    teacher,
-    student: LoadedModel,
-    config: TrainConfig,
-    device: torch.device,
-    kd_dtype: torch.dtype | None,
-    *,
-    weights: TermWeights | None = None,
-) -> tuple[FrozenTeacher, int | None, list[int]]:
-    """Load and freeze the teacher, check vocabularies and pick the layers to match (`weights`:
-    the run's resolved weights, by default the config's with no teacher data)."""
-    weights = weights if weights is not None else config.weights.resolve({})
-    if isinstance(teacher, str):
-        teacher = load_model(teacher, device=device, dtype="bfloat16" if kd_dtype == torch.bfloat16 else "float32")
-    adapter = student.adapter  # its token rows and output head are read off the teacher too
-    same_rows = teacher.adapter.next_token and teacher.adapter.decoder_only == adapter.decoder_only
-    if not (same_rows and adapter.next_token):
-        no_tokens = f" ({student.kind} models have no next-token distribution; use choice_kd)"
-        raise ValueError(
-            f"token-level distillation needs a teacher of the student's kind: teacher "
-            f"{teacher.name} is {teacher.kind}, student {student.name} is {student.kind}"
-            f"{'' if adapter.next_token else no_tokens}"
-        )
-    teacher.model.eval().requires_grad_(False)
-    alignment = check_vocab(
-        student.model, student.tokenizer, teacher.model, teacher.tokenizer, student.name, teacher.name
-    )
-    if config.teacher_logits_top_k is None:  # stored logits: checked only if the teacher has to run
-        adapter.check_output_layer(teacher.model, teacher.name)
-    head = adapter.output_head(teacher.model)
-    pairs = []
-    if any(t.wants_layers(weights) for t in terms()):
-        pairs = hidden_pairs(Path(student.resolved.path), student.model, teacher.model, adapter, config.hidden_layers)
-        info(f"hidden-state matching (student, teacher): {pairs}")
-    kd_vocab = alignment.size if alignment.trimmed else None
-    return (
-        FrozenTeacher(teacher, head, [t for _, t in pairs], any(t.kd_weight(weights) > 0 for t in terms())),
-        kd_vocab,
-        [s for s, _ in pairs],
-    )
 
 
 def check_context(features: dict[str, Features], limit: int, budget: int, name: str) -> None:
@@ -210,13 +138,23 @@ def setup_trainee(
     loaded.adapter.check_output_layer(core, name)
     loaded.adapter.check_training_task(core, train)
     kd_dtype = resolve_precision(config.precision, device)
-    teacher_info: FrozenTeacher | None = None
-    kd_vocab: int | None = None
-    student_layers: list[int] = []
-    if teacher is not None:
-        teacher_info, kd_vocab, student_layers = load_teacher(
-            teacher, loaded, config, device, kd_dtype, weights=weights
-        )
+    teacher_info, kd_vocab, student_layers = load_teachers(
+        named_teachers(teacher), loaded, config, device, kd_dtype, weights
+    )
+    feature_args = dict(
+        style=style,
+        rationales=rationales,
+        choice_logprobs=choice_logprobs,
+        rationale_prompt=config.rationale_prompt,
+        max_input=config.max_input_tokens,
+        max_answer=config.max_answer_tokens,
+        max_rationale=config.max_rationale_tokens,
+        evidence=config.evidence,
+    )
+    for frozen in teacher_info.values():  # the same texts in a cross-tokenizer teacher's own tokens
+        if frozen.own_tokens:
+            t = frozen.loaded
+            frozen.features = build_features(train, t.tokenizer, kind=t.kind, **feature_args)[0]  # type: ignore[arg-type]
     model = core
     if config.method == "lora":
         lora = config.lora
@@ -227,19 +165,7 @@ def setup_trainee(
         enable_activation_checkpointing(core)
     core.config.use_cache = False  # type: ignore[union-attr]  # a transformers config, via Module.__getattr__
     core.train()
-    features, fitted = build_features(
-        train,
-        loaded.tokenizer,
-        kind=loaded.kind,
-        style=style,
-        rationales=rationales,
-        choice_logprobs=choice_logprobs,
-        rationale_prompt=config.rationale_prompt,
-        max_input=config.max_input_tokens,
-        max_answer=config.max_answer_tokens,
-        max_rationale=config.max_rationale_tokens,
-        evidence=config.evidence,
-    )
+    features, fitted = build_features(train, loaded.tokenizer, kind=loaded.kind, **feature_args)  # type: ignore[arg-type]
     if fitted["truncated"]:
         info(
             f"{fitted['truncated']} of {len(train)} training inputs were longer than "
@@ -278,7 +204,8 @@ def setup_trainee(
         scaler=scaler,
         counts=counts,
         trainable=trainable,
-        teacher=teacher_info,
+        teachers=teacher_info,
+        kd_vocab=kd_vocab,
         fit=fitted,
     )
 
@@ -320,40 +247,69 @@ def batch_needs(weights: TermWeights, adapter: ModelKind, answer_loss: str) -> B
     for found in terms():
         if weights.active(found.name):
             needs = needs | found.needs(adapter, answer_loss)
+    teacher_run = needs.teacher_states or needs.teacher_tokens
     answer_tokens = (
-        adapter.next_token
-        and (needs.answer_tokens or needs.teacher_states)
-        and not (needs.choices and not needs.teacher_states)
+        adapter.next_token and (needs.answer_tokens or teacher_run) and not (needs.choices and not teacher_run)
     )
     return replace(needs, answer_tokens=answer_tokens)
 
 
-def token_pairs(
-    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights
-) -> dict[str, list[tuple[list[int], list[int]]]]:
-    """The (prompt, target) token pairs of each token batch (`answer`, `rationale:<teacher>`) of
-    `examples`, as `make_batch` lays them out."""
+Pair = tuple[list[int], list[int]]
+
+
+def _data_rows(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights, position: int
+) -> tuple[dict[str, list[Pair]], dict[str, list[str]], list[int]]:
+    """(each token batch of the data's (prompt, target) pairs, the questions of its pairs in order,
+    the rows whose answer the student writes itself: on-policy KD, drawn as `make_batch` says)."""
     items = [trainee.features[ex.id] for ex in examples]
     needs = batch_needs(weights, trainee.loaded.adapter, config.answer_loss)
-    found = {"answer": [(f.prompt, f.choices[f.gold]) for f in items]} if needs.answer_tokens else {}
+    pairs: dict[str, list[Pair]] = {}
+    texts: dict[str, list[str]] = {}
+    own: list[int] = []
+    if needs.answer_tokens:
+        own = sampled_rows(len(items), config.onpolicy_lambda, config.seed, position) if needs.student_samples else []
+        gold = [i for i in range(len(items)) if i not in own]
+        if gold:  # the rows that keep their gold answer
+            pairs["answer"] = [(items[i].prompt, items[i].choices[items[i].gold]) for i in gold]
+            texts["answer"] = [examples[i].id for i in gold]
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
-        pairs = [f.rationales[teacher] for f in items if teacher in f.rationales]
-        if pairs:
-            found[f"rationale:{teacher}"] = pairs
-    return found
+        found = [(ex.id, f.rationales[teacher]) for ex, f in zip(examples, items) if teacher in f.rationales]
+        if found:
+            pairs[f"rationale:{teacher}"] = [pair for _, pair in found]
+            texts[f"rationale:{teacher}"] = [i for i, _ in found]
+    return pairs, texts, own
 
 
-def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights) -> StudentBatch:
-    """The micro-batch of `examples` in this student's tokens, with what its terms need."""
+def token_pairs(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights, position: int = 0
+) -> dict[str, list[Pair]]:
+    """The (prompt, target) token pairs of each token batch of the data (`answer`: the rows that
+    keep their gold answer, `rationale:<teacher>`) of `examples`, as `make_batch` lays them out at
+    `position`; the student's own samples (on-policy KD) are not data and not among them."""
+    return _data_rows(trainee, examples, config, weights, position)[0]
+
+
+def make_batch(
+    trainee: Trainee, examples: list[Example], config: TrainConfig, weights: TermWeights, position: int = 0
+) -> StudentBatch:
+    """The micro-batch of `examples` in this student's tokens, with what its terms need.
+
+    Args:
+        position: where the batch starts in the run's sample stream; it seeds the draw of the rows
+            the student answers itself (on-policy KD) and their samples.
+    """
     adapter = trainee.loaded.adapter
     tokenizer = trainee.loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items = [trainee.features[ex.id] for ex in examples]
     batch = StudentBatch(torch.tensor([f.gold for f in items]))
     needs = batch_needs(weights, adapter, config.answer_loss)
-    pairs = token_pairs(trainee, examples, config, weights)
+    pairs, texts, own = _data_rows(trainee, examples, config, weights, position)  # texts: batch -> questions
     if "answer" in pairs:
         batch.answer = token_batch(pairs["answer"], adapter, pad, config.packing)
+    if own:  # the student's own tokens: a teacher of another tokenizer has no reading of them
+        batch.samples = student_samples(trainee, [items[i] for i in own], config, position, own)
     for teacher in teachers_of(weights, RATIONALES) if needs.rationales else []:
         if f"rationale:{teacher}" in pairs:
             batch.rationales[teacher] = token_batch(pairs[f"rationale:{teacher}"], adapter, pad, config.packing)
@@ -369,4 +325,29 @@ def make_batch(trainee: Trainee, examples: list[Example], config: TrainConfig, w
         width = batch.choices.choice_mask.shape[1]
         for teacher in teachers_of(weights, CHOICE_LOGPROBS) if needs.teacher_choice else []:
             batch.teacher_choice[teacher] = teacher_choice_table(items, teacher, width)
+    if needs.teacher_tokens:
+        batch.teacher_tokens = teacher_tokens(trainee.teachers, trainee.features, adapter, texts, config.packing)
     return batch
+
+
+def student_samples(
+    trainee: Trainee, items: list[Features], config: TrainConfig, position: int, rows: list[int]
+) -> TokenBatch:
+    """The answer prompts of `items`, each followed by a continuation the student samples itself
+    (`terms.onpolicy_kd`), as a token batch whose targets are the continuations; each row's seed
+    comes from the run's seed, the batch's position and the row."""
+    loaded = trainee.loaded
+    prompts = [f.prompt for f in items]
+    seeds = [prompt_seed(config.seed, f"onpolicy sample:{position}:{row}") for row in rows]
+    written = student_continuations(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.adapter,
+        prompts,
+        max_new_tokens=config.onpolicy_max_new_tokens,
+        temperature=config.onpolicy_temperature,
+        seeds=seeds,
+        context=loaded.input_limit,
+    )
+    pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    return token_batch(list(zip(prompts, written)), loaded.adapter, pad, config.packing)

@@ -67,8 +67,9 @@ def check_vocab(
             f"token-level logit distillation needs a shared vocabulary, but {teacher_name} "
             f"(tokenizer {len(teacher_vocab)} tokens, {teacher_rows} output rows) and {student_name} "
             f"(tokenizer {len(student_vocab)} tokens, {student_rows} output rows) differ: "
-            f"{_first_difference(student_vocab, teacher_vocab)}. Use choice_kd or rationale "
-            "objectives instead, which work across tokenizers"
+            f"{_first_difference(student_vocab, teacher_vocab)}. For models with different tokenizers use "
+            "uld_kd (Universal Logit Distillation: each model reads the text in its own tokens), or the "
+            "choice_kd or rationale objectives, which work across tokenizers too"
         )
     tokens = max(len(student_tokenizer), max(student_vocab.values()) + 1)
     if student_rows == teacher_rows:

@@ -11,7 +11,9 @@ study's objective inputs. Adding an objective is adding one module here (or call
 with a `Term` from anywhere); CONTRIBUTING.md walks through it.
 
 The built-in terms, in the order the loss adds them: `answer`, `rationale`, `choice_kd`,
-`logit_kd`, `hidden`, `mutual`.
+`logit_kd`, `hidden`, `mutual`; then this package's other modules (`onpolicy_kd`: on-policy
+distillation; `uld_kd`: cross-tokenizer), stored with a run's weights only when given, so adding
+them changed no stored key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pkgutil
 from tinystudent.distill.terms.base import (
     CHOICE_LOGPROBS,
     RATIONALES,
+    TEACHER_MODELS,
     BatchNeeds,
     Term,
     TermContext,
@@ -101,6 +104,7 @@ def teachers_of(weights: TermWeights, data: str) -> list[str]:
 __all__ = [
     "CHOICE_LOGPROBS",
     "RATIONALES",
+    "TEACHER_MODELS",
     "BatchNeeds",
     "Term",
     "TermContext",

@@ -21,7 +21,17 @@ if TYPE_CHECKING:  # at run time a term module imports nothing heavy: `--help` l
 # What a term learns from the teachers, loaded before training (`Term.teacher_data`).
 RATIONALES = "rationales"
 CHOICE_LOGPROBS = "choice_logprobs"
-DATA_WORDS = {RATIONALES: "rationales", CHOICE_LOGPROBS: "teacher choice log-probabilities"}
+# Frozen teacher models by name (token-level terms learnt per teacher: `logit_kd:A+B`).
+TEACHER_MODELS = "teacher_models"
+DATA_WORDS = {
+    RATIONALES: "rationales",
+    CHOICE_LOGPROBS: "teacher choice log-probabilities",
+    TEACHER_MODELS: "teacher models (--teacher-model NAME=PATH)",
+}
+
+# The token batch of the student's own continuations of its answer prompts (on-policy KD): not data,
+# so no term puts a cross-entropy on it, and only the terms that ask for it (`Term.kd_on`) a divergence.
+STUDENT_SAMPLES = "student_samples"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,10 @@ class BatchNeeds:
         choices: every choice of every question, for the student's distribution over them.
         teacher_choice: each weighted teacher's scores of the choices, beside `choices`.
         teacher_states: a frozen teacher model run on the token batches (token-level KD).
+        teacher_tokens: each cross-tokenizer teacher's own tokenization of the token batches'
+            texts, with the target rows aligned by position (ULD).
+        student_samples: some rows' answers replaced by continuations the student writes itself
+            from their prompts (`STUDENT_SAMPLES`, on-policy KD).
     """
 
     answer_tokens: bool = False
@@ -43,12 +57,22 @@ class BatchNeeds:
     choices: bool = False
     teacher_choice: bool = False
     teacher_states: bool = False
+    teacher_tokens: bool = False
+    student_samples: bool = False
 
     def __or__(self, other: BatchNeeds) -> BatchNeeds:
         return BatchNeeds(*(a or b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
     def as_tuple(self) -> tuple[bool, ...]:
-        return (self.answer_tokens, self.rationales, self.choices, self.teacher_choice, self.teacher_states)
+        return (
+            self.answer_tokens,
+            self.rationales,
+            self.choices,
+            self.teacher_choice,
+            self.teacher_states,
+            self.teacher_tokens,
+            self.student_samples,
+        )
 
 
 @dataclass
@@ -66,6 +90,12 @@ class TermWeights:
         value = self.values.get(name, {})
         return dict(value) if isinstance(value, dict) else {}
 
+    def total(self, name: str) -> float:
+        """A term's whole weight: its one number, or the sum over its teachers (a per-teacher term
+        given one number outside `ObjectiveWeights.resolve`, as recovery does: its one teacher)."""
+        value = self.values.get(name, 0.0)
+        return sum(value.values()) if isinstance(value, dict) else float(value)
+
     def active(self, name: str) -> bool:
         value = self.values.get(name, 0.0)
         return bool(value) if isinstance(value, dict) else value > 0
@@ -80,6 +110,7 @@ class TokenPass:
     kd: torch.Tensor | None
     layers: list[torch.Tensor]
     teacher: TeacherStates | None
+    rows: torch.Tensor | None = None  # the student's rows at the target positions (its kind's token_rows)
 
 
 @dataclass
@@ -93,6 +124,8 @@ class TermContext:
     passes: dict[str, TokenPass] = field(default_factory=dict)
     scores: torch.Tensor | None = None  # [questions, max choices], differentiable
     gold_rows: torch.Tensor | None = None  # the gold continuations' token log-probabilities
+    # Cross-tokenizer teachers' states on their own tokens: teacher -> token batch name -> states.
+    own_tokens: dict[str, dict[str, TeacherStates]] = field(default_factory=dict)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: list[torch.Tensor] = field(default_factory=list)
 
@@ -117,8 +150,10 @@ class Term:
             computed once per teacher that has data.
         names_teacher: an objective string may name a teacher after it (`rationale:flan-t5-xl`).
         teacher_data: what the run loads from the teachers for it (`RATIONALES`,
-            `CHOICE_LOGPROBS`), or None.
+            `CHOICE_LOGPROBS`), the teacher models it is learnt from (`TEACHER_MODELS`), or None.
         teacher_model: it needs a frozen teacher model (token-level distillation).
+        teacher_tokens: its teacher models read the texts in their own tokens (cross-tokenizer
+            terms), so they need not share the student's vocabulary.
         in_experiments: the study runner trains it (`methods.objectives`).
         with_peers: it exists only in mutual learning (peers learning together).
     """
@@ -130,6 +165,7 @@ class Term:
     names_teacher: bool = False
     teacher_data: str | None = None
     teacher_model: bool = False
+    teacher_tokens: bool = False
     in_experiments: bool = False
     with_peers: bool = False
 
@@ -154,10 +190,10 @@ class Term:
                 when none has any).
             teacher_model: whether a frozen teacher model was given.
         """
-        if self.teacher_data is not None and not weight:
-            raise ValueError(f"weights.{self.name} > 0 but no {DATA_WORDS[self.teacher_data]} were given")
         if self.teacher_model and not teacher_model:
             raise ValueError(f"weights.{self.name} > 0: token-level terms need a teacher model (--teacher-model)")
+        if self.teacher_data is not None and not weight:
+            raise ValueError(f"weights.{self.name} > 0 but no {DATA_WORDS[self.teacher_data]} were given")
 
     def needs(self, adapter: ModelKind, answer_loss: str) -> BatchNeeds:
         """What a batch must carry for this term, for a student of this kind."""
@@ -173,6 +209,12 @@ class Term:
     def kd_weight(self, weights: TermWeights) -> float:
         """Weight of the token-level divergence from the teacher, computed in the token pass."""
         return 0.0
+
+    def kd_on(self, batch_name: str) -> bool:
+        """Whether this term's divergence (`kd_weight`) covers token batch `batch_name`; its
+        weight is spread over the target tokens of the batches it covers. By default the data's
+        batches (answer, rationales), not the student's own samples."""
+        return batch_name != STUDENT_SAMPLES
 
     def wants_layers(self, weights: TermWeights) -> bool:
         """Whether the token pass must keep hidden states at the matched layers."""
