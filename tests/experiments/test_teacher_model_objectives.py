@@ -22,12 +22,12 @@ TEACHERS = [
 ]
 
 
-def token_study(objectives: list[str], teachers: list[dict] | None = None) -> Experiment:
+def token_study(objectives: list[str], teachers: list[dict] | None = None, students=None) -> Experiment:
     return Experiment.model_validate(
         {
             **STUDY,
             "teachers": teachers or TEACHERS,
-            "students": [{"name": "whole", "model": "tiny-causal"}],
+            "students": students or [{"name": "whole", "model": "tiny-causal"}],
             "methods": {"finetune": ["full"], "objectives": objectives},
             "seeds": [0],
             "collaboration": None,
@@ -67,6 +67,20 @@ def test_the_plan_trains_each_token_level_objective_from_its_teacher_models():
     }
     assert set(units["uld_kd:all"].payload["teachers"]) == {"local", "other"}  # not the server nor the paper
     assert units["logit_kd:local"].name == "whole / full / logit_kd:local / seed 0"
+
+
+def test_an_encoder_student_is_skipped_for_token_level_objectives_with_a_note():
+    from test_plan import simulate
+
+    from tinystudent.experiments.plan import make_plan
+
+    experiment = token_study(["answer", "logit_kd:local"], students=[{"name": "enc", "model": "tiny-enc"}])
+    units, known = simulate(experiment, toy_data())
+    assert [u.payload["objective"] for u in units if u.kind == "train"] == ["answer"]
+    notes = make_plan(experiment, toy_data(), known).notes
+    assert notes == [
+        "skipping enc / logit_kd:local: an encoder student has no next-token distribution to match a teacher model's"
+    ]
 
 
 def test_the_unit_key_changes_with_the_teacher_model_alone():

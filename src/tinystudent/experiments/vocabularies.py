@@ -27,13 +27,13 @@ class VocabularyCheck:
     def lines(self) -> list[str]:
         if not self.matched and not self.not_here:
             return []
-        line = f"teacher models: the tokenizers of {len(self.matched)} student/teacher pair(s) match"
+        said = [f"the tokenizers of {len(self.matched)} student/teacher pair(s) match"] if self.matched else []
         if self.not_here:
-            line += (
-                f"; {len(self.not_here)} pair(s) not checked here (a tokenizer is not on this machine): "
+            said.append(
+                f"{len(self.not_here)} pair(s) not checked here (a tokenizer is not on this machine): "
                 "checked when the run loads them"
             )
-        return [line]
+        return ["teacher models (logit_kd, onpolicy_kd): " + "; ".join(said)]
 
 
 def _vocabulary(model: str, cache: dict[str, dict | None]) -> dict | None:

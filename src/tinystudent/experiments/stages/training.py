@@ -54,8 +54,10 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
     if learns == TEACHER_MODELS:
         prepared = plan.result(student)
         if prepared is not None and not kind_adapter(prepared["kind"]).next_token:
+            kind = prepared["kind"]
             plan.note(
-                f"skipping {spec.name} / {objective}: a {prepared['kind']} student has no next-token distribution"
+                f"skipping {spec.name} / {objective}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} student has no "
+                "next-token distribution to match a teacher model's"
             )
             return None
     # A teacher model's logits depend on the model (and its input budget), not on how it teaches.
