@@ -55,7 +55,7 @@ def test_weight_names_put_the_teacher_after_a_dot():
         ("rationale", "needs a teacher: rationale:<teacher name>"),
         ("choice_kd", "needs a teacher: choice_kd:<teacher name>"),
         ("hidden", "unknown objective 'hidden': use answer, rationale:<teacher>"),
-        ("logit_kd:smol", "the experiment runner does not train logit_kd yet"),
+        ("logit_kd", "needs a teacher: logit_kd:<teacher name>"),
         ("answer:smol", "answer learns from no teacher"),
     ],
 )

@@ -325,12 +325,13 @@ SHIPPED = {
         "mutual": 1,
     },
     "modern_ladder": {
-        "teacher_eval": 1,
+        "teacher_eval": 1 + 2,  # the served 7B; the same model run locally (validation: acc or acc_norm; test)
         "teach": 1,
         "choice_scores": 1,
         "student": 5,
         "student_eval": 5,
-        "train": 5 * 2 * 3 * 2,
+        # SmolLM2: answer, rationale, choice_kd, uld_kd; Qwen2.5: those but uld_kd, logit_kd, onpolicy_kd
+        "train": 3 * 2 * 4 * 2 + 2 * 2 * 5 * 2,
         "debate": 1,
         "ensemble": 2,
     },

@@ -133,14 +133,17 @@ def run_study(spec, db: Optional[Path], out: Path, as_json: bool) -> None:
 
 def check_study(spec) -> dict:
     """What `run --check` checks beyond the file: the task's questions load, none of the training
-    or validation questions is a test question, and the plan can be made from them; and what it
-    will do (`preview.study_size`), so a typo shows before hours are spent."""
+    or validation questions is a test question, the plan can be made from them, and the
+    tokenizers of the models a same-vocabulary token-level objective pairs match where they are on
+    this machine (`vocabularies`); and what it will do (`preview.study_size`), so a typo shows
+    before hours are spent."""
     from collections import Counter
     from dataclasses import asdict
 
     from tinystudent.experiments.data import load_study_data
     from tinystudent.experiments.plan import plan
     from tinystudent.experiments.preview import study_size
+    from tinystudent.experiments.vocabularies import check_vocabularies
 
     data = load_study_data(spec)
     planned = plan(spec, data)
@@ -157,7 +160,15 @@ def check_study(spec) -> dict:
     size = study_size(spec, data, planned)
     for line in size.lines():
         stderr.print(line)
-    return {"units": dict(units), "contamination": contamination, "size": asdict(size)}
+    vocabularies = check_vocabularies(spec)  # logit_kd / onpolicy_kd across tokenizers: refused now
+    for line in vocabularies.lines():
+        stderr.print(line)
+    return {
+        "units": dict(units),
+        "contamination": contamination,
+        "size": asdict(size),
+        "vocabularies": {"matched": len(vocabularies.matched), "not_checked": len(vocabularies.not_here)},
+    }
 
 
 def print_plan(spec, db: Optional[Path], as_json: bool) -> None:

@@ -86,8 +86,10 @@ def parse_experiment_objective(text: str) -> ObjectiveSpec:
     """An objective of an experiment: a term the study runner trains (`Term.in_experiments`), a
     per-teacher one with its teacher (or `all`).
 
-    A teacher's term it does not train yet (`logit_kd`, which needs a teacher model) is refused
-    here with that said, before anything runs (`tinystudent train` trains it).
+    A teacher's term it does not train (one not marked `in_experiments`) is refused here with
+    that said, before anything runs (`tinystudent train` trains it). The token-level terms
+    (`logit_kd`, `onpolicy_kd`, `uld_kd`) name teachers of the study with a local model, several
+    joined by `+` (`logit_kd:A+B`); the experiment config checks those teachers.
     """
     head = text.strip().partition(":")[0]
     allowed = term_names("experiment")

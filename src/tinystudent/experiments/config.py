@@ -25,7 +25,7 @@ from pydantic import (
 
 from tinystudent.distill.config import RecoveryConfig, Seed, TrainConfig
 from tinystudent.distill.objective_spec import ObjectiveSpec, parse_experiment_objective
-from tinystudent.distill.terms import RATIONALES, term
+from tinystudent.distill.terms import RATIONALES, TEACHER_MODELS, term
 from tinystudent.experiments.training_changes import TrainingChanges
 
 FINETUNE_METHODS = ("full", "lora")
@@ -326,7 +326,12 @@ class MethodSpec(Strict):
 
     Objectives (`distill.objective_spec`): `answer`; `rationale:<teacher>` (that teacher's
     rationales, one task per teacher); `rationale:all` (every teacher with rationales);
-    `choice_kd:<teacher>` (KL to that teacher's distribution over the choices) or `choice_kd:all`.
+    `choice_kd:<teacher>` (KL to that teacher's distribution over the choices) or `choice_kd:all`;
+    the token-level terms learnt from a teacher's model, a local teacher of the study:
+    `logit_kd:<teacher>` (its next-token distributions on the gold answers: off-policy),
+    `onpolicy_kd:<teacher>` (on answers the student writes itself, GKD: `training.onpolicy_lambda`)
+    and `uld_kd:<teacher>` (across tokenizers); several teachers' models as one target with
+    `logit_kd:A+B`, or `all` of the local ones.
     """
 
     finetune: list[Literal["full", "lora"]] = ["full"]
@@ -544,9 +549,13 @@ class Experiment(Strict):
             )
 
     def _check_teacher_of(self, where: str, objective: str) -> None:
-        """The teacher an objective names exists and, for rationales, writes them."""
+        """The teacher an objective names exists and, for rationales, writes them; a token-level
+        term's teachers (`logit_kd:A+B`) each run a local model (`check_teacher_models`)."""
         teacher_names = [t.name for t in self.teachers]
         spec = parse_experiment_objective(objective)
+        if term(spec.term).teacher_data == TEACHER_MODELS:
+            self.check_teacher_models(where, spec)
+            return
         if spec.teacher is not None and spec.teacher not in (*teacher_names, "all"):
             raise ValueError(f"{where}: {objective!r} names no teacher; teachers are {teacher_names}")
         named = spec.teacher if spec.teacher is not None and not spec.every_teacher else None
@@ -556,6 +565,50 @@ class Experiment(Strict):
                 f"{where}: {objective!r}: teacher {spec.teacher!r} has no rationales "
                 "(import them with `rationales`, or give it a cot strategy)"
             )
+
+    def check_teacher_models(self, where: str, spec: ObjectiveSpec) -> None:
+        """A token-level term (`logit_kd`, `onpolicy_kd`, `uld_kd`) learns from teachers' logits:
+        each teacher it names must be one of the study's and run a local model, whose next-token
+        distributions the training run computes. A server's API and imported outputs give none.
+
+        Raises:
+            ValueError: naming the objective, the teacher and what to do instead."""
+        teacher_names = [t.name for t in self.teachers]
+        if spec.every_teacher:
+            if not any(t.backend == "local" for t in self.teachers):
+                raise ValueError(
+                    f"{where}: {str(spec)!r}: no teacher runs a local model, and {spec.term} learns from a "
+                    f"teacher model's logits; add a teacher with `backend: local` and a `model:`"
+                )
+            return
+        names = (spec.teacher or "").split("+")
+        if "" in names or len(set(names)) != len(names):
+            raise ValueError(
+                f"{where}: {str(spec)!r}: name each teacher model once, several joined by '+' ({spec.term}:A+B)"
+            )
+        for name in names:
+            if name not in teacher_names:
+                raise ValueError(f"{where}: {str(spec)!r} names no teacher {name!r}; teachers are {teacher_names}")
+            teacher = self.teacher(name)
+            if teacher.backend != "local":
+                how = (
+                    "a server answers with text, not logits"
+                    if teacher.backend == "http"
+                    else "it is known only by its outputs"
+                )
+                raise ValueError(
+                    f"{where}: {str(spec)!r}: teacher {name!r} is {teacher.backend} ({how}), but {spec.term} "
+                    "learns from a teacher model's next-token logits, which only a local model gives. Add a "
+                    f"teacher with `backend: local` and the same `model:` (a Hub id or folder) and name it in "
+                    f"{spec.term}:<teacher>, or learn from {name!r} by rationale:{name} or choice_kd:{name}"
+                )
+
+    def teacher_models_of(self, spec: ObjectiveSpec) -> list[str]:
+        """The teachers whose models a token-level objective learns from: those it names
+        (`logit_kd:A+B`), or with `all` every teacher running a local model."""
+        if spec.every_teacher:
+            return [t.name for t in self.teachers if t.backend == "local"]
+        return (spec.teacher or "").split("+") if spec.teacher else []
 
     def teacher(self, name: str) -> TeacherSpec:
         return next(t for t in self.teachers if t.name == name)

@@ -27,6 +27,7 @@ class UniversalLogitKD(Term):
     per_teacher = True
     teacher_data = TEACHER_MODELS
     teacher_model = True
+    in_experiments = True  # a study names a teacher of its own with a local model
     teacher_tokens = True
 
     def needs(self, adapter: ModelKind, answer_loss: str) -> BatchNeeds:

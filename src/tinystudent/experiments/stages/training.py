@@ -6,11 +6,12 @@ from itertools import product
 from typing import TYPE_CHECKING
 
 from tinystudent.distill.objective_spec import ObjectiveSpec, parse_objective
-from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, term
+from tinystudent.distill.terms import CHOICE_LOGPROBS, RATIONALES, TEACHER_MODELS, term
 from tinystudent.experiments.config import Experiment, StudentSpec
 from tinystudent.experiments.stages.common import StageContext, release, write_loss_history
 from tinystudent.experiments.stages.teachers import choice_scores_unit, rationale_unit, teacher_payload
 from tinystudent.experiments.units import UnitSpec
+from tinystudent.models.kinds import kind_adapter
 
 if TYPE_CHECKING:
     from tinystudent.experiments.plan_model import Plan
@@ -49,9 +50,19 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
     if student is None:
         return UNKNOWN
     named = taught_by(plan.experiment, parsed)
-    part = {n: teacher_payload(plan, plan.experiment.teacher(n))["teacher"] for n in named}
-    sources, scored = {}, {}
     learns = term(parsed.term).teacher_data
+    if learns == TEACHER_MODELS:
+        prepared = plan.result(student)
+        if prepared is not None and not kind_adapter(prepared["kind"]).next_token:
+            kind = prepared["kind"]
+            plan.note(
+                f"skipping {spec.name} / {objective}: {'an' if kind[0] in 'aeiou' else 'a'} {kind} student has no "
+                "next-token distribution to match a teacher model's"
+            )
+            return None
+    # A teacher model's logits depend on the model (and its input budget), not on how it teaches.
+    part = {n: teacher_payload(plan, plan.experiment.teacher(n), learns == TEACHER_MODELS)["teacher"] for n in named}
+    sources, scored = {}, {}
     if learns == RATIONALES:
         writers = [plan.experiment.teacher(n) for n in named if plan.experiment.teacher(n).writes_rationales]
         sources = {t.name: plan.add(rationale_unit(plan, t)).key for t in writers}
@@ -62,9 +73,12 @@ def plan_train(plan: Plan, spec: StudentSpec, method: str, objective: str, seed:
 
 def taught_by(experiment: Experiment, objective: ObjectiveSpec) -> list[str]:
     """The teachers an objective learns from (`all`: every teacher, for rationales every one that
-    writes them, for choice probabilities every one measured here)."""
+    writes them, for choice probabilities every one measured here, for a teacher model's logits
+    every one running a local model; `logit_kd:A+B`: A and B)."""
     if objective.teacher is None:
         return []
+    if term(objective.term).teacher_data == TEACHER_MODELS:  # logit_kd:A+B, or all the local models
+        return experiment.teacher_models_of(objective)
     if objective.every_teacher:
         gives = {RATIONALES: lambda t: t.writes_rationales, CHOICE_LOGPROBS: lambda t: t.measured}
         data = term(objective.term).teacher_data
@@ -126,6 +140,7 @@ def train(context: StageContext, unit: UnitSpec) -> dict:
     args, splits = unit.args, context.data.splits
     spec, prepared = context.experiment.student(args["student"]), context.needed(args["student_unit"])
     weights, rationales, scores = objective_inputs(context, unit)
+    models = teacher_models(context, unit)  # loaded once, by train_student, which keys the run by them
     config = training_config(context, spec, args["method"], args["seed"], weights)
     result = train_student(
         prepared["path"],
@@ -135,12 +150,14 @@ def train(context: StageContext, unit: UnitSpec) -> dict:
         context.run_dir(unit),
         rationales=rationales or None,
         choice_logprobs=scores or None,
+        teacher=models or None,
         task=splits.task,
     )
     release()
     trained = result.to_dict() if hasattr(result, "to_dict") else dict(result.__dict__)
     write_loss_history(context.log(unit), trained.pop("loss_history", []))
-    scoring = context.student_scoring(config.weights.resolve({RATIONALES: list(rationales)}).active("rationale"))
+    resolved = config.weights.resolve({RATIONALES: list(rationales), TEACHER_MODELS: list(models)})
+    scoring = context.student_scoring(resolved.active("rationale"))
     summary = context.evaluate(
         str(result.checkpoint), unit, scoring=scoring, budget=config.max_input_tokens, evidence=config.evidence
     )
@@ -164,9 +181,19 @@ def training_config(context: StageContext, spec: StudentSpec, method: str, seed:
     return context.train_config(spec, **options)
 
 
+def teacher_models(context: StageContext, unit: UnitSpec) -> dict[str, str]:
+    """Teacher name -> the local model a token-level objective learns from (`logit_kd:A+B`: both),
+    which `train_student` loads once for the run and keys the run by; none for other objectives."""
+    objective = parse_objective(unit.args["objective"])
+    if term(objective.term).teacher_data != TEACHER_MODELS:
+        return {}
+    experiment = context.experiment
+    return {name: experiment.teacher(name).model_id for name in experiment.teacher_models_of(objective)}
+
+
 def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict, dict]:
-    """The objective's weights (the answer, and its term at 1), and the rationales or choice
-    scores it learns from (`Term.teacher_data`)."""
+    """The objective's weights (the answer, and its term at 1: per teacher model for the
+    token-level terms), and the rationales or choice scores it learns from (`Term.teacher_data`)."""
     objective = parse_objective(unit.args["objective"])
     found = term(objective.term)
     weights = {"answer": 1.0, found.name: 1.0}
@@ -181,6 +208,8 @@ def objective_inputs(context: StageContext, unit: UnitSpec) -> tuple[dict, dict,
         if len(scores) > 1:  # choice_kd:all: one target, the teachers' ensemble
             scores = {"+".join(names): ensemble_choice_logprobs(scores)}
         return weights, {}, scores
+    if found.teacher_data == TEACHER_MODELS:  # each teacher model at 1, as `train --objective logit_kd:A+B`
+        return {"answer": 1.0, found.name: dict.fromkeys(teacher_models(context, unit), 1.0)}, {}, {}
     if found.in_experiments and not found.teacher_model:
         return weights, {}, {}
     raise ValueError(f"objective {unit.args['objective']!r} is not supported by the experiment runner yet")
