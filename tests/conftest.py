@@ -217,3 +217,25 @@ def served_tiny_causal(tiny_causal, tmp_path_factory):
     served = ServedModel(tiny_causal, tmp_path_factory.mktemp("serve") / "serve.log")
     yield served
     stop_serve(served.process)
+
+
+# Tiny configurations of real architectures beside Llama (`tiny_causal`), for tests that build
+# students of each: imported as `from conftest import TINY_ARCHITECTURES`.
+TINY_ARCHITECTURES = {
+    "gpt2": {"n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 512},
+    "gpt_neox": {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    },
+    "qwen2": {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+    },
+}

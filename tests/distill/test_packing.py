@@ -93,11 +93,11 @@ def test_packed_rows_give_the_loss_and_gradients_of_padded_rows(tiny_causal, tmp
     if architecture == "llama":
         folder = tiny_causal
     else:
-        from test_students import ARCHITECTURES
+        from conftest import TINY_ARCHITECTURES
 
         from tinystudent.models.students import fresh_student
 
-        config = {"model_type": architecture, "vocab_size": 320, **ARCHITECTURES[architecture]}
+        config = {"model_type": architecture, "vocab_size": 320, **TINY_ARCHITECTURES[architecture]}
         folder = fresh_student(config, tmp_path / architecture, tokenizer_from=str(tiny_causal), seed=3)
     loaded = load_model(str(folder), device="cpu")
     model, pad = loaded.model, loaded.tokenizer.pad_token_id or 0

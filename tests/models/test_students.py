@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_ARCHITECTURES
 from safetensors.torch import load_file
 
 from tinystudent.models import count_parameters, load_model
@@ -155,33 +156,13 @@ def test_load_model_reads_an_adapter_folder_onto_its_base(tiny_causal, tmp_path)
     assert student.resolved.identity.startswith(base.resolved.identity + "+adapter:")
 
 
-ARCHITECTURES = {
-    "gpt2": {"n_embd": 32, "n_layer": 3, "n_head": 2, "n_positions": 512},
-    "gpt_neox": {
-        "hidden_size": 32,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 512,
-    },
-    "qwen2": {
-        "hidden_size": 32,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "intermediate_size": 64,
-        "max_position_embeddings": 512,
-    },
-}
-
-
-@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("model_type", sorted(TINY_ARCHITECTURES))
 def test_other_causal_families_scale_down_and_train(model_type, tiny_causal, tmp_path):
     """GPT-2 (`transformer.h`), Pythia/GPT-NeoX (`gpt_neox.layers`) and Qwen2 (`model.layers`)."""
     from tinystudent.distill import TrainConfig, train_student
     from tinystudent.tasks.schema import Example
 
-    config = {"model_type": model_type, "vocab_size": 320, **ARCHITECTURES[model_type]}
+    config = {"model_type": model_type, "vocab_size": 320, **TINY_ARCHITECTURES[model_type]}
     source = fresh_student(config, tmp_path / "source", tokenizer_from=str(tiny_causal), seed=3)
     out = scale_down(str(source), "0,2", tmp_path / "small")
     original, smaller = _weights(source), _weights(out)
