@@ -18,27 +18,15 @@ import torch.nn.functional as F
 
 from tinystudent.distill.losses import token_divergence
 
+# Per chunk: (the student's logits for rows `piece`, which need their gradient; piece) -> the
+# divergence per row. The teacher's side (its rows and output layer, or stored top-k) is the
+# closure's, never a differentiable input.
+ChunkKD = Callable[[torch.Tensor, slice], torch.Tensor]
+
 
 class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        targets,
-        teacher_hidden,
-        teacher_weight,
-        teacher_bias,
-        teacher_fn,
-        ce_scale,
-        kd_scale,
-        kd_vocab,
-        divergence,
-        temperature,
-        beta,
-        chunk_tokens,
-    ):
+    def forward(ctx, hidden, weight, bias, targets, chunk_kd, ce_scale, kd_scale, chunk_tokens):
         # A frozen output layer (LoRA) needs no [vocabulary, width] gradient: skip its matmul.
         want_weight = ctx.needs_input_grad[1]
         want_bias = bias is not None and ctx.needs_input_grad[2]
@@ -54,16 +42,8 @@ class _FusedHeadLoss(torch.autograd.Function):
                 logits = F.linear(h, weight, bias).float().detach().requires_grad_(True)
                 logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[piece, None]).squeeze(-1)
                 loss = -ce_scale * logprobs.sum()
-                kd = None
-                if teacher_hidden is not None:
-                    with torch.no_grad():
-                        rows = teacher_hidden[piece]
-                        if teacher_fn is not None:  # several teachers' mixture (`objectives.MixedHead`)
-                            teacher_logits = teacher_fn(rows).float()
-                        else:
-                            teacher_logits = F.linear(rows, teacher_weight, teacher_bias).float()
-                    vocab = kd_vocab or logits.shape[-1]
-                    kd = token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence, temperature, beta)
+                kd = chunk_kd(logits, piece) if chunk_kd is not None else None
+                if kd is not None:
                     loss = loss + kd_scale * kd.sum()
                 (grad_logits,) = torch.autograd.grad(loss, logits)
             total += loss.detach()
@@ -85,7 +65,31 @@ class _FusedHeadLoss(torch.autograd.Function):
         out_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
         out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
         out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None else None
-        return (out_hidden, out_weight, out_bias) + (None,) * 12
+        return (out_hidden, out_weight, out_bias) + (None,) * 5
+
+
+def fused_linear_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    *,
+    ce_scale: float,
+    kd_scale: float = 0.0,
+    chunk_kd: ChunkKD | None = None,
+    chunk_tokens: int = 256,
+):
+    """`ce_scale * sum(-log p(target)) + kd_scale * sum(chunk_kd)` over the rows of a plain output
+    layer, with its gradient computed in forward, chunk by chunk: the one fused loop, whatever the
+    teacher's side of the divergence is (`fused_head_loss`: a live teacher; `sparse_kd`: stored
+    top-k).
+
+    Returns:
+        (loss, target log-probabilities per row, divergence per row; zeros without `chunk_kd`),
+        the last two detached, for reporting.
+    """
+    return _FusedHeadLoss.apply(
+        hidden, head.weight, head.bias, targets, chunk_kd, float(ce_scale), float(kd_scale), int(chunk_tokens)
+    )
 
 
 def fused_head_loss(
@@ -104,7 +108,7 @@ def fused_head_loss(
     chunk_tokens: int = 256,
 ):
     """`ce_scale * sum(-log p(target)) + kd_scale * sum(divergence)` over the rows, with its
-    gradient computed in forward, chunk by chunk.
+    gradient computed in forward, chunk by chunk (`fused_linear_loss`).
 
     `teacher_head` is the teacher's plain output layer, or any function of its rows run under
     no_grad (several teachers' mixture, whose rows are theirs side by side).
@@ -113,24 +117,18 @@ def fused_head_loss(
         (loss, target log-probabilities per row, divergence per row); the last two detached,
         for reporting.
     """
-    linear = isinstance(teacher_head, torch.nn.Linear)
-    teacher_weight = teacher_head.weight if linear else None  # type: ignore[union-attr]
-    teacher_bias = teacher_head.bias if linear else None  # type: ignore[union-attr]
-    teacher_fn = teacher_head if teacher_head is not None and not linear else None
-    return _FusedHeadLoss.apply(
-        hidden,
-        head.weight,
-        head.bias,
-        targets,
-        teacher_hidden,
-        teacher_weight,
-        teacher_bias,
-        teacher_fn,
-        float(ce_scale),
-        float(kd_scale),
-        kd_vocab,
-        divergence,
-        float(temperature),
-        float(beta),
-        int(chunk_tokens),
+    if teacher_hidden is not None and teacher_head is None:
+        raise ValueError("teacher_hidden without teacher_head: the teacher's rows need its output layer")
+    chunk_kd = None
+    if teacher_hidden is not None and teacher_head is not None:
+        rows_of_teacher, teacher = teacher_hidden, teacher_head
+
+        def chunk_kd(logits: torch.Tensor, piece: slice) -> torch.Tensor:
+            with torch.no_grad():
+                teacher_logits = teacher(rows_of_teacher[piece]).float()
+            vocab = kd_vocab or logits.shape[-1]
+            return token_divergence(logits[:, :vocab], teacher_logits[:, :vocab], divergence, temperature, beta)
+
+    return fused_linear_loss(
+        hidden, head, targets, ce_scale=ce_scale, kd_scale=kd_scale, chunk_kd=chunk_kd, chunk_tokens=chunk_tokens
     )

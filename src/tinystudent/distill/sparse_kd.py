@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from tinystudent.distill.fused import fused_linear_loss
 from tinystudent.distill.losses import token_divergence
 from tinystudent.models.heads import in_chunks, token_logprobs
 
@@ -83,68 +84,6 @@ def sparse_divergence(
     return token_divergence(student, teacher, divergence, temperature, beta)
 
 
-class _FusedSparseHeadLoss(torch.autograd.Function):
-    """`fused._FusedHeadLoss` with the teacher's stored top-k in place of its hidden rows and head."""
-
-    @staticmethod
-    def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        targets,
-        indices,
-        logprobs,
-        tail,
-        ce_scale,
-        kd_scale,
-        kd_vocab,
-        divergence,
-        temperature,
-        beta,
-        chunk_tokens,
-    ):
-        want_weight = ctx.needs_input_grad[1]
-        want_bias = bias is not None and ctx.needs_input_grad[2]
-        grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_bias else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        logprob_rows, kd_rows = [], []
-        for start in range(0, hidden.shape[0], chunk_tokens):
-            piece = slice(start, start + chunk_tokens)
-            h = hidden[piece]
-            with torch.enable_grad():
-                logits = F.linear(h, weight, bias).float().detach().requires_grad_(True)
-                target_logprobs = F.log_softmax(logits, dim=-1).gather(-1, targets[piece, None]).squeeze(-1)
-                vocab = kd_vocab or logits.shape[-1]
-                kd = sparse_divergence(
-                    logits[:, :vocab], indices[piece], logprobs[piece], tail[piece], divergence, temperature, beta
-                )
-                loss = -ce_scale * target_logprobs.sum() + kd_scale * kd.sum()
-                (grad_logits,) = torch.autograd.grad(loss, logits)
-            total += loss.detach()
-            logprob_rows.append(target_logprobs.detach())
-            kd_rows.append(kd.detach())
-            grad_logits = grad_logits.to(weight.dtype)
-            grad_hidden[piece] = (grad_logits @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += (grad_logits.t() @ h.to(weight.dtype)).float()
-            if grad_bias is not None:
-                grad_bias += grad_logits.float().sum(0)
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
-        ctx.weight_dtype = weight.dtype
-        return total, torch.cat(logprob_rows), torch.cat(kd_rows)
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_logprobs, _grad_kd):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        out_hidden = grad_hidden * grad_total.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
-        out_weight = (grad_weight * grad_total).to(ctx.weight_dtype) if grad_weight is not None else None
-        out_bias = (grad_bias * grad_total).to(ctx.weight_dtype) if grad_bias is not None else None
-        return (out_hidden, out_weight, out_bias) + (None,) * 11
-
-
 def _sparse_row_losses(hidden, targets, indices, logprobs, tail, head, kd_vocab, divergence, temperature, beta):
     logits = head(hidden).float()
     vocab = kd_vocab or logits.shape[-1]
@@ -185,21 +124,21 @@ def sparse_head_loss(
             f"the stored teacher logits hold {teacher.indices.shape[0]} target rows, the batch {hidden.shape[0]}"
         )
     if linear is not None and torch.is_grad_enabled():
-        return _FusedSparseHeadLoss.apply(
-            hidden,
-            linear.weight,
-            linear.bias,
-            targets,
-            teacher.indices,
-            teacher.logprobs,
-            teacher.tail,
-            float(ce_scale),
-            float(kd_scale),
-            kd_vocab,
-            divergence,
-            float(temperature),
-            float(beta),
-            int(chunk_tokens),
+
+        def chunk_kd(logits: torch.Tensor, piece: slice) -> torch.Tensor:
+            vocab = kd_vocab or logits.shape[-1]
+            return sparse_divergence(
+                logits[:, :vocab],
+                teacher.indices[piece],
+                teacher.logprobs[piece],
+                teacher.tail[piece],
+                divergence,
+                temperature,
+                beta,
+            )
+
+        return fused_linear_loss(
+            hidden, linear, targets, ce_scale=ce_scale, kd_scale=kd_scale, chunk_kd=chunk_kd, chunk_tokens=chunk_tokens
         )
     rows: list[torch.Tensor | None] = [hidden, targets, teacher.indices, teacher.logprobs, teacher.tail]
     logprobs, kd = in_chunks(_sparse_row_losses, rows, (head, kd_vocab, divergence, temperature, beta), chunk_tokens)
