@@ -515,27 +515,22 @@ class Store:
                 [(key, now, *rest) for key, *rest in rows],
             )
 
-    def teacher_logit_keys(self, keys: list[str]) -> set[str]:
-        """Which of `keys` have stored teacher logits."""
-        found: set[str] = set()
+    def rows_by_key(self, table: str, key_column: str, keys: list[str], columns: str = "*"):
+        """The rows of `table` whose `key_column` is one of `keys` (those stored), queried 500
+        keys at a time, below SQLite's limit on parameters. Table and column names are ours,
+        never a user's."""
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
             marks = ",".join("?" * len(part))
-            found.update(
-                r[0]
-                for r in self.db.execute(f"SELECT logits_key FROM teacher_logits WHERE logits_key IN ({marks})", part)
-            )
-        return found
+            yield from self.db.execute(f"SELECT {columns} FROM {table} WHERE {key_column} IN ({marks})", part)
+
+    def teacher_logit_keys(self, keys: list[str]) -> set[str]:
+        """Which of `keys` have stored teacher logits."""
+        return {row[0] for row in self.rows_by_key("teacher_logits", "logits_key", keys, "logits_key")}
 
     def teacher_logits(self, keys: list[str]) -> dict[str, dict]:
         """The stored rows of `keys` (those stored), by key."""
-        found: dict[str, dict] = {}
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for row in self.db.execute(f"SELECT * FROM teacher_logits WHERE logits_key IN ({marks})", part):
-                found[row["logits_key"]] = dict(row)
-        return found
+        return {row["logits_key"]: dict(row) for row in self.rows_by_key("teacher_logits", "logits_key", keys)}
 
     def teacher_logits_size(self, teacher: str | None = None) -> tuple[int, int]:
         """(stored blob bytes, target tokens) over the teacher_logits rows (of one teacher identity)."""

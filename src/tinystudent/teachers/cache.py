@@ -45,13 +45,7 @@ def cache_key(**parts) -> str:
 
 def fetch(store: Store, keys: list[str]) -> dict[str, dict]:
     """Cached rows for the keys that are present (chunked below SQLite's parameter limit)."""
-    found: dict[str, dict] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for row in store.db.execute(f"SELECT * FROM teacher_outputs WHERE cache_key IN ({marks})", chunk):
-            found[row["cache_key"]] = dict(row)
-    return found
+    return {row["cache_key"]: dict(row) for row in store.rows_by_key("teacher_outputs", "cache_key", keys)}
 
 
 def save(store: Store, output: TeacherOutput, prompt: str | None, replace: bool = False) -> None:
