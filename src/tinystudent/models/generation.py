@@ -200,7 +200,8 @@ class PrefixCache:
         if reuse < len(ids):
             rest = torch.tensor([ids[reuse:]], device=device)
             model(input_ids=rest, use_cache=True, **{_cache_argument(model): cache}, **_last_logits_only(model))
-        self.ids, self.cache = list(ids), copy.deepcopy(cache)
+        if ids != self.ids:  # the same prefix as the last batch's: what is kept is already it
+            self.ids, self.cache = list(ids), copy.deepcopy(cache)
         return cache
 
 
