@@ -253,6 +253,33 @@ def test_mlflow_asked_for_but_missing_is_a_clear_error(tmp_path, tiny_causal, ti
         load_experiment(config)
 
 
+def test_a_teacher_folder_is_found_beside_the_study_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    """A local teacher's `model:` that names a folder relative to the study file resolves against
+    that file's folder, like a student's, from any working folder; a `./` folder that is not there
+    is refused with its key."""
+    from tinystudent.experiments.config import ExperimentError
+
+    study = tmp_path / "study"
+    (study / "models" / "teach").mkdir(parents=True)
+    task = write_toy_task(study)
+    text = f"""
+    name: rel
+    task: {{name: {task.name}}}
+    teachers:
+      - {{name: teach, model: ./models/teach}}
+    students:
+      - {{name: s, model: ./models/teach}}
+    """
+    path = study / "rel.yaml"
+    path.write_text(textwrap.dedent(text))
+    monkeypatch.chdir(tmp_path)  # not the study's folder
+    experiment = load_experiment(path)
+    assert experiment.teacher("teach").model == str(study / "models" / "teach")
+    path.write_text(textwrap.dedent(text).replace("teach, model: ./models/teach", "teach, model: ./models/gone"))
+    with pytest.raises(ExperimentError, match=r"teachers\.0\.model: .*models/gone does not exist"):
+        load_experiment(path)
+
+
 def processes_using(path) -> dict[int, str]:
     """Live processes that name `path` on their command line or hold a file under it open, by pid
     (an evaluation child, spawned by multiprocessing, names nothing of ours on its command line but

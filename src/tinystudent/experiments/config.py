@@ -884,6 +884,12 @@ def _resolve(base: Path, value: str) -> str:
 def _check_files(experiment: Experiment, base: Path) -> None:
     """Paths in the config are relative to the config file; each must exist."""
     for i, teacher in enumerate(experiment.teachers):
+        if teacher.backend == "local" and teacher.model:  # a folder beside the study, as for students
+            local = Path(_resolve(base, teacher.model))
+            if local.exists():
+                teacher.model = str(local)
+            elif teacher.model.startswith((".", "/", "~")):
+                raise ExperimentError(f"teachers.{i}.model: {local} does not exist")
         if teacher.rationales and teacher.rationales.path:
             teacher.rationales.path = _resolve(base, teacher.rationales.path)
             if not Path(teacher.rationales.path).exists():
