@@ -433,3 +433,17 @@ def test_check_prints_the_size_of_the_study(workspace, tiny_causal):
     result = invoke(["run", str(path), "--check", "--json", "--db", str(workspace / "r.sqlite")])
     size = json.loads(result.stdout.strip().splitlines()[-1])["size"]
     assert (size["training_runs"], size["training_examples"], size["generated_tokens"]) == (2, 60_000, 1280)
+
+
+def test_check_counts_what_on_policy_students_write(workspace, tiny_causal):
+    """On-policy KD has the student write while it trains: `--check` says how much, at most."""
+    text = study(more="training: {epochs: 3, onpolicy_lambda: 0.5, onpolicy_max_new_tokens: 16}\n").replace(
+        "objectives: [answer]", 'objectives: [answer, "onpolicy_kd:teach"]'
+    )
+    path = workspace / "onpolicy.yaml"
+    path.write_text(text.replace("{w}", str(workspace)).replace("{model}", str(tiny_causal)), encoding="utf-8")
+    result = invoke(["run", str(path), "--check", "--json", "--db", str(workspace / "r.sqlite")])
+    assert result.exit_code == 0, result.output
+    size = json.loads(result.stdout.strip().splitlines()[-1])["size"]
+    assert size["student_tokens"] == 10 * 3 * 8  # 10 questions x 3 epochs x (0.5 x 16 tokens), one run of two
+    assert "students write at most 240 tokens of their own while training" in " ".join(result.output.split())

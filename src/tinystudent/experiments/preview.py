@@ -118,30 +118,39 @@ class StudySize:
         generated_tokens: at most what the teachers planned to write rationales here generate
             (questions x max_new_tokens).
         per_run: (student, questions seen by one of its runs), a line each.
+        student_tokens: at most what the students write themselves while they train (on-policy
+            KD: training examples x onpolicy_lambda x onpolicy_max_new_tokens).
     """
 
     training_runs: int
     training_examples: int
     generated_tokens: int
     per_run: list[tuple[str, str]]
+    student_tokens: int = 0
 
     def lines(self) -> list[str]:
         runs = "; ".join(f"{name}: {each}" for name, each in self.per_run)
         tokens = self.generated_tokens
-        return [
+        found = [
             f"training: {self.training_runs} run(s), {self.training_examples:,} training examples in all ({runs})",
             f"teachers generate at most {tokens:,} tokens of rationales" if tokens else "no teacher generates here",
         ]
+        if self.student_tokens:
+            found.append(
+                f"students write at most {self.student_tokens:,} tokens of their own while training (onpolicy_kd)"
+            )
+        return found
 
 
 def study_size(experiment: Experiment, data: StudyData, units: list[UnitSpec]) -> StudySize:
     """The size of `experiment`: its training runs from the config, its generation from the
     `teach` units planned (`units`)."""
     from tinystudent.distill.config import TrainConfig
+    from tinystudent.distill.objective_spec import parse_objective
     from tinystudent.experiments.stages.teachers import teacher_of, teaching_examples
 
     questions = len(data.splits.train)
-    runs = examples = 0
+    runs = examples = student_tokens = 0
     per_run = []
     for student in experiment.students:
         methods = experiment.methods_of(student)
@@ -155,13 +164,16 @@ def study_size(experiment: Experiment, data: StudyData, units: list[UnitSpec]) -
                 each, how = round(questions * config.epochs), f"{questions:,} questions x {config.epochs:g} epochs"
             count = len(methods.objectives) * len(experiment.seeds_of(student))
             runs, examples = runs + count, examples + count * each
+            onpolicy = sum(parse_objective(o).term == "onpolicy_kd" for o in methods.objectives)
+            per_sample = config.onpolicy_lambda * config.onpolicy_max_new_tokens
+            student_tokens += round(onpolicy * len(experiment.seeds_of(student)) * each * per_sample)
             per_run.append((f"{student.name} ({method})", f"{count} run(s) of {how}"))
     tokens = 0
     for unit in units:
         if unit.kind == "teach":
             teacher = teacher_of(experiment, unit.args)
             tokens += len(teaching_examples(data, teacher.teach_limit)) * teacher.max_new_tokens
-    return StudySize(runs, examples, tokens, per_run)
+    return StudySize(runs, examples, tokens, per_run, student_tokens)
 
 
 def describe(preview: PlanPreview, experiment: Experiment) -> list[str]:
