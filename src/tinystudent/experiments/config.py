@@ -881,15 +881,22 @@ def _resolve(base: Path, value: str) -> str:
     return str(beside if beside.exists() or not candidate.exists() else candidate.resolve())
 
 
+def _local_model(base: Path, model: str, key: str) -> str:
+    """A model folder beside the study (or the working folder) as its path; a Hub id as it is; a
+    path-like name (`./`, `/`, `~`) that is not there is refused with its `key`."""
+    local = Path(_resolve(base, model))
+    if local.exists():
+        return str(local)
+    if model.startswith((".", "/", "~")):
+        raise ExperimentError(f"{key}: {local} does not exist")
+    return model
+
+
 def _check_files(experiment: Experiment, base: Path) -> None:
     """Paths in the config are relative to the config file; each must exist."""
     for i, teacher in enumerate(experiment.teachers):
         if teacher.backend == "local" and teacher.model:  # a folder beside the study, as for students
-            local = Path(_resolve(base, teacher.model))
-            if local.exists():
-                teacher.model = str(local)
-            elif teacher.model.startswith((".", "/", "~")):
-                raise ExperimentError(f"teachers.{i}.model: {local} does not exist")
+            teacher.model = _local_model(base, teacher.model, f"teachers.{i}.model")
         if teacher.rationales and teacher.rationales.path:
             teacher.rationales.path = _resolve(base, teacher.rationales.path)
             if not Path(teacher.rationales.path).exists():
@@ -905,8 +912,4 @@ def _check_files(experiment: Experiment, base: Path) -> None:
             f"task.name: {name!r} is neither a known task ({', '.join(sorted(TASKS))}) nor an existing file or folder"
         )
     for i, student in enumerate(experiment.students):
-        local = Path(_resolve(base, student.model))
-        if local.exists():
-            student.model = str(local)
-        elif student.model.startswith((".", "/", "~")):
-            raise ExperimentError(f"students.{i}.model: {local} does not exist")
+        student.model = _local_model(base, student.model, f"students.{i}.model")

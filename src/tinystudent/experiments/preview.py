@@ -162,11 +162,11 @@ def study_size(experiment: Experiment, data: StudyData, units: list[UnitSpec]) -
                 each, how = config.steps * batch, f"{config.steps:,} steps x {batch} questions"
             else:
                 each, how = round(questions * config.epochs), f"{questions:,} questions x {config.epochs:g} epochs"
-            count = len(methods.objectives) * len(experiment.seeds_of(student))
+            seeds = len(experiment.seeds_of(student))
+            count = len(methods.objectives) * seeds
             runs, examples = runs + count, examples + count * each
-            onpolicy = sum(parse_objective(o).term == "onpolicy_kd" for o in methods.objectives)
-            per_sample = config.onpolicy_lambda * config.onpolicy_max_new_tokens
-            student_tokens += round(onpolicy * len(experiment.seeds_of(student)) * each * per_sample)
+            onpolicy = sum(parse_objective(o).term == "onpolicy_kd" for o in methods.objectives) * seeds
+            student_tokens += round(onpolicy * each * config.onpolicy_lambda * config.onpolicy_max_new_tokens)
             per_run.append((f"{student.name} ({method})", f"{count} run(s) of {how}"))
     tokens = 0
     for unit in units:
