@@ -519,6 +519,8 @@ class Engine:
             if r.params.max_new_tokens == 0 or (r.top_n is not None and r.params.max_new_tokens == 1 and prompt_pass)
         ]
         generated = [r for r in rows if r not in one_pass]
+        if generated:  # one decoding batch of at most max_batch_size rows, refilled as rows are done
+            self._count_batch(min(len(generated), self.max_batch_size))
         results = generate_in_batches(
             self.loaded.model,
             self.tokenizer,
@@ -526,7 +528,6 @@ class Engine:
             [r.ids for r in generated],
             [r.params for r in generated],
             self.max_batch_size,
-            on_batch=lambda prompts, seconds: self._count_batch(prompts),
         )
         for index, out in results:
             row = generated[index]

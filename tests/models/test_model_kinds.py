@@ -88,7 +88,7 @@ def test_every_row_keeps_its_own_limit_in_a_batch(causal):
     )
     for result, row in zip((results[0], results[1]), rows):
         assert result.completion_tokens == row.max_new_tokens or result.finish_reason == "stop"
-    assert batches == [2]
+    assert sum(batches) == 2 and all(n >= 1 for n in batches)  # called as results are done
     with pytest.raises(ValueError, match="encoder model cannot generate"):
         next(generate_in_batches(causal.model, causal.tokenizer, "encoder", ids, rows))
 

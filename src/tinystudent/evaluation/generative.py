@@ -1,7 +1,8 @@
 """Generative answering: the model writes an answer (optionally reasoning first) and we parse it.
 
 `generate_in_batches` is the package's one way to generate text: teachers, evaluation, debate and
-`serve` all run their prompts through it (and through `models.generation.generate_rows` per batch).
+`serve` all run their prompts through it (and through `models.generation`: continuous batching for
+causal models, `generate_rows` per batch for the others).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from typing import Callable, Iterator, Sequence
 
 from tinystudent.evaluation.batching import token_batches
 from tinystudent.evaluation.prompts import LETTERS, lettered_question
-from tinystudent.models.generation import GeneratedText, PrefixCache, RowParams, generate_rows, prompt_seed
+from tinystudent.models.generation import (
+    GeneratedText,
+    PrefixCache,
+    RowParams,
+    decodes_continuously,
+    generate_continuously,
+    generate_rows,
+    prompt_seed,
+)
 from tinystudent.models.kinds import ModelKind, kind_adapter
 from tinystudent.models.packed_linears import packed_linears
 from tinystudent.tasks.schema import Example
@@ -62,30 +71,42 @@ def generate_in_batches(
     on_batch: Callable[[int, float], None] | None = None,
 ) -> Iterator[tuple[int, GeneratedText]]:
     """Generate for every tokenised prompt, each with its own settings; yields (prompt index,
-    generated text) batch by batch, so a caller can keep each result as soon as it exists.
+    generated text) as results are done, so a caller can keep each result as soon as it exists.
 
-    Prompts are batched longest first by length (`batching.token_batches`), so a batch's prompts
-    are about equally long and little of the work is padding. Every row stops at its own token
-    limit, end of text or stop string, and samples with its own seed (`models.generation`).
+    A causal model keeps `batch_size` rows decoding, longest prompts first: a row that is done
+    hands its slot to the next prompt (`models.generation.generate_continuously`). Other kinds
+    run in batches of prompts about equally long, longest first (`batching.token_batches`), so
+    little of the work is padding. Every row stops at its own token limit, end of text or stop
+    string, and samples with its own seed (`models.generation`).
 
     Args:
         kind: the model's kind or its `ModelKind`; it must generate text.
-        batch_size: most prompts per batch.
-        on_batch: called after each batch with (number of prompts, seconds).
+        batch_size: most prompts decoding together.
+        on_batch: called as results come with (number of prompts done, seconds since the last call).
     """
     adapter = kind_adapter(kind)
     if not adapter.generates:
         raise adapter.unsupported("generate text")
-    lengths = [len(ids) for ids in prompt_ids]
-    prefixes = PrefixCache()  # few-shot exemplars every batch starts with: run once for all
     with packed_linears(model):  # the CPU's linear layers on reordered weights, for every batch
-        for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
-            began = time.perf_counter()
-            rows_of_batch = [rows[i] for i in batch]
-            results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], rows_of_batch, prefixes)
+        began = time.perf_counter()
+        for done in _generated(model, tokenizer, adapter, prompt_ids, rows, batch_size):
             if on_batch:
-                on_batch(len(batch), time.perf_counter() - began)
-            yield from zip(batch, results)
+                on_batch(len(done), time.perf_counter() - began)
+                began = time.perf_counter()
+            yield from done
+
+
+def _generated(model, tokenizer, adapter: ModelKind, prompt_ids, rows, batch_size: int):
+    """Results as they are done: one at a time from continuous decoding, else a batch at a time."""
+    prefixes = PrefixCache()  # few-shot exemplars every prompt starts with: run once for all
+    if decodes_continuously(adapter):
+        for result in generate_continuously(model, tokenizer, prompt_ids, rows, batch_size, prefixes):
+            yield [result]
+        return
+    lengths = [len(ids) for ids in prompt_ids]
+    for batch in token_batches(lengths, batch_size, batch_size * max(lengths, default=1)):
+        results = generate_rows(model, tokenizer, adapter, [prompt_ids[i] for i in batch], [rows[i] for i in batch])
+        yield list(zip(batch, results))
 
 
 def generate_texts(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
@@ -240,73 +240,100 @@ def _next_tokens(logits: torch.Tensor, rows: Sequence[RowParams], generators: li
     return chosen
 
 
-def decode_causal(
-    model, tokenizer, inputs: dict, rows: Sequence[RowParams], stop_ids: set[int]
-) -> tuple[list[list[int]], list[int | None]]:
-    """Greedy or per-row sampled decoding of a causal model with its KV cache, where a row that is
-    done (end of text, its token limit, one of its stop strings) leaves the batch at once, so
-    the rows still writing do not carry it (Hugging Face `generate` keeps every row to the end).
-    `inputs` are the prompts laid out as `generate` takes them (left-padded, or after a cached
-    shared prefix). Returns each row's new tokens and how many it had when it stopped."""
-    from transformers import DynamicCache
-
+def _prefill(model, prompt_ids: Sequence[list[int]], pad: int, n: int, device, prefixes: PrefixCache | None):
+    """The KV cache of every prompt but its last token (which the next decoding step writes), the
+    first `n` tokens, shared by all, taken from `prefixes` (`prefix_inputs`). Returns the cache
+    and its attention mask."""
+    inputs, _ = prefix_inputs(model, [ids[:-1] for ids in prompt_ids], pad, n, device, prefixes)
     name = _cache_argument(model)
-    cache = inputs.get(name)
-    cache = DynamicCache() if cache is None else cache
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    device = ids.device
-    cached = cache.get_seq_length()
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = (
+    cache, ids, mask = inputs[name], inputs["input_ids"], inputs["attention_mask"]
+    if ids.shape[1] > n:
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         model(
-            input_ids=ids[:, cached:],
+            input_ids=ids[:, n:],
             attention_mask=mask,
-            position_ids=positions[:, cached:],
+            position_ids=positions[:, n:],
             use_cache=True,
             **{name: cache},
             **_last_logits_only(model),
         )
-        .logits[:, -1, :]
-        .float()
-    )
+    return cache, mask
+
+
+def decode_causal(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[list[int]],
+    rows: Sequence[RowParams],
+    batch_size: int,
+    stop_ids: set[int],
+    prefixes: PrefixCache | None = None,
+) -> Iterator[tuple[int, list[int], int]]:
+    """Greedy or per-row sampled decoding of a causal model with its KV cache, `batch_size` rows
+    at a time, longest prompts first. A row that is done (end of text, its token limit, one of its
+    stop strings) leaves the batch at once and its slot takes the next prompt (continuous
+    batching, `SlotCache`), so the batch stays full until the prompts run out (Hugging Face
+    `generate` keeps every row to the end of the longest). A prefix every prompt shares (few-shot
+    exemplars) is run once (`prefix_inputs`). Yields (prompt index, new tokens, how many it had
+    when it stopped) as each row is done."""
+    from tinystudent.models.slot_cache import SlotCache
+
+    if not prompt_ids:
+        return
+    device = next(model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    n = shared_prefix(prompt_ids)
+    n = n if n >= PREFIX_MIN else 0
+    waiting = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
+    slots, waiting = waiting[:batch_size], waiting[batch_size:]
+    cache = SlotCache(len(slots), device)
+    cache.place(list(range(len(slots))), *_prefill(model, [prompt_ids[i] for i in slots], pad, n, device, prefixes))
     generators = [
         torch.Generator(device=device).manual_seed(r.seed % 2**63) if r.temperature > 0 else None for r in rows
     ]
     tail = max([len(stop) for r in rows for stop in r.stop] + [0]) + 8
     new: list[list[int]] = [[] for _ in rows]
-    finished: list[int | None] = [None] * len(rows)
-    active = list(range(len(rows)))
-    while active:
-        chosen = _next_tokens(logits, [rows[i] for i in active], [generators[i] for i in active]).tolist()
-        keep = []
-        for slot, (i, token) in enumerate(zip(active, chosen)):
+    feed = [prompt_ids[i][-1] for i in slots]  # each slot's next input token
+    name = _cache_argument(model)
+    while slots:
+        mask = cache.grow()
+        logits = model(
+            input_ids=torch.tensor(feed, device=device).unsqueeze(1),
+            attention_mask=mask,
+            position_ids=mask.sum(-1, keepdim=True) - 1,
+            use_cache=True,
+            **{name: cache},
+        ).logits[:, -1, :]
+        feed = _next_tokens(logits.float(), [rows[i] for i in slots], [generators[i] for i in slots]).tolist()
+        done = []
+        for slot, (i, token) in enumerate(zip(slots, feed)):
             new[i].append(token)
-            row = rows[i]
-            done = token in stop_ids or len(new[i]) >= row.max_new_tokens
-            if not done and row.stop:
-                text = tokenizer.decode(new[i][-tail:], skip_special_tokens=True)
-                done = any(stop in text for stop in row.stop)
-            if done:
-                finished[i] = len(new[i])
-            else:
-                keep.append(slot)
-        if not keep:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask = mask.index_select(0, index)
-            active = [active[k] for k in keep]
-            chosen = [chosen[k] for k in keep]
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-        step = torch.tensor(chosen, device=device).unsqueeze(1)
-        position = mask.long().sum(-1, keepdim=True) - 1
-        logits = (
-            model(input_ids=step, attention_mask=mask, position_ids=position, use_cache=True, **{name: cache})
-            .logits[:, -1, :]
-            .float()
-        )
-    return new, finished
+            if _row_done(tokenizer, new[i], rows[i], stop_ids, tail):
+                done.append(slot)
+                yield i, new[i], len(new[i])
+        if not done:
+            continue
+        refilled, gone = done[: len(waiting)], done[len(waiting) :]
+        if refilled:
+            taken, waiting = waiting[: len(refilled)], waiting[len(refilled) :]
+            cache.place(refilled, *_prefill(model, [prompt_ids[i] for i in taken], pad, n, device, prefixes))
+            for slot, i in zip(refilled, taken):
+                slots[slot], feed[slot] = i, prompt_ids[i][-1]
+        if gone:
+            kept = [slot for slot in range(len(slots)) if slot not in gone]
+            cache.keep(kept)
+            slots, feed = [slots[k] for k in kept], [feed[k] for k in kept]
+
+
+def _row_done(tokenizer, written: list[int], row: RowParams, stop_ids: set[int], tail: int) -> bool:
+    """Whether a row's last token ended it: end of text, its token limit, or one of its stop
+    strings in its last `tail` tokens' text."""
+    if written[-1] in stop_ids or len(written) >= row.max_new_tokens:
+        return True
+    if not row.stop:
+        return False
+    text = tokenizer.decode(written[-tail:], skip_special_tokens=True)
+    return any(stop in text for stop in row.stop)
 
 
 @torch.no_grad()
@@ -319,28 +346,45 @@ def generate_rows(
     prefixes: PrefixCache | None = None,
 ) -> list[GeneratedText]:
     """Generate for one batch of tokenised prompts, each row with its own settings (greedy with
-    the KV cache unless a row samples). A causal model computes the prompts' shared prefix once
-    for the batch when it is at least `PREFIX_MIN` tokens long (`prefix_inputs`), and once for
-    every batch that shares it when the caller keeps `prefixes`."""
+    the KV cache unless a row samples). A causal model decodes in our own loop
+    (`generate_continuously`, the batch being all the prompts); other kinds through `generate`."""
     adapter = kind_adapter(kind)
+    if decodes_continuously(adapter):
+        written = dict(generate_continuously(model, tokenizer, prompt_ids, rows, len(prompt_ids), prefixes))
+        return [written[i] for i in range(len(prompt_ids))]
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     stop_ids = eos_ids(model, tokenizer)
-    n = shared_prefix(prompt_ids) if adapter.name == "causal" else 0
-    if n >= PREFIX_MIN:
-        inputs, start = prefix_inputs(model, prompt_ids, pad, n, device, prefixes)
-    else:
-        ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if adapter.name == "causal" and OWN_DECODING:
-        new, finished = decode_causal(model, tokenizer, inputs, rows, stop_ids)
-    else:
-        new, finished = _generate(model, tokenizer, inputs, start, rows, stop_ids, pad)
+    ids, mask, start = adapter.generation_inputs(prompt_ids, pad)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    new, finished = _generate(model, tokenizer, inputs, start, rows, stop_ids, pad)
     results = []
     for i, row in enumerate(rows):
         text, kept, reason = _finish(tokenizer, new[i], row, stop_ids, finished[i])
         results.append(GeneratedText(text, kept, len(prompt_ids[i]), reason))
     return results
+
+
+def decodes_continuously(kind: str | ModelKind) -> bool:
+    """Whether this kind of model decodes in our own loop, with continuous batching."""
+    return kind_adapter(kind).name == "causal" and OWN_DECODING
+
+
+@torch.no_grad()
+def generate_continuously(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[list[int]],
+    rows: Sequence[RowParams],
+    batch_size: int,
+    prefixes: PrefixCache | None = None,
+) -> Iterator[tuple[int, GeneratedText]]:
+    """Generate for every tokenised prompt of a causal model, `batch_size` rows decoding at a time
+    (`decode_causal`); yields (prompt index, generated text) as each row is done."""
+    stop_ids = eos_ids(model, tokenizer)
+    for i, new, finished in decode_causal(model, tokenizer, prompt_ids, rows, batch_size, stop_ids, prefixes):
+        text, kept, reason = _finish(tokenizer, new, rows[i], stop_ids, finished)
+        yield i, GeneratedText(text, kept, len(prompt_ids[i]), reason)
 
 
 def _generate(
