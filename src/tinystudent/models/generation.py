@@ -4,11 +4,12 @@ Every generation in the package (teachers, evaluation, debate, `serve`) comes he
 `evaluation.generative.generate_in_batches`. A row has its own token limit, its own stop strings
 and its own sampling seed. Sampling happens in a logits processor with one random generator per
 row, so a row's sample depends only on its seed, never on the rows it shares a batch with (a
-cached, resumed run then samples the same text as an uninterrupted one). The model's kind lays
-out the batch (`ModelKind.generation_inputs`). A causal model decodes in our own loop
-(`decode_causal`: a row that is done leaves the batch, and a prefix every prompt shares is run
-once, `prefix_inputs`, and kept for the next batch, `PrefixCache`); other kinds go through
-Hugging Face `generate`. Both give the same text.
+cached, resumed run then samples the same text as an uninterrupted one). A causal model decodes
+in our own loop (`decode_causal`): a fixed number of rows decode together, a row that is done
+hands its slot to the next prompt at once (continuous batching, on the KV cache of
+`slot_cache.SlotCache`), and a prefix every prompt shares (few-shot exemplars) is run once
+(`prefix_inputs`) and kept for every prompt (`PrefixCache`). Other kinds go through Hugging Face
+`generate`, laid out by their kind (`ModelKind.generation_inputs`). Both give the same text.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _finish(
     return text, ids, reason
 
 
-OWN_DECODING = True  # causal models: `decode_causal` (rows leave the batch when done), else `generate`
+OWN_DECODING = True  # causal models: `decode_causal` (continuous batching), else `generate`
 PREFIX_MIN = 64  # tokens all of a batch's prompts must share before their prefix is computed once
 
 
@@ -172,11 +173,11 @@ def _cache_argument(model) -> str:
 
 
 class PrefixCache:
-    """The KV cache of the last shared prefix run, kept across the batches of one generation call
-    (`generate_in_batches`): every batch of a few-shot evaluation starts with the same exemplars,
-    so they are run through the model once for the whole call, not once per batch. A batch whose
-    shared prefix is longer or shorter reuses the part both share (`DynamicCache.crop`), and runs
-    only the rest."""
+    """The KV cache of the last shared prefix run, kept for one generation call
+    (`generate_in_batches`): every prompt of a few-shot evaluation starts with the same exemplars,
+    so they are run through the model once for the whole call, not once for every group of
+    prompts that enters the batch. A prefix that is longer or shorter reuses the part both share
+    (`DynamicCache.crop`), and runs only the rest."""
 
     def __init__(self) -> None:
         self.ids: list[int] = []

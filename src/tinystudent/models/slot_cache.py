@@ -130,7 +130,8 @@ class SlotCache(DynamicCache):
         return self.mask.shape[1]
 
     def place(self, slots: list[int], prefilled: DynamicCache, mask: torch.Tensor) -> None:
-        """Newly prefilled prompts (their cache and mask, one row each) into `slots`."""
+        """Newly prefilled prompts (their cache and mask, one row each) into `slots`. `prefilled`
+        is emptied layer by layer as it is copied, so the batch is never held twice."""
         width = max(self.width, mask.shape[1])
         self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], width - self.width)), self.mask], dim=1)
         index = torch.tensor(slots, dtype=torch.long, device=self.mask.device)
@@ -150,6 +151,7 @@ class SlotCache(DynamicCache):
             if not layer.is_initialized:
                 layer.allocate(keys, values, self.mask.shape[0], width)
             layer.place(index.to(keys.device), keys, values)
+            source.keys = source.values = None  # type: ignore[union-attr]
         self._trim()
 
     def keep(self, slots: list[int]) -> None:
