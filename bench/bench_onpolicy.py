@@ -9,7 +9,7 @@ temperature 1, at most `--new-tokens` tokens, and the loss is the generalised JS
 (GKD, Agarwal et al. 2024) at temperature 1, with no cross-entropy.
 
 - tinystudent: `train_student` with `weights: {answer: 0, onpolicy_kd: 1}`: the student writes in
-  our decoder (a row that is done leaves the batch), the divergence runs through the fused,
+  our decoder (a row that is done leaves the batch at once), the divergence runs through the fused,
   chunked output layer.
 - baseline: TRL's `GKDTrainer` (`lmbda=1`, `beta=0.5`, `temperature=1`), given each question as a
   conversation whose chat template only concatenates the turns, so it sees our prompt text.
