@@ -13,16 +13,16 @@ temperature 1, at most `--new-tokens` tokens, and the loss is the generalised JS
   chunked output layer.
 - baseline: TRL's `GKDTrainer` (`lmbda=1`, `beta=0.5`, `temperature=1`), given each question as a
   conversation whose chat template only concatenates the turns, so it sees our prompt text.
-  TRL is not a dependency of tinystudent and is not installed in this project's environment:
-  without it this script says so and measures tinystudent alone. Written against TRL's GKD API
-  (`trl.GKDTrainer`, or `trl.experimental.gkd` in the releases that moved it there); not run
-  against an installed TRL here.
+  TRL is a dev dependency (`pip install -e .[dev]` installs trl 1.16.0, whose GKDTrainer sits
+  in `trl.experimental.gkd`); without it this script says so and measures tinystudent alone.
 
 Tokens/s counts every token of every trained sequence (prompt + the student's continuation,
 padding left out) over every step, the first included, on both sides: ours from the loop's own
 count (`TrainResult.tokens_per_s`), TRL's from the attention mask of each batch its loss sees
-after generation, over `train_runtime`. The question order differs (each side's own seeded
-sampler), so the loss curves are compared in shape, not step by step. Each side runs in a fresh
+after generation, over `train_runtime`. TRL 1.16.0 logs its loss on another scale than our
+per-token mean (about 64 times ours in the 2026-12-08 run, the number of tokens a row writes:
+a sum over tokens, not a mean), and the question order differs (each side's own seeded sampler),
+so the loss curves are compared in shape, not value or step by step. Each side runs in a fresh
 process.
 
     .venv/bin/python bench/bench_onpolicy.py                        # CPU: 8 steps of 4 questions
@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import tempfile
 from pathlib import Path
+from queue import Empty
 
 TEACHER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KEEP = [0, 1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 29]  # the bioasq study's 17 layers
@@ -150,7 +151,7 @@ def run_trl(args, student: Path, work: Path) -> dict:
         per_device_train_batch_size=args.batch,
         learning_rate=args.lr,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.0,
+        warmup_steps=0,
         weight_decay=0.0,
         max_grad_norm=1.0,
         lmbda=1.0,
@@ -204,7 +205,15 @@ def measure(kind: str, args, student: Path) -> dict:
     queue = context.Queue()
     process = context.Process(target=_child, args=(kind, args, str(student), queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise SystemExit(
+                    f"the {kind} side failed (exit code {process.exitcode}): its traceback is above"
+                ) from None
     process.join()
     return result
 
