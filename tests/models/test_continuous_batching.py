@@ -66,17 +66,17 @@ def test_the_slot_cache_drops_columns_no_row_uses(tiny_causal):
     cache = SlotCache(2, "cpu")
     long, short = [5, 6, 7, 8, 9, 10, 11], [12, 13, 14]
     for slot, ids in enumerate((long, short)):
-        row = DynamicCacheOf(model, ids)
+        row = _cache_of(model, ids)
         cache.place([slot], row, torch.ones((1, len(ids)), dtype=torch.long))
     assert cache.width == len(long) and cache.get_seq_length() == len(long)
     assert cache.mask.tolist() == [[1] * 7, [0] * 4 + [1] * 3]
     cache.keep([1])
     assert cache.width == 3 and cache.get_seq_length() == 3 and cache.mask.tolist() == [[1, 1, 1]]
     keys = cache.layers[0].keys
-    assert torch.equal(keys, DynamicCacheOf(model, short).layers[0].keys)
+    assert torch.equal(keys, _cache_of(model, short).layers[0].keys)
 
 
-def DynamicCacheOf(model, ids: list[int]):
+def _cache_of(model, ids: list[int]):
     from transformers import DynamicCache
 
     cache = DynamicCache()

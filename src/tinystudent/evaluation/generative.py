@@ -98,8 +98,8 @@ def generate_in_batches(
 
 def _generated(model, tokenizer, adapter: ModelKind, prompt_ids, rows, batch_size: int):
     """Results as they are done: one at a time from continuous decoding, else a batch at a time."""
-    prefixes = PrefixCache()  # few-shot exemplars every prompt starts with: run once for all
     if decodes_continuously(adapter):
+        prefixes = PrefixCache()  # few-shot exemplars every prompt starts with: run once for all
         for result in generate_continuously(model, tokenizer, prompt_ids, rows, batch_size, prefixes):
             yield [result]
         return

@@ -152,7 +152,7 @@ def _finish(
 
 
 OWN_DECODING = True  # causal models: `decode_causal` (continuous batching), else `generate`
-PREFIX_MIN = 64  # tokens all of a batch's prompts must share before their prefix is computed once
+PREFIX_MIN = 64  # tokens all of a call's prompts must share before their prefix is computed once
 
 
 def shared_prefix(prompt_ids: Sequence[list[int]]) -> int:
@@ -269,14 +269,14 @@ def decode_causal(
     batch_size: int,
     stop_ids: set[int],
     prefixes: PrefixCache | None = None,
-) -> Iterator[tuple[int, list[int], int]]:
+) -> Iterator[tuple[int, list[int]]]:
     """Greedy or per-row sampled decoding of a causal model with its KV cache, `batch_size` rows
     at a time, longest prompts first. A row that is done (end of text, its token limit, one of its
     stop strings) leaves the batch at once and its slot takes the next prompt (continuous
     batching, `SlotCache`), so the batch stays full until the prompts run out (Hugging Face
     `generate` keeps every row to the end of the longest). A prefix every prompt shares (few-shot
-    exemplars) is run once (`prefix_inputs`). Yields (prompt index, new tokens, how many it had
-    when it stopped) as each row is done."""
+    exemplars) is run once (`prefix_inputs`). Yields (prompt index, new tokens) as each row is
+    done, its last token the one that ended it."""
     from tinystudent.models.slot_cache import SlotCache
 
     if not prompt_ids:
@@ -311,7 +311,7 @@ def decode_causal(
             new[i].append(token)
             if _row_done(tokenizer, new[i], rows[i], stop_ids, tail):
                 done.append(slot)
-                yield i, new[i], len(new[i])
+                yield i, new[i]
         if not done:
             continue
         refilled, gone = done[: len(waiting)], done[len(waiting) :]
@@ -383,8 +383,8 @@ def generate_continuously(
     """Generate for every tokenised prompt of a causal model, `batch_size` rows decoding at a time
     (`decode_causal`); yields (prompt index, generated text) as each row is done."""
     stop_ids = eos_ids(model, tokenizer)
-    for i, new, finished in decode_causal(model, tokenizer, prompt_ids, rows, batch_size, stop_ids, prefixes):
-        text, kept, reason = _finish(tokenizer, new, rows[i], stop_ids, finished)
+    for i, new in decode_causal(model, tokenizer, prompt_ids, rows, batch_size, stop_ids, prefixes):
+        text, kept, reason = _finish(tokenizer, new, rows[i], stop_ids, None)
         yield i, GeneratedText(text, kept, len(prompt_ids[i]), reason)
 
 

@@ -137,9 +137,8 @@ class SlotCache(DynamicCache):
         index = torch.tensor(slots, dtype=torch.long, device=self.mask.device)
         self.mask[index] = 0
         self.mask[index, width - mask.shape[1] :] = mask.to(self.mask.device)
-        for layer in self.layers:
-            if isinstance(layer, SlotLayer) and layer.is_initialized:
-                layer.widen(width)
+        for filled in self._filled():
+            filled.widen(width)
         for number, source in enumerate(prefilled.layers):
             keys, values = getattr(source, "keys", None), getattr(source, "values", None)
             if keys is None or values is None or keys.numel() == 0:
@@ -158,9 +157,8 @@ class SlotCache(DynamicCache):
         """Only these slots, in this order."""
         index = torch.tensor(slots, dtype=torch.long, device=self.mask.device)
         self.mask = self.mask.index_select(0, index)
-        for layer in self.layers:
-            if isinstance(layer, SlotLayer) and layer.is_initialized:
-                layer.keep(index.to(layer.device))
+        for layer in self._filled():
+            layer.keep(index.to(layer.device))
         self._trim()
 
     def grow(self) -> torch.Tensor:
@@ -168,12 +166,15 @@ class SlotCache(DynamicCache):
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=1)
         return self.mask
 
+    def _filled(self) -> list[SlotLayer]:
+        """The layers that hold keys and values."""
+        return [layer for layer in self.layers if isinstance(layer, SlotLayer) and layer.is_initialized]
+
     def _trim(self) -> None:
         used = self.mask.any(0)
         lead = int(used.long().argmax()) if bool(used.any()) else self.width
         if lead == 0:
             return
         self.mask = self.mask[:, lead:]
-        for layer in self.layers:
-            if isinstance(layer, SlotLayer) and layer.is_initialized:
-                layer.trim(lead)
+        for layer in self._filled():
+            layer.trim(lead)
